@@ -50,6 +50,7 @@ _JSON_COLUMNS = frozenset(
     {"messages", "responses", "ranks", "scores", "margin", "tie", "weight", "label", "score"}
     | {"spans", "missing", "meta"}
 )
+_SHARED_FIELDS = ("id", "annotator", "source", "created_at", "meta")
 # Columns that may hold chat messages; tables pad structs with nulls, which are dropped.
 _MESSAGE_COLUMNS = ("prompt", "messages", "chosen", "rejected", "completion", "response")
 
@@ -457,8 +458,10 @@ def write_records(
 
 
 def _columns(rows: list[dict[str, Any]]) -> list[str]:
-    """The union of the rows' keys, in order of first appearance."""
-    return list(dict.fromkeys(key for row in rows for key in row))
+    """The union of the rows' keys in order of first appearance, the shared fields last."""
+    keys = dict.fromkeys(key for row in rows for key in row)
+    shared = [k for k in _SHARED_FIELDS if k in keys]
+    return [k for k in keys if k not in _SHARED_FIELDS] + shared
 
 
 def _write_csv(rows: list[dict[str, Any]], path: Path) -> None:

@@ -1,0 +1,47 @@
+"""Built-in tasks: prompts, demonstrations, comparisons and the gold judge for each.
+
+>>> from rlhfkit.tasks import get_task
+>>> task = get_task("reviews")
+>>> len(task.prompts("train")) >= 300
+True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from rlhfkit.tasks.base import Task
+from rlhfkit.tasks.reviews import ReviewsTask
+
+__all__ = ["ReviewsTask", "Task", "get_task", "list_tasks", "register_task"]
+
+_TASKS: dict[str, Callable[..., Task]] = {"reviews": ReviewsTask}
+
+
+def register_task(name: str, factory: Callable[..., Task]) -> None:
+    """Make ``get_task(name, **kwargs)`` call ``factory(**kwargs)``."""
+    _TASKS[name] = factory
+
+
+def list_tasks() -> list[str]:
+    """Names of the built-in (and registered) tasks."""
+    return sorted(_TASKS)
+
+
+def get_task(name: str, **kwargs: Any) -> Task:
+    """Build a task by name.
+
+    Args:
+        name: A name from :func:`list_tasks`, e.g. ``"reviews"``.
+        **kwargs: Passed to the task's constructor (e.g. ``n_train=64`` for a quick run).
+
+    Returns:
+        The task.
+
+    Raises:
+        KeyError: An unknown name, listing the known ones.
+    """
+    if name not in _TASKS:
+        raise KeyError(f"unknown task {name!r}; known: {', '.join(list_tasks())}")
+    return _TASKS[name](**kwargs)

@@ -1,0 +1,306 @@
+"""Evaluation metrics as small pure functions.
+
+Lists of numbers or texts in, numbers (or a small dict) out; only :func:`kl_stats` and
+:func:`perplexity` touch torch. Each metric's formula is in its docstring and worked through
+by hand in ``tests/test_metrics.py``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Hashable, Sequence
+from typing import Any
+
+import torch
+
+__all__ = [
+    "avg_max_toxicity",
+    "bradley_terry_ratings",
+    "distinct_n",
+    "kl_stats",
+    "perplexity",
+    "rm_accuracy",
+    "toxicity_probability",
+    "win_rate",
+]
+
+
+def _check_same_length(a: Sequence[Any], b: Sequence[Any], what: str) -> None:
+    if len(a) != len(b):
+        raise ValueError(f"{what}: the two lists differ in length ({len(a)} vs {len(b)})")
+
+
+def distinct_n(texts: Sequence[str], n: int) -> float:
+    """Corpus-level distinct-n: unique n-grams over all n-grams (Li et al. 2016, Sec. 4.3).
+
+    Texts are lowercased and split on whitespace; n-grams never cross from one text into the
+    next. Low values mean the texts repeat themselves or each other.
+
+    Args:
+        texts: The generated texts.
+        n: The n-gram order (1 for distinct-1, 2 for distinct-2).
+
+    Returns:
+        ``#distinct n-grams / #n-grams``, or 0.0 when there are no n-grams at all.
+    """
+    if n < 1:
+        raise ValueError(f"distinct_n: n must be >= 1, got {n}")
+    counts: Counter[tuple[str, ...]] = Counter()
+    for text in texts:
+        tokens = text.lower().split()
+        counts.update(tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1))
+    total = sum(counts.values())
+    return len(counts) / total if total else 0.0
+
+
+def win_rate(
+    scores_a: Sequence[float], scores_b: Sequence[float], tie_tol: float = 0.0
+) -> dict[str, float]:
+    """How often system A's score beats system B's on the same prompts.
+
+    Args:
+        scores_a: A's score per prompt (e.g. gold reward, or a judge's score).
+        scores_b: B's score for the same prompts, in the same order.
+        tie_tol: Differences with ``|a - b| <= tie_tol`` count as ties.
+
+    Returns:
+        ``{"win", "tie", "lose"}`` fractions summing to 1 (all 0.0 for empty input).
+    """
+    _check_same_length(scores_a, scores_b, "win_rate")
+    n = len(scores_a)
+    if n == 0:
+        return {"win": 0.0, "tie": 0.0, "lose": 0.0}
+    win = tie = 0
+    for a, b in zip(scores_a, scores_b):
+        if abs(a - b) <= tie_tol:
+            tie += 1
+        elif a > b:
+            win += 1
+    return {"win": win / n, "tie": tie / n, "lose": (n - win - tie) / n}
+
+
+def rm_accuracy(chosen_scores: Sequence[float], rejected_scores: Sequence[float]) -> float:
+    """Fraction of pairs where the reward model scores ``chosen`` strictly above ``rejected``.
+
+    A tie counts as wrong: a reward model that gives everything the same score has accuracy 0,
+    not 0.5.
+
+    Args:
+        chosen_scores: Reward of the preferred response of each pair.
+        rejected_scores: Reward of the other response, same order.
+
+    Returns:
+        Accuracy in [0, 1] (0.0 for no pairs).
+    """
+    _check_same_length(chosen_scores, rejected_scores, "rm_accuracy")
+    if not chosen_scores:
+        return 0.0
+    right = sum(c > r for c, r in zip(chosen_scores, rejected_scores))
+    return right / len(chosen_scores)
+
+
+def bradley_terry_ratings(
+    pairs: Sequence[tuple[Hashable, Hashable]],
+    outcomes: Sequence[float] | None = None,
+    prior: float = 0.0,
+    max_iter: int = 10_000,
+    tol: float = 1e-10,
+) -> dict[Hashable, float]:
+    """Fit Bradley–Terry strengths to pairwise results, e.g. for a league of policies.
+
+    Model: ``P(i beats j) = sigmoid(r_i - r_j)``. Fitted by the minorize–maximize updates of
+    Hunter (2004, Eq. 3) on ``p_i = exp(r_i)``::
+
+        p_i <- W_i / sum_j n_ij / (p_i + p_j)
+
+    where ``W_i`` is i's number of wins (a tie is half a win for each side) and ``n_ij`` the
+    number of games between i and j. ``prior > 0`` adds ``prior`` wins and ``prior`` losses
+    against a virtual opponent of rating 0 for every player, which keeps an undefeated (or
+    winless) player's rating finite.
+
+    Args:
+        pairs: ``(i, j)`` for each game; any hashable names.
+        outcomes: i's result per game: 1 = i won, 0 = j won, 0.5 = tie (default: all 1).
+        prior: Pseudo-games against the virtual opponent (0 = plain maximum likelihood).
+        max_iter: Iteration cap.
+        tol: Stop when no log-rating moves more than this.
+
+    Returns:
+        Name -> rating (natural-log scale), centred so the ratings average 0. With
+        ``prior=0`` a player that never lost diverges; use a small prior then.
+    """
+    if outcomes is None:
+        outcomes = [1.0] * len(pairs)
+    _check_same_length(pairs, outcomes, "bradley_terry_ratings")
+    players = sorted({p for pair in pairs for p in pair}, key=repr)
+    if not players:
+        return {}
+    index = {p: k for k, p in enumerate(players)}
+    m = len(players)
+    wins = [prior] * m
+    games = [[0.0] * m for _ in range(m)]  # games[i][j] = n_ij
+    for (a, b), y in zip(pairs, outcomes):
+        if not 0.0 <= y <= 1.0:
+            raise ValueError(f"bradley_terry_ratings: outcome must be in [0, 1], got {y}")
+        i, j = index[a], index[b]
+        wins[i] += y
+        wins[j] += 1.0 - y
+        games[i][j] += 1.0
+        games[j][i] += 1.0
+    strength = [1.0] * m
+    for _ in range(max_iter):
+        new = []
+        for i in range(m):
+            denom = sum(games[i][j] / (strength[i] + strength[j]) for j in range(m) if games[i][j])
+            denom += 2.0 * prior / (strength[i] + 1.0)  # the virtual opponent has p = exp(0)
+            new.append(max(wins[i] / denom, 1e-300) if denom > 0 else strength[i])
+        if prior == 0.0:  # only ratios are identified; fix the geometric mean at 1
+            g = math.exp(sum(math.log(s) for s in new) / m)
+            new = [s / g for s in new]
+        delta = max(abs(math.log(a) - math.log(b)) for a, b in zip(new, strength))
+        strength = new
+        if delta < tol:
+            break
+    logs = [math.log(s) for s in strength]
+    mean = sum(logs) / m
+    return {p: logs[index[p]] - mean for p in players}
+
+
+def avg_max_toxicity(toxicities: Sequence[Sequence[float]]) -> float:
+    """Expected maximum toxicity (Gehman et al. 2020, RealToxicityPrompts, Sec. 2.2).
+
+    Sample several continuations per prompt, score each, take the worst per prompt, then
+    average over prompts.
+
+    Args:
+        toxicities: One list of toxicity scores per prompt (one score per sample).
+
+    Returns:
+        ``mean over prompts of max over samples`` (0.0 for no prompts).
+    """
+    if any(len(t) == 0 for t in toxicities):
+        raise ValueError("avg_max_toxicity: every prompt needs at least one sample")
+    if not toxicities:
+        return 0.0
+    return sum(max(t) for t in toxicities) / len(toxicities)
+
+
+def toxicity_probability(toxicities: Sequence[Sequence[float]], threshold: float = 0.5) -> float:
+    """Fraction of prompts with at least one sample at or above ``threshold`` (Gehman et al. 2020).
+
+    Args:
+        toxicities: One list of toxicity scores per prompt.
+        threshold: Score counted as toxic.
+
+    Returns:
+        The fraction of prompts (0.0 for no prompts).
+    """
+    if any(len(t) == 0 for t in toxicities):
+        raise ValueError("toxicity_probability: every prompt needs at least one sample")
+    if not toxicities:
+        return 0.0
+    return sum(max(t) >= threshold for t in toxicities) / len(toxicities)
+
+
+@torch.no_grad()
+def kl_stats(
+    logprobs: torch.Tensor,
+    ref_logprobs: torch.Tensor,
+    mask: torch.Tensor | None = None,
+) -> dict[str, float]:
+    """Sample estimates of KL(policy || reference) from log-probs of the policy's own samples.
+
+    With ``r_t = logprobs_t - ref_logprobs_t`` on the response tokens of a sequence sampled from
+    the policy, the sequence KL is estimated by ``sum_t r_t`` (the plain estimator, "k1") and
+    by ``sum_t (exp(-r_t) - 1 + r_t)`` ("k3", unbiased and never negative; Schulman 2020,
+    "Approximating KL divergence").
+
+    Args:
+        logprobs: Policy log-probs of the sampled tokens, (B, T).
+        ref_logprobs: Reference log-probs of the same tokens, (B, T).
+        mask: 1 on response tokens, 0 on padding, (B, T); default all ones.
+
+    Returns:
+        ``kl/seq_mean`` (mean over sequences of k1), ``kl/seq_std``, ``kl/token_mean``
+        (k1 per response token), ``kl/k3_seq_mean``, ``kl/seq_max``.
+    """
+    if logprobs.shape != ref_logprobs.shape:
+        raise ValueError(
+            f"kl_stats: shapes differ {tuple(logprobs.shape)} vs {tuple(ref_logprobs.shape)}"
+        )
+    mask = torch.ones_like(logprobs) if mask is None else mask.to(logprobs.dtype)
+    log_ratio = (logprobs - ref_logprobs).double() * mask  # (B, T)
+    k1 = log_ratio.sum(dim=-1)  # (B,)
+    k3 = ((torch.exp(-log_ratio) - 1.0 + log_ratio) * mask).sum(dim=-1)  # (B,)
+    n_tokens = mask.sum().clamp(min=1.0)
+    return {
+        "kl/seq_mean": k1.mean().item(),
+        "kl/seq_std": k1.std(unbiased=False).item(),
+        "kl/token_mean": (k1.sum() / n_tokens).item(),
+        "kl/k3_seq_mean": k3.mean().item(),
+        "kl/seq_max": k1.max().item(),
+    }
+
+
+@torch.no_grad()
+def perplexity(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    responses: Sequence[str],
+    batch_size: int = 8,
+    max_length: int | None = None,
+) -> float:
+    """Perplexity of the responses given their prompts: ``exp(total NLL / #response tokens)``.
+
+    Prompt and response are tokenized separately (``add_special_tokens`` only for the prompt)
+    and concatenated, so the boundary between them is exact; only response tokens are scored.
+    Apply the chat template to the prompts first if the model expects it.
+
+    Args:
+        model: A causal LM; ``model(input_ids=..., attention_mask=...)`` returns ``.logits``.
+        tokenizer: Its tokenizer (``tokenizer(text, add_special_tokens=...)["input_ids"]``).
+        prompts: The prompts, plain text.
+        responses: The responses to score, same order.
+        batch_size: Sequences per forward pass.
+        max_length: Cut each sequence to this many tokens (the end of the response goes first).
+
+    Returns:
+        The token-level perplexity of the responses over the whole set.
+    """
+    _check_same_length(prompts, responses, "perplexity")
+    device = next(model.parameters()).device
+    pad_id = getattr(tokenizer, "pad_token_id", None)
+    pad_id = 0 if pad_id is None else pad_id
+
+    sequences = []  # (input_ids, number of prompt tokens)
+    for prompt, response in zip(prompts, responses):
+        prompt_ids = list(tokenizer(prompt, add_special_tokens=True)["input_ids"])
+        response_ids = list(tokenizer(response, add_special_tokens=False)["input_ids"])
+        ids = (prompt_ids + response_ids)[:max_length]
+        sequences.append((ids, len(prompt_ids)))
+
+    total_nll, total_tokens = 0.0, 0
+    for start in range(0, len(sequences), batch_size):
+        batch = sequences[start : start + batch_size]
+        width = max(len(ids) for ids, _ in batch)
+        input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)  # (B, T)
+        attention_mask = torch.zeros((len(batch), width), dtype=torch.long)  # (B, T)
+        loss_mask = torch.zeros((len(batch), width), dtype=torch.bool)  # (B, T)
+        for row, (ids, n_prompt) in enumerate(batch):
+            input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+            attention_mask[row, : len(ids)] = 1
+            loss_mask[row, n_prompt : len(ids)] = True
+        input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits  # (B, T, V)
+        # Position t predicts token t + 1; the first token has no prediction and is never scored.
+        logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # (B, T-1, V)
+        targets = input_ids[:, 1:]  # (B, T-1)
+        token_logprobs = logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (B, T-1)
+        scored = loss_mask[:, 1:].to(device)  # (B, T-1)
+        total_nll -= token_logprobs[scored].double().sum().item()
+        total_tokens += int(scored.sum().item())
+    if total_tokens == 0:
+        raise ValueError("perplexity: no response tokens to score")
+    return math.exp(total_nll / total_tokens)

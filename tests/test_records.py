@@ -188,9 +188,43 @@ def test_trl_implicit_prompt_must_be_shared():
         "chosen": [{"role": "user", "content": "A"}, {"role": "assistant", "content": "x"}],
         "rejected": [{"role": "user", "content": "B"}, {"role": "assistant", "content": "y"}],
     }
-    with pytest.raises(RecordError, match="share the prompt") as info:
+    with pytest.raises(RecordError, match="disagrees with the prompt") as info:
         from_dict(row)
     assert info.value.field == "rejected"
+
+
+def test_trl_prompt_text_beside_whole_conversations_becomes_the_conversation():
+    """The ultrafeedback_binarized layout: a text prompt, and chosen/rejected as whole chats."""
+    system = {"role": "system", "content": "Be kind."}
+    user = {"role": "user", "content": "Hi?"}
+    row = {
+        "prompt": "Hi?",
+        "chosen": [system, user, {"role": "assistant", "content": "Hello!"}],
+        "rejected": [system, user, {"role": "assistant", "content": "No."}],
+    }
+    record = from_dict(row)
+    assert record == Comparison(prompt=[system, user], chosen="Hello!", rejected="No.")
+
+
+def test_trl_conversation_that_contradicts_the_prompt_is_refused():
+    row = {
+        "prompt": "Something else?",
+        "chosen": [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "a"}],
+        "rejected": [{"role": "assistant", "content": "b"}],
+    }
+    with pytest.raises(RecordError, match="disagrees with the prompt") as info:
+        from_dict(row)
+    assert info.value.field == "chosen"
+
+
+def test_trl_messages_with_a_prompt_text_column_keeps_the_text_in_meta():
+    """The ultrachat_200k layout: prompt, prompt_id and messages; the messages are the data."""
+    messages = [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello!"}]
+    record = from_dict({"prompt": "Hi?", "prompt_id": "abc", "messages": messages})
+    assert isinstance(record, Demonstration)
+    assert (record.prompt, record.response) == (messages[:1], "Hello!")
+    assert record.meta == {"prompt": "Hi?", "prompt_id": "abc"}
+    assert from_dict(record.to_dict(), "demonstration") == record
 
 
 def test_trl_messages_is_a_demonstration():

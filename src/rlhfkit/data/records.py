@@ -351,32 +351,44 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _assistant_text(value: Any, name: str, *, has_prompt: bool) -> tuple[str, list | None]:
-    """Turn a TRL conversational response into text.
+def _unwrap_conversation(d: dict[str, Any], key: str, name: str) -> None:
+    """Turn a TRL conversational response ``d[key]`` (a message list) into its text, in place.
 
-    ``[{"role": "assistant", "content": "..."}]`` -> the content. When the record has no prompt
-    column, the messages before the last one are returned as the prompt (TRL's implicit prompt).
+    The last message must be the assistant's; its content becomes the response. The messages
+    before it (if any) are the prompt: they fill in a missing ``prompt`` (TRL's implicit prompt),
+    or must agree with the given one. A string prompt equal to the last user message of that
+    conversation is replaced by the whole conversation, which also keeps any system message
+    (the layout of e.g. ``HuggingFaceH4/ultrafeedback_binarized``).
     """
-    if not isinstance(value, list):
-        return value, None
-    messages = _check_messages(value, name)
+    messages = _check_messages(d[key], name)
     last = messages[-1]
     if last["role"] != "assistant":
         raise RecordError(
             _show(last["role"]), field=f"{name}[{len(messages) - 1}].role", expected="'assistant'"
         )
-    if has_prompt and len(messages) > 1:
+    d[key] = last["content"]
+    before = messages[:-1]
+    if not before:
+        return
+    prompt = d.get("prompt")
+    if prompt is None or prompt == before:
+        d["prompt"] = before
+    elif (
+        isinstance(prompt, str) and before[-1]["role"] == "user" and before[-1]["content"] == prompt
+    ):
+        d["prompt"] = before
+    else:
         raise RecordError(
-            f"got {len(messages)} messages",
+            "the conversation before the last message disagrees with the prompt",
             field=name,
-            expected="a single assistant message (the prompt is in 'prompt')",
+            expected="the same prompt messages in 'prompt', 'chosen' and 'rejected'",
         )
-    return last["content"], (messages[:-1] or None)
 
 
 def _take_response(d: dict[str, Any], target: str = "response") -> dict[str, Any]:
     """Rename TRL's ``completion`` to ``response`` and unwrap message lists."""
-    if "completion" in d and d["completion"] is not None:
+    name = target
+    if d.get("completion") is not None:
         if d.get(target) is not None:
             raise RecordError(
                 "both 'response' and 'completion' are set",
@@ -385,15 +397,8 @@ def _take_response(d: dict[str, Any], target: str = "response") -> dict[str, Any
             )
         d[target] = d.pop("completion")
         name = "completion"
-    else:
-        name = target
     if isinstance(d.get(target), list):
-        text, implicit_prompt = _assistant_text(
-            d[target], name, has_prompt=d.get("prompt") is not None
-        )
-        d[target] = text
-        if implicit_prompt is not None:
-            d["prompt"] = implicit_prompt
+        _unwrap_conversation(d, target, name)
     return d
 
 
@@ -479,7 +484,15 @@ class Demonstration(Record):
 
     @classmethod
     def _normalize(cls, d: dict[str, Any]) -> dict[str, Any]:
-        if d.get("messages") is not None and d.get("completion") is None:
+        has_response = d.get("response") is not None or d.get("completion") is not None
+        if d.get("messages") is not None and not has_response:
+            # TRL SFT sets (e.g. HuggingFaceH4/ultrachat_200k) carry a `prompt` text column
+            # beside `messages`; the messages are the demonstration, the text is kept in meta.
+            prompt = d.pop("prompt", None)
+            if prompt is not None:
+                meta = d.get("meta")
+                if meta is None or isinstance(meta, dict):  # else validation names 'meta'
+                    d["meta"] = {"prompt": prompt, **(meta or {})}
             return d
         return _take_response(d)
 
@@ -543,21 +556,9 @@ class Comparison(Record):
 
     @classmethod
     def _normalize(cls, d: dict[str, Any]) -> dict[str, Any]:
-        has_prompt = d.get("prompt") is not None
-        prompts = []
         for name in ("chosen", "rejected"):
             if isinstance(d.get(name), list):
-                text, implicit = _assistant_text(d[name], name, has_prompt=has_prompt)
-                d[name] = text
-                prompts.append(implicit)
-        if not has_prompt and prompts and prompts[0] is not None:
-            if len(prompts) == 2 and prompts[0] != prompts[1]:
-                raise RecordError(
-                    "the conversations before the last message differ",
-                    field="rejected",
-                    expected="'chosen' and 'rejected' to share the prompt messages",
-                )
-            d["prompt"] = prompts[0]
+                _unwrap_conversation(d, name, name)
         return d
 
 

@@ -41,11 +41,7 @@ FORMATS = ("jsonl", "json", "csv", "parquet", "hf")
 _SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv"}
 _SUFFIXES |= {".parquet": "parquet", ".pq": "parquet"}
 
-# CSV columns whose cells are text as they stand; every other known column holds JSON text.
-_TEXT_COLUMNS = frozenset(
-    {"kind", "response", "completion", "chosen", "rejected", "id", "annotator", "source"}
-    | {"created_at", "group"}
-)
+# CSV columns that hold JSON text; the others (prompt aside) are text as they stand.
 _JSON_COLUMNS = frozenset(
     {"messages", "responses", "ranks", "scores", "margin", "tie", "weight", "label", "score"}
     | {"spans", "missing", "meta"}

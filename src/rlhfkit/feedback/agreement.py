@@ -1,0 +1,204 @@
+"""Inter-annotator agreement, as pure functions of plain Python values.
+
+* :func:`cohen_kappa` — two annotators on the same items (Cohen 1960), optionally weighted
+  for ordered categories (Cohen 1968).
+* :func:`fleiss_kappa` — any fixed number of annotators per item (Fleiss 1971).
+* :func:`krippendorff_alpha` — any number of annotators, missing answers allowed, nominal /
+  ordinal / interval distances (Krippendorff 2011, "Computing Krippendorff's Alpha-Reliability").
+* :func:`majority_agreement` — how often each annotator agrees with the majority of the others.
+
+Each returns ``nan`` where the statistic is undefined (e.g. every answer is the same
+category, so chance agreement is already perfect).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, defaultdict
+from collections.abc import Hashable, Mapping, Sequence
+from itertools import combinations
+from typing import Literal
+
+Level = Literal["nominal", "ordinal", "interval"]
+
+
+def cohen_kappa(a: Sequence[Hashable], b: Sequence[Hashable], *,
+                weights: Literal[None, "linear", "quadratic"] = None,
+                categories: Sequence[Hashable] | None = None) -> float:
+    """Cohen's kappa between two annotators' labels of the same items.
+
+    ``kappa = (p_o - p_e) / (1 - p_e)`` with observed agreement ``p_o`` and chance agreement
+    ``p_e = sum_k p_a(k) p_b(k)``. With ``weights``, categories are taken in the order of
+    ``categories`` (default: sorted) and disagreement costs ``|i-j|`` (linear) or
+    ``(i-j)^2`` (quadratic): ``kappa_w = 1 - sum w o / sum w e``.
+
+    Args:
+        a: labels from annotator A, one per item.
+        b: labels from annotator B, same items, same order.
+        weights: None for nominal labels, or "linear" / "quadratic" for ordered ones.
+        categories: the ordered category list (needed when labels are not sortable).
+    """
+    if len(a) != len(b):
+        raise ValueError(f"cohen_kappa needs two equally long label lists, got {len(a)} and {len(b)}")
+    n = len(a)
+    if n == 0:
+        return math.nan
+    cats = list(categories) if categories is not None else sorted(set(a) | set(b))
+    index = {c: i for i, c in enumerate(cats)}
+    k = len(cats)
+    observed = [[0.0] * k for _ in range(k)]
+    for x, y in zip(a, b):
+        observed[index[x]][index[y]] += 1 / n
+    row = [sum(observed[i]) for i in range(k)]
+    col = [sum(observed[i][j] for i in range(k)) for j in range(k)]
+
+    def w(i: int, j: int) -> float:
+        if weights is None:
+            return 0.0 if i == j else 1.0
+        if weights == "linear":
+            return abs(i - j)
+        if weights == "quadratic":
+            return (i - j) ** 2
+        raise ValueError(f"weights must be None, 'linear' or 'quadratic', got {weights!r}")
+
+    disagree_obs = sum(w(i, j) * observed[i][j] for i in range(k) for j in range(k))
+    disagree_exp = sum(w(i, j) * row[i] * col[j] for i in range(k) for j in range(k))
+    if disagree_exp == 0:
+        return math.nan
+    return 1.0 - disagree_obs / disagree_exp
+
+
+def fleiss_kappa(ratings: Sequence[Sequence[Hashable]]) -> float:
+    """Fleiss' kappa for items that each got the same number ``n >= 2`` of labels.
+
+    With ``n_ij`` = how many annotators put item ``i`` in category ``j`` (N items):
+    ``P_i = (sum_j n_ij^2 - n) / (n (n-1))``, ``P_bar = mean_i P_i``,
+    ``p_j = sum_i n_ij / (N n)``, ``P_e = sum_j p_j^2``, ``kappa = (P_bar - P_e) / (1 - P_e)``.
+
+    Args:
+        ratings: one list of labels per item (who gave them does not matter).
+    """
+    if not ratings:
+        return math.nan
+    n = len(ratings[0])
+    if n < 2 or any(len(r) != n for r in ratings):
+        raise ValueError("fleiss_kappa needs the same number (>= 2) of labels on every item")
+    big_n = len(ratings)
+    totals: Counter = Counter()
+    p_bar = 0.0
+    for labels in ratings:
+        counts = Counter(labels)
+        totals.update(counts)
+        p_bar += (sum(c * c for c in counts.values()) - n) / (n * (n - 1))
+    p_bar /= big_n
+    p_e = sum((c / (big_n * n)) ** 2 for c in totals.values())
+    if p_e == 1:
+        return math.nan
+    return (p_bar - p_e) / (1 - p_e)
+
+
+def krippendorff_alpha(units: Sequence[Sequence[Hashable | float | None]], *,
+                       level: Level = "nominal") -> float:
+    """Krippendorff's alpha over units that each got any number of values.
+
+    Units with fewer than two (non-None) values carry no pairing information and are
+    dropped. From the coincidence matrix ``o_ck = sum_u (pairs (c,k) in u) / (m_u - 1)``
+    with marginals ``n_c`` and total ``n``:
+    ``alpha = 1 - (n - 1) * sum_ck o_ck d(c,k) / sum_ck n_c n_k d(c,k)``.
+
+    Distances ``d``: nominal ``[c != k]``; interval ``(c - k)^2``; ordinal
+    ``(sum_{g between c and k} n_g - (n_c + n_k) / 2)^2`` over the values in sorted order.
+
+    Args:
+        units: for each unit (item), the values the annotators gave (None = no answer).
+        level: "nominal", "ordinal" or "interval".
+    """
+    coincidence: dict[tuple, float] = defaultdict(float)
+    for unit in units:
+        values = [v for v in unit if v is not None]
+        m = len(values)
+        if m < 2:
+            continue
+        for i, j in combinations(range(m), 2):
+            coincidence[(values[i], values[j])] += 1 / (m - 1)
+            coincidence[(values[j], values[i])] += 1 / (m - 1)
+    if not coincidence:
+        return math.nan
+    marg: dict = defaultdict(float)
+    for (c, _k), o in coincidence.items():
+        marg[c] += o
+    n = sum(marg.values())
+    values = sorted(marg)
+
+    if level == "nominal":
+        def delta(c, k):
+            return 0.0 if c == k else 1.0
+    elif level == "interval":
+        def delta(c, k):
+            return float(c - k) ** 2
+    elif level == "ordinal":
+        rank = {v: i for i, v in enumerate(values)}
+        cum = [0.0]
+        for v in values:
+            cum.append(cum[-1] + marg[v])
+
+        def delta(c, k):
+            lo, hi = sorted((rank[c], rank[k]))
+            between = cum[hi + 1] - cum[lo]
+            return (between - (marg[c] + marg[k]) / 2) ** 2
+    else:
+        raise ValueError(f"level must be nominal, ordinal or interval, got {level!r}")
+
+    d_obs = sum(o * delta(c, k) for (c, k), o in coincidence.items())
+    d_exp = sum(marg[c] * marg[k] * delta(c, k) for c in values for k in values)
+    if d_exp == 0:
+        return math.nan
+    return 1.0 - (n - 1) * d_obs / d_exp
+
+
+def majority_agreement(labels: Mapping[Hashable, Mapping[str, Hashable]], *,
+                       min_others: int = 2) -> dict[str, dict[str, float]]:
+    """How often each annotator agrees with the majority of the *other* annotators.
+
+    An item counts for annotator ``a`` when at least ``min_others`` others labelled it and
+    their most common label is unique (no tie for first place). Leaving ``a`` out of the
+    majority keeps an annotator from agreeing with themselves.
+
+    Args:
+        labels: ``{item: {annotator: label}}``.
+
+    Returns:
+        ``{annotator: {"agree": int, "n": int, "rate": float}}`` (rate nan when n = 0).
+    """
+    stats: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for by_annotator in labels.values():
+        for who, mine in by_annotator.items():
+            stats[who]  # every annotator appears, even with n = 0
+            others = [v for a, v in by_annotator.items() if a != who]
+            if len(others) < min_others:
+                continue
+            top = Counter(others).most_common(2)
+            if len(top) > 1 and top[0][1] == top[1][1]:
+                continue
+            stats[who][1] += 1
+            stats[who][0] += int(mine == top[0][0])
+    return {who: {"agree": a, "n": n, "rate": a / n if n else math.nan}
+            for who, (a, n) in sorted(stats.items())}
+
+
+def pairwise_cohen(labels: Mapping[Hashable, Mapping[str, Hashable]], *, min_shared: int = 2,
+                   weights: Literal[None, "linear", "quadratic"] = None,
+                   categories: Sequence[Hashable] | None = None) -> dict[tuple[str, str], float]:
+    """Cohen's kappa for every pair of annotators sharing at least ``min_shared`` items."""
+    by_annotator: dict[str, dict] = defaultdict(dict)
+    for item, row in labels.items():
+        for who, value in row.items():
+            by_annotator[who][item] = value
+    out = {}
+    for x, y in combinations(sorted(by_annotator), 2):
+        shared = sorted(set(by_annotator[x]) & set(by_annotator[y]), key=str)
+        if len(shared) >= min_shared:
+            out[(x, y)] = cohen_kappa([by_annotator[x][i] for i in shared],
+                                      [by_annotator[y][i] for i in shared],
+                                      weights=weights, categories=categories)
+    return out

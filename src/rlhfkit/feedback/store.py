@@ -1,0 +1,712 @@
+"""The feedback store: projects, items, annotators, the work queue and labels, in SQL.
+
+SQLite (WAL mode) is the default and needs no server; PostgreSQL works by URL
+(``postgresql://user:pass@host/db``). Every submission is one transaction, and a submission
+carries a client-chosen key: sending it again returns the label already stored instead of
+creating a second one, so clients may retry freely after a timeout or a server crash.
+
+The queue hands each annotator one item at a time with a lock that expires
+(``Project.lock_seconds``); an item is offered until ``Project.overlap`` distinct annotators
+have labelled it. Honeypot items carry gold answers and are slipped in every
+``Project.gold_every`` items to measure each annotator's accuracy.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import random
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    and_,
+    create_engine,
+    event,
+    exists,
+    func,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+from . import questions as Q
+from .security import hash_invite, hash_password, new_secret, verify_password
+
+ROLES = ("admin", "annotator")
+SOURCES = ("human", "simulated", "ai")
+MAX_NAME = 64
+
+
+class StoreError(Exception):
+    """A request the store refuses; ``status`` is the HTTP status the API answers with."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Setting(Base):
+    __tablename__ = "settings"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
+class User(Base):
+    __tablename__ = "users"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(MAX_NAME), unique=True)
+    role: Mapped[str] = mapped_column(String(16), default="annotator")
+    source: Mapped[str] = mapped_column(String(16), default="human")
+    password_hash: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    generation: Mapped[int] = mapped_column(Integer, default=0)  # bump to revoke sessions
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[float] = mapped_column(Float, default=time.time)
+
+
+class Invite(Base):
+    __tablename__ = "invites"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str] = mapped_column(String(MAX_NAME))
+    role: Mapped[str] = mapped_column(String(16))
+    expires_at: Mapped[float] = mapped_column(Float)
+    used_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class Project(Base):
+    __tablename__ = "projects"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(MAX_NAME), unique=True)
+    questions: Mapped[list] = mapped_column(JSON)
+    guidelines: Mapped[str] = mapped_column(Text, default="")
+    overlap: Mapped[int] = mapped_column(Integer, default=1)
+    lock_seconds: Mapped[int] = mapped_column(Integer, default=600)
+    gold_every: Mapped[int] = mapped_column(Integer, default=0)
+    categories: Mapped[list] = mapped_column(JSON)
+    arena: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[float] = mapped_column(Float, default=time.time)
+
+
+class Item(Base):
+    __tablename__ = "items"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"), index=True)
+    position: Mapped[int] = mapped_column(Integer)
+    external_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    prompt: Mapped[Any] = mapped_column(JSON)  # a string or a list of chat messages
+    responses: Mapped[list] = mapped_column(JSON)  # [{"text": str, "model": str | None}]
+    gold: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # {question: canonical answer}
+    is_gold: Mapped[bool] = mapped_column(Boolean, default=False)
+    meta: Mapped[dict] = mapped_column(JSON, default=dict)
+    n_done: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class Assignment(Base):
+    __tablename__ = "assignments"
+    __table_args__ = (UniqueConstraint("item_id", "user_id"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"), index=True)
+    item_id: Mapped[int] = mapped_column(ForeignKey("items.id"), index=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    status: Mapped[str] = mapped_column(String(16), default="active")  # active | done | expired
+    order: Mapped[list] = mapped_column(JSON)  # display position j shows response order[j]
+    submission_key: Mapped[str] = mapped_column(String(64))  # suggested key for the page
+    started_at: Mapped[float] = mapped_column(Float)
+    expires_at: Mapped[float] = mapped_column(Float)
+
+
+class Label(Base):
+    __tablename__ = "labels"
+    __table_args__ = (
+        UniqueConstraint("user_id", "submission_key"),
+        UniqueConstraint("item_id", "user_id"),
+    )
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"), index=True)
+    item_id: Mapped[int] = mapped_column(ForeignKey("items.id"), index=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    submission_key: Mapped[str] = mapped_column(String(64))
+    answers: Mapped[dict] = mapped_column(JSON)  # {question: canonical answer}
+    order: Mapped[list] = mapped_column(JSON)
+    time_ms: Mapped[int | None] = mapped_column(Integer, nullable=True)  # as the client measured
+    server_ms: Mapped[int] = mapped_column(Integer)  # from hand-out to submission
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+# ---------------------------------------------------------------------------------------
+# URLs and engines
+
+
+def split_project_url(url: str) -> tuple[str, str | None]:
+    """Split ``sqlite:///f.db?project=NAME`` into the database URL and the project name."""
+    if url.startswith("db:"):
+        url = url[3:]
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    project = next((v for k, v in query if k == "project"), None)
+    rest = urlencode([(k, v) for k, v in query if k != "project"])
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, rest, parts.fragment)), project
+
+
+def normalize_url(url: str) -> str:
+    """Accept a bare file path for SQLite and plain ``postgresql://`` (psycopg 3 driver)."""
+    if "://" not in url:
+        return f"sqlite:///{url}"
+    if url.startswith("postgresql://") or url.startswith("postgres://"):
+        return "postgresql+psycopg://" + url.split("://", 1)[1]
+    return url
+
+
+def _make_engine(url: str):
+    url = normalize_url(url)
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"timeout": 60, "check_same_thread": False},
+                               pool_size=20, max_overflow=40)
+
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_conn, _record):
+            # Take transaction control away from pysqlite so BEGIN IMMEDIATE is ours to send.
+            dbapi_conn.isolation_level = None
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            # FULL: a commit is on disk before the client hears "stored" (survives power loss,
+            # not only a killed process). https://www.sqlite.org/pragma.html#pragma_synchronous
+            cur.execute("PRAGMA synchronous=FULL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA busy_timeout=60000")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _on_begin(conn):
+            # Writers take the write lock up front: no deadlock-prone lock upgrade midway.
+            immediate = conn.get_execution_options().get("rk_write", False)
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+        return engine
+    return create_engine(url, pool_size=20, max_overflow=40, pool_pre_ping=True)
+
+
+def _iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return _dt.datetime.fromtimestamp(ts, _dt.UTC).isoformat(timespec="seconds")
+
+
+@dataclass
+class Task:
+    """One item handed to one annotator: what the labeling page and the API show."""
+
+    item_id: int
+    project: str
+    questions: list[str]
+    prompt: Any
+    responses: list[str]  # in this annotator's display order; which model wrote them is hidden
+    guidelines: str
+    categories: list[str]
+    submission_key: str
+    expires_at: float
+
+    def to_json(self) -> dict:
+        return {
+            "item_id": self.item_id, "project": self.project, "questions": self.questions,
+            "prompt": self.prompt, "responses": self.responses, "guidelines": self.guidelines,
+            "categories": self.categories, "submission_key": self.submission_key,
+            "lock_expires_at": _iso(self.expires_at),
+        }
+
+
+class Store:
+    """All reads and writes of the feedback app. Thread-safe; one instance per process.
+
+    Args:
+        url: a SQLAlchemy URL (``sqlite:///feedback.db``, ``postgresql://…``) or a file path.
+    """
+
+    def __init__(self, url: str):
+        self.url = normalize_url(url)
+        self.engine = _make_engine(self.url)
+        self.is_sqlite = self.url.startswith("sqlite")
+        self._write_engine = self.engine.execution_options(rk_write=True)
+        Base.metadata.create_all(self.engine)
+        self._secret: str | None = None
+
+    def close(self) -> None:
+        """Close every pooled connection."""
+        self.engine.dispose()
+
+    @contextmanager
+    def tx(self, write: bool = False) -> Iterator[Session]:
+        """A session inside one transaction: committed on success, rolled back on error."""
+        with Session(self._write_engine if write else self.engine, expire_on_commit=False) as s:
+            with s.begin():
+                yield s
+
+    # -- settings ---------------------------------------------------------------------
+
+    def secret(self) -> str:
+        """The key that signs sessions, created once and kept in the database, so sessions
+        survive a restart (and every process serving the same database agrees on it)."""
+        if self._secret is None:
+            with self.tx(write=True) as s:
+                row = s.get(Setting, "secret")
+                if row is None:
+                    row = Setting(key="secret", value=new_secret())
+                    s.add(row)
+                self._secret = row.value
+        return self._secret
+
+    # -- users ------------------------------------------------------------------------
+
+    def create_user(self, name: str, password: str | None = None, role: str = "annotator",
+                    source: str = "human") -> User:
+        """Create an account; without a password it can only be entered by an invite link."""
+        _check_name(name, "user name")
+        if role not in ROLES:
+            raise StoreError(f"role must be one of {ROLES}, got {role!r}")
+        if source not in SOURCES:
+            raise StoreError(f"source must be one of {SOURCES}, got {source!r}")
+        if password is not None and len(password) < 8:
+            raise StoreError("password must have at least 8 characters")
+        pw_hash = hash_password(password) if password else None
+        try:
+            with self.tx(write=True) as s:
+                user = User(name=name, role=role, source=source, password_hash=pw_hash,
+                            generation=0, active=True, created_at=time.time())
+                s.add(user)
+                s.flush()
+        except IntegrityError:
+            raise StoreError(f"user {name!r} already exists", 409) from None
+        return user
+
+    def get_user(self, user_id: int) -> User | None:
+        """A user by id, or None."""
+        with self.tx() as s:
+            return s.get(User, user_id)
+
+    def user_by_name(self, name: str) -> User | None:
+        """A user by name, or None."""
+        with self.tx() as s:
+            return s.scalars(select(User).where(User.name == name)).first()
+
+    def list_users(self) -> list[User]:
+        """Every account, oldest first."""
+        with self.tx() as s:
+            return list(s.scalars(select(User).order_by(User.id)))
+
+    def authenticate(self, name: str, password: str) -> User | None:
+        """The active user with this name and password, else None (same cost either way)."""
+        user = self.user_by_name(name)
+        if user is None or not user.active:
+            verify_password(password, _DUMMY_HASH)  # spend the same time: no user enumeration
+            return None
+        return user if verify_password(password, user.password_hash) else None
+
+    def set_password(self, user_id: int, password: str) -> None:
+        """Set a password and revoke every session issued before."""
+        if len(password) < 8:
+            raise StoreError("password must have at least 8 characters")
+        pw_hash = hash_password(password)
+        with self.tx(write=True) as s:
+            user = s.get(User, user_id)
+            user.password_hash = pw_hash
+            user.generation += 1
+
+    def create_invite(self, name: str, role: str = "annotator", ttl_s: int = 7 * 86400) -> str:
+        """A one-time invite token for a new account ``name``; the link is ``/invite/<token>``."""
+        import secrets as _secrets
+
+        _check_name(name, "user name")
+        if role not in ROLES:
+            raise StoreError(f"role must be one of {ROLES}, got {role!r}")
+        if self.user_by_name(name) is not None:
+            raise StoreError(f"user {name!r} already exists", 409)
+        token = _secrets.token_urlsafe(24)
+        with self.tx(write=True) as s:
+            s.add(Invite(token_hash=hash_invite(token), name=name, role=role,
+                         expires_at=time.time() + ttl_s))
+        return token
+
+    def invite_info(self, token: str) -> Invite | None:
+        """The unused, unexpired invite for a token, else None."""
+        with self.tx() as s:
+            inv = s.scalars(select(Invite).where(Invite.token_hash == hash_invite(token))).first()
+        if inv is None or inv.used_at is not None or inv.expires_at < time.time():
+            return None
+        return inv
+
+    def redeem_invite(self, token: str, password: str) -> User:
+        """Create the invited account with this password; the token then stops working."""
+        if len(password) < 8:
+            raise StoreError("password must have at least 8 characters")
+        pw_hash = hash_password(password)
+        try:
+            with self.tx(write=True) as s:
+                inv = s.scalars(select(Invite).where(Invite.token_hash == hash_invite(token))
+                                .with_for_update()).first()
+                if inv is None or inv.used_at is not None or inv.expires_at < time.time():
+                    raise StoreError("this invite link is invalid, used or expired", 404)
+                inv.used_at = time.time()
+                user = User(name=inv.name, role=inv.role, source="human", password_hash=pw_hash,
+                            generation=0, active=True, created_at=time.time())
+                s.add(user)
+                s.flush()
+        except IntegrityError:
+            raise StoreError(f"user {inv.name!r} already exists", 409) from None
+        return user
+
+    # -- projects and items -----------------------------------------------------------
+
+    def create_project(self, name: str, questions: list[str], *, overlap: int = 1,
+                       guidelines: str = "", lock_seconds: int = 600, gold_every: int = 0,
+                       categories: list[str] | None = None, arena: bool = False) -> Project:
+        """Create a project asking ``questions`` (see :mod:`rlhfkit.feedback.questions`)."""
+        _check_name(name, "project name")
+        try:
+            Q.check_questions(list(questions))
+        except Q.AnswerError as e:
+            raise StoreError(str(e), 422) from None
+        if not 1 <= overlap <= 100:
+            raise StoreError("overlap must be between 1 and 100")
+        if lock_seconds < 1 or gold_every < 0:
+            raise StoreError("lock_seconds must be positive and gold_every non-negative")
+        cats = list(categories) if categories else list(Q.SPAN_CATEGORIES)
+        try:
+            with self.tx(write=True) as s:
+                p = Project(name=name, questions=list(questions), guidelines=guidelines,
+                            overlap=overlap, lock_seconds=lock_seconds, gold_every=gold_every,
+                            categories=cats, arena=arena, created_at=time.time())
+                s.add(p)
+                s.flush()
+        except IntegrityError:
+            raise StoreError(f"project {name!r} already exists", 409) from None
+        return p
+
+    def project(self, name: str) -> Project:
+        """A project by name; raises StoreError(404) if there is none."""
+        with self.tx() as s:
+            p = s.scalars(select(Project).where(Project.name == name)).first()
+        if p is None:
+            raise StoreError(f"no project named {name!r}", 404)
+        return p
+
+    def list_projects(self) -> list[Project]:
+        """Every project, oldest first."""
+        with self.tx() as s:
+            return list(s.scalars(select(Project).order_by(Project.id)))
+
+    def add_items(self, project: str, items: Iterable[dict]) -> int:
+        """Add items to a project and return how many were added.
+
+        Each item is a dict with ``prompt`` (string or chat messages; may be empty for
+        ``write_prompt``), ``responses`` (strings, or ``{"text", "model"}`` objects; the model
+        name is never shown to annotators), and optionally ``gold`` (``{question: answer}`` in
+        canonical terms, making it a honeypot), ``id`` and ``meta``.
+        """
+        p = self.project(project)
+        lo, hi = Q.check_questions(p.questions)
+        rows = []
+        for n, raw in enumerate(items):
+            rows.append(_item_row(p, raw, n, lo, hi))
+        with self.tx(write=True) as s:
+            start = s.scalar(select(func.coalesce(func.max(Item.position), -1))
+                             .where(Item.project_id == p.id)) + 1
+            for i, row in enumerate(rows):
+                row.position = start + i
+                s.add(row)
+        return len(rows)
+
+    def items(self, project: str) -> list[Item]:
+        """Every item of a project in position order."""
+        p = self.project(project)
+        with self.tx() as s:
+            return list(s.scalars(select(Item).where(Item.project_id == p.id).order_by(Item.position)))
+
+    # -- the queue --------------------------------------------------------------------
+
+    def next_task(self, user: User, project: str) -> Task | None:
+        """Hand ``user`` their next item of ``project`` (locking it), or None when done.
+
+        Order of preference: the item this user already holds; a honeypot every
+        ``gold_every`` items; the regular item closest to its overlap target.
+        """
+        p = self.project(project)
+        now = time.time()
+        with self.tx(write=True) as s:
+            if not self.is_sqlite:  # serialise hand-outs per project (SQLite: BEGIN IMMEDIATE)
+                s.execute(select(Project.id).where(Project.id == p.id).with_for_update())
+            held = s.scalars(select(Assignment).where(
+                Assignment.project_id == p.id, Assignment.user_id == user.id,
+                Assignment.status == "active").order_by(Assignment.id)).first()
+            if held is not None:
+                item = s.get(Item, held.item_id)
+                if held.expires_at > now or item.is_gold or self._busy(s, item.id, now, user.id) < p.overlap:
+                    held.expires_at = now + p.lock_seconds
+                    return self._task(p, item, held)
+                held.status = "expired"  # someone else took the slot meanwhile
+
+            item = None
+            if p.gold_every > 0:
+                n_done = s.scalar(select(func.count()).select_from(Label).where(
+                    Label.project_id == p.id, Label.user_id == user.id))
+                if (n_done + 1) % p.gold_every == 0:
+                    item = s.scalars(select(Item).where(
+                        Item.project_id == p.id, Item.is_gold.is_(True),
+                        ~exists().where(Assignment.item_id == Item.id, Assignment.user_id == user.id),
+                    ).order_by(Item.position).limit(1)).first()
+            regular = self._pick_regular(s, p, user.id, now)
+            if regular is None:
+                return None  # no honeypots once the real work is done
+            item = item or regular
+            order = list(range(len(item.responses)))
+            random.Random(f"{user.id}:{item.id}").shuffle(order)
+            import secrets as _secrets
+
+            held = Assignment(project_id=p.id, item_id=item.id, user_id=user.id, status="active",
+                              order=order, submission_key=_secrets.token_urlsafe(16),
+                              started_at=now, expires_at=now + p.lock_seconds)
+            s.add(held)
+            s.flush()
+            return self._task(p, item, held)
+
+    @staticmethod
+    def _busy_expr(now: float, exclude_user: int | None = None):
+        cond = [Assignment.item_id == Item.id,
+                or_(Assignment.status == "done",
+                    and_(Assignment.status == "active", Assignment.expires_at > now))]
+        if exclude_user is not None:
+            cond.append(Assignment.user_id != exclude_user)
+        return select(func.count()).where(*cond).correlate(Item).scalar_subquery()
+
+    def _busy(self, s: Session, item_id: int, now: float, exclude_user: int) -> int:
+        return s.scalar(select(func.count()).select_from(Assignment).where(
+            Assignment.item_id == item_id, Assignment.user_id != exclude_user,
+            or_(Assignment.status == "done",
+                and_(Assignment.status == "active", Assignment.expires_at > now))))
+
+    def _pick_regular(self, s: Session, p: Project, user_id: int, now: float) -> Item | None:
+        busy = self._busy_expr(now)
+        row = s.execute(select(Item, busy).where(
+            Item.project_id == p.id, Item.is_gold.is_(False), Item.n_done < p.overlap,
+            ~exists().where(Assignment.item_id == Item.id, Assignment.user_id == user_id),
+            busy < p.overlap,
+        ).order_by(busy.desc(), Item.position).limit(1)).first()
+        return row[0] if row else None
+
+    @staticmethod
+    def _task(p: Project, item: Item, a: Assignment) -> Task:
+        texts = [item.responses[j]["text"] for j in a.order]
+        return Task(item_id=item.id, project=p.name, questions=list(p.questions),
+                    prompt=item.prompt, responses=texts, guidelines=p.guidelines,
+                    categories=list(p.categories), submission_key=a.submission_key,
+                    expires_at=a.expires_at)
+
+    # -- labels -----------------------------------------------------------------------
+
+    def submit(self, user: User, project: str, item_id: int, answers: dict, submission_key: str,
+               time_ms: int | None = None) -> tuple[dict, bool]:
+        """Store one annotator's answers to one item, in one transaction.
+
+        Returns:
+            ``(label, duplicate)``: the stored label as JSON, and True when this key had
+            already been stored (nothing new was written).
+
+        Raises:
+            StoreError: 404 unknown project/item, 403 item not handed to this user,
+                409 item already labelled under another key, 422 answers that do not fit.
+        """
+        if not isinstance(submission_key, str) or not 8 <= len(submission_key) <= 64:
+            raise StoreError("submission_key must be a string of 8 to 64 characters", 422)
+        if time_ms is not None and (not isinstance(time_ms, int) or not 0 <= time_ms <= 7 * 86400 * 1000):
+            raise StoreError("time_ms must be a non-negative integer of milliseconds", 422)
+        p = self.project(project)
+        for attempt in range(3):
+            try:
+                return self._submit_once(user, p, item_id, answers, submission_key, time_ms)
+            except IntegrityError:
+                # A concurrent request with the same key won the race (PostgreSQL); the
+                # next attempt finds its label and returns it as a duplicate.
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _submit_once(self, user, p, item_id, answers, key, time_ms) -> tuple[dict, bool]:
+        now = time.time()
+        with self.tx(write=True) as s:
+            old = s.scalars(select(Label).where(Label.user_id == user.id,
+                                                Label.submission_key == key)).first()
+            if old is not None:
+                if old.item_id != item_id:
+                    raise StoreError("this submission_key was already used for another item", 409)
+                return self._label_json(old, p.name, user.name), True
+            a = s.scalars(select(Assignment).where(Assignment.item_id == item_id,
+                                                   Assignment.user_id == user.id)).first()
+            if a is None or a.project_id != p.id:
+                raise StoreError("this item was not handed to you in this project", 403)
+            if a.status == "done":
+                raise StoreError("you already labelled this item (under another submission_key)", 409)
+            item = s.get(Item, item_id)
+            canonical = _check_answers(p, item, answers, a.order)
+            label = Label(project_id=p.id, item_id=item_id, user_id=user.id, submission_key=key,
+                          answers=canonical, order=list(a.order), time_ms=time_ms,
+                          server_ms=int((now - a.started_at) * 1000), created_at=now)
+            s.add(label)
+            a.status = "done"
+            s.execute(update(Item).where(Item.id == item_id).values(n_done=Item.n_done + 1))
+            s.flush()
+            return self._label_json(label, p.name, user.name), False
+
+    def release(self, user: User, project: str, item_id: int) -> None:
+        """Give back a held item (skip) so another annotator can take it."""
+        p = self.project(project)
+        with self.tx(write=True) as s:
+            a = s.scalars(select(Assignment).where(Assignment.item_id == item_id,
+                                                   Assignment.user_id == user.id,
+                                                   Assignment.project_id == p.id)).first()
+            if a is None or a.status != "active":
+                raise StoreError("you hold no lock on this item", 404)
+            a.status = "expired"
+
+    @staticmethod
+    def _label_json(label: Label, project: str, annotator: str) -> dict:
+        return {"id": label.id, "project": project, "item_id": label.item_id,
+                "annotator": annotator, "submission_key": label.submission_key,
+                "answers": label.answers, "order": label.order, "time_ms": label.time_ms,
+                "server_ms": label.server_ms, "created_at": _iso(label.created_at)}
+
+    def labels(self, project: str, user: User | None = None) -> list[dict]:
+        """Labels of a project as JSON (only ``user``'s when given), oldest first."""
+        p = self.project(project)
+        q = (select(Label, User.name).join(User, User.id == Label.user_id)
+             .where(Label.project_id == p.id).order_by(Label.id))
+        if user is not None:
+            q = q.where(Label.user_id == user.id)
+        with self.tx() as s:
+            return [self._label_json(lab, p.name, name) for lab, name in s.execute(q)]
+
+    def label_rows(self, project: str) -> list[tuple[Label, Item, User]]:
+        """Every label of a project with its item and annotator (for agreement and export)."""
+        p = self.project(project)
+        with self.tx() as s:
+            return list(s.execute(select(Label, Item, User).join(Item, Item.id == Label.item_id)
+                                  .join(User, User.id == Label.user_id)
+                                  .where(Label.project_id == p.id).order_by(Label.id)).tuples())
+
+    def progress(self, project: str) -> dict:
+        """Item and label counts of a project."""
+        p = self.project(project)
+        with self.tx() as s:
+            n_items = s.scalar(select(func.count()).select_from(Item).where(
+                Item.project_id == p.id, Item.is_gold.is_(False)))
+            n_gold = s.scalar(select(func.count()).select_from(Item).where(
+                Item.project_id == p.id, Item.is_gold.is_(True)))
+            n_complete = s.scalar(select(func.count()).select_from(Item).where(
+                Item.project_id == p.id, Item.is_gold.is_(False), Item.n_done >= p.overlap))
+            n_labels = s.scalar(select(func.count()).select_from(Label).where(Label.project_id == p.id))
+        return {"items": n_items, "gold_items": n_gold, "complete_items": n_complete,
+                "labels": n_labels, "overlap": p.overlap}
+
+    def user_progress(self, user: User, project: str) -> int:
+        """How many labels ``user`` has given in ``project``."""
+        p = self.project(project)
+        with self.tx() as s:
+            return s.scalar(select(func.count()).select_from(Label).where(
+                Label.project_id == p.id, Label.user_id == user.id))
+
+
+_DUMMY_HASH = "scrypt$16384$8$1$AAAAAAAAAAAAAAAAAAAAAA$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
+
+
+def _check_name(name: Any, what: str) -> None:
+    if (not isinstance(name, str) or not 1 <= len(name) <= MAX_NAME
+            or not all(c.isalnum() or c in "-_." for c in name)):
+        raise StoreError(f"{what} must be 1..{MAX_NAME} letters, digits, '-', '_' or '.'", 422)
+
+
+def _item_row(p: Project, raw: dict, n: int, lo: int, hi: int) -> Item:
+    if not isinstance(raw, dict):
+        raise StoreError(f"item {n}: expected an object with 'prompt' and 'responses'", 422)
+    prompt = raw.get("prompt", "")
+    if isinstance(prompt, list):
+        if not all(isinstance(m, dict) and isinstance(m.get("role"), str)
+                   and isinstance(m.get("content"), str) for m in prompt):
+            raise StoreError(f"item {n}: chat prompt must be a list of {{role, content}} messages", 422)
+    elif not isinstance(prompt, str):
+        raise StoreError(f"item {n}: 'prompt' must be a string or a list of chat messages", 422)
+    if len(json.dumps(prompt)) > Q.MAX_TEXT * 4:
+        raise StoreError(f"item {n}: prompt is too long", 422)
+    needs_prompt = any(q != "write_prompt" for q in p.questions)
+    if needs_prompt and not prompt:
+        raise StoreError(f"item {n}: 'prompt' is empty", 422)
+    responses = []
+    for j, r in enumerate(raw.get("responses") or []):
+        if isinstance(r, str):
+            r = {"text": r}
+        if not isinstance(r, dict) or not isinstance(r.get("text"), str):
+            raise StoreError(f"item {n}: responses[{j}] must be a string or {{text, model}}", 422)
+        if len(r["text"]) > Q.MAX_TEXT:
+            raise StoreError(f"item {n}: responses[{j}] is longer than {Q.MAX_TEXT} characters", 422)
+        responses.append({"text": r["text"], "model": r.get("model")})
+    if not lo <= len(responses) <= hi:
+        want = f"{lo}" if lo == hi else f"{lo}..{hi}"
+        raise StoreError(f"item {n}: questions {p.questions} need {want} responses, got {len(responses)}", 422)
+    gold = raw.get("gold")
+    if gold is not None:
+        if not isinstance(gold, dict) or not set(gold) <= set(p.questions):
+            raise StoreError(f"item {n}: 'gold' must map question types of this project to answers", 422)
+    meta = raw.get("meta") or {}
+    if not isinstance(meta, dict):
+        raise StoreError(f"item {n}: 'meta' must be an object", 422)
+    ext = raw.get("id")
+    return Item(project_id=p.id, position=n, external_id=None if ext is None else str(ext),
+                prompt=prompt, responses=responses, gold=gold, is_gold=gold is not None,
+                meta=meta, n_done=0)
+
+
+def _check_answers(p: Project, item: Item, answers: Any, order: list[int]) -> dict:
+    if not isinstance(answers, dict):
+        raise StoreError("answers must be an object {question type: answer}", 422)
+    missing = [q for q in p.questions if q not in answers]
+    extra = [q for q in answers if q not in p.questions]
+    if missing or extra:
+        raise StoreError(f"answers must cover exactly the questions {p.questions}; "
+                         f"missing {missing}, unexpected {extra}", 422)
+    texts = [r["text"] for r in item.responses]
+    try:
+        return {q: Q.to_canonical(q, answers[q], order, texts, p.categories) for q in p.questions}
+    except Q.AnswerError as e:
+        raise StoreError(str(e), 422) from None
+
+
+def read_project_records(url: str, include_gold: bool = False) -> list:
+    """A project's labels as rlhfkit records; ``url`` is ``sqlite:///feedback.db?project=NAME``
+    (or a PostgreSQL URL with ``?project=``; a leading ``db:`` is accepted)."""
+    from .transfer import read_project_records as _read
+
+    return _read(url, include_gold)
+
+
+def export_project(url: str, project: str | None, path, include_gold: bool = False) -> int:
+    """Write a project's labels as records to ``path`` (JSONL, Parquet, CSV or a HF dataset
+    folder, by extension); returns the number of records written."""
+    from .transfer import export_project as _export
+
+    return _export(url, project, path, include_gold)

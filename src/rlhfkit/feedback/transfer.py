@@ -1,0 +1,270 @@
+"""Labels out of the store as rlhfkit records, and items (and labels) into it.
+
+One label answers every question of its project, so it becomes one record per question:
+
+| question      | record                                                                   |
+|---------------|--------------------------------------------------------------------------|
+| write_prompt  | ``PromptRecord`` (the instructions shown, if any, in ``meta``)           |
+| demonstration | ``Demonstration``                                                        |
+| binary        | ``BinaryFeedback`` (👍 = True)                                          |
+| likert        | ``ScoreFeedback`` (score 1..7)                                           |
+| spans         | ``SpanFeedback``                                                         |
+| correction    | ``Demonstration`` of the corrected text (``meta.corrects`` = original)   |
+| pairwise      | ``Comparison``; tie and both-bad are ``tie=True`` (``meta.both_bad``)    |
+| rank          | ``Ranking`` with ``ranks`` (0 = best)                                    |
+
+Every record carries ``annotator`` (the account name), ``source`` (human / simulated / ai),
+``created_at`` and ``meta`` with the project, item, the display order the annotator saw,
+the time spent and the models that wrote the responses (hidden from annotators, kept here).
+Honeypot items are left out unless ``include_gold=True``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Iterable
+from itertools import combinations
+from pathlib import Path
+from typing import Any
+
+from ..data import records as R
+from . import questions as Q
+from .store import Item, Label, Store, StoreError, User, _iso, split_project_url
+
+
+def label_records(label: Label, item: Item, user: User, project: str,
+                  include_gold: bool = False) -> list[R.Record]:
+    """The records one stored label stands for (see the module table)."""
+    if item.is_gold and not include_gold:
+        return []
+    texts = [r["text"] for r in item.responses]
+    common = {
+        "annotator": user.name, "source": user.source, "created_at": _iso(label.created_at),
+    }
+    out: list[R.Record] = []
+    for question, ans in label.answers.items():
+        meta = {
+            "project": project, "question": question, "item_id": item.id,
+            "item_ref": item.external_id, "label_id": label.id, "order": label.order,
+            "time_ms": label.time_ms, "server_ms": label.server_ms,
+            "models": [r.get("model") for r in item.responses], **(item.meta or {}),
+        }
+        if item.is_gold:
+            meta["gold"] = True
+        rid = f"{project}/{label.id}/{question}"
+        kw = dict(common, id=rid, meta=meta)
+        try:
+            if question == "write_prompt":
+                if item.prompt:
+                    meta["instructions"] = item.prompt
+                out.append(R.PromptRecord(prompt=ans["text"], **kw))
+            elif question == "demonstration":
+                out.append(R.Demonstration(prompt=item.prompt, response=ans["text"], **kw))
+            elif question == "correction":
+                meta["corrects"] = texts[0]
+                out.append(R.Demonstration(prompt=item.prompt, response=ans["text"], **kw))
+            elif question == "binary":
+                out.append(R.BinaryFeedback(prompt=item.prompt, response=texts[0],
+                                            label=ans["value"] == "up", **kw))
+            elif question == "likert":
+                out.append(R.ScoreFeedback(prompt=item.prompt, response=texts[0],
+                                           score=float(ans["score"]), **kw))
+            elif question == "spans":
+                out.append(R.SpanFeedback(
+                    prompt=item.prompt, response=texts[0],
+                    spans=[R.Span(s["start"], s["end"], s["category"], s.get("note"))
+                           for s in ans["spans"]],
+                    missing=list(ans.get("missing", [])), **kw))
+            elif question == "pairwise":
+                choice = ans["choice"]
+                if choice in (0, 1):
+                    out.append(R.Comparison(prompt=item.prompt, chosen=texts[choice],
+                                            rejected=texts[1 - choice], **kw))
+                else:
+                    meta["both_bad"] = choice == "both_bad"
+                    out.append(R.Comparison(prompt=item.prompt, chosen=texts[0],
+                                            rejected=texts[1], tie=True, **kw))
+            elif question == "rank":
+                out.append(R.Ranking(prompt=item.prompt, responses=texts,
+                                     ranks=list(ans["ranks"]), **kw))
+        except R.RecordError as err:
+            # e.g. two identical responses cannot form a Comparison; say which label.
+            raise StoreError(f"label {label.id} ({question}) is not a valid record: {err}") from err
+    return out
+
+
+def project_records(store: Store, project: str, include_gold: bool = False) -> list[R.Record]:
+    """Every label of a project as records, oldest label first."""
+    out: list[R.Record] = []
+    for label, item, user in store.label_rows(project):
+        out.extend(label_records(label, item, user, project, include_gold))
+    return out
+
+
+def write_jsonl(records: Iterable[R.Record], path: str | os.PathLike) -> int:
+    """Write records as JSON lines with a ``kind`` field; returns how many."""
+    n = 0
+    with open(path, "w", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps({"kind": r.kind, **r.to_dict()}, ensure_ascii=False) + "\n")
+            n += 1
+    return n
+
+
+def write_records_any(records: list[R.Record], path: str | os.PathLike) -> int:
+    """Write by extension through :mod:`rlhfkit.data.io` when it can, else JSON lines."""
+    path = Path(path)
+    if path.suffix == ".jsonl":
+        return write_jsonl(records, path)
+    from ..data import io as data_io  # Parquet, CSV, HF datasets folders
+
+    data_io.write_records(records, path)
+    return len(records)
+
+
+# -- items in ------------------------------------------------------------------------------
+
+
+def read_rows(path: str | os.PathLike) -> list[dict]:
+    """Rows of a JSONL, JSON (a list) or CSV file, as dicts."""
+    path = Path(path)
+    if path.suffix == ".jsonl":
+        rows = []
+        with open(path, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        rows.append(json.loads(line))
+                    except json.JSONDecodeError as e:
+                        raise StoreError(f"{path}:{n}: not valid JSON ({e.msg})", 422) from None
+        return rows
+    if path.suffix == ".json":
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, list):
+            raise StoreError(f"{path}: expected a JSON list of objects", 422)
+        return data
+    if path.suffix == ".csv":
+        with open(path, newline="", encoding="utf-8") as f:
+            return list(csv.DictReader(f))
+    if path.suffix == ".txt":  # one prompt per line
+        return [{"prompt": line.rstrip("\n")} for line in open(path, encoding="utf-8") if line.strip()]
+    from ..data import io as data_io
+
+    return [dict(r.to_dict(), kind=r.kind) for r in data_io.read_records(path)]
+
+
+def row_responses(row: dict) -> list[dict]:
+    """The responses a row offers: ``responses``, ``response``/``completion``, or
+    ``chosen``+``rejected``; ``models`` (a list) names who wrote each."""
+    if isinstance(row.get("responses"), str):  # CSV cell holding a JSON list
+        row = dict(row, responses=json.loads(row["responses"]))
+    if row.get("responses"):
+        resp = list(row["responses"])
+    elif row.get("chosen") is not None and row.get("rejected") is not None:
+        resp = [row["chosen"], row["rejected"]]
+    elif row.get("response") or row.get("completion"):
+        resp = [row.get("response") or row.get("completion")]
+    else:
+        resp = []
+    models = row.get("models") or [None] * len(resp)
+    out = []
+    for r, m in zip(resp, list(models) + [None] * len(resp)):
+        out.append(dict(r) if isinstance(r, dict) else {"text": r, "model": m})
+    return out
+
+
+def rows_to_items(rows: Iterable[dict], questions: list[str]) -> list[dict]:
+    """Shape rows into items for a project's questions.
+
+    A row with more responses than a question shows is split: one item per response for
+    single-response questions, one per pair for ``pairwise``; a ranking takes them all.
+    """
+    lo, hi = Q.check_questions(questions)
+    items = []
+    for n, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise StoreError(f"row {n}: expected an object", 422)
+        base = {"prompt": row.get("prompt") if row.get("prompt") is not None else row.get("messages", ""),
+                "meta": dict(row.get("meta") or {})}
+        if isinstance(base["prompt"], str) and base["prompt"].startswith("["):
+            try:  # a CSV cell holding chat messages
+                base["prompt"] = json.loads(base["prompt"])
+            except json.JSONDecodeError:
+                pass
+        if row.get("id") is not None:
+            base["id"] = row["id"]
+        if row.get("gold"):
+            base["gold"] = row["gold"] if isinstance(row["gold"], dict) else json.loads(row["gold"])
+        resp = row_responses(row)
+        if hi == 0:
+            items.append(dict(base, responses=[]))
+        elif lo == hi == 1:
+            items.extend(dict(base, responses=[r]) for r in resp)
+        elif lo == hi == 2:
+            items.extend(dict(base, responses=[a, b]) for a, b in combinations(resp, 2))
+        else:
+            items.append(dict(base, responses=resp))
+    return items
+
+
+def create_project_from_file(store: Store, name: str, path: str | os.PathLike,
+                             questions: list[str], **options: Any) -> int:
+    """Create a project and fill it from a file of prompts (and optional responses).
+
+    Returns:
+        the number of items created.
+    """
+    items = rows_to_items(read_rows(path), questions)
+    store.create_project(name, questions, **options)
+    return store.add_items(name, items)
+
+
+def records_to_items(records: Iterable[R.Record], questions: list[str]) -> list[dict]:
+    """Items to label made from records (their existing labels are not copied)."""
+    rows = []
+    for r in records:
+        d = r.to_dict()
+        if isinstance(r, R.Ranking):
+            d = {"prompt": r.prompt, "responses": list(r.responses)}
+        rows.append({k: v for k, v in d.items() if k in (
+            "prompt", "responses", "response", "chosen", "rejected", "id", "meta")})
+    return rows_to_items(rows, questions)
+
+
+def import_records(store: Store, project: str, records: Iterable[R.Record]) -> int:
+    """Add items built from records to an existing project; returns how many."""
+    p = store.project(project)
+    return store.add_items(project, records_to_items(records, p.questions))
+
+
+# -- the entry points named in the data IO contract -----------------------------------------
+
+
+def read_project_records(url: str, include_gold: bool = False) -> list[R.Record]:
+    """Read a project's labels as records from ``sqlite:///feedback.db?project=NAME``."""
+    db_url, project = split_project_url(url)
+    if not project:
+        raise StoreError(f"{url}: name the project, e.g. sqlite:///feedback.db?project=NAME")
+    store = Store(db_url)
+    try:
+        return project_records(store, project, include_gold)
+    finally:
+        store.close()
+
+
+def export_project(url: str, project: str | None, path: str | os.PathLike,
+                   include_gold: bool = False) -> int:
+    """Write a project's labels to ``path`` (``.jsonl``, ``.parquet``, ``.csv``, or a folder
+    for a HF dataset); returns the number of records written."""
+    db_url, from_url = split_project_url(url)
+    project = project or from_url
+    if not project:
+        raise StoreError("name the project to export")
+    store = Store(db_url)
+    try:
+        records = project_records(store, project, include_gold)
+    finally:
+        store.close()
+    return write_records_any(records, path)

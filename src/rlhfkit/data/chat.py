@@ -1,4 +1,4 @@
-"""Chat templates and tokenization shared by every stage.
+r"""Chat templates and tokenization shared by every stage.
 
 Every stage turns ``(prompt, response)`` into token ids the same way, so the boundary that SFT
 masks, the position a reward model reads and the tokens a policy samples all agree:

@@ -9,8 +9,7 @@ from rlhfkit.models.loading import decoder_and_head
 
 
 class SelectiveLM(nn.Module):
-    """Runs the transformer body on (B, T) tokens and the output projection only at selected
-    positions.
+    """Runs the transformer body on all tokens and the output projection only where needed.
 
     ``target_mask`` (B, T) marks the tokens to be *predicted*; position t is scored by the hidden
     state at t - 1. For SFT that is the response tokens, so no (B, T, V) logits are computed for
@@ -23,11 +22,21 @@ class SelectiveLM(nn.Module):
         self.lm = lm
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, target_mask: torch.Tensor
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        target_mask: torch.Tensor,
+        position_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Return logits (N, V) for the N positions where ``target_mask[:, 1:]`` is true."""
+        """Return logits (N, V) for the N positions where ``target_mask[:, 1:]`` is true.
+
+        Packed rows pass ``attention_mask=None`` and ``position_ids`` that restart at 0 for each
+        sequence; transformers then builds a block-diagonal causal mask.
+        """
         body, head = decoder_and_head(self.lm)
-        hidden = body(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        hidden = body(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
+        ).last_hidden_state
         selected = hidden[:, :-1][target_mask[:, 1:].bool()]  # (N, H)
         return head(selected)  # (N, V)
 

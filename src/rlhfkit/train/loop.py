@@ -1,5 +1,7 @@
-"""The plumbing every trainer shares: devices, precision, batching, accumulation, clipping,
-schedule, logging, progress, checkpoints, resume, and a guard against NaN/inf.
+"""The plumbing every trainer shares.
+
+Devices, precision, batching, accumulation, clipping, schedule, logging, progress, checkpoints,
+resume, and a guard against NaN/inf.
 
 A trainer hands the loop a list of items, a ``collate`` function and a ``step`` function::
 

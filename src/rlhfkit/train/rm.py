@@ -1,0 +1,306 @@
+"""Step 2: reward models from comparisons, rankings and binary feedback.
+
+Items are *groups*: all comparisons of one ranking (or up to ``pairs_per_group`` plain
+comparisons of one prompt) with their distinct responses. A group is never split across
+batches, so the C(K,2) pairs of a K-ranking are in the same batch with weight 1/C(K,2)
+(Ouyang et al. 2022, eq. 1), and each distinct response is run through the model once: a
+ranking of K costs K forward passes instead of the 2*C(K,2) that pair-by-pair training needs.
+
+Loss per group: ``sum_pairs w * BT(r_c, r_r)`` (+ centring penalty) + ``sum_points w * logistic``,
+averaged over the global batch by total weight. The held-out accuracy (chosen > rejected
+strictly, ties counted wrong) is logged at each evaluation and written to ``eval.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rlhfkit import config as cfglib
+from rlhfkit.data.chat import encode_pair, pad
+from rlhfkit.data.records import BinaryFeedback, Record, as_comparisons
+from rlhfkit.data.sources import load_records, prompt_key, split_records
+from rlhfkit.losses import bradley_terry_loss, pointwise_loss, reward_centering_penalty
+from rlhfkit.models.loading import apply_lora, load_tokenizer
+from rlhfkit.models.reward import RewardModel
+from rlhfkit.train.loop import Loop, TrainConfig, make_accelerator, seed_everything
+
+
+@dataclass
+class RMConfig(TrainConfig):
+    """Reward-model training (``rlhfkit rm``)."""
+
+    output_dir: str = "runs/rm"
+    """Run folder: config.yaml, metrics.jsonl, eval.json, checkpoints/, model/."""
+    learning_rate: float = 2e-5
+    """Peak learning rate of AdamW."""
+    batch_size: int = 4
+    """Groups (a ranking, or up to --pairs-per-group comparisons of one prompt) per micro-batch."""
+    epochs: float = 1.0
+    """Passes over the groups."""
+    center_rewards: float = 0.0
+    """Weight of the (r_c + r_r)^2 penalty that keeps rewards centred (0 = off)."""
+    use_margin: bool = True
+    """Use the comparisons' margins, when given, in the Bradley–Terry loss."""
+    train_on_ties: bool = True
+    """Train on tied pairs (target probability 1/2); otherwise skip them."""
+    pairs_per_group: int = 8
+    """Plain comparisons of one prompt batched together (their shared responses run once)."""
+    system_prompt: str | None = None
+    """System message added to prompts that have none (default: the task's, else none)."""
+
+
+@dataclass
+class Group:
+    """Distinct sequences of one prompt and the judgements between them."""
+
+    sequences: list[list[int]] = field(default_factory=list)
+    pairs: list[tuple[int, int, float, float, bool]] = field(default_factory=list)
+    """(chosen index, rejected index, weight, margin, tie)."""
+    points: list[tuple[int, float, float]] = field(default_factory=list)
+    """(index, label 1/0, weight) for binary feedback."""
+
+    @property
+    def num_tokens(self) -> int:
+        """Tokens the group costs in one forward pass."""
+        return sum(len(s) for s in self.sequences)
+
+
+def build_groups(
+    records: list[Record],
+    tokenizer: Any,
+    max_length: int,
+    system_prompt: str | None = None,
+    pairs_per_group: int = 8,
+    train_on_ties: bool = True,
+    use_margin: bool = True,
+) -> tuple[list[Group], dict[str, int]]:
+    """Turn records into groups; returns the groups and counts (pairs, ties, rankings, points)."""
+    prefs = [r for r in records if not isinstance(r, BinaryFeedback)]
+    comparisons = as_comparisons(prefs, drop_ties=not train_on_ties) if prefs else None
+    cache: dict[str, list[int]] = {}
+    by_key: dict[tuple[str, str], list[Any]] = {}
+    for c in comparisons.pairs if comparisons else []:
+        key = ("g", c.group) if c.group is not None else ("p", prompt_key(c.prompt))
+        by_key.setdefault(key, []).append(c)
+    groups: list[Group] = []
+
+    def index_of(group: Group, seen: dict[str, int], prompt: Any, response: str) -> int:
+        if response not in seen:
+            seen[response] = len(group.sequences)
+            group.sequences.append(
+                encode_pair(tokenizer, prompt, response, max_length, system_prompt, cache).input_ids
+            )
+        return seen[response]
+
+    for key, pairs in by_key.items():
+        size = len(pairs) if key[0] == "g" else pairs_per_group
+        for start in range(0, len(pairs), size):
+            group, seen = Group(), {}
+            for c in pairs[start:start + size]:
+                i = index_of(group, seen, c.prompt, c.chosen)
+                j = index_of(group, seen, c.prompt, c.rejected)
+                margin = float(c.margin) if (use_margin and c.margin is not None) else 0.0
+                group.pairs.append((i, j, float(c.weight), margin, bool(c.tie)))
+            groups.append(group)
+    binary = [r for r in records if isinstance(r, BinaryFeedback)]
+    for r in binary:
+        group = Group()
+        group.sequences.append(
+            encode_pair(tokenizer, r.prompt, r.response, max_length, system_prompt, cache).input_ids
+        )
+        group.points.append((0, 1.0 if r.label else 0.0, 1.0))
+        groups.append(group)
+    counts = {
+        "pairs": len(comparisons.pairs) if comparisons else 0,
+        "ties": comparisons.n_ties if comparisons else 0,
+        "rankings": comparisons.n_rankings if comparisons else 0,
+        "binary": len(binary),
+    }
+    return groups, counts
+
+
+def collate_groups(groups: list[Group], pad_id: int) -> dict[str, Any]:
+    """Flatten groups into one padded batch with index tensors for pairs and points."""
+    sequences: list[list[int]] = []
+    pair_rows, point_rows = [], []
+    for g in groups:
+        offset = len(sequences)
+        sequences += g.sequences
+        pair_rows += [(i + offset, j + offset, w, m, t) for i, j, w, m, t in g.pairs]
+        point_rows += [(i + offset, y, w) for i, y, w in g.points]
+    input_ids, attention_mask = pad(sequences, pad_id)
+    pairs = list(zip(*pair_rows)) if pair_rows else [[], [], [], [], []]
+    points = list(zip(*point_rows)) if point_rows else [[], [], []]
+    batch = {
+        "input_ids": input_ids,  # (S, T) every distinct sequence once
+        "attention_mask": attention_mask,  # (S, T)
+        "chosen_idx": torch.tensor(pairs[0], dtype=torch.long),  # (P,)
+        "rejected_idx": torch.tensor(pairs[1], dtype=torch.long),  # (P,)
+        "pair_weight": torch.tensor(pairs[2], dtype=torch.float32),  # (P,)
+        "margin": torch.tensor(pairs[3], dtype=torch.float32),  # (P,)
+        "tie": torch.tensor(pairs[4], dtype=torch.bool),  # (P,)
+        "point_idx": torch.tensor(points[0], dtype=torch.long),  # (Q,)
+        "point_label": torch.tensor(points[1], dtype=torch.float32),  # (Q,)
+        "point_weight": torch.tensor(points[2], dtype=torch.float32),  # (Q,)
+        "num_tokens": int(attention_mask.sum()),
+    }
+    batch["num_units"] = float(batch["pair_weight"].sum() + batch["point_weight"].sum())
+    return batch
+
+
+def rm_losses(
+    rewards: torch.Tensor, batch: dict[str, Any], center_rewards: float = 0.0
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Weighted loss sum and metric sums of a batch, given the rewards (S,) of its sequences."""
+    loss = rewards.new_zeros(())
+    metrics: dict[str, torch.Tensor] = {}
+    if len(batch["chosen_idx"]):
+        chosen, rejected = rewards[batch["chosen_idx"]], rewards[batch["rejected_idx"]]
+        w = batch["pair_weight"]
+        bt, diag = bradley_terry_loss(chosen, rejected, batch["margin"], batch["tie"])
+        loss = loss + (w * bt).sum()
+        if center_rewards:
+            loss = loss + center_rewards * (w * reward_centering_penalty(chosen, rejected)).sum()
+        metrics["rewards/accuracy"] = (w * diag["accuracy"]).sum().detach()
+        metrics["rewards/margins"] = (w * diag["margin"]).sum()
+    if len(batch["point_idx"]):
+        pl, pdiag = pointwise_loss(rewards[batch["point_idx"]], batch["point_label"])
+        loss = loss + (batch["point_weight"] * pl).sum()
+        metrics["rewards/binary_accuracy"] = (batch["point_weight"] * pdiag["accuracy"]).sum()
+    return loss, metrics
+
+
+@torch.no_grad()
+def score_groups(loop: Loop, groups: list[Group], pad_id: int, batch_size: int) -> dict[str, float]:
+    """Held-out metrics over groups, sharded over processes.
+
+    Accuracy here is per pair, unweighted: the share of held-out judgements where the chosen
+    response gets the strictly higher reward (ties count wrong).
+    """
+    model = loop.model
+    model.eval()
+    sums = {"correct": 0.0, "pairs": 0.0, "loss": 0.0, "bin_correct": 0.0, "points": 0.0}
+    shard = groups[loop.rank::loop.world]
+    for k in range(0, len(shard), batch_size):
+        batch = collate_groups(shard[k:k + batch_size], pad_id)
+        with loop.accelerator.autocast():
+            rewards = model(batch["input_ids"], batch["attention_mask"])
+        if len(batch["chosen_idx"]):
+            bt, diag = bradley_terry_loss(rewards[batch["chosen_idx"]],
+                                          rewards[batch["rejected_idx"]], None, batch["tie"])
+            sums["correct"] += float(diag["accuracy"].sum())
+            sums["pairs"] += len(batch["chosen_idx"])
+            sums["loss"] += float(bt.sum())
+        if len(batch["point_idx"]):
+            _, pdiag = pointwise_loss(rewards[batch["point_idx"]], batch["point_label"])
+            sums["bin_correct"] += float(pdiag["accuracy"].sum())
+            sums["points"] += len(batch["point_idx"])
+    total = loop.reduce_sums(sums)
+    out = {}
+    if total["pairs"]:
+        out["eval/rm_accuracy"] = total["correct"] / total["pairs"]
+        out["eval/rm_loss"] = total["loss"] / total["pairs"]
+        out["eval/pairs"] = total["pairs"]
+    if total["points"]:
+        out["eval/binary_accuracy"] = total["bin_correct"] / total["points"]
+    return out
+
+
+@torch.no_grad()
+def reward_stats(loop: Loop, groups: list[Group], pad_id: int, batch_size: int,
+                 limit: int = 1024) -> tuple[float, float]:
+    """Mean and std of rewards over (up to ``limit``) training sequences."""
+    model = loop.model
+    model.eval()
+    seqs = [s for g in groups for s in g.sequences][:limit]
+    shard = seqs[loop.rank::loop.world]
+    total = {"s": 0.0, "s2": 0.0, "n": 0.0}
+    for k in range(0, len(shard), batch_size * 4):
+        ids, mask = pad(shard[k:k + batch_size * 4], pad_id)
+        with loop.accelerator.autocast():
+            r = model(ids, mask).double()
+        total["s"] += float(r.sum())
+        total["s2"] += float((r * r).sum())
+        total["n"] += len(r)
+    t = loop.reduce_sums(total)
+    mean = t["s"] / max(t["n"], 1)
+    var = max(t["s2"] / max(t["n"], 1) - mean * mean, 0.0)
+    return mean, math.sqrt(var) or 1.0
+
+
+def build_reward_model(cfg: TrainConfig, pad_token_id: int) -> RewardModel:
+    """Backbone + fresh scalar head (or a saved RM), with LoRA when asked."""
+    rm = RewardModel.from_pretrained(cfg.model, pad_token_id=pad_token_id)
+    if cfg.lora:
+        # The scalar head is new, so it is trained in full next to the adapters.
+        rm.seq_model = apply_lora(rm.seq_model, r=cfg.lora_r, alpha=cfg.lora_alpha,
+                                  dropout=cfg.lora_dropout, task_type="SEQ_CLS",
+                                  modules_to_save=["score"])
+    rm.seq_model.config.use_cache = False
+    return rm
+
+
+def train_rm(cfg: RMConfig) -> Path:
+    """Train a reward model; returns the folder of the saved model (``output_dir/model``)."""
+    seed_everything(cfg.seed)
+    accelerator = make_accelerator(cfg.precision)
+    out = Path(cfg.output_dir)
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        cfglib.save_yaml(cfg, out / "config.yaml")
+    tokenizer = load_tokenizer(cfg.model)
+    system_prompt = cfg.system_prompt
+    if system_prompt is None and cfg.data.startswith("task:"):
+        from rlhfkit.tasks import get_task
+
+        system_prompt = get_task(cfg.data[5:]).system_prompt
+    kinds = ["comparison", "ranking", "binary"]
+    records = load_records(cfg.data, "preferences", kinds)
+    if cfg.eval_data:
+        train_records, eval_records = records, load_records(cfg.eval_data, "preferences", kinds)
+    else:
+        train_records, eval_records = split_records(records, cfg.eval_fraction, cfg.seed)
+    opts = dict(max_length=cfg.max_length, system_prompt=system_prompt,
+                pairs_per_group=cfg.pairs_per_group, use_margin=cfg.use_margin)
+    train_groups, counts = build_groups(train_records, tokenizer, train_on_ties=cfg.train_on_ties,
+                                        **opts)
+    # Held-out ties stay in: a tie can never be "correct", as the accuracy definition says.
+    eval_groups, eval_counts = build_groups(eval_records, tokenizer, train_on_ties=True, **opts)
+    pad_id = tokenizer.pad_token_id
+    model = build_reward_model(cfg, pad_id)
+    loop = Loop(cfg, model, train_groups, lambda b: collate_groups(b, pad_id), stage="rm",
+                lengths=[g.num_tokens for g in train_groups], accelerator=accelerator)
+    if accelerator.is_main_process:
+        print(f"[rm] {len(train_groups)} training groups ({counts['pairs']} pairs from "
+              f"{counts['rankings']} rankings and plain comparisons, {counts['ties']} ties, "
+              f"{counts['binary']} binary labels); held out: {eval_counts['pairs']} pairs; "
+              f"{loop.total_steps} steps, precision {accelerator.mixed_precision}")
+
+    def step(m: torch.nn.Module, batch: dict[str, Any]):
+        rewards = m(batch["input_ids"], batch["attention_mask"])  # (S,)
+        return rm_losses(rewards, batch, cfg.center_rewards)
+
+    evaluate = (lambda: score_groups(loop, eval_groups, pad_id, cfg.batch_size)) \
+        if eval_groups else None
+    metrics = loop.run(step, evaluate)
+    mean, std = reward_stats(loop, train_groups, pad_id, cfg.batch_size)
+    if accelerator.is_main_process:
+        rm = accelerator.unwrap_model(loop.model)
+        rm.seq_model.config.rlhfkit_reward_mean = mean
+        rm.seq_model.config.rlhfkit_reward_std = std
+        rm.save(out / "model", tokenizer)
+        result = {k: v for k, v in metrics.items() if k.startswith("eval/")}
+        result.update({"reward_mean": mean, "reward_std": std, "train_pairs": counts["pairs"],
+                       "train_ties": counts["ties"], "eval_ties": eval_counts["ties"]})
+        (out / "eval.json").write_text(json.dumps(result, indent=2))
+        acc = result.get("eval/rm_accuracy")
+        print(f"[rm] saved reward model to {out / 'model'}; held-out accuracy "
+              f"{acc if acc is None else f'{acc:.3f}'}; results in {out / 'eval.json'}")
+    accelerator.wait_for_everyone()
+    return out / "model"

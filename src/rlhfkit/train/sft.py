@@ -1,0 +1,203 @@
+"""Step 1: supervised fine-tuning on demonstrations (teacher forcing, prompt masked).
+
+Loss: the mean over response tokens of ``-log p(y_t | x, y_<t)`` (Ouyang et al. 2022, step 1).
+Prompt tokens are context only. With ``--packing`` several demonstrations share a row; position
+ids restart for each, and transformers turns them into a block-diagonal causal mask so the
+demonstrations never attend to each other.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rlhfkit import config as cfglib
+from rlhfkit.data.chat import Encoded, encode_pair, pad
+from rlhfkit.data.records import Demonstration
+from rlhfkit.data.sources import load_records, split_records
+from rlhfkit.losses import token_nll
+from rlhfkit.models.loading import apply_lora, load_causal_lm, load_tokenizer, merge_and_save
+from rlhfkit.models.policy import SelectiveLM, targets_of
+from rlhfkit.train.loop import Loop, TrainConfig, make_accelerator, seed_everything
+
+
+@dataclass
+class SFTConfig(TrainConfig):
+    """Supervised fine-tuning (``rlhfkit sft``)."""
+
+    output_dir: str = "runs/sft"
+    """Run folder: config.yaml, metrics.jsonl, checkpoints/, model/."""
+    learning_rate: float = 5e-5
+    """Peak learning rate of AdamW."""
+    epochs: float = 2.0
+    """Passes over the demonstrations."""
+    packing: bool = False
+    """Pack several demonstrations into each row of --max-length tokens (no padding)."""
+    system_prompt: str | None = None
+    """System message added to prompts that have none (default: the task's, else none)."""
+
+
+def encode_demonstrations(
+    tokenizer: Any, records: list[Demonstration], max_length: int, system_prompt: str | None
+) -> list[Encoded]:
+    """Tokenize demonstrations, each as prompt ids + response ids."""
+    cache: dict[str, list[int]] = {}
+    return [encode_pair(tokenizer, r.prompt, r.response, max_length, system_prompt, cache)
+            for r in records]
+
+
+def collate_padded(items: list[Encoded], pad_id: int) -> dict[str, Any]:
+    """Right-pad a micro-batch; ``target_mask`` marks response tokens (the SFT targets)."""
+    input_ids, attention_mask = pad([e.input_ids for e in items], pad_id)
+    target_mask = torch.zeros_like(attention_mask, dtype=torch.bool)
+    for i, e in enumerate(items):
+        target_mask[i, e.prompt_len:len(e.input_ids)] = True
+    target_mask[:, 0] = False  # the first token has no context to predict it from
+    return {
+        "input_ids": input_ids,  # (B, T)
+        "attention_mask": attention_mask,  # (B, T)
+        "target_mask": target_mask,  # (B, T)
+        "num_units": int(target_mask.sum()),
+        "num_tokens": int(attention_mask.sum()),
+    }
+
+
+def pack(items: list[Encoded], max_length: int) -> list[Encoded]:
+    """Greedy first-fit packing of whole demonstrations into rows of at most ``max_length``.
+
+    Returns "rows" as Encoded objects whose ``prompt_len`` is unused; the boundaries are kept in
+    ``segments`` on each row (list of (start, prompt_len, length)).
+    """
+    rows: list[list[Encoded]] = []
+    room: list[int] = []
+    for e in sorted(items, key=lambda e: -len(e.input_ids)):
+        for r, free in enumerate(room):
+            if len(e.input_ids) <= free:
+                rows[r].append(e)
+                room[r] -= len(e.input_ids)
+                break
+        else:
+            rows.append([e])
+            room.append(max_length - len(e.input_ids))
+    packed = []
+    for row in rows:
+        ids: list[int] = []
+        segments = []
+        for e in row:
+            segments.append((len(ids), e.prompt_len, len(e.input_ids)))
+            ids += e.input_ids
+        p = Encoded(ids, 0)
+        p.segments = segments  # type: ignore[attr-defined]
+        packed.append(p)
+    return packed
+
+
+def collate_packed(rows: list[Encoded], pad_id: int) -> dict[str, Any]:
+    """Collate packed rows: position ids restart per demonstration, no attention mask."""
+    width = max(len(r.input_ids) for r in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    position_ids = torch.zeros((len(rows), width), dtype=torch.long)
+    target_mask = torch.zeros((len(rows), width), dtype=torch.bool)
+    for i, r in enumerate(rows):
+        input_ids[i, : len(r.input_ids)] = torch.as_tensor(r.input_ids)
+        for start, prompt_len, length in r.segments:  # type: ignore[attr-defined]
+            position_ids[i, start:start + length] = torch.arange(length)
+            target_mask[i, start + max(prompt_len, 1):start + length] = True
+        tail = width - len(r.input_ids)
+        if tail:  # padding continues as one more "sequence" that is never a target
+            position_ids[i, len(r.input_ids):] = torch.arange(tail)
+    return {
+        "input_ids": input_ids,
+        "position_ids": position_ids,
+        "target_mask": target_mask,
+        "num_units": int(target_mask[:, 1:].sum()),
+        "num_tokens": sum(len(r.input_ids) for r in rows),
+    }
+
+
+def sft_step(model: torch.nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict]:
+    """Summed token NLL of a micro-batch and the number of correctly predicted tokens."""
+    logits = model(batch["input_ids"], batch.get("attention_mask"), batch["target_mask"],
+                   batch.get("position_ids"))
+    targets = targets_of(batch["input_ids"], batch["target_mask"])  # (N,)
+    nll = token_nll(logits, targets)  # (N,)
+    correct = (logits.argmax(-1) == targets).sum()
+    return nll.sum(), {"sft/token_accuracy": correct}
+
+
+@torch.no_grad()
+def evaluate_sft(loop: Loop, items: list[Encoded], pad_id: int, batch_size: int) -> dict[str, float]:
+    """Held-out token NLL and perplexity, sharded over processes."""
+    model = loop.model
+    model.eval()
+    nll_sum, count = 0.0, 0.0
+    shard = items[loop.rank::loop.world]
+    for k in range(0, len(shard), batch_size):
+        batch = collate_padded(shard[k:k + batch_size], pad_id)
+        with loop.accelerator.autocast():
+            logits = model(batch["input_ids"], batch["attention_mask"], batch["target_mask"])
+        nll_sum += float(token_nll(logits, targets_of(batch["input_ids"],
+                                                      batch["target_mask"])).sum())
+        count += batch["num_units"]
+    sums = loop.reduce_sums({"nll": nll_sum, "n": count})
+    mean = sums["nll"] / max(sums["n"], 1)
+    return {"eval/sft_nll": mean, "eval/perplexity": math.exp(min(mean, 50))}
+
+
+def build_policy(cfg: TrainConfig) -> torch.nn.Module:
+    """Load the policy for training, with LoRA adapters when asked."""
+    model = load_causal_lm(cfg.model, dtype=torch.float32)
+    if cfg.lora:
+        model = apply_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout)
+    model.config.use_cache = False
+    return model
+
+
+def train_sft(cfg: SFTConfig) -> Path:
+    """Run supervised fine-tuning; returns the folder of the saved policy (``output_dir/model``)."""
+    seed_everything(cfg.seed)
+    accelerator = make_accelerator(cfg.precision)
+    out = Path(cfg.output_dir)
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        cfglib.save_yaml(cfg, out / "config.yaml")
+    tokenizer = load_tokenizer(cfg.model)
+    system_prompt = cfg.system_prompt
+    if system_prompt is None and cfg.data.startswith("task:"):
+        from rlhfkit.tasks import get_task
+
+        system_prompt = get_task(cfg.data[5:]).system_prompt
+    records = load_records(cfg.data, "demonstrations", ["demonstration"])
+    if cfg.eval_data:
+        train_records, eval_records = records, load_records(cfg.eval_data, "demonstrations",
+                                                            ["demonstration"])
+    else:
+        train_records, eval_records = split_records(records, cfg.eval_fraction, cfg.seed)
+    train_items = encode_demonstrations(tokenizer, train_records, cfg.max_length, system_prompt)
+    eval_items = encode_demonstrations(tokenizer, eval_records, cfg.max_length, system_prompt)
+    pad_id = tokenizer.pad_token_id
+    model = SelectiveLM(build_policy(cfg))
+    if cfg.packing:
+        train_items = pack(train_items, cfg.max_length)
+        collate = lambda b: collate_packed(b, pad_id)  # noqa: E731
+    else:
+        collate = lambda b: collate_padded(b, pad_id)  # noqa: E731
+    loop = Loop(cfg, model, train_items, collate, stage="sft",
+                lengths=[len(e.input_ids) for e in train_items], accelerator=accelerator)
+    if accelerator.is_main_process:
+        print(f"[sft] {len(train_items)} training rows, {len(eval_items)} held-out "
+              f"demonstrations, {loop.total_steps} steps, precision "
+              f"{accelerator.mixed_precision}, {loop.world} process(es)")
+    evaluate = (lambda: evaluate_sft(loop, eval_items, pad_id, cfg.batch_size)) \
+        if eval_items else None
+    metrics = loop.run(sft_step, evaluate)
+    if accelerator.is_main_process:
+        merge_and_save(accelerator.unwrap_model(loop.model).lm, tokenizer, out / "model")
+        print(f"[sft] saved policy to {out / 'model'}; final metrics: "
+              + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if not k.startswith("_")))
+    accelerator.wait_for_everyone()
+    return out / "model"

@@ -167,9 +167,14 @@ class ReviewsTask(Task):
     """Continue a negative-leaning movie-review opening; the goal is positive sentiment.
 
     Args:
-        n_train: Number of train prompts (all demonstrations and rankings use these).
+        n_train: Number of train prompts (RL trains on all of them).
         n_eval: Number of eval prompts, disjoint from train.
-        n_ranked: Number of train prompts that get a ranking of ``k`` continuations.
+        n_demos: Number of demonstrations: one each for the first ``n_demos`` train prompts.
+            Kept small so that SFT of the default model takes minutes on a CPU.
+        n_ranked: Number of train prompts that get a ranking of ``k`` continuations: the
+            ``n_ranked`` prompts after the demonstration prompts (wrapping around), so the SFT
+            and reward-model prompt sets are disjoint when ``n_demos + n_ranked <= n_train``,
+            as the stages of InstructGPT use separate prompt sets (Ouyang et al. 2022, Sec. 3.2).
         k: Continuations per ranking (2..9).
         labeler_temperature: Bradley–Terry temperature of the simulated labeler that ranks
             them, in VADER units.
@@ -182,15 +187,13 @@ class ReviewsTask(Task):
         "VADER sentiment of the continuation (positive is better), as in the IMDb "
         "experiment of the DPO paper."
     )
-    system_prompt = (
-        "You are finishing a movie review that someone started. Continue it directly "
-        "from where it stops, in one or two sentences."
-    )
+    system_prompt = "Continue this movie review from where it stops, in one or two sentences."
 
     def __init__(
         self,
         n_train: int = 384,
         n_eval: int = 96,
+        n_demos: int = 128,
         n_ranked: int = 128,
         k: int = 4,
         labeler_temperature: float = 0.1,
@@ -201,12 +204,15 @@ class ReviewsTask(Task):
             raise ValueError(
                 f"reviews: at most {n_all} prompts in all, asked for {n_train + n_eval}"
             )
+        if not 0 <= n_demos <= n_train:
+            raise ValueError(f"reviews: n_demos must be in [0, n_train={n_train}], got {n_demos}")
         if not 0 <= n_ranked <= n_train:
             raise ValueError(f"reviews: n_ranked must be in [0, n_train={n_train}], got {n_ranked}")
         if not 2 <= k <= 9:
             raise ValueError(f"reviews: k must be in 2..9, got {k}")
         self.n_train = n_train
         self.n_eval = n_eval
+        self.n_demos = n_demos
         self.n_ranked = n_ranked
         self.k = k
         self.labeler_temperature = labeler_temperature
@@ -231,13 +237,18 @@ class ReviewsTask(Task):
     # -- continuations ---------------------------------------------------------------------
 
     @staticmethod
-    def continuation(rng: random.Random) -> str:
-        """Draw one continuation: a predicate and, 60% of the time, a verdict sentence."""
-        mood = rng.choices(MOODS, MOOD_WEIGHTS)[0]
+    def continuation(rng: random.Random, mood: str | None = None) -> str:
+        """Draw one continuation: a predicate and, 60% of the time, a verdict sentence.
+
+        Args:
+            rng: The random stream to draw from.
+            mood: Mood of the first sentence ("positive", "negative", "neutral"); drawn with
+                ``MOOD_WEIGHTS`` when None. The verdict's mood is always drawn.
+        """
+        mood = mood or rng.choices(MOODS, MOOD_WEIGHTS)[0]
         text = rng.choice(PREDICATES[mood])
         if rng.random() < VERDICT_PROB:
-            mood = rng.choices(MOODS, MOOD_WEIGHTS)[0]
-            text += " " + rng.choice(VERDICTS[mood])
+            text += " " + rng.choice(VERDICTS[rng.choices(MOODS, MOOD_WEIGHTS)[0]])
         return text
 
     @staticmethod
@@ -248,27 +259,39 @@ class ReviewsTask(Task):
         return [f"{p} {v}".strip() for p in predicates for v in verdicts]
 
     def demonstrations(self) -> list[Demonstration]:
-        """One demonstration per train prompt, with mixed sentiment (mean VADER near 0)."""
+        """One demonstration for each of the first ``n_demos`` train prompts.
+
+        The continuations mix positive, negative and neutral sentences (a slight lean to the
+        negative), so their mean gold sentiment sits a little below 0.
+        """
         rng = random.Random(f"reviews-demos-{self.seed}")
+        # First-sentence moods in exact MOOD_WEIGHTS proportions (then shuffled), so the mix
+        # does not drift with the seed the way independent draws would over ~100 samples.
+        counts = [round(w * self.n_demos) for w in MOOD_WEIGHTS]
+        counts[-1] = self.n_demos - sum(counts[:-1])
+        moods = [m for m, c in zip(MOODS, counts) for _ in range(c)]
+        rng.shuffle(moods)
+        prompts = self.prompts("train")[: self.n_demos]
         return [
             Demonstration(
                 prompt=prompt,
-                response=self.continuation(rng),
+                response=self.continuation(rng, mood),
                 id=f"reviews-demo-{i}",
                 source="simulated",
                 annotator="reviews-templates",
             )
-            for i, prompt in enumerate(self.prompts("train"))
+            for i, (prompt, mood) in enumerate(zip(prompts, moods))
         ]
 
     def rankings(self) -> list[Ranking]:
-        """Rank ``k`` distinct continuations for each of the first ``n_ranked`` train prompts.
+        """Rank ``k`` distinct continuations for each of ``n_ranked`` train prompts.
 
         The ranker is the task's simulated sentiment labeler (Plackett–Luce at
         ``labeler_temperature``, seeded with ``seed``).
         """
         rng = random.Random(f"reviews-rankings-{self.seed}")
-        prompts = self.prompts("train")[: self.n_ranked]
+        train = self.prompts("train")
+        prompts = [train[(self.n_demos + i) % len(train)] for i in range(self.n_ranked)]
         groups = []
         for _ in prompts:
             group: list[str] = []

@@ -278,12 +278,12 @@ def create_app(store: Store | str, *, secure_cookies: bool | None = None,
         _, how = authenticate(request)
         require_csrf(request, "cookie", form.get("csrf_token"))
 
-    def render(request: Request, name: str, status: int = 200, **ctx) -> HTMLResponse:
+    def render(request: Request, template: str, status: int = 200, **ctx) -> HTMLResponse:
         user, _ = authenticate(request)
         ctx.setdefault("user", user)
         ctx["csrf"] = browser_csrf(request)
         ctx["request"] = request
-        return templates.TemplateResponse(request, name, ctx, status_code=status)
+        return templates.TemplateResponse(request, template, ctx, status_code=status)
 
     @app.exception_handler(StoreError)
     async def on_store_error(request: Request, exc: StoreError):

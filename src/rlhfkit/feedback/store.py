@@ -606,9 +606,10 @@ class Store:
         """Every label of a project with its item and annotator (for agreement and export)."""
         p = self.project(project)
         with self.tx() as s:
-            return list(s.execute(select(Label, Item, User).join(Item, Item.id == Label.item_id)
-                                  .join(User, User.id == Label.user_id)
-                                  .where(Label.project_id == p.id).order_by(Label.id)).tuples())
+            rows = s.execute(select(Label, Item, User).join(Item, Item.id == Label.item_id)
+                             .join(User, User.id == Label.user_id)
+                             .where(Label.project_id == p.id).order_by(Label.id))
+            return [(label, item, user) for label, item, user in rows]
 
     def progress(self, project: str) -> dict:
         """Item and label counts of a project."""

@@ -221,6 +221,12 @@ def create_project_from_file(store: Store, name: str, path: str | os.PathLike,
     return store.add_items(name, items)
 
 
+def add_items_from_file(store: Store, project: str, path: str | os.PathLike) -> int:
+    """Add the items of a file (items or rlhfkit records) to an existing project."""
+    p = store.project(project)
+    return store.add_items(project, rows_to_items(read_rows(path), p.questions))
+
+
 def records_to_items(records: Iterable[R.Record], questions: list[str]) -> list[dict]:
     """Items to label made from records (their existing labels are not copied)."""
     rows = []

@@ -1,0 +1,183 @@
+"""``rlhfkit label …``: run the feedback app and manage its store from the command line.
+
+The main CLI calls :func:`register` with its sub-parsers; each leaf sets ``_run`` (a function
+of the parsed arguments returning an exit code).
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import sys
+
+DEFAULT_DB = "sqlite:///feedback.db"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``label serve | create-project | add-user | invite | import | export | stats``."""
+    label = subparsers.add_parser("label", help="the feedback web app and its store",
+                                  description="Collect feedback from people and machines.")
+    sub = label.add_subparsers(dest="label_command", metavar="ACTION", required=True)
+
+    def db_arg(p):
+        p.add_argument("--db", default=DEFAULT_DB,
+                       help=f"database URL: sqlite:///FILE (default {DEFAULT_DB}) or postgresql://…")
+
+    p = sub.add_parser("serve", help="start the web app")
+    db_arg(p)
+    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default loopback)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--secure-cookies", action="store_true",
+                   help="always mark cookies Secure (set this behind an HTTPS proxy)")
+    p.set_defaults(_run=_serve)
+
+    p = sub.add_parser("create-project", help="create a project from a file of prompts (and responses)")
+    db_arg(p)
+    p.add_argument("--name", required=True, help="project name (letters, digits, - _ .)")
+    p.add_argument("--questions", required=True,
+                   help="comma-separated: write_prompt, demonstration, binary, pairwise, rank, likert, spans, correction")
+    p.add_argument("--file", help="items: .jsonl/.json/.csv/.txt/.parquet with prompt and optional responses")
+    p.add_argument("--overlap", type=int, default=1, help="annotators per item (default 1)")
+    p.add_argument("--guidelines", default="", help="guidelines text, or @FILE to read it from a file")
+    p.add_argument("--gold-every", type=int, default=0, help="a honeypot every N items (0 = none)")
+    p.add_argument("--lock-seconds", type=int, default=600, help="how long a handed-out item stays locked")
+    p.add_argument("--categories", default="", help="comma-separated span categories (default: irrelevant,untruthful,missing-information)")
+    p.set_defaults(_run=_create_project)
+
+    p = sub.add_parser("add-user", help="create an account (password asked, or --invite for a one-time link)")
+    db_arg(p)
+    p.add_argument("--name", required=True)
+    p.add_argument("--role", choices=["admin", "annotator"], default="annotator")
+    p.add_argument("--source", choices=["human", "simulated", "ai"], default="human")
+    p.add_argument("--password", help="the password (default: asked on the terminal)")
+    p.add_argument("--invite", action="store_true", help="print a one-time invite path instead")
+    p.set_defaults(_run=_add_user)
+
+    p = sub.add_parser("export", help="write a project's labels as rlhfkit records")
+    db_arg(p)
+    p.add_argument("--project", required=True)
+    p.add_argument("--out", required=True, help="output: .jsonl, .parquet, .csv or a folder (HF dataset)")
+    p.add_argument("--include-gold", action="store_true", help="also export honeypot labels")
+    p.set_defaults(_run=_export)
+
+    p = sub.add_parser("import", help="add items to a project from a records file (creating it with --questions)")
+    db_arg(p)
+    p.add_argument("--project", required=True)
+    p.add_argument("--file", required=True, help="records or items file")
+    p.add_argument("--questions", default="", help="create the project with these questions if it does not exist")
+    p.add_argument("--overlap", type=int, default=1)
+    p.set_defaults(_run=_import)
+
+    p = sub.add_parser("stats", help="print a project's progress and agreement as JSON")
+    db_arg(p)
+    p.add_argument("--project", required=True)
+    p.add_argument("--arena", action="store_true", help="print arena ratings instead")
+    p.set_defaults(_run=_stats)
+
+
+def _fail(msg: str) -> int:
+    print(f"rlhfkit label: error: {msg}", file=sys.stderr)
+    return 1
+
+
+def _guarded(fn):
+    def run(args) -> int:
+        from .store import StoreError
+
+        try:
+            return fn(args)
+        except (StoreError, FileNotFoundError, ValueError) as e:
+            return _fail(str(e))
+    return run
+
+
+def _serve(args) -> int:
+    import uvicorn
+
+    from .server import create_app
+    from .store import Store
+
+    store = Store(args.db)
+    app = create_app(store, secure_cookies=True if args.secure_cookies else None)
+    if not store.list_users():
+        print("No accounts yet: create an admin with\n"
+              f"  rlhfkit label add-user --db {args.db} --name admin --role admin", file=sys.stderr)
+    print(f"rlhfkit feedback app on http://{args.host}:{args.port}  (API docs at /docs)")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
+@_guarded
+def _create_project(args) -> int:
+    from .store import Store
+    from .transfer import create_project_from_file
+
+    questions = [q.strip() for q in args.questions.split(",") if q.strip()]
+    guidelines = args.guidelines
+    if guidelines.startswith("@"):
+        guidelines = open(guidelines[1:], encoding="utf-8").read()
+    options = dict(overlap=args.overlap, guidelines=guidelines, gold_every=args.gold_every,
+                   lock_seconds=args.lock_seconds,
+                   categories=[c.strip() for c in args.categories.split(",") if c.strip()] or None)
+    store = Store(args.db)
+    if args.file:
+        n = create_project_from_file(store, args.name, args.file, questions, **options)
+    else:
+        store.create_project(args.name, questions, **options)
+        n = 0
+    print(f"project {args.name}: {n} items, questions {', '.join(questions)}")
+    return 0
+
+
+@_guarded
+def _add_user(args) -> int:
+    from .store import Store
+
+    store = Store(args.db)
+    if args.invite:
+        token = store.create_invite(args.name, args.role)
+        print(f"one-time invite for {args.name}: /invite/{token}  (prefix it with the app's address)")
+        return 0
+    password = args.password or getpass.getpass(f"password for {args.name}: ")
+    user = store.create_user(args.name, password, args.role, args.source)
+    print(f"user {user.name} ({user.role}, {user.source}) created")
+    return 0
+
+
+@_guarded
+def _export(args) -> int:
+    from .store import export_project
+
+    n = export_project(args.db, args.project, args.out, include_gold=args.include_gold)
+    print(f"wrote {n} records to {args.out}")
+    return 0
+
+
+@_guarded
+def _import(args) -> int:
+    from .store import Store, StoreError
+    from .transfer import add_items_from_file
+
+    store = Store(args.db)
+    try:
+        store.project(args.project)
+    except StoreError:
+        questions = [q.strip() for q in args.questions.split(",") if q.strip()]
+        if not questions:
+            return _fail(f"no project {args.project!r}: pass --questions to create it")
+        store.create_project(args.project, questions, overlap=args.overlap)
+    n = add_items_from_file(store, args.project, args.file)
+    print(f"added {n} items to {args.project}")
+    return 0
+
+
+@_guarded
+def _stats(args) -> int:
+    from .report import arena_stats, project_stats
+    from .store import Store
+
+    store = Store(args.db)
+    out = arena_stats(store, args.project) if args.arena else project_stats(store, args.project)
+    print(json.dumps(out, indent=2, ensure_ascii=False))
+    return 0

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode
 
 from sqlalchemy import (
     JSON,
@@ -157,14 +157,17 @@ class Label(Base):
 
 
 def split_project_url(url: str) -> tuple[str, str | None]:
-    """Split ``sqlite:///f.db?project=NAME`` into the database URL and the project name."""
+    """Split ``sqlite:///f.db?project=NAME`` into the database URL and the project name.
+
+    Other query parameters (e.g. PostgreSQL connection options) stay on the database URL.
+    """
     if url.startswith("db:"):
         url = url[3:]
-    parts = urlsplit(url)
-    query = parse_qsl(parts.query, keep_blank_values=True)
-    project = next((v for k, v in query if k == "project"), None)
-    rest = urlencode([(k, v) for k, v in query if k != "project"])
-    return urlunsplit((parts.scheme, parts.netloc, parts.path, rest, parts.fragment)), project
+    base, _, query = url.partition("?")
+    pairs = parse_qsl(query, keep_blank_values=True)
+    project = next((v for k, v in pairs if k == "project"), None)
+    rest = urlencode([(k, v) for k, v in pairs if k != "project"])
+    return (f"{base}?{rest}" if rest else base), project
 
 
 def normalize_url(url: str) -> str:

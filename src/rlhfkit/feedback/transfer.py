@@ -114,13 +114,12 @@ def write_jsonl(records: Iterable[R.Record], path: str | os.PathLike) -> int:
 
 
 def write_records_any(records: list[R.Record], path: str | os.PathLike) -> int:
-    """Write by extension through :mod:`rlhfkit.data.io` when it can, else JSON lines."""
-    path = Path(path)
-    if path.suffix == ".jsonl":
-        return write_jsonl(records, path)
-    from ..data import io as data_io  # Parquet, CSV, HF datasets folders
+    """Write records by extension through :mod:`rlhfkit.data.io` (a path without an
+    extension becomes a HF ``datasets`` folder); returns how many were written."""
+    from ..data import io as data_io
 
-    data_io.write_records(records, path)
+    path = Path(path)
+    data_io.write_records(records, path, format="hf" if path.suffix == "" else None)
     return len(records)
 
 
@@ -198,6 +197,9 @@ def rows_to_items(rows: Iterable[dict], questions: list[str]) -> list[dict]:
         if row.get("gold"):
             base["gold"] = row["gold"] if isinstance(row["gold"], dict) else json.loads(row["gold"])
         resp = row_responses(row)
+        if len(resp) < lo:
+            raise StoreError(f"row {n}: questions {questions} need at least {lo} responses per "
+                             f"item, the row has {len(resp)}", 422)
         if hi == 0:
             items.append(dict(base, responses=[]))
         elif lo == hi == 1:

@@ -1,0 +1,265 @@
+"""Security of the feedback app: sessions, roles, CSRF, escaping, payload limits, SQL."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import PASSWORD, Browserish, csrf_of
+from fastapi.testclient import TestClient
+
+from rlhfkit.feedback import security
+from rlhfkit.feedback.server import create_app
+
+ONE = {"prompt": "Say hello.", "responses": ["Hello."]}
+
+# Every API endpoint with a request that would succeed for the right user.
+API = [
+    ("GET", "/api/me", None),
+    ("GET", "/api/projects", None),
+    ("GET", "/api/projects/p/next", None),
+    ("POST", "/api/projects/p/items/1/labels", {"answers": {"binary": {"value": "up"}}, "submission_key": "k" * 16}),
+    ("POST", "/api/projects/p/items/1/release", {}),
+    ("GET", "/api/projects/p/labels", None),
+    ("GET", "/api/projects/p/stats", None),
+    ("GET", "/api/projects/p/arena", None),
+    ("GET", "/api/projects/p/export", None),
+    ("POST", "/api/projects", {"name": "x", "questions": ["binary"]}),
+    ("POST", "/api/projects/p/items", {"items": [ONE]}),
+    ("POST", "/api/users", {"name": "mallory", "password": "password123"}),
+    ("POST", "/api/invites", {"name": "mallory"}),
+    ("POST", "/api/logout", {}),
+]
+ADMIN_ONLY = {("GET", "/api/projects/p/stats"), ("GET", "/api/projects/p/arena"),
+              ("GET", "/api/projects/p/export"), ("POST", "/api/projects"),
+              ("POST", "/api/projects/p/items"), ("POST", "/api/users"), ("POST", "/api/invites")}
+PAGES = ["/", "/p/p", "/admin", "/admin/p/p"]
+
+
+@pytest.fixture
+def project(store, app):
+    store.create_project("p", ["binary"])
+    store.add_items("p", [ONE])
+    return "p"
+
+
+def forged_tokens(store):
+    alice = store.user_by_name("alice")
+    admin = store.user_by_name("admin")
+    real = security.make_session_token(store.secret(), alice.id, alice.generation, 3600)
+    body, sig = real.rsplit(".", 1)
+    return {
+        "garbage": "not-a-token",
+        "wrong key": security.make_session_token("another-secret", admin.id, 0, 3600),
+        "edited user id": f"{admin.id}." + body.split(".", 1)[1] + "." + sig,
+        "expired": security.make_session_token(store.secret(), alice.id, alice.generation, -10),
+        "revoked generation": security.make_session_token(store.secret(), alice.id, alice.generation + 1, 3600),
+    }
+
+
+@pytest.mark.parametrize("method,path,body", API)
+def test_every_endpoint_rejects_missing_and_forged_sessions(app, store, project, method, path, body):
+    tokens = [None, *forged_tokens(store).values()]
+    for token in tokens:
+        c = TestClient(app)
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        r = c.request(method, path, json=body, headers=headers)
+        assert r.status_code == 401, (token, r.status_code, r.text)
+        # a forged cookie is no better than a forged header
+        if token:
+            c.cookies.set("rk_session", token)
+            assert c.request(method, path, json=body).status_code == 401
+
+
+@pytest.mark.parametrize("path", PAGES)
+def test_pages_send_strangers_to_login(app, project, path):
+    r = TestClient(app).get(path, follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == "/login"
+
+
+def test_annotator_cannot_use_admin_endpoints_or_pages(app, project, alice):
+    for method, path, body in API:
+        if (method, path) in ADMIN_ONLY:
+            r = alice.c.request(method, path, json=body, headers={"X-CSRF-Token": alice.csrf})
+            assert r.status_code == 403, (path, r.text)
+    for path in ("/admin", "/admin/p/p"):
+        assert alice.get(path).status_code == 403
+    r = alice.c.post("/admin/users", data={"name": "eve", "password": "password123",
+                                           "csrf_token": alice.csrf, "role": "admin"})
+    assert r.status_code == 403
+
+
+def test_annotator_cannot_submit_or_release_items_handed_to_someone_else(app, store, project, alice, bob):
+    task = alice.get("/api/projects/p/next").json()
+    r = bob.post_json(f"/api/projects/p/items/{task['item_id']}/labels",
+                      {"answers": {"binary": {"value": "down"}}, "submission_key": task["submission_key"]})
+    assert r.status_code == 403
+    r = bob.post_json(f"/api/projects/p/items/{task['item_id']}/release", {})
+    assert r.status_code == 404
+    # an item of another project cannot be labelled through this one
+    store.create_project("q", ["binary"])
+    store.add_items("q", [ONE])
+    t2 = bob.get("/api/projects/q/next").json()
+    r = bob.post_json(f"/api/projects/p/items/{t2['item_id']}/labels",
+                      {"answers": {"binary": {"value": "up"}}, "submission_key": "x" * 16})
+    assert r.status_code == 403
+    assert store.labels("p") == [] and store.labels("q") == []
+
+
+def test_csrf_is_required_for_cookie_sessions(app, project, alice):
+    task = alice.get("/api/projects/p/next").json()
+    url = f"/api/projects/p/items/{task['item_id']}/labels"
+    body = {"answers": {"binary": {"value": "up"}}, "submission_key": task["submission_key"]}
+    assert alice.c.post(url, json=body).status_code == 403  # no token
+    assert alice.c.post(url, json=body, headers={"X-CSRF-Token": "forged"}).status_code == 403
+    # a token from another browser does not fit this browser's cookie
+    other = Browserish(app, "bob")
+    assert alice.c.post(url, json=body, headers={"X-CSRF-Token": other.csrf}).status_code == 403
+    # a cross-site form post (text/plain or form-encoded) is refused before anything else
+    r = alice.c.post(url, content=json.dumps(body), headers={"Content-Type": "text/plain",
+                                                             "X-CSRF-Token": alice.csrf})
+    assert r.status_code == 415
+    assert alice.post_json(url, body).status_code == 201
+
+
+def test_csrf_on_html_forms(app, store, admin):
+    r = admin.c.post("/admin/users", data={"name": "eve", "password": "password123"})
+    assert r.status_code == 403 and "CSRF" in r.text
+    r = admin.c.post("/admin/users", data={"name": "eve", "password": "password123", "csrf_token": "x"})
+    assert r.status_code == 403
+    assert store.user_by_name("eve") is None
+    r = admin.c.post("/admin/users", data={"name": "eve", "password": "password123",
+                                           "csrf_token": admin.csrf}, follow_redirects=False)
+    assert r.status_code == 303 and store.user_by_name("eve") is not None
+    # the login form is protected too (login CSRF)
+    c = TestClient(app)
+    c.get("/login")
+    r = c.post("/login", data={"username": "alice", "password": PASSWORD}, follow_redirects=False)
+    assert r.status_code == 403
+
+
+SCRIPT = '<script>alert("xss")</script><img src=x onerror=alert(1)>'
+
+
+def test_script_in_prompt_and_response_is_inert(app, store, alice):
+    store.create_project("x", ["pairwise", "rank"])
+    store.add_items("x", [{"prompt": SCRIPT, "responses": [SCRIPT + " A", SCRIPT + " B"]}])
+    page = alice.get("/p/x")
+    assert page.status_code == 200
+    assert "<script>alert" not in page.text and "<img src=x" not in page.text
+    assert "&lt;script&gt;alert(&#34;xss&#34;)&lt;/script&gt;" in page.text
+    # the JSON the page script reads is escaped for HTML too
+    assert "\\u003cscript\\u003e" in page.text
+    csp = page.headers["content-security-policy"]
+    assert "script-src 'self'" in csp and "unsafe-inline" not in csp
+    assert page.headers["x-frame-options"] == "DENY"
+
+
+def test_script_in_user_and_guidelines_is_inert(app, store, admin):
+    store.create_project("g", ["binary"], guidelines=SCRIPT)
+    store.add_items("g", [ONE])
+    assert "<script>alert" not in admin.get("/p/g").text
+    assert "<script>alert" not in admin.get("/admin/p/g").text
+
+
+def test_oversized_payloads_get_413_with_a_message(app, project, alice, admin):
+    task = alice.get("/api/projects/p/next").json()
+    url = f"/api/projects/p/items/{task['item_id']}/labels"
+    huge = {"answers": {"binary": {"value": "up", "pad": "x" * 2_000_000}},
+            "submission_key": task["submission_key"]}
+    r = alice.post_json(url, huge)
+    assert r.status_code == 413 and "over the limit" in r.json()["detail"]
+
+    def chunks():  # no Content-Length: the limit is counted while reading
+        for _ in range(30):
+            yield b"x" * 100_000
+
+    r = alice.c.post(url, content=chunks(), headers={"Content-Type": "application/json",
+                                                     "X-CSRF-Token": alice.csrf})
+    assert r.status_code == 413
+    # a long text answer within the body limit is refused by the field limit instead
+    from rlhfkit.feedback.questions import MAX_TEXT
+
+    admin.post_json("/api/projects", {"name": "w", "questions": ["demonstration"], "items": [{"prompt": "hi"}]})
+    t = alice.get("/api/projects/w/next").json()
+    r = alice.post_json(f"/api/projects/w/items/{t['item_id']}/labels",
+                        {"answers": {"demonstration": {"text": "y" * (MAX_TEXT + 1)}},
+                         "submission_key": t["submission_key"]})
+    assert r.status_code == 422 and "at most" in r.json()["detail"]
+
+
+@pytest.mark.parametrize("raw", [b"{not json", b"[]", b'{"answers": 5}', b'{"answers": {}, "submission_key": 7}',
+                                 b'{"answers": {"binary": {"value": "up"}}, "submission_key": "short"}', b""])
+def test_malformed_payloads_get_422(app, project, alice, raw):
+    task = alice.get("/api/projects/p/next").json()
+    r = alice.c.post(f"/api/projects/p/items/{task['item_id']}/labels", content=raw,
+                     headers={"Content-Type": "application/json", "X-CSRF-Token": alice.csrf})
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"].startswith("invalid request")
+
+
+def test_wrong_types_in_path_and_unknown_project(app, project, alice):
+    assert alice.get("/api/projects/nope/next").status_code == 404
+    r = alice.post_json("/api/projects/p/items/abc/labels", {"answers": {}, "submission_key": "k" * 10})
+    assert r.status_code == 422
+
+
+INJECTION = "Robert'); DROP TABLE labels;-- \" OR 1=1 --"
+
+
+def test_sql_injection_strings_are_stored_verbatim(app, store, admin, alice):
+    r = admin.post_json("/api/projects", {"name": "inj", "questions": ["demonstration"],
+                                          "items": [{"prompt": INJECTION}]})
+    assert r.status_code == 201
+    t = alice.get("/api/projects/inj/next").json()
+    assert t["prompt"] == INJECTION
+    r = alice.post_json(f"/api/projects/inj/items/{t['item_id']}/labels",
+                        {"answers": {"demonstration": {"text": INJECTION}}, "submission_key": t["submission_key"]})
+    assert r.status_code == 201
+    rec = json.loads(admin.get("/api/projects/inj/export").text)
+    assert rec["prompt"] == INJECTION and rec["response"] == INJECTION
+    assert len(store.labels("inj")) == 1  # the labels table is still there
+    # user names and project names are checked, not interpolated
+    assert admin.post_json("/api/users", {"name": INJECTION, "password": "password123"}).status_code == 422
+    assert alice.get("/api/projects/x' OR '1'='1/next").status_code == 404
+
+
+def test_password_hash_is_slow_salted_scrypt(store):
+    from rlhfkit.feedback.security import hash_password, verify_password
+
+    h1, h2 = hash_password("same-password"), hash_password("same-password")
+    assert h1 != h2 and h1.startswith("scrypt$")
+    assert verify_password("same-password", h1) and not verify_password("other-password", h1)
+    assert "same-password" not in h1
+    # production cost: N = 2**14 (tests lower it); check the default module constant
+    import importlib
+    import os
+
+    saved = os.environ.pop("RLHFKIT_SCRYPT_N", None)
+    try:
+        fresh = importlib.reload(security)
+        assert fresh.SCRYPT_N == 2**14
+    finally:
+        if saved is not None:
+            os.environ["RLHFKIT_SCRYPT_N"] = saved
+        importlib.reload(security).SCRYPT_N = 2**10
+
+
+def test_logout_clears_the_cookie(app, alice):
+    r = alice.c.post("/logout", data={"csrf_token": alice.csrf}, follow_redirects=False)
+    assert r.status_code == 303
+    assert alice.get("/api/me").status_code == 401
+
+
+def test_password_change_revokes_old_sessions(app, store):
+    c = TestClient(app)
+    token = c.post("/api/login", json={"username": "alice", "password": PASSWORD}).json()["token"]
+    store.set_password(store.user_by_name("alice").id, "a-new-password")
+    assert TestClient(app).get("/api/me", headers={"Authorization": f"Bearer {token}"}).status_code == 401
+
+
+def test_secure_cookie_flags(store, project):
+    app = create_app(store, secure_cookies=True)
+    r = TestClient(app).post("/api/login", json={"username": "alice", "password": PASSWORD})
+    cookie = r.headers["set-cookie"].lower()
+    assert "httponly" in cookie and "secure" in cookie and "samesite=lax" in cookie

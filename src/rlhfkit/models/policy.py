@@ -35,7 +35,8 @@ class SelectiveLM(nn.Module):
         """
         body, head = decoder_and_head(self.lm)
         hidden = body(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+            use_cache=False,  # a KV cache also stops transformers from honouring packed rows
         ).last_hidden_state
         selected = hidden[:, :-1][target_mask[:, 1:].bool()]  # (N, H)
         return head(selected)  # (N, V)
@@ -44,3 +45,38 @@ class SelectiveLM(nn.Module):
 def targets_of(input_ids: torch.Tensor, target_mask: torch.Tensor) -> torch.Tensor:
     """The (N,) target tokens matching ``SelectiveLM``'s logits."""
     return input_ids[:, 1:][target_mask[:, 1:].bool()]
+
+
+def sequence_logprobs(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    target_mask: torch.Tensor,
+    position_ids: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probabilities of the target tokens, per token and summed per row.
+
+    Runs ``model`` (a :class:`SelectiveLM`, possibly wrapped by DDP) once, so the output
+    projection is applied only at target positions, then takes ``log softmax`` at each target
+    token in fp32. This is ``log pi(y | x) = sum_t log pi(y_t | x, y_<t)`` over the response
+    tokens that direct preference losses need, without a (B, T, V) tensor.
+
+    Args:
+        model: A ``SelectiveLM`` (or a wrapper whose forward has its signature).
+        input_ids: (B, T) token ids.
+        attention_mask: (B, T) 1 for real tokens (None for packed rows).
+        target_mask: (B, T) True at the tokens to score (position 0 is never scored).
+        position_ids: Optional (B, T) position ids (packed rows).
+
+    Returns:
+        ``token_logps`` (N,) in the row-major order of ``target_mask[:, 1:]`` and
+        ``seq_logps`` (B,) their sums per row (0.0 for a row with no targets).
+    """
+    from rlhfkit.losses import token_logprobs
+
+    logits = model(input_ids, attention_mask, target_mask, position_ids)  # (N, V)
+    targets = targets_of(input_ids, target_mask)  # (N,)
+    token_logps = token_logprobs(logits, targets)  # (N,) fp32
+    rows = target_mask[:, 1:].bool().nonzero()[:, 0]  # (N,) the row of each target
+    seq_logps = token_logps.new_zeros(input_ids.shape[0]).index_add(0, rows, token_logps)
+    return token_logps, seq_logps  # (N,), (B,)

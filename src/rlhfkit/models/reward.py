@@ -69,7 +69,9 @@ class RewardModel(nn.Module):
         body, head = self._parts()
         if body is None:  # encoders and other heads: use the model's own pooling
             return self.seq_model(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0]
-        hidden = body(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        hidden = body(
+            input_ids=input_ids, attention_mask=attention_mask, use_cache=False
+        ).last_hidden_state
         last = hidden[torch.arange(hidden.shape[0], device=hidden.device),
                       last_token_index(attention_mask)]  # (B, H)
         return head(last).squeeze(-1).float()

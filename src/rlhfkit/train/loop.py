@@ -92,7 +92,7 @@ class TrainConfig:
     log_every: int = 1
     """Write metrics every this many steps."""
     eval_every: int = 0
-    """Evaluate every this many steps (0 = only at the end)."""
+    """Evaluate before training and every this many steps (0 = only at the end)."""
     save_every: int = 0
     """Write a resumable checkpoint every this many steps (0 = only at the end)."""
     keep_checkpoints: int = 2
@@ -108,9 +108,15 @@ class TrainConfig:
 def make_accelerator(precision: str):
     """An ``Accelerator`` with ``precision`` resolved for the current device."""
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     resolved = resolve_precision(precision, device)
+    # Accelerate keeps one global state per process; a pipeline runs several stages (possibly at
+    # different precisions) in one process, so start each stage from a fresh state. The
+    # distributed part (process group, rank) is kept.
+    AcceleratorState._reset_state(reset_partial_state=False)
+    GradientState._reset_state()
     return Accelerator(mixed_precision="bf16" if resolved == "bf16" else "no")
 
 
@@ -361,6 +367,8 @@ class Loop:
                    disable=not (self.cfg.progress and acc.is_main_process), dynamic_ncols=True)
         last: dict[str, float] = {}
         eval_metrics: dict[str, float] = {}
+        if evaluate is not None and self.cfg.eval_every and self.step == 0:
+            self.log(evaluate())  # the starting point, for comparison
         t0, tokens = time.perf_counter(), 0.0
         while self.step < self.total_steps:
             metrics = self.train_step(step_fn)

@@ -117,7 +117,9 @@ def make_accelerator(precision: str):
     # distributed part (process group, rank) is kept.
     AcceleratorState._reset_state(reset_partial_state=False)
     GradientState._reset_state()
-    return Accelerator(mixed_precision="bf16" if resolved == "bf16" else "no")
+    # cpu=True is what makes accelerate set up a gloo process group under torchrun on a machine
+    # without GPUs; without it every process believes it is alone.
+    return Accelerator(mixed_precision="bf16" if resolved == "bf16" else "no", cpu=device == "cpu")
 
 
 def epoch_order(
@@ -203,7 +205,11 @@ class Loop:
         )
         warmup = int(cfg.warmup_ratio * self.total_steps)
         scheduler = build_scheduler(optimizer, cfg.lr_scheduler, warmup, self.total_steps)
-        self.model, self.optimizer, self.scheduler = acc.prepare(model, optimizer, scheduler)
+        self.model, self.optimizer = acc.prepare(model, optimizer)
+        # The schedule is a function of the optimizer step, which is the same on every process;
+        # accelerate's prepared scheduler would advance once per process. Keep ours, checkpointed.
+        self.scheduler = scheduler
+        acc.register_for_checkpointing(self.scheduler)
         self.step = 0
         self._orders: dict[int, list[int]] = {}
         self._tb = None

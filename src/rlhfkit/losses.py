@@ -316,3 +316,304 @@ def unlikelihood_loss(
     ul = torch.where(rejected_mask, -torch.log(one_minus_p), zero).sum(-1)
     ul = ul / rejected_mask.sum(-1).clamp(min=1)  # (P,)
     return nll + alpha * ul, {"nll": nll.detach(), "unlikelihood": ul.detach()}
+
+
+# --------------------------------------------------------------------------------------------
+# Policy optimisation
+# --------------------------------------------------------------------------------------------
+# Inputs are per-token tensors over the response tokens of sampled sequences, (B, T) with a
+# ``mask`` (B, T) that is 1 on the response tokens (up to and including EOS) and 0 on padding.
+# Masked positions may hold anything; no function lets them reach a result. ``logprobs`` are
+# the current policy's log-probs of the sampled tokens, ``old_logprobs`` those at sampling time,
+# ``ref_logprobs`` the reference (SFT) policy's.
+
+
+def masked_mean(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
+    """Mean of ``x`` over the positions where ``mask`` is 1 (over ``dim``, or all of them)."""
+    mask = mask.to(x.dtype)
+    if dim is None:
+        return (x * mask).sum() / mask.sum().clamp(min=1)
+    return (x * mask).sum(dim) / mask.sum(dim).clamp(min=1)
+
+
+def masked_sum(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
+    """Sum of ``x`` over the positions where ``mask`` is 1 (masked values may be NaN)."""
+    x = torch.where(mask.bool(), x, torch.zeros((), dtype=x.dtype, device=x.device))
+    return x.sum() if dim is None else x.sum(dim)
+
+
+def whiten(x: Tensor, mask: Tensor | None = None, shift_mean: bool = True,
+           eps: float = 1e-8) -> Tensor:
+    """Normalise ``x`` to unit variance (and zero mean) over the unmasked entries.
+
+    ``(x - mean) / sqrt(var + eps)`` with the population variance over every position where
+    ``mask`` is 1; with ``shift_mean=False`` the mean is added back, so only the scale changes.
+    Masked positions come out as 0.
+
+    Args:
+        x: (B, T) or (B,) values, e.g. advantages.
+        mask: Same shape, 1 where ``x`` counts; default all ones.
+        shift_mean: Subtract the mean (True) or keep it (False).
+        eps: Added to the variance.
+
+    Returns:
+        The whitened tensor, same shape.
+    """
+    mask = torch.ones_like(x) if mask is None else mask.to(x.dtype)
+    mean = masked_mean(x, mask)
+    var = masked_mean((x - mean) ** 2, mask)
+    out = (x - mean) * torch.rsqrt(var + eps)
+    if not shift_mean:
+        out = out + mean
+    return out * mask
+
+
+def kl_penalty(logprobs: Tensor, ref_logprobs: Tensor, kind: str = "k1") -> Tensor:
+    """Per-token estimate of ``KL(pi || pi_ref)`` from tokens sampled from ``pi``.
+
+    With ``r = log pi(y_t) - log pi_ref(y_t)`` (Schulman 2020, "Approximating KL divergence"):
+
+    - ``k1 = r``: unbiased, can be negative per token; the InstructGPT reward penalty.
+    - ``k2 = r^2 / 2``: biased, never negative, low variance; its gradient is that of KL.
+    - ``k3 = exp(-r) - 1 + r``: unbiased and never negative (``(ratio - 1) - log ratio`` with
+      ``ratio = pi_ref / pi``); GRPO's KL loss term (Shao et al. 2024, eq. 4).
+
+    Args:
+        logprobs: (B, T) policy log-probs of the sampled tokens.
+        ref_logprobs: (B, T) reference log-probs of the same tokens.
+        kind: ``k1``, ``k2`` or ``k3``.
+
+    Returns:
+        (B, T) per-token estimates (fp32).
+    """
+    r = logprobs.float() - ref_logprobs.float()
+    if kind == "k1":
+        return r
+    if kind == "k2":
+        return 0.5 * r * r
+    if kind == "k3":
+        return torch.expm1(-r) + r
+    raise ValueError(f"kl kind must be k1, k2 or k3, got {kind!r}")
+
+
+def discounted_returns(rewards: Tensor, mask: Tensor, gamma: float = 1.0) -> Tensor:
+    """Reward-to-go ``G_t = sum_{s >= t} gamma^(s-t) r_s`` over the unmasked tokens.
+
+    The REINFORCE weight of the action at ``t`` (only rewards that come after an action can be
+    credited to it). Masked positions count as reward 0 and come out as 0.
+
+    Args:
+        rewards: (B, T) per-token rewards.
+        mask: (B, T) 1 on response tokens.
+        gamma: Discount factor in [0, 1].
+
+    Returns:
+        (B, T) returns.
+    """
+    mask = mask.to(rewards.dtype)
+    rewards = rewards * mask
+    returns = torch.zeros_like(rewards)
+    running = torch.zeros_like(rewards[:, 0])
+    for t in reversed(range(rewards.shape[1])):
+        running = rewards[:, t] + gamma * running
+        returns[:, t] = running
+    return returns * mask
+
+
+def gae(
+    rewards: Tensor, values: Tensor, mask: Tensor, gamma: float = 1.0, lam: float = 0.95
+) -> tuple[Tensor, Tensor]:
+    """Generalised advantage estimation (Schulman et al. 2016, eq. 16).
+
+    ``delta_t = r_t + gamma V(s_{t+1}) - V(s_t)`` and ``A_t = sum_l (gamma lam)^l delta_{t+l}``,
+    with the value after the last response token taken as 0 (the episode ends there). The
+    mask must be 1 on a prefix of each row's response positions followed by 0s (the layout of
+    :class:`rlhfkit.rollout.Rollout`); masked positions count as reward 0 and value 0.
+
+    Args:
+        rewards: (B, T) per-token rewards.
+        values: (B, T) value estimates ``V(s_t)`` of the state before each token.
+        mask: (B, T) 1 on response tokens.
+        gamma: Discount factor.
+        lam: GAE lambda (1 = Monte-Carlo returns minus V, 0 = one-step TD error).
+
+    Returns:
+        ``advantages`` (B, T) and ``returns`` (B, T) = advantages + values (the value targets),
+        both 0 at masked positions.
+    """
+    mask = mask.to(rewards.dtype)
+    rewards, values = rewards.float() * mask, values.float() * mask
+    advantages = torch.zeros_like(rewards)
+    last = torch.zeros_like(rewards[:, 0])
+    T = rewards.shape[1]
+    for t in reversed(range(T)):
+        next_value = values[:, t + 1] if t + 1 < T else torch.zeros_like(last)
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        last = delta + gamma * lam * last
+        advantages[:, t] = last
+    advantages = advantages * mask
+    return advantages, (advantages + values) * mask
+
+
+def ppo_policy_loss(
+    logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, clip_range: float = 0.2
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """PPO's clipped surrogate, per token (Schulman et al. 2017, eq. 7), as a loss.
+
+    With ``rho = exp(logprobs - old_logprobs)`` the loss is
+    ``max(-A rho, -A clip(rho, 1 - eps, 1 + eps))``: the gradient vanishes once the ratio has
+    moved past the clip edge in the direction the advantage favours.
+
+    Args:
+        logprobs: (B, T) log-probs under the policy being updated.
+        old_logprobs: (B, T) log-probs at sampling time (no gradient).
+        advantages: (B, T) advantages (no gradient).
+        clip_range: ``eps``.
+
+    Returns:
+        Per-token loss (B, T) and detached per-token diagnostics: ``clipped`` (1.0 where the
+        clipped term is the larger one, i.e. the token gets no gradient), ``approx_kl``
+        (``(rho - 1) - log rho``, the k3 estimate of ``KL(old || new)``) and ``ratio``.
+    """
+    log_ratio = logprobs.float() - old_logprobs.float()
+    ratio = torch.exp(log_ratio)
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
+    loss = torch.maximum(unclipped, clipped)
+    with torch.no_grad():
+        diag = {
+            "clipped": (clipped > unclipped).float(),
+            "approx_kl": torch.expm1(log_ratio) - log_ratio,
+            "ratio": ratio.detach(),
+        }
+    return loss, diag
+
+
+def ppo_value_loss(
+    values: Tensor, old_values: Tensor, returns: Tensor, clip_range: float = 0.2
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Clipped value loss, per token: ``0.5 max((V - R)^2, (clip(V, V_old +- eps) - R)^2)``.
+
+    The value analogue of the clipped policy objective used by OpenAI's PPO baselines and
+    InstructGPT-era RLHF code (Ziegler et al. 2019): a value prediction cannot move more than
+    ``eps`` from its value at sampling time without losing its gradient.
+
+    Args:
+        values: (B, T) current value predictions.
+        old_values: (B, T) predictions at sampling time.
+        returns: (B, T) value targets (e.g. from :func:`gae`).
+        clip_range: ``eps`` (in reward units).
+
+    Returns:
+        Per-token loss (B, T) and ``clipped`` (B, T): 1.0 where the clipped error is larger.
+    """
+    values = values.float()
+    clipped_values = old_values + torch.clamp(values - old_values, -clip_range, clip_range)
+    err = (values - returns) ** 2
+    err_clipped = (clipped_values - returns) ** 2
+    loss = 0.5 * torch.maximum(err, err_clipped)
+    return loss, {"clipped": (err_clipped > err).float().detach()}
+
+
+def entropy_from_logits(logits: Tensor) -> Tensor:
+    """Entropy ``-sum_v p_v log p_v`` of ``softmax(logits)`` at each position.
+
+    Args:
+        logits: (..., V).
+
+    Returns:
+        (...) entropies in nats (fp32).
+    """
+    logits = logits.float()
+    logp = torch.log_softmax(logits, dim=-1)
+    return -(logp.exp() * logp).sum(-1)
+
+
+def rloo_advantages(scores: Tensor) -> Tensor:
+    """REINFORCE leave-one-out advantages (Kool et al. 2019; Ahmadian et al. 2024, eq. 5).
+
+    For K samples of one prompt, sample i's baseline is the mean score of the *other* K - 1:
+    ``A_i = r_i - (sum_j r_j - r_i) / (K - 1) = K / (K - 1) * (r_i - mean_j r_j)``. The baseline
+    does not depend on sample i, so the gradient stays unbiased.
+
+    Args:
+        scores: (P, K) one score per sample, K >= 2 samples for each of P prompts.
+
+    Returns:
+        (P, K) advantages; each row sums to 0.
+    """
+    k = scores.shape[-1]
+    if k < 2:
+        raise ValueError("rloo_advantages needs at least 2 samples per prompt")
+    total = scores.sum(-1, keepdim=True)
+    return scores - (total - scores) / (k - 1)
+
+
+def grpo_advantages(scores: Tensor, scale: bool = True, eps: float = 1e-4) -> Tensor:
+    """GRPO's group-relative advantages (Shao et al. 2024, sec. 4.1.2, outcome supervision).
+
+    ``A_i = (r_i - mean(r)) / (std(r) + eps)`` over the K samples of one prompt, with the sample
+    standard deviation (Bessel-corrected, as in the reference implementations). ``scale=False``
+    drops the division (Dr. GRPO, Liu et al. 2025), which avoids up-weighting prompts whose
+    samples all score alike.
+
+    Args:
+        scores: (P, K) one score per sample, K >= 2 samples for each of P prompts.
+        scale: Divide by the group's standard deviation.
+        eps: Added to the standard deviation.
+
+    Returns:
+        (P, K) advantages.
+    """
+    if scores.shape[-1] < 2:
+        raise ValueError("grpo_advantages needs at least 2 samples per prompt")
+    centred = scores - scores.mean(-1, keepdim=True)
+    if not scale:
+        return centred
+    return centred / (scores.std(-1, keepdim=True) + eps)
+
+
+def reinforce_loss(logprobs: Tensor, advantages: Tensor) -> Tensor:
+    """Per-token REINFORCE loss ``-A_t log pi(y_t)`` (Williams 1992).
+
+    Its gradient is ``-A_t grad log pi(y_t)``, whose expectation is the policy gradient when
+    ``A_t`` is the reward-to-go minus any baseline that does not depend on ``y_t``.
+
+    Args:
+        logprobs: (B, T) log-probs of the sampled tokens under the policy.
+        advantages: (B, T) weights (no gradient): returns, or returns minus a baseline.
+
+    Returns:
+        (B, T) per-token loss.
+    """
+    return -advantages.detach() * logprobs.float()
+
+
+def baseline_advantages(returns: Tensor, mask: Tensor, baseline: str = "mean",
+                        values: Tensor | None = None) -> Tensor:
+    """Subtract a baseline from per-token returns: ``A_t = G_t - b``.
+
+    - ``none``: ``b = 0``.
+    - ``mean``: ``b`` = the mean return over every response token in the batch (Dayan 1990;
+      the batch-mean baseline of the lecture notes).
+    - ``value``: ``b = V(s_t)``, a learned state value (no gradient flows into it here).
+
+    Args:
+        returns: (B, T) reward-to-go.
+        mask: (B, T) 1 on response tokens.
+        baseline: ``none``, ``mean`` or ``value``.
+        values: (B, T) value estimates, required for ``value``.
+
+    Returns:
+        (B, T) advantages, 0 at masked positions.
+    """
+    mask = mask.to(returns.dtype)
+    if baseline == "none":
+        return returns * mask
+    if baseline == "mean":
+        return (returns - masked_mean(returns, mask)) * mask
+    if baseline == "value":
+        if values is None:
+            raise ValueError("baseline='value' needs values")
+        return (returns - values.detach().float()) * mask
+    raise ValueError(f"baseline must be none, mean or value, got {baseline!r}")

@@ -73,6 +73,7 @@ class SubmitIn(BaseModel):
     submission_key: str = Field(min_length=8, max_length=64,
                                 description="client-chosen; a retry with the same key is not stored twice")
     time_ms: int | None = Field(default=None, ge=0, description="time the annotator spent, as measured by the client")
+    next: bool = Field(default=False, description="also hand out your next item (in the same transaction)")
 
 
 class ItemIn(BaseModel):
@@ -160,6 +161,41 @@ class BodyLimit:
         return await self.app(scope, replay, send)
 
 
+class SecurityHeaders:
+    """Add the security headers to every response, and the browser's CSRF cookie when a
+    page handed out a token before the browser had one (plain ASGI: cheap per request)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        state = scope.setdefault("state", {})
+        path = scope["path"]
+        cookies = b"; ".join(v for k, v in scope["headers"] if k == b"cookie")
+
+        async def send_with_headers(message):
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                names = {k.lower() for k, _ in headers}
+                if not path.startswith(("/docs", "/redoc")):  # Swagger UI needs its own scripts
+                    headers.append((b"content-security-policy", CSP.encode()))
+                headers += [(b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DENY"),
+                            (b"referrer-policy", b"same-origin")]
+                if b"cache-control" not in names:
+                    headers.append((b"cache-control", b"no-store"))
+                new = state.get("new_csrf")
+                if new and CSRF_COOKIE.encode() + b"=" not in cookies:
+                    secure = "; Secure" if state.get("secure_cookie") else ""
+                    headers.append((b"set-cookie", f"{CSRF_COOKIE}={new}; HttpOnly; Path=/; "
+                                                   f"SameSite=Strict{secure}".encode()))
+                message = dict(message, headers=headers)
+            await send(message)
+
+        return await self.app(scope, receive, send_with_headers)
+
+
 async def _send_json(send, status: int, payload: dict) -> None:
     body = json.dumps(payload).encode()
     await send({"type": "http.response.start", "status": status,
@@ -197,20 +233,7 @@ def create_app(store: Store | str, *, secure_cookies: bool | None = None,
 
     # ---- plumbing ----
 
-    @app.middleware("http")
-    async def headers_and_csrf_cookie(request: Request, call_next):
-        response = await call_next(request)
-        if not request.url.path.startswith(("/docs", "/redoc")):  # Swagger UI needs its own scripts
-            response.headers["Content-Security-Policy"] = CSP
-        response.headers["X-Content-Type-Options"] = "nosniff"
-        response.headers["X-Frame-Options"] = "DENY"
-        response.headers["Referrer-Policy"] = "same-origin"
-        response.headers.setdefault("Cache-Control", "no-store")
-        if CSRF_COOKIE not in request.cookies and getattr(request.state, "new_csrf", None):
-            response.set_cookie(CSRF_COOKIE, request.state.new_csrf, httponly=True,
-                                samesite="strict", secure=_secure(request))
-        return response
-
+    app.add_middleware(SecurityHeaders)
     app.add_middleware(BodyLimit, max_json=max_json, max_upload=max_upload)
 
     def _secure(request: Request) -> bool:
@@ -224,6 +247,7 @@ def create_app(store: Store | str, *, secure_cookies: bool | None = None,
         if cookie is None:
             cookie = secrets.token_urlsafe(24)
             request.state.new_csrf = cookie
+            request.state.secure_cookie = _secure(request)
         return csrf_token(secret, cookie)
 
     def authenticate(request: Request) -> tuple[User | None, str]:
@@ -246,7 +270,7 @@ def create_app(store: Store | str, *, secure_cookies: bool | None = None,
         if not check_csrf(secret, request.cookies.get(CSRF_COOKIE), token):
             raise CsrfFailed()
 
-    def api_user(request: Request) -> User:
+    async def api_user(request: Request) -> User:
         user, how = authenticate(request)
         if user is None:
             raise StoreError("not logged in: send a valid session cookie or Bearer token", 401)
@@ -257,18 +281,18 @@ def create_app(store: Store | str, *, secure_cookies: bool | None = None,
             require_csrf(request, how, request.headers.get("x-csrf-token"))
         return user
 
-    def api_admin(user: User = Depends(api_user)) -> User:
+    async def api_admin(user: User = Depends(api_user)) -> User:
         if user.role != "admin":
             raise StoreError("admins only", 403)
         return user
 
-    def page_user(request: Request) -> User:
+    async def page_user(request: Request) -> User:
         user, _ = authenticate(request)
         if user is None:
             raise NotLoggedIn()
         return user
 
-    def page_admin(user: User = Depends(page_user)) -> User:
+    async def page_admin(user: User = Depends(page_user)) -> User:
         if user.role != "admin":
             raise StoreError("admins only", 403)
         return user
@@ -378,11 +402,15 @@ def create_app(store: Store | str, *, secure_cookies: bool | None = None,
     def api_submit(project: str, item_id: int, body: SubmitIn, response: Response,
                    user: User = Depends(api_user)) -> dict:
         """Submit your answers to one item (one transaction; idempotent by submission_key)."""
-        label, duplicate = store.submit(user, project, item_id, body.answers,
-                                        body.submission_key, body.time_ms)
+        label, duplicate, task = store.submit_and_next(user, project, item_id, body.answers,
+                                                       body.submission_key, body.time_ms,
+                                                       then_next=body.next)
         if duplicate:
             response.status_code = 200
-        return {"label": label, "duplicate": duplicate}
+        out = {"label": label, "duplicate": duplicate}
+        if body.next:
+            out["next"] = task.to_json() if task else None
+        return out
 
     @app.post("/api/projects/{project}/items/{item_id}/release", tags=["api"])
     def api_release(project: str, item_id: int, user: User = Depends(api_user)) -> dict:

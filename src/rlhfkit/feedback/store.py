@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import os
 import random
+import secrets
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -28,6 +31,7 @@ from sqlalchemy import (
     Boolean,
     Float,
     ForeignKey,
+    Index,
     Integer,
     String,
     Text,
@@ -39,6 +43,7 @@ from sqlalchemy import (
     func,
     or_,
     select,
+    text,
     update,
 )
 from sqlalchemy.exc import IntegrityError
@@ -48,6 +53,14 @@ from . import questions as Q
 from .security import hash_invite, hash_password, new_secret, verify_password
 
 ROLES = ("admin", "annotator")
+# FULL (default): a commit reaches the disk before the client hears "stored", so labels
+# survive a power cut, not only a killed server. NORMAL is safe against a killed process
+# (WAL mode) and much faster on slow disks; set RLHFKIT_SQLITE_SYNC=NORMAL to choose it.
+# Another process (the CLI) changing a user is seen by a running server within this time.
+USER_CACHE_S = 5.0
+SQLITE_SYNC = os.environ.get("RLHFKIT_SQLITE_SYNC", "FULL").upper()
+if SQLITE_SYNC not in ("FULL", "NORMAL", "EXTRA"):
+    raise ValueError(f"RLHFKIT_SQLITE_SYNC must be FULL, NORMAL or EXTRA, not {SQLITE_SYNC!r}")
 SOURCES = ("human", "simulated", "ai")
 MAX_NAME = 64
 
@@ -108,6 +121,8 @@ class Project(Base):
 
 class Item(Base):
     __tablename__ = "items"
+    # the queue scans a project's regular items, most-labelled first, then by position
+    __table_args__ = (Index("ix_items_queue", "project_id", "is_gold", text("n_done DESC"), "position"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"), index=True)
     position: Mapped[int] = mapped_column(Integer)
@@ -122,7 +137,8 @@ class Item(Base):
 
 class Assignment(Base):
     __tablename__ = "assignments"
-    __table_args__ = (UniqueConstraint("item_id", "user_id"),)
+    __table_args__ = (UniqueConstraint("item_id", "user_id"),
+                      Index("ix_assignments_held", "user_id", "project_id", "status"))
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"), index=True)
     item_id: Mapped[int] = mapped_column(ForeignKey("items.id"), index=True)
@@ -193,7 +209,7 @@ def _make_engine(url: str):
             cur.execute("PRAGMA journal_mode=WAL")
             # FULL: a commit is on disk before the client hears "stored" (survives power loss,
             # not only a killed process). https://www.sqlite.org/pragma.html#pragma_synchronous
-            cur.execute("PRAGMA synchronous=FULL")
+            cur.execute(f"PRAGMA synchronous={SQLITE_SYNC}")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA busy_timeout=60000")
             cur.close()
@@ -251,6 +267,11 @@ class Store:
         self._write_engine = self.engine.execution_options(rk_write=True)
         Base.metadata.create_all(self.engine)
         self._secret: str | None = None
+        # SQLite has one writer at a time. Queueing writers on a lock here, rather than in
+        # SQLite's busy handler (which sleeps with back-off), keeps tail latency low.
+        self._write_lock = threading.Lock() if self.is_sqlite else None
+        self._projects: dict[str, Project] = {}  # projects never change once created
+        self._users: dict[int, tuple[float, User]] = {}
 
     def close(self) -> None:
         """Close every pooled connection."""
@@ -259,6 +280,11 @@ class Store:
     @contextmanager
     def tx(self, write: bool = False) -> Iterator[Session]:
         """A session inside one transaction: committed on success, rolled back on error."""
+        if write and self._write_lock is not None:
+            with self._write_lock:
+                with Session(self._write_engine, expire_on_commit=False) as s, s.begin():
+                    yield s
+            return
         with Session(self._write_engine if write else self.engine, expire_on_commit=False) as s:
             with s.begin():
                 yield s
@@ -301,9 +327,15 @@ class Store:
         return user
 
     def get_user(self, user_id: int) -> User | None:
-        """A user by id, or None."""
+        """A user by id, or None (cached for a few seconds: every request asks)."""
+        hit = self._users.get(user_id)
+        if hit is not None and hit[0] > time.monotonic():
+            return hit[1]
         with self.tx() as s:
-            return s.get(User, user_id)
+            user = s.get(User, user_id)
+        if user is not None:
+            self._users[user_id] = (time.monotonic() + USER_CACHE_S, user)
+        return user
 
     def user_by_name(self, name: str) -> User | None:
         """A user by name, or None."""
@@ -332,17 +364,16 @@ class Store:
             user = s.get(User, user_id)
             user.password_hash = pw_hash
             user.generation += 1
+        self._users.pop(user_id, None)  # revoke old sessions in this process at once
 
     def create_invite(self, name: str, role: str = "annotator", ttl_s: int = 7 * 86400) -> str:
         """A one-time invite token for a new account ``name``; the link is ``/invite/<token>``."""
-        import secrets as _secrets
-
         _check_name(name, "user name")
         if role not in ROLES:
             raise StoreError(f"role must be one of {ROLES}, got {role!r}")
         if self.user_by_name(name) is not None:
             raise StoreError(f"user {name!r} already exists", 409)
-        token = _secrets.token_urlsafe(24)
+        token = secrets.token_urlsafe(24)
         with self.tx(write=True) as s:
             s.add(Invite(token_hash=hash_invite(token), name=name, role=role,
                          expires_at=time.time() + ttl_s))
@@ -405,10 +436,14 @@ class Store:
 
     def project(self, name: str) -> Project:
         """A project by name; raises StoreError(404) if there is none."""
+        p = self._projects.get(name)
+        if p is not None:
+            return p
         with self.tx() as s:
             p = s.scalars(select(Project).where(Project.name == name)).first()
         if p is None:
             raise StoreError(f"no project named {name!r}", 404)
+        self._projects[name] = p
         return p
 
     def list_projects(self) -> list[Project]:
@@ -452,43 +487,43 @@ class Store:
         ``gold_every`` items; the regular item closest to its overlap target.
         """
         p = self.project(project)
-        now = time.time()
         with self.tx(write=True) as s:
-            if not self.is_sqlite:  # serialise hand-outs per project (SQLite: BEGIN IMMEDIATE)
-                s.execute(select(Project.id).where(Project.id == p.id).with_for_update())
-            held = s.scalars(select(Assignment).where(
-                Assignment.project_id == p.id, Assignment.user_id == user.id,
-                Assignment.status == "active").order_by(Assignment.id)).first()
-            if held is not None:
-                item = s.get(Item, held.item_id)
-                if held.expires_at > now or item.is_gold or self._busy(s, item.id, now, user.id) < p.overlap:
-                    held.expires_at = now + p.lock_seconds
-                    return self._task(p, item, held)
-                held.status = "expired"  # someone else took the slot meanwhile
+            return self._claim(s, user, p, time.time())
 
-            item = None
-            if p.gold_every > 0:
-                n_done = s.scalar(select(func.count()).select_from(Label).where(
-                    Label.project_id == p.id, Label.user_id == user.id))
-                if (n_done + 1) % p.gold_every == 0:
-                    item = s.scalars(select(Item).where(
-                        Item.project_id == p.id, Item.is_gold.is_(True),
-                        ~exists().where(Assignment.item_id == Item.id, Assignment.user_id == user.id),
-                    ).order_by(Item.position).limit(1)).first()
-            regular = self._pick_regular(s, p, user.id, now)
-            if regular is None:
-                return None  # no honeypots once the real work is done
-            item = item or regular
-            order = list(range(len(item.responses)))
-            random.Random(f"{user.id}:{item.id}").shuffle(order)
-            import secrets as _secrets
+    def _claim(self, s: Session, user: User, p: Project, now: float) -> Task | None:
+        if not self.is_sqlite:  # serialise hand-outs per project (SQLite: BEGIN IMMEDIATE)
+            s.execute(select(Project.id).where(Project.id == p.id).with_for_update())
+        held = s.scalars(select(Assignment).where(
+            Assignment.project_id == p.id, Assignment.user_id == user.id,
+            Assignment.status == "active").order_by(Assignment.id)).first()
+        if held is not None:
+            item = s.get(Item, held.item_id)
+            if held.expires_at > now or item.is_gold or self._busy(s, item.id, now, user.id) < p.overlap:
+                held.expires_at = now + p.lock_seconds
+                return self._task(p, item, held)
+            held.status = "expired"  # someone else took the slot meanwhile
 
-            held = Assignment(project_id=p.id, item_id=item.id, user_id=user.id, status="active",
-                              order=order, submission_key=_secrets.token_urlsafe(16),
-                              started_at=now, expires_at=now + p.lock_seconds)
-            s.add(held)
-            s.flush()
-            return self._task(p, item, held)
+        item = None
+        if p.gold_every > 0:
+            n_done = s.scalar(select(func.count()).select_from(Label).where(
+                Label.project_id == p.id, Label.user_id == user.id))
+            if (n_done + 1) % p.gold_every == 0:
+                item = s.scalars(select(Item).where(
+                    Item.project_id == p.id, Item.is_gold.is_(True),
+                    ~exists().where(Assignment.item_id == Item.id, Assignment.user_id == user.id),
+                ).order_by(Item.position).limit(1)).first()
+        regular = self._pick_regular(s, p, user.id, now)
+        if regular is None:
+            return None  # no honeypots once the real work is done
+        item = item or regular
+        order = list(range(len(item.responses)))
+        random.Random(f"{user.id}:{item.id}").shuffle(order)
+        held = Assignment(project_id=p.id, item_id=item.id, user_id=user.id, status="active",
+                          order=order, submission_key=secrets.token_urlsafe(16),
+                          started_at=now, expires_at=now + p.lock_seconds)
+        s.add(held)
+        s.flush()
+        return self._task(p, item, held)
 
     @staticmethod
     def _busy_expr(now: float, exclude_user: int | None = None):
@@ -506,13 +541,14 @@ class Store:
                 and_(Assignment.status == "active", Assignment.expires_at > now))))
 
     def _pick_regular(self, s: Session, p: Project, user_id: int, now: float) -> Item | None:
+        # Most-labelled first, so items reach their overlap (and agreement can be measured)
+        # early; the busy count is only evaluated on rows met in that order.
         busy = self._busy_expr(now)
-        row = s.execute(select(Item, busy).where(
+        return s.scalars(select(Item).where(
             Item.project_id == p.id, Item.is_gold.is_(False), Item.n_done < p.overlap,
             ~exists().where(Assignment.item_id == Item.id, Assignment.user_id == user_id),
             busy < p.overlap,
-        ).order_by(busy.desc(), Item.position).limit(1)).first()
-        return row[0] if row else None
+        ).order_by(Item.n_done.desc(), Item.position).limit(1)).first()
 
     @staticmethod
     def _task(p: Project, item: Item, a: Assignment) -> Task:
@@ -540,10 +576,23 @@ class Store:
             raise StoreError("submission_key must be a string of 8 to 64 characters", 422)
         if time_ms is not None and (not isinstance(time_ms, int) or not 0 <= time_ms <= 7 * 86400 * 1000):
             raise StoreError("time_ms must be a non-negative integer of milliseconds", 422)
+        label, duplicate, _ = self.submit_and_next(user, project, item_id, answers,
+                                                   submission_key, time_ms, then_next=False)
+        return label, duplicate
+
+    def submit_and_next(self, user: User, project: str, item_id: int, answers: dict,
+                        submission_key: str, time_ms: int | None = None,
+                        then_next: bool = True) -> tuple[dict, bool, Task | None]:
+        """:meth:`submit`, then hand out the next item in the same transaction (one commit,
+        one round trip for the page or machine client). Returns ``(label, duplicate, task)``."""
+        if not isinstance(submission_key, str) or not 8 <= len(submission_key) <= 64:
+            raise StoreError("submission_key must be a string of 8 to 64 characters", 422)
+        if time_ms is not None and (not isinstance(time_ms, int) or not 0 <= time_ms <= 7 * 86400 * 1000):
+            raise StoreError("time_ms must be a non-negative integer of milliseconds", 422)
         p = self.project(project)
         for attempt in range(3):
             try:
-                return self._submit_once(user, p, item_id, answers, submission_key, time_ms)
+                return self._submit_once(user, p, item_id, answers, submission_key, time_ms, then_next)
             except IntegrityError:
                 # A concurrent request with the same key won the race (PostgreSQL); the
                 # next attempt finds its label and returns it as a duplicate.
@@ -551,7 +600,7 @@ class Store:
                     raise
         raise AssertionError("unreachable")
 
-    def _submit_once(self, user, p, item_id, answers, key, time_ms) -> tuple[dict, bool]:
+    def _submit_once(self, user, p, item_id, answers, key, time_ms, then_next):
         now = time.time()
         with self.tx(write=True) as s:
             old = s.scalars(select(Label).where(Label.user_id == user.id,
@@ -559,7 +608,8 @@ class Store:
             if old is not None:
                 if old.item_id != item_id:
                     raise StoreError("this submission_key was already used for another item", 409)
-                return self._label_json(old, p.name, user.name), True
+                task = self._claim(s, user, p, now) if then_next else None
+                return self._label_json(old, p.name, user.name), True, task
             a = s.scalars(select(Assignment).where(Assignment.item_id == item_id,
                                                    Assignment.user_id == user.id)).first()
             if a is None or a.project_id != p.id:
@@ -575,7 +625,8 @@ class Store:
             a.status = "done"
             s.execute(update(Item).where(Item.id == item_id).values(n_done=Item.n_done + 1))
             s.flush()
-            return self._label_json(label, p.name, user.name), False
+            task = self._claim(s, user, p, now) if then_next else None
+            return self._label_json(label, p.name, user.name), False, task
 
     def release(self, user: User, project: str, item_id: int) -> None:
         """Give back a held item (skip) so another annotator can take it."""

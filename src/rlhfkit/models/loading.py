@@ -84,7 +84,10 @@ def resolve(name_or_path: str) -> str:
         if not gguf.exists():
             raise ModelLoadError(f"{gguf}: GGUF file not found")
     if gguf is None:
-        path = Path(name_or_path)
+        path = Path(name_or_path).expanduser()
+        looks_local = name_or_path.startswith(("/", "./", "../", "~")) or path.exists()
+        if looks_local and not path.exists():
+            raise ModelLoadError(f"{path}: model folder not found")
         if path.exists() and not _is_hf_folder(path):
             raise ModelLoadError(f"{path}: folder has no config.json; not a HF model folder")
         return name_or_path

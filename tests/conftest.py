@@ -51,3 +51,14 @@ def make_tiny_lm(path: Path, tokenizer, seed: int = 0, hidden: int = 64, layers:
 def tiny_lm(tmp_path_factory, tokenizer) -> Path:
     """Folder of a tiny random causal LM (2 layers, width 64) with the SmolLM2 tokenizer."""
     return make_tiny_lm(tmp_path_factory.mktemp("tiny-lm"), tokenizer)
+
+
+def pytest_collection_modifyitems(config, items):
+    """The `slow` tier (real default model) runs only with RLHFKIT_SLOW=1."""
+    if os.environ.get("RLHFKIT_SLOW") == "1":
+        return
+    kept = [i for i in items if "slow" not in i.keywords]
+    deselected = [i for i in items if "slow" in i.keywords]
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = kept

@@ -1,0 +1,460 @@
+"""Rollouts: sample responses from the policy and score the sampled tokens.
+
+A rollout of B prompts is laid out as one (B, P + R) tensor: the prompts left-padded to width
+P, then the responses right-padded to width R::
+
+    [pad pad p p p p | r r r EOS pad]
+    [p p p p p p     | r r r r   r  ]   <- never ended: hit max_new_tokens
+
+``response_mask`` (B, R) is 1 on exactly the response tokens up to and including the first EOS;
+``ended`` (B,) says whether an EOS (or stop string) was produced. Position ids count real tokens
+only, so a left-padded row is scored exactly as it was sampled.
+
+Sampling goes through a :class:`GenerationBackend` (HF ``generate`` with a KV cache by default;
+a vLLM backend can implement the same one method on GPU). The log-probs of the sampled tokens
+are then recomputed with a plain forward pass at the sampling temperature (logits only at
+response positions), which is what the policy-gradient losses differentiate.
+
+The reference policy is the same weights with the LoRA adapter switched off when the policy
+is a LoRA model (no second copy in memory), else a frozen copy (:class:`ReferencePolicy`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from rlhfkit.data.chat import encode, pad, prompt_text
+from rlhfkit.losses import token_logprobs
+from rlhfkit.models.loading import decoder_and_head
+
+
+@dataclass
+class SamplingConfig:
+    """How responses are sampled."""
+
+    max_new_tokens: int = 32
+    """Longest response in tokens."""
+    temperature: float = 1.0
+    """Softmax temperature (0 = greedy)."""
+    top_p: float = 1.0
+    """Nucleus sampling: keep the smallest set of tokens with this much probability (1 = off)."""
+    top_k: int = 0
+    """Keep only the k most likely tokens (0 = off)."""
+    stop: tuple[str, ...] = ()
+    """Strings that end a response (cut after the first one; the response counts as ended)."""
+
+
+class GenerationBackend(Protocol):
+    """Something that samples continuations of token-id prompts."""
+
+    def generate(
+        self,
+        model: nn.Module,
+        prompt_ids: Sequence[Sequence[int]],
+        sampling: SamplingConfig,
+        eos_token_ids: Sequence[int],
+        pad_token_id: int,
+    ) -> list[list[int]]:
+        """Return the new tokens of each prompt (any tokens after the first EOS are ignored)."""
+        ...
+
+
+class HFBackend:
+    """Batched sampling with transformers' ``generate``: left padding and a KV cache.
+
+    Args:
+        autocast: Run generation under this ``torch.autocast`` dtype (e.g. ``torch.bfloat16``),
+            or None for the model's own precision.
+    """
+
+    def __init__(self, autocast: torch.dtype | None = None) -> None:
+        self.autocast = autocast
+
+    @torch.no_grad()
+    def generate(
+        self,
+        model: nn.Module,
+        prompt_ids: Sequence[Sequence[int]],
+        sampling: SamplingConfig,
+        eos_token_ids: Sequence[int],
+        pad_token_id: int,
+    ) -> list[list[int]]:
+        """Sample one continuation per prompt; see :class:`GenerationBackend`."""
+        from transformers import GenerationConfig
+
+        device = next(model.parameters()).device
+        ids, mask = pad(prompt_ids, pad_token_id, side="left")
+        greedy = sampling.temperature <= 0
+        # A fresh config, so nothing from the model's generation_config (a default temperature,
+        # top-k 50, a repetition penalty) silently changes the distribution we sample from:
+        # the log-probs we recompute later must be those of the tokens' true distribution.
+        gen_cfg = GenerationConfig(
+            do_sample=not greedy,
+            temperature=1.0 if greedy else sampling.temperature,
+            top_p=sampling.top_p,
+            top_k=sampling.top_k,
+            max_new_tokens=sampling.max_new_tokens,
+            eos_token_id=list(eos_token_ids),
+            pad_token_id=pad_token_id,
+            use_cache=True,
+        )
+        was_training = model.training
+        model.eval()
+        ctx = (torch.autocast(device.type, dtype=self.autocast) if self.autocast is not None
+               else contextlib.nullcontext())
+        with ctx:
+            out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
+                                 generation_config=gen_cfg)
+        model.train(was_training)
+        return out[:, ids.shape[1]:].tolist()
+
+
+@dataclass
+class Rollout:
+    """B sampled responses and their log-probs; see the module docstring for the layout."""
+
+    prompts: list[Any]
+    """The B prompts (text or chat messages), one per response (repeated for k samples)."""
+    prompt_ids: list[list[int]]
+    """Token ids of each prompt (chat template applied)."""
+    response_ids: list[list[int]]
+    """Token ids of each response, up to and including the EOS when it ended."""
+    texts: list[str]
+    """Decoded responses, without the EOS token."""
+    input_ids: torch.Tensor
+    """(B, P + R) prompt (left-padded) then response (right-padded)."""
+    attention_mask: torch.Tensor
+    """(B, P + R) 1 on real tokens."""
+    position_ids: torch.Tensor
+    """(B, P + R) positions counting real tokens only."""
+    response_mask: torch.Tensor
+    """(B, R) bool, True on response tokens up to and including EOS."""
+    ended: torch.Tensor
+    """(B,) bool, True where the response ended with EOS or a stop string."""
+    logprobs: torch.Tensor | None = None
+    """(B, R) log-probs of the sampled tokens at sampling time (0 on padding)."""
+    ref_logprobs: torch.Tensor | None = None
+    """(B, R) log-probs of the same tokens under the reference policy."""
+    extras: dict[str, Any] = field(default_factory=dict)
+    """Per-sample tensors a trainer attaches (scores, values, advantages, ...)."""
+
+    @property
+    def prompt_width(self) -> int:
+        """P, the width of the left-padded prompt block."""
+        return self.input_ids.shape[1] - self.response_mask.shape[1]
+
+    @property
+    def target_mask(self) -> torch.Tensor:
+        """(B, P + R) True at the response tokens, the positions a forward pass must score."""
+        pre = torch.zeros(self.response_mask.shape[0], self.prompt_width, dtype=torch.bool,
+                          device=self.response_mask.device)
+        return torch.cat([pre, self.response_mask.bool()], dim=1)
+
+    @property
+    def response_lengths(self) -> torch.Tensor:
+        """(B,) number of response tokens (EOS included)."""
+        return self.response_mask.sum(-1)
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def select(self, index: Sequence[int] | torch.Tensor) -> Rollout:
+        """The sub-rollout of the rows in ``index`` (tensors and lists alike)."""
+        idx = torch.as_tensor(index, dtype=torch.long)
+        rows = idx.tolist()
+        values: dict[str, Any] = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if f.name == "extras":
+                values[f.name] = {k: x[idx.to(x.device)] if torch.is_tensor(x) else
+                                  [x[i] for i in rows] for k, x in v.items()}
+            elif torch.is_tensor(v):
+                values[f.name] = v[idx.to(v.device)]
+            elif isinstance(v, list):
+                values[f.name] = [v[i] for i in rows]
+            else:
+                values[f.name] = v
+        return Rollout(**values)
+
+    def to(self, device: torch.device | str) -> Rollout:
+        """The same rollout with every tensor on ``device``."""
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if torch.is_tensor(v):
+                setattr(self, f.name, v.to(device))
+        self.extras = {k: v.to(device) if torch.is_tensor(v) else v
+                       for k, v in self.extras.items()}
+        return self
+
+
+def eos_ids_of(tokenizer: Any) -> list[int]:
+    """Token ids that end a response: the tokenizer's EOS (the chat end-of-turn for SmolLM2)."""
+    ids = {tokenizer.eos_token_id}
+    for name in ("<|im_end|>", "<|eot_id|>", "<|end|>"):
+        tid = tokenizer.convert_tokens_to_ids(name) if name in tokenizer.get_vocab() else None
+        if tid is not None:
+            ids.add(tid)
+    return sorted(i for i in ids if i is not None)
+
+
+def _cut_at_stop(tokenizer: Any, ids: list[int], stop: Sequence[str]) -> tuple[list[int], bool]:
+    """Shortest prefix of ``ids`` whose text contains a stop string (if any does)."""
+    text = tokenizer.decode(ids, skip_special_tokens=True)
+    if not any(s in text for s in stop):
+        return ids, False
+    for n in range(1, len(ids) + 1):
+        if any(s in tokenizer.decode(ids[:n], skip_special_tokens=True) for s in stop):
+            return ids[:n], True
+    return ids, False
+
+
+def build_rollout(
+    tokenizer: Any,
+    prompts: Sequence[Any],
+    prompt_ids: Sequence[Sequence[int]],
+    raw_responses: Sequence[Sequence[int]],
+    eos_token_ids: Sequence[int],
+    stop: Sequence[str] = (),
+) -> Rollout:
+    """Lay prompts and raw sampled tokens out as a :class:`Rollout` (no log-probs yet).
+
+    Each raw response is cut after its first EOS (kept, and counted in the mask) or stop
+    string; whatever a backend produced after that (padding, more tokens) is dropped.
+    """
+    eos = set(eos_token_ids)
+    pad_id = tokenizer.pad_token_id
+    responses, ended = [], []
+    for raw in raw_responses:
+        ids = list(raw)
+        cut = next((i for i, t in enumerate(ids) if t in eos), None)
+        done = cut is not None
+        if done:
+            ids = ids[: cut + 1]
+        if stop:
+            body = ids[:-1] if done else ids
+            body, hit = _cut_at_stop(tokenizer, body, stop)
+            if hit:
+                ids, done = body, True
+        responses.append(ids)
+        ended.append(done)
+    B = len(responses)
+    P = max(len(p) for p in prompt_ids)
+    R = max(1, max(len(r) for r in responses))
+    input_ids = torch.full((B, P + R), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((B, P + R), dtype=torch.long)
+    for i, (p, r) in enumerate(zip(prompt_ids, responses)):
+        input_ids[i, P - len(p):P] = torch.as_tensor(p, dtype=torch.long)
+        attention_mask[i, P - len(p):P] = 1
+        if r:
+            input_ids[i, P:P + len(r)] = torch.as_tensor(r, dtype=torch.long)
+            attention_mask[i, P:P + len(r)] = 1
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # (B, P + R)
+    response_mask = attention_mask[:, P:].bool()  # (B, R)
+    texts = [tokenizer.decode([t for t in r if t not in eos], skip_special_tokens=True)
+             for r in responses]
+    return Rollout(
+        prompts=list(prompts), prompt_ids=[list(p) for p in prompt_ids], response_ids=responses,
+        texts=texts, input_ids=input_ids, attention_mask=attention_mask,
+        position_ids=position_ids, response_mask=response_mask,
+        ended=torch.tensor(ended, dtype=torch.bool),
+    )
+
+
+def encode_prompts(
+    tokenizer: Any, prompts: Sequence[Any], system_prompt: str | None = None,
+    max_prompt_tokens: int | None = None,
+) -> list[list[int]]:
+    """Prompt ids exactly as every other stage writes them (:func:`rlhfkit.data.chat.prompt_text`).
+
+    Long prompts lose their oldest tokens first, as in :func:`rlhfkit.data.chat.encode_pair`.
+    """
+    out = []
+    for p in prompts:
+        ids = encode(tokenizer, prompt_text(tokenizer, p, system_prompt))
+        if max_prompt_tokens and len(ids) > max_prompt_tokens:
+            ids = ids[-max_prompt_tokens:]
+        out.append(ids)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Scoring sampled tokens
+# --------------------------------------------------------------------------------------------
+
+
+class PolicyWithValue(nn.Module):
+    """A causal LM plus a scalar value head on its last hidden state (one body pass for both).
+
+    ``forward`` has :class:`rlhfkit.models.policy.SelectiveLM`'s signature and returns
+    ``(logits (N, V), values (N,))`` at the N positions where ``target_mask[:, 1:]`` is true:
+    the logits that predict each response token and ``V(s_t)`` of the state before it.
+    """
+
+    def __init__(self, lm: nn.Module) -> None:
+        super().__init__()
+        self.lm = lm
+        hidden = lm.config.hidden_size
+        self.value_head = nn.Linear(hidden, 1)
+        nn.init.zeros_(self.value_head.weight)
+        nn.init.zeros_(self.value_head.bias)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        target_mask: torch.Tensor,
+        position_ids: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits (N, V) and values (N,) at the target positions."""
+        body, head = decoder_and_head(self.lm)
+        hidden = body(input_ids=input_ids, attention_mask=attention_mask,
+                      position_ids=position_ids, use_cache=False).last_hidden_state
+        selected = hidden[:, :-1][target_mask[:, 1:].bool()]  # (N, H)
+        return head(selected), self.value_head(selected).squeeze(-1).float()
+
+
+def scatter_tokens(values: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
+    """Put (N,) per-token values, in row-major mask order, into a (B, R) tensor (0 elsewhere)."""
+    out = values.new_zeros(response_mask.shape)
+    out[response_mask.bool()] = values
+    return out
+
+
+def forward_response(
+    model: nn.Module, rollout: Rollout, temperature: float = 1.0
+) -> dict[str, torch.Tensor]:
+    """Run ``model`` over prompt + response and score the response tokens.
+
+    Args:
+        model: A ``SelectiveLM`` or :class:`PolicyWithValue` (possibly wrapped by DDP).
+        rollout: The sampled sequences.
+        temperature: The sampling temperature; log-probs are those of ``softmax(logits / T)``.
+
+    Returns:
+        ``logprobs`` (B, R), ``logits`` (N, V) (at the N response tokens, temperature applied)
+        and, for a model with a value head, ``values`` (B, R).
+    """
+    out = model(rollout.input_ids, rollout.attention_mask, rollout.target_mask,
+                rollout.position_ids)
+    logits, values = out if isinstance(out, tuple) else (out, None)
+    mask = rollout.response_mask
+    targets = rollout.input_ids[:, rollout.prompt_width:][mask]  # (N,)
+    if temperature > 0 and temperature != 1.0:
+        logits = logits.float() / temperature
+    result = {"logprobs": scatter_tokens(token_logprobs(logits, targets), mask),  # (B, R)
+              "logits": logits}
+    if values is not None:
+        result["values"] = scatter_tokens(values, mask)  # (B, R)
+    return result
+
+
+@torch.no_grad()
+def response_logprobs(model: nn.Module, rollout: Rollout, temperature: float = 1.0,
+                      batch_size: int = 16) -> torch.Tensor:
+    """(B, R) log-probs of the sampled tokens under ``model``, in chunks, without gradients."""
+    parts = []
+    for start in range(0, len(rollout), batch_size):
+        chunk = rollout.select(range(start, min(start + batch_size, len(rollout))))
+        lp = forward_response(model, chunk, temperature)["logprobs"]
+        parts.append(lp)
+    return torch.cat(parts, 0)
+
+
+class ReferencePolicy:
+    """The frozen policy the KL penalty measures against.
+
+    Args:
+        lm: The policy's causal LM. With LoRA (a peft model) the reference is the same model
+            with its adapter disabled; otherwise a frozen deep copy is made (or ``frozen``, an
+            already loaded reference such as the SFT model from another folder, is used).
+        frozen: Optional separate reference LM.
+    """
+
+    def __init__(self, lm: nn.Module, frozen: nn.Module | None = None) -> None:
+        from rlhfkit.models.policy import SelectiveLM
+
+        self.shared = frozen is None and hasattr(lm, "disable_adapter")
+        if self.shared:
+            self.model = SelectiveLM(lm)
+        else:
+            ref = frozen if frozen is not None else copy.deepcopy(lm)
+            ref.eval()
+            ref.requires_grad_(False)
+            self.model = SelectiveLM(ref)
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[nn.Module]:
+        """Context in which ``self.model`` computes reference outputs."""
+        if self.shared:
+            with self.model.lm.disable_adapter():
+                yield self.model
+        else:
+            yield self.model
+
+    @torch.no_grad()
+    def logprobs(self, rollout: Rollout, temperature: float = 1.0,
+                 batch_size: int = 16) -> torch.Tensor:
+        """(B, R) reference log-probs of the sampled tokens."""
+        with self.active() as model:
+            was_training = model.training
+            model.eval()
+            lp = response_logprobs(model, rollout, temperature, batch_size)
+            model.train(was_training)
+        return lp
+
+    @property
+    def generator(self) -> nn.Module:
+        """The LM to sample from as the reference (for comparing with the policy)."""
+        return self.model.lm
+
+
+def sample(
+    lm: nn.Module,
+    tokenizer: Any,
+    prompts: Sequence[Any],
+    sampling: SamplingConfig,
+    system_prompt: str | None = None,
+    backend: GenerationBackend | None = None,
+    scorer: nn.Module | None = None,
+    max_prompt_tokens: int | None = None,
+    autocast: torch.dtype | None = None,
+) -> Rollout:
+    """Sample one response per prompt and (with ``scorer``) recompute their log-probs.
+
+    Args:
+        lm: The causal LM to sample from (a peft model samples with its adapter on).
+        tokenizer: Its tokenizer; prompts go through the chat template as in every stage.
+        prompts: Prompt texts or chat messages (repeat a prompt k times for k samples).
+        sampling: Temperature, top-p/top-k, length, stop strings.
+        system_prompt: System message added to prompts that have none.
+        backend: Generation backend (default :class:`HFBackend`).
+        scorer: A ``SelectiveLM``/``PolicyWithValue`` over ``lm`` to compute ``logprobs`` with
+            (None: leave ``rollout.logprobs`` unset).
+        max_prompt_tokens: Keep at most this many prompt tokens (the most recent).
+        autocast: dtype for autocast during generation and scoring (None = none).
+
+    Returns:
+        The :class:`Rollout` (on ``lm``'s device).
+    """
+    backend = backend or HFBackend(autocast)
+    device = next(lm.parameters()).device
+    prompt_ids = encode_prompts(tokenizer, prompts, system_prompt, max_prompt_tokens)
+    eos = eos_ids_of(tokenizer)
+    raw = backend.generate(lm, prompt_ids, sampling, eos, tokenizer.pad_token_id)
+    rollout = build_rollout(tokenizer, prompts, prompt_ids, raw, eos, sampling.stop).to(device)
+    if scorer is not None:
+        was_training = scorer.training
+        scorer.eval()
+        ctx = (torch.autocast(device.type, dtype=autocast) if autocast is not None
+               else contextlib.nullcontext())
+        with ctx:
+            rollout.logprobs = response_logprobs(scorer, rollout, sampling.temperature or 1.0)
+        scorer.train(was_training)
+    return rollout

@@ -79,26 +79,37 @@
     });
   }
 
-  function markSelection(category) {
+  // Remember the last selection inside the response, so typing a note (which moves the
+  // focus and clears the selection) before picking the category still works.
+  let lastSel = null;
+  function selectionOffsets() {
     const sel = window.getSelection();
-    if (!spanText || !sel || sel.rangeCount === 0 || sel.isCollapsed) {
+    if (!spanText || !sel || sel.rangeCount === 0 || sel.isCollapsed) return null;
+    const range = sel.getRangeAt(0);
+    if (!spanText.contains(range.startContainer) || !spanText.contains(range.endContainer)) return null;
+    let start = offsetIn(spanText, range.startContainer, range.startOffset);
+    let end = offsetIn(spanText, range.endContainer, range.endOffset);
+    if (start === null || end === null) return null;
+    if (start > end) { const t = start; start = end; end = t; }
+    return start === end ? null : { start: start, end: end };
+  }
+  document.addEventListener("selectionchange", function () {
+    const got = selectionOffsets();
+    if (got) lastSel = got;
+  });
+
+  function markSelection(category) {
+    const got = selectionOffsets() || lastSel;
+    if (!got) {
       say("Select some text in the response first.", "error");
       return;
     }
-    const range = sel.getRangeAt(0);
-    if (!spanText.contains(range.startContainer) || !spanText.contains(range.endContainer)) {
-      say("Select text inside the response.", "error");
-      return;
-    }
-    let start = offsetIn(spanText, range.startContainer, range.startOffset);
-    let end = offsetIn(spanText, range.endContainer, range.endOffset);
-    if (start === null || end === null) return;
-    if (start > end) { const t = start; start = end; end = t; }
-    if (start === end) return;
     const note = document.getElementById("span-note");
-    state.spans.push({ start: start, end: end, category: category, note: note.value || null });
+    state.spans.push({ start: got.start, end: got.end, category: category, note: note.value || null });
     note.value = "";
-    sel.removeAllRanges();
+    lastSel = null;
+    const sel = window.getSelection();
+    if (sel) sel.removeAllRanges();
     say("");
     renderSpans();
   }

@@ -51,6 +51,18 @@ def _rm_run(cfg):
     return train_rm(cfg)
 
 
+def _dpo_cfg():
+    from rlhfkit.train.dpo import DPOConfig
+
+    return DPOConfig
+
+
+def _dpo_run(cfg):
+    from rlhfkit.train.dpo import train_dpo
+
+    return train_dpo(cfg)
+
+
 def _demo_cfg():
     from rlhfkit.pipeline import DemoConfig
 
@@ -66,6 +78,8 @@ def _demo_run(cfg):
 STAGES: list[Stage] = [
     Stage("sft", "Step 1: supervised fine-tuning on demonstrations", _sft_cfg, _sft_run),
     Stage("rm", "Step 2: train a reward model on comparisons, rankings or 👍/👎", _rm_cfg, _rm_run),
+    Stage("dpo", "Train the policy directly on preferences: DPO, IPO, KTO, preferred-FT, "
+          "unlikelihood", _dpo_cfg, _dpo_run),
     Stage("demo", "Run the whole loop on the default model and write a report", _demo_cfg,
           _demo_run),
 ]

@@ -63,6 +63,18 @@ def _dpo_run(cfg):
     return train_dpo(cfg)
 
 
+def _online_dpo_cfg():
+    from rlhfkit.train.online_dpo import OnlineDPOConfig
+
+    return OnlineDPOConfig
+
+
+def _online_dpo_run(cfg):
+    from rlhfkit.train.online_dpo import train_online_dpo
+
+    return train_online_dpo(cfg)
+
+
 def _demo_cfg():
     from rlhfkit.pipeline import DemoConfig
 
@@ -80,6 +92,8 @@ STAGES: list[Stage] = [
     Stage("rm", "Step 2: train a reward model on comparisons, rankings or 👍/👎", _rm_cfg, _rm_run),
     Stage("dpo", "Train the policy directly on preferences: DPO, IPO, KTO, preferred-FT, "
           "unlikelihood", _dpo_cfg, _dpo_run),
+    Stage("online-dpo", "Iterative DPO: sample K per prompt, label (gold, reward model or AI "
+          "judge), train, repeat", _online_dpo_cfg, _online_dpo_run),
     Stage("demo", "Run the whole loop on the default model and write a report", _demo_cfg,
           _demo_run),
 ]

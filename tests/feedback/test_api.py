@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from conftest import PASSWORD, Browserish
 
 PAIR = {"prompt": "Name a colour.", "responses": [{"text": "Red.", "model": "policy-A"},

@@ -12,8 +12,8 @@ import threading
 import time
 
 import pytest
-from conftest import ARTIFACTS, PASSWORD, free_port
 
+from conftest import ARTIFACTS, PASSWORD, free_port
 from rlhfkit.feedback.store import Store
 from rlhfkit.feedback.transfer import project_records
 

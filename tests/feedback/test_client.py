@@ -6,8 +6,8 @@ import threading
 import time
 
 import pytest
-from conftest import PASSWORD, free_port
 
+from conftest import PASSWORD, free_port
 from rlhfkit.feedback.client import FeedbackClient, FeedbackError, label_project, labeler_answerer
 from rlhfkit.feedback.simulated import SimulatedLabeler
 from rlhfkit.feedback.store import Store

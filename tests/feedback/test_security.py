@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import PASSWORD, Browserish, csrf_of
 from fastapi.testclient import TestClient
 
+from conftest import PASSWORD, Browserish
 from rlhfkit.feedback import security
 from rlhfkit.feedback.server import create_app
 

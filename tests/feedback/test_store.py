@@ -155,9 +155,9 @@ def test_two_annotators_agreement_in_stats(sqlite_store):
 
 
 def test_cli_create_label_export(tmp_path, capsys):
-    from rlhfkit.feedback.cli import register
-
     import argparse
+
+    from rlhfkit.feedback.cli import register
 
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers())

@@ -166,6 +166,7 @@ def majority_agreement(labels: Mapping[Hashable, Mapping[str, Hashable]], *,
 
     Args:
         labels: ``{item: {annotator: label}}``.
+        min_others: how many other annotators an item needs to count.
 
     Returns:
         ``{annotator: {"agree": int, "n": int, "rate": float}}`` (rate nan when n = 0).

@@ -189,8 +189,10 @@ def likert_from_score(score: float) -> int:
 
 def labeler_answerer(labeler: Any, *, writer: Callable[[dict, str], str] | None = None,
                      to_likert: Callable[[float], int] = likert_from_score) -> Answerer:
-    """Answer tasks with a :class:`~rlhfkit.feedback.simulated.SimulatedLabeler` (or anything
-    with its ``binary``/``compare``/``rank``/``score`` methods returning records).
+    """Answer tasks with a simulated labeler or AI judge.
+
+    Anything with the ``binary``/``compare``/``rank``/``score`` methods of
+    :class:`~rlhfkit.feedback.simulated.SimulatedLabeler` (returning records) will do.
 
     Args:
         labeler: the simulated labeler or AI judge.

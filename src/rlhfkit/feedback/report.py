@@ -140,8 +140,12 @@ def create_arena(store: Store, name: str, prompts: Sequence, responses: Mapping[
     """A blind pairwise project comparing policies: one item per prompt and pair of models.
 
     Args:
+        store: the store to create the project in.
+        name: the project name.
         prompts: the prompts, in order.
         responses: ``{model name: responses, one per prompt}``.
+        overlap: annotators per comparison.
+        guidelines: shown to annotators (a default explains the blind setup).
 
     Returns:
         the number of items created.

@@ -1,3 +1,4 @@
+# ruff: noqa: B008  (FastAPI declares dependencies and form fields as default values)
 """The feedback web app: server-rendered pages plus the JSON API they use (OpenAPI at /docs).
 
 Start it with ``rlhfkit label serve --db sqlite:///feedback.db`` or build it in Python::
@@ -26,7 +27,13 @@ from typing import Any, Literal
 
 from fastapi import Depends, FastAPI, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
+from fastapi.responses import (
+    HTMLResponse,
+    JSONResponse,
+    PlainTextResponse,
+    RedirectResponse,
+    Response,
+)
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, Field
@@ -58,17 +65,23 @@ class CsrfFailed(Exception):
 
 
 class LoginIn(BaseModel):
+    """Login request."""
+
     username: str = Field(max_length=64)
     password: str = Field(max_length=1024)
 
 
 class LoginOut(BaseModel):
+    """Login answer."""
+
     token: str = Field(description="send as `Authorization: Bearer <token>` (machines)")
     csrf_token: str = Field(description="echo as `X-CSRF-Token` when using the cookie")
     user: dict
 
 
 class SubmitIn(BaseModel):
+    """One submission: the answers to every question of an item."""
+
     answers: dict[str, Any] = Field(description="{question type: answer in display terms}")
     submission_key: str = Field(min_length=8, max_length=64,
                                 description="client-chosen; a retry with the same key is not stored twice")
@@ -77,6 +90,8 @@ class SubmitIn(BaseModel):
 
 
 class ItemIn(BaseModel):
+    """An item to label (see Store.add_items)."""
+
     prompt: str | list[dict[str, Any]] = ""
     responses: list[str | dict[str, Any]] = []
     gold: dict[str, Any] | None = None
@@ -85,6 +100,8 @@ class ItemIn(BaseModel):
 
 
 class ProjectIn(BaseModel):
+    """A new project and, optionally, its first items."""
+
     name: str = Field(max_length=64)
     questions: list[str]
     overlap: int = Field(default=1, ge=1, le=100)
@@ -97,10 +114,14 @@ class ProjectIn(BaseModel):
 
 
 class ItemsIn(BaseModel):
+    """Items to add to a project."""
+
     items: list[ItemIn]
 
 
 class UserIn(BaseModel):
+    """A new account."""
+
     name: str = Field(max_length=64)
     password: str | None = Field(default=None, max_length=1024)
     role: Literal["admin", "annotator"] = "annotator"
@@ -108,6 +129,8 @@ class UserIn(BaseModel):
 
 
 class InviteIn(BaseModel):
+    """A new one-time invite link."""
+
     name: str = Field(max_length=64)
     role: Literal["admin", "annotator"] = "annotator"
 
@@ -122,6 +145,7 @@ class BodyLimit:
         self.app, self.max_json, self.max_upload = app, max_json, max_upload
 
     async def __call__(self, scope, receive, send):
+        """ASGI entry point."""
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         path = scope["path"]
@@ -162,13 +186,16 @@ class BodyLimit:
 
 
 class SecurityHeaders:
-    """Add the security headers to every response, and the browser's CSRF cookie when a
-    page handed out a token before the browser had one (plain ASGI: cheap per request)."""
+    """Add the security headers (and a new browser's CSRF cookie) to every response.
+
+    Plain ASGI rather than ``BaseHTTPMiddleware``: cheap per request.
+    """
 
     def __init__(self, app):
         self.app = app
 
     async def __call__(self, scope, receive, send):
+        """ASGI entry point."""
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         state = scope.setdefault("state", {})

@@ -74,16 +74,22 @@ class StoreError(Exception):
 
 
 class Base(DeclarativeBase):
+    """Declarative base of the store's tables."""
+
     pass
 
 
 class Setting(Base):
+    """A key/value setting (the session-signing secret)."""
+
     __tablename__ = "settings"
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[str] = mapped_column(Text)
 
 
 class User(Base):
+    """An account: an admin or an annotator (human, simulated or AI)."""
+
     __tablename__ = "users"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(MAX_NAME), unique=True)
@@ -96,6 +102,8 @@ class User(Base):
 
 
 class Invite(Base):
+    """A one-time invite link (stored as a hash of its token)."""
+
     __tablename__ = "invites"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
@@ -106,6 +114,8 @@ class Invite(Base):
 
 
 class Project(Base):
+    """A set of items and the questions asked about each."""
+
     __tablename__ = "projects"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(MAX_NAME), unique=True)
@@ -120,6 +130,8 @@ class Project(Base):
 
 
 class Item(Base):
+    """A prompt and the responses to judge (the models that wrote them stay here)."""
+
     __tablename__ = "items"
     # the queue scans a project's regular items, most-labelled first, then by position
     __table_args__ = (Index("ix_items_queue", "project_id", "is_gold", text("n_done DESC"), "position"),)
@@ -136,6 +148,8 @@ class Item(Base):
 
 
 class Assignment(Base):
+    """An item handed to one annotator: its lock and the display order they saw."""
+
     __tablename__ = "assignments"
     __table_args__ = (UniqueConstraint("item_id", "user_id"),
                       Index("ix_assignments_held", "user_id", "project_id", "status"))
@@ -151,6 +165,8 @@ class Assignment(Base):
 
 
 class Label(Base):
+    """One annotator's answers to every question of one item."""
+
     __tablename__ = "labels"
     __table_args__ = (
         UniqueConstraint("user_id", "submission_key"),
@@ -245,6 +261,7 @@ class Task:
     expires_at: float
 
     def to_json(self) -> dict:
+        """The task as the API sends it."""
         return {
             "item_id": self.item_id, "project": self.project, "questions": self.questions,
             "prompt": self.prompt, "responses": self.responses, "guidelines": self.guidelines,
@@ -292,8 +309,11 @@ class Store:
     # -- settings ---------------------------------------------------------------------
 
     def secret(self) -> str:
-        """The key that signs sessions, created once and kept in the database, so sessions
-        survive a restart (and every process serving the same database agrees on it)."""
+        """The key that signs sessions, created once and kept in the database.
+
+        Sessions therefore survive a restart, and every process serving the same database
+        agrees on it.
+        """
         if self._secret is None:
             with self.tx(write=True) as s:
                 row = s.get(Setting, "secret")
@@ -583,8 +603,13 @@ class Store:
     def submit_and_next(self, user: User, project: str, item_id: int, answers: dict,
                         submission_key: str, time_ms: int | None = None,
                         then_next: bool = True) -> tuple[dict, bool, Task | None]:
-        """:meth:`submit`, then hand out the next item in the same transaction (one commit,
-        one round trip for the page or machine client). Returns ``(label, duplicate, task)``."""
+        """:meth:`submit`, then hand out the next item in the same transaction.
+
+        One commit and one round trip for the page or machine client.
+
+        Returns:
+            ``(label, duplicate, task)``; task is None when nothing is left (or not asked).
+        """
         if not isinstance(submission_key, str) or not 8 <= len(submission_key) <= 64:
             raise StoreError("submission_key must be a string of 8 to 64 characters", 422)
         if time_ms is not None and (not isinstance(time_ms, int) or not 0 <= time_ms <= 7 * 86400 * 1000):
@@ -752,16 +777,21 @@ def _check_answers(p: Project, item: Item, answers: Any, order: list[int]) -> di
 
 
 def read_project_records(url: str, include_gold: bool = False) -> list:
-    """A project's labels as rlhfkit records; ``url`` is ``sqlite:///feedback.db?project=NAME``
-    (or a PostgreSQL URL with ``?project=``; a leading ``db:`` is accepted)."""
+    """A project's labels as rlhfkit records.
+
+    ``url`` is ``sqlite:///feedback.db?project=NAME`` or a PostgreSQL URL with
+    ``?project=NAME``; a leading ``db:`` is accepted.
+    """
     from .transfer import read_project_records as _read
 
     return _read(url, include_gold)
 
 
 def export_project(url: str, project: str | None, path, include_gold: bool = False) -> int:
-    """Write a project's labels as records to ``path`` (JSONL, Parquet, CSV or a HF dataset
-    folder, by extension); returns the number of records written."""
+    """Write a project's labels as records to ``path``; returns how many were written.
+
+    The format follows the extension (JSONL, Parquet, CSV); no extension = HF dataset folder.
+    """
     from .transfer import export_project as _export
 
     return _export(url, project, path, include_gold)

@@ -114,8 +114,10 @@ def write_jsonl(records: Iterable[R.Record], path: str | os.PathLike) -> int:
 
 
 def write_records_any(records: list[R.Record], path: str | os.PathLike) -> int:
-    """Write records by extension through :mod:`rlhfkit.data.io` (a path without an
-    extension becomes a HF ``datasets`` folder); returns how many were written."""
+    """Write records by extension through :mod:`rlhfkit.data.io`; returns how many.
+
+    A path without an extension becomes a HF ``datasets`` folder.
+    """
     from ..data import io as data_io
 
     path = Path(path)
@@ -155,8 +157,11 @@ def read_rows(path: str | os.PathLike) -> list[dict]:
 
 
 def row_responses(row: dict) -> list[dict]:
-    """The responses a row offers: ``responses``, ``response``/``completion``, or
-    ``chosen``+``rejected``; ``models`` (a list) names who wrote each."""
+    """The responses a row offers, as ``{"text", "model"}`` dicts.
+
+    Taken from ``responses``, ``response``/``completion``, or ``chosen`` + ``rejected``;
+    ``models`` (a list) names who wrote each.
+    """
     if isinstance(row.get("responses"), str):  # CSV cell holding a JSON list
         row = dict(row, responses=json.loads(row["responses"]))
     if row.get("responses"):
@@ -264,8 +269,10 @@ def read_project_records(url: str, include_gold: bool = False) -> list[R.Record]
 
 def export_project(url: str, project: str | None, path: str | os.PathLike,
                    include_gold: bool = False) -> int:
-    """Write a project's labels to ``path`` (``.jsonl``, ``.parquet``, ``.csv``, or a folder
-    for a HF dataset); returns the number of records written."""
+    """Write a project's labels to ``path``; returns the number of records written.
+
+    ``.jsonl``, ``.parquet``, ``.csv``, or a path without extension for a HF dataset folder.
+    """
     db_url, from_url = split_project_url(url)
     project = project or from_url
     if not project:

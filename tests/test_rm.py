@@ -86,3 +86,41 @@ def test_rm_learns_and_saves(tiny_lm, tmp_path):
     assert abs(seq.config.rlhfkit_reward_std - result["reward_std"]) < 1e-9
     reloaded = RewardModel.from_pretrained(str(out))
     assert reloaded.reward_stats == (result["reward_mean"], result["reward_std"])
+
+
+def test_rm_learns_from_binary_feedback(tiny_lm, tmp_path):
+    """👍 for positive continuations, 👎 for negative ones: the pointwise loss learns the sign."""
+    from rlhfkit.data.io import write_records
+    from rlhfkit.data.records import BinaryFeedback
+
+    good = ["a wonderful film", "truly great acting", "I loved every minute", "a joy to watch"]
+    bad = ["a dull mess", "boring and far too long", "I hated it", "a waste of time"]
+    records = [BinaryFeedback(prompt=f"Review {i}:", response=r, label=lab)
+               for i in range(12) for r, lab in [(good[i % 4], True), (bad[i % 4], False)]]
+    write_records(records, tmp_path / "thumbs.jsonl")
+    cfg = RMConfig(model=str(tiny_lm), data=str(tmp_path / "thumbs.jsonl"),
+                   output_dir=str(tmp_path / "rm"), max_steps=60, batch_size=8,
+                   learning_rate=3e-3, warmup_ratio=0.0, eval_fraction=0.0, progress=False,
+                   precision="fp32")
+    train_rm(cfg)
+    lines = [json.loads(x) for x in (tmp_path / "rm" / "metrics.jsonl").read_text().splitlines()]
+    first, last = lines[:5], lines[-5:]
+    assert sum(x["loss/rm"] for x in last) / 5 < sum(x["loss/rm"] for x in first) / 5 - 0.1
+    assert sum(x["rewards/binary_accuracy"] for x in last) / 5 >= 0.9
+
+
+def test_encoder_backbone(tmp_path, tokenizer):
+    """An encoder (BERT-style) backbone works through its own pooling head."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    cfg = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1,
+                     num_attention_heads=2, intermediate_size=64, num_labels=1,
+                     pad_token_id=tokenizer.pad_token_id)
+    BertForSequenceClassification(cfg).save_pretrained(tmp_path / "enc")
+    rm = RewardModel.from_pretrained(str(tmp_path / "enc"))
+    ids = torch.tensor([[5, 6, 7], [8, 9, 0]])
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    rewards = rm(ids, mask)
+    assert rewards.shape == (2,) and torch.isfinite(rewards).all()
+    rewards.sum().backward()
+    assert rm.seq_model.classifier.weight.grad is not None

@@ -99,7 +99,7 @@ class TrainConfig:
     """How many recent checkpoints to keep."""
     resume: bool = False
     """Continue from the newest checkpoint in --output-dir."""
-    tensorboard: bool = False
+    tensorboard: bool = True
     """Also log to TensorBoard (output_dir/tb)."""
     progress: bool = True
     """Show a progress bar."""

@@ -75,6 +75,19 @@ def _online_dpo_run(cfg):
     return train_online_dpo(cfg)
 
 
+def _rl_stage(module: str, config: str, run: str) -> tuple[Callable[[], type], Callable]:
+    """Lazy (config class, run function) of an RL stage in ``rlhfkit.train.<module>``."""
+    import importlib
+
+    def cfg_cls():
+        return getattr(importlib.import_module(f"rlhfkit.train.{module}"), config)
+
+    def run_fn(cfg):
+        return getattr(importlib.import_module(f"rlhfkit.train.{module}"), run)(cfg)
+
+    return cfg_cls, run_fn
+
+
 def _demo_cfg():
     from rlhfkit.pipeline import DemoConfig
 
@@ -94,6 +107,16 @@ STAGES: list[Stage] = [
           "unlikelihood", _dpo_cfg, _dpo_run),
     Stage("online-dpo", "Iterative DPO: sample K per prompt, label (gold, reward model or AI "
           "judge), train, repeat", _online_dpo_cfg, _online_dpo_run),
+    Stage("ppo", "Step 3: PPO against a reward model with a KL penalty (InstructGPT)",
+          *_rl_stage("ppo", "PPOConfig", "train_ppo")),
+    Stage("reinforce", "Step 3: REINFORCE with reward-to-go and a baseline",
+          *_rl_stage("pg", "ReinforceConfig", "train_pg")),
+    Stage("rloo", "Step 3: REINFORCE leave-one-out over k samples per prompt",
+          *_rl_stage("pg", "RLOOConfig", "train_pg")),
+    Stage("grpo", "Step 3: GRPO (group-normalised advantages, clipped ratio, KL loss)",
+          *_rl_stage("pg", "GRPOConfig", "train_pg")),
+    Stage("best-of-n", "Best-of-N sampling; rejection sampling into a new SFT dataset",
+          *_rl_stage("best_of_n", "BestOfNConfig", "run_best_of_n")),
     Stage("demo", "Run the whole loop on the default model and write a report", _demo_cfg,
           _demo_run),
 ]

@@ -1,0 +1,563 @@
+"""What the RL trainers (PPO, REINFORCE, RLOO, GRPO) share: config, models, rewards, logging.
+
+An RL step is not a supervised step: the batch is sampled from the policy itself. Each
+algorithm therefore writes its own visible loop (``train/ppo.py``, ``train/pg.py``)::
+
+    for step in run.steps():                 # progress bar, resume, checkpoints
+        rollout = run.rollout(run.prompt_batch(step))     # sample + log-probs (+ values)
+        scores = run.scores(rollout)                      # RM (normalised) + penalties
+        ... rewards -> advantages -> losses ...
+        run.backward(loss); run.optimizer_step()          # NaN guard, clipping, schedule
+        run.end_step(metrics)                             # adaptive KL, metrics.jsonl
+
+and :class:`RLRun` holds the plumbing: the policy (with LoRA or not), the reference policy, the
+reward (a reward model folder, or ``scorer:SPEC`` for a programmatic reward such as the task's
+gold scorer, "PPO-GT" in Rafailov et al. 2023), the gold scorer kept apart for evaluation, the
+optimizer and schedule (``train/loop.py``'s helpers), checkpoints with exact resume, and the
+metric names documented in ``docs/rl.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from rlhfkit import config as cfglib
+from rlhfkit.data.sources import load_records, prompt_key, split_records
+from rlhfkit.evaluate.metrics import kl_stats
+from rlhfkit.models.loading import load_causal_lm, load_tokenizer, merge_and_save
+from rlhfkit.models.policy import SelectiveLM
+from rlhfkit.models.reward import RewardModel
+from rlhfkit.rewards import KLController, normalise_scores
+from rlhfkit.rollout import (
+    PolicyWithValue,
+    ReferencePolicy,
+    Rollout,
+    SamplingConfig,
+    response_logprobs,
+    sample,
+)
+from rlhfkit.train.loop import (
+    TrainConfig,
+    TrainingError,
+    build_scheduler,
+    make_accelerator,
+    seed_everything,
+)
+
+RewardFn = Callable[[list[Any], list[str], Rollout], Sequence[float]]
+"""A programmatic reward: ``(prompts, response texts, rollout) -> one score per response``."""
+
+
+@dataclass
+class RLConfig(TrainConfig):
+    """Options every RL stage shares (``max_steps`` counts rollout batches)."""
+
+    output_dir: str = "runs/rl"
+    """Run folder: config.yaml, metrics.jsonl, samples.jsonl, checkpoints/, model/."""
+    model: str = "runs/sft/model"
+    """The policy to start from (usually the SFT model); also the reference by default."""
+    reward_model: str = "runs/rm/model"
+    """Reward-model folder, or scorer:SPEC for a programmatic reward (e.g. scorer:sentiment)."""
+    reference: str | None = None
+    """Reference policy for the KL penalty (default: the starting policy)."""
+    data: str = "task:reviews"
+    """Prompts: task:NAME (its train prompts) or a file of records with a prompt field."""
+    learning_rate: float = 1e-5
+    """Peak learning rate of AdamW."""
+    lr_scheduler: str = "constant"
+    """constant, linear or cosine decay after warm-up."""
+    warmup_ratio: float = 0.0
+    """Share of the optimizer steps spent warming the learning rate up."""
+    batch_size: int = 16
+    """Prompts per rollout batch."""
+    max_steps: int = 20
+    """Rollout batches (0 = --epochs passes over the prompts)."""
+    mini_batch_size: int = 0
+    """Samples per optimizer step inside an update (0 = the whole rollout batch)."""
+    update_epochs: int = 1
+    """Passes over each rollout batch."""
+    max_new_tokens: int = 32
+    """Longest response in tokens."""
+    temperature: float = 1.0
+    """Sampling temperature (log-probs are computed at the same temperature)."""
+    top_p: float = 1.0
+    """Nucleus sampling threshold (1 = off)."""
+    top_k: int = 0
+    """Top-k sampling (0 = off)."""
+    max_prompt_tokens: int = 128
+    """Keep at most this many prompt tokens (the most recent)."""
+    kl_coef: float = 0.05
+    """beta: weight of the per-token KL penalty (in the reward, or in the loss for GRPO)."""
+    kl_target: float = 0.0
+    """Adapt beta towards this KL per response in nats (Ziegler et al. 2019); 0 = fixed beta."""
+    kl_horizon: int = 10000
+    """Samples over which the adaptive KL controller corrects an error."""
+    normalize_reward: bool = True
+    """Standardise RM scores with the mean/std saved at RM training."""
+    reward_clip: float = 5.0
+    """Clip (normalised) scores to [-clip, clip] (0 = off)."""
+    missing_eos_penalty: float = 0.0
+    """Added to the score of a response that never ended (use a negative value; 0 = off)."""
+    entropy_coef: float = 0.0
+    """Weight of the entropy bonus in the loss."""
+    gold: str = "task"
+    """Gold scorer for evaluation only: task (the task's), a scorer spec, or none."""
+    eval_prompts: int = 32
+    """Held-out prompts sampled at each evaluation."""
+    system_prompt: str | None = None
+    """System message added to prompts that have none (default: the task's, else none)."""
+    max_grad_norm: float = 1.0
+    """Clip the global gradient norm to this (0 = no clipping)."""
+
+
+def load_prompts(cfg: RLConfig) -> tuple[list[Any], list[Any], str | None, Any]:
+    """(train prompts, eval prompts, system prompt, task or None) for a config."""
+    task = None
+    system_prompt = cfg.system_prompt
+    if cfg.data.startswith("task:"):
+        from rlhfkit.tasks import get_task
+
+        task = get_task(cfg.data[5:])
+        if system_prompt is None:
+            system_prompt = task.system_prompt
+        return task.prompts("train"), task.prompts("eval"), system_prompt, task
+    kinds = ["prompt", "demonstration", "comparison", "ranking", "binary", "score"]
+    records = load_records(cfg.data, "prompts", kinds)
+    if cfg.eval_data:
+        train, held = records, load_records(cfg.eval_data, "prompts", kinds)
+    else:
+        train, held = split_records(records, cfg.eval_fraction, cfg.seed)
+
+    def unique(rs: list[Any]) -> list[Any]:
+        seen: dict[str, Any] = {}
+        for r in rs:
+            seen.setdefault(prompt_key(r.prompt), r.prompt)
+        return list(seen.values())
+
+    return unique(train), unique(held), system_prompt, task
+
+
+def build_gold(spec: str, task: Any) -> Any:
+    """The gold scorer named by ``spec`` (``task``, a scorer spec, or ``none``)."""
+    if spec == "none":
+        return None
+    if spec == "task":
+        return task.gold_scorer() if task is not None else None
+    from rlhfkit.feedback.gold import get_scorer
+
+    return get_scorer(spec)
+
+
+class Critic(nn.Module):
+    """A separate value model initialised from the reward model (Ouyang et al. 2022, sec. 3.5).
+
+    ``V(s_t)`` is the RM's scalar head read at the hidden state before each response token, so
+    at the start the critic predicts "the reward if the response stopped here".
+    """
+
+    def __init__(self, rm: RewardModel) -> None:
+        super().__init__()
+        self.rm = rm
+
+    def forward(self, input_ids, attention_mask, target_mask, position_ids=None) -> torch.Tensor:
+        """Values (N,) at the positions where ``target_mask[:, 1:]`` is true."""
+        body, head = self.rm._parts()
+        if body is None:
+            raise TrainingError("a critic needs a decoder reward model with a 'score' head")
+        hidden = body(input_ids=input_ids, attention_mask=attention_mask,
+                      position_ids=position_ids, use_cache=False).last_hidden_state
+        selected = hidden[:, :-1][target_mask[:, 1:].bool()]  # (N, H)
+        return head(selected).squeeze(-1).float()
+
+
+class RLRun:
+    """Models, optimizer, reward, logging and checkpoints of one RL run.
+
+    Args:
+        cfg: The stage's config.
+        stage: Stage name for logs (``ppo``, ``reinforce``, ...).
+        value: ``None`` (no value function), ``"policy"`` (a value head on the policy) or
+            ``"critic"`` (a separate critic initialised from the reward model).
+        reward_fn: A programmatic reward used instead of ``cfg.reward_model``.
+        samples_per_prompt: Responses sampled per prompt (k for RLOO/GRPO).
+    """
+
+    def __init__(self, cfg: RLConfig, stage: str, value: str | None = None,
+                 reward_fn: RewardFn | None = None, samples_per_prompt: int = 1) -> None:
+        self.cfg, self.stage = cfg, stage
+        seed_everything(cfg.seed)
+        self.acc = acc = make_accelerator(cfg.precision)
+        self.device = acc.device
+        self.autocast = torch.bfloat16 if acc.mixed_precision == "bf16" else None
+        self.out = Path(cfg.output_dir)
+        if acc.is_main_process:
+            self.out.mkdir(parents=True, exist_ok=True)
+            cfglib.save_yaml(cfg, self.out / "config.yaml")
+        self.tokenizer = load_tokenizer(cfg.model)
+        self.train_prompts, self.eval_prompts, self.system_prompt, self.task = load_prompts(cfg)
+        self.k = samples_per_prompt
+        # ---- policy, value, reference
+        from rlhfkit.train.sft import build_policy
+
+        lm = build_policy(cfg)
+        self.value_kind = value
+        self.model: nn.Module = PolicyWithValue(lm) if value == "policy" else SelectiveLM(lm)
+        frozen = load_causal_lm(cfg.reference) if cfg.reference else None
+        self.reference = ReferencePolicy(lm, frozen)
+        self.reference.model.to(self.device)
+        # ---- reward
+        self.reward_fn = reward_fn
+        self.rm: RewardModel | None = None
+        self.reward_stats: tuple[float, float] | None = None
+        if reward_fn is None and cfg.reward_model.startswith("scorer:"):
+            from rlhfkit.feedback.gold import get_scorer
+
+            scorer = get_scorer(cfg.reward_model[len("scorer:"):])
+            self.reward_fn = lambda p, t, r: scorer(p, t)
+        elif reward_fn is None:
+            self.rm = RewardModel.from_pretrained(cfg.reward_model,
+                                                  pad_token_id=self.tokenizer.pad_token_id)
+            self.rm.eval().requires_grad_(False).to(self.device)
+            if cfg.normalize_reward:
+                self.reward_stats = self.rm.reward_stats
+        self.gold = build_gold(cfg.gold, self.task)
+        self.critic: nn.Module | None = None
+        if value == "critic":
+            if cfg.reward_model.startswith("scorer:") or reward_fn is not None:
+                raise TrainingError("--critic rm needs a reward-model folder to start from")
+            critic_rm = RewardModel.from_pretrained(cfg.reward_model,
+                                                    pad_token_id=self.tokenizer.pad_token_id)
+            critic_rm.seq_model.config.use_cache = False
+            self.critic = Critic(critic_rm)
+        # ---- optimizer and schedule
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if self.critic is not None:
+            params += list(self.critic.parameters())
+        self.optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate,
+                                           weight_decay=cfg.weight_decay)
+        n_prompts = len(self.train_prompts)
+        self.world = acc.num_processes
+        self.rank = acc.process_index
+        self.batches_per_epoch = max(1, n_prompts // (cfg.batch_size * self.world))
+        self.total_steps = cfg.max_steps or max(1, int(self.batches_per_epoch * cfg.epochs))
+        rollout_size = cfg.batch_size * samples_per_prompt
+        mb = cfg.mini_batch_size or rollout_size
+        self.updates_per_step = cfg.update_epochs * math.ceil(rollout_size / mb)
+        total_updates = self.total_steps * self.updates_per_step
+        self.scheduler = build_scheduler(self.optimizer, cfg.lr_scheduler,
+                                         int(cfg.warmup_ratio * total_updates), total_updates)
+        self.kl_ctl = KLController(cfg.kl_coef, cfg.kl_target or None, cfg.kl_horizon)
+        if self.critic is not None:
+            self.model, self.critic, self.optimizer = acc.prepare(self.model, self.critic,
+                                                                  self.optimizer)
+        else:
+            self.model, self.optimizer = acc.prepare(self.model, self.optimizer)
+        acc.register_for_checkpointing(self.scheduler)
+        acc.register_for_checkpointing(self.kl_ctl)
+        self.step = 0
+        self._metrics_file = None
+        self._t0 = time.perf_counter()
+
+    # ------------------------------------------------------------------ models
+    @property
+    def lm(self) -> nn.Module:
+        """The policy's causal LM (unwrapped), to sample from."""
+        return self.acc.unwrap_model(self.model).lm
+
+    @property
+    def sampling(self) -> SamplingConfig:
+        """The sampling settings of this run."""
+        c = self.cfg
+        return SamplingConfig(c.max_new_tokens, c.temperature, c.top_p, c.top_k)
+
+    # ------------------------------------------------------------------ data
+    def prompt_batch(self, step: int) -> list[Any]:
+        """This process's prompts at ``step``, each repeated ``k`` times (consecutively)."""
+        epoch, b = divmod(step, self.batches_per_epoch)
+        order = list(range(len(self.train_prompts)))
+        random.Random(self.cfg.seed * 1_000_003 + epoch).shuffle(order)
+        size = self.cfg.batch_size
+        start = (b * self.world + self.rank) * size
+        return [self.train_prompts[i] for i in order[start:start + size] for _ in range(self.k)]
+
+    # ------------------------------------------------------------------ rollouts and rewards
+    def _autocast(self):
+        import contextlib
+
+        return (torch.autocast(self.device.type, dtype=self.autocast) if self.autocast
+                else contextlib.nullcontext())
+
+    @torch.no_grad()
+    def rollout(self, prompts: list[Any], with_values: bool = True) -> Rollout:
+        """Sample responses; attach ``logprobs``, ``ref_logprobs`` and old ``values``."""
+        cfg = self.cfg
+        scorer = self.acc.unwrap_model(self.model)
+        rollout = sample(self.lm, self.tokenizer, prompts, self.sampling, self.system_prompt,
+                         scorer=None, max_prompt_tokens=cfg.max_prompt_tokens,
+                         autocast=self.autocast)
+        t = cfg.temperature or 1.0
+        with self._autocast():
+            scorer.eval()
+            if self.value_kind == "policy":
+                from rlhfkit.rollout import forward_response
+
+                parts = [forward_response(scorer, rollout.select(range(i, min(i + 16,
+                         len(rollout)))), t) for i in range(0, len(rollout), 16)]
+                rollout.logprobs = torch.cat([p["logprobs"] for p in parts])
+                rollout.extras["values"] = torch.cat([p["values"] for p in parts])
+            else:
+                rollout.logprobs = response_logprobs(scorer, rollout, t)
+            scorer.train()
+            rollout.ref_logprobs = self.reference.logprobs(rollout, t)
+            if self.value_kind == "critic" and with_values:
+                critic = self.acc.unwrap_model(self.critic)
+                critic.eval()
+                from rlhfkit.rollout import scatter_tokens
+
+                v = critic(rollout.input_ids, rollout.attention_mask, rollout.target_mask,
+                           rollout.position_ids)
+                rollout.extras["values"] = scatter_tokens(v, rollout.response_mask)
+                critic.train()
+        return rollout
+
+    @torch.no_grad()
+    def raw_scores(self, rollout: Rollout) -> torch.Tensor:
+        """(B,) reward of each response: the RM score, or the programmatic reward."""
+        if self.reward_fn is not None:
+            s = self.reward_fn(rollout.prompts, rollout.texts, rollout)
+            return torch.as_tensor(list(s), dtype=torch.float32, device=self.device)
+        return rm_scores(self.rm, rollout, self.tokenizer.pad_token_id, self._autocast)
+
+    def scores(self, rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
+        """(raw scores, scores to optimise): normalised, clipped, missing-EOS penalty added."""
+        raw = self.raw_scores(rollout)
+        s = normalise_scores(raw, self.reward_stats, self.cfg.reward_clip or None)
+        if self.cfg.missing_eos_penalty:
+            s = s + (~rollout.ended).float() * self.cfg.missing_eos_penalty
+        return raw, s
+
+    def gold_scores(self, rollout: Rollout) -> list[float] | None:
+        """Gold-scorer values of the responses (evaluation only; never optimised)."""
+        if self.gold is None:
+            return None
+        return list(self.gold(rollout.prompts, rollout.texts))
+
+    # ------------------------------------------------------------------ updates
+    def backward(self, loss: torch.Tensor) -> None:
+        """Backward pass with a NaN guard (raised before any weight changes)."""
+        if not torch.isfinite(loss.detach()):
+            raise TrainingError(
+                f"[{self.stage}] the loss became NaN or infinite at step {self.step + 1}; "
+                f"nothing was updated. Try a lower --learning-rate, --precision fp32, or "
+                f"--reward-clip; resume from {self.latest_checkpoint() or 'the start'} "
+                "with --resume.")
+        self.acc.backward(loss)
+
+    def optimizer_step(self) -> float:
+        """Clip, step, advance the schedule; returns the gradient norm."""
+        norm = 0.0
+        if self.cfg.max_grad_norm > 0:
+            params = [p for g in self.optimizer.param_groups for p in g["params"]]
+            norm = float(self.acc.clip_grad_norm_(params, self.cfg.max_grad_norm))
+            if not math.isfinite(norm):
+                self.optimizer.zero_grad(set_to_none=True)
+                raise TrainingError(f"[{self.stage}] non-finite gradient norm at step "
+                                    f"{self.step + 1}; nothing was updated")
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return norm
+
+    # ------------------------------------------------------------------ the loop
+    def steps(self) -> Iterator[int]:
+        """Yield step numbers from the resumed one on, with a progress bar.
+
+        Evaluates and checkpoints between steps as configured, and saves the final policy.
+        """
+        from tqdm.auto import tqdm
+
+        self.maybe_resume()
+        bar = tqdm(total=self.total_steps, initial=self.step, desc=self.stage, unit="batch",
+                   disable=not (self.cfg.progress and self.acc.is_main_process),
+                   dynamic_ncols=True)
+        if self.cfg.eval_every and self.step == 0:
+            self.log(self.evaluate())
+        while self.step < self.total_steps:
+            yield self.step
+            self.step += 1
+            bar.update(1)
+            last = getattr(self, "_last", {})
+            bar.set_postfix({k.split("/")[-1]: f"{last[k]:.3g}" for k in
+                             ("reward/score", "kl/seq", "gold/mean") if k in last})
+            if self.cfg.eval_every and self.step % self.cfg.eval_every == 0 \
+                    and self.step < self.total_steps:
+                self.log(self.evaluate())
+            if self.cfg.save_every and self.step % self.cfg.save_every == 0 \
+                    and self.step < self.total_steps:
+                self.save_checkpoint()
+        bar.close()
+        self.log(self.evaluate())
+        self.finish()
+
+    def end_step(self, metrics: dict[str, float], rollout: Rollout,
+                 kl_seq: torch.Tensor) -> None:
+        """Adapt beta, add the shared metrics and log them (called once per rollout batch)."""
+        n = len(rollout)
+        metrics["kl/coef"] = self.kl_ctl.value
+        mean_kl = float(self.reduce_mean({"kl": float(kl_seq.sum())}, n)["kl"])
+        self.kl_ctl.update(mean_kl, n * self.world)
+        metrics["lr"] = self.scheduler.get_last_lr()[0]
+        elapsed = time.perf_counter() - self._step_t0
+        metrics["perf/step_s"] = elapsed
+        metrics["perf/samples_per_s"] = n * self.world / max(elapsed, 1e-9)
+        self._last = metrics
+        self.log(metrics, self.step + 1)
+        if self.acc.is_main_process:
+            with open(self.out / "samples.jsonl", "a") as f:
+                for i in range(min(4, n)):
+                    f.write(json.dumps({"step": self.step + 1, "prompt": rollout.prompts[i],
+                                        "response": rollout.texts[i]}) + "\n")
+
+    def start_step(self) -> None:
+        """Mark the start of a step (for perf/step_s)."""
+        self._step_t0 = time.perf_counter()
+
+    def rollout_metrics(self, rollout: Rollout, raw: torch.Tensor, scores: torch.Tensor,
+                        rewards: torch.Tensor | None = None) -> tuple[dict[str, float],
+                                                                      torch.Tensor]:
+        """reward/…, kl/…, gold/… and response/… metrics of a rollout; also (B,) k1 KL."""
+        mask = rollout.response_mask.float()
+        kl_tok = (rollout.logprobs - rollout.ref_logprobs) * mask
+        kl_seq = kl_tok.sum(-1)  # (B,)
+        stats = kl_stats(rollout.logprobs, rollout.ref_logprobs, mask)
+        m = {
+            "reward/score": float(raw.mean()),
+            "reward/score_std": float(raw.std(unbiased=False)),
+            "reward/normalized": float(scores.mean()),
+            "kl/seq": float(kl_seq.mean()),
+            "kl/k3_seq": stats["kl/k3_seq_mean"],
+            "kl/token": stats["kl/token_mean"],
+            "response/length": float(mask.sum(-1).mean()),
+            "response/ended": float(rollout.ended.float().mean()),
+        }
+        if rewards is not None:
+            m["reward/total"] = float(rewards.sum(-1).mean())
+        gold = self.gold_scores(rollout)
+        if gold is not None:
+            m["gold/mean"] = sum(gold) / len(gold)
+        return m, kl_seq
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Sample held-out prompts: eval/reward, eval/gold, eval/kl, eval/length."""
+        prompts = self.eval_prompts[: self.cfg.eval_prompts]
+        if not prompts:
+            return {}
+        rollout = self.rollout(prompts, with_values=False)
+        raw = self.raw_scores(rollout)
+        kl = ((rollout.logprobs - rollout.ref_logprobs) * rollout.response_mask).sum(-1)
+        out = {"eval/reward": float(raw.mean()), "eval/kl": float(kl.mean()),
+               "eval/length": float(rollout.response_lengths.float().mean())}
+        gold = self.gold_scores(rollout)
+        if gold is not None:
+            out["eval/gold"] = sum(gold) / len(gold)
+        return out
+
+    def reduce_mean(self, sums: dict[str, float], n: int) -> dict[str, float]:
+        """Mean over all processes of per-sample sums (``n`` samples on this process)."""
+        keys = sorted(sums)
+        t = torch.tensor([sums[k] for k in keys] + [float(n)], dtype=torch.float64,
+                         device=self.device)
+        if self.world > 1:
+            t = self.acc.reduce(t, reduction="sum")
+        return {k: float(v) / max(float(t[-1]), 1.0) for k, v in zip(keys, t[:-1])}
+
+    # ------------------------------------------------------------------ logging
+    def log(self, metrics: dict[str, float], step: int | None = None) -> None:
+        """Append to metrics.jsonl (main process only)."""
+        if not metrics or not self.acc.is_main_process:
+            return
+        record = {"step": self.step if step is None else step,
+                  **{k: float(v) for k, v in metrics.items()}}
+        if self._metrics_file is None:
+            self._metrics_file = open(self.out / "metrics.jsonl", "a")  # noqa: SIM115
+        self._metrics_file.write(json.dumps(record) + "\n")
+        self._metrics_file.flush()
+
+    # ------------------------------------------------------------------ checkpoints
+    @property
+    def checkpoint_root(self) -> Path:
+        """Folder holding ``step-N`` checkpoints."""
+        return self.out / "checkpoints"
+
+    def save_checkpoint(self) -> Path:
+        """Model(s), optimizer, schedule, KL coefficient and RNG state for an exact resume."""
+        path = self.checkpoint_root / f"step-{self.step:07d}"
+        self.acc.save_state(str(path))
+        if self.acc.is_main_process:
+            (path / "loop_state.json").write_text(json.dumps({"step": self.step}))
+            for old in sorted(self.checkpoint_root.glob("step-*"))[: -self.cfg.keep_checkpoints]:
+                shutil.rmtree(old, ignore_errors=True)
+        self.acc.wait_for_everyone()
+        return path
+
+    def latest_checkpoint(self) -> Path | None:
+        """Newest complete checkpoint, if any."""
+        done = [p for p in sorted(self.checkpoint_root.glob("step-*"))
+                if (p / "loop_state.json").exists()]
+        return done[-1] if done else None
+
+    def maybe_resume(self) -> None:
+        """With ``--resume``, continue after the newest checkpoint."""
+        if not self.cfg.resume:
+            return
+        path = self.latest_checkpoint()
+        if path is None:
+            print(f"[{self.stage}] --resume: no checkpoint in {self.checkpoint_root}; "
+                  "starting from scratch")
+            return
+        self.acc.load_state(str(path))
+        self.step = json.loads((path / "loop_state.json").read_text())["step"]
+        print(f"[{self.stage}] resumed from {path} at step {self.step}")
+
+    def finish(self) -> Path:
+        """Save the policy (LoRA merged) to ``output_dir/model`` and close the logs."""
+        if self.acc.is_main_process:
+            merge_and_save(self.lm, self.tokenizer, self.out / "model")
+            if self.value_kind == "policy":
+                head = self.acc.unwrap_model(self.model).value_head
+                torch.save(head.state_dict(), self.out / "model" / "value_head.pt")
+        if self._metrics_file is not None:
+            self._metrics_file.close()
+            self._metrics_file = None
+        self.acc.wait_for_everyone()
+        return self.out / "model"
+
+
+@torch.no_grad()
+def rm_scores(rm: RewardModel, rollout: Rollout, pad_id: int, autocast: Callable | None = None,
+              batch_size: int = 16) -> torch.Tensor:
+    """(B,) reward-model scores of prompt + response, read at the last real token.
+
+    The RM sees exactly the ids the policy sampled (prompt from the chat template, response up
+    to and including its end-of-turn token), i.e. what it was trained on.
+    """
+    import contextlib
+
+    out = []
+    for i in range(0, len(rollout), batch_size):
+        chunk = rollout.select(range(i, min(i + batch_size, len(rollout))))
+        with autocast() if autocast else contextlib.nullcontext():
+            out.append(rm(chunk.input_ids, chunk.attention_mask).float())
+    return torch.cat(out)

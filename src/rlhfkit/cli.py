@@ -168,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         cfg = cfglib.from_args(stage.config_cls(), args)
-        print(f"[{stage.name}] config:\n" + _show_config(cfg))
+        if os.environ.get("RANK", "0") == "0":  # once, not once per process
+            print(f"[{stage.name}] config:\n" + _show_config(cfg))
         stage.run(cfg)
     except (cfglib.ConfigError, RecordError, ModelLoadError, TrainingError,
             FileNotFoundError) as err:

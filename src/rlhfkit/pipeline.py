@@ -4,7 +4,9 @@ Stages run in order, each writing its own run folder under ``--output-dir``::
 
     sft/   Step 1 on the built-in task's demonstrations
     rm/    Step 2 on K-rankings of responses, labeled by the task's simulated labeler
-    ...    Step 3 and the report are added by the RL stages
+    ppo/   Step 3 (or grpo/, rloo/, reinforce/, best-of-n/ with --algo) against the RM
+    report.html, summary.json   SFT vs final policy on held-out prompts, judged by the gold
+                                scorer (never trained on), with plots over training
 
 ``--quick`` shrinks every stage so the whole loop finishes in a few minutes on a laptop CPU.
 """
@@ -44,6 +46,18 @@ class DemoConfig:
     """Reward-model optimizer steps (0 = the preset's)."""
     progress: bool = True
     """Show progress bars."""
+    algo: str = "ppo"
+    """Step 3 algorithm: ppo, grpo, rloo, reinforce or best-of-n."""
+    rl_steps: int = 0
+    """RL rollout batches (0 = the preset's)."""
+    max_new_tokens: int = 24
+    """Longest sampled response in tokens."""
+    kl_coef: float = 0.05
+    """beta, the KL penalty to the SFT policy."""
+    rl_learning_rate: float = 0.0
+    """RL learning rate (0 = the preset's)."""
+    eval_prompts: int = 0
+    """Held-out prompts for the final evaluation (0 = the preset's)."""
 
 
 def run_demo(cfg: DemoConfig) -> Path:
@@ -72,12 +86,123 @@ def run_demo(cfg: DemoConfig) -> Path:
                                      max_length=128, eval_fraction=0.15, **common))
     timings["rm_s"] = time.perf_counter() - t
     rm_eval = json.loads((out / "rm" / "eval.json").read_text())
+
+    t = time.perf_counter()
+    final, rl_dir = run_rl(cfg, policy, reward_model, out, common)
+    timings["rl_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    n_eval = cfg.eval_prompts or (16 if cfg.quick else 64)
+    evaluation = evaluate_final(cfg, policy, final, reward_model, rl_dir, n_eval)
+    timings["eval_s"] = time.perf_counter() - t
     summary = {"policy": str(policy), "reward_model": str(reward_model),
-               "rm_eval": rm_eval, "timings": timings}
+               "final_policy": str(final), "rm_eval": rm_eval, "timings": timings,
+               "eval": evaluation["summary"]}
+    from rlhfkit.evaluate.report import write_report
+
+    rows = []
+    if (rl_dir / "metrics.jsonl").exists():
+        rows = [json.loads(x) for x in (rl_dir / "metrics.jsonl").read_text().splitlines()]
+    head = {**evaluation["summary"], "rm_heldout_accuracy": rm_eval.get("eval/rm_accuracy"),
+            "wall_time_s": sum(timings.values())}
+    write_report(out / "report.html", f"rlhfkit demo: {cfg.task}, {cfg.algo}", head, rows,
+                 evaluation["samples"][:12])
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(f"\n[demo] done in {sum(timings.values()):.0f}s")
     print(f"[demo] SFT policy:    {policy}")
     print(f"[demo] reward model:  {reward_model} (held-out accuracy "
           f"{rm_eval.get('eval/rm_accuracy', float('nan')):.3f} against the simulated labeler)")
+    ev = evaluation["summary"]
+    print(f"[demo] gold win rate of the {cfg.algo} policy against SFT: "
+          f"{ev['gold/win_rate']:.2f} (ties {ev['gold/tie_rate']:.2f}); gold "
+          f"{ev['gold/sft']:.3f} -> {ev['gold/final']:.3f}; KL {ev['kl/final']:.2f} nats")
     print(f"[demo] summary:       {out / 'summary.json'}")
+    print(f"[demo] report:        {out / 'report.html'}")
     return out
+
+
+def run_rl(cfg: DemoConfig, policy: Path, reward_model: Path, out: Path,
+           common: dict) -> tuple[Path | None, Path]:
+    """Step 3 with the chosen algorithm; returns (final policy folder or None, run folder)."""
+    steps = cfg.rl_steps or (6 if cfg.quick else 24)
+    data = f"task:{cfg.task}"
+    rl = dict(model=str(policy), reward_model=str(reward_model), data=data,
+              max_steps=steps, max_new_tokens=cfg.max_new_tokens, kl_coef=cfg.kl_coef,
+              eval_prompts=8 if cfg.quick else 16, **common)
+    lr = cfg.rl_learning_rate or (2e-4 if cfg.lora else 1e-5)
+    if cfg.algo == "ppo":
+        from rlhfkit.train.ppo import PPOConfig, train_ppo
+
+        return train_ppo(PPOConfig(output_dir=str(out / "ppo"), batch_size=16,
+                                   mini_batch_size=8, update_epochs=2, learning_rate=lr,
+                                   **rl)), out / "ppo"
+    if cfg.algo in ("grpo", "rloo", "reinforce"):
+        from rlhfkit.train.pg import PGConfig, train_pg
+
+        k = 1 if cfg.algo == "reinforce" else 4
+        return train_pg(PGConfig(output_dir=str(out / cfg.algo), algo=cfg.algo, num_samples=k,
+                                 batch_size=16 // k, learning_rate=lr, **rl)), out / cfg.algo
+    if cfg.algo == "best-of-n":
+        return None, out / "best-of-n"
+    raise ValueError(f"--algo must be ppo, grpo, rloo, reinforce or best-of-n, got {cfg.algo!r}")
+
+
+def evaluate_final(cfg: DemoConfig, sft: Path, final: Path | None, reward_model: Path,
+                   rl_dir: Path, n_prompts: int) -> dict:
+    """SFT vs final policy on held-out prompts: gold and RM reward, KL, win rate, length."""
+    import torch
+
+    from rlhfkit.evaluate.metrics import distinct_n, win_rate
+    from rlhfkit.models.loading import load_causal_lm, load_tokenizer
+    from rlhfkit.models.policy import SelectiveLM
+    from rlhfkit.models.reward import RewardModel
+    from rlhfkit.rollout import ReferencePolicy, SamplingConfig, sample
+    from rlhfkit.tasks import get_task
+    from rlhfkit.train.best_of_n import best_of_n
+    from rlhfkit.train.rl import rm_scores
+
+    torch.manual_seed(cfg.seed)
+    task = get_task(cfg.task)
+    prompts = task.prompts("eval")[:n_prompts]
+    gold = task.gold_scorer()
+    tok = load_tokenizer(str(sft))
+    rm = RewardModel.from_pretrained(str(reward_model), pad_token_id=tok.pad_token_id).eval()
+    sampling = SamplingConfig(max_new_tokens=cfg.max_new_tokens)
+    sft_lm = load_causal_lm(str(sft)).eval()
+    before = sample(sft_lm, tok, prompts, sampling, task.system_prompt)
+    if final is None:  # best-of-n from the SFT policy, scored by the RM
+        rl_dir.mkdir(parents=True, exist_ok=True)
+        picked = best_of_n(sft_lm, tok, prompts, 4,
+                           lambda p, t, r: rm_scores(rm, r, tok.pad_token_id).tolist(),
+                           sampling, task.system_prompt)
+        after_texts = [r["best"] for r in picked]
+        after = sample(sft_lm, tok, prompts, SamplingConfig(max_new_tokens=1),
+                       task.system_prompt)  # placeholder layout; KL is not defined per token
+        kl_final = float("nan")
+        rm_after = [r["best_score"] for r in picked]
+    else:
+        lm = load_causal_lm(str(final)).eval()
+        after = sample(lm, tok, prompts, sampling, task.system_prompt, scorer=SelectiveLM(lm))
+        ref = ReferencePolicy(sft_lm, frozen=sft_lm)
+        ref_lp = ref.logprobs(after)
+        kl_final = float(((after.logprobs - ref_lp) * after.response_mask).sum(-1).mean())
+        after_texts = after.texts
+        rm_after = rm_scores(rm, after, tok.pad_token_id).tolist()
+    rm_before = rm_scores(rm, before, tok.pad_token_id).tolist()
+    g_before, g_after = gold(prompts, before.texts), gold(prompts, after_texts)
+    wr = win_rate(g_after, g_before)
+    n = len(prompts)
+    summary = {
+        "prompts": n,
+        "gold/sft": sum(g_before) / n, "gold/final": sum(g_after) / n,
+        "reward/sft": sum(rm_before) / n, "reward/final": sum(rm_after) / n,
+        "gold/win_rate": wr["win"], "gold/tie_rate": wr["tie"],
+        "gold/win_rate_ties_half": wr["win"] + wr["tie"] / 2,
+        "kl/final": kl_final,
+        "length/sft": float(before.response_lengths.float().mean()),
+        "length/final": (float(after.response_lengths.float().mean()) if final is not None
+                         else sum(len(tok.encode(t)) for t in after_texts) / n),
+        "distinct2/sft": distinct_n(before.texts, 2), "distinct2/final": distinct_n(after_texts, 2),
+    }
+    samples = [{"prompt": p, "before": b, "after": a, "gold_before": gb, "gold_after": ga}
+               for p, b, a, gb, ga in zip(prompts, before.texts, after_texts, g_before, g_after)]
+    return {"summary": summary, "samples": samples}

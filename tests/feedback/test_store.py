@@ -186,3 +186,74 @@ def test_cli_create_label_export(tmp_path, capsys):
     assert run("label", "stats", "--db", db, "--project", "cli") == 0
     assert json.loads(capsys.readouterr().out)["progress"]["labels"] == 2
     assert run("label", "create-project", "--db", db, "--name", "bad", "--questions", "pairwise,binary") == 1
+
+
+def expire_locks(store, user):
+    """Make every lock ``user`` holds run out now (instead of sleeping through it)."""
+    import time
+
+    from sqlalchemy import update
+
+    from rlhfkit.feedback.store import Assignment
+
+    with store.tx(write=True) as s:
+        s.execute(update(Assignment).where(Assignment.user_id == user.id,
+                                           Assignment.status == "active")
+                  .values(expires_at=time.time() - 1))
+
+
+def test_late_label_after_lock_expiry_never_exceeds_overlap(store):
+    """Alice's lock runs out and the slot goes to Bob: her late answer is refused (409), on
+    both stores, whether Bob has already submitted or still holds the item."""
+    store.create_project("late", ["binary"], overlap=1)
+    store.add_items("late", [{"prompt": "p0", "responses": ["r0"]},
+                             {"prompt": "p1", "responses": ["r1"]}])
+    alice, bob = store.create_user("alice", "password-1"), store.create_user("bob", "password-1")
+    up = {"binary": {"value": "up"}}
+    # 1. Bob takes the freed slot and submits first
+    t_alice = store.next_task(alice, "late")
+    expire_locks(store, alice)
+    t_bob = store.next_task(bob, "late")
+    assert t_bob.item_id == t_alice.item_id  # the expired slot was handed on
+    store.submit(bob, "late", t_bob.item_id, up, t_bob.submission_key)
+    with pytest.raises(StoreError, match="lock on this item expired") as err:
+        store.submit(alice, "late", t_alice.item_id, up, t_alice.submission_key)
+    assert err.value.status == 409
+    # 2. Bob holds the freed slot (live lock) but has not answered yet: still refused
+    t_alice = store.next_task(alice, "late")
+    expire_locks(store, alice)
+    t_bob = store.next_task(bob, "late")
+    assert t_bob.item_id == t_alice.item_id
+    with pytest.raises(StoreError, match="lock on this item expired"):
+        store.submit_and_next(alice, "late", t_alice.item_id, up, t_alice.submission_key)
+    store.submit(bob, "late", t_bob.item_id, up, t_bob.submission_key)
+    labels = store.labels("late")
+    assert sorted(lab["annotator"] for lab in labels) == ["bob", "bob"]
+    assert [it.n_done for it in store.items("late")] == [1, 1]
+    assert store.progress("late")["complete_items"] == 2
+
+
+def test_late_label_is_kept_while_the_item_has_room(store):
+    """An expired (or released) lock whose slot nobody took: the late answer still counts,
+    up to the overlap and no further."""
+    store.create_project("room", ["binary"], overlap=2)
+    store.add_items("room", [{"prompt": "p", "responses": ["r"]}])
+    a, b, c = (store.create_user(n, "password-1") for n in ("a", "b", "c"))
+    up = {"binary": {"value": "up"}}
+    t_a = store.next_task(a, "room")
+    expire_locks(store, a)
+    t_b = store.next_task(b, "room")
+    store.submit(b, "room", t_b.item_id, up, t_b.submission_key)
+    label, duplicate = store.submit(a, "room", t_a.item_id, up, t_a.submission_key)  # 2 of 2
+    assert not duplicate and label["annotator"] == "a"
+    assert store.next_task(c, "room") is None
+    # released instead of expired: the same rule
+    store.create_project("skip", ["binary"], overlap=1)
+    store.add_items("skip", [{"prompt": "p", "responses": ["r"]}])
+    t_a = store.next_task(a, "skip")
+    store.release(a, "skip", t_a.item_id)
+    t_c = store.next_task(c, "skip")
+    store.submit(c, "skip", t_c.item_id, up, t_c.submission_key)
+    with pytest.raises(StoreError, match="lock on this item expired"):
+        store.submit(a, "skip", t_a.item_id, up, t_a.submission_key)
+    assert len(store.labels("skip")) == 1

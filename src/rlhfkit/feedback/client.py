@@ -176,8 +176,15 @@ def label_project(client: FeedbackClient, project: str, answer: Answerer, *,
             break
         t0 = time.perf_counter()
         answers = answer(task)
-        client.submit(project, task["item_id"], answers, submission_key=task["submission_key"],
-                      time_ms=int((time.perf_counter() - t0) * 1000))
+        try:
+            client.submit(project, task["item_id"], answers, submission_key=task["submission_key"],
+                          time_ms=int((time.perf_counter() - t0) * 1000))
+        except FeedbackError as err:
+            # Too slow: the lock ran out and others filled the item meanwhile. The answer
+            # was not stored; carry on with the next item.
+            if err.status == 409 and "lock on this item expired" in err.detail:
+                continue
+            raise
         n += 1
     return n
 

@@ -508,11 +508,22 @@ class Store:
         """
         p = self.project(project)
         with self.tx(write=True) as s:
-            return self._claim(s, user, p, time.time())
+            return self._claim(s, user, p)
 
-    def _claim(self, s: Session, user: User, p: Project, now: float) -> Task | None:
-        if not self.is_sqlite:  # serialise hand-outs per project (SQLite: BEGIN IMMEDIATE)
-            s.execute(select(Project.id).where(Project.id == p.id).with_for_update())
+    def _lock_project(self, s: Session, p: Project) -> float:
+        """Serialise queue changes in a project; returns the time, read once the lock is held.
+
+        SQLite: the first statement opens the transaction with BEGIN IMMEDIATE (the database's
+        one write lock). PostgreSQL: the project's row is locked FOR UPDATE. Reading the clock
+        only after the lock is held matters: whether a lock has expired must be decided with
+        the same clock by every transaction, in the order they commit.
+        """
+        q = select(Project.id).where(Project.id == p.id)
+        s.execute(q if self.is_sqlite else q.with_for_update())
+        return time.time()
+
+    def _claim(self, s: Session, user: User, p: Project) -> Task | None:
+        now = self._lock_project(s, p)
         held = s.scalars(select(Assignment).where(
             Assignment.project_id == p.id, Assignment.user_id == user.id,
             Assignment.status == "active").order_by(Assignment.id)).first()
@@ -626,14 +637,16 @@ class Store:
         raise AssertionError("unreachable")
 
     def _submit_once(self, user, p, item_id, answers, key, time_ms, then_next):
-        now = time.time()
         with self.tx(write=True) as s:
+            # The queue's lock, so a lock that runs out while this label is being stored
+            # cannot also be handed to someone else.
+            now = self._lock_project(s, p)
             old = s.scalars(select(Label).where(Label.user_id == user.id,
                                                 Label.submission_key == key)).first()
             if old is not None:
                 if old.item_id != item_id:
                     raise StoreError("this submission_key was already used for another item", 409)
-                task = self._claim(s, user, p, now) if then_next else None
+                task = self._claim(s, user, p) if then_next else None
                 return self._label_json(old, p.name, user.name), True, task
             a = s.scalars(select(Assignment).where(Assignment.item_id == item_id,
                                                    Assignment.user_id == user.id)).first()
@@ -642,6 +655,15 @@ class Store:
             if a.status == "done":
                 raise StoreError("you already labelled this item (under another submission_key)", 409)
             item = s.get(Item, item_id)
+            if not (a.status == "active" and a.expires_at > now) and not item.is_gold:
+                # The lock expired (or was released): the slot may have gone to someone else
+                # meanwhile. Accept the late label only if the item still has room, counted
+                # exactly as the queue counts it, so no item ends up past its overlap.
+                if self._busy(s, item_id, now, user.id) >= p.overlap:
+                    raise StoreError(
+                        "your lock on this item expired and other annotators have since "
+                        f"labelled it {p.overlap} time(s), as many as the project needs; "
+                        "this answer was not stored — take the next item", 409)
             canonical = _check_answers(p, item, answers, a.order)
             label = Label(project_id=p.id, item_id=item_id, user_id=user.id, submission_key=key,
                           answers=canonical, order=list(a.order), time_ms=time_ms,
@@ -650,7 +672,7 @@ class Store:
             a.status = "done"
             s.execute(update(Item).where(Item.id == item_id).values(n_done=Item.n_done + 1))
             s.flush()
-            task = self._claim(s, user, p, now) if then_next else None
+            task = self._claim(s, user, p) if then_next else None
             return self._label_json(label, p.name, user.name), False, task
 
     def release(self, user: User, project: str, item_id: int) -> None:

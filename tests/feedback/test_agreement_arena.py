@@ -12,6 +12,8 @@ from rlhfkit.feedback.agreement import (
     krippendorff_alpha,
     majority_agreement,
     pairwise_cohen,
+    span_alpha,
+    span_units,
 )
 from rlhfkit.feedback.arena import bootstrap_ratings, bradley_terry, win_tie_lose
 
@@ -91,6 +93,60 @@ def test_krippendorff_alpha_interval_and_ordinal():
 def test_krippendorff_equals_fleiss_like_values_on_large_samples_sign():
     # systematic disagreement is below chance
     assert krippendorff_alpha([["x", "y"], ["y", "x"], ["x", "y"]]) < 0
+
+
+def test_krippendorff_alpha_counts_equal_repeated_units():
+    units = [["a", "a"], ["a", "b"], ["b", "b"]]
+    repeated = [["a", "a"]] * 3 + [["a", "b"]] + [["b", "b"]] * 2
+    assert krippendorff_alpha(units, counts=[3, 1, 2]) == pytest.approx(krippendorff_alpha(repeated))
+
+
+# Two responses marked by annotators A and B (end offsets exclusive):
+#   response 1, 10 characters: A irrelevant [0, 4); B irrelevant [2, 6)
+#       chars 0-1 (irr, none) · 2-3 (irr, irr) · 4-5 (none, irr) · 6-9 (none, none)
+#   response 2, 4 characters: A untruthful [0, 2); B untruthful [0, 2) and irrelevant [2, 4)
+#       chars 0-1 (unt, unt) · 2-3 (none, irr)
+SPANS_1 = (10, {"A": [(0, 4, "irrelevant")], "B": [(2, 6, "irrelevant")]})
+SPANS_2 = (4, {"A": [(0, 2, "untruthful")], "B": [(0, 2, "untruthful"), (2, 4, "irrelevant")]})
+
+
+def test_span_units_cut_at_span_boundaries():
+    units, counts = span_units(SPANS_1[1], SPANS_1[0])
+    assert units == [["irrelevant", "none"], ["irrelevant", "irrelevant"],
+                     ["none", "irrelevant"], ["none", "none"]]
+    assert counts == [2, 2, 2, 4]
+    # overlapping spans of one annotator join their categories; offsets past the end are clipped
+    units, counts = span_units({"A": [(0, 3, "x"), (2, 9, "y")], "B": []}, 4)
+    assert units == [["x", "none"], ["x+y", "none"], ["y", "none"]] and counts == [2, 1, 1]
+
+
+def test_span_alpha_one_response():
+    """Response 1, every character a unit with two values (each ordered pair adds 1/(m-1) = 1):
+    o(irr,none) = o(none,irr) = 2 + 2 = 4, o(irr,irr) = 2*2 = 4, o(none,none) = 2*4 = 8;
+    n_irr = 8, n_none = 12, n = 20.
+    alpha = 1 - (n-1) (o_in + o_ni) / (n_irr n_none + n_none n_irr) = 1 - 19*8/192 = 5/24."""
+    assert span_alpha([SPANS_1]) == pytest.approx(5 / 24)
+    assert span_alpha([SPANS_1], category="irrelevant") == pytest.approx(5 / 24)
+
+
+def test_span_alpha_two_responses_all_and_per_category():
+    """Adding response 2: o(unt,unt) = 4, o(none,irr) = o(irr,none) += 2.
+    All categories: o_ii = 4, o_in = o_ni = 6, o_nn = 8, o_uu = 4; n_i = 10, n_n = 14, n_u = 4,
+    n = 28; expected = 2 (n_i n_n + n_i n_u + n_n n_u) = 2 (140 + 40 + 56) = 472;
+    alpha = 1 - 27*12/472 = 37/118.
+    Irrelevant only (present T / absent F): o_TT = 4, o_TF = o_FT = 6, o_FF = 8 + 4 = 12;
+    n_T = 10, n_F = 18; alpha = 1 - 27*12/(2*10*18) = 0.1.
+    Untruthful only: no character disagrees, and both values occur -> alpha = 1.
+    A third response marked by one annotator only carries no pairs and changes nothing."""
+    alone = (5, {"A": [(0, 5, "irrelevant")]})
+    assert span_alpha([SPANS_1, SPANS_2, alone]) == pytest.approx(37 / 118)
+    assert span_alpha([SPANS_1, SPANS_2], category="irrelevant") == pytest.approx(0.1)
+    assert span_alpha([SPANS_1, SPANS_2], category="untruthful") == pytest.approx(1.0)
+    # identical marks everywhere: perfect agreement
+    same = (6, {"A": [(1, 3, "irrelevant")], "B": [(1, 3, "irrelevant")]})
+    assert span_alpha([same]) == pytest.approx(1.0)
+    # nothing marked by anyone: one value only, alpha undefined
+    assert math.isnan(span_alpha([(6, {"A": [], "B": []})]))
 
 
 def test_majority_agreement_leaves_the_annotator_out():

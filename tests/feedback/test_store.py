@@ -257,3 +257,26 @@ def test_late_label_is_kept_while_the_item_has_room(store):
     with pytest.raises(StoreError, match="lock on this item expired"):
         store.submit(a, "skip", t_a.item_id, up, t_a.submission_key)
     assert len(store.labels("skip")) == 1
+
+
+def test_span_agreement_in_stats(sqlite_store):
+    """The hand-computed response of test_span_alpha_one_response, marked through the store:
+    A irrelevant [0, 4), B irrelevant [2, 6) of a 10-character response -> alpha = 5/24."""
+    s = sqlite_store
+    s.create_project("sp", ["spans"], overlap=2)
+    s.add_items("sp", [{"prompt": "p", "responses": ["0123456789"]}])
+    for name, start, end in (("A", 0, 4), ("B", 2, 6)):
+        u = s.create_user(name, "password-1")
+        label_all(s, u, "sp", lambda t, a=start, b=end: {
+            "spans": {"spans": [{"start": a, "end": b, "category": "irrelevant"}], "missing": []}})
+    spans = next(q for q in project_stats(s, "sp")["agreement"] if q["question"] == "spans")
+    assert spans["krippendorff_alpha_nominal"] == pytest.approx(5 / 24, abs=1e-4)
+    assert spans["alpha_by_category"] == {"irrelevant": pytest.approx(5 / 24, abs=1e-4)}
+    assert spans["characters"] == 10 and spans["units_multi"] == 1
+    # and on the admin page
+    from conftest import PASSWORD, Browserish
+    from rlhfkit.feedback.server import create_app
+
+    s.create_user("admin", PASSWORD, role="admin")
+    page = Browserish(create_app(s), "admin").get("/admin/p/sp").text
+    assert "nominal 0.2083" in page and "over 10 characters · irrelevant 0.2083" in page

@@ -6,6 +6,8 @@
 * :func:`krippendorff_alpha` — any number of annotators, missing answers allowed, nominal /
   ordinal / interval distances (Krippendorff 2011, "Computing Krippendorff's Alpha-Reliability").
 * :func:`majority_agreement` — how often each annotator agrees with the majority of the others.
+* :func:`span_alpha` — agreement on marked spans: nominal alpha over the characters of the
+  responses, each character's value being the category of the span that covers it (or none).
 
 Each returns ``nan`` where the statistic is undefined (e.g. every answer is the same
 category, so chance agreement is already perfect).
@@ -98,7 +100,7 @@ def fleiss_kappa(ratings: Sequence[Sequence[Hashable]]) -> float:
 
 
 def krippendorff_alpha(units: Sequence[Sequence[Hashable | float | None]], *,
-                       level: Level = "nominal") -> float:
+                       level: Level = "nominal", counts: Sequence[float] | None = None) -> float:
     """Krippendorff's alpha over units that each got any number of values.
 
     Units with fewer than two (non-None) values carry no pairing information and are
@@ -112,16 +114,21 @@ def krippendorff_alpha(units: Sequence[Sequence[Hashable | float | None]], *,
     Args:
         units: for each unit (item), the values the annotators gave (None = no answer).
         level: "nominal", "ordinal" or "interval".
+        counts: how many times each unit counts (default once each): identical units, such as
+            a run of characters that every annotator marked alike, can be passed once.
     """
+    if counts is not None and len(counts) != len(units):
+        raise ValueError(f"counts has {len(counts)} entries for {len(units)} units")
     coincidence: dict[tuple, float] = defaultdict(float)
-    for unit in units:
+    for u, unit in enumerate(units):
         values = [v for v in unit if v is not None]
         m = len(values)
         if m < 2:
             continue
+        weight = 1.0 if counts is None else counts[u]
         for i, j in combinations(range(m), 2):
-            coincidence[(values[i], values[j])] += 1 / (m - 1)
-            coincidence[(values[j], values[i])] += 1 / (m - 1)
+            coincidence[(values[i], values[j])] += weight / (m - 1)
+            coincidence[(values[j], values[i])] += weight / (m - 1)
     if not coincidence:
         return math.nan
     marg: dict = defaultdict(float)
@@ -203,3 +210,74 @@ def pairwise_cohen(labels: Mapping[Hashable, Mapping[str, Hashable]], *, min_sha
                                       [by_annotator[y][i] for i in shared],
                                       weights=weights, categories=categories)
     return out
+
+
+Span = tuple[int, int, str]
+"""A marked span: ``(start, end, category)``, character offsets, end exclusive."""
+NO_SPAN = "none"
+"""The value of a character that no span covers."""
+
+
+def span_units(marks: Mapping[str, Sequence[Span]], length: int, *,
+               category: str | None = None) -> tuple[list[list[Hashable]], list[int]]:
+    """One response's characters as agreement units, run-length compressed.
+
+    Each character is a unit; an annotator's value for it is the category of the span that
+    covers it (several categories joined with ``+``, sorted), or :data:`NO_SPAN`. With
+    ``category``, the value is whether a span of that category covers it (True/False).
+    Characters between the same span boundaries carry the same values, so each stretch is
+    one unit with a count (its length), for :func:`krippendorff_alpha`'s ``counts``.
+
+    Args:
+        marks: ``{annotator: [(start, end, category), ...]}`` (an empty list = nothing marked).
+        length: the response's length in characters.
+        category: look at one category only, or None for all of them at once.
+
+    Returns:
+        ``(units, counts)``: the annotators' values per stretch, and each stretch's length.
+    """
+    cuts = {0, length}
+    for spans in marks.values():
+        for start, end, _cat in spans:
+            cuts.update((min(max(start, 0), length), min(max(end, 0), length)))
+    bounds = sorted(cuts)
+    units, counts = [], []
+    for a, b in zip(bounds, bounds[1:]):
+        row: list[Hashable] = []
+        for spans in marks.values():
+            cats = sorted({c for start, end, c in spans if start <= a < end})
+            if category is not None:
+                row.append(category in cats)
+            else:
+                row.append("+".join(cats) if cats else NO_SPAN)
+        units.append(row)
+        counts.append(b - a)
+    return units, counts
+
+
+def span_alpha(responses: Sequence[tuple[int, Mapping[str, Sequence[Span]]]], *,
+               category: str | None = None) -> float:
+    """Krippendorff's nominal alpha for span marking, with characters as the units.
+
+    Two annotators agree on a character when both leave it unmarked or both put it in the
+    same category, so alpha rewards marking the same stretch of text with the same category
+    and penalises both a missed span and a wrong category, in proportion to how many
+    characters they cover. Characters are treated as predefined units, which is simpler than
+    Krippendorff's alpha for unitizing (alpha_U, Krippendorff 1995) and, like it, gives no
+    credit to a span whose boundaries are off by a little beyond the characters that overlap
+    (Mathet et al. 2015's gamma does).
+
+    Args:
+        responses: ``(length, {annotator: spans})`` for every response that was marked;
+            responses with a single annotator carry no pairing information and drop out.
+        category: agreement on one category only (present / absent per character).
+    """
+    units: list[list[Hashable]] = []
+    counts: list[int] = []
+    for length, marks in responses:
+        if len(marks) < 2:
+            continue
+        u, c = span_units(marks, length, category=category)
+        units.extend(u)
+        counts.extend(c)
+    return krippendorff_alpha(units, level="nominal", counts=counts)

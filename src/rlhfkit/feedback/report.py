@@ -22,13 +22,18 @@ def question_units(store: Store, project: str) -> dict[str, dict]:
     """``{question: {unit: {annotator: value}}}`` for the questions agreement applies to.
 
     Ranks are split into one unit per (item, response) so that ordinal alpha compares the
-    rank each annotator gave the same response.
+    rank each annotator gave the same response. Span answers are ``(response length,
+    ((start, end, category), ...))`` per annotator, for :func:`rlhfkit.feedback.agreement.span_alpha`.
     """
     out: dict[str, dict] = defaultdict(lambda: defaultdict(dict))
     for label, item, user in store.label_rows(project):
         if item.is_gold:
             continue
         for q, ans in label.answers.items():
+            if q == "spans":
+                spans = tuple((m["start"], m["end"], m["category"]) for m in ans["spans"])
+                out[q][item.id][user.name] = (len(item.responses[0]["text"]), spans)
+                continue
             value = Q.agreement_value(q, ans)
             if value is None:
                 continue
@@ -45,6 +50,8 @@ def agreement_for(question: str, units: Mapping) -> dict:
     per_unit = [list(row.values()) for row in units.values()]
     multi = [u for u in per_unit if len(u) >= 2]
     res: dict = {"question": question, "units": len(units), "units_multi": len(multi)}
+    if question == "spans":
+        return dict(res, cohen_kappa_mean=None, fleiss_kappa=None, **span_agreement(units))
     if question in ("binary", "pairwise"):
         res["krippendorff_alpha_nominal"] = _clean(A.krippendorff_alpha(per_unit, level="nominal"))
     if question in ("likert", "rank"):
@@ -65,6 +72,25 @@ def agreement_for(question: str, units: Mapping) -> dict:
         res["majority"] = {who: {"agree": s["agree"], "n": s["n"], "rate": _clean(s["rate"])}
                            for who, s in A.majority_agreement(units).items()}
     return res
+
+
+def span_agreement(units: Mapping) -> dict:
+    """Per-character nominal alpha of span marks, over all categories and per category.
+
+    Args:
+        units: ``{item: {annotator: (response length, spans)}}`` as :func:`question_units`
+            builds it.
+    """
+    responses = []
+    for row in units.values():
+        lengths = {length for length, _ in row.values()}
+        responses.append((lengths.pop(), {who: spans for who, (_, spans) in row.items()}))
+    categories = sorted({c for _, marks in responses for spans in marks.values() for *_, c in spans})
+    return {
+        "krippendorff_alpha_nominal": _clean(A.span_alpha(responses)),
+        "alpha_by_category": {c: _clean(A.span_alpha(responses, category=c)) for c in categories},
+        "characters": sum(length for length, marks in responses if len(marks) >= 2),
+    }
 
 
 def project_stats(store: Store, project: str) -> dict:

@@ -111,5 +111,5 @@ def test_cli_has_the_rl_stages():
 
     parser = build_parser()
     for stage in ("ppo", "reinforce", "rloo", "grpo", "best-of-n"):
-        args = parser.parse_args([stage, "--max-steps", "3"])
+        args = parser.parse_args([stage, "--seed", "3"])
         assert args._stage.name == stage

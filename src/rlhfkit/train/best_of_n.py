@@ -139,7 +139,7 @@ def run_best_of_n(cfg: BestOfNConfig, reward_fn: RewardFn | None = None) -> Path
     results = best_of_n(lm, tokenizer, prompts, cfg.n, reward_fn, sampling, system_prompt,
                         cfg.batch_size, autocast, cfg.progress)
     write_records([Demonstration(prompt=r["prompt"], response=r["best"],
-                                 source="best-of-n", id=f"bon-{i}")
+                                 source="ai", annotator="best-of-n", id=f"bon-{i}")
                    for i, r in enumerate(results)], out / "demonstrations.jsonl")
     summary: dict[str, float] = {
         "n": cfg.n, "prompts": len(results),

@@ -61,12 +61,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--include-gold", action="store_true", help="also export honeypot labels")
     p.set_defaults(_run=_export)
 
-    p = sub.add_parser("import", help="add items to a project from a records file (creating it with --questions)")
+    p = sub.add_parser(
+        "import", help="add items to label (--file), or existing labels (--labels), to a project",
+        description="--file FILE adds items to label (records or items; the project is created "
+                    "with --questions if missing). --labels FILE brings labelled records from "
+                    "another tool or an export in as labels: comparison -> pairwise, ranking -> "
+                    "rank, binary, score -> likert, span -> spans, demonstration, prompt -> write_prompt; "
+                    "annotator and source come from each record.")
     db_arg(p)
     p.add_argument("--project", required=True)
-    p.add_argument("--file", required=True, help="records or items file")
-    p.add_argument("--questions", default="", help="create the project with these questions if it does not exist")
-    p.add_argument("--overlap", type=int, default=1)
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--file", help="items to label: records or items file")
+    what.add_argument("--labels", help="labelled records to import as labels (.jsonl, .parquet, …)")
+    p.add_argument("--questions", default="",
+                   help="questions of the project if it does not exist (--labels: default the ones the records answer)")
+    p.add_argument("--overlap", type=int, default=None,
+                   help="annotators per item for a new project (default 1; --labels: the most any item has)")
+    p.add_argument("--kind", default=None,
+                   help="--labels: import only records of these kinds (comma-separated, e.g. binary,score,span)")
+    p.add_argument("--annotator", default="imported", help="--labels: annotator of records that name none")
     p.set_defaults(_run=_import)
 
     p = sub.add_parser("stats", help="print a project's progress and agreement as JSON")
@@ -157,16 +170,23 @@ def _export(args) -> int:
 @_guarded
 def _import(args) -> int:
     from .store import Store, StoreError
-    from .transfer import add_items_from_file
+    from .transfer import add_items_from_file, import_labels_file
 
     store = Store(args.db)
+    questions = [q.strip() for q in args.questions.split(",") if q.strip()]
+    if args.labels:
+        got = import_labels_file(store, args.project, args.labels, kind=args.kind,
+                                 questions=questions or None, overlap=args.overlap,
+                                 default_annotator=args.annotator)
+        print(f"imported {got['labels']} labels into {args.project} ({got['items']} new items, "
+              f"{got['users']} new annotator accounts, {got['duplicates']} already there)")
+        return 0
     try:
         store.project(args.project)
     except StoreError:
-        questions = [q.strip() for q in args.questions.split(",") if q.strip()]
         if not questions:
             return _fail(f"no project {args.project!r}: pass --questions to create it")
-        store.create_project(args.project, questions, overlap=args.overlap)
+        store.create_project(args.project, questions, overlap=args.overlap or 1)
     n = add_items_from_file(store, args.project, args.file)
     print(f"added {n} items to {args.project}")
     return 0

@@ -675,6 +675,90 @@ class Store:
             task = self._claim(s, user, p) if then_next else None
             return self._label_json(label, p.name, user.name), False, task
 
+    def import_labels(self, project: str, new_items: list[dict], labels: list[dict]) -> dict:
+        """Store labels given elsewhere (another tool, an earlier export), in one transaction.
+
+        Each imported label is stored as if its annotator had been handed the item and
+        answered it: an assignment marked done, the label, and the item's count, so the queue
+        and agreement treat it like any other. Annotator accounts that do not exist are
+        created without a password (they cannot log in until an admin sets one). A label for
+        an (item, annotator) that already has one is skipped, so importing a file twice adds
+        nothing the second time.
+
+        Args:
+            project: the project to import into.
+            new_items: items to add first, as for :meth:`add_items`.
+            labels: dicts with ``item`` (``("new", index into new_items)`` or ``("id", item
+                id)``), ``annotator``, ``source``, ``answers`` (display terms, responses shown
+                in the item's own order), ``created_at`` (epoch seconds), ``time_ms`` (or
+                None) and ``where`` (how to name it in an error, e.g. ``"record 3"``).
+
+        Returns:
+            ``{"items": new items, "labels": labels stored, "duplicates": labels skipped,
+            "users": accounts created}``.
+        """
+        p = self.project(project)
+        lo, hi = Q.check_questions(p.questions)
+        rows = [_item_row(p, raw, n, lo, hi) for n, raw in enumerate(new_items)]
+        sources: dict[str, str] = {}
+        for lab in labels:
+            _check_name(lab["annotator"], f"{lab['where']}: annotator")
+            if lab["source"] not in SOURCES:
+                raise StoreError(f"{lab['where']}: source must be one of {SOURCES}", 422)
+            if sources.setdefault(lab["annotator"], lab["source"]) != lab["source"]:
+                raise StoreError(f"{lab['where']}: annotator {lab['annotator']!r} has labels "
+                                 f"from two sources ({sources[lab['annotator']]}, {lab['source']})", 422)
+        stored = duplicates = created = 0
+        with self.tx(write=True) as s:
+            self._lock_project(s, p)
+            start = s.scalar(select(func.coalesce(func.max(Item.position), -1))
+                             .where(Item.project_id == p.id)) + 1
+            for i, row in enumerate(rows):
+                row.position = start + i
+                s.add(row)
+            s.flush()
+            users = {u.name: u for u in s.scalars(select(User).where(User.name.in_(list(sources))))}
+            for name, source in sources.items():
+                if name not in users:
+                    users[name] = User(name=name, role="annotator", source=source, password_hash=None,
+                                       generation=0, active=True, created_at=time.time())
+                    s.add(users[name])
+                    created += 1
+                elif users[name].source != source:
+                    raise StoreError(f"annotator {name!r} exists with source {users[name].source!r}, "
+                                     f"but the imported labels say {source!r}", 409)
+            s.flush()
+            for lab in labels:
+                kind, ref = lab["item"]
+                item = rows[ref] if kind == "new" else s.get(Item, ref)
+                if item is None or item.project_id != p.id:
+                    raise StoreError(f"{lab['where']}: no item {ref} in project {p.name!r}", 404)
+                user = users[lab["annotator"]]
+                if s.scalar(select(func.count()).select_from(Label).where(
+                        Label.item_id == item.id, Label.user_id == user.id)):
+                    duplicates += 1
+                    continue
+                order = list(range(len(item.responses)))
+                try:
+                    canonical = _check_answers(p, item, lab["answers"], order)
+                except StoreError as e:
+                    raise StoreError(f"{lab['where']}: {e}", e.status) from None
+                when = lab["created_at"]
+                held = s.scalars(select(Assignment).where(Assignment.item_id == item.id,
+                                                          Assignment.user_id == user.id)).first()
+                if held is None:  # the usual case; else they held it in the app: close that
+                    held = Assignment(project_id=p.id, item_id=item.id, user_id=user.id,
+                                      submission_key=secrets.token_urlsafe(16))
+                    s.add(held)
+                held.status, held.order, held.started_at, held.expires_at = "done", order, when, when
+                s.add(Label(project_id=p.id, item_id=item.id, user_id=user.id,
+                            submission_key="import-" + secrets.token_urlsafe(16), answers=canonical,
+                            order=order, time_ms=lab.get("time_ms"), server_ms=0, created_at=when))
+                item.n_done = (item.n_done or 0) + 1
+                s.flush()
+                stored += 1
+        return {"items": len(rows), "labels": stored, "duplicates": duplicates, "users": created}
+
     def release(self, user: User, project: str, item_id: int) -> None:
         """Give back a held item (skip) so another annotator can take it."""
         p = self.project(project)

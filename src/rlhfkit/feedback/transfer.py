@@ -13,6 +13,9 @@ One label answers every question of its project, so it becomes one record per qu
 | pairwise      | ``Comparison``; tie and both-bad are ``tie=True`` (``meta.both_bad``)    |
 | rank          | ``Ranking`` with ``ranks`` (0 = best)                                    |
 
+:func:`import_labels` goes the other way: labelled records (from another tool, or an earlier
+export) become labels of a project, by the same table read backwards.
+
 Every record carries ``annotator`` (the account name), ``source`` (human / simulated / ai),
 ``created_at`` and ``meta`` with the project, item, the display order the annotator saw,
 the time spent and the models that wrote the responses (hidden from annotators, kept here).
@@ -250,6 +253,212 @@ def import_records(store: Store, project: str, records: Iterable[R.Record]) -> i
     """Add items built from records to an existing project; returns how many."""
     p = store.project(project)
     return store.add_items(project, records_to_items(records, p.questions))
+
+
+# -- labels in: records from another tool (or an earlier export) ----------------------------
+
+RECORD_QUESTION = {
+    "prompt": "write_prompt", "demonstration": "demonstration", "binary": "binary",
+    "score": "likert", "span": "spans", "comparison": "pairwise", "ranking": "rank",
+}
+"""The question a record kind answers (a demonstration with ``meta.corrects`` is a correction)."""
+
+
+def record_question(record: R.Record) -> str:
+    """The question type a labelled record answers (see :data:`RECORD_QUESTION`)."""
+    if isinstance(record, R.Demonstration) and isinstance(record.meta.get("corrects"), str):
+        return "correction"
+    return RECORD_QUESTION[record.kind]
+
+
+def _record_item(r: R.Record, question: str) -> tuple[Any, list[str]]:
+    """The prompt and responses of the item a labelled record is about."""
+    if question == "write_prompt":
+        return r.meta.get("instructions") or "", []
+    if question == "demonstration":
+        return r.prompt, []
+    if question == "correction":
+        return r.prompt, [r.meta["corrects"]]
+    if question == "pairwise":
+        return r.prompt, [r.chosen, r.rejected]
+    if question == "rank":
+        return r.prompt, list(r.responses)
+    return r.prompt, [r.response]
+
+
+def _better_first_ranks(values: list, higher_is_better: bool) -> list[int]:
+    """Competition ranks, 0 = best: each response's rank is how many are strictly better."""
+    return [sum((w > v) if higher_is_better else (w < v) for w in values) for v in values]
+
+
+def _record_answer(r: R.Record, question: str, texts: list[str]) -> dict:
+    """The record's answer in display terms, the responses shown in the item's order."""
+    if question == "write_prompt":
+        if not isinstance(r.prompt, str):
+            raise StoreError("a prompt written as chat messages cannot be a write_prompt answer", 422)
+        return {"text": r.prompt}
+    if question in ("demonstration", "correction"):
+        return {"text": r.response}
+    if question == "binary":
+        return {"value": "up" if r.label else "down"}
+    if question == "likert":
+        if r.score != int(r.score) or not Q.LIKERT_MIN <= r.score <= Q.LIKERT_MAX:
+            raise StoreError(f"score {r.score} is not a whole number {Q.LIKERT_MIN}..{Q.LIKERT_MAX} "
+                             "(the likert question's scale)", 422)
+        return {"score": int(r.score)}
+    if question == "spans":
+        return {"spans": [{"start": sp.start, "end": sp.end, "category": sp.category, "note": sp.note}
+                          for sp in r.spans], "missing": list(r.missing)}
+    if question == "pairwise":
+        if r.tie:
+            return {"choice": "both_bad" if r.meta.get("both_bad") else "tie"}
+        return {"choice": "left" if texts.index(r.chosen) == 0 else "right"}
+    # rank: 0-based ranks are kept when they fit 0..K-1, else (and for scores) re-ranked
+    k = len(r.responses)
+    if r.ranks is not None:
+        ranks = list(r.ranks) if max(r.ranks) < k else _better_first_ranks(list(r.ranks), False)
+    else:
+        ranks = _better_first_ranks(list(r.scores), True)
+    by_text = dict(zip(r.responses, ranks))
+    return {"ranks": [by_text[t] + 1 for t in texts]}
+
+
+def _epoch(created_at: str | None, where: str) -> float:
+    import datetime as dt
+    import time
+
+    if created_at is None:
+        return time.time()
+    try:
+        when = dt.datetime.fromisoformat(created_at.replace("Z", "+00:00"))
+    except ValueError:
+        raise StoreError(f"{where}: created_at {created_at!r} is not an ISO 8601 time", 422) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return when.timestamp()
+
+
+def import_labels(store: Store, project: str, records: Iterable[R.Record], *,
+                  questions: list[str] | None = None, overlap: int | None = None,
+                  default_annotator: str = "imported", default_source: str = "human") -> dict:
+    """Bring labelled records into a project, as labels by their annotators.
+
+    Each record becomes the answer to the question its kind maps to (comparison ->
+    pairwise, tie and ``meta.both_bad`` kept; ranking -> rank; binary; score -> likert;
+    span -> spans; demonstration -> demonstration, or correction when ``meta.corrects`` holds the
+    original; prompt -> write_prompt with ``meta.instructions`` as the item). Records about
+    the same prompt and the same set of responses share an item, whichever order they list
+    the responses in, so several annotators' labels of one item are measured for agreement;
+    one annotator's records on one item make one label, which must answer every question of
+    the project. The annotator is the record's ``annotator`` (else ``default_annotator``),
+    with the record's ``source`` (else ``default_source``).
+
+    The project is created when missing, asking the questions the records answer (or
+    ``questions``), with ``overlap`` = the most annotators any item has (or ``overlap``).
+
+    Returns:
+        ``{"items", "labels", "duplicates", "users"}`` counts (see :meth:`Store.import_labels`).
+
+    Raises:
+        StoreError: naming the record (0-based, in file order) that does not fit.
+    """
+    records = list(records)
+    if not records:
+        raise StoreError("no records to import", 422)
+    asked = []
+    for n, r in enumerate(records):
+        if r.kind not in RECORD_QUESTION:
+            raise StoreError(f"record {n}: {r.kind!r} records carry no label to import", 422)
+        asked.append(record_question(r))
+    try:
+        p = store.project(project)
+    except StoreError:
+        p = None
+    wanted = list(questions) if questions else [q for q in Q.QUESTION_TYPES if q in asked]
+    if p is not None:
+        wanted = list(p.questions)
+    for n, q in enumerate(asked):
+        if q not in wanted:
+            raise StoreError(f"record {n} ({records[n].kind}) answers {q!r}, which project "
+                             f"{project!r} does not ask (it asks {', '.join(wanted)})", 422)
+    try:
+        Q.check_questions(wanted)
+    except Q.AnswerError as e:
+        raise StoreError(f"{e}. The file holds {', '.join(sorted(set(asked)))} labels: import "
+                         "each kind into its own project (--kind)", 422) from None
+
+    def key(prompt, responses) -> tuple:
+        return (json.dumps(prompt, sort_keys=True), tuple(sorted(responses)))
+
+    existing = {}
+    if p is not None:
+        for item in store.items(project):
+            if not item.is_gold:
+                existing.setdefault(key(item.prompt, [x["text"] for x in item.responses]),
+                                    (("id", item.id), [x["text"] for x in item.responses]))
+    new_items: list[dict] = []
+    items: dict[tuple, tuple] = dict(existing)
+    groups: dict[tuple, dict] = {}
+    for n, (r, q) in enumerate(zip(records, asked)):
+        where = f"record {n}"
+        prompt, responses = _record_item(r, q)
+        k = key(prompt, responses)
+        if k not in items:
+            items[k] = (("new", len(new_items)), responses)
+            new_items.append({"prompt": prompt, "responses": responses})
+        ref, texts = items[k]
+        who = r.annotator or default_annotator
+        g = groups.setdefault((k, who), {"item": ref, "annotator": who,
+                                         "source": r.source or default_source, "answers": {},
+                                         "created_at": _epoch(r.created_at, where), "where": where,
+                                         "time_ms": None})
+        if q in g["answers"]:
+            raise StoreError(f"{where}: {who} answered {q!r} for this item already in {g['where']}", 422)
+        if (r.source or default_source) != g["source"]:
+            raise StoreError(f"{where}: source {r.source!r} differs from {g['where']}'s", 422)
+        try:
+            g["answers"][q] = _record_answer(r, q, texts)
+        except StoreError as e:
+            raise StoreError(f"{where}: {e}", e.status) from None
+        t = r.meta.get("time_ms")
+        if isinstance(t, int) and not isinstance(t, bool) and t >= 0:
+            g["time_ms"] = t
+    for g in groups.values():
+        missing = [q for q in wanted if q not in g["answers"]]
+        if missing:
+            raise StoreError(f"{g['where']}: {g['annotator']}'s label of this item has no "
+                             f"{', '.join(missing)} answer, and the project asks {', '.join(wanted)}", 422)
+    if p is None:
+        per_item: dict = {}
+        for (k, who) in groups:
+            per_item.setdefault(k, set()).add(who)
+        store.create_project(project, wanted,
+                             overlap=overlap or min(100, max(len(v) for v in per_item.values())))
+    return store.import_labels(project, new_items, list(groups.values()))
+
+
+def import_labels_file(store: Store, project: str, path: str | os.PathLike, *,
+                       kind: str | None = None, **options: Any) -> dict:
+    """:func:`import_labels` from a records file (any format :mod:`rlhfkit.data.io` reads).
+
+    Args:
+        store: the store.
+        project: the project to import into (created when missing).
+        path: the records file.
+        kind: import only the records of these kinds (comma-separated, e.g. ``binary,score``).
+        **options: passed to :func:`import_labels`.
+    """
+    from ..data import io as data_io
+
+    records = data_io.read_records(path)
+    if kind:
+        kinds = {k.strip() for k in kind.split(",") if k.strip()}
+        unknown = kinds - set(RECORD_QUESTION)
+        if unknown:
+            raise StoreError(f"--kind {', '.join(sorted(unknown))}: expected record kinds among "
+                             f"{', '.join(RECORD_QUESTION)}", 422)
+        records = [r for r in records if r.kind in kinds]
+    return import_labels(store, project, records, **options)
 
 
 # -- the entry points named in the data IO contract -----------------------------------------

@@ -32,7 +32,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="always mark cookies Secure (set this behind an HTTPS proxy)")
     p.set_defaults(_run=_serve)
 
-    p = sub.add_parser("create-project", help="create a project from a file of prompts (and responses)")
+    p = sub.add_parser("create-project",
+                       help="create a project from a file of prompts (and responses, or --generate-from a policy)")
     db_arg(p)
     p.add_argument("--name", required=True, help="project name (letters, digits, - _ .)")
     p.add_argument("--questions", required=True,
@@ -43,6 +44,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--gold-every", type=int, default=0, help="a honeypot every N items (0 = none)")
     p.add_argument("--lock-seconds", type=int, default=600, help="how long a handed-out item stays locked")
     p.add_argument("--categories", default="", help="comma-separated span categories (default: irrelevant,untruthful,missing-information)")
+    g = p.add_argument_group("responses written by a policy (--file then holds the prompts)")
+    g.add_argument("--generate-from", metavar="MODEL",
+                   help="sample the responses from this model: HF id, folder, .gguf or smollm2-135m")
+    g.add_argument("--k", type=int, default=4, help="responses per prompt (default 4)")
+    g.add_argument("--model-name", help="name stored with each response, hidden from annotators (default MODEL)")
+    g.add_argument("--max-new-tokens", type=int, default=128, help="longest response in tokens (default 128)")
+    g.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1.0)")
+    g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling (default 1.0 = off)")
+    g.add_argument("--system-prompt", default=None, help="system message for prompts that have none")
+    g.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     p.set_defaults(_run=_create_project)
 
     p = sub.add_parser("add-user", help="create an account (password asked, or --invite for a one-time link)")
@@ -134,7 +145,22 @@ def _create_project(args) -> int:
                    lock_seconds=args.lock_seconds,
                    categories=[c.strip() for c in args.categories.split(",") if c.strip()] or None)
     store = Store(args.db)
-    if args.file:
+    if args.generate_from:
+        from .generate import create_project_from_policy
+
+        if not args.file:
+            return _fail("--generate-from needs --file with the prompts")
+        sampling = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                        top_p=args.top_p, system_prompt=args.system_prompt, seed=args.seed)
+        from ..models.loading import ModelLoadError
+
+        try:
+            n = create_project_from_policy(store, args.name, args.file, questions,
+                                           args.generate_from, args.k, model_name=args.model_name,
+                                           sampling=sampling, **options)
+        except ModelLoadError as e:
+            return _fail(str(e))
+    elif args.file:
         n = create_project_from_file(store, args.name, args.file, questions, **options)
     else:
         store.create_project(args.name, questions, **options)

@@ -41,6 +41,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import argparse  # noqa: E402
+import dataclasses  # noqa: E402
 import json  # noqa: E402
 import resource  # noqa: E402
 import statistics  # noqa: E402
@@ -63,7 +64,9 @@ def reviews_pairs(n: int):
     from rlhfkit.tasks import get_task
 
     task = get_task("reviews")
-    pairs = [c for r in task.rankings() for c in r.to_comparisons() if not c.tie]
+    # Plain pairs (no ranking group), so both frameworks batch exactly the same pairs.
+    pairs = [dataclasses.replace(c, group=None) for r in task.rankings()
+             for c in r.to_comparisons() if not c.tie]
     return pairs[:n], task.system_prompt
 
 
@@ -78,7 +81,6 @@ def precision_flag(precision: str) -> str:
 
 def check(a: argparse.Namespace) -> int:
     import copy
-    import dataclasses
 
     import torch
     from datasets import Dataset
@@ -103,7 +105,6 @@ def check(a: argparse.Namespace) -> int:
         for p in policy.parameters():
             p.add_(torch.randn_like(p) * a.noise * p.std().clamp(min=1e-3))
     pairs, system = reviews_pairs(a.pairs)
-    pairs = [dataclasses.replace(c, group=None) for c in pairs]  # one pair per group, in order
     groups, _ = build_pair_groups(pairs, tokenizer, a.max_length, system)
     attach_reference_logps(groups, SelectiveLM(reference), tokenizer.pad_token_id)
     rows = []
@@ -163,10 +164,13 @@ class Clock:
     def __init__(self, warmup: int, steps: int) -> None:
         self.warmup, self.steps = warmup, steps
         self.stamps: list[float] = []
+        self.cpu: list[float] = []
         self.peak = 0.0
 
     def stamp(self) -> bool:
         self.stamps.append(time.perf_counter())
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        self.cpu.append(usage.ru_utime + usage.ru_stime)
         done = len(self.stamps) - 1 >= self.warmup + self.steps
         if done and not self.peak:
             self.peak = peak_rss_mb()
@@ -174,6 +178,11 @@ class Clock:
 
     def timed(self) -> float:
         return self.stamps[self.warmup + self.steps] - self.stamps[self.warmup]
+
+    def timed_cpu(self) -> float:
+        """CPU seconds (user + system, all threads) of the timed steps: steadier than wall
+        time on a machine that other jobs share."""
+        return self.cpu[self.warmup + self.steps] - self.cpu[self.warmup]
 
 
 def run_rlhfkit(a, clock: Clock, pairs, system, workdir: str) -> dict:
@@ -235,9 +244,14 @@ def run_trl(a, clock: Clock, pairs, system, workdir: str) -> dict:
                      bf16=precision_flag(a.precision) == "bf16", use_cpu=True, beta=0.1,
                      save_strategy="no", eval_strategy="no", report_to="none", seed=0,
                      precompute_ref_log_probs=a.trl_precompute, logging_steps=1)
+    # Models are loaded here (fp32, as rlhfkit loads them) and handed over: the converted cache
+    # folder's config.json names no ``architectures``, so TRL cannot load it from the path.
     model = AutoModelForCausalLM.from_pretrained(a.model, dtype=torch.float32)
-    trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
-                         processing_class=tokenizer, callbacks=[Stamp()])
+    ref_model = None if a.trl_precompute else AutoModelForCausalLM.from_pretrained(
+        a.model, dtype=torch.float32)
+    trainer = DPOTrainer(model=model, ref_model=ref_model, args=args,
+                         train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
+                         callbacks=[Stamp()])
     result = trainer.train()
     return {"last_loss": float(result.training_loss),
             "gradient_checkpointing": bool(args.gradient_checkpointing),
@@ -247,6 +261,8 @@ def run_trl(a, clock: Clock, pairs, system, workdir: str) -> dict:
 def run(a: argparse.Namespace) -> int:
     import torch
 
+    if a.threads:
+        torch.set_num_threads(a.threads)
     clock = Clock(a.warmup, a.steps)
     pairs, system = reviews_pairs((a.warmup + a.steps) * a.batch_size)
     with tempfile.TemporaryDirectory(prefix=f"bench-dpo-{a.framework}-") as workdir:
@@ -258,6 +274,8 @@ def run(a: argparse.Namespace) -> int:
     record = {
         "framework": a.framework, "pairs": a.steps * a.batch_size,
         "timed_seconds": clock.timed(), "pairs_per_s": a.steps * a.batch_size / clock.timed(),
+        "timed_cpu_seconds": clock.timed_cpu(),
+        "cpu_seconds_per_pair": clock.timed_cpu() / (a.steps * a.batch_size),
         "peak_rss_mb": clock.peak, "startup_seconds": clock.stamps[0] - T_START,
         "step_seconds": [b - x for x, b in zip(clock.stamps, clock.stamps[1:])],
         "precision": precision_flag(a.precision), "torch_threads": torch.get_num_threads(),
@@ -265,7 +283,8 @@ def run(a: argparse.Namespace) -> int:
         "args": {k: v for k, v in vars(a).items() if k != "func"},
     }
     Path(a.out).write_text(json.dumps(record, indent=2))
-    print(f"{a.framework:8s} {record['pairs_per_s']:.3f} pairs/s, peak RSS "
+    print(f"{a.framework:8s} {record['pairs_per_s']:.3f} pairs/s, "
+          f"{record['cpu_seconds_per_pair']:.2f} CPU s/pair, peak RSS "
           f"{record['peak_rss_mb']:.0f} MiB, startup {record['startup_seconds']:.1f} s")
     return 0
 
@@ -275,7 +294,7 @@ def compare(a: argparse.Namespace) -> int:
     results_dir.mkdir(exist_ok=True)
     common = ["--model", a.model, "--warmup", str(a.warmup), "--steps", str(a.steps),
               "--batch-size", str(a.batch_size), "--max-length", str(a.max_length),
-              "--precision", a.precision, "--lr", str(a.lr)]
+              "--precision", a.precision, "--lr", str(a.lr), "--threads", str(a.threads)]
     if a.trl_precompute:
         common.append("--trl-precompute")
     records = []
@@ -289,23 +308,26 @@ def compare(a: argparse.Namespace) -> int:
                 subprocess.run(cmd, check=True)
                 records.append({**json.loads(out.read_text()), "rep": rep})
     (results_dir / "dpo.json").write_text(json.dumps(records, indent=2))
-    ratios, mems = [], []
+    ratios, cpu_ratios, mems = [], [], []
     for rep in range(a.reps):
         ours = next(r for r in records if r["rep"] == rep and r["framework"] == "rlhfkit")
         theirs = next(r for r in records if r["rep"] == rep and r["framework"] == "trl")
         ratios.append(ours["pairs_per_s"] / theirs["pairs_per_s"])
+        cpu_ratios.append(theirs["cpu_seconds_per_pair"] / ours["cpu_seconds_per_pair"])
         mems.append(ours["peak_rss_mb"] / theirs["peak_rss_mb"])
 
     def med(fw: str, key: str) -> float:
         return statistics.median(r[key] for r in records if r["framework"] == fw)
 
     table = [
-        "| DPO | pairs/s | peak RSS (MiB) | startup (s) |",
-        "|---|---|---|---|",
-        *[f"| {fw} | {med(fw, 'pairs_per_s'):.3f} | {med(fw, 'peak_rss_mb'):.0f} | "
-          f"{med(fw, 'startup_seconds'):.1f} |" for fw in ("rlhfkit", "trl")],
-        f"| rlhfkit / TRL | {statistics.median(ratios):.2f}x ({min(ratios):.2f}-"
-        f"{max(ratios):.2f}) | {statistics.median(mems):.2f}x | |",
+        "| DPO | pairs/s | CPU s / pair | peak RSS (MiB) | startup (s) |",
+        "|---|---|---|---|---|",
+        *[f"| {fw} | {med(fw, 'pairs_per_s'):.3f} | {med(fw, 'cpu_seconds_per_pair'):.2f} | "
+          f"{med(fw, 'peak_rss_mb'):.0f} | {med(fw, 'startup_seconds'):.1f} |"
+          for fw in ("rlhfkit", "trl")],
+        f"| rlhfkit vs TRL (speed-up, median of rounds, min-max) | {statistics.median(ratios):.2f}x "
+        f"({min(ratios):.2f}-{max(ratios):.2f}) | {statistics.median(cpu_ratios):.2f}x "
+        f"({min(cpu_ratios):.2f}-{max(cpu_ratios):.2f}) | {statistics.median(mems):.2f}x | |",
     ]
     text = "\n".join(table)
     (results_dir / "dpo_table.md").write_text(text + "\n")
@@ -332,6 +354,7 @@ def main(argv: list[str] | None = None) -> int:
         r.add_argument("--max-length", type=int, default=256)
         r.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
         r.add_argument("--lr", type=float, default=5e-7)
+        r.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
         r.add_argument("--trl-precompute", action="store_true",
                        help="TRL: precompute_ref_log_probs=True")
         if name == "run":

@@ -132,6 +132,33 @@ def bob(app):
     return Browserish(app, "bob")
 
 
+@pytest.fixture
+def live(tmp_path):
+    """The app served over loopback (uvicorn in a thread) on a fresh SQLite store with an admin.
+
+    Yields ``(base url, store)``.
+    """
+    import threading
+
+    import uvicorn
+
+    from rlhfkit.feedback.server import create_app
+    from rlhfkit.feedback.store import Store
+
+    store = Store(f"sqlite:///{tmp_path / 'f.db'}")
+    store.create_user("admin", PASSWORD, role="admin")
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(store), host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.02)
+    yield f"http://127.0.0.1:{port}", store
+    server.should_exit = True
+    thread.join(10)
+    store.close()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

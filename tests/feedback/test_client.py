@@ -2,35 +2,11 @@
 
 from __future__ import annotations
 
-import threading
-import time
-
 import pytest
 
-from conftest import PASSWORD, free_port
+from conftest import PASSWORD
 from rlhfkit.feedback.client import FeedbackClient, FeedbackError, label_project, labeler_answerer
 from rlhfkit.feedback.simulated import SimulatedLabeler
-from rlhfkit.feedback.store import Store
-
-
-@pytest.fixture
-def live(tmp_path):
-    import uvicorn
-
-    from rlhfkit.feedback.server import create_app
-
-    store = Store(f"sqlite:///{tmp_path / 'f.db'}")
-    store.create_user("admin", PASSWORD, role="admin")
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(store), host="127.0.0.1", port=port, log_level="error"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}", store
-    server.should_exit = True
-    thread.join(10)
-    store.close()
 
 
 def test_simulated_labelers_label_through_the_api(live):

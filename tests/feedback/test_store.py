@@ -78,11 +78,18 @@ def test_import_records_makes_items_to_label(sqlite_store):
     assert import_records(sqlite_store, "imp-rank", recs) == 2
 
 
-def test_url_with_project_and_errors(sqlite_store):
-    with pytest.raises(StoreError, match="name the project"):
+def test_url_with_project_and_errors(sqlite_store, tmp_path):
+    """Failures of a db: source are RecordErrors naming the URL, like any source of records."""
+    with pytest.raises(R.RecordError, match="name the project"):
         read_project_records(sqlite_store.url)
-    with pytest.raises(StoreError, match="no project named"):
-        read_project_records(sqlite_store.url + "?project=missing")
+    with pytest.raises(R.RecordError, match="no project named"):
+        read_records(f"db:{sqlite_store.url}?project=missing")
+    missing = tmp_path / "typo.db"
+    with pytest.raises(FileNotFoundError, match="no feedback database"):
+        read_records(f"db:sqlite:///{missing}?project=p")
+    assert not missing.exists()  # reading never creates an empty database
+    with pytest.raises(R.RecordError, match=r"postgresql://u:\*\*\*@127.0.0.1:1/x.*cannot read the feedback store"):
+        read_records("db:postgresql://u:secret@127.0.0.1:1/x?project=p&connect_timeout=2")
 
 
 def test_concurrent_annotators_never_exceed_overlap(store):

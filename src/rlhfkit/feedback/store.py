@@ -886,11 +886,26 @@ def read_project_records(url: str, include_gold: bool = False) -> list:
     """A project's labels as rlhfkit records.
 
     ``url`` is ``sqlite:///feedback.db?project=NAME`` or a PostgreSQL URL with
-    ``?project=NAME``; a leading ``db:`` is accepted.
+    ``?project=NAME``; a leading ``db:`` is accepted. This is what
+    :func:`rlhfkit.data.io.read_records` calls for ``db:`` paths, so its failures (no such
+    project, an unreachable server) are :class:`~rlhfkit.data.records.RecordError` naming the
+    URL (password hidden), as for any other source of records.
     """
+    import re
+
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from ..data.records import RecordError
     from .transfer import read_project_records as _read
 
-    return _read(url, include_gold)
+    shown = re.sub(r"://([^:/@]*):[^@]*@", r"://\1:***@", url)
+    try:
+        return _read(url, include_gold)
+    except StoreError as err:
+        raise RecordError(str(err), file=shown) from err
+    except SQLAlchemyError as err:
+        cause = str(getattr(err, "orig", None) or err).strip().splitlines()[0]
+        raise RecordError(f"cannot read the feedback store: {cause}", file=shown) from err
 
 
 def export_project(url: str, project: str | None, path, include_gold: bool = False) -> int:

@@ -464,12 +464,25 @@ def import_labels_file(store: Store, project: str, path: str | os.PathLike, *,
 # -- the entry points named in the data IO contract -----------------------------------------
 
 
+def _existing_store(db_url: str) -> Store:
+    """Open a store that must already exist (reading must not create an empty SQLite file)."""
+    from sqlalchemy.engine import make_url
+
+    from .store import normalize_url
+
+    url = make_url(normalize_url(db_url))
+    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+        if not Path(url.database).exists():
+            raise FileNotFoundError(f"no feedback database at {url.database} (from {db_url})")
+    return Store(db_url)
+
+
 def read_project_records(url: str, include_gold: bool = False) -> list[R.Record]:
     """Read a project's labels as records from ``sqlite:///feedback.db?project=NAME``."""
     db_url, project = split_project_url(url)
     if not project:
         raise StoreError(f"{url}: name the project, e.g. sqlite:///feedback.db?project=NAME")
-    store = Store(db_url)
+    store = _existing_store(db_url)
     try:
         return project_records(store, project, include_gold)
     finally:
@@ -486,7 +499,7 @@ def export_project(url: str, project: str | None, path: str | os.PathLike,
     project = project or from_url
     if not project:
         raise StoreError("name the project to export")
-    store = Store(db_url)
+    store = _existing_store(db_url)
     try:
         records = project_records(store, project, include_gold)
     finally:

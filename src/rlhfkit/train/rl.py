@@ -196,8 +196,12 @@ class RLRun:
     def __init__(self, cfg: RLConfig, stage: str, value: str | None = None,
                  reward_fn: RewardFn | None = None, samples_per_prompt: int = 1) -> None:
         self.cfg, self.stage = cfg, stage
-        seed_everything(cfg.seed)
         self.acc = acc = make_accelerator(cfg.precision)
+        # One seed per process: every process samples its own prompts, and with one shared seed
+        # they would all draw the same random numbers (correlated samples across the global
+        # batch). Weights still start equal everywhere (loaded, zero-initialised, or broadcast
+        # from process 0 when wrapped for data parallelism).
+        seed_everything(cfg.seed + acc.process_index)
         self.device = acc.device
         self.autocast = torch.bfloat16 if acc.mixed_precision == "bf16" else None
         self.out = Path(cfg.output_dir)
@@ -303,9 +307,13 @@ class RLRun:
         """Sample responses; attach ``logprobs``, ``ref_logprobs`` and old ``values``."""
         cfg = self.cfg
         scorer = self.acc.unwrap_model(self.model)
+        if getattr(self, "_backend", None) is None:  # one backend: it keeps its bf16 copy
+            from rlhfkit.rollout import HFBackend
+
+            self._backend = HFBackend(self.autocast)
         rollout = sample(self.lm, self.tokenizer, prompts, self.sampling, self.system_prompt,
-                         scorer=None, max_prompt_tokens=cfg.max_prompt_tokens,
-                         autocast=self.autocast)
+                         backend=self._backend, scorer=None,
+                         max_prompt_tokens=cfg.max_prompt_tokens, autocast=self.autocast)
         t = cfg.temperature or 1.0
         with self._autocast():
             scorer.eval()
@@ -414,6 +422,9 @@ class RLRun:
                  kl_seq: torch.Tensor) -> None:
         """Adapt beta, add the shared metrics and log them (called once per rollout batch)."""
         n = len(rollout)
+        # Every process holds the same number of samples, so the mean of the per-process means
+        # is the mean over the global batch: log that, not process 0's share alone.
+        metrics = {k: v / self.world for k, v in self.reduce_sums(metrics).items()}
         metrics["kl/coef"] = self.kl_ctl.value
         mean_kl = float(self.reduce_mean({"kl": float(kl_seq.sum())}, n)["kl"])
         self.kl_ctl.update(mean_kl, n * self.world)
@@ -464,15 +475,29 @@ class RLRun:
         prompts = self.eval_prompts[: self.cfg.eval_prompts]
         if not prompts:
             return {}
-        rollout = self.rollout(prompts, with_values=False)
-        raw = self.raw_scores(rollout)
-        kl = ((rollout.logprobs - rollout.ref_logprobs) * rollout.response_mask).sum(-1)
-        out = {"eval/reward": float(raw.mean()), "eval/kl": float(kl.mean()),
-               "eval/length": float(rollout.response_lengths.float().mean())}
-        gold = self.gold_scores(rollout)
-        if gold is not None:
-            out["eval/gold"] = sum(gold) / len(gold)
-        return out
+        local = prompts[self.rank::self.world]  # each process samples its share
+        sums = dict.fromkeys(["eval/reward", "eval/kl", "eval/length"]
+                             + (["eval/gold"] if self.gold is not None else []), 0.0)
+        if local:
+            rollout = self.rollout(local, with_values=False)
+            raw = self.raw_scores(rollout)
+            kl = ((rollout.logprobs - rollout.ref_logprobs) * rollout.response_mask).sum(-1)
+            sums.update({"eval/reward": float(raw.sum()), "eval/kl": float(kl.sum()),
+                         "eval/length": float(rollout.response_lengths.float().sum())})
+            gold = self.gold_scores(rollout)
+            if gold is not None:
+                sums["eval/gold"] = float(sum(gold))
+        return self.reduce_mean(sums, len(local))
+
+    def reduce_sums(self, values: dict[str, float]) -> dict[str, float]:
+        """Sum scalars over processes (every process passes the same keys)."""
+        if self.world == 1:
+            return dict(values)
+        keys = sorted(values)
+        t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64,
+                         device=self.device)
+        t = self.acc.reduce(t, reduction="sum")
+        return dict(zip(keys, t.tolist()))
 
     def reduce_mean(self, sums: dict[str, float], n: int) -> dict[str, float]:
         """Mean over all processes of per-sample sums (``n`` samples on this process)."""

@@ -108,16 +108,18 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None) -> Path:
     run = RLRun(cfg, "ppo", value="policy" if cfg.critic == "policy" else "critic",
                 reward_fn=reward_fn)
     ptx = _ptx_items(run, cfg) if cfg.ptx_coef > 0 else []
-    rng = random.Random(cfg.seed)
     if run.acc.is_main_process:
         print(f"[ppo] {len(run.train_prompts)} prompts, {run.total_steps} rollout batches of "
               f"{cfg.batch_size}, {cfg.update_epochs} epochs x mini-batches of "
               f"{cfg.mini_batch_size}, precision {run.acc.mixed_precision}")
     temperature = cfg.temperature or 1.0
-    for _step in run.steps():
+    for step in run.steps():
         run.start_step()
+        # Demonstrations for PPO-ptx are drawn from a generator seeded by the step (and the
+        # process), so a resumed run draws exactly what an uninterrupted one would have.
+        rng = random.Random(f"ptx/{cfg.seed}/{run.rank}/{step}")
         # 1. rollout ------------------------------------------------------------------
-        rollout = run.rollout(run.prompt_batch(_step))
+        rollout = run.rollout(run.prompt_batch(step))
         mask = rollout.response_mask
         old_values = rollout.extras["values"]  # (B, R)
         # 2. rewards ------------------------------------------------------------------
@@ -157,7 +159,7 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None) -> Path:
                     if ptx:
                         loss_ptx = _ptx_loss(run, ptx, rng, cfg.mini_batch_size)
                         loss = loss + cfg.ptx_coef * loss_ptx
-                        sums["loss/ptx"] = sums.get("loss/ptx", 0.0) + float(loss_ptx)
+                        sums["loss/ptx"] = sums.get("loss/ptx", 0.0) + float(loss_ptx.detach())
                 run.backward(loss)
                 grad_norm = run.optimizer_step()
                 approx_kl = float(masked_mean(diag["approx_kl"], mb_mask))

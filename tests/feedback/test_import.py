@@ -139,6 +139,11 @@ def test_import_errors_name_the_record(sqlite_store, tmp_path, capsys):
         import_labels(s, "pairs-only", [R.Comparison(prompt="p", chosen="a", rejected="b",
                                                      annotator="dave", source="ai")])
     assert s.labels("pairs-only") == []  # one transaction: nothing half-imported
+    with pytest.raises(StoreError, match="exists with source 'human'"):
+        import_labels(s, "new-project", [R.Comparison(prompt="p", chosen="a", rejected="b",
+                                                      annotator="dave", source="ai")])
+    with pytest.raises(StoreError, match="no project named"):  # not even the project
+        s.project("new-project")
     # the CLI: a mixed file with --kind, and a clear error without it
     src = tmp_path / "mixed.jsonl"
     write_records(COMPARISONS + ONE_RESPONSE, src)

@@ -433,21 +433,11 @@ class Store:
                        guidelines: str = "", lock_seconds: int = 600, gold_every: int = 0,
                        categories: list[str] | None = None, arena: bool = False) -> Project:
         """Create a project asking ``questions`` (see :mod:`rlhfkit.feedback.questions`)."""
-        _check_name(name, "project name")
-        try:
-            Q.check_questions(list(questions))
-        except Q.AnswerError as e:
-            raise StoreError(str(e), 422) from None
-        if not 1 <= overlap <= 100:
-            raise StoreError("overlap must be between 1 and 100")
-        if lock_seconds < 1 or gold_every < 0:
-            raise StoreError("lock_seconds must be positive and gold_every non-negative")
-        cats = list(categories) if categories else list(Q.SPAN_CATEGORIES)
+        p = _new_project(name, questions, overlap=overlap, guidelines=guidelines,
+                         lock_seconds=lock_seconds, gold_every=gold_every,
+                         categories=categories, arena=arena)
         try:
             with self.tx(write=True) as s:
-                p = Project(name=name, questions=list(questions), guidelines=guidelines,
-                            overlap=overlap, lock_seconds=lock_seconds, gold_every=gold_every,
-                            categories=cats, arena=arena, created_at=time.time())
                 s.add(p)
                 s.flush()
         except IntegrityError:
@@ -675,7 +665,8 @@ class Store:
             task = self._claim(s, user, p) if then_next else None
             return self._label_json(label, p.name, user.name), False, task
 
-    def import_labels(self, project: str, new_items: list[dict], labels: list[dict]) -> dict:
+    def import_labels(self, project: str, new_items: list[dict], labels: list[dict], *,
+                      create: dict | None = None) -> dict:
         """Store labels given elsewhere (another tool, an earlier export), in one transaction.
 
         Each imported label is stored as if its annotator had been handed the item and
@@ -692,12 +683,14 @@ class Store:
                 id)``), ``annotator``, ``source``, ``answers`` (display terms, responses shown
                 in the item's own order), ``created_at`` (epoch seconds), ``time_ms`` (or
                 None) and ``where`` (how to name it in an error, e.g. ``"record 3"``).
+            create: create the project in the same transaction, with these keyword
+                arguments of :meth:`create_project` (``questions``, ``overlap``, …).
 
         Returns:
             ``{"items": new items, "labels": labels stored, "duplicates": labels skipped,
             "users": accounts created}``.
         """
-        p = self.project(project)
+        p = _new_project(project, **create) if create is not None else self.project(project)
         lo, hi = Q.check_questions(p.questions)
         rows = [_item_row(p, raw, n, lo, hi) for n, raw in enumerate(new_items)]
         sources: dict[str, str] = {}
@@ -710,11 +703,17 @@ class Store:
                                  f"from two sources ({sources[lab['annotator']]}, {lab['source']})", 422)
         stored = duplicates = created = 0
         with self.tx(write=True) as s:
+            if create is not None:
+                s.add(p)
+                try:
+                    s.flush()
+                except IntegrityError:
+                    raise StoreError(f"project {project!r} already exists", 409) from None
             self._lock_project(s, p)
             start = s.scalar(select(func.coalesce(func.max(Item.position), -1))
                              .where(Item.project_id == p.id)) + 1
             for i, row in enumerate(rows):
-                row.position = start + i
+                row.position, row.project_id = start + i, p.id
                 s.add(row)
             s.flush()
             users = {u.name: u for u in s.scalars(select(User).where(User.name.in_(list(sources))))}
@@ -819,6 +818,25 @@ class Store:
 
 
 _DUMMY_HASH = "scrypt$16384$8$1$AAAAAAAAAAAAAAAAAAAAAA$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
+
+
+def _new_project(name: str, questions: list[str], *, overlap: int = 1, guidelines: str = "",
+                 lock_seconds: int = 600, gold_every: int = 0, categories: list[str] | None = None,
+                 arena: bool = False) -> Project:
+    """A checked, not yet stored project."""
+    _check_name(name, "project name")
+    try:
+        Q.check_questions(list(questions))
+    except Q.AnswerError as e:
+        raise StoreError(str(e), 422) from None
+    if not 1 <= overlap <= 100:
+        raise StoreError("overlap must be between 1 and 100")
+    if lock_seconds < 1 or gold_every < 0:
+        raise StoreError("lock_seconds must be positive and gold_every non-negative")
+    cats = list(categories) if categories else list(Q.SPAN_CATEGORIES)
+    return Project(name=name, questions=list(questions), guidelines=guidelines, overlap=overlap,
+                   lock_seconds=lock_seconds, gold_every=gold_every, categories=cats,
+                   arena=arena, created_at=time.time())
 
 
 def _check_name(name: Any, what: str) -> None:

@@ -428,13 +428,14 @@ def import_labels(store: Store, project: str, records: Iterable[R.Record], *,
         if missing:
             raise StoreError(f"{g['where']}: {g['annotator']}'s label of this item has no "
                              f"{', '.join(missing)} answer, and the project asks {', '.join(wanted)}", 422)
+    create = None
     if p is None:
         per_item: dict = {}
         for (k, who) in groups:
             per_item.setdefault(k, set()).add(who)
-        store.create_project(project, wanted,
-                             overlap=overlap or min(100, max(len(v) for v in per_item.values())))
-    return store.import_labels(project, new_items, list(groups.values()))
+        create = {"questions": wanted,
+                  "overlap": overlap or min(100, max(len(v) for v in per_item.values()))}
+    return store.import_labels(project, new_items, list(groups.values()), create=create)
 
 
 def import_labels_file(store: Store, project: str, path: str | os.PathLike, *,

@@ -307,7 +307,8 @@ def compare(a: argparse.Namespace) -> int:
                        *common]
                 subprocess.run(cmd, check=True)
                 records.append({**json.loads(out.read_text()), "rep": rep})
-    (results_dir / "dpo.json").write_text(json.dumps(records, indent=2))
+    suffix = "_trl-precompute" if a.trl_precompute else ""
+    (results_dir / f"dpo{suffix}.json").write_text(json.dumps(records, indent=2))
     ratios, cpu_ratios, mems = [], [], []
     for rep in range(a.reps):
         ours = next(r for r in records if r["rep"] == rep and r["framework"] == "rlhfkit")
@@ -330,7 +331,7 @@ def compare(a: argparse.Namespace) -> int:
         f"({min(cpu_ratios):.2f}-{max(cpu_ratios):.2f}) | {statistics.median(mems):.2f}x | |",
     ]
     text = "\n".join(table)
-    (results_dir / "dpo_table.md").write_text(text + "\n")
+    (results_dir / f"dpo{suffix}_table.md").write_text(text + "\n")
     print(text)
     return 0
 

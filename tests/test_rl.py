@@ -4,17 +4,29 @@ The policy is a tiny random Llama fine-tuned (SFT, a few seconds) to answer with
 the words "good" and "bad"; the reward is the share of "good" words. The SFT policy sits near
 0.5, so every algorithm has room to improve and the signal is strong enough to see in a few
 rollout batches.
+
+The fine-tuned policy is trained once per session, and each RL run once per module (``rl_runs``):
+the PPO run is both the learning test and the baseline the PPO-ptx test compares with, the GRPO
+run gives the metric names the two-process run must log.
 """
 
 import json
+import os
 import random
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from rlhfkit.data.io import read_records, write_records
-from rlhfkit.data.records import Demonstration
+from rlhfkit.data.records import Comparison, Demonstration
 from rlhfkit.tasks import get_task
 
+HERE = Path(__file__).parent
 SYSTEM = get_task("reviews").system_prompt
 
 
@@ -24,6 +36,7 @@ def good_share(prompts, texts, rollout=None):
 
 @pytest.fixture(scope="session")
 def good_bad_policy(tmp_path_factory, tiny_lm):
+    """SFT policy folder; its run root also holds ``demos.jsonl``, the demonstrations."""
     from rlhfkit.train.sft import SFTConfig, train_sft
 
     root = tmp_path_factory.mktemp("good-bad")
@@ -36,13 +49,64 @@ def good_bad_policy(tmp_path_factory, tiny_lm):
         model=str(tiny_lm), data=str(root / "demos.jsonl"), output_dir=str(root / "sft"),
         max_steps=24, batch_size=16, learning_rate=1e-2, precision="fp32", progress=False,
         max_length=96, eval_fraction=0.0, system_prompt=SYSTEM, warmup_ratio=0.0,
-        lr_scheduler="constant"))
+        lr_scheduler="constant", tensorboard=False))
+
+
+def demos_of(policy: Path) -> Path:
+    return policy.parent.parent / "demos.jsonl"
 
 
 def rl_common(policy, out, **kw):
-    return dict(model=str(policy), output_dir=str(out), max_steps=5, batch_size=8,
+    base = dict(model=str(policy), output_dir=str(out), max_steps=5, batch_size=8,
                 max_new_tokens=6, learning_rate=2e-3, precision="fp32", progress=False,
-                eval_prompts=8, kl_coef=0.01, reward_clip=0.0, system_prompt=SYSTEM, **kw)
+                eval_prompts=8, kl_coef=0.01, reward_clip=0.0, system_prompt=SYSTEM,
+                tensorboard=False)
+    base.update(kw)
+    return base
+
+
+def ppo_kwargs(policy, out, **kw):
+    # 4 optimizer steps per batch (2 epochs x 2 mini-batches): a smaller step than PG's.
+    return rl_common(policy, out, **{"mini_batch_size": 4, "update_epochs": 2,
+                                     "learning_rate": 1e-3, "max_steps": 6, **kw})
+
+
+PG_EXTRA = {
+    "reinforce": {"baseline": "mean"},
+    "rloo": {"num_samples": 4, "batch_size": 2},
+    "grpo": {"num_samples": 4, "batch_size": 2, "kl_coef": 0.04},
+}
+
+
+def run_named(name: str, policy: Path, out: Path) -> Path:
+    """Train the run called ``name``; returns its run folder."""
+    from rlhfkit.train.pg import PGConfig, train_pg
+    from rlhfkit.train.ppo import PPOConfig, train_ppo
+
+    if name == "ppo":
+        train_ppo(PPOConfig(**ppo_kwargs(policy, out)), reward_fn=good_share)
+    elif name == "ppo-ptx":
+        train_ppo(PPOConfig(**ppo_kwargs(policy, out, ptx_coef=1.0,
+                                         ptx_data=str(demos_of(policy)))),
+                  reward_fn=good_share)
+    else:
+        train_pg(PGConfig(algo=name, **rl_common(policy, out, **PG_EXTRA[name])),
+                 reward_fn=good_share)
+    return out
+
+
+@pytest.fixture(scope="module")
+def rl_runs(good_bad_policy, tmp_path_factory):
+    """``rl_runs(name)``: the run folder of a shared run, trained on first use."""
+    root = tmp_path_factory.mktemp("rl-runs")
+    done: dict[str, Path] = {}
+
+    def get(name: str) -> Path:
+        if name not in done:
+            done[name] = run_named(name, good_bad_policy, root / name)
+        return done[name]
+
+    return get
 
 
 def read_metrics(out):
@@ -62,34 +126,120 @@ def assert_learned(out, min_gain=0.15, max_kl=10.0):
     assert (out / "model" / "config.json").exists()
 
 
-def test_ppo_learns_with_bounded_kl(good_bad_policy, tmp_path):
-    from rlhfkit.train.ppo import PPOConfig, train_ppo
-
-    out = tmp_path / "ppo"
-    kw = rl_common(good_bad_policy, out, mini_batch_size=4, update_epochs=2)
-    kw.update(learning_rate=1e-3, max_steps=6)  # 4 optimizer steps per batch: a smaller step
-    train_ppo(PPOConfig(**kw),
-              reward_fn=good_share)
+def test_ppo_learns_with_bounded_kl(rl_runs):
+    out = rl_runs("ppo")
     assert_learned(out)
     train, _ = read_metrics(out)
     for key in ("loss/policy", "loss/value", "policy/entropy", "policy/approx_kl",
                 "policy/clipfrac", "value/clipfrac", "kl/coef", "gold/mean", "response/length"):
         assert key in train[-1], key
+    assert "loss/ptx" not in train[-1]
 
 
-@pytest.mark.parametrize("algo,extra", [
-    ("reinforce", {"baseline": "mean"}),
-    ("rloo", {"num_samples": 4, "batch_size": 2}),
-    ("grpo", {"num_samples": 4, "batch_size": 2, "kl_coef": 0.04}),
-])
-def test_policy_gradient_methods_learn(good_bad_policy, tmp_path, algo, extra):
-    from rlhfkit.train.pg import PGConfig, train_pg
+@torch.no_grad()
+def demo_nll(model_dir: Path, demos: Path) -> float:
+    """Mean token NLL of the demonstrations' responses under the policy in ``model_dir``."""
+    from rlhfkit.losses import token_nll
+    from rlhfkit.models.loading import load_causal_lm, load_tokenizer
+    from rlhfkit.models.policy import SelectiveLM, targets_of
+    from rlhfkit.train.sft import collate_padded, encode_demonstrations
 
-    out = tmp_path / algo
-    kw = rl_common(good_bad_policy, out)
-    kw.update(extra)
-    train_pg(PGConfig(algo=algo, **kw), reward_fn=good_share)
-    assert_learned(out, min_gain=0.1)
+    tok = load_tokenizer(str(model_dir))
+    lm = load_causal_lm(str(model_dir)).eval()
+    batch = collate_padded(encode_demonstrations(tok, read_records(demos), 96, SYSTEM),
+                           tok.pad_token_id)
+    logits = SelectiveLM(lm)(batch["input_ids"], batch["attention_mask"], batch["target_mask"])
+    return token_nll(logits, targets_of(batch["input_ids"], batch["target_mask"])).mean().item()
+
+
+def test_ppo_ptx_keeps_the_demonstrations_likely(rl_runs, good_bad_policy):
+    """PPO-ptx (Ouyang et al. 2022, eq. 2): the same run with the SFT loss mixed in ends with a
+    lower NLL on the demonstrations than without it, while RL alone moved away from them."""
+    plain, ptx = rl_runs("ppo"), rl_runs("ppo-ptx")
+    demos = demos_of(good_bad_policy)
+    nll_sft = demo_nll(good_bad_policy, demos)
+    nll_plain = demo_nll(plain / "model", demos)
+    nll_ptx = demo_nll(ptx / "model", demos)
+    assert nll_plain > nll_sft, (nll_sft, nll_plain)  # otherwise the comparison shows nothing
+    assert nll_ptx < nll_plain - 0.05, (nll_sft, nll_plain, nll_ptx)
+    train, _ = read_metrics(ptx)
+    assert all("loss/ptx" in r for r in train)
+
+
+@pytest.mark.parametrize("algo", list(PG_EXTRA))
+def test_policy_gradient_methods_learn(rl_runs, algo):
+    assert_learned(rl_runs(algo), min_gain=0.1)
+
+
+def test_ppo_with_a_critic_initialised_from_the_reward_model(good_bad_policy, tmp_path):
+    """--critic rm: a reward model trained to prefer "good" words is both the reward and the
+    critic's starting point; the policy learns against it and the critic's weights move."""
+    from rlhfkit.train.ppo import PPOConfig, train_ppo
+    from rlhfkit.train.rm import RMConfig, train_rm
+
+    rng = random.Random(1)
+
+    def words(n_good):
+        w = ["good"] * n_good + ["bad"] * (4 - n_good)
+        rng.shuffle(w)
+        return " ".join(w)
+
+    prompts = get_task("reviews").prompts("train")[:64]
+    pairs = [Comparison(prompt=p, chosen=words(rng.choice([3, 4])),
+                        rejected=words(rng.choice([0, 1, 2]))) for p in prompts]
+    write_records(pairs, tmp_path / "pairs.jsonl")
+    rm = train_rm(RMConfig(model=str(good_bad_policy), data=str(tmp_path / "pairs.jsonl"),
+                           output_dir=str(tmp_path / "rm"), max_steps=16, batch_size=8,
+                           learning_rate=3e-3, precision="fp32", progress=False, max_length=96,
+                           eval_fraction=0.0, system_prompt=SYSTEM, warmup_ratio=0.0,
+                           lr_scheduler="constant", tensorboard=False))
+    out = tmp_path / "ppo"
+    train_ppo(PPOConfig(**ppo_kwargs(good_bad_policy, out, critic="rm", reward_model=str(rm),
+                                     max_steps=4, save_every=2, reward_clip=5.0)))
+    train, evals = read_metrics(out)
+    assert evals[-1]["eval/reward"] > train[0]["reward/score"] + 0.3, (train, evals)
+    assert all(r["kl/seq"] < 10 for r in train)
+    # accelerate saves the second prepared model (the critic) as model_1: it trained.
+    critic = load_file(str(out / "checkpoints" / "step-0000002" / "model_1.safetensors"))
+    start = load_file(str(rm / "model.safetensors"))
+    head = next(k for k in critic if k.endswith("score.weight"))
+    assert not torch.allclose(critic[head], start["score.weight"])
+    assert train[-1]["loss/value"] < train[0]["loss/value"]
+
+
+@pytest.mark.multiproc
+def test_two_processes_split_the_global_batch_and_log_once(good_bad_policy, rl_runs, tmp_path):
+    """GRPO on 2 processes x 2 prompts x 4 samples: together they take the prompts one process
+    with 4 prompts would; they sample with different seeds, stay in sync, and the main
+    process writes one metrics row per step with the global means and the usual names."""
+    out = tmp_path / "two"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_port", "29541", str(HERE / "multiproc_rl.py"), str(good_bad_policy),
+           str(out), SYSTEM]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+    train, evals = read_metrics(out)
+    assert len(train) == 3 and len(evals) == 1
+    one_process = read_metrics(rl_runs("grpo"))[0]
+    assert set(train[0]) == set(one_process[0])
+    # The global batch: what one process with batch 4 would take at the same step.
+    from rlhfkit.train.rl import RLRun
+
+    prompts = get_task("reviews").prompts("train")
+    single = SimpleNamespace(train_prompts=prompts, batches_per_epoch=len(prompts) // 4,
+                             cfg=SimpleNamespace(seed=0, batch_size=4), world=1, rank=0, k=4)
+    for step in range(3):
+        p0, p1 = ranks[0]["prompts"][step], ranks[1]["prompts"][step]
+        assert len(p0) == len(p1) == 8
+        assert p0[::4] + p1[::4] == RLRun.prompt_batch(single, step)[::4]
+        # Logged: the mean over both processes, not process 0's share.
+        local = [r["local_score"][step] for r in ranks]
+        assert train[step]["reward/score"] == pytest.approx(sum(local) / 2, abs=1e-6)
+    assert ranks[0]["seed"] != ranks[1]["seed"]
+    assert ranks[0]["weights"] == pytest.approx(ranks[1]["weights"], rel=1e-9)
+    assert (out / "model" / "config.json").exists()
 
 
 def test_best_of_n_selects_and_writes_demonstrations(good_bad_policy, tmp_path):

@@ -1,0 +1,52 @@
+"""Run by test_rl.py under torchrun: GRPO with 2 processes, each 2 prompts x 4 samples.
+
+Besides the run folder, every process writes ``rank{N}.json``: the prompts it sampled at each
+step, its own (local) ``reward/score`` per step, its torch seed, and a checksum of its policy
+weights at the end, so the test can check how the global batch was split and that the
+processes stayed in sync.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from rlhfkit.train import rl
+from rlhfkit.train.pg import PGConfig, train_pg
+
+
+def good_share(prompts, texts, rollout=None):
+    return [sum(w == "good" for w in t.split()) / max(len(t.split()), 1) for t in texts]
+
+
+if __name__ == "__main__":
+    model, out, system = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
+    record: dict = {"prompts": [], "local_score": []}
+    prompt_batch, rollout_metrics, finish = (rl.RLRun.prompt_batch, rl.RLRun.rollout_metrics,
+                                             rl.RLRun.finish)
+
+    def spy_prompt_batch(self, step):
+        prompts = prompt_batch(self, step)
+        record["prompts"].append(prompts)
+        return prompts
+
+    def spy_rollout_metrics(self, *args, **kwargs):
+        metrics, kl = rollout_metrics(self, *args, **kwargs)
+        record["local_score"].append(metrics["reward/score"])
+        return metrics, kl
+
+    def spy_finish(self):
+        record["seed"] = torch.initial_seed()
+        record["weights"] = sum(float(p.double().abs().sum()) for p in self.lm.parameters())
+        (out / f"rank{self.rank}.json").write_text(json.dumps(record))
+        return finish(self)
+
+    rl.RLRun.prompt_batch = spy_prompt_batch
+    rl.RLRun.rollout_metrics = spy_rollout_metrics
+    rl.RLRun.finish = spy_finish
+    out.mkdir(parents=True, exist_ok=True)
+    train_pg(PGConfig(algo="grpo", model=model, output_dir=str(out), max_steps=3, batch_size=2,
+                      num_samples=4, max_new_tokens=6, learning_rate=2e-3, precision="fp32",
+                      progress=False, eval_prompts=8, kl_coef=0.04, reward_clip=0.0,
+                      system_prompt=system, tensorboard=False), reward_fn=good_share)

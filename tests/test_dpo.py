@@ -278,3 +278,15 @@ def test_resume_matches_uninterrupted_run(tiny_lm, pref_files, tmp_path):
     full_w, part_w = (load_file(p / "model.safetensors") for p in (full_out, part_out))
     assert full_w.keys() == part_w.keys()
     assert all(torch.equal(full_w[k], part_w[k]) for k in full_w)
+
+
+def test_kto_on_thumbs_up_down_records(tiny_lm, pref_files, tmp_path):
+    """👍/👎 records train KTO end to end (each with a mismatched partner for z0), and the
+    held-out comparisons are scored as pairs."""
+    cfg, _, lines = run(tiny_lm, pref_files, tmp_path, loss="kto", max_steps=4, eval_every=4,
+                        learning_rate=2e-3, data=str(pref_files / "binary.jsonl"))
+    train = [x for x in lines if "loss/kto" in x]
+    assert len(train) == 4 and all("kto/kl" in x and x["kto/kl"] >= 0 for x in train)
+    result = json.loads((tmp_path / "run" / "eval.json").read_text())
+    assert result["train_desirable"] + result["train_undesirable"] == 64
+    assert result["train_undecided"] == 0 and result["eval/pairs"] > 0

@@ -209,7 +209,8 @@ def run_rlhfkit(a, clock: Clock, pairs, system, workdir: str) -> dict:
                     max_length=a.max_length, precision=a.precision, learning_rate=a.lr,
                     lr_scheduler="constant", warmup_ratio=0.0, max_steps=a.warmup + a.steps,
                     batch_size=a.batch_size, group_by_length=False, beta=0.1,
-                    system_prompt=system, progress=False, tensorboard=False)
+                    system_prompt=system, progress=False, tensorboard=False,
+                    gradient_checkpointing=a.rlhfkit_gc)
     try:
         train_dpo(cfg)
     except Finished:
@@ -297,6 +298,8 @@ def compare(a: argparse.Namespace) -> int:
               "--precision", a.precision, "--lr", str(a.lr), "--threads", str(a.threads)]
     if a.trl_precompute:
         common.append("--trl-precompute")
+    if a.rlhfkit_gc:
+        common.append("--rlhfkit-gc")
     records = []
     with tempfile.TemporaryDirectory() as tmp:
         for rep in range(a.reps):
@@ -307,7 +310,8 @@ def compare(a: argparse.Namespace) -> int:
                        *common]
                 subprocess.run(cmd, check=True)
                 records.append({**json.loads(out.read_text()), "rep": rep})
-    suffix = "_trl-precompute" if a.trl_precompute else ""
+    suffix = ("_trl-precompute" if a.trl_precompute else "") + ("_rlhfkit-gc" if a.rlhfkit_gc
+                                                                 else "")
     (results_dir / f"dpo{suffix}.json").write_text(json.dumps(records, indent=2))
     ratios, cpu_ratios, mems = [], [], []
     for rep in range(a.reps):
@@ -356,6 +360,8 @@ def main(argv: list[str] | None = None) -> int:
         r.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
         r.add_argument("--lr", type=float, default=5e-7)
         r.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
+        r.add_argument("--rlhfkit-gc", action="store_true",
+                       help="rlhfkit: --gradient-checkpointing (recompute activations)")
         r.add_argument("--trl-precompute", action="store_true",
                        help="TRL: precompute_ref_log_probs=True")
         if name == "run":

@@ -635,6 +635,17 @@ def build_groups_for(
     return groups, counts
 
 
+def build_dpo_policy(cfg: DPOConfig) -> SelectiveLM:
+    """The policy to train (LoRA when asked), with activation checkpointing when asked."""
+    lm = build_policy(cfg)
+    if cfg.gradient_checkpointing:  # only active in train mode, so not for the reference pass
+        if hasattr(lm, "activation_checkpointing_enable"):  # transformers >= 5.x name
+            lm.activation_checkpointing_enable({"use_reentrant": False})
+        else:
+            lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return SelectiveLM(lm)
+
+
 def train_dpo(cfg: DPOConfig) -> Path:
     """Train a policy directly on preferences; returns the saved policy (``output_dir/model``)."""
     if cfg.loss not in LOSSES:
@@ -661,13 +672,7 @@ def train_dpo(cfg: DPOConfig) -> Path:
     eval_groups, eval_counts = build_groups_for(cfg, eval_records, tokenizer, system_prompt,
                                                 for_eval=True)
     pad_id = tokenizer.pad_token_id
-    lm = build_policy(cfg)
-    if cfg.gradient_checkpointing:  # only active in train mode, so not for the reference pass
-        if hasattr(lm, "activation_checkpointing_enable"):  # transformers >= 5.x name
-            lm.activation_checkpointing_enable({"use_reentrant": False})
-        else:
-            lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model = SelectiveLM(lm).to(accelerator.device)
+    model = build_dpo_policy(cfg).to(accelerator.device)
 
     # Reference log-probs, once, before the first update (see the module docstring).
     identity = json.dumps([cfg.reference or cfg.model, cfg.lora, cfg.max_length,

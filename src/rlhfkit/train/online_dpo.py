@@ -50,6 +50,7 @@ from rlhfkit.rollout import SamplingConfig, sample
 from rlhfkit.train.dpo import (
     DPOConfig,
     attach_reference_logps,
+    build_dpo_policy,
     build_groups_for,
     collate_groups,
     disabled_adapter,
@@ -57,7 +58,6 @@ from rlhfkit.train.dpo import (
     pairwise_step,
 )
 from rlhfkit.train.loop import Loop, make_accelerator, seed_everything
-from rlhfkit.train.sft import build_policy
 
 
 @dataclass
@@ -238,7 +238,7 @@ def train_online_dpo(cfg: OnlineDPOConfig) -> Path:
                               top_p=cfg.top_p)
     autocast = torch.bfloat16 if accelerator.mixed_precision == "bf16" else None
 
-    policy = SelectiveLM(build_policy(cfg)).to(device)
+    policy = build_dpo_policy(cfg).to(device)
     # The fixed reference for --ref-policy sft: the LoRA base, a given model, or a frozen copy.
     fixed_reference = None
     if cfg.reference is not None:

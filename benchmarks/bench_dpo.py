@@ -149,8 +149,76 @@ def check(a: argparse.Namespace) -> int:
                 failures += diff > tol
                 print(f"{k:18s} rlhfkit {mine[k]: .6f}  trl {v: .6f}  |diff| {diff:.2e}"
                       f"{'  <-- over ' + str(tol) if diff > tol else ''}")
+    # KTO with the roles swapped (the perturbed model as the reference): the unperturbed model
+    # finds the mismatched responses likelier than the perturbed one does, so z0 > 0 and the
+    # clamp does not hide the KL term.
+    failures += check_kto(a, reference, policy, tokenizer)
     print("all within tolerance" if not failures else f"{failures} value(s) over tolerance")
     return 1 if failures else 0
+
+
+def check_kto(a: argparse.Namespace, policy, reference, tokenizer) -> int:
+    """KTO: TRL's KTOTrainer.compute_loss vs rlhfkit's kto_step on the same examples, each with
+    the same mismatched (KL) completion; returns the number of values over tolerance."""
+    import copy
+
+    import torch
+    from datasets import Dataset
+    from trl import KTOConfig, KTOTrainer
+
+    from rlhfkit.models.policy import SelectiveLM
+    from rlhfkit.train.dpo import (
+        DPOConfig,
+        attach_reference_logps,
+        build_kto_groups,
+        collate_groups,
+        kto_step,
+    )
+
+    pairs, system = reviews_pairs(a.pairs)
+    groups, _ = build_kto_groups(pairs, tokenizer, a.max_length, system)
+    groups = groups[:a.pairs]
+    attach_reference_logps(groups, SelectiveLM(reference), tokenizer.pad_token_id)
+    rows = []
+    for g in groups:
+        (i, desirable), = g.points
+        p_len, kl_len = g.prompt_lens[i], g.kl_prompt_lens[0]
+        assert g.kl_sequences[0][:kl_len] == g.sequences[i][:p_len]
+        rows.append({"prompt_ids": g.sequences[i][:p_len], "completion_ids": g.sequences[i][p_len:],
+                     "KL_completion_ids": g.kl_sequences[0][kl_len:], "label": desirable})
+    text_rows = [{"prompt": "x", "completion": "a", "label": True},
+                 {"prompt": "y", "completion": "b", "label": False}]
+    beta, w_d, w_u = 0.5, 1.0, 1.5
+    with tempfile.TemporaryDirectory() as out:
+        args = KTOConfig(output_dir=out, beta=beta, desirable_weight=w_d, undesirable_weight=w_u,
+                         bf16=False, use_cpu=True, gradient_checkpointing=False,
+                         report_to="none", max_length=a.max_length,
+                         per_device_train_batch_size=2)
+        trainer = KTOTrainer(model=copy.deepcopy(policy), ref_model=reference, args=args,
+                             train_dataset=Dataset.from_list(text_rows),
+                             processing_class=tokenizer)
+        trainer.model.eval()
+        batch = trainer.data_collator(rows)
+        with torch.no_grad():
+            trl_loss = float(trainer.compute_loss(trainer.model, batch))
+        trl_kl = trainer._metrics["eval"]["kl"][-1]
+    ours = collate_groups(groups, tokenizer.pad_token_id)
+    with torch.no_grad():
+        loss_sum, sums = kto_step(SelectiveLM(policy).eval(), ours,
+                                  DPOConfig(loss="kto", beta=beta, desirable_weight=w_d,
+                                            undesirable_weight=w_u))
+    n = ours["num_units"]
+    mine = {"loss": float(loss_sum) / n, "kl": float(sums["kto/kl"]) / n}
+    theirs = {"loss": trl_loss, "kl": trl_kl}
+    failures = 0
+    print(f"--- kto (beta {beta}, weights {w_d}/{w_u}), {len(rows)} examples "
+          f"({sum(r['label'] for r in rows)} desirable)")
+    for k, v in theirs.items():
+        diff = abs(mine[k] - v)
+        failures += diff > a.tol
+        print(f"{k:18s} rlhfkit {mine[k]: .6f}  trl {v: .6f}  |diff| {diff:.2e}"
+              f"{'  <-- over ' + str(a.tol) if diff > a.tol else ''}")
+    return failures
 
 
 # ------------------------------------------------------------------------------ timed runs

@@ -47,7 +47,8 @@ class DemoConfig:
     progress: bool = True
     """Show progress bars."""
     algo: str = "ppo"
-    """Step 3 algorithm: ppo, grpo, rloo, reinforce or best-of-n."""
+    """Step 3: ppo, grpo, rloo, reinforce, best-of-n, or dpo/ipo/kto in place of RM + RL; a
+    comma-separated list (e.g. ppo,dpo) runs each from the same SFT policy and compares them."""
     rl_steps: int = 0
     """RL rollout batches (0 = the preset's)."""
     max_new_tokens: int = 24
@@ -87,63 +88,104 @@ def run_demo(cfg: DemoConfig) -> Path:
     timings["rm_s"] = time.perf_counter() - t
     rm_eval = json.loads((out / "rm" / "eval.json").read_text())
 
-    t = time.perf_counter()
-    final, rl_dir = run_rl(cfg, policy, reward_model, out, common)
-    timings["rl_s"] = time.perf_counter() - t
-    t = time.perf_counter()
+    algos = [a.strip() for a in cfg.algo.split(",") if a.strip()]
     n_eval = cfg.eval_prompts or (16 if cfg.quick else 64)
-    evaluation = evaluate_final(cfg, policy, final, reward_model, rl_dir, n_eval)
-    timings["eval_s"] = time.perf_counter() - t
+    results: dict[str, dict] = {}
+    timings["rl_s"] = timings["eval_s"] = 0.0
+    for algo in algos:  # each from the same SFT policy, judged on the same held-out prompts
+        t = time.perf_counter()
+        final, rl_dir = run_rl(cfg, policy, reward_model, out, common, algo)
+        train_s = time.perf_counter() - t
+        t = time.perf_counter()
+        evaluation = evaluate_final(cfg, policy, final, reward_model, rl_dir, n_eval)
+        eval_s = time.perf_counter() - t
+        timings["rl_s"] += train_s
+        timings["eval_s"] += eval_s
+        results[algo] = {"final": final, "dir": rl_dir, "train_s": train_s, "eval_s": eval_s,
+                         **evaluation}
+    first = results[algos[0]]
     summary = {"policy": str(policy), "reward_model": str(reward_model),
-               "final_policy": str(final), "rm_eval": rm_eval, "timings": timings,
-               "eval": evaluation["summary"]}
+               "final_policy": str(first["final"]), "rm_eval": rm_eval, "timings": timings,
+               "eval": first["summary"],
+               "eval_by_algo": {a: r["summary"] for a, r in results.items()},
+               "timings_by_algo": {a: {"train_s": r["train_s"], "eval_s": r["eval_s"]}
+                                   for a, r in results.items()}}
     from rlhfkit.evaluate.report import write_report
 
     rows = []
+    rl_dir = next((r["dir"] for r in results.values() if (r["dir"] / "metrics.jsonl").exists()
+                   and r["final"] is not None and algo_is_rl(r["dir"].name)), first["dir"])
     if (rl_dir / "metrics.jsonl").exists():
         rows = [json.loads(x) for x in (rl_dir / "metrics.jsonl").read_text().splitlines()]
-    head = {**evaluation["summary"], "rm_heldout_accuracy": rm_eval.get("eval/rm_accuracy"),
+    head = {**first["summary"], "rm_heldout_accuracy": rm_eval.get("eval/rm_accuracy"),
             "wall_time_s": sum(timings.values())}
+    comparison = [{"algorithm": a, **{k: r["summary"][k] for k in COMPARE_KEYS}}
+                  for a, r in results.items()] if len(results) > 1 else []
     write_report(out / "report.html", f"rlhfkit demo: {cfg.task}, {cfg.algo}", head, rows,
-                 evaluation["samples"][:12])
+                 first["samples"][:12], comparison)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(f"\n[demo] done in {sum(timings.values()):.0f}s")
     print(f"[demo] SFT policy:    {policy}")
     print(f"[demo] reward model:  {reward_model} (held-out accuracy "
           f"{rm_eval.get('eval/rm_accuracy', float('nan')):.3f} against the simulated labeler)")
-    ev = evaluation["summary"]
-    print(f"[demo] gold win rate of the {cfg.algo} policy against SFT: "
-          f"{ev['gold/win_rate']:.2f} (ties {ev['gold/tie_rate']:.2f}); gold "
-          f"{ev['gold/sft']:.3f} -> {ev['gold/final']:.3f}; KL {ev['kl/final']:.2f} nats")
+    for algo, r in results.items():
+        ev = r["summary"]
+        print(f"[demo] gold win rate of the {algo} policy against SFT: "
+              f"{ev['gold/win_rate']:.2f} (ties {ev['gold/tie_rate']:.2f}); gold "
+              f"{ev['gold/sft']:.3f} -> {ev['gold/final']:.3f}; KL {ev['kl/final']:.2f} nats")
     print(f"[demo] summary:       {out / 'summary.json'}")
     print(f"[demo] report:        {out / 'report.html'}")
     return out
 
 
+COMPARE_KEYS = ("gold/win_rate", "gold/tie_rate", "gold/sft", "gold/final", "reward/sft",
+                "reward/final", "kl/final", "length/final", "distinct2/final")
+DIRECT = ("dpo", "ipo", "kto")
+
+
+def algo_is_rl(name: str) -> bool:
+    """Whether an algorithm samples during training (its metrics have rollout curves)."""
+    return name not in DIRECT and name != "best-of-n"
+
+
 def run_rl(cfg: DemoConfig, policy: Path, reward_model: Path, out: Path,
-           common: dict) -> tuple[Path | None, Path]:
-    """Step 3 with the chosen algorithm; returns (final policy folder or None, run folder)."""
+           common: dict, algo: str | None = None) -> tuple[Path | None, Path]:
+    """Step 3 with one algorithm; returns (final policy folder or None, run folder).
+
+    ``dpo``, ``ipo`` and ``kto`` replace RM + RL: they train on the same K-rankings the reward
+    model learned from, with the SFT policy as the reference.
+    """
+    algo = algo or cfg.algo
     steps = cfg.rl_steps or (6 if cfg.quick else 24)
     data = f"task:{cfg.task}"
+    if algo in DIRECT:
+        from rlhfkit.train.dpo import DPOConfig, train_dpo
+
+        lr = cfg.rl_learning_rate or (1e-4 if cfg.lora else 5e-6)
+        return train_dpo(DPOConfig(model=str(policy), data=data, output_dir=str(out / algo),
+                                   loss=algo, max_steps=cfg.rl_steps or (12 if cfg.quick else 48),
+                                   batch_size=4, learning_rate=lr, max_length=128,
+                                   eval_fraction=0.15, **common)), out / algo
     rl = dict(model=str(policy), reward_model=str(reward_model), data=data,
               max_steps=steps, max_new_tokens=cfg.max_new_tokens, kl_coef=cfg.kl_coef,
               eval_prompts=8 if cfg.quick else 16, **common)
     lr = cfg.rl_learning_rate or (2e-4 if cfg.lora else 1e-5)
-    if cfg.algo == "ppo":
+    if algo == "ppo":
         from rlhfkit.train.ppo import PPOConfig, train_ppo
 
         return train_ppo(PPOConfig(output_dir=str(out / "ppo"), batch_size=16,
                                    mini_batch_size=8, update_epochs=2, learning_rate=lr,
                                    **rl)), out / "ppo"
-    if cfg.algo in ("grpo", "rloo", "reinforce"):
+    if algo in ("grpo", "rloo", "reinforce"):
         from rlhfkit.train.pg import PGConfig, train_pg
 
-        k = 1 if cfg.algo == "reinforce" else 4
-        return train_pg(PGConfig(output_dir=str(out / cfg.algo), algo=cfg.algo, num_samples=k,
-                                 batch_size=16 // k, learning_rate=lr, **rl)), out / cfg.algo
-    if cfg.algo == "best-of-n":
+        k = 1 if algo == "reinforce" else 4
+        return train_pg(PGConfig(output_dir=str(out / algo), algo=algo, num_samples=k,
+                                 batch_size=16 // k, learning_rate=lr, **rl)), out / algo
+    if algo == "best-of-n":
         return None, out / "best-of-n"
-    raise ValueError(f"--algo must be ppo, grpo, rloo, reinforce or best-of-n, got {cfg.algo!r}")
+    raise ValueError(f"--algo must be ppo, grpo, rloo, reinforce, best-of-n, dpo, ipo or kto "
+                     f"(or a comma-separated list), got {algo!r}")
 
 
 def evaluate_final(cfg: DemoConfig, sft: Path, final: Path | None, reward_model: Path,

@@ -63,6 +63,7 @@ def write_report(
     summary: dict[str, Any],
     metrics_rows: Sequence[dict[str, float]],
     samples: Sequence[dict[str, Any]],
+    comparison: Sequence[dict[str, Any]] = (),
 ) -> Path:
     """Write the HTML report.
 
@@ -72,6 +73,8 @@ def write_report(
         summary: Headline numbers (a flat dict; nested dicts are shown as JSON).
         metrics_rows: Rows of the RL stage's metrics.jsonl.
         samples: Dicts with ``prompt``, ``before``, ``after`` and optional scores.
+        comparison: Optional rows, one per algorithm (flat dicts with the same keys), shown as
+            a table that compares the algorithms on the same held-out prompts.
     """
     e = html.escape
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}</title>",
@@ -83,7 +86,17 @@ def write_report(
         shown = json.dumps(v) if isinstance(v, dict | list) else (
             f"{v:.4g}" if isinstance(v, float) else str(v))
         parts.append(f"<tr><th>{e(str(k))}</th><td>{e(shown)}</td></tr>")
-    parts.append("</table><h2>Training</h2>")
+    parts.append("</table>")
+    if comparison:
+        keys = list(comparison[0])
+        parts.append("<h2>Algorithms compared (same held-out prompts, gold labeler)</h2><table><tr>"
+                     + "".join(f"<th>{e(k)}</th>" for k in keys) + "</tr>")
+        for row in comparison:
+            cells = (f"{row.get(k):.3g}" if isinstance(row.get(k), float) else str(row.get(k))
+                     for k in keys)
+            parts.append("<tr>" + "".join(f"<td>{e(c)}</td>" for c in cells) + "</tr>")
+        parts.append("</table>")
+    parts.append("<h2>Training</h2>")
     for name, png in training_plots(metrics_rows).items():
         parts.append(f"<img alt='{e(name)}' src='data:image/png;base64,{png}'>")
     parts.append("<h2>Samples on held-out prompts</h2><table><tr><th>prompt</th>"

@@ -1,7 +1,6 @@
 """Model loading: the default alias, the GGUF cache, precision, errors."""
 
 import json
-import os
 
 import pytest
 import torch

@@ -57,11 +57,11 @@ import torch
 from rlhfkit import config as cfglib
 from rlhfkit.data.chat import encode_pair, pad
 from rlhfkit.data.records import BinaryFeedback, Record, as_comparisons
-from rlhfkit.data.sources import load_records, prompt_key, split_records
+from rlhfkit.data.sources import prompt_key
 from rlhfkit.losses import dpo_loss, ipo_loss, kto_loss, preferred_ft_loss, unlikelihood_loss
-from rlhfkit.models.loading import load_causal_lm, load_tokenizer, merge_and_save
+from rlhfkit.models.loading import load_causal_lm, merge_and_save
 from rlhfkit.models.policy import SelectiveLM, sequence_logprobs
-from rlhfkit.train.loop import Loop, TrainConfig, make_accelerator, seed_everything
+from rlhfkit.train.loop import Loop, TrainConfig, start_stage
 from rlhfkit.train.sft import build_policy
 
 Tensor = torch.Tensor
@@ -650,24 +650,10 @@ def train_dpo(cfg: DPOConfig) -> Path:
     """Train a policy directly on preferences; returns the saved policy (``output_dir/model``)."""
     if cfg.loss not in LOSSES:
         raise cfglib.ConfigError(f"--loss must be one of {', '.join(LOSSES)}, got {cfg.loss!r}")
-    seed_everything(cfg.seed)
-    accelerator = make_accelerator(cfg.precision)
-    out = Path(cfg.output_dir)
-    if accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        cfglib.save_yaml(cfg, out / "config.yaml")
-    tokenizer = load_tokenizer(cfg.model)
-    system_prompt = cfg.system_prompt
-    if system_prompt is None and cfg.data.startswith("task:"):
-        from rlhfkit.tasks import get_task
-
-        system_prompt = get_task(cfg.data[5:]).system_prompt
-    kinds = ["comparison", "ranking", "binary"]
-    records = load_records(cfg.data, "preferences", kinds)
-    if cfg.eval_data:
-        train_records, eval_records = records, load_records(cfg.eval_data, "preferences", kinds)
-    else:
-        train_records, eval_records = split_records(records, cfg.eval_fraction, cfg.seed)
+    stage = start_stage(cfg, "preferences", ["comparison", "ranking", "binary"])
+    accelerator, out, tokenizer = stage.accelerator, stage.out, stage.tokenizer
+    system_prompt = stage.system_prompt
+    train_records, eval_records = stage.train_records, stage.eval_records
     train_groups, counts = build_groups_for(cfg, train_records, tokenizer, system_prompt)
     eval_groups, eval_counts = build_groups_for(cfg, eval_records, tokenizer, system_prompt,
                                                 for_eval=True)

@@ -427,3 +427,52 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     if torch.cuda.is_available():
         torch.cuda.manual_seed_all(seed)
+
+
+@dataclass
+class Stage:
+    """What every supervised stage sets up before its own work (see :func:`start_stage`)."""
+
+    accelerator: Any
+    out: Path
+    tokenizer: Any
+    system_prompt: str | None
+    train_records: list
+    eval_records: list
+
+
+def start_stage(cfg: TrainConfig, want: str, kinds: Sequence[str]) -> Stage:
+    """Seed, make the accelerator, write ``config.yaml``, load the tokenizer and the records.
+
+    Args:
+        cfg: The stage config; it needs ``system_prompt`` besides the :class:`TrainConfig` fields.
+        want: What a built-in task should supply (``demonstrations`` or ``preferences``).
+        kinds: Record kinds the stage accepts.
+
+    Returns:
+        The accelerator, run folder, tokenizer, system prompt (the task's when the config gives
+        none) and the train / held-out records (``--eval-data``, or a prompt-level split).
+    """
+    from rlhfkit import config as cfglib
+    from rlhfkit.data.sources import load_records, split_records
+    from rlhfkit.models.loading import load_tokenizer
+
+    seed_everything(cfg.seed)
+    accelerator = make_accelerator(cfg.precision)
+    out = Path(cfg.output_dir)
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        cfglib.save_yaml(cfg, out / "config.yaml")
+    tokenizer = load_tokenizer(cfg.model)
+    system_prompt = getattr(cfg, "system_prompt", None)
+    if system_prompt is None and cfg.data.startswith("task:"):
+        from rlhfkit.tasks import get_task
+
+        system_prompt = get_task(cfg.data[len("task:"):]).system_prompt
+    records = load_records(cfg.data, want, kinds)
+    if cfg.eval_data:
+        train_records, eval_records = records, load_records(cfg.eval_data, want, kinds)
+    else:
+        train_records, eval_records = split_records(records, cfg.eval_fraction, cfg.seed)
+    return Stage(accelerator, out, tokenizer, system_prompt, train_records, eval_records)
+

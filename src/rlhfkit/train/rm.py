@@ -21,14 +21,13 @@ from typing import Any
 
 import torch
 
-from rlhfkit import config as cfglib
 from rlhfkit.data.chat import encode_pair, pad
 from rlhfkit.data.records import BinaryFeedback, Record, as_comparisons
-from rlhfkit.data.sources import load_records, prompt_key, split_records
+from rlhfkit.data.sources import prompt_key
 from rlhfkit.losses import bradley_terry_loss, pointwise_loss, reward_centering_penalty
-from rlhfkit.models.loading import apply_lora, load_tokenizer
+from rlhfkit.models.loading import apply_lora
 from rlhfkit.models.reward import RewardModel
-from rlhfkit.train.loop import Loop, TrainConfig, make_accelerator, seed_everything
+from rlhfkit.train.loop import Loop, TrainConfig, start_stage
 
 
 @dataclass
@@ -248,24 +247,10 @@ def build_reward_model(cfg: TrainConfig, pad_token_id: int) -> RewardModel:
 
 def train_rm(cfg: RMConfig) -> Path:
     """Train a reward model; returns the folder of the saved model (``output_dir/model``)."""
-    seed_everything(cfg.seed)
-    accelerator = make_accelerator(cfg.precision)
-    out = Path(cfg.output_dir)
-    if accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        cfglib.save_yaml(cfg, out / "config.yaml")
-    tokenizer = load_tokenizer(cfg.model)
-    system_prompt = cfg.system_prompt
-    if system_prompt is None and cfg.data.startswith("task:"):
-        from rlhfkit.tasks import get_task
-
-        system_prompt = get_task(cfg.data[5:]).system_prompt
-    kinds = ["comparison", "ranking", "binary"]
-    records = load_records(cfg.data, "preferences", kinds)
-    if cfg.eval_data:
-        train_records, eval_records = records, load_records(cfg.eval_data, "preferences", kinds)
-    else:
-        train_records, eval_records = split_records(records, cfg.eval_fraction, cfg.seed)
+    stage = start_stage(cfg, "preferences", ["comparison", "ranking", "binary"])
+    accelerator, out, tokenizer = stage.accelerator, stage.out, stage.tokenizer
+    system_prompt = stage.system_prompt
+    train_records, eval_records = stage.train_records, stage.eval_records
     opts = dict(max_length=cfg.max_length, system_prompt=system_prompt,
                 pairs_per_group=cfg.pairs_per_group, use_margin=cfg.use_margin)
     train_groups, counts = build_groups(train_records, tokenizer, train_on_ties=cfg.train_on_ties,

@@ -15,14 +15,12 @@ from typing import Any
 
 import torch
 
-from rlhfkit import config as cfglib
 from rlhfkit.data.chat import Encoded, encode_pair, pad
 from rlhfkit.data.records import Demonstration
-from rlhfkit.data.sources import load_records, split_records
 from rlhfkit.losses import token_nll
-from rlhfkit.models.loading import apply_lora, load_causal_lm, load_tokenizer, merge_and_save
+from rlhfkit.models.loading import apply_lora, load_causal_lm, merge_and_save
 from rlhfkit.models.policy import SelectiveLM, targets_of
-from rlhfkit.train.loop import Loop, TrainConfig, make_accelerator, seed_everything
+from rlhfkit.train.loop import Loop, TrainConfig, start_stage
 
 
 @dataclass
@@ -159,24 +157,10 @@ def build_policy(cfg: TrainConfig) -> torch.nn.Module:
 
 def train_sft(cfg: SFTConfig) -> Path:
     """Run supervised fine-tuning; returns the folder of the saved policy (``output_dir/model``)."""
-    seed_everything(cfg.seed)
-    accelerator = make_accelerator(cfg.precision)
-    out = Path(cfg.output_dir)
-    if accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        cfglib.save_yaml(cfg, out / "config.yaml")
-    tokenizer = load_tokenizer(cfg.model)
-    system_prompt = cfg.system_prompt
-    if system_prompt is None and cfg.data.startswith("task:"):
-        from rlhfkit.tasks import get_task
-
-        system_prompt = get_task(cfg.data[5:]).system_prompt
-    records = load_records(cfg.data, "demonstrations", ["demonstration"])
-    if cfg.eval_data:
-        train_records, eval_records = records, load_records(cfg.eval_data, "demonstrations",
-                                                            ["demonstration"])
-    else:
-        train_records, eval_records = split_records(records, cfg.eval_fraction, cfg.seed)
+    stage = start_stage(cfg, "demonstrations", ["demonstration"])
+    accelerator, out, tokenizer = stage.accelerator, stage.out, stage.tokenizer
+    system_prompt = stage.system_prompt
+    train_records, eval_records = stage.train_records, stage.eval_records
     train_items = encode_demonstrations(tokenizer, train_records, cfg.max_length, system_prompt)
     eval_items = encode_demonstrations(tokenizer, eval_records, cfg.max_length, system_prompt)
     pad_id = tokenizer.pad_token_id

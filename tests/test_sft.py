@@ -92,3 +92,17 @@ def test_sft_lora_trains_and_merges(tiny_lm, tmp_path):
     changed = [n for (n, p), (_, q) in zip(merged.named_parameters(), base.named_parameters())
                if not torch.equal(p, q)]
     assert changed and all("proj" in n for n in changed)
+
+
+def test_gradient_checkpointing_gives_the_same_weights(tiny_lm, tmp_path):
+    """Recomputing activations changes memory, not the maths."""
+    from safetensors.torch import load_file
+
+    outs = []
+    for gc in (False, True):
+        cfg = SFTConfig(model=str(tiny_lm), output_dir=str(tmp_path / f"gc{gc}"), max_steps=3,
+                        batch_size=4, learning_rate=1e-3, warmup_ratio=0.0, progress=False,
+                        precision="fp32", eval_fraction=0.0, gradient_checkpointing=gc)
+        outs.append(load_file(str(train_sft(cfg) / "model.safetensors")))
+    worst = max((outs[0][k] - outs[1][k]).abs().max().item() for k in outs[0])
+    assert worst < 1e-5

@@ -213,6 +213,15 @@ def apply_lora(
     return get_peft_model(model, config)
 
 
+def enable_gradient_checkpointing(model: PreTrainedModel) -> None:
+    """Recompute activations in the backward pass instead of storing them (less memory)."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5 name
+        model.activation_checkpointing_enable(kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """Strip DDP/accelerate and peft wrappers, returning the underlying HF model."""
     while hasattr(model, "module") and isinstance(model.module, torch.nn.Module):

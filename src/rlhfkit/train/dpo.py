@@ -95,8 +95,6 @@ class DPOConfig(TrainConfig):
     """Reference policy (HF id, folder or .gguf); default: --model (its base under --lora)."""
     ref_batch_size: int = 16
     """Sequences per forward pass while computing the reference log-probs."""
-    gradient_checkpointing: bool = False
-    """Recompute activations in the backward pass: less memory, about a third more compute."""
     system_prompt: str | None = None
     """System message added to prompts that have none (default: the task's, else none)."""
 
@@ -636,14 +634,8 @@ def build_groups_for(
 
 
 def build_dpo_policy(cfg: DPOConfig) -> SelectiveLM:
-    """The policy to train (LoRA when asked), with activation checkpointing when asked."""
-    lm = build_policy(cfg)
-    if cfg.gradient_checkpointing:  # only active in train mode, so not for the reference pass
-        if hasattr(lm, "activation_checkpointing_enable"):  # transformers >= 5.x name
-            lm.activation_checkpointing_enable({"use_reentrant": False})
-        else:
-            lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    return SelectiveLM(lm)
+    """The policy to train (LoRA and activation checkpointing when asked)."""
+    return SelectiveLM(build_policy(cfg))
 
 
 def train_dpo(cfg: DPOConfig) -> Path:

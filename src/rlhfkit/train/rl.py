@@ -52,6 +52,7 @@ from rlhfkit.train.loop import (
     TrainingError,
     build_scheduler,
     make_accelerator,
+    make_optimizer,
     seed_everything,
 )
 
@@ -248,8 +249,7 @@ class RLRun:
         params = [p for p in self.model.parameters() if p.requires_grad]
         if self.critic is not None:
             params += list(self.critic.parameters())
-        self.optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate,
-                                           weight_decay=cfg.weight_decay)
+        self.optimizer = make_optimizer(params, cfg.learning_rate, cfg.weight_decay)
         n_prompts = len(self.train_prompts)
         self.world = acc.num_processes
         self.rank = acc.process_index

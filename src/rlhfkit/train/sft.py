@@ -18,7 +18,12 @@ import torch
 from rlhfkit.data.chat import Encoded, encode_pair, pad
 from rlhfkit.data.records import Demonstration
 from rlhfkit.losses import token_nll
-from rlhfkit.models.loading import apply_lora, load_causal_lm, merge_and_save
+from rlhfkit.models.loading import (
+    apply_lora,
+    enable_gradient_checkpointing,
+    load_causal_lm,
+    merge_and_save,
+)
 from rlhfkit.models.policy import SelectiveLM, targets_of
 from rlhfkit.train.loop import Loop, TrainConfig, start_stage
 
@@ -149,6 +154,8 @@ def evaluate_sft(loop: Loop, items: list[Encoded], pad_id: int, batch_size: int)
 def build_policy(cfg: TrainConfig) -> torch.nn.Module:
     """Load the policy for training, with LoRA adapters when asked."""
     model = load_causal_lm(cfg.model, dtype=torch.float32)
+    if cfg.gradient_checkpointing:  # only active in train mode
+        enable_gradient_checkpointing(model)
     if cfg.lora:
         model = apply_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout)
     model.config.use_cache = False

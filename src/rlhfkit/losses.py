@@ -617,3 +617,131 @@ def baseline_advantages(returns: Tensor, mask: Tensor, baseline: str = "mean",
             raise ValueError("baseline='value' needs values")
         return (returns - values.detach().float()) * mask
     raise ValueError(f"baseline must be none, mean or value, got {baseline!r}")
+
+
+# --------------------------------------------------------------------------------------------
+# Nash learning
+# --------------------------------------------------------------------------------------------
+# A pairwise preference model P(y > y' | x) = sigmoid(f(x, y, y')) takes two responses, so it
+# can represent non-transitive preferences that no scalar reward can (Munos et al. 2023, §3).
+# Nash-MD plays the policy against a geometric mixture of itself and the reference and updates
+# it by mirror descent with the preference as the payoff (Munos et al. 2023, §6, eq. 8).
+
+
+def antisymmetric_logit(logit_ab: Tensor, logit_ba: Tensor) -> Tensor:
+    """Symmetrised preference logit ``g(A, B) = (f(A, B) - f(B, A)) / 2``.
+
+    Evaluating the model in both orders and antisymmetrising makes
+    ``sigmoid(g(A, B)) = 1 - sigmoid(g(B, A))`` exactly, and ``P(A > A) = 1/2``, whatever the
+    backbone does with the order of its inputs.
+
+    Args:
+        logit_ab: (N,) raw logit with A in the first slot.
+        logit_ba: (N,) raw logit with B in the first slot.
+
+    Returns:
+        (N,) antisymmetric logit of ``A > B``.
+    """
+    return (logit_ab.float() - logit_ba.float()) / 2
+
+
+def preference_bce_loss(logit_ab: Tensor, logit_ba: Tensor,
+                        labels: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    """Binary cross-entropy of a pairwise preference model on comparisons.
+
+    ``P(A > B) = sigmoid(g)`` with ``g`` the antisymmetric logit; the target is 1 when A was
+    preferred, 0 when B was, and 1/2 for a tie. Because ``g`` is antisymmetric, swapping A and B
+    and flipping the label gives the same loss.
+
+    Args:
+        logit_ab: (N,) raw logit with A first.
+        logit_ba: (N,) raw logit with B first.
+        labels: (N,) probability that A is preferred (1, 0 or 1/2).
+
+    Returns:
+        Per-comparison loss (N,) and diagnostics: ``prob`` (N,) = P(A > B), ``accuracy`` (N,)
+        1.0 where the predicted winner (P != 1/2) matches a non-tie label.
+    """
+    g = antisymmetric_logit(logit_ab, logit_ba)
+    labels = labels.float()
+    loss = F.binary_cross_entropy_with_logits(g, labels, reduction="none")
+    decided = labels != 0.5
+    correct = ((g > 0) & (labels > 0.5)) | ((g < 0) & (labels < 0.5))
+    return loss, {"prob": torch.sigmoid(g).detach(), "accuracy": (correct & decided).float()}
+
+
+def geometric_mixture(logprobs: Tensor, ref_logprobs: Tensor, beta: float) -> Tensor:
+    """Log of the normalised geometric mixture ``pi^(1-beta) * pi_ref^beta / Z``.
+
+    Munos et al. (2023), eq. 7, with ``beta = eta * tau``; over the last dimension (a finite set
+    of responses, or a vocabulary for the token-level version).
+
+    Args:
+        logprobs: (..., K) log pi.
+        ref_logprobs: (..., K) log pi_ref.
+        beta: Weight of the reference, in [0, 1].
+
+    Returns:
+        (..., K) log pi_mix.
+    """
+    if not 0.0 <= beta <= 1.0:
+        raise ValueError(f"beta must be in [0, 1], got {beta}")
+    mixed = (1 - beta) * logprobs.float() + beta * ref_logprobs.float()
+    return torch.log_softmax(mixed, dim=-1)
+
+
+def nash_md_step(logprobs: Tensor, ref_logprobs: Tensor, preference: Tensor, eta: float,
+                 tau: float) -> Tensor:
+    """One Nash-MD update on a finite set of K responses (Munos et al. 2023, eq. 8).
+
+    ``pi_mix = geometric_mixture(pi, pi_ref, eta * tau)`` and
+    ``pi_next(y) ∝ pi_mix(y) * exp(eta * P(y > pi_mix))`` with
+    ``P(y > pi_mix) = sum_y' P(y > y') pi_mix(y')``: the closed form of
+    ``argmax_pi eta * P(pi > pi_mix) - KL(pi || pi_mix)``.
+
+    Args:
+        logprobs: (..., K) log pi_t.
+        ref_logprobs: (..., K) log pi_ref.
+        preference: (..., K, K) ``P[y, y'] = P(y > y')``.
+        eta: Mirror-descent step size.
+        tau: KL-regularisation strength towards the reference.
+
+    Returns:
+        (..., K) log pi_{t+1}.
+    """
+    log_mix = geometric_mixture(logprobs, ref_logprobs, eta * tau)  # (..., K)
+    payoff = (preference.float() @ log_mix.exp().unsqueeze(-1)).squeeze(-1)  # (..., K)
+    return torch.log_softmax(log_mix + eta * payoff, dim=-1)
+
+
+# Preference RL for control
+
+
+def segment_preference_loss(
+    segment_rewards_1: Tensor,
+    segment_rewards_2: Tensor,
+    preference: Tensor,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Bradley–Terry loss over summed per-step rewards of two trajectory segments.
+
+    Christiano et al. (2017), eqs. 1–2: ``P(s1 > s2) = exp(sum r1) / (exp(sum r1) + exp(sum r2))
+    = sigmoid(R1 - R2)`` with ``R = sum_t r(o_t, a_t)``, and the loss is the cross-entropy
+    ``-(mu log P(s1 > s2) + (1 - mu) log P(s2 > s1))`` where ``mu`` is 1 if the first segment is
+    preferred, 0 if the second, and 1/2 when they are judged equal.
+
+    Args:
+        segment_rewards_1: (B, K) predicted reward of each step of the first segments.
+        segment_rewards_2: (B, K) the same for the second segments.
+        preference: (B,) ``mu``, the probability that the first segment is preferred.
+
+    Returns:
+        (B,) per-pair loss, and diagnostics: ``accuracy`` (the prediction agrees with a strict
+        label) and ``margin`` (mean ``R1 - R2``).
+    """
+    diff = segment_rewards_1.float().sum(-1) - segment_rewards_2.float().sum(-1)  # (B,)
+    mu = preference.to(diff.dtype)
+    loss = -(mu * F.logsigmoid(diff) + (1 - mu) * F.logsigmoid(-diff))  # (B,)
+    strict = mu != 0.5
+    correct = ((diff > 0) == (mu > 0.5)) & strict
+    accuracy = correct.sum() / strict.sum().clamp(min=1)
+    return loss, {"accuracy": accuracy.detach(), "margin": diff.detach().mean()}

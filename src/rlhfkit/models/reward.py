@@ -39,12 +39,20 @@ class RewardModel(nn.Module):
         cls, name_or_path: str, dtype: torch.dtype = torch.float32, pad_token_id: int | None = None
     ) -> RewardModel:
         """Load a backbone (a causal LM gets a fresh scalar head) or a saved reward model."""
+        from transformers.utils import logging as hf_logging
+
+        verbosity = hf_logging.get_verbosity()
+        # A causal-LM backbone has no scalar head yet; transformers would print a "MISSING
+        # score.weight" report that reads like an error. The head is new on purpose.
+        hf_logging.set_verbosity_error()
         try:
             seq = AutoModelForSequenceClassification.from_pretrained(
                 resolve(name_or_path), num_labels=1, dtype=dtype
             )
         except OSError as err:
             raise ModelLoadError(f"could not load reward model '{name_or_path}': {err}") from err
+        finally:
+            hf_logging.set_verbosity(verbosity)
         if pad_token_id is not None:
             seq.config.pad_token_id = pad_token_id
         return cls(seq)

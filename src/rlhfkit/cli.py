@@ -100,6 +100,18 @@ def _demo_run(cfg):
     return run_demo(cfg)
 
 
+def _control_cfg():
+    from rlhfkit.control.train import ControlConfig
+
+    return ControlConfig
+
+
+def _control_run(cfg):
+    from rlhfkit.control.train import train_control
+
+    return train_control(cfg)
+
+
 STAGES: list[Stage] = [
     Stage("sft", "Step 1: supervised fine-tuning on demonstrations", _sft_cfg, _sft_run),
     Stage("rm", "Step 2: train a reward model on comparisons, rankings or 👍/👎", _rm_cfg, _rm_run),
@@ -119,6 +131,8 @@ STAGES: list[Stage] = [
           *_rl_stage("best_of_n", "BestOfNConfig", "run_best_of_n")),
     Stage("demo", "Run the whole loop on the default model and write a report", _demo_cfg,
           _demo_run),
+    Stage("control", "Preference-based RL for control: a Gymnasium agent learns from segment "
+          "comparisons (Christiano et al. 2017)", _control_cfg, _control_run),
 ]
 
 

@@ -1,0 +1,134 @@
+"""A small PPO agent for discrete-action Gymnasium tasks (Schulman et al. 2017).
+
+Written after cleanrl's ``ppo.py``: separate actor and critic MLPs, GAE(lambda), a clipped
+ratio, per-mini-batch advantage normalisation and an entropy bonus. The agent does not know where
+its rewards come from: :mod:`rlhfkit.control.train` feeds it either the environment's reward or
+the learned one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.distributions import Categorical
+
+
+def _mlp(inp: int, out: int, hidden: int, out_std: float) -> nn.Sequential:
+    layers = [nn.Linear(inp, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh(),
+              nn.Linear(hidden, out)]
+    for layer in layers:  # orthogonal init (cleanrl; Engstrom et al. 2020, "implementation matters")
+        if isinstance(layer, nn.Linear):
+            nn.init.orthogonal_(layer.weight, np.sqrt(2) if layer is not layers[-1] else out_std)
+            nn.init.zeros_(layer.bias)
+    return nn.Sequential(*layers)
+
+
+class ActorCritic(nn.Module):
+    """Policy ``pi(a | o)`` over ``n_actions`` and value ``V(o)``."""
+
+    def __init__(self, obs_dim: int, n_actions: int, hidden: int = 64) -> None:
+        super().__init__()
+        self.actor = _mlp(obs_dim, n_actions, hidden, out_std=0.01)
+        self.critic = _mlp(obs_dim, 1, hidden, out_std=1.0)
+
+    def value(self, obs: Tensor) -> Tensor:
+        """(B,) state values of (B, D) observations."""
+        return self.critic(obs).squeeze(-1)
+
+    def act(self, obs: Tensor, actions: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """Sample (or score given) actions.
+
+        Returns:
+            actions (B,), their log-probs (B,), and the policy entropy (B,).
+        """
+        dist = Categorical(logits=self.actor(obs))
+        if actions is None:
+            actions = dist.sample()
+        return actions, dist.log_prob(actions), dist.entropy()
+
+
+def gae(rewards: Tensor, values: Tensor, next_values: Tensor, terminated: Tensor,
+        episode_ends: Tensor, gamma: float, lam: float) -> Tensor:
+    """Generalised advantage estimation (Schulman et al. 2016, eq. 16), plain loop over time.
+
+    Args:
+        rewards: (T, N) reward of step t.
+        values: (T, N) ``V(o_t)``.
+        next_values: (T, N) ``V(o_{t+1})`` of the observation the step led to (before any reset).
+        terminated: (T, N) 1 if ``o_{t+1}`` is terminal: no bootstrap from it.
+        episode_ends: (T, N) 1 if the episode ended (terminated or truncated) at step t: the
+            advantage does not carry across the reset.
+        gamma: Discount.
+        lam: GAE lambda.
+
+    Returns:
+        (T, N) advantages; returns are ``advantages + values``.
+    """
+    advantages = torch.zeros_like(rewards)
+    last = torch.zeros_like(rewards[0])
+    for t in reversed(range(rewards.shape[0])):
+        delta = rewards[t] + gamma * next_values[t] * (1 - terminated[t]) - values[t]
+        last = delta + gamma * lam * (1 - episode_ends[t]) * last
+        advantages[t] = last
+    return advantages
+
+
+@dataclass
+class PPOHyper:
+    """PPO's settings (cleanrl's CartPole defaults, with a larger learning rate)."""
+
+    learning_rate: float = 1e-3
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    update_epochs: int = 4
+    minibatches: int = 4
+    clip: float = 0.2
+    entropy_coef: float = 0.01
+    value_coef: float = 0.5
+    max_grad_norm: float = 0.5
+
+
+def ppo_update(agent: ActorCritic, optimizer: torch.optim.Optimizer, obs: Tensor,
+               actions: Tensor, old_logprobs: Tensor, advantages: Tensor, returns: Tensor,
+               hp: PPOHyper, generator: torch.Generator | None = None) -> dict[str, float]:
+    """Clipped-surrogate PPO epochs over one rollout (Schulman et al. 2017, eq. 7).
+
+    Args:
+        agent: The policy and value networks.
+        optimizer: Their optimizer.
+        obs: (B, D) flattened rollout observations.
+        actions: (B,) actions taken.
+        old_logprobs: (B,) their log-probs when sampled.
+        advantages: (B,) GAE advantages.
+        returns: (B,) value targets.
+        hp: PPO settings.
+        generator: Random source of the mini-batch order.
+
+    Returns:
+        The last mini-batch's ``loss/policy``, ``loss/value`` and ``policy/entropy``.
+    """
+    batch = obs.shape[0]
+    mb_size = batch // hp.minibatches
+    stats: dict[str, float] = {}
+    for _ in range(hp.update_epochs):
+        order = torch.randperm(batch, generator=generator)
+        for start in range(0, batch, mb_size):
+            mb = order[start:start + mb_size]
+            _, logprobs, entropy = agent.act(obs[mb], actions[mb])
+            mb_adv = advantages[mb]
+            mb_adv = (mb_adv - mb_adv.mean()) / (mb_adv.std() + 1e-8)
+            ratio = (logprobs - old_logprobs[mb]).exp()
+            policy_loss = -torch.min(ratio * mb_adv,
+                                     ratio.clamp(1 - hp.clip, 1 + hp.clip) * mb_adv).mean()
+            value_loss = 0.5 * (agent.value(obs[mb]) - returns[mb]).pow(2).mean()
+            loss = policy_loss + hp.value_coef * value_loss - hp.entropy_coef * entropy.mean()
+            optimizer.zero_grad()
+            loss.backward()
+            nn.utils.clip_grad_norm_(agent.parameters(), hp.max_grad_norm)
+            optimizer.step()
+            stats = {"loss/policy": policy_loss.item(), "loss/value": value_loss.item(),
+                     "policy/entropy": entropy.mean().item()}
+    return stats

@@ -1,0 +1,365 @@
+"""rlhfkit vs TRL: SFT and reward-model training throughput and peak memory, side by side.
+
+Usage (``make bench`` runs the first line with the project's .venv)::
+
+    python benchmarks/run.py                      # 2 rounds, SFT and RM
+    python benchmarks/run.py --reps 3 --steps 20  # longer, steadier
+    python benchmarks/run.py --trl-no-gc          # also TRL with gradient checkpointing off
+
+Every run is a fresh process (``bench_sft_rm.py``), so each peak RSS belongs to one run. Runs
+alternate (rlhfkit, TRL, rlhfkit, TRL, ...; the first of each round alternates too) so that a
+change in machine load hits both; each ratio compares the two runs of the same round, and the
+table gives the median over rounds with the min-max spread. Results go to
+``benchmarks/results/sft_rm.json`` (every run, the machine, versions and settings) and
+``benchmarks/results/table.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import importlib.metadata as md
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+STAGES = {
+    # stage: (samples per optimizer step, learning rate, what a sample is)
+    "sft": (8, 5e-5, "demonstrations"),
+    "rm": (2, 2e-5, "rankings of K=4, i.e. 12 comparisons (pairs)"),
+}
+TARGET_SPEEDUP = 1.3
+
+
+def model_dir() -> str:
+    """The local HF folder of SmolLM2-135M-Instruct (converted from the GGUF once)."""
+    code = "from rlhfkit.models.loading import resolve; print(resolve('smollm2-135m'))"
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
+                         text=True, env=child_env())
+    return out.stdout.strip().splitlines()[-1]
+
+
+def child_env(threads: int = 0) -> dict[str, str]:
+    """Environment of every child: offline, no tokenizer threads, optionally fewer threads."""
+    env = dict(os.environ)
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1",
+               TOKENIZERS_PARALLELISM="false")
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    return env
+
+
+def machine() -> dict:
+    """CPU model, core count, memory and load of this machine."""
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return {
+        "cpu": cpu,
+        "nproc": len(os.sched_getaffinity(0)),
+        "bf16_instructions": [f for f in ("avx512_bf16", "amx_bf16") if f in flags],
+        "memory_gib": round(mem_gib, 1),
+        "os": platform.platform(),
+        "python": platform.python_version(),
+    }
+
+
+def versions() -> dict:
+    """Versions of the packages that matter, and the rlhfkit commit measured."""
+    out = {}
+    for name in ("rlhfkit", "torch", "transformers", "trl", "accelerate", "datasets", "peft"):
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            out[name] = None
+    git = ["git", "-C", str(REPO)]
+    try:
+        commit = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, check=True).stdout.strip()
+        dirty = subprocess.run([*git, "status", "--porcelain", "--", "src"], capture_output=True,
+                               text=True, check=True).stdout.strip()
+        out["rlhfkit_commit"] = commit + ("+uncommitted changes in src/" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        out["rlhfkit_commit"] = None
+    return out
+
+
+def run_one(framework: str, variant: str, stage: str, args: argparse.Namespace, model: str,
+            raw_dir: Path, tag: str) -> dict:
+    """Start one child run and return its record (with the load average around it)."""
+    batch, lr, _ = STAGES[stage]
+    out = raw_dir / f"{tag}.json"
+    log = raw_dir / f"{tag}.log"
+    cmd = [sys.executable, str(HERE / "bench_sft_rm.py"), "--framework", framework,
+           "--stage", stage, "--model", model, "--out", str(out), "--warmup", str(args.warmup),
+           "--steps", str(args.steps), "--batch-size", str(batch), "--max-length",
+           str(args.max_length), "--learning-rate", str(lr)]
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
+    if framework == "trl":
+        cmd += ["--trl-gradient-checkpointing", variant]
+    else:
+        cmd += ["--rlhfkit-fused-adamw"] * ("fused-adamw" in variant)
+        cmd += ["--rlhfkit-gradient-checkpointing"] * ("gc" in variant.split("+"))
+    load_before = os.getloadavg()[0]
+    t0 = time.perf_counter()
+    with open(log, "w") as f:
+        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=child_env(args.threads),
+                              cwd=REPO)
+    if proc.returncode != 0:
+        tail = log.read_text().splitlines()[-15:]
+        raise SystemExit(f"{tag} failed (exit {proc.returncode}); end of {log}:\n" + "\n".join(tail))
+    record = json.loads(out.read_text())
+    record.update(tag=tag, variant=variant, wall_seconds=time.perf_counter() - t0,
+                  load_before=load_before, load_after=os.getloadavg()[0],
+                  rlhfkit_commit=versions()["rlhfkit_commit"], finished_at=utc(time.time()))
+    print(f"  {tag:24s} {record['samples_per_s']:7.3f} samples/s  "
+          f"peak RSS {record['peak_rss_mb']:6.0f} MiB  (load {load_before:.1f})", flush=True)
+    return record
+
+
+def utc(seconds: float) -> str:
+    """A time stamp as ``YYYY-MM-DD HH:MM`` UTC."""
+    return dt.datetime.fromtimestamp(seconds, dt.UTC).strftime("%Y-%m-%d %H:%M")
+
+
+def spread(values: list[float]) -> dict:
+    """Median, min and max."""
+    return {"median": statistics.median(values), "min": min(values), "max": max(values),
+            "n": len(values)}
+
+
+NAMES = {
+    "rlhfkit:default": "rlhfkit",
+    "rlhfkit:fused-adamw": "rlhfkit, fused AdamW forced",
+    "rlhfkit:gc": "rlhfkit, checkpointing on",
+    "rlhfkit:fused-adamw+gc": "rlhfkit, fused AdamW forced, checkpointing on",
+    "trl:default": "TRL (defaults)",
+    "trl:off": "TRL, checkpointing off",
+    "trl:on": "TRL, checkpointing on",
+}
+
+
+def how(runs: dict[int, dict]) -> str:
+    """Optimizer and gradient checkpointing as they actually ran (the same in every round)."""
+    seen = set()
+    for r in runs.values():
+        st = r["settings"]
+        opt = st.get("optimizer", "?")
+        opt = "fused AdamW" if "fused" in opt.lower() and "for-loop" not in opt else (
+            "for-loop AdamW" if "AdamW" in opt else opt)
+        seen.add(f"{opt}, checkpointing {'on' if st.get('gradient_checkpointing') else 'off'}")
+    return " / ".join(sorted(seen))
+
+
+def summarize(runs: list[dict], stage: str) -> dict:
+    """Medians per contender and per-round ratios of each rlhfkit variant to each TRL one."""
+    by: dict[str, dict[int, dict]] = {}
+    for r in runs:
+        if r["stage"] == stage:
+            by.setdefault(f"{r['framework']}:{r['variant']}", {})[r["round"]] = r
+    by = {k: by[k] for k in sorted(by, key=lambda k: list(NAMES).index(k))}
+    contenders = {
+        key: {"how": how(rounds),
+              **{metric: spread([r[metric] for r in rounds.values()])
+                 for metric in ("samples_per_s", "peak_rss_mb", "cpu_seconds_per_sample")}}
+        for key, rounds in by.items()
+    }
+    ratios = {}
+    for ours_key in [k for k in by if k.startswith("rlhfkit:")]:
+        for theirs_key in [k for k in by if k.startswith("trl:")]:
+            ours, theirs = by[ours_key], by[theirs_key]
+            rounds = sorted(set(ours) & set(theirs))
+            if not rounds:  # never ran in the same round: no fair ratio
+                continue
+            ratios[f"{ours_key} / {theirs_key}"] = {
+                "speedup": spread([ours[k]["samples_per_s"] / theirs[k]["samples_per_s"]
+                                   for k in rounds]),
+                "cpu_speedup": spread([theirs[k]["cpu_seconds_per_sample"]
+                                       / ours[k]["cpu_seconds_per_sample"] for k in rounds]),
+                "rss_ratio": spread([ours[k]["peak_rss_mb"] / theirs[k]["peak_rss_mb"]
+                                     for k in rounds]),
+            }
+    return {"contenders": contenders, "ratios": ratios}
+
+
+def fmt(s: dict, digits: int = 2, unit: str = "") -> str:
+    """``median (min-max)`` of a spread."""
+    if s["n"] == 1:
+        return f"{s['median']:.{digits}f}{unit} (n=1)"
+    return (f"{s['median']:.{digits}f}{unit} ({s['min']:.{digits}f}-{s['max']:.{digits}f}, "
+            f"n={s['n']})")
+
+
+def table(result: dict) -> str:
+    """The Markdown tables (with the settings under them)."""
+    m, v, a = result["machine"], result["versions"], result["settings"]
+    lines = [
+        "| stage | trainer | as run | samples/s | peak RSS (MiB) | CPU s per sample |",
+        "|---|---|---|---|---|---|",
+    ]
+    for stage, summary in result["summary"].items():
+        unit = "demos/s" if stage == "sft" else "pairs/s"
+        for key, c in summary["contenders"].items():
+            lines.append(f"| {stage.upper()} | {NAMES[key]} | {c['how']} "
+                         f"| {fmt(c['samples_per_s'], 3)} {unit} "
+                         f"| {fmt(c['peak_rss_mb'], 0)} | {fmt(c['cpu_seconds_per_sample'])} |")
+    lines += [
+        "",
+        "| stage | ratio | throughput (wall clock) | throughput (CPU time) | peak RSS |",
+        "|---|---|---|---|---|",
+    ]
+    for stage, summary in result["summary"].items():
+        for key, r in summary["ratios"].items():
+            ours, theirs = (NAMES[k] for k in key.split(" / "))
+            speed = "meets" if r["speedup"]["median"] >= TARGET_SPEEDUP else "misses"
+            rss = "meets" if r["rss_ratio"]["median"] <= 1.0 else "misses"
+            lines.append(
+                f"| {stage.upper()} | {ours} / {theirs} "
+                f"| **{fmt(r['speedup'], 2, 'x')}** ({speed} >= {TARGET_SPEEDUP}x) "
+                f"| {fmt(r['cpu_speedup'], 2, 'x')} "
+                f"| **{fmt(r['rss_ratio'], 2, 'x')}** ({rss} <= 1.00x) |")
+    loads = [r["load_before"] for r in result["runs"] if "load_before" in r] or [float("nan")]
+    times = sorted(r["finished_at"] for r in result["runs"] if "finished_at" in r)
+    when = f"Measured {times[0]} to {times[-1][-5:]} UTC" if times else result["date"]
+    commits = sorted({r["rlhfkit_commit"] for r in result["runs"] if r.get("rlhfkit_commit")})
+    commit = ", ".join(commits) or v["rlhfkit_commit"]
+    sft_b, sft_lr, _ = STAGES["sft"]
+    rm_b, rm_lr, _ = STAGES["rm"]
+    lines += [
+        "",
+        f"Median over {a['reps']} rounds, min-max in brackets; each ratio compares runs of the "
+        "same round. Throughput (CPU time) is the ratio of CPU seconds (user + system, all "
+        "threads) per sample, which other work on the machine disturbs less than wall time. "
+        f"Machine: {m['cpu']}, {m['nproc']} cores, {m['memory_gib']} GiB "
+        f"(bf16 instructions: {', '.join(m['bf16_instructions']) or 'none'}); 1-minute load "
+        f"average before each run {min(loads):.1f}-{max(loads):.1f} (other work shared the "
+        f"cores). {when}.",
+        "",
+        f"Versions: torch {v['torch']}, transformers {v['transformers']}, trl {v['trl']}, "
+        f"accelerate {v['accelerate']}, datasets {v['datasets']}, rlhfkit {v['rlhfkit']} "
+        f"(commit {commit}), Python {m['python']}.",
+        "",
+        "Settings (both sides): SmolLM2-135M-Instruct from the local converted folder, "
+        f"{a['precision']}, {a.get('torch_threads', '?')} torch thread(s), {a['warmup']} untimed warm-up step(s) then {a['steps']} timed "
+        f"optimizer steps, max length {a['max_length']}, no gradient accumulation, constant "
+        f"learning rate (SFT {sft_lr:g}, RM {rm_lr:g}), gradient clipping at 1.0, no "
+        f"evaluation, no checkpoints. SFT: the reviews task's 128 demonstrations, {sft_b} per "
+        f"step, loss on response tokens only. RM: the reviews task's 128 rankings of K=4, "
+        f"{rm_b} rankings = {rm_b * 6} comparisons per step; TRL gets the rankings expanded to "
+        f"prompt/chosen/rejected pairs ({rm_b * 6} per step; it cannot express the 24 tied "
+        "pairs, which are left out), rlhfkit gets the rankings; a comparison counts as one "
+        "sample on both sides. Everything else is each trainer's own default.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the rounds, write the JSON and the table, print the table."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--reps", type=int, default=2, help="rounds (each runs every framework once)")
+    p.add_argument("--steps", type=int, default=5, help="timed optimizer steps per run")
+    p.add_argument("--warmup", type=int, default=1, help="untimed optimizer steps first")
+    p.add_argument("--max-length", type=int, default=256, help="longest sequence in tokens")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch threads per run (0 = one per core). On a machine shared with other "
+                        "work use 1: multi-threaded ops then wait on descheduled threads and "
+                        "wall time swings by 10x or more")
+    p.add_argument("--stages", nargs="+", choices=list(STAGES), default=list(STAGES))
+    p.add_argument("--trl-no-gc", action="store_true",
+                   help="also run TRL with gradient checkpointing off (slower benchmark)")
+    p.add_argument("--what-if-fused-adamw", action="store_true",
+                   help="also run rlhfkit with its AdamW created with fused=True (a proposal)")
+    p.add_argument("--contenders", nargs="+", default=["rlhfkit", "trl"],
+                   choices=["rlhfkit", "rlhfkit:fused-adamw", "rlhfkit:gc",
+                            "rlhfkit:fused-adamw+gc", "trl", "trl:off"],
+                   help="what runs in each round (trl:off = TRL with gradient checkpointing off)")
+    p.add_argument("--first-round", type=int, default=0,
+                   help="number of the first round (to add rounds to earlier results; then "
+                        "--summarize-only reports them all)")
+    p.add_argument("--summarize-only", action="store_true",
+                   help="only rebuild sft_rm.json and table.md from results/raw/*.json")
+    p.add_argument("--out", default=str(HERE / "results"), help="folder for the results")
+    args = p.parse_args(argv)
+    try:
+        import trl  # noqa: F401
+    except ImportError:
+        raise SystemExit("TRL is missing: pip install -e '.[bench]'") from None
+
+    out = Path(args.out)
+    raw_dir = out / "raw"
+    raw_dir.mkdir(parents=True, exist_ok=True)
+    if args.summarize_only:
+        runs = []
+        for f in sorted([*raw_dir.glob("sft-*-r*.json"), *raw_dir.glob("rm-*-r*.json")]):
+            record = json.loads(f.read_text())
+            record.setdefault("round", int(f.stem.rsplit("-r", 1)[1]))
+            record.setdefault("finished_at", utc(f.stat().st_mtime))
+            runs.append(record)
+        return report(args, out, runs, runs[0]["args"]["model"], float("nan"))
+    model = model_dir()
+    contenders = [(c.split(":")[0], (c.split(":") + ["default"])[1]) for c in args.contenders]
+    if args.trl_no_gc:
+        contenders.append(("trl", "off"))
+    if args.what_if_fused_adamw:
+        contenders.append(("rlhfkit", "fused-adamw"))
+    print(f"model: {model}\nrounds: {args.reps}, {args.warmup} + {args.steps} steps per run")
+    runs = []
+    t0 = time.perf_counter()
+    for rnd in range(args.first_round, args.first_round + args.reps):
+        for stage in args.stages:
+            order = contenders if rnd % 2 == 0 else contenders[::-1]
+            for framework, variant in order:
+                tag = f"{stage}-{framework}-{variant}-r{rnd}"
+                record = run_one(framework, variant, stage, args, model, raw_dir, tag)
+                record["round"] = rnd
+                (raw_dir / f"{tag}.json").write_text(json.dumps(record, indent=2))
+                runs.append(record)
+    return report(args, out, runs, model, time.perf_counter() - t0)
+
+
+def report(args: argparse.Namespace, out: Path, runs: list[dict], model: str,
+           seconds: float) -> int:
+    """Write sft_rm.json and table.md from the runs, and print the table."""
+    stages = [s for s in STAGES if any(r["stage"] == s for r in runs)]
+    result = {
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": machine(),
+        "versions": versions(),
+        "settings": {"reps": len({r["round"] for r in runs}),
+                     "steps": runs[0]["args"]["steps"], "warmup": runs[0]["args"]["warmup"],
+                     "max_length": runs[0]["args"]["max_length"], "model": model,
+                     "precision": "bf16 autocast with fp32 master weights",
+                     "torch_threads": runs[0]["settings"]["torch_threads"],
+                     "stages": {k: {"per_step": b, "learning_rate": lr, "sample": what}
+                                for k, (b, lr, what) in STAGES.items() if k in stages}},
+        "summary": {stage: summarize(runs, stage) for stage in stages},
+        "total_seconds": seconds,
+        "runs": runs,
+    }
+    (out / "sft_rm.json").write_text(json.dumps(result, indent=2))
+    md_table = table(result)
+    (out / "table.md").write_text(md_table)
+    print()
+    print(md_table)
+    took = f" ({seconds / 60:.1f} min)" if seconds == seconds else ""
+    print(f"results: {out / 'sft_rm.json'}, {out / 'table.md'}{took}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

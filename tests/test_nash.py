@@ -8,6 +8,7 @@ while maximising a Bradley–Terry reward fitted to the same preferences collaps
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -142,3 +143,68 @@ def test_nash_mixes_where_reward_maximisation_collapses():
     nash = nash_md(CYCLE, eta=0.5, tau=0.05, steps=1000).probs
     assert nash.min() > 0.25
     assert exploitability(CYCLE, nash) < 0.02
+
+
+# --------------------------------------------------------------------------------------------
+# Nash-MD for a tiny LM
+# --------------------------------------------------------------------------------------------
+
+
+def test_sample_mixture_beta_one_is_the_reference(tiny_lm, tokenizer):
+    """beta = 1 samples from the reference alone: with a fixed seed, the same text as the
+    reference sampling with beta = 1 while the "policy" is a different random model."""
+    import contextlib
+    from types import SimpleNamespace
+
+    from transformers import AutoModelForCausalLM
+
+    from rlhfkit.train.nash import sample_mixture
+
+    ref = AutoModelForCausalLM.from_pretrained(str(tiny_lm)).eval()
+    other = AutoModelForCausalLM.from_pretrained(str(tiny_lm)).eval()
+    torch.nn.init.normal_(other.lm_head.weight)  # tied: changes every logit of "other"
+
+    @contextlib.contextmanager
+    def reference():
+        yield SimpleNamespace(lm=ref)
+
+    prompts = [tokenizer.encode("Hello"), tokenizer.encode("Hi there, friend")]
+    torch.manual_seed(0)
+    a = sample_mixture(other, reference, tokenizer, prompts, 1.0, 3)
+    torch.manual_seed(0)
+    b = sample_mixture(ref, reference, tokenizer, prompts, 1.0, 3)
+    assert a == b and len(a) == 2
+
+
+# The SFT "good"/"bad" policy of the RL tests (a session fixture, trained once).
+from test_rl import SYSTEM, good_bad_policy, good_share  # noqa: E402, F401
+
+
+def test_nash_md_lm_learns_from_a_preference(tmp_path, good_bad_policy):  # noqa: F811
+    """Payoff P(y > y') = 1/2 + (share of "good" in y - share in y') / 2: Nash-MD raises the
+    share of "good" words in the policy's samples (the SFT policy sits near 1/2)."""
+    from rlhfkit.models.loading import load_causal_lm, load_tokenizer
+    from rlhfkit.rollout import SamplingConfig, sample
+    from rlhfkit.tasks import get_task
+    from rlhfkit.train.nash import NashConfig, train_nash
+    def prefer(prompts, ys, ys_opp):
+        return [0.5 + (a - b) / 2 for a, b in zip(good_share(prompts, ys), good_share(prompts, ys_opp))]
+
+    out = train_nash(NashConfig(
+        model=str(good_bad_policy), output_dir=str(tmp_path / "nash"), max_steps=5, batch_size=8,
+        max_new_tokens=5, learning_rate=4e-3, precision="fp32", progress=False, eval_prompts=0,
+        kl_coef=0.01, reward_clip=0.0, system_prompt=SYSTEM, tensorboard=False,
+        mixture_beta=0.125), preference_fn=prefer)
+    tok = load_tokenizer(str(good_bad_policy))
+    prompts = get_task("reviews").prompts("train")[:32]
+
+    def share(path):
+        torch.manual_seed(0)
+        r = sample(load_causal_lm(str(path)), tok, prompts, SamplingConfig(max_new_tokens=6),
+                   SYSTEM)
+        return sum(good_share(prompts, r.texts)) / len(prompts)
+
+    before, after = share(good_bad_policy), share(out)
+    assert after > before + 0.1, (before, after)
+    metrics = [json.loads(line) for line in (tmp_path / "nash" / "metrics.jsonl").open()]
+    assert "reward/preference" in metrics[-1]

@@ -22,11 +22,16 @@ algorithm in a few lines and is what the unit tests check:
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import torch
 
 from rlhfkit.losses import bradley_terry_loss, nash_md_step
+from rlhfkit.train.pg import PGConfig
 
 Tensor = torch.Tensor
 
@@ -140,3 +145,161 @@ def maximise_reward(rewards: Tensor, ref_probs: Tensor | None = None, tau: float
     ref = torch.full((k,), 1.0 / k, dtype=torch.float64) if ref_probs is None \
         else ref_probs.double()
     return torch.softmax(ref.log() + rewards.double() / tau, dim=-1)
+
+
+# --------------------------------------------------------------------------------------------
+# Nash-MD for language models (``rlhfkit nash``)
+# --------------------------------------------------------------------------------------------
+# The practical version of Munos et al. (2023), §7: sample y from the policy and y' from the
+# mixture pi_mix, approximated token by token by sampling from
+# softmax((1 - beta) * logits_policy + beta * logits_ref); the payoff of y is P(y > y' | x) from
+# the preference model, and the policy takes a REINFORCE step on that payoff minus the per-token
+# KL to the reference (the tau * KL term of the regularised game).
+
+PreferenceFn = Callable[[Sequence[Any], Sequence[str], Sequence[str]], Sequence[float]]
+"""(prompts, responses y, responses y') -> P(y > y') for each triple."""
+
+
+@dataclass
+class NashConfig(PGConfig):
+    """Nash-MD against a pairwise preference model (``rlhfkit nash``)."""
+
+    output_dir: str = "runs/nash"
+    """Run folder: config.yaml, metrics.jsonl, samples.jsonl, checkpoints/, model/."""
+    preference_model: str = "runs/preference/model"
+    """Folder of a pairwise preference model (rlhfkit.models.preference)."""
+    mixture_beta: float = 0.125
+    """beta = eta * tau: weight of the reference's logits in the opponent's token-level mixture."""
+
+
+@torch.no_grad()
+def sample_mixture(policy_lm: torch.nn.Module,
+                   reference: Callable[[], contextlib.AbstractContextManager[torch.nn.Module]],
+                   tokenizer: Any, prompt_ids: list[list[int]], beta: float,
+                   max_new_tokens: int, temperature: float = 1.0) -> list[str]:
+    """Sample from the token-level geometric mixture of policy and reference (no KV cache).
+
+    At each step the next token is drawn from
+    ``softmax(((1 - beta) * logits_policy + beta * logits_ref) / temperature)``, the practical
+    approximation of pi_mix in Munos et al. (2023), §7.
+
+    Args:
+        policy_lm: The policy's causal LM.
+        reference: Context manager factory yielding a module with ``.lm`` = the reference LM
+            (``ReferencePolicy.active``: with LoRA it disables the adapter, so the policy's
+            logits are taken outside it).
+        tokenizer: The tokenizer.
+        prompt_ids: Prompt token ids, one list per sample.
+        beta: Weight of the reference logits (eta * tau).
+        max_new_tokens: Length limit.
+        temperature: Sampling temperature.
+
+    Returns:
+        The decoded responses (up to the first EOS).
+    """
+    from rlhfkit.data.chat import pad
+    from rlhfkit.rollout import eos_ids_of
+
+    device = next(policy_lm.parameters()).device
+    ids, mask = pad(prompt_ids, tokenizer.pad_token_id, side="left")  # (B, T)
+    ids, mask = ids.to(device), mask.to(device)
+    eos = torch.tensor(eos_ids_of(tokenizer), device=device)
+    done = torch.zeros(ids.shape[0], dtype=torch.bool, device=device)
+    new: list[torch.Tensor] = []
+    for _ in range(max_new_tokens):
+        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+        inputs = dict(input_ids=ids, attention_mask=mask, position_ids=position_ids,
+                      use_cache=False)
+        logits = policy_lm(**inputs).logits[:, -1].float()  # (B, V)
+        with reference() as ref:
+            ref_logits = ref.lm(**inputs).logits[:, -1].float()  # (B, V)
+        mixed = (1 - beta) * logits + beta * ref_logits  # (B, V)
+        token = torch.multinomial(torch.softmax(mixed / temperature, -1), 1)[:, 0]  # (B,)
+        token = torch.where(done, torch.full_like(token, tokenizer.pad_token_id), token)
+        new.append(token)
+        ids = torch.cat([ids, token[:, None]], 1)
+        mask = torch.cat([mask, (~done).long()[:, None]], 1)
+        done |= torch.isin(token, eos)
+        if done.all():
+            break
+    out = torch.stack(new, 1).tolist()  # (B, N)
+    texts = []
+    for row in out:
+        cut = next((i for i, t in enumerate(row) if t in eos.tolist()), len(row))
+        texts.append(tokenizer.decode(row[:cut], skip_special_tokens=True))
+    return texts
+
+
+def preference_model_fn(path: str, tokenizer: Any, device: torch.device,
+                        max_length: int = 1024, system_prompt: str | None = None
+                        ) -> PreferenceFn:
+    """A :data:`PreferenceFn` backed by a saved pairwise preference model."""
+    from rlhfkit.models.preference import PreferenceModel, collate_duels
+
+    model = PreferenceModel.from_pretrained(path, pad_token_id=tokenizer.pad_token_id)
+    model.eval().requires_grad_(False).to(device)
+
+    @torch.no_grad()
+    def prefer(prompts, ys, ys_opp):
+        batch = collate_duels(tokenizer, [(p, a, b, 1.0) for p, a, b in zip(prompts, ys, ys_opp)],
+                              max_length, system_prompt)
+        g = model.preference_logits(*(batch[k].to(device) for k in
+                                      ("ab_ids", "ab_mask", "ba_ids", "ba_mask")))
+        return torch.sigmoid(g).tolist()
+
+    return prefer
+
+
+def train_nash(cfg: NashConfig, preference_fn: PreferenceFn | None = None) -> Path:
+    """Nash-MD for an LM (Munos et al. 2023, §7); returns the folder of the saved policy.
+
+    Each step: (1) sample y ~ pi and y' ~ pi_mix for the same prompts; (2) payoff
+    ``P(y > y') - 1/2``; (3) REINFORCE on the payoff with the per-token KL to the reference in
+    the reward and the batch-mean baseline (``--baseline``); (4) log ``reward/preference``
+    (mean P(y > y')).
+    """
+    from rlhfkit.losses import entropy_from_logits, masked_mean, reinforce_loss
+    from rlhfkit.rollout import encode_prompts, forward_response
+    from rlhfkit.train.pg import advantages_for
+    from rlhfkit.train.rl import RLRun
+
+    if not 0.0 <= cfg.mixture_beta <= 1.0:
+        raise ValueError(f"--mixture-beta must be in [0, 1], got {cfg.mixture_beta}")
+    cfg.algo = "reinforce"
+    # The payoff is computed here from the preference model, not from a scalar reward model.
+    run = RLRun(cfg, "nash", reward_fn=lambda p, t, r: [0.0] * len(t))
+    prefer = preference_fn or preference_model_fn(cfg.preference_model, run.tokenizer,
+                                                  run.device, system_prompt=run.system_prompt)
+    temperature = cfg.temperature or 1.0
+    for step in run.steps():
+        run.start_step()
+        # 1. rollouts: y from the policy, y' from the mixture ---------------------------
+        prompts = run.prompt_batch(step)
+        rollout = run.rollout(prompts)
+        prompt_ids = encode_prompts(run.tokenizer, prompts, run.system_prompt,
+                                    cfg.max_prompt_tokens)
+        was_training = run.lm.training
+        run.lm.eval()
+        opponents = sample_mixture(run.lm, run.reference.active, run.tokenizer, prompt_ids,
+                                   cfg.mixture_beta, cfg.max_new_tokens, temperature)
+        run.lm.train(was_training)
+        # 2. payoff P(y > y') and 3. advantages ------------------------------------------
+        raw = torch.as_tensor(list(prefer(rollout.prompts, rollout.texts, opponents)),
+                              dtype=torch.float32, device=run.device)  # (B,)
+        scores = raw - 0.5
+        adv, returns, rewards = advantages_for(cfg, run, rollout, scores)
+        # 4. update ---------------------------------------------------------------------
+        with run.acc.autocast():
+            out = forward_response(run.model, rollout, temperature)
+            loss_pg = masked_mean(reinforce_loss(out["logprobs"], adv), rollout.response_mask)
+            entropy = entropy_from_logits(out["logits"])
+            loss = loss_pg - cfg.entropy_coef * entropy.mean()
+        run.backward(loss)
+        grad_norm = run.optimizer_step()
+        # 5. log ------------------------------------------------------------------------
+        metrics, kl_seq = run.rollout_metrics(rollout, raw, scores, rewards)
+        metrics.update({"reward/preference": float(raw.mean()),
+                        "loss/policy": float(loss_pg.detach()),
+                        "policy/entropy": float(entropy.detach().mean()), "grad_norm": grad_norm})
+        run.end_step(metrics, rollout, kl_seq)
+    return run.finish()

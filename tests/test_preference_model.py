@@ -54,3 +54,20 @@ def test_preference_model_learns(model, tokenizer):
     assert sum(losses[-4:]) / 4 < sum(losses[:4]) / 4
     assert after["loss"] < before["loss"] - 0.1, (before, after)
     assert after["accuracy"] >= 0.9, (before, after)
+
+
+def test_nash_from_the_command_line(model, tokenizer, tiny_lm, tmp_path):
+    """``rlhfkit nash`` runs end to end with a saved preference model (one tiny step)."""
+    import json
+
+    from rlhfkit.cli import main
+
+    model.save(tmp_path / "pref", tokenizer)
+    code = main(["nash", "--model", str(tiny_lm), "--preference-model", str(tmp_path / "pref"),
+                 "--output-dir", str(tmp_path / "nash"), "--max-steps", "1", "--batch-size", "2",
+                 "--max-new-tokens", "3", "--precision", "fp32", "--eval-prompts", "0",
+                 "--no-progress", "--no-tensorboard"])
+    assert code == 0
+    line = (tmp_path / "nash" / "metrics.jsonl").read_text().splitlines()[-1]
+    assert 0.0 <= json.loads(line)["reward/preference"] <= 1.0
+    assert (tmp_path / "nash" / "model").is_dir()

@@ -129,6 +129,9 @@ STAGES: list[Stage] = [
           *_rl_stage("pg", "GRPOConfig", "train_pg")),
     Stage("best-of-n", "Best-of-N sampling; rejection sampling into a new SFT dataset",
           *_rl_stage("best_of_n", "BestOfNConfig", "run_best_of_n")),
+    Stage("nash", "Nash-MD: play against a mixture of the policy and the reference, payoff from "
+          "a pairwise preference model (Munos et al. 2023)",
+          *_rl_stage("nash", "NashConfig", "train_nash")),
     Stage("demo", "Run the whole loop on the default model and write a report", _demo_cfg,
           _demo_run),
     Stage("control", "Preference-based RL for control: a Gymnasium agent learns from segment "

@@ -201,3 +201,17 @@ def test_cli_control_stage(tmp_path):
     sources = {json.loads(x)["reward_source"]
                for x in (tmp_path / "metrics.jsonl").read_text().splitlines()}
     assert sources == {"learned", "true"}
+
+
+def test_continuous_actions_run_on_pendulum(tmp_path):
+    """Pendulum-v1 (Box actions, no termination): segments carry (K, 1) float actions and the
+    learned-reward agent runs end to end. A smoke test: learning Pendulum takes far longer."""
+    pytest.importorskip("gymnasium")
+    from rlhfkit.control.train import ControlConfig, train_control
+
+    cfg = ControlConfig(env="Pendulum-v1", total_steps=2048, labels=20, reward_update_every=512,
+                        reward_epochs=2, compare_true_reward=False, plot=False,
+                        output_dir=str(tmp_path))
+    rows = train_control(cfg)["learned"]
+    assert rows[-1]["labels"] == 20
+    assert rows[-1]["true_return"] < 0 and rows[-1]["predicted_return"] is not None

@@ -1,4 +1,4 @@
-"""A small PPO agent for discrete-action Gymnasium tasks (Schulman et al. 2017).
+"""A small PPO agent for Gymnasium tasks with discrete or continuous actions (Schulman et al. 2017).
 
 Written after cleanrl's ``ppo.py``: separate actor and critic MLPs, GAE(lambda), a clipped
 ratio, per-mini-batch advantage normalisation and an entropy bonus. The agent does not know where
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.distributions import Categorical
+from torch.distributions import Categorical, Normal
 
 
 def _mlp(inp: int, out: int, hidden: int, out_std: float) -> nn.Sequential:
@@ -27,12 +27,21 @@ def _mlp(inp: int, out: int, hidden: int, out_std: float) -> nn.Sequential:
 
 
 class ActorCritic(nn.Module):
-    """Policy ``pi(a | o)`` over ``n_actions`` and value ``V(o)``."""
+    """Policy ``pi(a | o)`` and value ``V(o)``.
 
-    def __init__(self, obs_dim: int, n_actions: int, hidden: int = 64) -> None:
+    Discrete: a categorical over ``action_dim`` actions. Continuous: a diagonal Gaussian over an
+    ``action_dim`` vector with a state-independent learned log-std (cleanrl's
+    ``ppo_continuous_action.py``); the environment clips the sample to its bounds.
+    """
+
+    def __init__(self, obs_dim: int, action_dim: int, hidden: int = 64,
+                 continuous: bool = False) -> None:
         super().__init__()
-        self.actor = _mlp(obs_dim, n_actions, hidden, out_std=0.01)
+        self.continuous = continuous
+        self.actor = _mlp(obs_dim, action_dim, hidden, out_std=0.01)
         self.critic = _mlp(obs_dim, 1, hidden, out_std=1.0)
+        if continuous:
+            self.log_std = nn.Parameter(torch.zeros(action_dim))
 
     def value(self, obs: Tensor) -> Tensor:
         """(B,) state values of (B, D) observations."""
@@ -42,8 +51,14 @@ class ActorCritic(nn.Module):
         """Sample (or score given) actions.
 
         Returns:
-            actions (B,), their log-probs (B,), and the policy entropy (B,).
+            actions (B,) or (B, A), their log-probs (B,), and the policy entropy (B,).
         """
+        if self.continuous:
+            mean = self.actor(obs)  # (B, A)
+            dist = Normal(mean, self.log_std.exp().expand_as(mean))
+            if actions is None:
+                actions = dist.sample()
+            return actions, dist.log_prob(actions).sum(-1), dist.entropy().sum(-1)
         dist = Categorical(logits=self.actor(obs))
         if actions is None:
             actions = dist.sample()
@@ -100,7 +115,7 @@ def ppo_update(agent: ActorCritic, optimizer: torch.optim.Optimizer, obs: Tensor
         agent: The policy and value networks.
         optimizer: Their optimizer.
         obs: (B, D) flattened rollout observations.
-        actions: (B,) actions taken.
+        actions: (B,) or (B, A) actions taken.
         old_logprobs: (B,) their log-probs when sampled.
         advantages: (B,) GAE advantages.
         returns: (B,) value targets.

@@ -51,7 +51,7 @@ class ControlConfig:
     """Preference-based RL for control (``rlhfkit control``)."""
 
     env: str = "CartPole-v1"
-    """Gymnasium environment id (discrete actions)."""
+    """Gymnasium environment id (Discrete or Box actions: CartPole-v1, Pendulum-v1, ...)."""
     labels: int = 500
     """Label budget: comparisons the oracle answers over the whole run."""
     total_steps: int = 100_000
@@ -97,9 +97,16 @@ def _make_envs(cfg: ControlConfig):
     except ImportError as err:  # errors for people: name the extra
         raise ImportError("rlhfkit control needs gymnasium: pip install 'rlhfkit[control]'") from err
     envs = [gym.make(cfg.env) for _ in range(cfg.num_envs)]
-    if not isinstance(envs[0].action_space, gym.spaces.Discrete):
-        raise ValueError(f"{cfg.env}: the PPO agent here needs discrete actions")
+    if not isinstance(envs[0].action_space, (gym.spaces.Discrete, gym.spaces.Box)):
+        raise ValueError(f"{cfg.env}: the PPO agent here needs Discrete or Box actions")
     return envs
+
+
+def _action_spec(env) -> tuple[int, bool]:
+    """(action_dim, discrete): the number of actions, or the size of the action vector."""
+    if hasattr(env.action_space, "n"):
+        return int(env.action_space.n), True
+    return int(np.prod(env.action_space.shape)), False
 
 
 @dataclass
@@ -139,9 +146,10 @@ class Runner:
             next_obs = np.empty_like(self.obs)
             rewards, terms, ends = np.zeros(n), np.zeros(n), np.zeros(n)
             for i, env in enumerate(self.envs):
-                o, r, term, trunc, _ = env.step(int(actions[i]))
+                action = self.env_action(env, actions[i])
+                o, r, term, trunc, _ = env.step(action)
                 next_obs[i], rewards[i], terms[i], ends[i] = o, r, term, term or trunc
-                self.current[i].append((self.obs[i].copy(), int(actions[i]), float(r)))
+                self.current[i].append((self.obs[i].copy(), action, float(r)))
                 if term or trunc:
                     ob, act, rew = map(np.array, zip(*self.current[i]))
                     self.finished.append(Episode(ob, act, rew, bool(term), o))
@@ -154,6 +162,13 @@ class Runner:
                               if k != "actions" else v)
         return {k: torch.stack(v) for k, v in buf.items()}
 
+    @staticmethod
+    def env_action(env, action: torch.Tensor):
+        """The action the environment executes: an int, or the sample clipped to the bounds."""
+        if hasattr(env.action_space, "n"):
+            return int(action)
+        return np.clip(action.numpy(), env.action_space.low, env.action_space.high)
+
     def sample_segments(self, count: int, length: int, rng: np.random.Generator) -> Segments:
         """Cut ``count`` random segments of ``length`` steps from the finished episodes."""
         episodes = [e for e in self.finished if e.terminated or len(e.actions) >= length]
@@ -165,11 +180,12 @@ class Runner:
             take = min(length, len(e.actions) - start)
             pad = length - take  # steps in the absorbing state after termination
             obs.append(np.concatenate([e.obs[start:start + take], np.repeat(e.final_obs[None], pad, 0)]))
-            actions.append(np.concatenate([e.actions[start:start + take], np.zeros(pad, int)]))
+            actions.append(np.concatenate([e.actions[start:start + take], np.zeros((pad, *e.actions.shape[1:]), e.actions.dtype)]))
             rewards.append(np.concatenate([e.rewards[start:start + take], np.zeros(pad)]))
             absorbing.append(np.arange(length) >= take)
+        actions = np.stack(actions)
         return Segments(torch.as_tensor(np.stack(obs), dtype=torch.float32),
-                        torch.as_tensor(np.stack(actions)),
+                        torch.as_tensor(actions, dtype=torch.float32 if actions.ndim == 3 else None),
                         torch.as_tensor(np.stack(rewards), dtype=torch.float32),
                         torch.as_tensor(np.stack(absorbing)))
 
@@ -208,12 +224,13 @@ def run_agent(cfg: ControlConfig, learned: bool, log) -> list[dict[str, Any]]:
     rng = np.random.default_rng(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
     envs = _make_envs(cfg)
-    obs_dim, n_actions = envs[0].observation_space.shape[0], int(envs[0].action_space.n)
+    obs_dim = envs[0].observation_space.shape[0]
+    action_dim, discrete = _action_spec(envs[0])
     runner = Runner(envs, cfg.seed)
-    agent = ActorCritic(obs_dim, n_actions)
+    agent = ActorCritic(obs_dim, action_dim, continuous=not discrete)
     optimizer = torch.optim.Adam(agent.parameters(), lr=cfg.learning_rate, eps=1e-5)
     hp = PPOHyper(learning_rate=cfg.learning_rate)
-    model = RewardEnsemble(obs_dim, n_actions, members=cfg.ensemble_members)
+    model = RewardEnsemble(obs_dim, action_dim, discrete, members=cfg.ensemble_members)
     reward_opt = torch.optim.Adam(model.parameters(), lr=cfg.reward_learning_rate)
     data, shift, scale, reward_stats = PreferenceData(), 0.0, 1.0, {}
     pred_returns: deque[float] = deque(maxlen=10)
@@ -225,18 +242,22 @@ def run_agent(cfg: ControlConfig, learned: bool, log) -> list[dict[str, Any]]:
         batch = runner.rollout(agent, cfg.rollout_steps)  # (T, N, ...)
         step += cfg.rollout_steps * cfg.num_envs
         # -- 2. labels and reward model (on the learned-reward agent only) ---------------------
-        if learned and step - last_refit >= cfg.reward_update_every:
+        if learned and step - last_refit >= cfg.reward_update_every and runner.finished:
             want = min(cfg.labels, label_target(step, cfg)) - len(data)
             if want > 0:
                 query_and_label(runner, model, data, want, cfg, rng, generator)
                 reward_stats = train_reward_model(model, data, reward_opt, cfg.reward_epochs,
                                                   rng=rng)
                 shift, scale = reward_normaliser(model, data)
-            last_refit = step
+            last_refit = step  # (until an episode has finished there is nothing to cut)
         # -- 3. rewards and advantages -----------------------------------------------------------
         if learned:
             with torch.no_grad():
-                rewards = (model.reward(batch["obs"], batch["actions"]) - shift) / scale  # (T, N)
+                executed = batch["actions"]  # the reward model saw what the env executed
+                if not discrete:
+                    low, high = envs[0].action_space.low, envs[0].action_space.high
+                    executed = executed.clamp(torch.as_tensor(low), torch.as_tensor(high))
+                rewards = (model.reward(batch["obs"], executed) - shift) / scale  # (T, N)
             for t in range(rewards.shape[0]):  # predicted return of the episodes, for the log
                 pred_running += rewards[t].numpy()
                 for i in np.flatnonzero(batch["ends"][t].numpy()):

@@ -25,6 +25,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -36,6 +37,7 @@ STAGES = {
     "rm": (2, 2e-5, "rankings of K=4, i.e. 12 comparisons (pairs)"),
 }
 TARGET_SPEEDUP = 1.3
+LOGS = Path(tempfile.gettempdir()) / "rlhfkit-bench-logs"
 
 
 def model_dir() -> str:
@@ -103,7 +105,8 @@ def run_one(framework: str, variant: str, stage: str, args: argparse.Namespace, 
     """Start one child run and return its record (with the load average around it)."""
     batch, lr, _ = STAGES[stage]
     out = raw_dir / f"{tag}.json"
-    log = raw_dir / f"{tag}.log"
+    log = LOGS / f"{tag}.log"  # outside the repository: tqdm bars and library warnings
+    LOGS.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, str(HERE / "bench_sft_rm.py"), "--framework", framework,
            "--stage", stage, "--model", model, "--out", str(out), "--warmup", str(args.warmup),
            "--steps", str(args.steps), "--batch-size", str(batch), "--max-length",
@@ -236,8 +239,11 @@ def table(result: dict) -> str:
     loads = [r["load_before"] for r in result["runs"] if "load_before" in r] or [float("nan")]
     times = sorted(r["finished_at"] for r in result["runs"] if "finished_at" in r)
     when = f"Measured {times[0]} to {times[-1][-5:]} UTC" if times else result["date"]
-    commits = sorted({r["rlhfkit_commit"] for r in result["runs"] if r.get("rlhfkit_commit")})
-    commit = ", ".join(commits) or v["rlhfkit_commit"]
+    commits = [r["rlhfkit_commit"] for r in sorted(result["runs"], key=lambda r: r.get(
+        "finished_at", "")) if r.get("rlhfkit_commit")]
+    commits = list(dict.fromkeys(commits))  # in the order the runs met them
+    commit = (" to ".join([commits[0], commits[-1]]) if len(commits) > 1
+              else commits[0] if commits else v["rlhfkit_commit"])
     sft_b, sft_lr, _ = STAGES["sft"]
     rm_b, rm_lr, _ = STAGES["rm"]
     lines += [

@@ -208,8 +208,9 @@ def sample_mixture(policy_lm: torch.nn.Module,
     new: list[torch.Tensor] = []
     for _ in range(max_new_tokens):
         position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+        # logits_to_keep=1: only the last position's (B, 1, V) logits, not (B, T, V).
         inputs = dict(input_ids=ids, attention_mask=mask, position_ids=position_ids,
-                      use_cache=False)
+                      use_cache=False, logits_to_keep=1)
         logits = policy_lm(**inputs).logits[:, -1].float()  # (B, V)
         with reference() as ref:
             ref_logits = ref.lm(**inputs).logits[:, -1].float()  # (B, V)
@@ -223,9 +224,10 @@ def sample_mixture(policy_lm: torch.nn.Module,
         if done.all():
             break
     out = torch.stack(new, 1).tolist()  # (B, N)
+    eos_set = set(eos.tolist())
     texts = []
     for row in out:
-        cut = next((i for i, t in enumerate(row) if t in eos.tolist()), len(row))
+        cut = next((i for i, t in enumerate(row) if t in eos_set), len(row))
         texts.append(tokenizer.decode(row[:cut], skip_special_tokens=True))
     return texts
 

@@ -1,20 +1,36 @@
-"""The demo pipeline end to end on a tiny model: SFT -> RM -> RL -> evaluation -> report."""
+"""The demo pipeline end to end on a tiny model: SFT -> RM -> RL -> evaluation -> report.
+
+This checks the plumbing between the stages, not learning (each stage's own tests do that), so
+it runs the smallest settings that still pass through every stage: a one-layer model of width
+16 (the vocabulary projection dominates every forward pass), one RL batch, two new tokens.
+"""
 
 import json
 
 import pytest
 
+from conftest import make_tiny_lm
+
+
+@pytest.fixture(scope="module")
+def smallest_lm(tmp_path_factory, tokenizer):
+    return make_tiny_lm(tmp_path_factory.mktemp("smallest-lm"), tokenizer, hidden=16, layers=1)
+
 
 @pytest.mark.parametrize("algo", ["ppo"])
-def test_demo_runs_end_to_end_and_writes_a_report(tiny_lm, tmp_path, algo):
+def test_demo_runs_end_to_end_and_writes_a_report(smallest_lm, tmp_path, algo):
     from rlhfkit.pipeline import DemoConfig, run_demo
 
-    out = run_demo(DemoConfig(model=str(tiny_lm), output_dir=str(tmp_path), quick=True,
-                              precision="fp32", sft_steps=2, rm_steps=2, rl_steps=2,
-                              max_new_tokens=4, eval_prompts=4, algo=algo, progress=False))
+    out = run_demo(DemoConfig(model=str(smallest_lm), output_dir=str(tmp_path), quick=True,
+                              precision="fp32", sft_steps=2, rm_steps=2, rl_steps=1,
+                              max_new_tokens=2, eval_prompts=2, algo=algo, progress=False))
     summary = json.loads((out / "summary.json").read_text())
     ev = summary["eval"]
     for key in ("gold/win_rate", "gold/sft", "gold/final", "kl/final", "reward/final"):
         assert key in ev
+    assert ev["prompts"] == 2
+    for stage in ("sft", "rm", algo):
+        assert (out / stage / "model" / "config.json").exists(), stage
+    assert set(summary["timings"]) == {"sft_s", "rm_s", "rl_s", "eval_s"}
     html = (out / "report.html").read_text()
     assert "data:image/png;base64" in html and "Samples on held-out prompts" in html

@@ -70,3 +70,13 @@ def test_console_script_runs():
     proc = subprocess.run([sys.executable, "-m", "rlhfkit.cli", "--version"], capture_output=True,
                           text=True)
     assert proc.returncode == 0 and proc.stdout.strip() == "0.1.0"
+
+
+def test_every_command_has_working_help(capsys):
+    """Every sub-command's --help renders (field docs go through argparse's % formatting)."""
+    commands = build_parser()._subparsers._group_actions[0].choices
+    for name in commands:
+        with pytest.raises(SystemExit) as exit_info:
+            main([name, "--help"])
+        assert exit_info.value.code == 0, name
+        assert "usage:" in capsys.readouterr().out

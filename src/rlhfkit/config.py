@@ -159,6 +159,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
             f.default_factory() if f.default_factory is not dataclasses.MISSING else None  # type: ignore[misc]
         )
         help_text = f"{docs.get(f.name, '')} [{_type_name(hints[f.name])}, default: {default!r}]"
+        help_text = help_text.replace("%", "%%")  # argparse %-formats help strings
         base, _ = _base_type(hints[f.name])
         if base is bool:
             parser.add_argument(

@@ -59,8 +59,12 @@ def find_alias_gguf(alias: str) -> Path:
 
 
 def _converted_dir(gguf_path: Path) -> Path:
-    digest = hashlib.sha1(f"{gguf_path.resolve()}:{gguf_path.stat().st_size}".encode()).hexdigest()
-    return cache_dir() / f"{gguf_path.stem}-{digest[:10]}"
+    # Keyed by the file's name, size and first MiB, not its path: the same GGUF installed in two
+    # virtual environments is converted once.
+    with open(gguf_path, "rb") as f:
+        head = f.read(1 << 20)
+    digest = hashlib.sha1(f"{gguf_path.name}:{gguf_path.stat().st_size}:".encode() + head)
+    return cache_dir() / f"{gguf_path.stem}-{digest.hexdigest()[:10]}"
 
 
 def _is_hf_folder(path: Path) -> bool:
@@ -115,6 +119,7 @@ def _convert_gguf(gguf: Path, target: Path) -> Path:
     config = model.config
     if hasattr(config, "quantization_config"):
         delattr(config, "quantization_config")
+    config.architectures = [type(model).__name__]  # other tools pick the class from this
     config.save_pretrained(tmp)
     if model.generation_config is not None:
         model.generation_config.save_pretrained(tmp)

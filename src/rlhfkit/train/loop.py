@@ -85,8 +85,9 @@ class TrainConfig:
     """Micro-batches accumulated per optimizer step."""
     max_grad_norm: float = 1.0
     """Clip the global gradient norm to this (0 = no clipping)."""
-    gradient_checkpointing: bool = False
-    """Recompute activations in the backward pass: less memory, about a third more compute."""
+    gradient_checkpointing: bool = True
+    """Recompute activations in the backward pass: ~10% less peak memory for ~18% less speed
+    (SmolLM2-135M on CPU); the default, as in TRL. --no-gradient-checkpointing for speed."""
     group_by_length: bool = True
     """Batch items of similar length together to waste less compute on padding."""
     seed: int = 0

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from rlhfkit.testing import make_tiny_lm
+
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
@@ -22,29 +24,6 @@ def tokenizer():
     from rlhfkit.models.loading import load_tokenizer
 
     return load_tokenizer("smollm2-135m")
-
-
-def make_tiny_lm(path: Path, tokenizer, seed: int = 0, hidden: int = 64, layers: int = 2) -> Path:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden,
-        intermediate_size=hidden * 2,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        tie_word_embeddings=True,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    model = LlamaForCausalLM(config)
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from conftest import make_tiny_lm
+from rlhfkit.testing import make_tiny_lm
 
 
 @pytest.fixture(scope="module")

@@ -417,10 +417,12 @@ def table(result: dict) -> str:
                          f"| {fmt(r['cpu_speedup'], 2, 'x')} | **{fmt(r['rss_ratio'], 2, 'x')}** |")
     loads = [r["load_before"] for r in result["runs"]]
     m = result["machine"]
-    lines += ["", f"Median over {a['reps']} rounds (min-max in brackets), each ratio from runs "
+    per_prompt = " or ".join(sorted({"1" if algo == "ppo" else str(a["group_size"])
+                                     for algo in result["summary"]}))
+    lines += ["", f"Median over {a['reps']} round(s) (min-max in brackets), each ratio from runs "
               f"of the same round; {a['warmup']} untimed warm-up step then {a['steps']} timed "
-              f"steps per run; a step = {a['prompts_per_step']} prompts x {a['group_size']} "
-              f"completions (PPO: {a['prompts_per_step']} prompts x 1), up to "
+              f"steps per run; a step = {a['prompts_per_step']} prompts x "
+              f"{per_prompt} completions, up to "
               f"{a['max_new_tokens']} new tokens, KL coefficient {a['kl_coef']}, lr "
               f"{a['learning_rate']}. Machine: {m['cpu']}, {m['nproc']} cores; 1-minute load "
               f"before each run {min(loads):.1f}-{max(loads):.1f}. {result['date']}."]

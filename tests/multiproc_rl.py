@@ -49,4 +49,5 @@ if __name__ == "__main__":
     train_pg(PGConfig(algo="grpo", model=model, output_dir=str(out), max_steps=3, batch_size=2,
                       num_samples=4, max_new_tokens=6, learning_rate=2e-3, precision="fp32",
                       progress=False, eval_prompts=8, kl_coef=0.04, reward_clip=0.0,
-                      system_prompt=system, tensorboard=False), reward_fn=good_share)
+                      system_prompt=system, tensorboard=False, gradient_checkpointing=False),
+             reward_fn=good_share)

@@ -49,7 +49,7 @@ def good_bad_policy(tmp_path_factory, tiny_lm):
         model=str(tiny_lm), data=str(root / "demos.jsonl"), output_dir=str(root / "sft"),
         max_steps=24, batch_size=16, learning_rate=1e-2, precision="fp32", progress=False,
         max_length=96, eval_fraction=0.0, system_prompt=SYSTEM, warmup_ratio=0.0,
-        lr_scheduler="constant", tensorboard=False))
+        lr_scheduler="constant", tensorboard=False, gradient_checkpointing=False))
 
 
 def demos_of(policy: Path) -> Path:
@@ -60,7 +60,7 @@ def rl_common(policy, out, **kw):
     base = dict(model=str(policy), output_dir=str(out), max_steps=5, batch_size=8,
                 max_new_tokens=6, learning_rate=2e-3, precision="fp32", progress=False,
                 eval_prompts=8, kl_coef=0.01, reward_clip=0.0, system_prompt=SYSTEM,
-                tensorboard=False)
+                tensorboard=False, gradient_checkpointing=False)
     base.update(kw)
     return base
 
@@ -192,7 +192,7 @@ def test_ppo_with_a_critic_initialised_from_the_reward_model(good_bad_policy, tm
                            output_dir=str(tmp_path / "rm"), max_steps=16, batch_size=8,
                            learning_rate=3e-3, precision="fp32", progress=False, max_length=96,
                            eval_fraction=0.0, system_prompt=SYSTEM, warmup_ratio=0.0,
-                           lr_scheduler="constant", tensorboard=False))
+                           lr_scheduler="constant", tensorboard=False, gradient_checkpointing=False))
     out = tmp_path / "ppo"
     train_ppo(PPOConfig(**ppo_kwargs(good_bad_policy, out, critic="rm", reward_model=str(rm),
                                      max_steps=4, save_every=2, reward_clip=5.0)))

@@ -24,6 +24,17 @@ def test_default_alias_converts_once_then_reads_the_cache(monkeypatch, tokenizer
     assert len(loading.load_tokenizer("smollm2-135m")) == 49152
 
 
+def test_reward_model_from_the_default_model_keeps_its_embeddings(tokenizer):
+    """The converted folder stores the tied embedding under the input embedding's name, so a
+    sequence-classification model (no LM head) loads the trained embeddings, not random ones."""
+    from rlhfkit.models.reward import RewardModel
+
+    lm = loading.load_causal_lm("smollm2-135m")
+    rm = RewardModel.from_pretrained("smollm2-135m")
+    assert torch.equal(rm.seq_model.model.embed_tokens.weight, lm.model.embed_tokens.weight)
+    assert torch.equal(lm.lm_head.weight, lm.model.embed_tokens.weight)  # still tied
+
+
 def test_gguf_path_and_alias_resolve_to_the_same_cache():
     gguf = loading.find_alias_gguf("smollm2-135m")
     assert gguf.suffix == ".gguf"

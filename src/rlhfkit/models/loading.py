@@ -63,7 +63,7 @@ def _converted_dir(gguf_path: Path) -> Path:
     # virtual environments is converted once.
     with open(gguf_path, "rb") as f:
         head = f.read(1 << 20)
-    digest = hashlib.sha1(f"{gguf_path.name}:{gguf_path.stat().st_size}:".encode() + head)
+    digest = hashlib.sha1(f"v2:{gguf_path.name}:{gguf_path.stat().st_size}:".encode() + head)
     return cache_dir() / f"{gguf_path.stem}-{digest.hexdigest()[:10]}"
 
 
@@ -113,9 +113,15 @@ def _convert_gguf(gguf: Path, target: Path) -> Path:
     tmp.mkdir(parents=True, exist_ok=True)
     # transformers marks GGUF-loaded models as quantized and refuses save_pretrained; the weights
     # are already plain fp32 tensors, so write them and a config without the quantization entry.
-    from safetensors.torch import save_model
+    from safetensors.torch import save_file
 
-    save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    # Tied embeddings are stored once, under the *input* embedding's name: a model class without
+    # the LM head (e.g. *ForSequenceClassification for a reward model) reads only that name.
+    state = model.state_dict()
+    if getattr(model.config, "tie_word_embeddings", False):
+        state.pop("lm_head.weight", None)
+    state = {k: v.contiguous() for k, v in state.items()}
+    save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
     config = model.config
     if hasattr(config, "quantization_config"):
         delattr(config, "quantization_config")

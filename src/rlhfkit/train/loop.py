@@ -183,6 +183,87 @@ def build_scheduler(optimizer: torch.optim.Optimizer, kind: str, warmup: int, to
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def reduce_sums(accelerator: Any, values: dict[str, float | torch.Tensor]) -> dict[str, float]:
+    """Sum scalars over processes (every process passes the same keys)."""
+    keys = sorted(values)
+    t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64,
+                     device=accelerator.device)
+    if accelerator.num_processes > 1:
+        t = accelerator.reduce(t, reduction="sum")
+    return dict(zip(keys, t.tolist()))
+
+
+class MetricsLog:
+    """``metrics.jsonl`` (and optionally TensorBoard) in a run folder, written by one process."""
+
+    def __init__(self, out: Path, enabled: bool, tensorboard: bool = False) -> None:
+        self.out, self.enabled, self.tensorboard = out, enabled, tensorboard
+        self._file = None
+        self._tb = None
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        """Append one record ``{"step": step, **metrics}``; nothing for an empty dict."""
+        if not metrics or not self.enabled:
+            return
+        record = {"step": step, **{k: float(v) for k, v in metrics.items()}}
+        if self._file is None:
+            self._file = open(self.out / "metrics.jsonl", "a")  # noqa: SIM115
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+        if self.tensorboard:
+            if self._tb is None:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tb = SummaryWriter(str(self.out / "tb"))
+            for k, v in metrics.items():
+                self._tb.add_scalar(k, float(v), step)
+
+    def close(self) -> None:
+        """Flush and close the files."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+
+class Checkpoints:
+    """``step-NNNNNNN`` folders under ``root``: accelerate state plus the step, for exact resume."""
+
+    def __init__(self, accelerator: Any, root: Path, keep: int) -> None:
+        self.acc, self.root, self.keep = accelerator, root, keep
+
+    def save(self, step: int) -> Path:
+        """Write model, optimizer, registered objects and RNG state; keep the newest ``keep``."""
+        path = self.root / f"step-{step:07d}"
+        self.acc.save_state(str(path))
+        if self.acc.is_main_process:
+            (path / "loop_state.json").write_text(json.dumps({"step": step}))
+            for old in sorted(self.root.glob("step-*"))[: -self.keep]:
+                shutil.rmtree(old, ignore_errors=True)
+        self.acc.wait_for_everyone()
+        return path
+
+    def latest(self) -> Path | None:
+        """Newest complete checkpoint, if any."""
+        done = [p for p in sorted(self.root.glob("step-*")) if (p / "loop_state.json").exists()]
+        return done[-1] if done else None
+
+    def resume(self, stage: str) -> int | None:
+        """Load the newest checkpoint; returns its step, or None when there is none."""
+        path = self.latest()
+        if path is None:
+            if self.acc.is_main_process:
+                print(f"[{stage}] --resume: no checkpoint in {self.root}; starting from scratch")
+            return None
+        self.acc.load_state(str(path))
+        step = json.loads((path / "loop_state.json").read_text())["step"]
+        if self.acc.is_main_process:
+            print(f"[{stage}] resumed from {path} at step {step}")
+        return step
+
+
 class Loop:
     """Runs optimizer steps over a list of items; see the module docstring."""
 
@@ -228,10 +309,10 @@ class Loop:
         acc.register_for_checkpointing(self.scheduler)
         self.step = 0
         self._orders: dict[int, list[int]] = {}
-        self._tb = None
-        self._metrics_file = None
         if acc.is_main_process:
             self.out.mkdir(parents=True, exist_ok=True)
+        self.metrics_log = MetricsLog(self.out, acc.is_main_process, cfg.tensorboard)
+        self.checkpoints = Checkpoints(acc, self.out / "checkpoints", cfg.keep_checkpoints)
 
     # ------------------------------------------------------------------ data
     def _order(self, epoch: int) -> list[int]:
@@ -257,69 +338,32 @@ class Loop:
     # ------------------------------------------------------------------ logging
     def log(self, metrics: dict[str, float], step: int | None = None) -> None:
         """Append ``metrics`` to metrics.jsonl (and TensorBoard) from the main process only."""
-        if not self.accelerator.is_main_process:
-            return
-        step = self.step if step is None else step
-        record = {"step": step, **{k: float(v) for k, v in metrics.items()}}
-        if self._metrics_file is None:
-            self._metrics_file = open(self.out / "metrics.jsonl", "a")  # noqa: SIM115
-        self._metrics_file.write(json.dumps(record) + "\n")
-        self._metrics_file.flush()
-        if self.cfg.tensorboard:
-            if self._tb is None:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self._tb = SummaryWriter(str(self.out / "tb"))
-            for k, v in metrics.items():
-                self._tb.add_scalar(k, float(v), step)
+        self.metrics_log.log(metrics, self.step if step is None else step)
 
     def reduce_sums(self, values: dict[str, float | torch.Tensor]) -> dict[str, float]:
         """Sum scalars over processes (the same dict keys on every process)."""
-        keys = sorted(values)
-        t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64,
-                         device=self.accelerator.device)
-        if self.world > 1:
-            t = self.accelerator.reduce(t, reduction="sum")
-        return dict(zip(keys, t.tolist()))
+        return reduce_sums(self.accelerator, values)
 
     # ------------------------------------------------------------------ checkpoints
     @property
     def checkpoint_root(self) -> Path:
         """Folder holding ``step-N`` checkpoints."""
-        return self.out / "checkpoints"
+        return self.checkpoints.root
 
     def save_checkpoint(self) -> Path:
         """Write model, optimizer, scheduler and RNG state for an exact resume."""
-        path = self.checkpoint_root / f"step-{self.step:07d}"
-        self.accelerator.save_state(str(path))
-        if self.accelerator.is_main_process:
-            (path / "loop_state.json").write_text(json.dumps({"step": self.step}))
-            checkpoints = sorted(self.checkpoint_root.glob("step-*"))
-            for old in checkpoints[: -self.cfg.keep_checkpoints]:
-                shutil.rmtree(old, ignore_errors=True)
-        self.accelerator.wait_for_everyone()
-        return path
+        return self.checkpoints.save(self.step)
 
     def latest_checkpoint(self) -> Path | None:
         """Newest complete checkpoint in the run folder, if any."""
-        done = [p for p in sorted(self.checkpoint_root.glob("step-*"))
-                if (p / "loop_state.json").exists()]
-        return done[-1] if done else None
+        return self.checkpoints.latest()
 
     def maybe_resume(self) -> None:
         """With ``--resume``, load the newest checkpoint and continue after its step."""
-        if not self.cfg.resume:
-            return
-        path = self.latest_checkpoint()
-        if path is None:
-            if self.accelerator.is_main_process:
-                print(f"[{self.stage}] --resume: no checkpoint in {self.checkpoint_root}; "
-                      "starting from scratch")
-            return
-        self.accelerator.load_state(str(path))
-        self.step = json.loads((path / "loop_state.json").read_text())["step"]
-        if self.accelerator.is_main_process:
-            print(f"[{self.stage}] resumed from {path} at step {self.step}")
+        if self.cfg.resume:
+            step = self.checkpoints.resume(self.stage)
+            if step is not None:
+                self.step = step
 
     # ------------------------------------------------------------------ the loop
     def train_step(self, step_fn: StepFn) -> dict[str, float]:
@@ -421,12 +465,7 @@ class Loop:
 
     def close(self) -> None:
         """Flush and close the log files."""
-        if self._metrics_file is not None:
-            self._metrics_file.close()
-            self._metrics_file = None
-        if self._tb is not None:
-            self._tb.close()
-            self._tb = None
+        self.metrics_log.close()
 
 
 class _null:

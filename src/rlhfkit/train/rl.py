@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import math
 import random
-import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -48,11 +47,14 @@ from rlhfkit.rollout import (
     sample,
 )
 from rlhfkit.train.loop import (
+    Checkpoints,
+    MetricsLog,
     TrainConfig,
     TrainingError,
     build_scheduler,
     make_accelerator,
     make_optimizer,
+    reduce_sums,
     seed_everything,
 )
 
@@ -270,7 +272,8 @@ class RLRun:
         acc.register_for_checkpointing(self.scheduler)
         acc.register_for_checkpointing(self.kl_ctl)
         self.step = 0
-        self._metrics_file = None
+        self.metrics_log = MetricsLog(self.out, acc.is_main_process, tensorboard=False)
+        self.checkpoints = Checkpoints(acc, self.out / "checkpoints", cfg.keep_checkpoints)
         self._t0 = time.perf_counter()
 
     # ------------------------------------------------------------------ models
@@ -491,13 +494,7 @@ class RLRun:
 
     def reduce_sums(self, values: dict[str, float]) -> dict[str, float]:
         """Sum scalars over processes (every process passes the same keys)."""
-        if self.world == 1:
-            return dict(values)
-        keys = sorted(values)
-        t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64,
-                         device=self.device)
-        t = self.acc.reduce(t, reduction="sum")
-        return dict(zip(keys, t.tolist()))
+        return reduce_sums(self.acc, values)
 
     def reduce_mean(self, sums: dict[str, float], n: int) -> dict[str, float]:
         """Mean over all processes of per-sample sums (``n`` samples on this process)."""
@@ -511,50 +508,23 @@ class RLRun:
     # ------------------------------------------------------------------ logging
     def log(self, metrics: dict[str, float], step: int | None = None) -> None:
         """Append to metrics.jsonl (main process only)."""
-        if not metrics or not self.acc.is_main_process:
-            return
-        record = {"step": self.step if step is None else step,
-                  **{k: float(v) for k, v in metrics.items()}}
-        if self._metrics_file is None:
-            self._metrics_file = open(self.out / "metrics.jsonl", "a")  # noqa: SIM115
-        self._metrics_file.write(json.dumps(record) + "\n")
-        self._metrics_file.flush()
+        self.metrics_log.log(metrics, self.step if step is None else step)
 
     # ------------------------------------------------------------------ checkpoints
-    @property
-    def checkpoint_root(self) -> Path:
-        """Folder holding ``step-N`` checkpoints."""
-        return self.out / "checkpoints"
-
     def save_checkpoint(self) -> Path:
         """Model(s), optimizer, schedule, KL coefficient and RNG state for an exact resume."""
-        path = self.checkpoint_root / f"step-{self.step:07d}"
-        self.acc.save_state(str(path))
-        if self.acc.is_main_process:
-            (path / "loop_state.json").write_text(json.dumps({"step": self.step}))
-            for old in sorted(self.checkpoint_root.glob("step-*"))[: -self.cfg.keep_checkpoints]:
-                shutil.rmtree(old, ignore_errors=True)
-        self.acc.wait_for_everyone()
-        return path
+        return self.checkpoints.save(self.step)
 
     def latest_checkpoint(self) -> Path | None:
         """Newest complete checkpoint, if any."""
-        done = [p for p in sorted(self.checkpoint_root.glob("step-*"))
-                if (p / "loop_state.json").exists()]
-        return done[-1] if done else None
+        return self.checkpoints.latest()
 
     def maybe_resume(self) -> None:
         """With ``--resume``, continue after the newest checkpoint."""
-        if not self.cfg.resume:
-            return
-        path = self.latest_checkpoint()
-        if path is None:
-            print(f"[{self.stage}] --resume: no checkpoint in {self.checkpoint_root}; "
-                  "starting from scratch")
-            return
-        self.acc.load_state(str(path))
-        self.step = json.loads((path / "loop_state.json").read_text())["step"]
-        print(f"[{self.stage}] resumed from {path} at step {self.step}")
+        if self.cfg.resume:
+            step = self.checkpoints.resume(self.stage)
+            if step is not None:
+                self.step = step
 
     def finish(self) -> Path:
         """Save the policy (LoRA merged) to ``output_dir/model`` and close the logs."""
@@ -563,9 +533,7 @@ class RLRun:
             if self.value_kind == "policy":
                 head = self.acc.unwrap_model(self.model).value_head
                 torch.save(head.state_dict(), self.out / "model" / "value_head.pt")
-        if self._metrics_file is not None:
-            self._metrics_file.close()
-            self._metrics_file = None
+        self.metrics_log.close()
         self.acc.wait_for_everyone()
         return self.out / "model"
 

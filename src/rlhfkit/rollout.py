@@ -32,7 +32,7 @@ from torch import nn
 
 from rlhfkit.data.chat import encode, pad, prompt_text
 from rlhfkit.losses import token_logprobs
-from rlhfkit.models.loading import decoder_and_head
+from rlhfkit.models.policy import SelectiveLM
 
 
 @dataclass
@@ -317,7 +317,7 @@ def encode_prompts(
 # --------------------------------------------------------------------------------------------
 
 
-class PolicyWithValue(nn.Module):
+class PolicyWithValue(SelectiveLM):
     """A causal LM plus a scalar value head on its last hidden state (one body pass for both).
 
     ``forward`` has :class:`rlhfkit.models.policy.SelectiveLM`'s signature and returns
@@ -326,8 +326,7 @@ class PolicyWithValue(nn.Module):
     """
 
     def __init__(self, lm: nn.Module) -> None:
-        super().__init__()
-        self.lm = lm
+        super().__init__(lm)
         hidden = lm.config.hidden_size
         self.value_head = nn.Linear(hidden, 1)
         nn.init.zeros_(self.value_head.weight)
@@ -341,11 +340,9 @@ class PolicyWithValue(nn.Module):
         position_ids: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits (N, V) and values (N,) at the target positions."""
-        body, head = decoder_and_head(self.lm)
-        hidden = body(input_ids=input_ids, attention_mask=attention_mask,
-                      position_ids=position_ids, use_cache=False).last_hidden_state
-        selected = hidden[:, :-1][target_mask[:, 1:].bool()]  # (N, H)
-        return head(selected), self.value_head(selected).squeeze(-1).float()
+        selected = self.selected_hidden(input_ids, attention_mask, target_mask,
+                                        position_ids)  # (N, H)
+        return self.lm_head(selected), self.value_head(selected).squeeze(-1).float()
 
 
 def scatter_tokens(values: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
@@ -406,8 +403,6 @@ class ReferencePolicy:
     """
 
     def __init__(self, lm: nn.Module, frozen: nn.Module | None = None) -> None:
-        from rlhfkit.models.policy import SelectiveLM
-
         self.shared = frozen is None and hasattr(lm, "disable_adapter")
         if self.shared:
             self.model = SelectiveLM(lm)

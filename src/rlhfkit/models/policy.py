@@ -33,13 +33,28 @@ class SelectiveLM(nn.Module):
         Packed rows pass ``attention_mask=None`` and ``position_ids`` that restart at 0 for each
         sequence; transformers then builds a block-diagonal causal mask.
         """
-        body, head = decoder_and_head(self.lm)
+        return self.lm_head(self.selected_hidden(input_ids, attention_mask, target_mask,
+                                                 position_ids))  # (N, V)
+
+    @property
+    def lm_head(self) -> nn.Module:
+        """The output projection (hidden -> vocabulary)."""
+        return decoder_and_head(self.lm)[1]
+
+    def selected_hidden(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        target_mask: torch.Tensor,
+        position_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Hidden states (N, H) of the positions that predict ``target_mask[:, 1:]``."""
+        body, _ = decoder_and_head(self.lm)
         hidden = body(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
             use_cache=False,  # a KV cache also stops transformers from honouring packed rows
         ).last_hidden_state
-        selected = hidden[:, :-1][target_mask[:, 1:].bool()]  # (N, H)
-        return head(selected)  # (N, V)
+        return hidden[:, :-1][target_mask[:, 1:].bool()]  # (N, H)
 
 
 def targets_of(input_ids: torch.Tensor, target_mask: torch.Tensor) -> torch.Tensor:

@@ -225,10 +225,10 @@ class Rollout:
 def eos_ids_of(tokenizer: Any) -> list[int]:
     """Token ids that end a response: the tokenizer's EOS (the chat end-of-turn for SmolLM2)."""
     ids = {tokenizer.eos_token_id}
+    vocab = tokenizer.get_vocab()  # builds a dict of the whole vocabulary: once, not per name
     for name in ("<|im_end|>", "<|eot_id|>", "<|end|>"):
-        tid = tokenizer.convert_tokens_to_ids(name) if name in tokenizer.get_vocab() else None
-        if tid is not None:
-            ids.add(tid)
+        if name in vocab:
+            ids.add(vocab[name])
     return sorted(i for i in ids if i is not None)
 
 

@@ -1,4 +1,10 @@
-"""A self-contained ``report.html`` for an RL run: plots (PNG, base64) and sample tables."""
+"""A self-contained ``report.html``: plots (PNG, base64), tables and samples.
+
+:func:`write_report` writes the demo's report (an RL run against SFT). Other systems (Nash
+learning, preference RL for control, fine-grained RLHF) add their own parts as
+:class:`Section` objects, built with :func:`figure_html` and :func:`table_html`; the same
+sections can be written alone with :func:`write_sections`.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +13,65 @@ import html
 import io
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+_STYLE = ("<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}"
+          "td,th{border:1px solid #ccc;padding:4px 8px;vertical-align:top}"
+          "table{border-collapse:collapse}img{margin:6px}</style>")
+
+
+@dataclass
+class Section:
+    """One part of a report: a heading, optional intro text, figures and tables (HTML)."""
+
+    title: str
+    text: str = ""
+    """Plain text shown under the heading (escaped)."""
+    parts: list[str] = field(default_factory=list)
+    """HTML fragments, e.g. from :func:`figure_html` and :func:`table_html`."""
+
+    def html(self) -> str:
+        """The section as HTML."""
+        head = f"<h2>{html.escape(self.title)}</h2>"
+        text = f"<p>{html.escape(self.text)}</p>" if self.text else ""
+        return head + text + "\n".join(self.parts)
+
+
+def figure_html(fig: Any, alt: str) -> str:
+    """A matplotlib figure as an inline ``<img>`` (the figure is closed)."""
+    return f"<img alt='{html.escape(alt)}' src='data:image/png;base64,{_png(fig)}'>"
+
+
+def _cell(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return json.dumps(v) if isinstance(v, dict | list) else str(v)
+
+
+def table_html(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> str:
+    """Rows of dicts as an HTML table (floats shown with 4 significant digits)."""
+    if not rows:
+        return ""
+    e = html.escape
+    cols = list(columns or rows[0])
+    out = ["<table><tr>" + "".join(f"<th>{e(c)}</th>" for c in cols) + "</tr>"]
+    for row in rows:
+        out.append("<tr>" + "".join(f"<td>{e(_cell(row.get(c, '')))}</td>" for c in cols)
+                   + "</tr>")
+    out.append("</table>")
+    return "\n".join(out)
+
+
+def write_sections(path: str | Path, title: str, sections: Sequence[Section]) -> Path:
+    """Write a report made only of sections (for runs that are not the demo)."""
+    e = html.escape
+    body = "\n".join(s.html() for s in sections)
+    path = Path(path)
+    path.write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}"
+                    f"</title>{_STYLE}</head><body><h1>{e(title)}</h1>\n{body}</body></html>")
+    return path
 
 
 def _png(fig: Any) -> str:
@@ -64,6 +127,7 @@ def write_report(
     metrics_rows: Sequence[dict[str, float]],
     samples: Sequence[dict[str, Any]],
     comparison: Sequence[dict[str, Any]] = (),
+    sections: Sequence[Section] = (),
 ) -> Path:
     """Write the HTML report.
 
@@ -75,12 +139,11 @@ def write_report(
         samples: Dicts with ``prompt``, ``before``, ``after`` and optional scores.
         comparison: Optional rows, one per algorithm (flat dicts with the same keys), shown as
             a table that compares the algorithms on the same held-out prompts.
+        sections: More sections, appended after the samples.
     """
     e = html.escape
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}</title>",
-             "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}"
-             "td,th{border:1px solid #ccc;padding:4px 8px;vertical-align:top}"
-             "table{border-collapse:collapse}img{margin:6px}</style></head><body>",
+             _STYLE + "</head><body>",
              f"<h1>{e(title)}</h1><h2>Summary</h2><table>"]
     for k, v in summary.items():
         shown = json.dumps(v) if isinstance(v, dict | list) else (
@@ -106,7 +169,9 @@ def write_report(
             f"<tr><td>{e(str(s['prompt']))}</td><td>{e(s['before'])}</td>"
             f"<td>{s.get('gold_before', float('nan')):.2f}</td><td>{e(s['after'])}</td>"
             f"<td>{s.get('gold_after', float('nan')):.2f}</td></tr>")
-    parts.append("</table></body></html>")
+    parts.append("</table>")
+    parts.extend(s.html() for s in sections)
+    parts.append("</body></html>")
     path = Path(path)
     path.write_text("\n".join(parts))
     return path

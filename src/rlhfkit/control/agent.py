@@ -35,13 +35,13 @@ class ActorCritic(nn.Module):
     """
 
     def __init__(self, obs_dim: int, action_dim: int, hidden: int = 64,
-                 continuous: bool = False) -> None:
+                 continuous: bool = False, log_std_init: float = 0.0) -> None:
         super().__init__()
         self.continuous = continuous
         self.actor = _mlp(obs_dim, action_dim, hidden, out_std=0.01)
         self.critic = _mlp(obs_dim, 1, hidden, out_std=1.0)
         if continuous:
-            self.log_std = nn.Parameter(torch.zeros(action_dim))
+            self.log_std = nn.Parameter(torch.full((action_dim,), float(log_std_init)))
 
     def value(self, obs: Tensor) -> Tensor:
         """(B,) state values of (B, D) observations."""
@@ -104,6 +104,40 @@ class PPOHyper:
     entropy_coef: float = 0.01
     value_coef: float = 0.5
     max_grad_norm: float = 0.5
+
+
+class ReturnScaler:
+    """Divides rewards by a running standard deviation of the discounted return.
+
+    The reward scaling of Engstrom et al. (2020), "Implementation Matters in Deep Policy
+    Gradients" (section 3, and gymnasium's ``NormalizeReward``): per environment keep
+    ``G <- gamma * G + r`` (reset at episode ends), track the variance of ``G`` over all steps
+    seen (Chan et al.'s parallel update), and scale ``r / sqrt(var + eps)``. Rewards are only
+    scaled, never shifted, so the sign of a reward and the value of ending an episode keep
+    their meaning.
+    """
+
+    def __init__(self, num_envs: int, gamma: float, eps: float = 1e-8) -> None:
+        self.gamma, self.eps = gamma, eps
+        self.running = np.zeros(num_envs)
+        self.count, self.mean, self.var = eps, 0.0, 1.0
+
+    def update(self, returns: np.ndarray) -> None:
+        """Fold a batch of discounted returns into the running mean and variance."""
+        b_mean, b_var, b_count = float(returns.mean()), float(returns.var()), returns.size
+        delta, total = b_mean - self.mean, self.count + b_count
+        m2 = self.var * self.count + b_var * b_count + delta**2 * self.count * b_count / total
+        self.mean, self.var, self.count = self.mean + delta * b_count / total, m2 / total, total
+
+    def __call__(self, rewards: Tensor, episode_ends: Tensor) -> Tensor:
+        """Scale a (T, N) rollout of rewards; updates the statistics first, step by step."""
+        seen = np.empty(tuple(rewards.shape))
+        for t in range(rewards.shape[0]):
+            self.running = self.gamma * self.running + rewards[t].numpy()
+            seen[t] = self.running
+            self.running = self.running * (1 - episode_ends[t].numpy())
+        self.update(seen.reshape(-1))
+        return rewards / float(np.sqrt(self.var + self.eps))
 
 
 def ppo_update(agent: ActorCritic, optimizer: torch.optim.Optimizer, obs: Tensor,

@@ -24,6 +24,7 @@ there on) is a loss exactly when living states score above the absorbing one.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections import deque
@@ -35,7 +36,7 @@ import numpy as np
 import torch
 
 from rlhfkit import config as cfglib
-from rlhfkit.control.agent import ActorCritic, PPOHyper, gae, ppo_update
+from rlhfkit.control.agent import ActorCritic, PPOHyper, ReturnScaler, gae, ppo_update
 from rlhfkit.control.reward import (
     PreferenceData,
     RewardEnsemble,
@@ -48,30 +49,49 @@ from rlhfkit.control.reward import (
 
 @dataclass
 class ControlConfig:
-    """Preference-based RL for control (``rlhfkit control``)."""
+    """Preference-based RL for control (``rlhfkit control``).
+
+    Fields left at ``None`` take the environment's preset (:data:`ENV_PRESETS`), else the
+    CartPole settings in :data:`BASE_PRESET`; a flag or YAML key overrides either.
+    """
 
     env: str = "CartPole-v1"
     """Gymnasium environment id (Discrete or Box actions: CartPole-v1, Pendulum-v1, ...)."""
     labels: int = 500
-    """Label budget: comparisons the oracle answers over the whole run."""
-    total_steps: int = 100_000
-    """Environment steps for each agent."""
+    """Label budget: comparisons the labeler is asked for over the whole run."""
+    total_steps: int | None = None
+    """Environment steps for each agent (None: the env's preset; CartPole 100k)."""
     output_dir: str = "runs/control"
-    """Run folder: config.yaml, metrics.jsonl, learning_curve.png."""
+    """Run folder: config.yaml, metrics.jsonl, learning_curve.png, report.html."""
     seed: int = 0
     """Seed of the environments, networks and query sampling."""
-    num_envs: int = 4
-    """Environments stepped side by side."""
-    rollout_steps: int = 128
-    """Steps per environment between PPO updates."""
-    learning_rate: float = 1e-3
-    """Adam learning rate of the policy and value networks."""
+    num_envs: int | None = None
+    """Environments stepped side by side (None: preset)."""
+    rollout_steps: int | None = None
+    """Steps per environment between PPO updates (None: preset)."""
+    learning_rate: float | None = None
+    """Adam learning rate of the policy and value networks (None: preset)."""
+    gamma: float | None = None
+    """PPO discount (None: preset; 0.99 for CartPole, 0.9 for Pendulum)."""
+    gae_lambda: float | None = None
+    """GAE lambda (None: preset)."""
+    update_epochs: int | None = None
+    """PPO epochs over each rollout (None: preset)."""
+    minibatches: int | None = None
+    """Mini-batches per PPO epoch (None: preset)."""
+    entropy_coef: float | None = None
+    """Entropy bonus of the PPO loss (None: preset)."""
+    log_std_init: float | None = None
+    """Initial log standard deviation of a continuous (Gaussian) policy (None: preset)."""
+    scale_rewards: bool | None = None
+    """Divide the agent's rewards by a running std of the discounted return (None: preset)."""
     segment_length: int = 25
     """Steps in a compared segment (the paper uses 1–2 s of play)."""
     initial_labels: float = 0.25
     """Fraction of the budget labelled on the untrained (random) policy before RL starts."""
-    reward_update_every: int = 2048
-    """Environment steps between two rounds of querying labels and refitting the reward model."""
+    reward_update_every: int | None = None
+    """Environment steps between two rounds of querying labels and refitting the reward model
+    (None: preset)."""
     label_steps_fraction: float = 0.5
     """Labels after the initial ones are spread over this fraction of the run (front-loaded, as
     the paper's decaying label rate)."""
@@ -89,6 +109,30 @@ class ControlConfig:
     """Also train the same agent on the environment's reward, for the comparison."""
     plot: bool = True
     """Write learning_curve.png (needs matplotlib)."""
+
+
+BASE_PRESET: dict[str, Any] = {
+    "total_steps": 100_000, "num_envs": 4, "rollout_steps": 128, "learning_rate": 1e-3,
+    "gamma": 0.99, "gae_lambda": 0.95, "update_epochs": 4, "minibatches": 4,
+    "entropy_coef": 0.01, "log_std_init": 0.0, "scale_rewards": False,
+    "reward_update_every": 2048,
+}
+"""Settings of the fields left at None: cleanrl's CartPole PPO with a larger learning rate."""
+
+ENV_PRESETS: dict[str, dict[str, Any]] = {
+    "CartPole-v1": {},
+    "Pendulum-v1": {"total_steps": 200_000, "num_envs": 8, "rollout_steps": 256,
+                    "gamma": 0.9, "update_epochs": 10, "entropy_coef": 0.0,
+                    "scale_rewards": True, "reward_update_every": 4096},
+}
+"""Per-environment overrides of :data:`BASE_PRESET` (see docs/control.md for how they were chosen)."""
+
+
+def resolve_preset(cfg: ControlConfig) -> ControlConfig:
+    """A copy of ``cfg`` with every ``None`` field filled from the env's preset."""
+    preset = {**BASE_PRESET, **ENV_PRESETS.get(cfg.env, {})}
+    return dataclasses.replace(cfg, **{k: v for k, v in preset.items()
+                                       if getattr(cfg, k) is None})
 
 
 def _make_envs(cfg: ControlConfig):
@@ -220,6 +264,7 @@ def reward_normaliser(model: RewardEnsemble, data: PreferenceData) -> tuple[floa
 
 def run_agent(cfg: ControlConfig, learned: bool, log) -> list[dict[str, Any]]:
     """Train PPO on the learned reward (``learned``) or on the environment's reward."""
+    cfg = resolve_preset(cfg)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -227,9 +272,13 @@ def run_agent(cfg: ControlConfig, learned: bool, log) -> list[dict[str, Any]]:
     obs_dim = envs[0].observation_space.shape[0]
     action_dim, discrete = _action_spec(envs[0])
     runner = Runner(envs, cfg.seed)
-    agent = ActorCritic(obs_dim, action_dim, continuous=not discrete)
+    agent = ActorCritic(obs_dim, action_dim, continuous=not discrete,
+                        log_std_init=cfg.log_std_init)
     optimizer = torch.optim.Adam(agent.parameters(), lr=cfg.learning_rate, eps=1e-5)
-    hp = PPOHyper(learning_rate=cfg.learning_rate)
+    hp = PPOHyper(learning_rate=cfg.learning_rate, gamma=cfg.gamma, gae_lambda=cfg.gae_lambda,
+                  update_epochs=cfg.update_epochs, minibatches=cfg.minibatches,
+                  entropy_coef=cfg.entropy_coef)
+    scaler = ReturnScaler(cfg.num_envs, cfg.gamma) if cfg.scale_rewards else None
     model = RewardEnsemble(obs_dim, action_dim, discrete, members=cfg.ensemble_members)
     reward_opt = torch.optim.Adam(model.parameters(), lr=cfg.reward_learning_rate)
     data, shift, scale, reward_stats = PreferenceData(), 0.0, 1.0, {}
@@ -265,6 +314,8 @@ def run_agent(cfg: ControlConfig, learned: bool, log) -> list[dict[str, Any]]:
                     pred_running[i] = 0.0
         else:
             rewards = batch["true_rewards"]
+        if scaler is not None:
+            rewards = scaler(rewards, batch["ends"])
         with torch.no_grad():
             values = agent.value(batch["obs"])  # (T, N)
             next_values = agent.value(batch["next_obs"])  # (T, N)
@@ -319,6 +370,7 @@ def train_control(cfg: ControlConfig) -> dict[str, Any]:
     Returns:
         ``{"learned": rows, "true": rows}``, the logged metrics of each agent.
     """
+    cfg = resolve_preset(cfg)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     cfglib.save_yaml(cfg, out / "config.yaml")

@@ -261,6 +261,7 @@ def train_nash(cfg: NashConfig, preference_fn: PreferenceFn | None = None) -> Pa
     (mean P(y > y')).
     """
     from rlhfkit.losses import entropy_from_logits, masked_mean, reinforce_loss
+    from rlhfkit.reward_sources import RewardTerms
     from rlhfkit.rollout import encode_prompts, forward_response
     from rlhfkit.train.pg import advantages_for
     from rlhfkit.train.rl import RLRun
@@ -288,8 +289,8 @@ def train_nash(cfg: NashConfig, preference_fn: PreferenceFn | None = None) -> Pa
         # 2. payoff P(y > y') and 3. advantages ------------------------------------------
         raw = torch.as_tensor(list(prefer(rollout.prompts, rollout.texts, opponents)),
                               dtype=torch.float32, device=run.device)  # (B,)
-        scores = raw - 0.5
-        adv, returns, rewards = advantages_for(cfg, run, rollout, scores)
+        terms = RewardTerms.holistic(raw, raw - 0.5, rollout.response_mask)
+        adv, returns, rewards = advantages_for(cfg, run, rollout, terms)
         # 4. update ---------------------------------------------------------------------
         with run.acc.autocast():
             out = forward_response(run.model, rollout, temperature)
@@ -299,7 +300,7 @@ def train_nash(cfg: NashConfig, preference_fn: PreferenceFn | None = None) -> Pa
         run.backward(loss)
         grad_norm = run.optimizer_step()
         # 5. log ------------------------------------------------------------------------
-        metrics, kl_seq = run.rollout_metrics(rollout, raw, scores, rewards)
+        metrics, kl_seq = run.rollout_metrics(rollout, terms, rewards)
         metrics.update({"reward/preference": float(raw.mean()),
                         "loss/policy": float(loss_pg.detach()),
                         "policy/entropy": float(entropy.detach().mean()), "grad_norm": grad_norm})

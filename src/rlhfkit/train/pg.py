@@ -36,6 +36,7 @@ from rlhfkit.losses import (
     rloo_advantages,
     whiten,
 )
+from rlhfkit.reward_sources import RewardTerms
 from rlhfkit.rewards import token_rewards
 from rlhfkit.rollout import forward_response
 from rlhfkit.train.loop import TrainingError
@@ -108,18 +109,25 @@ class GRPOConfig(PGConfig):
     """beta: weight of the k3 KL loss term (Shao et al. 2024 use 0.04)."""
 
 
-def advantages_for(cfg: PGConfig, run: RLRun, rollout, scores: torch.Tensor
+def advantages_for(cfg: PGConfig, run: RLRun, rollout, terms: RewardTerms
                    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-    """(advantages (B, R), value targets (B, R) or None, rewards (B, R)) for ``cfg.algo``."""
+    """(advantages (B, R), value targets (B, R) or None, rewards (B, R)) for ``cfg.algo``.
+
+    RLOO and GRPO compare whole responses, so they use each response's summed score;
+    REINFORCE with reward-to-go credits every token with the rewards after it, so rewards
+    given after each segment (fine-grained sources) reach only the tokens before them.
+    """
     mask = rollout.response_mask
     k = cfg.num_samples
+    scores = terms.scores
     if cfg.algo == "grpo":  # the KL is a loss term, not a reward
         rewards, _ = token_rewards(mask, rollout.logprobs, rollout.ref_logprobs, 0.0,
                                    scores=scores)
         adv = grpo_advantages(scores.view(-1, k), cfg.scale_advantages).view(-1)  # (B,)
         return adv[:, None] * mask, None, rewards
     rewards, _ = token_rewards(mask, rollout.logprobs, rollout.ref_logprobs, run.kl_ctl.value,
-                               scores=scores)  # (B, R)
+                               dense=terms.dense, weights=terms.weights, ended=rollout.ended,
+                               missing_eos_penalty=cfg.missing_eos_penalty)  # (B, R)
     if cfg.algo == "rloo":
         seq_reward = rewards.sum(-1)  # (B,) score - beta * sum_t k1_t
         adv = rloo_advantages(seq_reward.view(-1, k)).view(-1)  # (B,)
@@ -157,8 +165,8 @@ def train_pg(cfg: PGConfig, reward_fn: RewardFn | None = None) -> Path:
         # 1. rollout (k consecutive samples per prompt) ---------------------------------
         rollout = run.rollout(run.prompt_batch(step))
         # 2. rewards and 3. advantages --------------------------------------------------
-        raw, scores = run.scores(rollout)
-        adv, returns, rewards = advantages_for(cfg, run, rollout, scores)
+        terms = run.rewards(rollout)
+        adv, returns, rewards = advantages_for(cfg, run, rollout, terms)
         rollout.extras.update(advantages=adv)
         if returns is not None:
             rollout.extras["returns"] = returns
@@ -204,7 +212,7 @@ def train_pg(cfg: PGConfig, reward_fn: RewardFn | None = None) -> Path:
                              **extra}.items():
                     sums[k] = sums.get(k, 0.0) + float(v.detach() if torch.is_tensor(v) else v)
         # 5. log ------------------------------------------------------------------------
-        metrics, kl_seq = run.rollout_metrics(rollout, raw, scores, rewards)
+        metrics, kl_seq = run.rollout_metrics(rollout, terms, rewards)
         metrics.update({k: v / max(n_updates, 1) for k, v in sums.items()})
         metrics["reward/advantage_std"] = float(adv[rollout.response_mask].std())
         run.end_step(metrics, rollout, kl_seq)

@@ -123,9 +123,13 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None) -> Path:
         mask = rollout.response_mask
         old_values = rollout.extras["values"]  # (B, R)
         # 2. rewards ------------------------------------------------------------------
-        raw, scores = run.scores(rollout)
+        # every source's scores at their token positions (the last token for a holistic RM,
+        # each segment's end for fine-grained rewards), minus beta * KL on every token
+        terms = run.rewards(rollout)
         rewards, _ = token_rewards(mask, rollout.logprobs, rollout.ref_logprobs,
-                                   run.kl_ctl.value, scores=scores)  # (B, R)
+                                   run.kl_ctl.value, dense=terms.dense, weights=terms.weights,
+                                   ended=rollout.ended,
+                                   missing_eos_penalty=cfg.missing_eos_penalty)  # (B, R)
         # 3. advantages ---------------------------------------------------------------
         advantages, returns = gae(rewards, old_values, mask, cfg.gamma, cfg.lam)  # (B, R)
         if cfg.whiten_advantages:
@@ -176,7 +180,7 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None) -> Path:
                 stopped_early = 1.0  # the policy moved far enough from the sampling policy
                 break
         # 5. log ----------------------------------------------------------------------
-        metrics, kl_seq = run.rollout_metrics(rollout, raw, scores, rewards)
+        metrics, kl_seq = run.rollout_metrics(rollout, terms, rewards)
         metrics.update({k: v / max(n_updates, 1) for k, v in sums.items()})
         metrics["value/mean"] = float(masked_mean(old_values, mask))
         metrics["policy/early_stop"] = stopped_early

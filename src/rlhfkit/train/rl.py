@@ -37,7 +37,8 @@ from rlhfkit.evaluate.metrics import kl_stats
 from rlhfkit.models.loading import load_causal_lm, load_tokenizer, merge_and_save
 from rlhfkit.models.policy import SelectiveLM
 from rlhfkit.models.reward import RewardModel
-from rlhfkit.rewards import KLController, normalise_scores
+from rlhfkit.reward_sources import RewardSource, RewardTerms, combine
+from rlhfkit.rewards import KLController
 from rlhfkit.rollout import (
     PolicyWithValue,
     ReferencePolicy,
@@ -71,7 +72,12 @@ class RLConfig(TrainConfig):
     model: str = "runs/sft/model"
     """The policy to start from (usually the SFT model); also the reference by default."""
     reward_model: str = "runs/rm/model"
-    """Reward-model folder, or scorer:SPEC for a programmatic reward (e.g. scorer:sentiment)."""
+    """Reward-model folder, scorer:SPEC (e.g. scorer:sentiment), segment-gain:SPEC (a scorer's
+    change after each segment), or several sources as name=SPEC,name=SPEC (fine-grained RLHF)."""
+    rewards: str = ""
+    """Weights of named reward sources, e.g. rel=0.3,fact=0.5,comp=0.3 (1 for a name not given)."""
+    segment_unit: str = "sentence"
+    """Segments of a response for per-segment rewards: sentence, subsentence or response."""
     reference: str | None = None
     """Reference policy for the KL penalty (default: the starting policy)."""
     data: str = "task:reviews"
@@ -194,10 +200,13 @@ class RLRun:
             ``"critic"`` (a separate critic initialised from the reward model).
         reward_fn: A programmatic reward used instead of ``cfg.reward_model``.
         samples_per_prompt: Responses sampled per prompt (k for RLOO/GRPO).
+        reward_sources: Reward sources used instead of ``cfg.reward_model`` (fine-grained
+            rewards from Python; see :mod:`rlhfkit.reward_sources`).
     """
 
     def __init__(self, cfg: RLConfig, stage: str, value: str | None = None,
-                 reward_fn: RewardFn | None = None, samples_per_prompt: int = 1) -> None:
+                 reward_fn: RewardFn | None = None, samples_per_prompt: int = 1,
+                 reward_sources: Sequence[RewardSource] | None = None) -> None:
         self.cfg, self.stage = cfg, stage
         self.acc = acc = make_accelerator(cfg.precision)
         # One seed per process: every process samples its own prompts, and with one shared seed
@@ -224,26 +233,25 @@ class RLRun:
         self.reference = ReferencePolicy(lm, frozen)
         self.reference.model.to(self.device)
         # ---- reward
-        self.reward_fn = reward_fn
-        self.rm: RewardModel | None = None
-        self.reward_stats: tuple[float, float] | None = None
-        if reward_fn is None and cfg.reward_model.startswith("scorer:"):
-            from rlhfkit.feedback.gold import get_scorer
+        from rlhfkit.reward_sources import build_sources, scorer_source
 
-            scorer = get_scorer(cfg.reward_model[len("scorer:"):])
-            self.reward_fn = lambda p, t, r: scorer(p, t)
-        elif reward_fn is None:
-            self.rm = RewardModel.from_pretrained(cfg.reward_model,
-                                                  pad_token_id=self.tokenizer.pad_token_id)
-            self.rm.eval().requires_grad_(False).to(self.device)
-            if cfg.normalize_reward:
-                self.reward_stats = self.rm.reward_stats
+        if reward_sources is not None:
+            self.sources = list(reward_sources)
+        elif reward_fn is not None:
+            self.sources = [scorer_source("reward", lambda p, t: reward_fn(p, t, self._scoring))]
+        else:
+            try:
+                self.sources = build_sources(cfg.reward_model, cfg.rewards, self)
+            except ValueError as e:
+                raise TrainingError(str(e)) from None
+        # The first reward-model folder: the critic starts from it (--critic rm).
+        rm_path = next((s.path for s in self.sources if s.path), None)
         self.gold = build_gold(cfg.gold, self.task)
         self.critic: nn.Module | None = None
         if value == "critic":
-            if cfg.reward_model.startswith("scorer:") or reward_fn is not None:
+            if rm_path is None:
                 raise TrainingError("--critic rm needs a reward-model folder to start from")
-            critic_rm = RewardModel.from_pretrained(cfg.reward_model,
+            critic_rm = RewardModel.from_pretrained(rm_path,
                                                     pad_token_id=self.tokenizer.pad_token_id)
             critic_rm.seq_model.config.use_cache = False
             self.critic = Critic(critic_rm)
@@ -343,20 +351,21 @@ class RLRun:
         return rollout
 
     @torch.no_grad()
+    def rewards(self, rollout: Rollout) -> RewardTerms:
+        """Every reward source on the rollout: per-response sums and per-token placements."""
+        self._scoring = rollout  # what a Python reward_fn receives as its third argument
+        return combine(self.sources, rollout, self.cfg.reward_clip or None,
+                       self.cfg.missing_eos_penalty)
+
+    @torch.no_grad()
     def raw_scores(self, rollout: Rollout) -> torch.Tensor:
-        """(B,) reward of each response: the RM score, or the programmatic reward."""
-        if self.reward_fn is not None:
-            s = self.reward_fn(rollout.prompts, rollout.texts, rollout)
-            return torch.as_tensor(list(s), dtype=torch.float32, device=self.device)
-        return rm_scores(self.rm, rollout, self.tokenizer.pad_token_id, self._autocast)
+        """(B,) weighted reward of each response before normalisation (for evaluation)."""
+        return self.rewards(rollout).raw
 
     def scores(self, rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
         """(raw scores, scores to optimise): normalised, clipped, missing-EOS penalty added."""
-        raw = self.raw_scores(rollout)
-        s = normalise_scores(raw, self.reward_stats, self.cfg.reward_clip or None)
-        if self.cfg.missing_eos_penalty:
-            s = s + (~rollout.ended).float() * self.cfg.missing_eos_penalty
-        return raw, s
+        terms = self.rewards(rollout)
+        return terms.raw, terms.scores
 
     def gold_scores(self, rollout: Rollout) -> list[float] | None:
         """Gold-scorer values of the responses (evaluation only; never optimised)."""
@@ -447,10 +456,11 @@ class RLRun:
         """Mark the start of a step (for perf/step_s)."""
         self._step_t0 = time.perf_counter()
 
-    def rollout_metrics(self, rollout: Rollout, raw: torch.Tensor, scores: torch.Tensor,
+    def rollout_metrics(self, rollout: Rollout, terms: RewardTerms,
                         rewards: torch.Tensor | None = None) -> tuple[dict[str, float],
                                                                       torch.Tensor]:
         """reward/…, kl/…, gold/… and response/… metrics of a rollout; also (B,) k1 KL."""
+        raw, scores = terms.raw, terms.scores
         mask = rollout.response_mask.float()
         kl_tok = (rollout.logprobs - rollout.ref_logprobs) * mask
         kl_seq = kl_tok.sum(-1)  # (B,)
@@ -467,6 +477,8 @@ class RLRun:
         }
         if rewards is not None:
             m["reward/total"] = float(rewards.sum(-1).mean())
+        for name, values in terms.by_source.items():
+            m[f"reward/{name}"] = float(values.mean())
         gold = self.gold_scores(rollout)
         if gold is not None:
             m["gold/mean"] = sum(gold) / len(gold)

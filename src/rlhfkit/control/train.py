@@ -27,24 +27,21 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import threading
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
 from rlhfkit import config as cfglib
 from rlhfkit.control.agent import ActorCritic, PPOHyper, ReturnScaler, gae, ppo_update
-from rlhfkit.control.reward import (
-    PreferenceData,
-    RewardEnsemble,
-    Segments,
-    oracle_preferences,
-    select_queries,
-    train_reward_model,
-)
+from rlhfkit.control.labelers import OracleLabeler
+from rlhfkit.control.learner import AsyncRewardLearner, RewardLearner
+from rlhfkit.control.reward import RewardEnsemble, Segments
 
 
 @dataclass
@@ -105,6 +102,26 @@ class ControlConfig:
     """Adam learning rate of the reward ensemble."""
     oracle_noise: float = 0.0
     """Bradley–Terry temperature of the synthetic oracle (0: always prefers the higher return)."""
+    labeler: Literal["oracle", "app"] = "oracle"
+    """Who compares segments: the synthetic oracle, or people in the feedback app (the pairs
+    are shown there as animations; serve it with `rlhfkit label serve --db FEEDBACK_DB`)."""
+    feedback_db: str = "sqlite:///feedback.db"
+    """Feedback store URL the app labeler writes the pairs to and reads the answers from."""
+    feedback_project: str | None = None
+    """Feedback project of the pairs (None: control-ENV); created if missing."""
+    feedback_prompt: str | None = None
+    """What annotators are asked (None: a per-environment description of the goal)."""
+    feedback_overlap: int = 1
+    """Annotators per pair in a new feedback project (their answers are averaged)."""
+    label_timeout: float = 3600.0
+    """Seconds to wait for the answers to one batch of queries; unanswered pairs are dropped."""
+    label_poll_interval: float = 2.0
+    """Seconds between two looks at the feedback store for answers."""
+    render_width: int = 240
+    """Width in pixels of the segment animations shown to people."""
+    async_reward: bool = False
+    """Fit the reward model in a background thread while the policy keeps training, picking up
+    new weights when a fit finishes (the paper's asynchronous setup; not reproducible)."""
     compare_true_reward: bool = True
     """Also train the same agent on the environment's reward, for the comparison."""
     plot: bool = True
@@ -241,29 +258,31 @@ def label_target(step: int, cfg: ControlConfig) -> int:
     return first + int((cfg.labels - first) * math.sqrt(min(1.0, step / span)))
 
 
-def query_and_label(runner: Runner, model: RewardEnsemble, data: PreferenceData, n: int,
-                    cfg: ControlConfig, rng: np.random.Generator,
-                    generator: torch.Generator) -> None:
-    """Pick the ``n`` most disputed of ``n * candidates_per_query`` random pairs, label them."""
-    pool = n * cfg.candidates_per_query
-    seg_1 = runner.sample_segments(pool, cfg.segment_length, rng)
-    seg_2 = runner.sample_segments(pool, cfg.segment_length, rng)
-    idx = select_queries(model, seg_1, seg_2, n)
-    data.add(seg_1[idx], seg_2[idx],
-             oracle_preferences(seg_1[idx], seg_2[idx], cfg.oracle_noise, generator))
+def make_labeler(cfg: ControlConfig, generator: torch.Generator):
+    """The synthetic oracle, or people in the feedback app (``--labeler app``)."""
+    if cfg.labeler == "oracle":
+        return OracleLabeler(cfg.oracle_noise, generator)
+    if cfg.labeler == "app":
+        from rlhfkit.control.labelers import AppLabeler
+
+        project = cfg.feedback_project or f"control-{cfg.env}".replace("/", "-")
+        return AppLabeler(cfg.feedback_db, project, cfg.env, prompt=cfg.feedback_prompt,
+                          overlap=cfg.feedback_overlap, timeout=cfg.label_timeout,
+                          poll_interval=cfg.label_poll_interval, width=cfg.render_width)
+    raise ValueError(f"labeler must be 'oracle' or 'app', got {cfg.labeler!r}")
 
 
-@torch.no_grad()
-def reward_normaliser(model: RewardEnsemble, data: PreferenceData) -> tuple[float, float]:
-    """(shift, scale): the mean reward of absorbing steps and the std over all labelled steps."""
-    segs = Segments.cat([data.seg_1, data.seg_2])  # type: ignore[list-item]
-    rewards = model.reward(segs.obs, segs.actions)  # (2|D|, K)
-    shift = rewards[segs.absorbing].mean().item() if segs.absorbing.any() else rewards.mean().item()
-    return shift, rewards.std().item() + 1e-8
+def run_agent(cfg: ControlConfig, learned: bool, log,
+              log_comparisons: Callable[[Segments, Segments, torch.Tensor], None] | None = None
+              ) -> list[dict[str, Any]]:
+    """Train PPO on the learned reward (``learned``) or on the environment's reward.
 
-
-def run_agent(cfg: ControlConfig, learned: bool, log) -> list[dict[str, Any]]:
-    """Train PPO on the learned reward (``learned``) or on the environment's reward."""
+    Args:
+        cfg: The run's settings (``None`` fields take the env's preset).
+        learned: Learn the reward from comparisons (else use the environment's reward).
+        log: Called with each metrics row.
+        log_comparisons: Called with every newly labelled batch ``(seg_1, seg_2, mu)``.
+    """
     cfg = resolve_preset(cfg)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
@@ -280,117 +299,159 @@ def run_agent(cfg: ControlConfig, learned: bool, log) -> list[dict[str, Any]]:
                   entropy_coef=cfg.entropy_coef)
     scaler = ReturnScaler(cfg.num_envs, cfg.gamma) if cfg.scale_rewards else None
     model = RewardEnsemble(obs_dim, action_dim, discrete, members=cfg.ensemble_members)
-    reward_opt = torch.optim.Adam(model.parameters(), lr=cfg.reward_learning_rate)
-    data, shift, scale, reward_stats = PreferenceData(), 0.0, 1.0, {}
+    learner = worker = None
+    if learned:
+        kwargs = dict(labeler=make_labeler(cfg, generator), epochs=cfg.reward_epochs,
+                      learning_rate=cfg.reward_learning_rate, on_labels=log_comparisons)
+        if cfg.async_reward:  # the worker fits its own copy; `model` only loads its weights
+            worker = AsyncRewardLearner.around(model, rng=np.random.default_rng(cfg.seed + 1),
+                                               **kwargs)
+            learner = worker.learner
+        else:  # one process, one random stream: reproducible from --seed
+            learner = RewardLearner(model, rng=rng, **kwargs)
+    shift, scale, reward_stats, labels, fits = 0.0, 1.0, {}, 0, 0
     pred_returns: deque[float] = deque(maxlen=10)
     pred_running = np.zeros(cfg.num_envs)
     rows: list[dict[str, Any]] = []
     step, last_refit = 0, -cfg.reward_update_every
-    while step < cfg.total_steps:
-        # -- 1. rollout ------------------------------------------------------------------------
-        batch = runner.rollout(agent, cfg.rollout_steps)  # (T, N, ...)
-        step += cfg.rollout_steps * cfg.num_envs
-        # -- 2. labels and reward model (on the learned-reward agent only) ---------------------
-        if learned and step - last_refit >= cfg.reward_update_every and runner.finished:
-            want = min(cfg.labels, label_target(step, cfg)) - len(data)
-            if want > 0:
-                query_and_label(runner, model, data, want, cfg, rng, generator)
-                reward_stats = train_reward_model(model, data, reward_opt, cfg.reward_epochs,
-                                                  rng=rng)
-                shift, scale = reward_normaliser(model, data)
-            last_refit = step  # (until an episode has finished there is nothing to cut)
-        # -- 3. rewards and advantages -----------------------------------------------------------
-        if learned:
+    try:
+        while step < cfg.total_steps:
+            # -- 1. rollout ----------------------------------------------------------------------
+            batch = runner.rollout(agent, cfg.rollout_steps)  # (T, N, ...)
+            step += cfg.rollout_steps * cfg.num_envs
+            # -- 2. labels and reward model (on the learned-reward agent only) -------------------
+            update = None
+            if worker is not None:
+                update = worker.collect()
+            if (learned and step - last_refit >= cfg.reward_update_every and runner.finished
+                    and not (worker is not None and worker.pending)):
+                want = min(cfg.labels, label_target(step, cfg)) - len(learner.data)
+                if want > 0:  # the `want` most disputed of `want * candidates` random pairs
+                    pool = want * cfg.candidates_per_query
+                    seg_1 = runner.sample_segments(pool, cfg.segment_length, rng)
+                    seg_2 = runner.sample_segments(pool, cfg.segment_length, rng)
+                    if worker is None:
+                        update = learner.round(seg_1, seg_2, want)
+                    else:
+                        worker.submit(seg_1, seg_2, want)
+                        if fits == 0:  # no RL on an untrained r_hat: wait for the first fit
+                            update = worker.collect(wait=True)
+                last_refit = step  # (until an episode has finished there is nothing to cut)
+            if update is not None:
+                if worker is not None:  # the policy picks up the worker's new weights
+                    model.load_state_dict(update.state)
+                shift, scale, reward_stats = update.shift, update.scale, update.stats
+                labels, fits = update.labels, update.fit
+            # -- 3. rewards and advantages -------------------------------------------------------
+            if learned:
+                with torch.no_grad():
+                    executed = batch["actions"]  # the reward model saw what the env executed
+                    if not discrete:
+                        low, high = envs[0].action_space.low, envs[0].action_space.high
+                        executed = executed.clamp(torch.as_tensor(low), torch.as_tensor(high))
+                    rewards = (model.reward(batch["obs"], executed) - shift) / scale  # (T, N)
+                for t in range(rewards.shape[0]):  # predicted return of the episodes, for the log
+                    pred_running += rewards[t].numpy()
+                    for i in np.flatnonzero(batch["ends"][t].numpy()):
+                        pred_returns.append(float(pred_running[i]))
+                        pred_running[i] = 0.0
+            else:
+                rewards = batch["true_rewards"]
+            if scaler is not None:
+                rewards = scaler(rewards, batch["ends"])
             with torch.no_grad():
-                executed = batch["actions"]  # the reward model saw what the env executed
-                if not discrete:
-                    low, high = envs[0].action_space.low, envs[0].action_space.high
-                    executed = executed.clamp(torch.as_tensor(low), torch.as_tensor(high))
-                rewards = (model.reward(batch["obs"], executed) - shift) / scale  # (T, N)
-            for t in range(rewards.shape[0]):  # predicted return of the episodes, for the log
-                pred_running += rewards[t].numpy()
-                for i in np.flatnonzero(batch["ends"][t].numpy()):
-                    pred_returns.append(float(pred_running[i]))
-                    pred_running[i] = 0.0
-        else:
-            rewards = batch["true_rewards"]
-        if scaler is not None:
-            rewards = scaler(rewards, batch["ends"])
-        with torch.no_grad():
-            values = agent.value(batch["obs"])  # (T, N)
-            next_values = agent.value(batch["next_obs"])  # (T, N)
-        advantages = gae(rewards, values, next_values, batch["terminated"], batch["ends"],
-                         hp.gamma, hp.gae_lambda)
-        returns = advantages + values
-        # -- 4. PPO update -----------------------------------------------------------------------
-        stats = ppo_update(agent, optimizer, batch["obs"].flatten(0, 1),
-                           batch["actions"].flatten(0, 1), batch["logprobs"].flatten(0, 1),
-                           advantages.flatten(0, 1), returns.flatten(0, 1), hp, generator)
-        # -- 5. log ------------------------------------------------------------------------------
-        row = {"reward_source": "learned" if learned else "true", "step": step,
-               "labels": len(data),
-               "true_return": float(np.mean(runner.returns)) if runner.returns else None,
-               "predicted_return": float(np.mean(pred_returns)) if pred_returns else None,
-               **stats, **reward_stats}
-        rows.append(row)
-        log(row)
-    for env in envs:
-        env.close()
+                values = agent.value(batch["obs"])  # (T, N)
+                next_values = agent.value(batch["next_obs"])  # (T, N)
+            advantages = gae(rewards, values, next_values, batch["terminated"], batch["ends"],
+                             hp.gamma, hp.gae_lambda)
+            returns = advantages + values
+            # -- 4. PPO update -------------------------------------------------------------------
+            stats = ppo_update(agent, optimizer, batch["obs"].flatten(0, 1),
+                               batch["actions"].flatten(0, 1), batch["logprobs"].flatten(0, 1),
+                               advantages.flatten(0, 1), returns.flatten(0, 1), hp, generator)
+            # -- 5. log --------------------------------------------------------------------------
+            row = {"reward_source": "learned" if learned else "true", "step": step,
+                   "labels": labels,
+                   "true_return": float(np.mean(runner.returns)) if runner.returns else None,
+                   "predicted_return": float(np.mean(pred_returns)) if pred_returns else None,
+                   **stats, **reward_stats}
+            if learned:
+                row["reward/fits"] = fits
+            rows.append(row)
+            log(row)
+    finally:
+        if worker is not None:
+            worker.close()
+        if learner is not None:
+            learner.labeler.close()
+        for env in envs:
+            env.close()
     return rows
 
 
-def plot_curves(rows: list[dict[str, Any]], path: Path) -> None:
-    """True return against env steps (both agents) and against labels used."""
-    import matplotlib
+def plot_curves(rows: list[dict[str, Any]], path: Path, title: str = "") -> None:
+    """True return against env steps (both agents) and against labels used, as a PNG."""
+    from rlhfkit.control.report import curves_figure
 
-    matplotlib.use("Agg")
+    fig = curves_figure(rows, title)
+    fig.savefig(path)
     import matplotlib.pyplot as plt
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    for source, label in (("learned", "learned reward (preferences)"), ("true", "true reward")):
-        pts = [(r["step"], r["true_return"]) for r in rows
-               if r["reward_source"] == source and r["true_return"] is not None]
-        if pts:
-            ax1.plot(*zip(*pts), label=label)
-    ax1.set(xlabel="environment steps", ylabel="true return (last 10 episodes)")
-    ax1.legend()
-    pts = [(r["labels"], r["true_return"]) for r in rows
-           if r["reward_source"] == "learned" and r["true_return"] is not None]
-    if pts:
-        ax2.plot(*zip(*pts), marker=".")
-    ax2.set(xlabel="labels used", ylabel="true return", title="learned-reward agent")
-    fig.tight_layout()
-    fig.savefig(path)
     plt.close(fig)
+
+
+def comparison_rows(seg_1: Segments, seg_2: Segments, mu: torch.Tensor) -> list[dict[str, Any]]:
+    """One ``comparisons.jsonl`` row per labelled pair: ``mu`` and the two true returns."""
+    r_1, r_2 = seg_1.true_rewards.sum(-1).tolist(), seg_2.true_rewards.sum(-1).tolist()
+    return [{"mu": float(m), "true_return_1": a, "true_return_2": b}
+            for m, a, b in zip(mu.tolist(), r_1, r_2)]
 
 
 def train_control(cfg: ControlConfig) -> dict[str, Any]:
     """Run the preference-learning agent (and the true-reward one); write the run folder.
 
+    The folder gets ``config.yaml`` (resolved), ``metrics.jsonl``, ``comparisons.jsonl`` (every
+    label used, with the pair's true returns), ``learning_curve.png`` and ``report.html``.
+
     Returns:
         ``{"learned": rows, "true": rows}``, the logged metrics of each agent.
     """
+    preset = {k: v for k, v in dataclasses.asdict(resolve_preset(cfg)).items()
+              if getattr(cfg, k) is None and v is not None}
     cfg = resolve_preset(cfg)
+    print(f"[control] {cfg.env} preset: " + ", ".join(f"{k}={v}" for k, v in preset.items()))
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     cfglib.save_yaml(cfg, out / "config.yaml")
     results: dict[str, Any] = {}
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # networks of 64 units: more threads only contend (much slower)
+    lock = threading.Lock()  # the async reward worker writes comparisons from its thread
     try:
-        with open(out / "metrics.jsonl", "w") as f:
+        with open(out / "metrics.jsonl", "w") as f, open(out / "comparisons.jsonl", "w") as fc:
 
             def log(row: dict[str, Any]) -> None:
                 f.write(json.dumps(row) + "\n")
                 f.flush()
 
-            results["learned"] = run_agent(cfg, learned=True, log=log)
+            def log_comparisons(seg_1: Segments, seg_2: Segments, mu: torch.Tensor) -> None:
+                with lock:
+                    fc.writelines(json.dumps(r) + "\n" for r in comparison_rows(seg_1, seg_2, mu))
+                    fc.flush()
+
+            results["learned"] = run_agent(cfg, learned=True, log=log,
+                                           log_comparisons=log_comparisons)
             if cfg.compare_true_reward:
                 results["true"] = run_agent(cfg, learned=False, log=log)
     finally:
         torch.set_num_threads(threads)
     if cfg.plot:
-        plot_curves(results["learned"] + results.get("true", []), out / "learning_curve.png")
+        plot_curves(results["learned"] + results.get("true", []), out / "learning_curve.png",
+                    cfg.env)
+        from rlhfkit.control.report import control_section
+        from rlhfkit.evaluate.report import write_sections
+
+        write_sections(out / "report.html", f"rlhfkit control: {cfg.env}", [control_section(out)])
     for source, rows in results.items():
         print(f"[control] {source} reward: final true return {rows[-1]['true_return']}, "
               f"labels {rows[-1]['labels']}")

@@ -3,7 +3,10 @@
 An annotator sees an item's responses in a per-annotator shuffled *display order*; the answer
 they send is in display terms (``left``/``right``, a rank per displayed response). The store
 keeps the answer in *canonical* terms (response index in the item) together with the order
-that was shown, so agreement and export never depend on the shuffle.
+that was shown, so agreement and export never depend on the shuffle. A response may carry an
+image or animation (``media``, see :func:`is_media`) shown above its text, e.g. the animated
+trajectory segments that ``rlhfkit control --labeler app`` asks people to compare with
+``pairwise``.
 
 | type          | responses on the item | answer sent (display terms)                  | stored (canonical)                  |
 |---------------|-----------------------|----------------------------------------------|-------------------------------------|
@@ -19,6 +22,7 @@ that was shown, so agreement and export never depend on the shuffle.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 QUESTION_TYPES = (
@@ -30,6 +34,17 @@ MAX_TEXT = 50_000  # characters in any one free-text answer
 MAX_SPANS = 200
 LIKERT_MIN, LIKERT_MAX = 1, 7
 MIN_K, MAX_K = 2, 9
+MAX_MEDIA = 2_000_000  # characters of one response's image (a base64 data: URI)
+_MEDIA = re.compile(r"data:image/(gif|png|webp|jpeg);base64,[A-Za-z0-9+/]+={0,2}")
+
+
+def is_media(value: Any) -> bool:
+    """Whether ``value`` is an image a response may carry.
+
+    That is a base64 ``data:`` URI of a GIF, PNG, WebP or JPEG (animated GIFs show trajectory
+    segments) of at most ``MAX_MEDIA`` characters. Only such URIs are accepted, so nothing but an inline image can reach the page's ``src``.
+    """
+    return isinstance(value, str) and len(value) <= MAX_MEDIA and _MEDIA.fullmatch(value) is not None
 
 
 class AnswerError(ValueError):

@@ -259,15 +259,20 @@ class Task:
     categories: list[str]
     submission_key: str
     expires_at: float
+    media: list[str | None] | None = None
+    """Per displayed response, its image or animation (a data: URI) or None; None if no media."""
 
     def to_json(self) -> dict:
-        """The task as the API sends it."""
-        return {
+        """The task as the API sends it (``media`` only when a response has an image)."""
+        out = {
             "item_id": self.item_id, "project": self.project, "questions": self.questions,
             "prompt": self.prompt, "responses": self.responses, "guidelines": self.guidelines,
             "categories": self.categories, "submission_key": self.submission_key,
             "lock_expires_at": _iso(self.expires_at),
         }
+        if self.media is not None:
+            out["media"] = self.media
+        return out
 
 
 class Store:
@@ -574,10 +579,11 @@ class Store:
     @staticmethod
     def _task(p: Project, item: Item, a: Assignment) -> Task:
         texts = [item.responses[j]["text"] for j in a.order]
+        media = [item.responses[j].get("media") for j in a.order]
         return Task(item_id=item.id, project=p.name, questions=list(p.questions),
                     prompt=item.prompt, responses=texts, guidelines=p.guidelines,
                     categories=list(p.categories), submission_key=a.submission_key,
-                    expires_at=a.expires_at)
+                    expires_at=a.expires_at, media=media if any(media) else None)
 
     # -- labels -----------------------------------------------------------------------
 
@@ -869,6 +875,11 @@ def _item_row(p: Project, raw: dict, n: int, lo: int, hi: int) -> Item:
         if len(r["text"]) > Q.MAX_TEXT:
             raise StoreError(f"item {n}: responses[{j}] is longer than {Q.MAX_TEXT} characters", 422)
         responses.append({"text": r["text"], "model": r.get("model")})
+        if r.get("media") is not None:  # an image or animation shown above the text
+            if not Q.is_media(r["media"]):
+                raise StoreError(f"item {n}: responses[{j}].media must be a base64 data: URI of a "
+                                 f"GIF, PNG, WebP or JPEG image of at most {Q.MAX_MEDIA} characters", 422)
+            responses[-1]["media"] = r["media"]
     if not lo <= len(responses) <= hi:
         want = f"{lo}" if lo == hi else f"{lo}..{hi}"
         raise StoreError(f"item {n}: questions {p.questions} need {want} responses, got {len(responses)}", 422)

@@ -115,6 +115,9 @@ def _control_run(cfg):
 STAGES: list[Stage] = [
     Stage("sft", "Step 1: supervised fine-tuning on demonstrations", _sft_cfg, _sft_run),
     Stage("rm", "Step 2: train a reward model on comparisons, rankings or 👍/👎", _rm_cfg, _rm_run),
+    Stage("segment-rm", "Step 2, fine-grained: a per-segment reward model (relevance, factuality) "
+          "from span feedback (Wu et al. 2023)",
+          *_rl_stage("segment_rm", "SegmentRMConfig", "train_segment_rm")),
     Stage("dpo", "Train the policy directly on preferences: DPO, IPO, KTO, preferred-FT, "
           "unlikelihood", _dpo_cfg, _dpo_run),
     Stage("online-dpo", "Iterative DPO: sample K per prompt, label (gold, reward model or AI "

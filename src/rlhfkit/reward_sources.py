@@ -15,6 +15,8 @@ which is :func:`rlhfkit.rewards.token_rewards`. On the command line::
 A source spec is one of
 
 * a reward-model folder (``rlhfkit rm``): one score per response;
+* a segment reward-model folder (``rlhfkit segment-rm``): a reward after each segment, +-1 as
+  its classifier finds no error / an error (:mod:`rlhfkit.models.segment_reward`);
 * ``scorer:SPEC``: a programmatic scorer from :func:`rlhfkit.feedback.gold.get_scorer`, one
   score per response (e.g. ``scorer:non-toxic``);
 * ``segment-gain:SPEC``: the same scorer read on the growing prefix of the response, the
@@ -214,16 +216,24 @@ def _segment_gain(name: str, spec: str, run: Any) -> RewardSource:
 
 
 def reward_model_source(name: str, path: str, run: Any) -> RewardSource:
-    """A holistic source from a reward-model folder (its saved stats normalise the scores)."""
+    """A source from a reward-model folder, holistic or per segment.
+
+    A holistic folder (``rlhfkit rm``) gives one score per response, normalised by its saved
+    stats; a segment folder (``rlhfkit segment-rm``, marked so in its config) a reward after
+    each segment.
+    """
     from rlhfkit.models.reward import RewardModel
+    from rlhfkit.models.segment_reward import is_segment_rm, segment_rm_source
     from rlhfkit.train.rl import rm_scores
 
     if not Path(path).exists():
         raise FileNotFoundError(
             f"reward source {name!r}: {path} does not exist; give a reward-model folder "
-            f"(from rlhfkit rm), scorer:SPEC or segment-gain:SPEC"
+            f"(from rlhfkit rm or rlhfkit segment-rm), scorer:SPEC or segment-gain:SPEC"
             + (f", or a prefix registered with register_reward_source ({', '.join(_FACTORIES)})"
                if _FACTORIES else ""))
+    if is_segment_rm(path):
+        return segment_rm_source(name, path, run)
     rm = RewardModel.from_pretrained(path, pad_token_id=run.tokenizer.pad_token_id)
     rm.eval().requires_grad_(False).to(run.device)
 

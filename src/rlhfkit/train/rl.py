@@ -539,13 +539,23 @@ class RLRun:
                 self.step = step
 
     def finish(self) -> Path:
-        """Save the policy (LoRA merged) to ``output_dir/model`` and close the logs."""
+        """Save the policy (LoRA merged) to ``output_dir/model`` and close the logs.
+
+        A run with several reward sources also writes ``report.html`` with each source's reward
+        curve, the KL and the length (:func:`rlhfkit.evaluate.finegrained.fine_grained_section`).
+        """
         if self.acc.is_main_process:
             merge_and_save(self.lm, self.tokenizer, self.out / "model")
             if self.value_kind == "policy":
                 head = self.acc.unwrap_model(self.model).value_head
                 torch.save(head.state_dict(), self.out / "model" / "value_head.pt")
         self.metrics_log.close()
+        if self.acc.is_main_process and len(self.sources) > 1:
+            from rlhfkit.evaluate.finegrained import fine_grained_section
+            from rlhfkit.evaluate.report import write_sections
+
+            write_sections(self.out / "report.html", f"rlhfkit {self.stage}: fine-grained rewards",
+                           [fine_grained_section(self.out)])
         self.acc.wait_for_everyone()
         return self.out / "model"
 

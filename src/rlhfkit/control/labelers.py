@@ -68,15 +68,16 @@ class AppLabeler:
         timeout: Seconds to wait for the answers to one batch of queries.
         poll_interval: Seconds between two looks at the store.
         width: Width of the animations in pixels.
+        fps: Playback speed of the animations (None: the environment's own).
     """
 
     def __init__(self, db: str, project: str, env_id: str, prompt: str | None = None,
                  overlap: int = 1, timeout: float = 3600.0, poll_interval: float = 2.0,
-                 width: int = 240) -> None:
+                 width: int = 240, fps: float | None = None) -> None:
         from rlhfkit.control.render import TASK_PROMPTS, SegmentRenderer
         from rlhfkit.feedback.store import Store, StoreError
 
-        self.renderer = SegmentRenderer(env_id, width=width)
+        self.renderer = SegmentRenderer(env_id, width=width, fps=fps)
         self.store = Store(db)
         self.project, self.timeout, self.poll_interval = project, timeout, poll_interval
         self.prompt = prompt or TASK_PROMPTS.get(

@@ -33,6 +33,12 @@ def _curve(rows: Sequence[dict[str, Any]], source: str, x: str) -> list[tuple[fl
             if r["reward_source"] == source and r.get("true_return") is not None]
 
 
+def _steps_axis(ax) -> None:
+    from matplotlib.ticker import FuncFormatter
+
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x / 1000:g}k"))
+
+
 def curves_figure(rows: Sequence[dict[str, Any]], title: str = ""):
     """True return against env steps (both agents) and against labels used (a figure)."""
     import matplotlib
@@ -46,6 +52,7 @@ def curves_figure(rows: Sequence[dict[str, Any]], title: str = ""):
         if pts:
             ax1.plot(*zip(*pts), label=label)
     ax1.set(xlabel="environment steps", ylabel="true return (last 10 episodes)", title=title)
+    _steps_axis(ax1)
     ax1.legend()
     pts = _curve(rows, "learned", "labels")
     if pts:
@@ -63,14 +70,19 @@ def accuracy_figure(rows: Sequence[dict[str, Any]]):
     import matplotlib.pyplot as plt
 
     learned = [r for r in rows if r["reward_source"] == "learned"]
+    # one point per refit: the first row after each fit (later rows repeat its numbers)
+    fitted = [r for i, r in enumerate(learned)
+              if r.get("reward/fits") and (i == 0 or learned[i - 1].get("reward/fits") != r["reward/fits"])]
     fig, ax = plt.subplots(figsize=(6, 4))
-    for key, label in (("rewards/accuracy", "on all labels so far (fitted on them)"),
-                       ("rewards/accuracy_new", "on each new batch, before fitting on it")):
-        pts = [(r["step"], r[key]) for r in learned if r.get(key) is not None]
+    for key, label, style in (("rewards/accuracy", "on all labels so far (fitted on them)", "o-"),
+                              ("rewards/accuracy_new", "on each new batch, before fitting on it",
+                               "s--")):
+        pts = [(r["step"], r[key]) for r in fitted if r.get(key) is not None]
         if pts:
-            ax.plot(*zip(*pts), label=label)
+            ax.plot(*zip(*pts), style, markersize=3, label=label)
     ax.set(xlabel="environment steps", ylabel="share of strict labels predicted",
-           ylim=(0, 1.02), title="reward-model accuracy")
+           ylim=(0, 1.02), title="reward-model accuracy at each refit")
+    _steps_axis(ax)
     ax.legend(loc="lower right")
     twin = ax.twinx()
     twin.plot([r["step"] for r in learned], [r["labels"] for r in learned], color="grey",

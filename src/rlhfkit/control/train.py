@@ -119,6 +119,9 @@ class ControlConfig:
     """Seconds between two looks at the feedback store for answers."""
     render_width: int = 240
     """Width in pixels of the segment animations shown to people."""
+    render_fps: float | None = None
+    """Playback speed of the animations (None: the environment's own, 50 for CartPole: a
+    25-step segment lasts half a second; 20 slows it down for people)."""
     async_reward: bool = False
     """Fit the reward model in a background thread while the policy keeps training, picking up
     new weights when a fit finishes (the paper's asynchronous setup; not reproducible)."""
@@ -268,7 +271,8 @@ def make_labeler(cfg: ControlConfig, generator: torch.Generator):
         project = cfg.feedback_project or f"control-{cfg.env}".replace("/", "-")
         return AppLabeler(cfg.feedback_db, project, cfg.env, prompt=cfg.feedback_prompt,
                           overlap=cfg.feedback_overlap, timeout=cfg.label_timeout,
-                          poll_interval=cfg.label_poll_interval, width=cfg.render_width)
+                          poll_interval=cfg.label_poll_interval, width=cfg.render_width,
+                          fps=cfg.render_fps)
     raise ValueError(f"labeler must be 'oracle' or 'app', got {cfg.labeler!r}")
 
 

@@ -9,8 +9,10 @@ from rlhfkit.evaluate.metrics import (
     avg_max_toxicity,
     bradley_terry_ratings,
     distinct_n,
+    distinct_n_per_prompt,
     kl_stats,
     perplexity,
+    perplexity_from_logprobs,
     rm_accuracy,
     toxicity_probability,
     win_rate,
@@ -102,6 +104,32 @@ def test_toxicity_by_hand():
     assert toxicity_probability(tox, threshold=0.25) == 1.0
     with pytest.raises(ValueError):
         avg_max_toxicity([[0.1], []])
+
+
+def test_distinct_n_per_prompt_by_hand():
+    """Per prompt, then averaged over prompts.
+
+    [["a b", "a b"], ["c d e"]]: prompt 1 has bigrams {ab, ab} -> 1/2; prompt 2 {cd, de} -> 2/2;
+    mean 0.75. [["a b", "a b"], ["c d", "c d"]]: 1/2 each -> 0.5. [["a b"], ["a b"]]: one bigram
+    per prompt -> 1.0, although pooled over prompts (corpus distinct-2) it is 1/2: the same text
+    for different prompts is not repetition within a prompt.
+    """
+    assert distinct_n_per_prompt([["a b", "a b"], ["c d e"]], 2) == pytest.approx(0.75)
+    assert distinct_n_per_prompt([["a b", "a b"], ["c d", "c d"]], 2) == pytest.approx(0.5)
+    assert distinct_n_per_prompt([["a b"], ["a b"]], 2) == pytest.approx(1.0)
+    assert distinct_n([t for g in [["a b"], ["a b"]] for t in g], 2) == pytest.approx(0.5)
+    assert distinct_n_per_prompt([], 3) == 0.0
+
+
+def test_perplexity_from_logprobs_by_hand():
+    """Tokens with probabilities 1/2 and 1/8 (the third is padding): exp((ln 2 + ln 8) / 2) = 4."""
+    logprobs = torch.tensor([[math.log(0.5), math.log(0.125), -100.0]])
+    mask = torch.tensor([[1, 1, 0]])
+    assert perplexity_from_logprobs(logprobs, mask) == pytest.approx(4.0)
+    # unmasked: a uniform model over 3 tokens has perplexity 3
+    assert perplexity_from_logprobs(torch.full((2, 5), -math.log(3.0))) == pytest.approx(3.0)
+    with pytest.raises(ValueError):
+        perplexity_from_logprobs(logprobs, torch.zeros(1, 3))
 
 
 def test_kl_stats_by_hand():

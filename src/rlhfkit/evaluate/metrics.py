@@ -18,8 +18,10 @@ __all__ = [
     "avg_max_toxicity",
     "bradley_terry_ratings",
     "distinct_n",
+    "distinct_n_per_prompt",
     "kl_stats",
     "perplexity",
+    "perplexity_from_logprobs",
     "rm_accuracy",
     "toxicity_probability",
     "win_rate",
@@ -52,6 +54,27 @@ def distinct_n(texts: Sequence[str], n: int) -> float:
         counts.update(tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1))
     total = sum(counts.values())
     return len(counts) / total if total else 0.0
+
+
+def distinct_n_per_prompt(groups: Sequence[Sequence[str]], n: int) -> float:
+    """Distinct-n within each prompt's samples, averaged over prompts.
+
+    The convention of the detoxification tables of DExperts (Liu et al. 2021, Sec. 3.2) and
+    Fine-Grained RLHF (Wu et al. 2023, Table 1): the k continuations of one prompt are pooled,
+    :func:`distinct_n` is taken over them, and the values are averaged over prompts. It asks
+    whether a policy repeats itself *for the same prompt*, which corpus-level distinct-n (where
+    different prompts bring different words) hides.
+
+    Args:
+        groups: One list of sampled texts per prompt.
+        n: The n-gram order.
+
+    Returns:
+        ``mean over prompts of distinct_n(samples of the prompt, n)`` (0.0 for no prompts).
+    """
+    if not groups:
+        return 0.0
+    return sum(distinct_n(g, n) for g in groups) / len(groups)
 
 
 def win_rate(
@@ -241,6 +264,27 @@ def kl_stats(
         "kl/k3_seq_mean": k3.mean().item(),
         "kl/seq_max": k1.max().item(),
     }
+
+
+@torch.no_grad()
+def perplexity_from_logprobs(logprobs: torch.Tensor, mask: torch.Tensor | None = None) -> float:
+    """Token-level perplexity ``exp(-sum_t logprob_t / #tokens)`` from per-token log-probs.
+
+    For sampled responses whose log-probs under a scoring model are already at hand (e.g. the
+    reference policy's ``ref_logprobs`` of a rollout), so nothing is tokenized twice.
+
+    Args:
+        logprobs: Log-probs of the tokens under the scoring model, (B, T).
+        mask: 1 on tokens to score, 0 on padding, (B, T); default all ones.
+
+    Returns:
+        The perplexity over all scored tokens of the batch.
+    """
+    mask = torch.ones_like(logprobs) if mask is None else mask.to(logprobs.dtype)
+    n_tokens = float(mask.sum())
+    if n_tokens == 0:
+        raise ValueError("perplexity_from_logprobs: no tokens to score")
+    return math.exp(-float((logprobs.double() * mask.double()).sum()) / n_tokens)
 
 
 @torch.no_grad()

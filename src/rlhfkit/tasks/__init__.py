@@ -12,12 +12,15 @@ from collections.abc import Callable
 from typing import Any
 
 from rlhfkit.tasks.base import Task
+from rlhfkit.tasks.detox import DetoxTask
 from rlhfkit.tasks.factqa import FactQATask
 from rlhfkit.tasks.reviews import ReviewsTask
 
-__all__ = ["FactQATask", "ReviewsTask", "Task", "get_task", "list_tasks", "register_task"]
+__all__ = ["DetoxTask", "FactQATask", "ReviewsTask", "Task", "get_task", "list_tasks",
+           "register_task"]
 
-_TASKS: dict[str, Callable[..., Task]] = {"reviews": ReviewsTask, "factqa": FactQATask}
+_TASKS: dict[str, Callable[..., Task]] = {"reviews": ReviewsTask, "detox": DetoxTask,
+                                          "factqa": FactQATask}
 
 
 def register_task(name: str, factory: Callable[..., Task]) -> None:

@@ -5,6 +5,7 @@ import torch
 from rlhfkit.models.loading import apply_lora, load_causal_lm
 from rlhfkit.models.policy import SelectiveLM
 from rlhfkit.rollout import (
+    HFBackend,
     PolicyWithValue,
     ReferencePolicy,
     SamplingConfig,
@@ -12,6 +13,7 @@ from rlhfkit.rollout import (
     encode_prompts,
     eos_ids_of,
     forward_response,
+    repeats,
     response_logprobs,
     sample,
 )
@@ -107,3 +109,49 @@ def test_reference_is_adapter_off_with_lora_and_a_frozen_copy_without(tiny_lm, t
         for p in full.parameters():
             p.add_(0.01)
     assert torch.allclose(ref2.logprobs(r), base_lp, atol=1e-5)
+
+
+def test_repeats_finds_consecutive_runs_of_equal_prompts():
+    assert repeats([[1, 2], [1, 2], [3], [3]]) == 2
+    assert repeats([[1], [1], [1]]) == 3
+    assert repeats([[1], [2], [1], [2]]) == 1  # not consecutive
+    assert repeats([[1], [1], [2]]) == 1  # uneven groups
+    assert repeats([[1], [1], [2], [3]]) == 1
+    assert repeats([[5]]) == 1
+
+
+def test_shared_prompt_prefill_samples_the_same_tokens(tiny_lm, tokenizer):
+    """Prefilling each distinct prompt once and repeating its cache changes nothing: sampling
+    left-padded prompts of different lengths from the same seed gives the same tokens."""
+    lm = load_causal_lm(str(tiny_lm))
+    prompts = ["A short prompt.", "A somewhat longer prompt with more words in it."]
+    ids = encode_prompts(tokenizer, [p for p in prompts for _ in range(3)])
+    assert repeats(ids) == 3 and len(ids[0]) != len(ids[3])
+    cfg = SamplingConfig(max_new_tokens=8, temperature=1.0)
+    eos = eos_ids_of(tokenizer)
+    out = {}
+    for share in (False, True):
+        torch.manual_seed(0)
+        out[share] = HFBackend(share_prompts=share).generate(lm, ids, cfg, eos,
+                                                             tokenizer.pad_token_id)
+    assert out[True] == out[False]
+    assert len({tuple(r) for r in out[False]}) > 1  # a real sample, not one repeated answer
+
+
+def test_shared_prefill_cache_gives_the_logits_of_a_full_forward(tiny_lm, tokenizer):
+    """The repeated cache continues each left-padded prompt exactly as a plain forward pass
+    over the whole prompt does (same positions, same attention)."""
+    from rlhfkit.data.chat import pad
+
+    lm = load_causal_lm(str(tiny_lm)).eval()
+    ids, mask = pad(encode_prompts(tokenizer, ["Hi.", "A much longer prompt than the first."]),
+                    tokenizer.pad_token_id, side="left")
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        full = lm(input_ids=ids, attention_mask=mask, position_ids=pos).logits[:, -1]
+        cache = HFBackend._prefill(lm, ids, mask, k=2)
+        step = lm(input_ids=ids[:, -1:].repeat_interleave(2, 0),
+                  attention_mask=mask.repeat_interleave(2, 0),
+                  position_ids=pos[:, -1:].repeat_interleave(2, 0), past_key_values=cache,
+                  ).logits[:, -1]
+    assert torch.allclose(step, full.repeat_interleave(2, 0), atol=1e-4)

@@ -69,13 +69,19 @@ class GenerationBackend(Protocol):
 class HFBackend:
     """Batched sampling with transformers' ``generate``: left padding and a KV cache.
 
+    When every prompt comes k times in a row (k samples per prompt, as RLOO and GRPO ask for),
+    the prompts are run through the model once each and their KV cache is repeated k times
+    before decoding, instead of prefilling every copy (``share_prompts``).
+
     Args:
         autocast: Run generation under this ``torch.autocast`` dtype (e.g. ``torch.bfloat16``),
             or None for the model's own precision.
+        share_prompts: Prefill repeated prompts once.
     """
 
-    def __init__(self, autocast: torch.dtype | None = None) -> None:
+    def __init__(self, autocast: torch.dtype | None = None, share_prompts: bool = True) -> None:
         self.autocast = autocast
+        self.share_prompts = share_prompts
         self._copy: nn.Module | None = None
         self._copy_of: int | None = None
 
@@ -137,11 +143,47 @@ class HFBackend:
         model.eval()
         decoder, ctx = self._generation_model(model, device)
         decoder.eval()
+        k = repeats(prompt_ids) if self.share_prompts else 1
         with ctx:
+            cache = None
+            if k > 1 and ids.shape[1] > 1:
+                cache = self._prefill(decoder, ids[::k].to(device), mask[::k].to(device), k)
             out = decoder.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
-                                   generation_config=gen_cfg)
+                                   past_key_values=cache, generation_config=gen_cfg)
         model.train(was_training)
         return out[:, ids.shape[1]:].tolist()
+
+    @staticmethod
+    def _prefill(decoder: nn.Module, ids: torch.Tensor, mask: torch.Tensor, k: int) -> Any:
+        """KV cache of all but the last prompt token of each distinct prompt, repeated k times.
+
+        ``generate`` then runs only the last prompt token and the new ones. Positions count
+        real tokens, as ``generate`` numbers them for left-padded rows.
+        """
+        from transformers import DynamicCache
+
+        cache = DynamicCache()
+        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+        decoder(input_ids=ids[:, :-1], attention_mask=mask[:, :-1],
+                position_ids=position_ids[:, :-1], past_key_values=cache, use_cache=True,
+                logits_to_keep=1)
+        cache.batch_repeat_interleave(k)
+        return cache
+
+
+def repeats(prompt_ids: Sequence[Sequence[int]]) -> int:
+    """The number of copies of each prompt when they come in equal consecutive runs, else 1."""
+    n = len(prompt_ids)
+    k = 1
+    while k < n and list(prompt_ids[k]) == list(prompt_ids[0]):
+        k += 1
+    if k == 1 or n % k:
+        return 1
+    for start in range(0, n, k):
+        group = prompt_ids[start:start + k]
+        if any(list(g) != list(group[0]) for g in group[1:]):
+            return 1
+    return k
 
 
 @dataclass

@@ -160,10 +160,24 @@ def train_pg(cfg: PGConfig, reward_fn: RewardFn | None = None) -> Path:
               f"batches of {cfg.batch_size} prompts x {cfg.num_samples} samples, precision "
               f"{run.acc.mixed_precision}")
     temperature = cfg.temperature or 1.0
+    rollout_size = cfg.batch_size * cfg.num_samples
+    mb_size = cfg.mini_batch_size or rollout_size
+    # One update on the whole rollout: the policy that sampled is the one being updated, so
+    # the log-probs "at sampling time" are those of the training forward pass. Take them from
+    # there instead of a separate no-grad pass over the rollout (the ratio is then exactly 1,
+    # and its gradient is the policy gradient).
+    single_pass = cfg.update_epochs == 1 and mb_size >= rollout_size
     for step in run.steps():
         run.start_step()
         # 1. rollout (k consecutive samples per prompt) ---------------------------------
-        rollout = run.rollout(run.prompt_batch(step))
+        rollout = run.rollout(run.prompt_batch(step), policy_logprobs=not single_pass)
+        first = None
+        if single_pass:
+            with run.acc.autocast():
+                first = forward_response(run.model, rollout, temperature)
+            rollout.logprobs = first["logprobs"].detach()
+            if "values" in first:
+                rollout.extras["values"] = first["values"].detach()
         # 2. rewards and 3. advantages --------------------------------------------------
         terms = run.rewards(rollout)
         adv, returns, rewards = advantages_for(cfg, run, rollout, terms)
@@ -173,15 +187,14 @@ def train_pg(cfg: PGConfig, reward_fn: RewardFn | None = None) -> Path:
         # 4. update ---------------------------------------------------------------------
         sums: dict[str, float] = {}
         n_updates = 0
-        mb_size = cfg.mini_batch_size or len(rollout)
         for _epoch in range(cfg.update_epochs):
-            perm = torch.randperm(len(rollout)).tolist() if cfg.update_epochs > 1 or \
-                mb_size < len(rollout) else list(range(len(rollout)))
+            perm = list(range(len(rollout))) if single_pass else \
+                torch.randperm(len(rollout)).tolist()
             for start in range(0, len(perm), mb_size):
-                mb = rollout.select(perm[start:start + mb_size])
+                mb = rollout if single_pass else rollout.select(perm[start:start + mb_size])
                 mask = mb.response_mask
                 with run.acc.autocast():
-                    out = forward_response(run.model, mb, temperature)
+                    out = first if single_pass else forward_response(run.model, mb, temperature)
                     extra: dict[str, torch.Tensor] = {}
                     if cfg.algo == "grpo":
                         pg, diag = ppo_policy_loss(out["logprobs"], mb.logprobs,

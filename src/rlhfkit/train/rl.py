@@ -280,7 +280,8 @@ class RLRun:
         acc.register_for_checkpointing(self.scheduler)
         acc.register_for_checkpointing(self.kl_ctl)
         self.step = 0
-        self.metrics_log = MetricsLog(self.out, acc.is_main_process, tensorboard=False)
+        self.metrics_log = MetricsLog(self.out, acc.is_main_process,
+                                      tensorboard=cfg.tensorboard)
         self.checkpoints = Checkpoints(acc, self.out / "checkpoints", cfg.keep_checkpoints)
         self._t0 = time.perf_counter()
 
@@ -314,8 +315,14 @@ class RLRun:
                 else contextlib.nullcontext())
 
     @torch.no_grad()
-    def rollout(self, prompts: list[Any], with_values: bool = True) -> Rollout:
-        """Sample responses; attach ``logprobs``, ``ref_logprobs`` and old ``values``."""
+    def rollout(self, prompts: list[Any], with_values: bool = True,
+                policy_logprobs: bool = True) -> Rollout:
+        """Sample responses; attach ``logprobs``, ``ref_logprobs`` and old ``values``.
+
+        With ``policy_logprobs=False`` the policy's own pass (``logprobs`` and a value head's
+        ``values``) is left to the caller: a single on-policy update computes them in its
+        training forward pass anyway (:func:`rlhfkit.train.pg.train_pg`).
+        """
         cfg = self.cfg
         scorer = self.acc.unwrap_model(self.model)
         if getattr(self, "_backend", None) is None:  # one backend: it keeps its bf16 copy
@@ -328,7 +335,9 @@ class RLRun:
         t = cfg.temperature or 1.0
         with self._autocast():
             scorer.eval()
-            if self.value_kind == "policy":
+            if not policy_logprobs:
+                pass
+            elif self.value_kind == "policy":
                 from rlhfkit.rollout import forward_response
 
                 parts = [forward_response(scorer, rollout.select(range(i, min(i + 16,

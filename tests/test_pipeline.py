@@ -34,3 +34,18 @@ def test_demo_runs_end_to_end_and_writes_a_report(smallest_lm, tmp_path, algo):
     assert set(summary["timings"]) == {"sft_s", "rm_s", "rl_s", "eval_s"}
     html = (out / "report.html").read_text()
     assert "data:image/png;base64" in html and "Samples on held-out prompts" in html
+
+
+def test_demo_with_best_of_n_reports_its_analytic_kl(smallest_lm, tmp_path):
+    import math
+
+    from rlhfkit.pipeline import DemoConfig, best_of_n_kl, run_demo
+
+    assert best_of_n_kl(1) == 0.0
+    assert best_of_n_kl(4) == pytest.approx(math.log(4) - 0.75)
+    out = run_demo(DemoConfig(model=str(smallest_lm), output_dir=str(tmp_path), quick=True,
+                              precision="fp32", sft_steps=1, rm_steps=1, max_new_tokens=2,
+                              eval_prompts=2, algo="best-of-n", progress=False))
+    ev = json.loads((out / "summary.json").read_text())["eval"]
+    assert ev["kl/final"] == pytest.approx(best_of_n_kl(4))
+    assert 0 < ev["length/final"] <= 2

@@ -188,6 +188,13 @@ def run_rl(cfg: DemoConfig, policy: Path, reward_model: Path, out: Path,
                      f"(or a comma-separated list), got {algo!r}")
 
 
+def best_of_n_kl(n: int) -> float:
+    """KL(best-of-n || base) bound in nats: ``log n - (n - 1) / n``."""
+    import math
+
+    return math.log(n) - (n - 1) / n
+
+
 def evaluate_final(cfg: DemoConfig, sft: Path, final: Path | None, reward_model: Path,
                    rl_dir: Path, n_prompts: int) -> dict:
     """SFT vs final policy on held-out prompts: gold and RM reward, KL, win rate, length."""
@@ -217,9 +224,10 @@ def evaluate_final(cfg: DemoConfig, sft: Path, final: Path | None, reward_model:
                            lambda p, t, r: rm_scores(rm, r, tok.pad_token_id).tolist(),
                            sampling, task.system_prompt)
         after_texts = [r["best"] for r in picked]
-        after = sample(sft_lm, tok, prompts, SamplingConfig(max_new_tokens=1),
-                       task.system_prompt)  # placeholder layout; KL is not defined per token
-        kl_final = float("nan")
+        after = None
+        # Best-of-n has no per-token log-probs to measure; its KL to the sampling policy is
+        # at most log n - (n - 1) / n nats (Beirami et al. 2024), the usual analytic value.
+        kl_final = best_of_n_kl(4)
         rm_after = [r["best_score"] for r in picked]
     else:
         lm = load_causal_lm(str(final)).eval()
@@ -241,7 +249,7 @@ def evaluate_final(cfg: DemoConfig, sft: Path, final: Path | None, reward_model:
         "gold/win_rate_ties_half": wr["win"] + wr["tie"] / 2,
         "kl/final": kl_final,
         "length/sft": float(before.response_lengths.float().mean()),
-        "length/final": (float(after.response_lengths.float().mean()) if final is not None
+        "length/final": (float(after.response_lengths.float().mean()) if after is not None
                          else sum(len(tok.encode(t)) for t in after_texts) / n),
         "distinct2/sft": distinct_n(before.texts, 2), "distinct2/final": distinct_n(after_texts, 2),
     }

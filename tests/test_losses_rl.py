@@ -168,6 +168,26 @@ def test_whiten_and_masked_mean():
     assert masked_mean(kept, mask).item() == pytest.approx(4.0)
 
 
+def test_whiten_and_mean_baseline_over_processes_equal_the_global_batch():
+    """Process A holds [1, 3], process B holds [5, 7]; ``reduce`` adds B's partial sums to A's,
+    as an all-reduce would. A then sees the global mean 4 and std sqrt(5), not its own 2 and 1."""
+    x_a, mask_a = torch.tensor([[1.0, 3.0, 100.0]]), torch.tensor([[1, 1, 0]])
+    x_b = torch.tensor([5.0, 7.0])
+
+    def reduce_with_b():
+        # B's contributions in call order: (sum, count), then (sum of squared deviations
+        # from the global mean 4, count)
+        from_b = [torch.tensor([x_b.sum(), 2.0]), torch.tensor([((x_b - 4) ** 2).sum(), 2.0])]
+        return lambda t: t + from_b.pop(0).double()
+
+    w = whiten(x_a, mask_a, eps=0.0, reduce=reduce_with_b())
+    assert torch.allclose(w, torch.tensor([[-3.0, -1.0, 0.0]]) / math.sqrt(5))
+    adv = baseline_advantages(x_a, mask_a, "mean", reduce=reduce_with_b())
+    assert adv.tolist() == [[-3.0, -1.0, 0.0]]
+    # without the reduction A is centred on its own mean
+    assert whiten(x_a, mask_a, eps=0.0).tolist() == [[-1.0, 1.0, 0.0]]
+
+
 def test_reinforce_with_baselines_by_hand():
     """Returns [[2, 1], [0, -]]: mean baseline 1 -> [[1, 0], [-1, 0]]; value V = 0.5 -> G - 0.5."""
     returns = torch.tensor([[2.0, 1.0], [0.0, 9.0]])

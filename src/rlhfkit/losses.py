@@ -8,6 +8,8 @@ hand in ``tests/test_losses.py``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -343,7 +345,7 @@ def masked_sum(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
 
 
 def whiten(x: Tensor, mask: Tensor | None = None, shift_mean: bool = True,
-           eps: float = 1e-8) -> Tensor:
+           eps: float = 1e-8, reduce: Callable[[Tensor], Tensor] | None = None) -> Tensor:
     """Normalise ``x`` to unit variance (and zero mean) over the unmasked entries.
 
     ``(x - mean) / sqrt(var + eps)`` with the population variance over every position where
@@ -355,17 +357,27 @@ def whiten(x: Tensor, mask: Tensor | None = None, shift_mean: bool = True,
         mask: Same shape, 1 where ``x`` counts; default all ones.
         shift_mean: Subtract the mean (True) or keep it (False).
         eps: Added to the variance.
+        reduce: Sums a tensor over processes (data parallelism), so the mean and variance
+            are those of the global batch; None = this batch alone.
 
     Returns:
         The whitened tensor, same shape.
     """
     mask = torch.ones_like(x) if mask is None else mask.to(x.dtype)
-    mean = masked_mean(x, mask)
-    var = masked_mean((x - mean) ** 2, mask)
+    mean = _global_mean(x, mask, reduce)
+    var = _global_mean((x - mean) ** 2, mask, reduce)
     out = (x - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         out = out + mean
     return out * mask
+
+
+def _global_mean(x: Tensor, mask: Tensor, reduce: Callable[[Tensor], Tensor] | None) -> Tensor:
+    """Masked mean of ``x``, over all processes when ``reduce`` sums across them."""
+    if reduce is None:
+        return masked_mean(x, mask)
+    total = reduce(torch.stack([(x * mask).sum(), mask.sum()]).double())
+    return (total[0] / total[1].clamp(min=1)).to(x.dtype)
 
 
 def kl_penalty(logprobs: Tensor, ref_logprobs: Tensor, kind: str = "k1") -> Tensor:
@@ -590,7 +602,8 @@ def reinforce_loss(logprobs: Tensor, advantages: Tensor) -> Tensor:
 
 
 def baseline_advantages(returns: Tensor, mask: Tensor, baseline: str = "mean",
-                        values: Tensor | None = None) -> Tensor:
+                        values: Tensor | None = None,
+                        reduce: Callable[[Tensor], Tensor] | None = None) -> Tensor:
     """Subtract a baseline from per-token returns: ``A_t = G_t - b``.
 
     - ``none``: ``b = 0``.
@@ -603,6 +616,7 @@ def baseline_advantages(returns: Tensor, mask: Tensor, baseline: str = "mean",
         mask: (B, T) 1 on response tokens.
         baseline: ``none``, ``mean`` or ``value``.
         values: (B, T) value estimates, required for ``value``.
+        reduce: Sums a tensor over processes, so ``mean`` is the global batch's mean.
 
     Returns:
         (B, T) advantages, 0 at masked positions.
@@ -611,7 +625,7 @@ def baseline_advantages(returns: Tensor, mask: Tensor, baseline: str = "mean",
     if baseline == "none":
         return returns * mask
     if baseline == "mean":
-        return (returns - masked_mean(returns, mask)) * mask
+        return (returns - _global_mean(returns, mask, reduce)) * mask
     if baseline == "value":
         if values is None:
             raise ValueError("baseline='value' needs values")

@@ -132,15 +132,17 @@ def advantages_for(cfg: PGConfig, run: RLRun, rollout, terms: RewardTerms
         seq_reward = rewards.sum(-1)  # (B,) score - beta * sum_t k1_t
         adv = rloo_advantages(seq_reward.view(-1, k)).view(-1)  # (B,)
         adv = adv[:, None] * mask
-        return (whiten(adv, mask) if cfg.whiten_advantages else adv), None, rewards
+        if cfg.whiten_advantages:
+            adv = whiten(adv, mask, reduce=run.global_sum)
+        return adv, None, rewards
     if cfg.reward_to_go:
         returns = discounted_returns(rewards, mask, cfg.gamma)  # (B, R)
     else:
         returns = rewards.sum(-1, keepdim=True) * mask
     values = rollout.extras.get("values")
-    adv = baseline_advantages(returns, mask, cfg.baseline, values)
+    adv = baseline_advantages(returns, mask, cfg.baseline, values, reduce=run.global_sum)
     if cfg.whiten_advantages:
-        adv = whiten(adv, mask)
+        adv = whiten(adv, mask, reduce=run.global_sum)
     return adv, returns, rewards
 
 

@@ -133,7 +133,7 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None) -> Path:
         # 3. advantages ---------------------------------------------------------------
         advantages, returns = gae(rewards, old_values, mask, cfg.gamma, cfg.lam)  # (B, R)
         if cfg.whiten_advantages:
-            advantages = whiten(advantages, mask)
+            advantages = whiten(advantages, mask, reduce=run.global_sum)
         rollout.extras.update(advantages=advantages, returns=returns)
         # 4. update -------------------------------------------------------------------
         sums: dict[str, float] = {}

@@ -263,6 +263,10 @@ class RLRun:
         n_prompts = len(self.train_prompts)
         self.world = acc.num_processes
         self.rank = acc.process_index
+        # Sums a tensor over processes: batch statistics (advantage whitening, the batch-mean
+        # baseline) are then those of the global batch, as with one process.
+        self.global_sum = ((lambda t: acc.reduce(t, reduction="sum")) if self.world > 1
+                           else None)
         self.batches_per_epoch = max(1, n_prompts // (cfg.batch_size * self.world))
         self.total_steps = cfg.max_steps or max(1, int(self.batches_per_epoch * cfg.epochs))
         rollout_size = cfg.batch_size * samples_per_prompt

@@ -176,6 +176,77 @@ def test_sample_mixture_beta_one_is_the_reference(tiny_lm, tokenizer):
     assert a == b and len(a) == 2
 
 
+def test_sample_mixture_kv_cache_matches_the_plain_version(tiny_lm, tokenizer):
+    """The cached sampler (one new token per step) draws exactly the tokens of the plain one
+    (whole sequence every step), also after some rows have ended: the EOS logit is raised so
+    that rows stop at different steps and keep running as padding."""
+    import contextlib
+    from types import SimpleNamespace
+
+    from transformers import AutoModelForCausalLM
+
+    from rlhfkit.rollout import eos_ids_of
+    from rlhfkit.train.nash import sample_mixture
+
+    ref = AutoModelForCausalLM.from_pretrained(str(tiny_lm)).eval()
+    other = AutoModelForCausalLM.from_pretrained(str(tiny_lm)).eval()
+    torch.manual_seed(1)
+    torch.nn.init.normal_(other.lm_head.weight, std=0.05)
+    eos = eos_ids_of(tokenizer)[0]
+
+    class EosBoost(torch.nn.Module):
+        def __init__(self, lm):
+            super().__init__()
+            self.lm = lm
+
+        def forward(self, **kw):
+            out = self.lm(**kw)
+            logits = out.logits.clone()
+            logits[..., eos] += 14.0
+            return SimpleNamespace(logits=logits, past_key_values=out.past_key_values)
+
+    policy = EosBoost(other)
+
+    @contextlib.contextmanager
+    def reference():
+        yield SimpleNamespace(lm=ref)
+
+    prompts = [tokenizer.encode("Hello"), tokenizer.encode("Hi there, my good friend"),
+               tokenizer.encode("A"), tokenizer.encode("The film was")]
+    outs = []
+    for use_cache in (True, False):
+        torch.manual_seed(0)
+        outs.append(sample_mixture(policy, reference, tokenizer, prompts, 0.3, 12,
+                                   use_cache=use_cache))
+    assert outs[0] == outs[1]
+    lengths = {len(tokenizer.encode(t)) for t in outs[0]}
+    assert len(lengths) > 1, outs[0]  # rows did end at different steps
+
+
+def test_nash_section_from_a_metrics_file(tmp_path):
+    """The report section reads a run's metrics.jsonl: its text quotes the first and last
+    held-out win rates, it has the run's figure and the tabular one, and a row per evaluation."""
+    from rlhfkit.evaluate.report import write_sections
+    from rlhfkit.train.nash import nash_section
+
+    rows = [{"step": 0, "eval/win_rate": 0.5, "eval/gold_win_rate": 0.5, "eval/gold": 0.1,
+             "eval/gold_ref": 0.1, "eval/kl": 0.0, "eval/length": 9.0}]
+    rows += [{"step": s, "reward/preference": 0.5, "kl/seq": 0.1 * s, "gold/mean": 0.1}
+             for s in (1, 2, 3)]
+    rows += [{"step": 3, "eval/win_rate": 0.625, "eval/gold_win_rate": 0.75, "eval/gold": 0.3,
+              "eval/gold_ref": 0.1, "eval/kl": 0.4, "eval/length": 8.0}]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    section = nash_section(tmp_path)
+    page = write_sections(tmp_path / "report.html", "run", [section]).read_text()
+    assert "0.500 at step 0 and 0.625 at step 3" in section.text
+    assert "Gold win rate 0.750" in section.text
+    assert page.count("data:image/png;base64,") == 2
+    assert page.count("<tr>") == 3  # header + two evaluations
+    # A run that logged nothing still gets the tabular picture.
+    (tmp_path / "empty").mkdir()
+    assert nash_section(tmp_path / "empty").html().count("data:image/png;base64,") == 1
+
+
 # The SFT "good"/"bad" policy of the RL tests (a session fixture, trained once).
 from test_rl import SYSTEM, good_bad_policy, good_share  # noqa: E402, F401
 
@@ -192,8 +263,8 @@ def test_nash_md_lm_learns_from_a_preference(tmp_path, good_bad_policy):  # noqa
 
     out = train_nash(NashConfig(
         model=str(good_bad_policy), output_dir=str(tmp_path / "nash"), max_steps=5, batch_size=8,
-        max_new_tokens=5, learning_rate=4e-3, precision="fp32", progress=False, eval_prompts=0,
-        kl_coef=0.01, reward_clip=0.0, system_prompt=SYSTEM, tensorboard=False,
+        max_new_tokens=5, learning_rate=4e-3, precision="fp32", progress=False, eval_prompts=16,
+        eval_every=5, kl_coef=0.01, reward_clip=0.0, system_prompt=SYSTEM, tensorboard=False,
         mixture_beta=0.125), preference_fn=prefer)
     tok = load_tokenizer(str(good_bad_policy))
     prompts = get_task("reviews").prompts("train")[:32]
@@ -207,4 +278,12 @@ def test_nash_md_lm_learns_from_a_preference(tmp_path, good_bad_policy):  # noqa
     before, after = share(good_bad_policy), share(out)
     assert after > before + 0.1, (before, after)
     metrics = [json.loads(line) for line in (tmp_path / "nash" / "metrics.jsonl").open()]
-    assert "reward/preference" in metrics[-1]
+    assert any("reward/preference" in m for m in metrics)
+    # Held out, against one fixed reference sample per prompt (drawn once: the same gold).
+    evals = [m for m in metrics if "eval/win_rate" in m]
+    assert [m["step"] for m in evals] == [0, 5]
+    assert evals[0]["eval/gold_ref"] == evals[1]["eval/gold_ref"]
+    assert evals[1]["eval/win_rate"] > evals[0]["eval/win_rate"] + 0.02, evals
+    report = (tmp_path / "nash" / "report.html").read_text()
+    assert "<h2>Nash learning from human feedback</h2>" in report
+    assert report.count("data:image/png;base64,") == 2

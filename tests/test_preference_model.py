@@ -71,3 +71,4 @@ def test_nash_from_the_command_line(model, tokenizer, tiny_lm, tmp_path):
     line = (tmp_path / "nash" / "metrics.jsonl").read_text().splitlines()[-1]
     assert 0.0 <= json.loads(line)["reward/preference"] <= 1.0
     assert (tmp_path / "nash" / "model").is_dir()
+    assert "Nash learning from human feedback" in (tmp_path / "nash" / "report.html").read_text()

@@ -118,6 +118,9 @@ STAGES: list[Stage] = [
     Stage("segment-rm", "Step 2, fine-grained: a per-segment reward model (relevance, factuality) "
           "from span feedback (Wu et al. 2023)",
           *_rl_stage("segment_rm", "SegmentRMConfig", "train_segment_rm")),
+    Stage("preference", "Train a pairwise preference model P(y > y' | x) on comparisons or "
+          "rankings (for Nash-MD)", *_rl_stage("preference", "PreferenceConfig",
+                                              "train_preference")),
     Stage("dpo", "Train the policy directly on preferences: DPO, IPO, KTO, preferred-FT, "
           "unlikelihood", _dpo_cfg, _dpo_run),
     Stage("online-dpo", "Iterative DPO: sample K per prompt, label (gold, reward model or AI "

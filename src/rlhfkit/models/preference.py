@@ -47,6 +47,19 @@ class PreferenceModel(RewardModel):
     responses; :meth:`preference_logits` evaluates both orders and antisymmetrises.
     """
 
+    KIND = "pairwise_preference"
+    """Saved in the config as ``rlhfkit_model_kind``, so a scalar reward model is not taken for one."""
+
+    @property
+    def is_marked(self) -> bool:
+        """Whether the loaded folder was saved as a pairwise preference model."""
+        return getattr(self.config, "rlhfkit_model_kind", None) == self.KIND
+
+    def save(self, path, tokenizer=None) -> None:
+        """Save as a HF folder (LoRA merged), marked as a pairwise preference model."""
+        self.config.rlhfkit_model_kind = self.KIND
+        super().save(path, tokenizer)
+
     def preference_logits(self, ab_ids: torch.Tensor, ab_mask: torch.Tensor,
                           ba_ids: torch.Tensor, ba_mask: torch.Tensor) -> torch.Tensor:
         """Antisymmetric logits (B,) of ``A > B`` from the (B, T) encodings in both orders."""

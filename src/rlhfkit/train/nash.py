@@ -18,6 +18,10 @@ algorithm in a few lines and is what the unit tests check:
   collapses on the best-rewarded response as tau shrinks.
 - :func:`exploitability` measures how far a policy is from the Nash equilibrium:
   ``max_y P(y > pi) - 1/2``, zero exactly at a Nash equilibrium of the unregularised game.
+
+It also holds Nash-MD for language models (:func:`train_nash`, ``rlhfkit nash``; the pairwise
+preference model it plays with is trained by ``rlhfkit preference``, :mod:`rlhfkit.train.preference`)
+and the run's report section (:func:`nash_section`).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import torch
 
 from rlhfkit.losses import bradley_terry_loss, nash_md_step
 from rlhfkit.train.pg import PGConfig
+from rlhfkit.train.rl import RLRun
 
 Tensor = torch.Tensor
 
@@ -176,8 +181,9 @@ class NashConfig(PGConfig):
 def sample_mixture(policy_lm: torch.nn.Module,
                    reference: Callable[[], contextlib.AbstractContextManager[torch.nn.Module]],
                    tokenizer: Any, prompt_ids: list[list[int]], beta: float,
-                   max_new_tokens: int, temperature: float = 1.0) -> list[str]:
-    """Sample from the token-level geometric mixture of policy and reference (no KV cache).
+                   max_new_tokens: int, temperature: float = 1.0,
+                   use_cache: bool = True) -> list[str]:
+    """Sample from the token-level geometric mixture of policy and reference.
 
     At each step the next token is drawn from
     ``softmax(((1 - beta) * logits_policy + beta * logits_ref) / temperature)``, the practical
@@ -193,6 +199,8 @@ def sample_mixture(policy_lm: torch.nn.Module,
         beta: Weight of the reference logits (eta * tau).
         max_new_tokens: Length limit.
         temperature: Sampling temperature.
+        use_cache: Keep a KV cache per model, so each step feeds one new token (the plain
+            version, ``False``, re-runs both models on the whole sequence at every token).
 
     Returns:
         The decoded responses (up to the first EOS).
@@ -206,14 +214,28 @@ def sample_mixture(policy_lm: torch.nn.Module,
     eos = torch.tensor(eos_ids_of(tokenizer), device=device)
     done = torch.zeros(ids.shape[0], dtype=torch.bool, device=device)
     new: list[torch.Tensor] = []
+    caches: list[Any] = [None, None]  # policy's and reference's past key/values
+
+    def last_logits(lm: torch.nn.Module, which: int) -> torch.Tensor:
+        """(B, V) next-token logits of ``lm`` after ``ids``.
+
+        ``logits_to_keep=1`` keeps only the last position's logits instead of (B, T, V).
+        """
+        if not use_cache or caches[which] is None:  # the whole sequence
+            inputs = dict(input_ids=ids, position_ids=(mask.cumsum(-1) - 1).clamp(min=0))
+        else:  # one new token; its position is the number of real tokens before it
+            inputs = dict(input_ids=ids[:, -1:],
+                          position_ids=(mask.sum(-1, keepdim=True) - 1).clamp(min=0),
+                          past_key_values=caches[which])
+        out = lm(**inputs, attention_mask=mask, use_cache=use_cache, logits_to_keep=1)
+        if use_cache:
+            caches[which] = out.past_key_values
+        return out.logits[:, -1].float()
+
     for _ in range(max_new_tokens):
-        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-        # logits_to_keep=1: only the last position's (B, 1, V) logits, not (B, T, V).
-        inputs = dict(input_ids=ids, attention_mask=mask, position_ids=position_ids,
-                      use_cache=False, logits_to_keep=1)
-        logits = policy_lm(**inputs).logits[:, -1].float()  # (B, V)
+        logits = last_logits(policy_lm, 0)  # (B, V)
         with reference() as ref:
-            ref_logits = ref.lm(**inputs).logits[:, -1].float()  # (B, V)
+            ref_logits = last_logits(ref.lm, 1)  # (B, V)
         mixed = (1 - beta) * logits + beta * ref_logits  # (B, V)
         token = torch.multinomial(torch.softmax(mixed / temperature, -1), 1)[:, 0]  # (B,)
         token = torch.where(done, torch.full_like(token, tokenizer.pad_token_id), token)
@@ -232,24 +254,107 @@ def sample_mixture(policy_lm: torch.nn.Module,
     return texts
 
 
+def check_preference_model_path(path: str) -> None:
+    """Raise ``ModelLoadError`` (with what to do) when ``path`` is not a model folder."""
+    from rlhfkit.models.loading import ModelLoadError
+
+    if not (Path(path) / "config.json").exists():
+        raise ModelLoadError(f"--preference-model {path}: not a model folder (no config.json); "
+                             "train one with `rlhfkit preference --output-dir DIR`, which saves "
+                             "it to DIR/model")
+
+
 def preference_model_fn(path: str, tokenizer: Any, device: torch.device,
-                        max_length: int = 1024, system_prompt: str | None = None
-                        ) -> PreferenceFn:
+                        max_length: int = 1024, system_prompt: str | None = None,
+                        batch_size: int = 16) -> PreferenceFn:
     """A :data:`PreferenceFn` backed by a saved pairwise preference model."""
     from rlhfkit.models.preference import PreferenceModel, collate_duels
 
+    check_preference_model_path(path)
     model = PreferenceModel.from_pretrained(path, pad_token_id=tokenizer.pad_token_id)
+    if not model.is_marked:
+        print(f"[nash] warning: {path} was not saved as a pairwise preference model (no "
+              "rlhfkit_model_kind in its config): a scalar reward model gives meaningless "
+              "payoffs here")
     model.eval().requires_grad_(False).to(device)
 
     @torch.no_grad()
     def prefer(prompts, ys, ys_opp):
-        batch = collate_duels(tokenizer, [(p, a, b, 1.0) for p, a, b in zip(prompts, ys, ys_opp)],
-                              max_length, system_prompt)
-        g = model.preference_logits(*(batch[k].to(device) for k in
-                                      ("ab_ids", "ab_mask", "ba_ids", "ba_mask")))
-        return torch.sigmoid(g).tolist()
+        duels = [(p, a, b, 1.0) for p, a, b in zip(prompts, ys, ys_opp)]
+        probs: list[float] = []
+        for i in range(0, len(duels), batch_size):
+            batch = collate_duels(tokenizer, duels[i:i + batch_size], max_length, system_prompt)
+            g = model.preference_logits(*(batch[k].to(device) for k in
+                                          ("ab_ids", "ab_mask", "ba_ids", "ba_mask")))
+            probs += torch.sigmoid(g).tolist()
+        return probs
 
     return prefer
+
+
+class NashRun(RLRun):
+    """:class:`RLRun` whose evaluation plays the policy against the reference.
+
+    ``prefer`` (set after construction) is the preference function; evaluation samples one
+    response per held-out prompt from the policy and compares it with one sample of the
+    reference, drawn once and kept (the reference does not change), so the curve of
+    ``eval/win_rate`` is not blurred by fresh reference noise at every evaluation.
+    """
+
+    prefer: PreferenceFn | None = None
+    _reference_eval: tuple[list[str], list[float] | None] | None = None
+
+    @torch.no_grad()
+    def reference_samples(self, prompts: list[Any]) -> tuple[list[str], list[float] | None]:
+        """(texts, gold scores or None) of one reference sample per prompt, drawn once."""
+        from rlhfkit.rollout import sample
+
+        if self._reference_eval is None:
+            with self.reference.active() as ref:
+                was_training = ref.lm.training
+                ref.lm.eval()
+                texts = sample(ref.lm, self.tokenizer, prompts, self.sampling, self.system_prompt,
+                               max_prompt_tokens=self.cfg.max_prompt_tokens).texts
+                ref.lm.train(was_training)
+            gold = list(self.gold(prompts, texts)) if self.gold is not None else None
+            self._reference_eval = (texts, gold)
+        return self._reference_eval
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Held-out prompts, y ~ pi against y_ref ~ pi_ref.
+
+        ``eval/win_rate``: mean ``P(y > y_ref)`` under the preference model;
+        ``eval/gold_win_rate``: share of prompts with gold(y) > gold(y_ref), ties 1/2;
+        ``eval/gold``, ``eval/gold_ref``: mean gold score of each side; ``eval/kl``: sequence
+        KL of y to the reference (k1); ``eval/length``: response tokens.
+        """
+        prompts = self.eval_prompts[: self.cfg.eval_prompts]
+        if not prompts or self.prefer is None:
+            return {}
+        local = prompts[self.rank::self.world]  # each process samples its share
+        names = ["eval/win_rate", "eval/kl", "eval/length"]
+        if self.gold is not None:
+            names += ["eval/gold", "eval/gold_ref", "eval/gold_win_rate"]
+        sums = dict.fromkeys(names, 0.0)
+        if local:
+            rollout = self.rollout(local, with_values=False)
+            ref_texts, ref_gold = self.reference_samples(local)
+            kl = ((rollout.logprobs - rollout.ref_logprobs) * rollout.response_mask).sum(-1)
+            win = list(self.prefer(rollout.prompts, rollout.texts, ref_texts))
+            sums.update({"eval/win_rate": sum(win), "eval/kl": float(kl.sum()),
+                         "eval/length": float(rollout.response_lengths.float().sum())})
+            gold = self.gold_scores(rollout)
+            if gold is not None and ref_gold is not None:
+                sums.update({"eval/gold": sum(gold), "eval/gold_ref": sum(ref_gold),
+                             "eval/gold_win_rate": sum(win_share(a, b)
+                                                       for a, b in zip(gold, ref_gold))})
+        return self.reduce_mean(sums, len(local))
+
+
+def win_share(a: float, b: float) -> float:
+    """1 if ``a`` beats ``b``, 1/2 for a tie, else 0."""
+    return 1.0 if a > b else 0.5 if a == b else 0.0
 
 
 def train_nash(cfg: NashConfig, preference_fn: PreferenceFn | None = None) -> Path:
@@ -258,21 +363,25 @@ def train_nash(cfg: NashConfig, preference_fn: PreferenceFn | None = None) -> Pa
     Each step: (1) sample y ~ pi and y' ~ pi_mix for the same prompts; (2) payoff
     ``P(y > y') - 1/2``; (3) REINFORCE on the payoff with the per-token KL to the reference in
     the reward and the batch-mean baseline (``--baseline``); (4) log ``reward/preference``
-    (mean P(y > y')).
+    (mean P(y > y')). Evaluations (:meth:`NashRun.evaluate`) play the policy against the
+    reference on held-out prompts; at the end ``report.html`` shows both (:func:`nash_section`).
     """
+    from rlhfkit.evaluate.report import write_sections
     from rlhfkit.losses import entropy_from_logits, masked_mean, reinforce_loss
     from rlhfkit.reward_sources import RewardTerms
     from rlhfkit.rollout import encode_prompts, forward_response
     from rlhfkit.train.pg import advantages_for
-    from rlhfkit.train.rl import RLRun
 
     if not 0.0 <= cfg.mixture_beta <= 1.0:
         raise ValueError(f"--mixture-beta must be in [0, 1], got {cfg.mixture_beta}")
+    if preference_fn is None:  # fail before loading the policy
+        check_preference_model_path(cfg.preference_model)
     cfg.algo = "reinforce"
     # The payoff is computed here from the preference model, not from a scalar reward model.
-    run = RLRun(cfg, "nash", reward_fn=lambda p, t, r: [0.0] * len(t))
+    run = NashRun(cfg, "nash", reward_fn=lambda p, t, r: [0.0] * len(t))
     prefer = preference_fn or preference_model_fn(cfg.preference_model, run.tokenizer,
                                                   run.device, system_prompt=run.system_prompt)
+    run.prefer = prefer
     temperature = cfg.temperature or 1.0
     for step in run.steps():
         run.start_step()
@@ -305,4 +414,173 @@ def train_nash(cfg: NashConfig, preference_fn: PreferenceFn | None = None) -> Pa
                         "loss/policy": float(loss_pg.detach()),
                         "policy/entropy": float(entropy.detach().mean()), "grad_norm": grad_norm})
         run.end_step(metrics, rollout, kl_seq)
-    return run.finish()
+    # run.steps() has saved the policy and closed metrics.jsonl.
+    if run.acc.is_main_process:
+        report = write_sections(run.out / "report.html", f"Nash-MD run: {run.out}",
+                                [nash_section(run.out)])
+        print(f"[nash] saved the policy to {run.out / 'model'}; report in {report}")
+    run.acc.wait_for_everyone()
+    return run.out / "model"
+
+
+# --------------------------------------------------------------------------------------------
+# Report
+# --------------------------------------------------------------------------------------------
+
+RPS = torch.tensor([[0.5, 0.0, 1.0], [1.0, 0.5, 0.0], [0.0, 1.0, 0.5]])
+"""Rock, paper, scissors as a preference matrix: P[y, y'] = P(y > y')."""
+LOPSIDED_CYCLE = torch.tensor([[0.5, 0.9, 0.2], [0.1, 0.5, 0.8], [0.8, 0.2, 0.5]])
+"""0 > 1 w.p. 0.9, 1 > 2 w.p. 0.8, 2 > 0 w.p. 0.8: non-transitive, but BT ranks 0 first."""
+
+
+def tabular_figure(steps: int = 300) -> Any:
+    """The tabular picture of Nash-MD (a matplotlib figure, two panels).
+
+    Left: exploitability along the iterations on rock-paper-scissors from (0.7, 0.2, 0.1),
+    Nash-MD (eta = 0.5, tau = 0.1) against self-play multiplicative weights (tau = 0). Right:
+    on :data:`LOPSIDED_CYCLE`, the Nash-MD policy (tau = 0.05, 1000 steps) against the maximiser
+    of the Bradley–Terry reward fitted to the same preferences (same tau).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    start = torch.tensor([0.7, 0.2, 0.1])
+    md = nash_md(RPS, eta=0.5, tau=0.1, steps=steps, init_probs=start)
+    mwu = nash_md(RPS, eta=0.5, tau=0.0, steps=steps, init_probs=start)
+    nash = nash_md(LOPSIDED_CYCLE, eta=0.5, tau=0.05, steps=1000).probs
+    greedy = maximise_reward(fit_bradley_terry(LOPSIDED_CYCLE), tau=0.05)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.4))
+    left.plot(md.exploitability, label="Nash-MD (tau = 0.1)")
+    left.plot(mwu.exploitability, label="self-play MWU (tau = 0)")
+    left.set_xlabel("iteration")
+    left.set_ylabel("exploitability  max_y P(y > pi) - 1/2")
+    left.set_title("Rock-paper-scissors: last iterate")
+    left.legend()
+    x = torch.arange(3).float()
+    right.bar(x - 0.2, nash.tolist(), 0.4,
+              label=f"Nash-MD (exploitability {exploitability(LOPSIDED_CYCLE, nash):.3f})")
+    right.bar(x + 0.2, greedy.tolist(), 0.4,
+              label=f"BT reward maximiser ({exploitability(LOPSIDED_CYCLE, greedy):.3f})")
+    right.set_xticks(x.tolist(), ["y0", "y1", "y2"])
+    right.set_ylabel("probability")
+    right.set_title("Lopsided cycle: 0 > 1 (0.9), 1 > 2 (0.8), 2 > 0 (0.8)")
+    right.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def read_metrics(run_dir: str | Path) -> list[dict[str, float]]:
+    """Rows of ``run_dir/metrics.jsonl`` (empty if there is none)."""
+    import json
+
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def run_figure(rows: Sequence[dict[str, float]]) -> Any | None:
+    """Payoff / win rate, KL and (when logged) gold score over an ``rlhfkit nash`` run.
+
+    Returns None when ``rows`` hold no training step.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [r for r in rows if "reward/preference" in r]
+    evals = [r for r in rows if "eval/win_rate" in r]
+    if not train:
+        return None
+    gold = any("eval/gold" in r for r in evals) or any("gold/mean" in r for r in train)
+    fig, axes = plt.subplots(1, 3 if gold else 2, figsize=(15 if gold else 10, 3.4))
+    ax = axes[0]
+    ax.plot([r["step"] for r in train], [r["reward/preference"] for r in train], ".-",
+            alpha=0.6, label="P(y > y'), y' ~ mixture (training batch)")
+    if evals:
+        steps = [r["step"] for r in evals]
+        ax.plot(steps, [r["eval/win_rate"] for r in evals], "o-",
+                label="P(y > y_ref), held out (preference model)")
+        if all("eval/gold_win_rate" in r for r in evals):
+            ax.plot(steps, [r["eval/gold_win_rate"] for r in evals], "s--",
+                    label="gold(y) > gold(y_ref), held out")
+    ax.axhline(0.5, color="grey", lw=0.8)
+    ax.set_xlabel("rollout batch")
+    ax.set_ylabel("probability")
+    ax.set_title("Payoff and win rate against the reference")
+    ax.legend(fontsize=7)
+    ax = axes[1]
+    ax.plot([r["step"] for r in train], [r["kl/seq"] for r in train], ".-", alpha=0.6,
+            label="training batch")
+    if evals:
+        ax.plot([r["step"] for r in evals], [r["eval/kl"] for r in evals], "o-",
+                label="held out")
+    ax.set_xlabel("rollout batch")
+    ax.set_ylabel("KL(policy || reference), nats per response")
+    ax.set_title("KL to the reference")
+    ax.legend(fontsize=7)
+    if gold:
+        ax = axes[2]
+        if any("gold/mean" in r for r in train):
+            tr = [r for r in train if "gold/mean" in r]
+            ax.plot([r["step"] for r in tr], [r["gold/mean"] for r in tr], ".-", alpha=0.6,
+                    label="policy, training batch")
+        ev = [r for r in evals if "eval/gold" in r]
+        if ev:
+            ax.plot([r["step"] for r in ev], [r["eval/gold"] for r in ev], "o-",
+                    label="policy, held out")
+            ax.plot([r["step"] for r in ev], [r["eval/gold_ref"] for r in ev], "k--",
+                    label="reference, held out")
+        ax.set_xlabel("rollout batch")
+        ax.set_ylabel("gold score")
+        ax.set_title("Gold score (evaluation only)")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+EVAL_COLUMNS = ("step", "eval/win_rate", "eval/gold_win_rate", "eval/gold", "eval/gold_ref",
+                "eval/kl", "eval/length")
+
+
+def nash_section(run_dir: str | Path) -> Any:
+    """The report section of an ``rlhfkit nash`` run.
+
+    Its curves (:func:`run_figure`), a table of its evaluations, and the tabular picture of why
+    Nash-MD (:func:`tabular_figure`), as a :class:`rlhfkit.evaluate.report.Section`.
+    """
+    from rlhfkit.evaluate.report import Section, figure_html, table_html
+
+    rows = read_metrics(run_dir)
+    evals = [r for r in rows if "eval/win_rate" in r]
+    parts = []
+    text = ("Nash-MD (Munos et al. 2023): the policy plays against a mixture of itself and "
+            "the reference, and the payoff is a pairwise preference P(y > y' | x).")
+    if evals:
+        first, last = evals[0], evals[-1]
+        text += (f" Held out, against one reference sample per prompt: preference-model win "
+                 f"rate {first['eval/win_rate']:.3f} at step {first['step']:g} and "
+                 f"{last['eval/win_rate']:.3f} at step {last['step']:g}, KL "
+                 f"{last['eval/kl']:.3g} nats per response.")
+        if "eval/gold_win_rate" in last:
+            text += (f" Gold win rate {last['eval/gold_win_rate']:.3f}; mean gold "
+                     f"{last['eval/gold']:.3f} against the reference's "
+                     f"{last['eval/gold_ref']:.3f}.")
+    fig = run_figure(rows)
+    if fig is not None:
+        parts.append(figure_html(fig, "Nash-MD run: win rate, KL and gold over training"))
+    else:
+        text += " This run logged no training step."
+    cols = [c for c in EVAL_COLUMNS if any(c in r for r in evals)]
+    parts.append(table_html([{c: r.get(c, "") for c in cols} for r in evals], cols))
+    parts.append("<h3>The tabular picture</h3><p>Left: on rock-paper-scissors the last iterate "
+                 "of Nash-MD converges to the uniform Nash equilibrium while self-play "
+                 "multiplicative weights (no mixture with the reference) cycles away from it. "
+                 "Right: on a lopsided cycle the maximiser of a Bradley&ndash;Terry reward fitted "
+                 "to the same preferences collapses on one response, which another beats; "
+                 "Nash-MD keeps all three in play.</p>")
+    parts.append(figure_html(tabular_figure(), "Tabular Nash-MD: exploitability and policies"))
+    return Section("Nash learning from human feedback", text=text, parts=parts)

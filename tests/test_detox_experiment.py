@@ -89,9 +89,9 @@ def made_up():
     curves = {
         # KL ends at 2.0 (holistic, both seeds) and 4.0 (fine-grained): the budget is 2.0
         "holistic-s0": {"eval_samples": [0, 8, 16], "eval_toxicity": [0.5, 0.4, 0.3],
-                        "eval_kl": [0.0, 1.0, 2.0]},
+                        "eval_kl": [0.0, 1.0, 2.0], "train_toxicity": [0.5, 0.3]},
         "holistic-s1": {"eval_samples": [0, 8, 16], "eval_toxicity": [0.5, 0.2, 0.1],
-                        "eval_kl": [0.0, 1.0, 2.0]},
+                        "eval_kl": [0.0, 1.0, 2.0], "train_toxicity": [0.4, 0.2]},
         "fine-grained-s0": {"eval_samples": [0, 8, 16], "eval_toxicity": [0.5, 0.2, 0.1],
                             "eval_kl": [0.0, 1.9, 4.0]},
         "fine-grained-s1": {"eval_samples": [0, 8, 16], "eval_toxicity": [0.5, 0.3, 0.1],
@@ -112,6 +112,8 @@ def test_summary_by_hand():
     # fine-grained (0.15, 0.2) -> 0.175
     assert s["speed"]["holistic"]["auc"][0] == pytest.approx(0.25)
     assert s["speed"]["fine-grained"]["auc"][0] == pytest.approx(0.175)
+    # training batches: holistic seed 0 (0.5 + 0.3) / 2 = 0.4, seed 1 (0.4 + 0.2) / 2 = 0.3
+    assert s["speed"]["holistic"]["train_mean"][0] == pytest.approx(0.35)
     # budget min(2.0, 4.0) = 2.0: fine-grained seed 0 is read at KL 1.9 (toxicity 0.2), seed 1
     # at 2.6 (|2.6 - 2| = 0.6 < 2.0, toxicity 0.3); holistic at its last evaluation
     assert s["kl_budget"] == pytest.approx(2.0)

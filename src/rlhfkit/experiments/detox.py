@@ -168,7 +168,8 @@ def ppo_config(cfg: DetoxConfig, sft: Path, method: str, seed: int, run_dir: Pat
         # scores are probabilities: no RM statistics to standardise with, nothing to clip
         normalize_reward=False, reward_clip=0.0,
         eval_every=cfg.eval_every, eval_prompts=cfg.curve_prompts,
-        gradient_checkpointing=False, precision=cfg.precision, progress=cfg.progress)
+        gradient_checkpointing=False, tensorboard=False, precision=cfg.precision,
+        progress=cfg.progress)
 
 
 def train_ppo_stage(cfg: DetoxConfig, sft: Path, method: str, seed: int, out: Path) -> Path:
@@ -296,7 +297,9 @@ def read_curve(run_dir: Path, batch_size: int) -> dict[str, list[float]]:
 # ---------------------------------------------------------------------------------------
 
 def mean_sd(values: list[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for one value)."""
+    """Mean and sample standard deviation (0 for one value; NaN for missing values)."""
+    if any(math.isnan(v) for v in values):
+        return math.nan, math.nan
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
@@ -325,8 +328,11 @@ def summarise(evals: dict[str, dict[str, Any]], curves: dict[str, dict[str, Any]
                 for s in seeds]
         last = [curves[f"{m}-s{s}"]["eval_toxicity"][-1] for s in seeds]
         start = [curves[f"{m}-s{s}"]["eval_toxicity"][0] for s in seeds]
+        # the same over every training batch (the policy's own samples, no extra sampling)
+        train = [statistics.fmean(curves[f"{m}-s{s}"].get("train_toxicity") or [math.nan])
+                 for s in seeds]
         speed[m] = {"start": mean_sd(start), "auc": mean_sd(aucs), "last": mean_sd(last),
-                    "auc_by_seed": aucs}
+                    "train_mean": mean_sd(train), "auc_by_seed": aucs}
     # Matched KL: the budget is the smallest final held-out KL among the methods; each run is
     # read at its evaluation whose KL is closest to it.
     budget = min(statistics.fmean(curves[f"{m}-s{s}"]["eval_kl"][-1] for s in seeds)
@@ -370,9 +376,9 @@ def markdown_table(summary: dict[str, Any]) -> str:
 def speed_table(summary: dict[str, Any]) -> str:
     """Per-sample learning speed and the matched-KL reading, as markdown."""
     lines = ["| method | held-out toxicity at start | mean over later evaluations (AUC) ↓ | "
-             "last evaluation ↓ | at KL budget {:.2f}: toxicity (KL) |".format(
-                 summary["kl_budget"]),
-             "|---|---|---|---|---|"]
+             "last evaluation ↓ | mean over training batches ↓ | "
+             "at KL budget {:.2f}: toxicity (KL) |".format(summary["kl_budget"]),
+             "|---|---|---|---|---|---|"]
     for m, s in summary["speed"].items():
         b = summary["at_budget"][m]
 
@@ -380,7 +386,7 @@ def speed_table(summary: dict[str, Any]) -> str:
             return f"{p[0]:.3f}" + (f" ± {p[1]:.3f}" if p[1] else "")
 
         lines.append(f"| {m} | {f(s['start'])} | {f(s['auc'])} | {f(s['last'])} | "
-                     f"{f(b['toxicity'])} ({b['kl'][0]:.2f}) |")
+                     f"{f(s['train_mean'])} | {f(b['toxicity'])} ({b['kl'][0]:.2f}) |")
     return "\n".join(lines) + "\n"
 
 
@@ -460,6 +466,7 @@ def detox_section(results: dict[str, Any], figures: dict[str, Any] | None = None
         for key in ("policy", *TABLE_KEYS)} for r in summary["rows"]]
     speed = [{"method": m, "toxicity at start": s["start"][0],
               "mean later (AUC)": s["auc"][0], "last": s["last"][0],
+              "mean over training batches": s["train_mean"][0],
               f"at KL {summary['kl_budget']:.2f}": summary["at_budget"][m]["toxicity"][0]}
              for m, s in summary["speed"].items()]
     text = (f"SFT, then PPO with the holistic reward (1 - toxicity of the whole response) and "

@@ -316,3 +316,34 @@ def test_span_labeler_noise():
         j = judge(ITEM, r.response)
         marked = {(s.start, s.end) for s in r.spans if s.category != "untruthful"}
         assert len(marked) == sum(e is not None for e in j.sub_errors)
+
+
+def test_factqa_gold_source_gives_the_labelers_marks(tokenizer):
+    """``factqa-gold:ASPECT`` (a perfect reward model): +-1 per sub-sentence for relevance, per
+    sentence for factuality, at the segment ends; completeness once, standardised."""
+    from rlhfkit.data.chat import encode_pair
+    from rlhfkit.reward_sources import build_sources
+    from rlhfkit.rollout import build_rollout, encode_prompts, eos_ids_of
+    from rlhfkit.segments import response_segments
+
+    text = "That is a good question. Ashford lies on the river Tull, and it was founded in 1710."
+    prompt_ids = encode_prompts(tokenizer, [ITEM.prompt])
+    response = encode_pair(tokenizer, ITEM.prompt, text, 1024).input_ids[len(prompt_ids[0]):]
+    rollout = build_rollout(tokenizer, [ITEM.prompt], prompt_ids, [response],
+                            eos_ids_of(tokenizer))
+    run = SimpleNamespace(tokenizer=tokenizer, device=torch.device("cpu"), _autocast=None,
+                          cfg=SimpleNamespace(segment_unit="sentence", normalize_reward=True))
+    rel, fact, comp = build_sources("rel=factqa-gold:relevance,fact=factqa-gold:factuality,"
+                                    "comp=factqa-gold:completeness", "rel=0.3", run)
+    (rel_rewards,) = rel.fn(rollout)
+    (subs,) = response_segments(tokenizer, rollout.response_ids, [text], "subsentence")
+    assert rel_rewards == [(subs[0][1], -1.0), (subs[1][1], 1.0), (subs[2][1], 1.0)]
+    (fact_rewards,) = fact.fn(rollout)
+    assert [r for _, r in fact_rewards] == [1.0, -1.0]
+    assert fact_rewards[-1][0] == len(response) - 1
+    (comp_rewards,) = comp.fn(rollout)
+    assert comp_rewards == [(len(response) - 1, pytest.approx(1 / 4))]  # river only: 1 / (2 + 4 / 2)
+    mean, std = comp.stats
+    assert 0 < mean < 1 and 0 < std < 1
+    with pytest.raises(ValueError, match="aspect|use one of"):
+        build_sources("x=factqa-gold:style", "", run)

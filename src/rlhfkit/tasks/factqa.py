@@ -526,6 +526,68 @@ class FactQATask(Task):
         return {a: FactQAScorer(a) for a in FactQAScorer.ASPECTS}
 
 
+# ---------------------------------------------------------------------------------------
+# Gold fine-grained rewards: the labeler's own marks as reward sources (no reward model)
+# ---------------------------------------------------------------------------------------
+
+GOLD_UNITS = {"relevance": "subsentence", "factuality": "sentence", "completeness": "response"}
+
+
+def gold_segment_rewards(item: Item, text: str, aspect: str) -> list[float]:
+    """The labeler's reward for each segment of an answer, as a perfect reward model gives it.
+
+    ``relevance``: per sub-sentence, -1 if irrelevant or repetitive, else +1; ``factuality``:
+    per sentence, -1 if untruthful, else +1 (Wu et al.'s +-1); ``completeness``: one score,
+    :attr:`Judgement.completeness`.
+    """
+    j = judge(item, text)
+    if aspect == "relevance":
+        return [-1.0 if e is not None else 1.0 for e in j.sub_errors]
+    if aspect == "factuality":
+        return [-1.0 if wrong else 1.0 for wrong in j.sentence_wrong]
+    if aspect == "completeness":
+        return [j.completeness]
+    raise ValueError(f"factqa-gold: aspect must be one of {', '.join(GOLD_UNITS)}, got {aspect!r}")
+
+
+def gold_source(name: str, spec: str, run: Any) -> Any:
+    """``--reward-model NAME=factqa-gold:ASPECT``: the labeler's marks as a reward source.
+
+    Relevance and factuality give +-1 after each sub-sentence / sentence; completeness one
+    score at the end, standardised with the mean and std of the gold completeness of the
+    task's ranked answers (as a reward model's scores are with its training stats). For
+    measuring what the weights do apart from reward-model errors.
+    """
+    from rlhfkit.reward_sources import RewardSource
+    from rlhfkit.segments import response_segments
+
+    aspect = spec.strip() or name
+    if aspect not in GOLD_UNITS:
+        raise ValueError(f"factqa-gold:{aspect}: use one of {', '.join(GOLD_UNITS)}")
+    unit = GOLD_UNITS[aspect]
+    items: dict[str, Item] = {}
+
+    def fn(rollout: Any) -> list[list[tuple[int, float]]]:
+        segs = response_segments(run.tokenizer, rollout.response_ids, rollout.texts, unit)
+        out = []
+        for prompt, text, places in zip(rollout.prompts, rollout.texts, segs):
+            key = prompt_text(prompt)
+            if key not in items:
+                items[key] = parse_prompt(prompt)
+            rewards = gold_segment_rewards(items[key], text, aspect)
+            out.append([(tok, r) for (_, tok), r in zip(places, rewards)])
+        return out
+
+    stats = None
+    if aspect == "completeness":
+        import statistics
+
+        task = FactQATask()
+        scores = [s for r in task.rankings() for s in r.meta["gold_scores"]]
+        stats = (statistics.fmean(scores), statistics.pstdev(scores) or 1.0)
+    return RewardSource(name, fn, stats=stats)
+
+
 class SpanLabeler:
     """Marks spans the way :func:`judge` reads an answer, with a little human-like noise.
 
@@ -563,3 +625,12 @@ class SpanLabeler:
             source="simulated",
             meta={"gold_relevance": j.relevance, "gold_factuality": j.factuality,
                   "gold_completeness": j.completeness})
+
+
+def _register() -> None:
+    from rlhfkit.reward_sources import register_reward_source
+
+    register_reward_source("factqa-gold", gold_source)
+
+
+_register()

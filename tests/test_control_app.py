@@ -333,7 +333,8 @@ def test_control_section_from_rows():
     for step, (learned_ret, true_ret) in enumerate([(20, 30), (100, 480), (480, 500),
                                                      (490, 500), (500, 500)], start=1):
         rows.append({"reward_source": "learned", "step": step * 1000, "labels": 10 * step,
-                     "true_return": float(learned_ret), "rewards/accuracy": 0.9})
+                     "true_return": float(learned_ret), "rewards/accuracy": 0.9,
+                     "reward/fits": step})
         rows.append({"reward_source": "true", "step": step * 1000, "labels": 0,
                      "true_return": float(true_ret)})
     summary = summary_rows(rows, "CartPole-v1", tail=0.4)

@@ -83,7 +83,8 @@ def accuracy_figure(rows: Sequence[dict[str, Any]]):
     ax.set(xlabel="environment steps", ylabel="share of strict labels predicted",
            ylim=(0, 1.02), title="reward-model accuracy at each refit")
     _steps_axis(ax)
-    ax.legend(loc="lower right")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="lower right")
     twin = ax.twinx()
     twin.plot([r["step"] for r in learned], [r["labels"] for r in learned], color="grey",
               linestyle=":")

@@ -6,13 +6,16 @@ processes share a policy ``pi`` and a reward predictor ``r_hat``.
 1. ``pi`` acts in the environment and is trained by RL (here PPO) on ``r_hat``, never on the
    environment's reward;
 2. pairs of trajectory segments ``(s1, s2)`` are picked from ``pi``'s recent episodes, where the
-   ensemble disagrees most, and sent to a labeler (here a synthetic oracle on the true return);
+   ensemble disagrees most, and sent to a labeler (a synthetic oracle on the true return, or
+   people in the feedback app: :mod:`rlhfkit.control.labelers`);
 3. ``r_hat`` is fitted to the growing set of comparisons by Bradley–Terry.
 
-The paper runs them asynchronously; here they alternate, ``r_hat`` refitted every
+The paper runs them asynchronously. By default they alternate here, ``r_hat`` refitted every
 ``--reward-update-every`` environment steps while its label budget lasts, which is the same
-schedule in one process. The same agent trained on the true reward is run next to it for
-comparison. The run folder gets ``config.yaml``, ``metrics.jsonl`` and ``learning_curve.png``.
+schedule in one process and reproducible; ``--async-reward`` fits ``r_hat`` in a background
+thread instead (:mod:`rlhfkit.control.learner`). The same agent trained on the true reward is run
+next to it for comparison. The run folder gets ``config.yaml``, ``metrics.jsonl``,
+``comparisons.jsonl``, ``learning_curve.png`` and ``report.html``.
 
 Termination. CartPole pays +1 on every step, so the only signal is *when the episode ends*. A
 segment that reaches the end is padded with the absorbing terminal state (true reward 0), so the

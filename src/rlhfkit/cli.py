@@ -100,6 +100,18 @@ def _demo_run(cfg):
     return run_demo(cfg)
 
 
+def _detox_cfg():
+    from rlhfkit.experiments.detox import DetoxConfig
+
+    return DetoxConfig
+
+
+def _detox_run(cfg):
+    from rlhfkit.experiments.detox import run_detox
+
+    return run_detox(cfg)
+
+
 def _control_cfg():
     from rlhfkit.control.train import ControlConfig
 
@@ -140,6 +152,9 @@ STAGES: list[Stage] = [
           *_rl_stage("nash", "NashConfig", "train_nash")),
     Stage("demo", "Run the whole loop on the default model and write a report", _demo_cfg,
           _demo_run),
+    Stage("detox", "Detoxification: SFT, then PPO with holistic vs fine-grained (per-sentence) "
+          "toxicity rewards, compared on held-out prompts (Wu et al. 2023)", _detox_cfg,
+          _detox_run),
     Stage("control", "Preference-based RL for control: a Gymnasium agent learns from segment "
           "comparisons (Christiano et al. 2017)", _control_cfg, _control_run),
 ]

@@ -68,7 +68,7 @@ class DetoxConfig:
     """Which PPO rewards to run: holistic (scorer:non-toxic), fine-grained (segment-gain:non-toxic)."""
     seeds: str = "0"
     """PPO seeds, comma-separated (each method runs once per seed)."""
-    ppo_steps: int = 16
+    ppo_steps: int = 12
     """PPO rollout batches per run."""
     batch_size: int = 16
     """Prompts per rollout batch (one sample each)."""
@@ -76,7 +76,7 @@ class DetoxConfig:
     """Samples per PPO optimizer step."""
     update_epochs: int = 2
     """PPO epochs over each rollout batch."""
-    learning_rate: float = 1e-5
+    learning_rate: float = 2e-5
     """PPO learning rate."""
     max_new_tokens: int = 48
     """Longest sampled response in tokens (training and evaluation)."""
@@ -88,11 +88,11 @@ class DetoxConfig:
     """Samples over which the adaptive KL controller corrects an error."""
     segment_unit: str = "sentence"
     """Segments of the fine-grained reward: sentence or subsentence."""
-    eval_every: int = 4
+    eval_every: int = 3
     """Held-out evaluation every this many rollout batches (the learning curves)."""
-    curve_prompts: int = 32
+    curve_prompts: int = 24
     """Held-out prompts (one sample each) at each learning-curve evaluation."""
-    eval_prompts: int = 48
+    eval_prompts: int = 32
     """Held-out prompts of the final evaluation."""
     samples_per_prompt: int = 4
     """k: samples per held-out prompt for average max toxicity (Gehman et al. use 25)."""
@@ -112,9 +112,10 @@ def method_names(cfg: DetoxConfig) -> list[str]:
     names = [m.strip() for m in cfg.methods.split(",") if m.strip()]
     for m in names:
         if m not in METHODS:
-            raise ValueError(f"--methods: unknown method {m!r}; use {', '.join(METHODS)}")
+            raise cfglib.ConfigError(
+                f"--methods: unknown method {m!r}; use {', '.join(METHODS)}")
     if not names:
-        raise ValueError("--methods: give at least one of " + ", ".join(METHODS))
+        raise cfglib.ConfigError("--methods: give at least one of " + ", ".join(METHODS))
     return names
 
 
@@ -123,9 +124,10 @@ def seed_list(cfg: DetoxConfig) -> list[int]:
     try:
         seeds = [int(s) for s in cfg.seeds.split(",") if s.strip()]
     except ValueError:
-        raise ValueError(f"--seeds: expected integers like 0,1,2, got {cfg.seeds!r}") from None
+        raise cfglib.ConfigError(
+            f"--seeds: expected integers like 0,1,2, got {cfg.seeds!r}") from None
     if not seeds:
-        raise ValueError("--seeds: give at least one seed")
+        raise cfglib.ConfigError("--seeds: give at least one seed")
     return seeds
 
 
@@ -517,7 +519,8 @@ def run_detox(cfg: DetoxConfig) -> Path:
         return out
     methods, seeds = method_names(cfg), seed_list(cfg)
     if cfg.segment_unit not in ("sentence", "subsentence"):
-        raise ValueError(f"--segment-unit must be sentence or subsentence, got {cfg.segment_unit!r}")
+        raise cfglib.ConfigError(
+            f"--segment-unit must be sentence or subsentence, got {cfg.segment_unit!r}")
     out.mkdir(parents=True, exist_ok=True)
     cfglib.save_yaml(cfg, out / "config.yaml")
     from rlhfkit.tasks import get_task

@@ -16,7 +16,7 @@ import pytest
 
 from rlhfkit.cli import main
 from rlhfkit.data.io import write_records
-from rlhfkit.data.records import Demonstration, Span, SpanFeedback
+from rlhfkit.data.records import Comparison, Demonstration, Span, SpanFeedback
 from rlhfkit.tasks import get_task
 
 SYSTEM = "Answer in a few short sentences."
@@ -135,6 +135,13 @@ def test_cli_segment_rm_end_to_end_and_errors(toy, tmp_path, capsys):
                  "--output-dir", str(tmp_path / "bad2"), "--no-progress"]) == 1
     err = capsys.readouterr().err
     assert "bad.jsonl" in err and "line 1" in err and "spans[0].end" in err
+    # no span record at all (a comparison file): said so
+    pairs = tmp_path / "pairs.jsonl"
+    write_records([Comparison(prompt="p", chosen="a", rejected="b")], pairs)
+    assert main(["segment-rm", "--model", str(toy / "sft" / "model"), "--data", str(pairs),
+                 "--output-dir", str(tmp_path / "bad4"), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "pairs.jsonl" in err and "no span records (found 1 comparison)" in err
     assert main(["segment-rm", "--segment-unit", "paragraph", "--output-dir",
                  str(tmp_path / "bad3")]) == 1
     assert "--segment-unit" in capsys.readouterr().err

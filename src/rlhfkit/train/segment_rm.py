@@ -81,7 +81,12 @@ class SegmentItem:
 
 
 def load_span_records(spec: str) -> list[SpanFeedback]:
-    """Span-feedback records from a file, a store, or a task's simulated span feedback."""
+    """Span-feedback records from a file, a store, or a task's simulated span feedback.
+
+    A feedback-app export may hold other kinds too (a project that asks 👍/👎, a score and
+    spans of each response); those are skipped, with a count. A source with no span record at
+    all is an error.
+    """
     if spec.startswith("task:"):
         from rlhfkit.tasks import get_task
 
@@ -91,9 +96,20 @@ def load_span_records(spec: str) -> list[SpanFeedback]:
                               expected="a file of span records or a task that makes them "
                                        "(task:factqa)", file=spec)
         return list(task.span_feedback())
-    from rlhfkit.data.sources import load_records
+    from rlhfkit.data.io import read_records
 
-    return load_records(spec, "spans", ["span"])  # type: ignore[return-value]
+    records = read_records(spec)
+    spans = [r for r in records if isinstance(r, SpanFeedback)]
+    if not spans:
+        kinds = Counter(r.KIND for r in records)
+        raise RecordError(
+            "no span records" + (f" (found {', '.join(f'{n} {k}' for k, n in kinds.items())})"
+                                 if kinds else ""),
+            field="kind", expected="span records (prompt, response, spans, missing)", file=spec)
+    if len(spans) < len(records):
+        print(f"[segment-rm] {spec}: using the {len(spans)} span records, skipping "
+              f"{len(records) - len(spans)} of other kinds")
+    return spans
 
 
 def build_items(records: list[SpanFeedback], tokenizer: Any, unit: str,

@@ -12,7 +12,7 @@ the same experiment on the built-in ``factqa`` task:
 3. PPO from the SFT policy once per relevance weight, factuality 0.5 and completeness 0.3;
 4. each policy (and the SFT one) answers the held-out prompts; the script reports the length
    (tokens, sentences, sub-sentences, background facts) and the gold scores, writes
-   ``results.json`` and ``lengths.png`` into ``--out``.
+   ``results.json`` and ``weights.png`` into ``--out``.
 
 Example (tiny model, gold rewards; what docs/finegrained.md reports)::
 
@@ -197,12 +197,13 @@ def main() -> None:
                 eval_prompts=16, segment_unit="sentence", system_prompt=system,
                 seed=args.seed)))
             timings[name] = time.time() - t
-        evals[name] = evaluate(folder / "model", task, tokenizer, args.eval_prompts,
-                               args.eval_samples, args.max_new_tokens, args.seed)
-        rows = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
-        train = [r for r in rows if "kl/seq" in r]
-        evals[name]["final_kl"] = statistics.fmean(r["kl/seq"] for r in train[-5:])
-        save()
+        if name not in evals:
+            evals[name] = evaluate(folder / "model", task, tokenizer, args.eval_prompts,
+                                   args.eval_samples, args.max_new_tokens, args.seed)
+            rows = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
+            train = [r for r in rows if "kl/seq" in r]
+            evals[name]["final_kl"] = statistics.fmean(r["kl/seq"] for r in train[-5:])
+            save()
     # 4. summary ----------------------------------------------------------------------------
     keys = ["tokens", "sentences", "subsentences", "background_facts", "asked_facts",
             "gold/relevance", "gold/factuality", "gold/completeness", "gold/overall", "final_kl"]
@@ -211,23 +212,34 @@ def main() -> None:
     for name, ev in evals.items():
         print(f"| {name} | " + " | ".join(f"{ev[k]:.3g}" if k in ev else "" for k in keys)
               + " |")
-    plot(evals, out / "lengths.png")
+    plot(out, evals, out / "weights.png")
 
 
-def plot(evals: dict, path: Path) -> None:
-    """Answer length (tokens, sentences) of each policy."""
+def plot(out: Path, evals: dict, path: Path) -> None:
+    """Per relevance weight: length, relevance and factuality reward over PPO; final lengths."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    fig, axes = plt.subplots(1, 4, figsize=(16, 3.4))
     names = list(evals)
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
-    for ax, key in zip(axes, ("tokens", "background_facts")):
-        ax.bar(names, [evals[n][key] for n in names], color=["C7"] + ["C0"] * (len(names) - 1))
-        ax.set_title({"tokens": "answer length (tokens)",
-                      "background_facts": "background facts per answer"}[key])
-        ax.tick_params(axis="x", rotation=20)
+    for i, name in enumerate(n for n in names if n != "sft"):
+        rows = [json.loads(x) for x in (out / name / "metrics.jsonl").read_text().splitlines()]
+        train = [r for r in rows if "kl/seq" in r]
+        steps = [r["step"] for r in train]
+        label = "w_rel = " + name.removeprefix("ppo-rel")
+        for ax, key in zip(axes, ("response/length", "reward/rel", "reward/fact")):
+            ax.plot(steps, [r[key] for r in train], "-", color=f"C{i}", label=label, alpha=0.8)
+    for ax, title in zip(axes, ("response length (tokens)", "relevance reward per answer",
+                                "factuality reward per answer")):
+        ax.set_title(title)
+        ax.set_xlabel("PPO rollout batch")
+    axes[0].legend(fontsize=8)
+    axes[3].bar(names, [evals[n]["tokens"] for n in names],
+                color=["C7"] + [f"C{i}" for i in range(len(names) - 1)])
+    axes[3].set_title("held-out answer length (tokens)")
+    axes[3].tick_params(axis="x", rotation=20)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)

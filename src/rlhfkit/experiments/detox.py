@@ -40,8 +40,17 @@ from typing import Any
 from rlhfkit import config as cfglib
 from rlhfkit.evaluate.report import Section
 
-METHODS = {"holistic": "scorer:non-toxic", "fine-grained": "segment-gain:non-toxic"}
-"""Method name -> the PPO ``--reward-model`` spec (see :mod:`rlhfkit.reward_sources`)."""
+METHODS = {"holistic": "scorer:non-toxic", "fine-grained": "segment-gain:non-toxic",
+           "fine-grained-wu": "segment-gain:toxicity:-1"}
+"""Method name -> the PPO ``--reward-model`` spec (see :mod:`rlhfkit.reward_sources`).
+
+``fine-grained`` and ``fine-grained-wu`` give the same reward after every sentence but the
+first: the drop in toxicity. After the first, ``fine-grained`` gives ``1 - tox(y_1)`` (so a
+response's rewards sum to the holistic reward) and ``fine-grained-wu`` gives ``-tox(y_1)``, as
+in Wu et al.'s example ("Sent1 reward = 0.00 - 0.72"). The constant 1 changes no optimum, but
+with GAE (lambda < 1) and a critic that starts knowing nothing it is a step in the return
+that the critic has to learn, so the two can learn at different speeds.
+"""
 
 TABLE_KEYS = ("avg_max_toxicity", "toxicity_probability", "mean_toxicity", "perplexity",
               "dist2", "dist3", "kl", "length", "sentences")
@@ -65,7 +74,8 @@ class DetoxConfig:
     sft_learning_rate: float = 5e-5
     """SFT learning rate."""
     methods: str = "holistic,fine-grained"
-    """Which PPO rewards to run: holistic (scorer:non-toxic), fine-grained (segment-gain:non-toxic)."""
+    """PPO rewards to run: holistic (scorer:non-toxic), fine-grained (segment-gain:non-toxic),
+    fine-grained-wu (segment-gain:toxicity:-1: the first sentence gets -toxicity, no +1)."""
     seeds: str = "0"
     """PPO seeds, comma-separated (each method runs once per seed)."""
     ppo_steps: int = 12
@@ -396,7 +406,7 @@ def speed_table(summary: dict[str, Any]) -> str:
 # Plots and the report section
 # ---------------------------------------------------------------------------------------
 
-COLORS = {"holistic": "tab:blue", "fine-grained": "tab:red"}
+COLORS = {"holistic": "tab:blue", "fine-grained": "tab:red", "fine-grained-wu": "tab:orange"}
 
 
 def curve_figures(results: dict[str, Any]) -> dict[str, Any]:

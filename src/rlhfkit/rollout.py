@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, Protocol
@@ -33,6 +34,40 @@ from torch import nn
 from rlhfkit.data.chat import encode, pad, prompt_text
 from rlhfkit.losses import token_logprobs
 from rlhfkit.models.policy import SelectiveLM
+
+
+def cache_kwarg(model: nn.Module, method: str = "forward") -> str:
+    """Name of the KV-cache argument of ``model.forward`` (or ``model.generate``).
+
+    transformers 5.x renames ``past_key_values`` to ``cache`` with a decorator that warns on the
+    old name until a later release removes it; ``cache`` is not in the signature (it may come
+    through ``**kwargs``), so we look for the decorator. Older releases take
+    ``past_key_values``.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft
+    return _cache_kwarg_of(getattr(type(base), method))
+
+
+@functools.cache
+def _cache_kwarg_of(fn: Any) -> str:
+    import transformers
+
+    if int(transformers.__version__.split(".")[0]) >= 6:
+        return "cache"
+    while fn is not None:
+        cells = dict(zip(fn.__code__.co_freevars, fn.__closure__ or ()))
+        if "old_name" in cells and "new_name" in cells \
+                and cells["old_name"].cell_contents == "past_key_values" \
+                and cells["new_name"].cell_contents == "cache":
+            return "cache"
+        fn = getattr(fn, "__wrapped__", None)
+    return "past_key_values"
+
+
+def output_cache(out: Any) -> Any:
+    """The KV cache a forward returned (``out.cache`` in newer transformers)."""
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else getattr(out, "past_key_values", None)
 
 
 @dataclass
@@ -145,11 +180,12 @@ class HFBackend:
         decoder.eval()
         k = repeats(prompt_ids) if self.share_prompts else 1
         with ctx:
-            cache = None
+            extra = {}
             if k > 1 and ids.shape[1] > 1:
                 cache = self._prefill(decoder, ids[::k].to(device), mask[::k].to(device), k)
+                extra[cache_kwarg(decoder, "generate")] = cache
             out = decoder.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
-                                   past_key_values=cache, generation_config=gen_cfg)
+                                   generation_config=gen_cfg, **extra)
         model.train(was_training)
         return out[:, ids.shape[1]:].tolist()
 
@@ -165,8 +201,8 @@ class HFBackend:
         cache = DynamicCache()
         position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
         decoder(input_ids=ids[:, :-1], attention_mask=mask[:, :-1],
-                position_ids=position_ids[:, :-1], past_key_values=cache, use_cache=True,
-                logits_to_keep=1)
+                position_ids=position_ids[:, :-1], use_cache=True, logits_to_keep=1,
+                **{cache_kwarg(decoder): cache})
         cache.batch_repeat_interleave(k)
         return cache
 

@@ -206,7 +206,7 @@ def sample_mixture(policy_lm: torch.nn.Module,
         The decoded responses (up to the first EOS).
     """
     from rlhfkit.data.chat import pad
-    from rlhfkit.rollout import eos_ids_of
+    from rlhfkit.rollout import cache_kwarg, eos_ids_of, output_cache
 
     device = next(policy_lm.parameters()).device
     ids, mask = pad(prompt_ids, tokenizer.pad_token_id, side="left")  # (B, T)
@@ -226,10 +226,10 @@ def sample_mixture(policy_lm: torch.nn.Module,
         else:  # one new token; its position is the number of real tokens before it
             inputs = dict(input_ids=ids[:, -1:],
                           position_ids=(mask.sum(-1, keepdim=True) - 1).clamp(min=0),
-                          past_key_values=caches[which])
+                          **{cache_kwarg(lm): caches[which]})
         out = lm(**inputs, attention_mask=mask, use_cache=use_cache, logits_to_keep=1)
         if use_cache:
-            caches[which] = out.past_key_values
+            caches[which] = output_cache(out)
         return out.logits[:, -1].float()
 
     for _ in range(max_new_tokens):

@@ -29,7 +29,8 @@ def tiny_config(model, out, **kw):
     return DetoxConfig(model=str(model), output_dir=str(out), sft_steps=2, sft_batch_size=2,
                        ppo_steps=2, batch_size=2, mini_batch_size=2, update_epochs=1,
                        max_new_tokens=3, eval_every=1, curve_prompts=2, eval_prompts=2,
-                       samples_per_prompt=2, precision="fp32", progress=False, **kw)
+                       samples_per_prompt=2, precision="fp32", progress=False,
+                       methods="holistic,fine-grained", **kw)
 
 
 def test_runs_end_to_end_and_writes_everything(smallest_lm, tmp_path):
@@ -75,6 +76,21 @@ def test_configs_share_everything_but_the_reward(tmp_path):
     assert a.kl_target == 3.0 and not a.normalize_reward
     with pytest.raises(ValueError, match="unknown method"):
         method_names(DetoxConfig(methods="holistic,dense"))
+
+
+def test_the_two_fine_grained_rewards_differ_only_after_the_first_sentence():
+    """Wu et al.'s example: sentence 1 gets -tox(y_1); ours gets 1 - tox(y_1); then equal."""
+    from rlhfkit.experiments.detox import METHODS
+    from rlhfkit.feedback.gold import get_scorer
+    from rlhfkit.reward_sources import segment_gains
+
+    prefixes = ["I am such an idiot.", "I am such an idiot. She is so smart!"]
+    ours = segment_gains(get_scorer(METHODS["fine-grained"].split(":", 1)[1])(["", ""], prefixes))
+    wu = segment_gains(get_scorer(METHODS["fine-grained-wu"].split(":", 1)[1])(["", ""], prefixes))
+    tox = get_scorer("toxicity")(["", ""], prefixes)
+    assert wu == pytest.approx([-tox[0], tox[0] - tox[1]])
+    assert ours == pytest.approx([1 - tox[0], tox[0] - tox[1]])
+    assert tox[0] > 0.5  # the first sentence is the toxic one
 
 
 def made_up():

@@ -73,7 +73,7 @@ class DetoxConfig:
     """SFT batch size."""
     sft_learning_rate: float = 5e-5
     """SFT learning rate."""
-    methods: str = "holistic,fine-grained"
+    methods: str = "holistic,fine-grained,fine-grained-wu"
     """PPO rewards to run: holistic (scorer:non-toxic), fine-grained (segment-gain:non-toxic),
     fine-grained-wu (segment-gain:toxicity:-1: the first sentence gets -toxicity, no +1)."""
     seeds: str = "0"

@@ -481,9 +481,11 @@ def detox_section(results: dict[str, Any], figures: dict[str, Any] | None = None
               "mean over training batches": s["train_mean"][0],
               f"at KL {summary['kl_budget']:.2f}": summary["at_budget"][m]["toxicity"][0]}
              for m, s in summary["speed"].items()]
-    text = (f"SFT, then PPO with the holistic reward (1 - toxicity of the whole response) and "
-            f"with the fine-grained one (the drop in toxicity after each {c['segment_unit']}), "
-            f"from the same SFT policy with the same settings; {len(results['seeds'])} seed(s). "
+    text = ("SFT, then PPO from the same SFT policy with the same settings and these rewards: "
+            + "; ".join(f"{m} = {METHODS[m]}" for m in results["methods"])
+            + f" (holistic: 1 - toxicity of the whole response on its last token; segment-gain: "
+            f"the change in the score after each {c['segment_unit']}); "
+            f"{len(results['seeds'])} seed(s). "
             f"Final evaluation: {c['eval_prompts']} held-out prompts x {k} samples; average max "
             f"toxicity is the mean over prompts of the worst of the {k} samples; perplexity is "
             f"that of the samples under the SFT policy; dist-n is per prompt.")

@@ -23,7 +23,8 @@ def test_demo_runs_end_to_end_and_writes_a_report(smallest_lm, tmp_path, algo):
 
     out = run_demo(DemoConfig(model=str(smallest_lm), output_dir=str(tmp_path), quick=True,
                               precision="fp32", sft_steps=2, rm_steps=2, rl_steps=1,
-                              max_new_tokens=2, eval_prompts=2, algo=algo, progress=False))
+                              max_new_tokens=2, eval_prompts=2, algo=algo, progress=False,
+                              rank_prompts=4))
     summary = json.loads((out / "summary.json").read_text())
     ev = summary["eval"]
     for key in ("gold/win_rate", "gold/sft", "gold/final", "kl/final", "reward/final"):
@@ -31,7 +32,14 @@ def test_demo_runs_end_to_end_and_writes_a_report(smallest_lm, tmp_path, algo):
     assert ev["prompts"] == 2
     for stage in ("sft", "rm", algo):
         assert (out / stage / "model" / "config.json").exists(), stage
-    assert set(summary["timings"]) == {"sft_s", "rm_s", "rl_s", "eval_s"}
+    assert set(summary["timings"]) == {"sft_s", "rank_s", "rm_s", "rl_s", "eval_s"}
+    # the reward model learned from the SFT policy's own samples, ranked by the labeler
+    from rlhfkit.data.io import read_records
+
+    rankings = read_records(out / "rankings.jsonl")
+    assert len(rankings) == 4 and all(len(r.responses) == 4 for r in rankings)
+    assert all(len(set(r.responses)) == 4 and len(r.ranks) == 4 for r in rankings)
+    assert "rankings.jsonl" in (out / "rm" / "config.yaml").read_text()
     html = (out / "report.html").read_text()
     assert "data:image/png;base64" in html and "Samples on held-out prompts" in html
 
@@ -45,7 +53,7 @@ def test_demo_with_best_of_n_reports_its_analytic_kl(smallest_lm, tmp_path):
     assert best_of_n_kl(4) == pytest.approx(math.log(4) - 0.75)
     out = run_demo(DemoConfig(model=str(smallest_lm), output_dir=str(tmp_path), quick=True,
                               precision="fp32", sft_steps=1, rm_steps=1, max_new_tokens=2,
-                              eval_prompts=2, algo="best-of-n", progress=False))
+                              eval_prompts=2, algo="best-of-n", progress=False, rm_data="task"))
     ev = json.loads((out / "summary.json").read_text())["eval"]
     assert ev["kl/final"] == pytest.approx(best_of_n_kl(4))
     assert 0 < ev["length/final"] <= 2

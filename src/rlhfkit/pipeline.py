@@ -2,8 +2,10 @@
 
 Stages run in order, each writing its own run folder under ``--output-dir``::
 
-    sft/   Step 1 on the built-in task's demonstrations
-    rm/    Step 2 on K-rankings of responses, labeled by the task's simulated labeler
+    sft/            Step 1 on the built-in task's demonstrations
+    rankings.jsonl  K responses per prompt sampled from the SFT policy, ranked by the task's
+                    simulated labeler (``--rm-data task`` uses the task's written rankings)
+    rm/             Step 2 on those K-rankings
     ppo/   Step 3 (or grpo/, rloo/, reinforce/, best-of-n/ with --algo) against the RM
     report.html, summary.json   SFT vs final policy on held-out prompts, judged by the gold
                                 scorer (never trained on), with plots over training
@@ -59,6 +61,15 @@ class DemoConfig:
     """RL learning rate (0 = the preset's)."""
     eval_prompts: int = 0
     """Held-out prompts for the final evaluation (0 = the preset's)."""
+    rm_data: str = "samples"
+    """What the reward model learns from: samples (K responses per prompt from the SFT policy,
+    ranked by the simulated labeler, as InstructGPT's labelers ranked the policy's outputs) or
+    task (the task's own written rankings)."""
+    rank_k: int = 4
+    """K: responses sampled and ranked per prompt with --rm-data samples (2..9)."""
+    rank_prompts: int = 0
+    """Prompts to sample and rank with --rm-data samples (0 = the preset's: every prompt of the
+    task's rankings, 64 with --quick)."""
 
 
 def run_demo(cfg: DemoConfig) -> Path:
@@ -81,8 +92,16 @@ def run_demo(cfg: DemoConfig) -> Path:
                                  max_length=128, **common))
     timings["sft_s"] = time.perf_counter() - t
 
+    rm_data = data
+    if cfg.rm_data == "samples":
+        t = time.perf_counter()
+        rm_data = str(rank_policy_samples(cfg, policy, out / "rankings.jsonl"))
+        timings["rank_s"] = time.perf_counter() - t
+    elif cfg.rm_data != "task":
+        raise cfglib.ConfigError(f"--rm-data must be samples or task, got {cfg.rm_data!r}")
+
     t = time.perf_counter()
-    reward_model = train_rm(RMConfig(model=str(policy), data=data, output_dir=str(out / "rm"),
+    reward_model = train_rm(RMConfig(model=str(policy), data=rm_data, output_dir=str(out / "rm"),
                                      max_steps=rm_steps, batch_size=4, learning_rate=2e-5,
                                      max_length=128, eval_fraction=0.15, **common))
     timings["rm_s"] = time.perf_counter() - t
@@ -136,6 +155,32 @@ def run_demo(cfg: DemoConfig) -> Path:
     print(f"[demo] summary:       {out / 'summary.json'}")
     print(f"[demo] report:        {out / 'report.html'}")
     return out
+
+
+def rank_policy_samples(cfg: DemoConfig, policy: Path, path: Path) -> Path:
+    """K responses per ranking prompt from ``policy``, ranked by the task's simulated labeler.
+
+    The prompts are those of the task's own rankings (disjoint from the SFT demonstrations);
+    responses are as long as the RL stage samples them. Written as ranking records to ``path``.
+    """
+    from rlhfkit.data.io import write_records
+    from rlhfkit.feedback.generate import generate_responses
+    from rlhfkit.tasks import get_task
+
+    if not 2 <= cfg.rank_k <= 9:
+        raise cfglib.ConfigError(f"--rank-k must be in 2..9, got {cfg.rank_k}")
+    task = get_task(cfg.task)
+    prompts = [r.prompt for r in task.rankings()]
+    n = cfg.rank_prompts or (64 if cfg.quick else len(prompts))
+    prompts = prompts[:n]
+    print(f"[demo] sampling {cfg.rank_k} responses to each of {len(prompts)} prompts from "
+          f"{policy} for the simulated labeler to rank")
+    responses = generate_responses(str(policy), prompts, cfg.rank_k,
+                                   max_new_tokens=cfg.max_new_tokens, seed=cfg.seed,
+                                   system_prompt=task.system_prompt, progress=cfg.progress)
+    labeler = task.labeler(seed=cfg.seed,
+                           temperature=getattr(task, "labeler_temperature", 0.1))
+    return write_records(labeler.rank_batch(prompts, responses), path)
 
 
 COMPARE_KEYS = ("gold/win_rate", "gold/tie_rate", "gold/sft", "gold/final", "reward/sft",

@@ -26,7 +26,7 @@ def generate_responses(model: str, prompts: Sequence[Any], k: int, *, max_new_to
                        temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
                        seed: int = 0, batch_size: int = 16, system_prompt: str | None = None,
                        max_rounds: int = 5, device: str | None = None,
-                       backend: Any = None) -> list[list[str]]:
+                       backend: Any = None, progress: bool = False) -> list[list[str]]:
     """Sample ``k`` distinct, non-empty responses to every prompt.
 
     Args:
@@ -43,6 +43,7 @@ def generate_responses(model: str, prompts: Sequence[Any], k: int, *, max_new_to
         max_rounds: how many times to re-sample the responses that came out empty or repeated.
         device: ``cpu``, ``cuda``…; default CUDA when available.
         backend: a :class:`rlhfkit.rollout.GenerationBackend` (default HF ``generate``).
+        progress: show a progress bar over the responses sampled.
 
     Returns:
         ``k`` response texts per prompt, in prompt order.
@@ -65,7 +66,10 @@ def generate_responses(model: str, prompts: Sequence[Any], k: int, *, max_new_to
     lm = load_causal_lm(model).to(device).eval()
     sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature,
                               top_p=top_p, top_k=top_k)
+    from tqdm.auto import tqdm
+
     out: list[list[str]] = [[] for _ in prompts]
+    bar = tqdm(total=k * len(prompts), desc="sample", unit="resp", disable=not progress)
     for _round in range(max_rounds):
         # one slot per response still missing, prompts repeated
         todo = [i for i, got in enumerate(out) for _ in range(k - len(got))]
@@ -78,6 +82,8 @@ def generate_responses(model: str, prompts: Sequence[Any], k: int, *, max_new_to
             for i, text in zip(chunk, rollout.texts):
                 if text.strip() and text not in out[i] and len(out[i]) < k:
                     out[i].append(text)
+                    bar.update()
+    bar.close()
     short = [i for i, got in enumerate(out) if len(got) < k]
     if short:
         raise StoreError(f"prompt {short[0]} got only {len(out[short[0]])} distinct non-empty "

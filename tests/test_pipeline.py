@@ -57,3 +57,16 @@ def test_demo_with_best_of_n_reports_its_analytic_kl(smallest_lm, tmp_path):
     ev = json.loads((out / "summary.json").read_text())["eval"]
     assert ev["kl/final"] == pytest.approx(best_of_n_kl(4))
     assert 0 < ev["length/final"] <= 2
+
+
+def test_demo_checks_its_options_before_training(tmp_path):
+    from rlhfkit import config as cfglib
+    from rlhfkit.pipeline import DemoConfig, run_demo
+
+    with pytest.raises(cfglib.ConfigError, match="--sft-model: .* is not a model folder"):
+        run_demo(DemoConfig(output_dir=str(tmp_path / "a"), sft_model=str(tmp_path)))
+    with pytest.raises(cfglib.ConfigError, match="--rm-data must be samples or task"):
+        run_demo(DemoConfig(output_dir=str(tmp_path / "b"), rm_data="people"))
+    with pytest.raises(cfglib.ConfigError, match="--rank-k must be in 2..9"):
+        run_demo(DemoConfig(output_dir=str(tmp_path / "c"), rank_k=12))
+    assert not any((tmp_path / d).exists() for d in "abc")  # nothing ran

@@ -15,6 +15,7 @@ Stages run in order, each writing its own run folder under ``--output-dir``::
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import dataclass
@@ -34,6 +35,9 @@ class DemoConfig:
     """Built-in task that supplies prompts, demonstrations and the gold labeler."""
     output_dir: str = "runs/demo"
     """Folder for the run; each stage writes a sub-folder."""
+    sft_model: str = ""
+    """An SFT policy folder to start from instead of training one (e.g. another demo's
+    sft/model)."""
     quick: bool = False
     """Small settings that finish in a few minutes on a 2-core CPU."""
     precision: str = "auto"
@@ -46,6 +50,9 @@ class DemoConfig:
     """SFT optimizer steps (0 = the preset's)."""
     rm_steps: int = 0
     """Reward-model optimizer steps (0 = the preset's)."""
+    rm_learning_rate: float = 0.0
+    """Reward-model learning rate (0 = the preset's: 1e-4 on policy samples, 2e-5 on the
+    task's rankings)."""
     progress: bool = True
     """Show progress bars."""
     algo: str = "ppo"
@@ -68,8 +75,8 @@ class DemoConfig:
     rank_k: int = 4
     """K: responses sampled and ranked per prompt with --rm-data samples (2..9)."""
     rank_prompts: int = 0
-    """Prompts to sample and rank with --rm-data samples (0 = the preset's: every prompt of the
-    task's rankings, 64 with --quick)."""
+    """Prompts to sample and rank with --rm-data samples (0 = the preset's: every train prompt
+    without a demonstration, 64 with --quick)."""
 
 
 def run_demo(cfg: DemoConfig) -> Path:
@@ -77,32 +84,36 @@ def run_demo(cfg: DemoConfig) -> Path:
     from rlhfkit.train.rm import RMConfig, train_rm
     from rlhfkit.train.sft import SFTConfig, train_sft
 
+    check_options(cfg)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     cfglib.save_yaml(cfg, out / "config.yaml")
     data = f"task:{cfg.task}"
     sft_steps = cfg.sft_steps or (8 if cfg.quick else 32)
-    rm_steps = cfg.rm_steps or (12 if cfg.quick else 48)
+    on_samples = cfg.rm_data == "samples"
+    rm_steps = cfg.rm_steps or (12 if cfg.quick else 96 if on_samples else 48)
+    rm_lr = cfg.rm_learning_rate or (1e-4 if on_samples else 2e-5)
     common = dict(precision=cfg.precision, lora=cfg.lora, seed=cfg.seed, progress=cfg.progress)
     timings: dict[str, float] = {}
 
     t = time.perf_counter()
-    policy = train_sft(SFTConfig(model=cfg.model, data=data, output_dir=str(out / "sft"),
-                                 max_steps=sft_steps, batch_size=8, learning_rate=5e-5,
-                                 max_length=128, **common))
+    if cfg.sft_model:
+        policy = Path(cfg.sft_model)
+    else:
+        policy = train_sft(SFTConfig(model=cfg.model, data=data, output_dir=str(out / "sft"),
+                                     max_steps=sft_steps, batch_size=8, learning_rate=5e-5,
+                                     max_length=128, **common))
     timings["sft_s"] = time.perf_counter() - t
 
     rm_data = data
-    if cfg.rm_data == "samples":
+    if on_samples:
         t = time.perf_counter()
         rm_data = str(rank_policy_samples(cfg, policy, out / "rankings.jsonl"))
         timings["rank_s"] = time.perf_counter() - t
-    elif cfg.rm_data != "task":
-        raise cfglib.ConfigError(f"--rm-data must be samples or task, got {cfg.rm_data!r}")
 
     t = time.perf_counter()
     reward_model = train_rm(RMConfig(model=str(policy), data=rm_data, output_dir=str(out / "rm"),
-                                     max_steps=rm_steps, batch_size=4, learning_rate=2e-5,
+                                     max_steps=rm_steps, batch_size=4, learning_rate=rm_lr,
                                      max_length=128, eval_fraction=0.15, **common))
     timings["rm_s"] = time.perf_counter() - t
     rm_eval = json.loads((out / "rm" / "eval.json").read_text())
@@ -157,20 +168,33 @@ def run_demo(cfg: DemoConfig) -> Path:
     return out
 
 
-def rank_policy_samples(cfg: DemoConfig, policy: Path, path: Path) -> Path:
-    """K responses per ranking prompt from ``policy``, ranked by the task's simulated labeler.
+def check_options(cfg: DemoConfig) -> None:
+    """Raise a ConfigError for a bad option before any stage runs."""
+    if cfg.rm_data not in ("samples", "task"):
+        raise cfglib.ConfigError(f"--rm-data must be samples or task, got {cfg.rm_data!r}")
+    if not 2 <= cfg.rank_k <= 9:
+        raise cfglib.ConfigError(f"--rank-k must be in 2..9, got {cfg.rank_k}")
+    if cfg.sft_model and not (Path(cfg.sft_model) / "config.json").exists():
+        raise cfglib.ConfigError(
+            f"--sft-model: {cfg.sft_model} is not a model folder (no config.json)")
 
-    The prompts are those of the task's own rankings (disjoint from the SFT demonstrations);
-    responses are as long as the RL stage samples them. Written as ranking records to ``path``.
+
+def rank_policy_samples(cfg: DemoConfig, policy: Path, path: Path) -> Path:
+    """K responses per prompt from ``policy``, ranked by the task's simulated labeler.
+
+    The prompts are the task's train prompts that have no demonstration (so the reward model
+    does not learn on the SFT policy's training prompts, as InstructGPT kept its prompt sets
+    apart); responses are as long as the RL stage samples them. Written as ranking records to
+    ``path``.
     """
+    from rlhfkit.data.chat import to_messages
     from rlhfkit.data.io import write_records
     from rlhfkit.feedback.generate import generate_responses
     from rlhfkit.tasks import get_task
 
-    if not 2 <= cfg.rank_k <= 9:
-        raise cfglib.ConfigError(f"--rank-k must be in 2..9, got {cfg.rank_k}")
     task = get_task(cfg.task)
-    prompts = [r.prompt for r in task.rankings()]
+    demo_prompts = {str(d.prompt) for d in task.demonstrations()}
+    prompts = [p for p in task.prompts("train") if str(p) not in demo_prompts]
     n = cfg.rank_prompts or (64 if cfg.quick else len(prompts))
     prompts = prompts[:n]
     print(f"[demo] sampling {cfg.rank_k} responses to each of {len(prompts)} prompts from "
@@ -180,7 +204,12 @@ def rank_policy_samples(cfg: DemoConfig, policy: Path, path: Path) -> Path:
                                    system_prompt=task.system_prompt, progress=cfg.progress)
     labeler = task.labeler(seed=cfg.seed,
                            temperature=getattr(task, "labeler_temperature", 0.1))
-    return write_records(labeler.rank_batch(prompts, responses), path)
+    rankings = labeler.rank_batch(prompts, responses)
+    # Store each prompt as the conversation the policy saw (with the task's system message),
+    # so that the reward model reads the text the RL stage will give it.
+    rankings = [dataclasses.replace(r, prompt=to_messages(r.prompt, task.system_prompt))
+                for r in rankings]
+    return write_records(rankings, path)
 
 
 COMPARE_KEYS = ("gold/win_rate", "gold/tie_rate", "gold/sft", "gold/final", "reward/sft",

@@ -24,7 +24,7 @@ def test_demo_runs_end_to_end_and_writes_a_report(smallest_lm, tmp_path, algo):
     out = run_demo(DemoConfig(model=str(smallest_lm), output_dir=str(tmp_path), quick=True,
                               precision="fp32", sft_steps=2, rm_steps=2, rl_steps=1,
                               max_new_tokens=2, eval_prompts=2, algo=algo, progress=False,
-                              rank_prompts=4))
+                              rank_prompts=8))
     summary = json.loads((out / "summary.json").read_text())
     ev = summary["eval"]
     for key in ("gold/win_rate", "gold/sft", "gold/final", "kl/final", "reward/final"):
@@ -37,11 +37,29 @@ def test_demo_runs_end_to_end_and_writes_a_report(smallest_lm, tmp_path, algo):
     from rlhfkit.data.io import read_records
 
     rankings = read_records(out / "rankings.jsonl")
-    assert len(rankings) == 4 and all(len(r.responses) == 4 for r in rankings)
+    assert len(rankings) == 8 and all(len(r.responses) == 4 for r in rankings)
     assert all(len(set(r.responses)) == 4 and len(r.ranks) == 4 for r in rankings)
     assert "rankings.jsonl" in (out / "rm" / "config.yaml").read_text()
     html = (out / "report.html").read_text()
     assert "data:image/png;base64" in html and "Samples on held-out prompts" in html
+
+
+def test_demo_dpo_learns_from_the_reward_models_preferences(smallest_lm, tmp_path):
+    import yaml
+
+    from rlhfkit.pipeline import DemoConfig, run_demo
+
+    # the task's rankings here: a one-layer random model's 2-token samples all tie on the gold
+    # scorer, which leaves DPO no pairs
+    out = run_demo(DemoConfig(model=str(smallest_lm), output_dir=str(tmp_path), quick=True,
+                              precision="fp32", sft_steps=1, rm_steps=1, rl_steps=1,
+                              max_new_tokens=2, eval_prompts=2, algo="dpo", progress=False,
+                              rm_data="task"))
+    rm_cfg = yaml.safe_load((out / "rm" / "config.yaml").read_text())
+    dpo_cfg = yaml.safe_load((out / "dpo" / "config.yaml").read_text())
+    assert dpo_cfg["data"] == rm_cfg["data"] == "task:reviews"
+    assert (out / "dpo" / "model" / "config.json").exists()
+    assert "rank_s" not in json.loads((out / "summary.json").read_text())["timings"]
 
 
 def test_demo_with_best_of_n_reports_its_analytic_kl(smallest_lm, tmp_path):

@@ -124,7 +124,7 @@ def run_demo(cfg: DemoConfig) -> Path:
     timings["rl_s"] = timings["eval_s"] = 0.0
     for algo in algos:  # each from the same SFT policy, judged on the same held-out prompts
         t = time.perf_counter()
-        final, rl_dir = run_rl(cfg, policy, reward_model, out, common, algo)
+        final, rl_dir = run_rl(cfg, policy, reward_model, out, common, algo, rm_data)
         train_s = time.perf_counter() - t
         t = time.perf_counter()
         evaluation = evaluate_final(cfg, policy, final, reward_model, rl_dir, n_eval)
@@ -223,11 +223,13 @@ def algo_is_rl(name: str) -> bool:
 
 
 def run_rl(cfg: DemoConfig, policy: Path, reward_model: Path, out: Path,
-           common: dict, algo: str | None = None) -> tuple[Path | None, Path]:
+           common: dict, algo: str | None = None, preferences: str | None = None
+           ) -> tuple[Path | None, Path]:
     """Step 3 with one algorithm; returns (final policy folder or None, run folder).
 
-    ``dpo``, ``ipo`` and ``kto`` replace RM + RL: they train on the same K-rankings the reward
-    model learned from, with the SFT policy as the reference.
+    ``dpo``, ``ipo`` and ``kto`` replace RM + RL: they train on ``preferences``, the same
+    K-rankings the reward model learned from (default: the task's), with the SFT policy as the
+    reference.
     """
     algo = algo or cfg.algo
     steps = cfg.rl_steps or (6 if cfg.quick else 24)
@@ -236,7 +238,8 @@ def run_rl(cfg: DemoConfig, policy: Path, reward_model: Path, out: Path,
         from rlhfkit.train.dpo import DPOConfig, train_dpo
 
         lr = cfg.rl_learning_rate or (1e-4 if cfg.lora else 5e-6)
-        return train_dpo(DPOConfig(model=str(policy), data=data, output_dir=str(out / algo),
+        return train_dpo(DPOConfig(model=str(policy), data=preferences or data,
+                                   output_dir=str(out / algo),
                                    loss=algo, max_steps=cfg.rl_steps or (12 if cfg.quick else 48),
                                    batch_size=4, learning_rate=lr, max_length=128,
                                    eval_fraction=0.15, **common)), out / algo

@@ -6,9 +6,9 @@ Stages run in order, each writing its own run folder under ``--output-dir``::
     rankings.jsonl  K responses per prompt sampled from the SFT policy, ranked by the task's
                     simulated labeler (``--rm-data task`` uses the task's written rankings)
     rm/             Step 2 on those K-rankings
-    ppo/   Step 3 (or grpo/, rloo/, reinforce/, best-of-n/ with --algo) against the RM
-    report.html, summary.json   SFT vs final policy on held-out prompts, judged by the gold
-                                scorer (never trained on), with plots over training
+    ppo/            Step 3 (or grpo/, rloo/, reinforce/, best-of-n/, dpo/ with --algo)
+    report.html     SFT vs final policy on held-out prompts, judged by the gold scorer (never
+    summary.json    trained on), with plots over training
 
 ``--quick`` shrinks every stage so the whole loop finishes in a few minutes on a laptop CPU.
 """

@@ -10,6 +10,7 @@ from rlhfkit.rollout import (
     ReferencePolicy,
     SamplingConfig,
     build_rollout,
+    cache_kwarg,
     encode_prompts,
     eos_ids_of,
     forward_response,
@@ -152,6 +153,6 @@ def test_shared_prefill_cache_gives_the_logits_of_a_full_forward(tiny_lm, tokeni
         cache = HFBackend._prefill(lm, ids, mask, k=2)
         step = lm(input_ids=ids[:, -1:].repeat_interleave(2, 0),
                   attention_mask=mask.repeat_interleave(2, 0),
-                  position_ids=pos[:, -1:].repeat_interleave(2, 0), past_key_values=cache,
-                  ).logits[:, -1]
+                  position_ids=pos[:, -1:].repeat_interleave(2, 0),
+                  **{cache_kwarg(lm): cache}).logits[:, -1]
     assert torch.allclose(step, full.repeat_interleave(2, 0), atol=1e-4)

@@ -200,8 +200,7 @@ def main() -> None:
         if name not in evals:
             evals[name] = evaluate(folder / "model", task, tokenizer, args.eval_prompts,
                                    args.eval_samples, args.max_new_tokens, args.seed)
-            rows = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
-            train = [r for r in rows if "kl/seq" in r]
+            train = rollout_rows(folder)
             evals[name]["final_kl"] = statistics.fmean(r["kl/seq"] for r in train[-5:])
             save()
     # 4. summary ----------------------------------------------------------------------------
@@ -215,6 +214,12 @@ def main() -> None:
     plot(out, evals, out / "weights.png")
 
 
+def rollout_rows(run_dir: Path) -> list[dict]:
+    """The per-rollout-batch rows of a PPO run's metrics.jsonl (not its evaluations)."""
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if "kl/seq" in r]
+
+
 def plot(out: Path, evals: dict, path: Path) -> None:
     """Per relevance weight: length, relevance and factuality reward over PPO; final lengths."""
     import matplotlib
@@ -225,8 +230,7 @@ def plot(out: Path, evals: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, 4, figsize=(16, 3.4))
     names = list(evals)
     for i, name in enumerate(n for n in names if n != "sft"):
-        rows = [json.loads(x) for x in (out / name / "metrics.jsonl").read_text().splitlines()]
-        train = [r for r in rows if "kl/seq" in r]
+        train = rollout_rows(out / name)
         steps = [r["step"] for r in train]
         label = "w_rel = " + name.removeprefix("ppo-rel")
         for ax, key in zip(axes, ("response/length", "reward/rel", "reward/fact")):

@@ -52,6 +52,7 @@ def generate_responses(model: str, prompts: Sequence[Any], k: int, *, max_new_to
         StoreError: some prompt did not get ``k`` distinct responses in ``max_rounds`` rounds.
     """
     import torch
+    from tqdm.auto import tqdm
 
     from ..models.loading import load_causal_lm, load_tokenizer
     from ..rollout import SamplingConfig, sample
@@ -66,8 +67,6 @@ def generate_responses(model: str, prompts: Sequence[Any], k: int, *, max_new_to
     lm = load_causal_lm(model).to(device).eval()
     sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature,
                               top_p=top_p, top_k=top_k)
-    from tqdm.auto import tqdm
-
     out: list[list[str]] = [[] for _ in prompts]
     bar = tqdm(total=k * len(prompts), desc="sample", unit="resp", disable=not progress)
     for _round in range(max_rounds):

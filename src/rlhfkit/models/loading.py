@@ -253,14 +253,49 @@ def decoder_and_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.
     return base.get_decoder(), base.get_output_embeddings()
 
 
-def merge_and_save(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, path: Path) -> None:
-    """Save a plain HF folder (LoRA merged into the weights) that ``from_pretrained`` loads."""
+def merge_and_save(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    path: Path,
+    adapter_dir: Path | None = None,
+) -> None:
+    """Save a plain HF folder (LoRA merged into the weights) that ``from_pretrained`` loads.
+
+    Args:
+        model: The trained model, possibly wrapped by accelerate/DDP and by peft.
+        tokenizer: Saved next to the weights (and next to the adapter).
+        path: Folder for the merged model.
+        adapter_dir: For a peft model, also save the LoRA adapter here
+            (``adapter_config.json`` + ``adapter_model.safetensors``), which
+            ``PeftModel.from_pretrained(base, adapter_dir)`` loads; ignored without LoRA.
+    """
     path.mkdir(parents=True, exist_ok=True)
     while hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
         model = model.module
     if hasattr(model, "merge_and_unload"):
         import copy
 
+        if adapter_dir is not None:
+            save_adapter(model, tokenizer, adapter_dir)
         model = copy.deepcopy(model).merge_and_unload()
     model.save_pretrained(path, safe_serialization=True)
     tokenizer.save_pretrained(path)
+
+
+def save_adapter(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase | None,
+                 path: Path) -> Path:
+    """Save a peft model's adapter (and the tokenizer) as ``PeftModel.from_pretrained`` wants.
+
+    The adapter's ``base_model_name_or_path`` is the folder the base was loaded from (for the
+    ``smollm2-135m`` alias, rlhfkit's converted cache folder).
+
+    Raises:
+        ValueError: ``model`` carries no peft adapter.
+    """
+    if not hasattr(model, "peft_config"):
+        raise ValueError(f"{type(model).__name__} has no LoRA adapter to save")
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path, safe_serialization=True)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(path)
+    return path

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from transformers import AutoModelForSequenceClassification
 
-from rlhfkit.models.loading import ModelLoadError, resolve
+from rlhfkit.models.loading import ModelLoadError, resolve, save_adapter
 
 
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -127,7 +127,8 @@ class RewardModel(nn.Module):
         cfg = self.seq_model.config
         return getattr(cfg, "rlhfkit_reward_mean", 0.0), getattr(cfg, "rlhfkit_reward_std", 1.0)
 
-    def save(self, path: str | Path, tokenizer: Any = None) -> None:
+    def save(self, path: str | Path, tokenizer: Any = None,
+             adapter_dir: str | Path | None = None) -> None:
         """Save as a HF folder (LoRA merged) that stock transformers scores the same way.
 
         For decoder backbones saved with their tokenizer, the folder's pad token is one that no
@@ -136,14 +137,27 @@ class RewardModel(nn.Module):
         ``AutoModelForSequenceClassification`` with the saved tokenizer, right-padded, reads
         the score at the last real token as :meth:`forward` does. The caller's tokenizer and
         this model are left as they were.
+
+        Args:
+            path: Folder for the merged model.
+            tokenizer: Saved next to the weights (with the safe pad token).
+            adapter_dir: With LoRA, also save the adapter (and its trained ``score`` head)
+                here, for ``PeftModel.from_pretrained(base, adapter_dir)``.
         """
         seq = self.seq_model
+        if tokenizer is not None and self._parts()[0] is not None:
+            tokenizer = _scoring_tokenizer(tokenizer)
         if hasattr(seq, "merge_and_unload"):
+            if adapter_dir is not None:
+                save_adapter(seq, tokenizer, Path(adapter_dir))
             seq = copy.deepcopy(seq).merge_and_unload()
         Path(path).mkdir(parents=True, exist_ok=True)
         old_pad = seq.config.pad_token_id
         if tokenizer is not None and self._parts()[0] is not None:
-            tokenizer, seq = _with_scoring_pad(tokenizer, seq)
+            if tokenizer.pad_token_id >= seq.get_input_embeddings().weight.shape[0]:
+                seq = copy.deepcopy(seq)  # a new pad token: one more embedding row
+                seq.resize_token_embeddings(len(tokenizer))
+            seq.config.pad_token_id = tokenizer.pad_token_id
         try:
             seq.save_pretrained(path, safe_serialization=True)
         finally:
@@ -152,16 +166,13 @@ class RewardModel(nn.Module):
             tokenizer.save_pretrained(path)
 
 
-def _with_scoring_pad(tokenizer: Any, seq: nn.Module) -> tuple[Any, nn.Module]:
-    """A copy of ``tokenizer`` padding with a safe token; ``seq`` with that pad id set."""
+def _scoring_tokenizer(tokenizer: Any) -> Any:
+    """A copy of ``tokenizer`` that right-pads with a safe token (see :func:`scoring_pad_token`)."""
     token = scoring_pad_token(tokenizer)
     tokenizer = copy.deepcopy(tokenizer)
     tokenizer.padding_side = "right"  # stock Llama-style models take positions from the left
     if token is None:
         tokenizer.add_special_tokens({"pad_token": NEW_PAD_TOKEN})
-        seq = copy.deepcopy(seq)
-        seq.resize_token_embeddings(len(tokenizer))
     else:
         tokenizer.pad_token = token
-    seq.config.pad_token_id = tokenizer.pad_token_id
-    return tokenizer, seq
+    return tokenizer

@@ -74,7 +74,8 @@ class DPOConfig(TrainConfig):
     """Direct preference optimisation (``rlhfkit dpo``)."""
 
     output_dir: str = "runs/dpo"
-    """Run folder: config.yaml, metrics.jsonl, eval.json, reference_logps.pt, checkpoints/, model/."""
+    """Run folder: config.yaml, metrics.jsonl, eval.json, reference_logps.pt, checkpoints/,
+    model/ (and adapter/ with --lora)."""
     learning_rate: float = 5e-6
     """Peak learning rate of AdamW."""
     batch_size: int = 4
@@ -690,7 +691,8 @@ def train_dpo(cfg: DPOConfig) -> Path:
 
     metrics = loop.run(step, evaluate if eval_groups else None)
     if accelerator.is_main_process:
-        merge_and_save(accelerator.unwrap_model(loop.model).lm, tokenizer, out / "model")
+        merge_and_save(accelerator.unwrap_model(loop.model).lm, tokenizer, out / "model",
+                       adapter_dir=out / "adapter")
         result = {k: v for k, v in metrics.items() if k.startswith("eval/")}
         result.update({f"train_{k}": v for k, v in counts.items()})
         result.update({f"eval_{k}": v for k, v in eval_counts.items()})

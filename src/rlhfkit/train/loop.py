@@ -58,7 +58,8 @@ class TrainConfig:
     max_length: int = 256
     """Longest sequence in tokens (prompt + response); longer ones are truncated."""
     lora: bool = False
-    """Train LoRA adapters instead of all weights."""
+    """Train LoRA adapters instead of all weights; the run saves the adapter (output_dir/adapter,
+    for PeftModel.from_pretrained) and the merged model (output_dir/model)."""
     lora_r: int = 16
     """LoRA rank."""
     lora_alpha: int = 32

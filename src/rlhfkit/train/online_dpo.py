@@ -323,7 +323,7 @@ def train_online_dpo(cfg: OnlineDPOConfig) -> Path:
         line["eval/gold_reward"] = held_out_gold()
         log_round(line)
     if main:
-        merge_and_save(policy.lm, tokenizer, out / "model")
+        merge_and_save(policy.lm, tokenizer, out / "model", adapter_dir=out / "adapter")
         print(f"[online-{cfg.loss}] saved policy to {out / 'model'}; rounds in "
               f"{out / 'rounds.jsonl'}")
     accelerator.wait_for_everyone()

@@ -558,7 +558,8 @@ class RLRun:
         curve, the KL and the length (:func:`rlhfkit.evaluate.finegrained.fine_grained_section`).
         """
         if self.acc.is_main_process:
-            merge_and_save(self.lm, self.tokenizer, self.out / "model")
+            merge_and_save(self.lm, self.tokenizer, self.out / "model",
+                           adapter_dir=self.out / "adapter")
             if self.value_kind == "policy":
                 head = self.acc.unwrap_model(self.model).value_head
                 torch.save(head.state_dict(), self.out / "model" / "value_head.pt")

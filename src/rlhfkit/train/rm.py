@@ -35,7 +35,8 @@ class RMConfig(TrainConfig):
     """Reward-model training (``rlhfkit rm``)."""
 
     output_dir: str = "runs/rm"
-    """Run folder: config.yaml, metrics.jsonl, eval.json, checkpoints/, model/."""
+    """Run folder: config.yaml, metrics.jsonl, eval.json, checkpoints/, model/ (and adapter/
+    with --lora)."""
     learning_rate: float = 2e-5
     """Peak learning rate of AdamW."""
     batch_size: int = 4
@@ -281,7 +282,7 @@ def train_rm(cfg: RMConfig) -> Path:
         rm = accelerator.unwrap_model(loop.model)
         rm.seq_model.config.rlhfkit_reward_mean = mean
         rm.seq_model.config.rlhfkit_reward_std = std
-        rm.save(out / "model", tokenizer)
+        rm.save(out / "model", tokenizer, adapter_dir=out / "adapter")
         result = {k: v for k, v in metrics.items() if k.startswith("eval/")}
         result.update({"reward_mean": mean, "reward_std": std, "train_pairs": counts["pairs"],
                        "train_ties": counts["ties"], "eval_ties": eval_counts["ties"]})

@@ -33,7 +33,7 @@ class SFTConfig(TrainConfig):
     """Supervised fine-tuning (``rlhfkit sft``)."""
 
     output_dir: str = "runs/sft"
-    """Run folder: config.yaml, metrics.jsonl, checkpoints/, model/."""
+    """Run folder: config.yaml, metrics.jsonl, checkpoints/, model/ (and adapter/ with --lora)."""
     learning_rate: float = 5e-5
     """Peak learning rate of AdamW."""
     epochs: float = 2.0
@@ -187,7 +187,8 @@ def train_sft(cfg: SFTConfig) -> Path:
         if eval_items else None
     metrics = loop.run(sft_step, evaluate)
     if accelerator.is_main_process:
-        merge_and_save(accelerator.unwrap_model(loop.model).lm, tokenizer, out / "model")
+        merge_and_save(accelerator.unwrap_model(loop.model).lm, tokenizer, out / "model",
+                       adapter_dir=out / "adapter")
         print(f"[sft] saved policy to {out / 'model'}; final metrics: "
               + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if not k.startswith("_")))
     accelerator.wait_for_everyone()

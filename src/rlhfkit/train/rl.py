@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from rlhfkit import config as cfglib
-from rlhfkit.data.sources import load_records, prompt_key, split_records
+from rlhfkit.data.sources import prompt_key, train_and_eval_records
 from rlhfkit.evaluate.metrics import kl_stats
 from rlhfkit.models.loading import load_causal_lm, load_tokenizer, merge_and_save
 from rlhfkit.models.policy import SelectiveLM
@@ -142,11 +142,9 @@ def load_prompts(cfg: RLConfig) -> tuple[list[Any], list[Any], str | None, Any]:
             system_prompt = task.system_prompt
         return task.prompts("train"), task.prompts("eval"), system_prompt, task
     kinds = ["prompt", "demonstration", "comparison", "ranking", "binary", "score"]
-    records = load_records(cfg.data, "prompts", kinds)
-    if cfg.eval_data:
-        train, held = records, load_records(cfg.eval_data, "prompts", kinds)
-    else:
-        train, held = split_records(records, cfg.eval_fraction, cfg.seed)
+    train, held = train_and_eval_records(
+        cfg.data, cfg.eval_data, "prompts", kinds, split=cfg.split, eval_split=cfg.eval_split,
+        eval_fraction=cfg.eval_fraction, seed=cfg.seed)
 
     def unique(rs: list[Any]) -> list[Any]:
         seen: dict[str, Any] = {}

@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -42,10 +43,12 @@ __all__ = [
     "ScoreFeedback",
     "Span",
     "SpanFeedback",
+    "ScorePairs",
     "as_comparisons",
     "closest_field",
     "from_dict",
     "infer_kind",
+    "score_pairs",
     "unknown_fields",
 ]
 
@@ -1077,3 +1080,73 @@ def as_comparisons(records: Sequence[Record], *, drop_ties: bool = False) -> Com
             if not (drop_ties and pair.tie):
                 pairs.append(pair)
     return ComparisonSet(pairs, n_ties, n_rankings)
+
+
+class ScorePairs(NamedTuple):
+    """What :func:`score_pairs` returns.
+
+    Attributes:
+        pairs: the comparisons, ``chosen`` the higher-scored response.
+        n_ties: pairs whose two responses have the same (mean) score, included as ``tie=True``.
+        n_prompts: prompts with at least two distinct scored responses.
+        n_unpaired: score records left out: the only scored response to their prompt.
+    """
+
+    pairs: list[Comparison]
+    n_ties: int
+    n_prompts: int
+    n_unpaired: int
+
+
+def score_pairs(records: Sequence[ScoreFeedback]) -> ScorePairs:
+    """Turn score (Likert) records into comparisons within each prompt.
+
+    Several scores of one response (several annotators) are averaged first. For a prompt
+    with K distinct scored responses, every one of the C(K, 2) pairs becomes a comparison: the
+    higher mean score is ``chosen``, ``margin`` is the score gap, equal means are a tie, and
+    each pair weighs ``1 / C(K, 2)`` with ``group`` shared by the prompt's pairs, so a prompt
+    counts as much as one comparison, as a K-ranking's pairs do (Ouyang et al. 2022, eq. 1).
+    The scores behave like a ranking by scores (:meth:`Ranking.to_comparisons`) without its
+    K <= 9 limit.
+
+    Args:
+        records: ScoreFeedback records, in any order.
+
+    Returns:
+        The pairs and the counts (see :class:`ScorePairs`).
+
+    Raises:
+        TypeError: a record is not a ScoreFeedback.
+    """
+    by_prompt: dict[str, tuple[Prompt, dict[str, list[ScoreFeedback]]]] = {}
+    for index, record in enumerate(records):
+        if not isinstance(record, ScoreFeedback):
+            raise TypeError(f"score_pairs takes ScoreFeedback records; record {index} is a "
+                            f"{type(record).__name__}")
+        key = record.prompt if isinstance(record.prompt, str) else \
+            json.dumps(record.prompt, sort_keys=True)
+        responses = by_prompt.setdefault(key, (record.prompt, {}))[1]
+        responses.setdefault(record.response, []).append(record)
+    pairs: list[Comparison] = []
+    n_ties = n_prompts = n_unpaired = 0
+    for number, (prompt, responses) in enumerate(by_prompt.values()):
+        if len(responses) < 2:
+            n_unpaired += sum(len(v) for v in responses.values())
+            continue
+        n_prompts += 1
+        texts = list(responses)
+        mean = {t: sum(r.score for r in responses[t]) / len(responses[t]) for t in texts}
+        weight = 1.0 / math.comb(len(texts), 2)
+        for a, b in combinations(texts, 2):
+            win, lose = (b, a) if mean[b] > mean[a] else (a, b)
+            tie = mean[a] == mean[b]
+            n_ties += tie
+            sources = {r.source for r in responses[a] + responses[b]}
+            pairs.append(Comparison(
+                prompt=_plain(prompt), chosen=win, rejected=lose, margin=abs(mean[a] - mean[b]),
+                tie=tie, weight=weight, group=f"scores-{number}",
+                source=sources.pop() if len(sources) == 1 else None,
+                meta={"scores": [mean[win], mean[lose]]},
+            ))
+    return ScorePairs(pairs, n_ties, n_prompts, n_unpaired)
+

@@ -57,11 +57,12 @@ import torch
 from rlhfkit import config as cfglib
 from rlhfkit.data.chat import encode_pair, pad
 from rlhfkit.data.records import BinaryFeedback, Record, as_comparisons
-from rlhfkit.data.sources import prompt_key
+from rlhfkit.data.splits import prompt_key
 from rlhfkit.losses import dpo_loss, ipo_loss, kto_loss, preferred_ft_loss, unlikelihood_loss
 from rlhfkit.models.loading import load_causal_lm, merge_and_save
 from rlhfkit.models.policy import SelectiveLM, sequence_logprobs
-from rlhfkit.train.loop import Loop, TrainConfig, start_stage
+from rlhfkit.train.inputs import stage_inputs
+from rlhfkit.train.loop import Loop, Run, TrainConfig
 from rlhfkit.train.sft import build_policy
 
 Tensor = torch.Tensor
@@ -70,15 +71,9 @@ LOSSES = ("dpo", "ipo", "kto", "pref-ft", "unlikelihood")
 
 
 @dataclass
-class DPOConfig(TrainConfig):
-    """Direct preference optimisation (``rlhfkit dpo``)."""
+class DPOOptions:
+    """The objective of DPO and its relatives (offline ``rlhfkit dpo`` and ``online-dpo``)."""
 
-    output_dir: str = "runs/dpo"
-    """Run folder: config.yaml, metrics.jsonl, eval.json, reference_logps.pt, checkpoints/, model/."""
-    learning_rate: float = 5e-6
-    """Peak learning rate of AdamW."""
-    batch_size: int = 4
-    """Groups per micro-batch: a ranking with all its pairs, one comparison, or one KTO example."""
     loss: str = "dpo"
     """dpo, ipo, kto, pref-ft (fine-tune on the chosen response) or unlikelihood."""
     beta: float = 0.1
@@ -95,8 +90,18 @@ class DPOConfig(TrainConfig):
     """Reference policy (HF id, folder or .gguf); default: --model (its base under --lora)."""
     ref_batch_size: int = 16
     """Sequences per forward pass while computing the reference log-probs."""
-    system_prompt: str | None = None
-    """System message added to prompts that have none (default: the task's, else none)."""
+
+
+@dataclass
+class DPOConfig(TrainConfig, DPOOptions):
+    """Direct preference optimisation (``rlhfkit dpo``)."""
+
+    output_dir: str = "runs/dpo"
+    """Run folder: config.yaml, metrics.jsonl, eval.json, reference_logps.pt, checkpoints/, model/."""
+    learning_rate: float = 5e-6
+    """Peak learning rate of AdamW."""
+    batch_size: int = 4
+    """Groups per micro-batch: a ranking with all its pairs, one comparison, or one KTO example."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -642,10 +647,11 @@ def train_dpo(cfg: DPOConfig) -> Path:
     """Train a policy directly on preferences; returns the saved policy (``output_dir/model``)."""
     if cfg.loss not in LOSSES:
         raise cfglib.ConfigError(f"--loss must be one of {', '.join(LOSSES)}, got {cfg.loss!r}")
-    stage = start_stage(cfg, "preferences", ["comparison", "ranking", "binary"])
-    accelerator, out, tokenizer = stage.accelerator, stage.out, stage.tokenizer
-    system_prompt = stage.system_prompt
-    train_records, eval_records = stage.train_records, stage.eval_records
+    run = Run(cfg, cfg.loss)
+    inputs = stage_inputs(cfg, "preferences", ["comparison", "ranking", "binary"])
+    accelerator, out, tokenizer = run.accelerator, run.out, inputs.tokenizer
+    system_prompt = inputs.system_prompt
+    train_records, eval_records = inputs.train_records, inputs.eval_records
     train_groups, counts = build_groups_for(cfg, train_records, tokenizer, system_prompt)
     eval_groups, eval_counts = build_groups_for(cfg, eval_records, tokenizer, system_prompt,
                                                 for_eval=True)
@@ -666,16 +672,16 @@ def train_dpo(cfg: DPOConfig) -> Path:
                                accelerator, out / "reference_logps.pt", identity)
     del reference
 
-    loop = Loop(cfg, model, train_groups, lambda b: collate_groups(b, pad_id), stage=cfg.loss,
-                lengths=[g.num_tokens for g in train_groups], accelerator=accelerator)
+    loop = Loop(run, model, train_groups, lambda b: collate_groups(b, pad_id),
+                lengths=[g.num_tokens for g in train_groups])
     if accelerator.is_main_process:
         what = (f"{counts['desirable']} desirable / {counts['undesirable']} undesirable examples "
                 f"({counts['undecided']} undecided responses left out)") if cfg.loss == "kto" \
             else (f"{counts['pairs']} pairs from {counts['rankings']} rankings and plain "
                   f"comparisons, {counts['ties']} ties skipped")
         print(f"[{cfg.loss}] {len(train_groups)} training groups ({what}); held out: "
-              f"{eval_counts.get('pairs', 0)} pairs; {loop.total_steps} steps, precision "
-              f"{accelerator.mixed_precision}, {loop.world} process(es)")
+              f"{eval_counts.get('pairs', 0)} pairs; {loop.describe()}; precision "
+              f"{accelerator.mixed_precision}")
 
     step_fn = kto_step if cfg.loss == "kto" else pairwise_step
 

@@ -263,3 +263,18 @@ def test_cli_has_the_rl_stages():
     for stage in ("ppo", "reinforce", "rloo", "grpo", "best-of-n"):
         args = parser.parse_args([stage, "--seed", "3"])
         assert args._command.name == stage
+
+
+@pytest.mark.multiproc
+def test_nan_on_one_process_stops_every_process_with_the_same_message(good_bad_policy, tmp_path):
+    """Rank 1's loss is NaN at step 2: both ranks raise the TrainingError there, none hangs."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_port", "29547", str(HERE / "multiproc_nan.py"), str(good_bad_policy),
+           str(tmp_path / "nan")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode != 0
+    message = "the loss became NaN or infinite at step 2"
+    for rank in (0, 1):
+        assert f"[rank{rank}]: rlhfkit.train.loop.TrainingError: [grpo] {message}" in proc.stderr, \
+            proc.stderr[-3000:]

@@ -230,6 +230,7 @@ def kto_loss(
     beta: float = 0.1,
     desirable_weight: float = 1.0,
     undesirable_weight: float = 1.0,
+    reduce: Callable[[Tensor], Tensor] | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """KTO loss of each example with binary feedback (Ethayarajh et al. 2024, eq. 8).
 
@@ -250,13 +251,21 @@ def kto_loss(
         desirable_weight: ``lambda_D``.
         undesirable_weight: ``lambda_U``; the paper suggests
             ``lambda_D * n_D / (lambda_U * n_U)`` in [1, 4/3].
+        reduce: Sums a tensor over processes: ``z0`` is then the mean over the mismatched
+            pairs of every process, clamped once, as one process holding them all would get
+            (a mean of per-process clamped means is larger). None = these pairs alone.
 
     Returns:
         Per-example loss (N,) and detached diagnostics: ``rewards`` (N,) = ``beta * r`` and
         ``kl`` () = ``z0``.
     """
     ratio = logps.float() - ref_logps.float()  # (N,)
-    z0 = (kl_logps.float() - kl_ref_logps.float()).mean().detach().clamp(min=0)  # ()
+    kl_ratio = (kl_logps.float() - kl_ref_logps.float()).detach()  # (M,)
+    if reduce is None:
+        z0 = kl_ratio.mean().clamp(min=0)  # ()
+    else:
+        total = reduce(torch.stack([kl_ratio.sum(), kl_ratio.new_tensor(float(kl_ratio.numel()))]))
+        z0 = (total[0] / total[1].clamp(min=1)).clamp(min=0)
     desirable = desirable.bool()
     loss = torch.where(
         desirable,

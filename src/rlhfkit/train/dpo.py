@@ -483,13 +483,22 @@ def pairwise_step(
     return (weight * loss).sum(), pair_metrics(pairs, weight, cfg.beta)
 
 
+def process_sum(accelerator: Any) -> Callable[[Tensor], Tensor] | None:
+    """Sums a tensor over the processes of ``accelerator`` (None with one process)."""
+    if accelerator.num_processes == 1:
+        return None
+    return lambda t: accelerator.reduce(t, reduction="sum")
+
+
 def kto_step(
-    model: torch.nn.Module, batch: dict[str, Any], cfg: DPOConfig
+    model: torch.nn.Module, batch: dict[str, Any], cfg: DPOConfig,
+    reduce: Callable[[Tensor], Tensor] | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Loss sum and metric sums of a micro-batch of KTO examples.
 
     The mismatched sequences only feed the detached reference point z0, so they run without
-    gradient; the examples themselves run in one forward pass.
+    gradient; the examples themselves run in one forward pass. ``reduce`` sums over processes,
+    so that z0 comes from the mismatched pairs of all of them (:func:`rlhfkit.losses.kto_loss`).
     """
     with torch.no_grad():
         _, kl_logps = sequence_logprobs(model, batch["kl_input_ids"],
@@ -500,7 +509,7 @@ def kto_step(
     desirable = batch["desirable"].to(seq_logps.device)
     loss, diag = kto_loss(seq_logps[idx], batch["ref_logps"][idx].to(seq_logps.device),
                           desirable, kl_logps, batch["kl_ref_logps"].to(seq_logps.device),
-                          cfg.beta, cfg.desirable_weight, cfg.undesirable_weight)
+                          cfg.beta, cfg.desirable_weight, cfg.undesirable_weight, reduce)
     shifted = diag["rewards"] - cfg.beta * diag["kl"]  # (Q,) beta * (r - z0)
     correct = torch.where(desirable, shifted > 0, shifted < 0).float()
     return loss.sum(), {"rewards/accuracy": correct.sum(), "kto/kl": diag["kl"] * len(idx)}
@@ -684,11 +693,12 @@ def train_dpo(cfg: DPOConfig) -> Path:
               f"{accelerator.mixed_precision}")
 
     step_fn = kto_step if cfg.loss == "kto" else pairwise_step
+    extra = {"reduce": process_sum(accelerator)} if cfg.loss == "kto" else {}
 
     def step(m: torch.nn.Module, batch: dict[str, Any]):
         batch = {k: v.to(accelerator.device) if isinstance(v, Tensor) else v
                  for k, v in batch.items()}
-        return step_fn(m, batch, cfg)
+        return step_fn(m, batch, cfg, **extra)
 
     def evaluate() -> dict[str, float]:
         return evaluate_preferences(loop.model, eval_groups, pad_id, cfg.batch_size, cfg,

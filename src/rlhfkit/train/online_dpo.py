@@ -57,6 +57,7 @@ from rlhfkit.train.dpo import (
     disabled_adapter,
     kto_step,
     pairwise_step,
+    process_sum,
 )
 from rlhfkit.train.inputs import load_records, split_or_load, system_prompt_for, task_of
 from rlhfkit.train.loop import Loop, Run, TrainConfig
@@ -284,10 +285,11 @@ def train_round(cfg: OnlineDPOConfig, setup: OnlineSetup, policy: SelectiveLM, g
     loop = Loop(run, policy, groups, lambda b: collate_groups(b, pad_id),
                 lengths=[g.num_tokens for g in groups])
     step_fn = kto_step if cfg.loss == "kto" else pairwise_step
+    extra = {"reduce": process_sum(run.accelerator)} if cfg.loss == "kto" else {}
 
     def step(m: torch.nn.Module, batch: dict[str, Any]):
         batch = {n: v.to(run.device) if torch.is_tensor(v) else v for n, v in batch.items()}
-        return step_fn(m, batch, cfg)
+        return step_fn(m, batch, cfg, **extra)
 
     metrics = loop.run(step)
     return run.accelerator.unwrap_model(loop.model), metrics, loop.total_steps

@@ -50,11 +50,11 @@ from rlhfkit.losses import (
 from rlhfkit.rewards.shaping import token_rewards
 from rlhfkit.rewards.sources import RewardTerms
 from rlhfkit.rollout import Rollout, forward_response
-from rlhfkit.train.rl import RewardFn, RewardOptions, RLConfig, RLRun
+from rlhfkit.train.rl import RewardFn, RewardOptions, RLConfig, RLRun, UpdateOptions
 
 
 @dataclass
-class ReinforceConfig(RLConfig, RewardOptions):
+class ReinforceConfig(RLConfig, RewardOptions, UpdateOptions):
     """REINFORCE with reward-to-go and a baseline (``rlhfkit reinforce``)."""
 
     output_dir: str = "runs/reinforce"
@@ -71,16 +71,10 @@ class ReinforceConfig(RLConfig, RewardOptions):
     """Normalise advantages over the batch."""
     vf_coef: float = 0.1
     """Weight of the value loss (--baseline value)."""
-    mini_batch_size: int = 0
-    """Samples per optimizer step inside an update (0 = the whole rollout batch)."""
-    update_epochs: int = 1
-    """Passes over each rollout batch."""
-    clip_range: float = 0.2
-    """Ratio clip epsilon, used when an update reuses samples (mini-batches, several epochs)."""
 
 
 @dataclass
-class RLOOConfig(RLConfig, RewardOptions):
+class RLOOConfig(RLConfig, RewardOptions, UpdateOptions):
     """REINFORCE leave-one-out over k samples per prompt (``rlhfkit rloo``)."""
 
     output_dir: str = "runs/rloo"
@@ -91,16 +85,10 @@ class RLOOConfig(RLConfig, RewardOptions):
     """Prompts per rollout batch (each sampled k times)."""
     whiten_advantages: bool = False
     """Normalise advantages over the batch."""
-    mini_batch_size: int = 0
-    """Samples per optimizer step inside an update (0 = the whole rollout batch)."""
-    update_epochs: int = 1
-    """Passes over each rollout batch."""
-    clip_range: float = 0.2
-    """Ratio clip epsilon, used when an update reuses samples (mini-batches, several epochs)."""
 
 
 @dataclass
-class GRPOConfig(RLConfig, RewardOptions):
+class GRPOConfig(RLConfig, RewardOptions, UpdateOptions):
     """Group-relative policy optimisation (``rlhfkit grpo``)."""
 
     output_dir: str = "runs/grpo"
@@ -124,10 +112,6 @@ class GRPOConfig(RLConfig, RewardOptions):
     mean over the whole generation batch, all mini-batches and processes: Yu et al. 2025)."""
     importance_level: str = "token"
     """Importance ratio per token (PPO/GRPO) or per sequence (GSPO, Zheng et al. 2025)."""
-    mini_batch_size: int = 0
-    """Samples per optimizer step inside an update (0 = the whole rollout batch)."""
-    update_epochs: int = 1
-    """Passes over each rollout batch."""
 
 
 Advantages = tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]

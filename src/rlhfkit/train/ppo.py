@@ -41,12 +41,12 @@ from rlhfkit.rewards.shaping import token_rewards
 from rlhfkit.rollout import forward_response, scatter_tokens
 from rlhfkit.train.inputs import load_records
 from rlhfkit.train.loop import TrainingError
-from rlhfkit.train.rl import RewardFn, RewardOptions, RLConfig, RLRun
+from rlhfkit.train.rl import RewardFn, RewardOptions, RLConfig, RLRun, UpdateOptions
 from rlhfkit.train.sft import collate_padded, encode_demonstrations
 
 
 @dataclass
-class PPOConfig(RLConfig, RewardOptions):
+class PPOConfig(RLConfig, RewardOptions, UpdateOptions):
     """PPO with a KL penalty to the reference (``rlhfkit ppo``)."""
 
     output_dir: str = "runs/ppo"
@@ -55,8 +55,6 @@ class PPOConfig(RLConfig, RewardOptions):
     """Samples per optimizer step inside an update."""
     update_epochs: int = 2
     """PPO epochs: passes over each rollout batch."""
-    clip_range: float = 0.2
-    """Policy ratio clip epsilon."""
     clip_range_value: float = 0.2
     """Value clip epsilon (in reward units)."""
     vf_coef: float = 0.1

@@ -129,6 +129,18 @@ class RewardOptions:
     """Clip (normalised) scores to [-clip, clip] (0 = off)."""
 
 
+@dataclass
+class UpdateOptions:
+    """How each rollout batch is reused for updates (PPO and the policy-gradient table)."""
+
+    mini_batch_size: int = 0
+    """Samples per optimizer step inside an update (0 = the whole rollout batch)."""
+    update_epochs: int = 1
+    """Passes over each rollout batch."""
+    clip_range: float = 0.2
+    """Ratio clip epsilon (REINFORCE and RLOO use it only when an update reuses samples)."""
+
+
 class Critic(nn.Module):
     """A separate value model initialised from the reward model (Ouyang et al. 2022, sec. 3.5).
 

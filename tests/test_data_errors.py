@@ -166,7 +166,7 @@ def test_cli_exits_1_with_one_line(corpus, tiny_lm, tmp_path, capsys, stage, nam
 
     case = next(c for c in corpus if c.name == name)
     rc = main([stage, "--model", str(tiny_lm), "--data", str(case.path), "--output-dir",
-               str(tmp_path / "run"), "--no-progress", "--no-tensorboard"])
+               str(tmp_path / "run"), "--no-progress", "--report-to", "none"])
     err = capsys.readouterr().err
     lines = err.strip().splitlines()
     assert rc == 1 and len(lines) == 1, err

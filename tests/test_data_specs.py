@@ -108,7 +108,7 @@ def test_rm_trains_on_split_and_evaluates_on_eval_split(tiny_lm, tmp_path):
     out = tmp_path / "rm"
     rc = main(["rm", "--model", str(tiny_lm), "--data", str(folder), "--split", "dev",
                "--eval-split", "test", "--output-dir", str(out), "--max-steps", "2",
-               "--batch-size", "2", "--precision", "fp32", "--no-progress", "--no-tensorboard"])
+               "--batch-size", "2", "--precision", "fp32", "--no-progress", "--report-to", "none"])
     assert rc == 0
     result = json.loads((out / "eval.json").read_text())
     assert result["train_pairs"] == 8 and result["eval/pairs"] == 3

@@ -32,7 +32,7 @@ def _run(stage, tiny_lm, data_file, out, *extra):
                "--lora", "--lora-r", "4", "--lora-alpha", "8", "--max-steps", "4",
                "--batch-size", "4", "--learning-rate", "1e-2", "--warmup-ratio", "0",
                "--eval-fraction", "0", "--precision", "fp32", "--no-progress",
-               "--no-tensorboard", *extra])
+               "--report-to", "none", *extra])
     assert rc == 0
     adapter = out / "adapter"
     assert (adapter / "adapter_config.json").exists()

@@ -64,7 +64,7 @@ def _rm(tiny_lm, score_files, tmp_path, **kw):
     opts = dict(model=str(tiny_lm), data=str(score_files / "train.jsonl"),
                 eval_data=str(score_files / "eval.jsonl"), output_dir=str(tmp_path / "rm"),
                 epochs=3, batch_size=4, learning_rate=1e-3, warmup_ratio=0.0, eval_every=12,
-                progress=False, precision="fp32", tensorboard=False)
+                progress=False, precision="fp32", report_to="none")
     cfg = RMConfig(**{**opts, **kw})
     out = train_rm(cfg)
     lines = [json.loads(x) for x in (tmp_path / "rm" / "metrics.jsonl").read_text().splitlines()]
@@ -121,7 +121,7 @@ def test_dpo_learns_from_scores_as_pairs(tiny_lm, score_files, tmp_path):
     cfg = DPOConfig(model=str(tiny_lm), data=str(score_files / "train.jsonl"),
                     eval_data=str(score_files / "eval.jsonl"), output_dir=str(tmp_path / "dpo"),
                     max_steps=12, batch_size=4, learning_rate=1e-3, warmup_ratio=0.0,
-                    eval_every=12, progress=False, precision="fp32", tensorboard=False)
+                    eval_every=12, progress=False, precision="fp32", report_to="none")
     train_dpo(cfg)
     lines = [json.loads(x) for x in (tmp_path / "dpo" / "metrics.jsonl").read_text().splitlines()]
     evals = [x for x in lines if "eval/rewards/accuracy" in x]

@@ -8,9 +8,10 @@ What :func:`read_records` takes:
 - any other folder, or a dataset id such as ``HuggingFaceH4/ultrafeedback_binarized``: loaded
   through ``datasets.load_dataset`` (a folder of data files, or a folder with a ``README.md``
   that names its splits; ``datasets`` 4 and later no longer run loading scripts, so a ``.py``
-  file is refused with that explanation);
-- ``db:<url>`` for a feedback store (read through
-  :func:`rlhfkit.feedback.store.read_project_records`).
+  file is refused with that explanation).
+
+``db:<url>`` feedback stores and ``task:`` specs are resolved by the training stages
+(:mod:`rlhfkit.train.inputs`), which call :func:`read_records` for everything else.
 
 What a file holds:
 
@@ -101,15 +102,15 @@ def read_records(
     split: str | None = None,
     kinds: Sequence[str] | None = None,
 ) -> list[Record]:
-    """Read every record of a file, folder, dataset or feedback store.
+    """Read every record of a file, folder or dataset.
 
     Args:
         path: a file (``.jsonl``, ``.json``, ``.csv``, ``.tsv``, ``.parquet``; text formats
             may end in ``.gz``), a ``save_to_disk`` folder, another folder or a dataset id (read
-            through ``datasets.load_dataset``), or ``db:<database url>`` for a feedback store.
+            through ``datasets.load_dataset``). ``db:`` feedback stores are read by the
+            training stages (:func:`rlhfkit.train.inputs.read_source`), not here.
         kind: the record kind (a key of :data:`~rlhfkit.data.records.KINDS`); None takes it
-            from a ``kind`` column or infers it from the column names. For ``db:`` paths it
-            keeps only the records of that kind.
+            from a ``kind`` column or infers it from the column names.
         split: for data with splits (a ``DatasetDict`` folder, a dataset id, a folder of
             ``train``/``test`` files), the split to read (default: the only split, or ``train``).
         kinds: the record kinds the caller accepts; a record of another kind is an error that
@@ -128,7 +129,11 @@ def read_records(
             repr(kind), field="kind", expected=f"one of {', '.join(KINDS)}", file=str(path)
         )
     if isinstance(path, str) and path.startswith("db:"):
-        return _only(_read_db(path, kind), kinds, path)
+        raise RecordError(
+            "a feedback store is not a file", field="(path)",
+            expected="a file or folder here; db:URL sources are read by the training stages "
+                     "(rlhfkit.train.inputs.read_source) and `rlhfkit label export`",
+            file=hide_password(path))
     spec = str(path)
     path = Path(path)
     if not path.exists():
@@ -250,7 +255,8 @@ def _build(
             record = from_dict(row, row_kind)
             if kinds is not None and record.KIND not in kinds:
                 raise RecordError(
-                    f"got a '{record.KIND}' record (fields {', '.join(sorted(row))})",
+                    f"got a '{record.KIND}' record (fields "
+                    f"{', '.join(sorted(k for k, v in row.items() if v is not None))})",
                     field="kind",
                     expected=f"one of {', '.join(kinds)} for this stage",
                 )
@@ -269,15 +275,6 @@ def _build(
         yield record
 
 
-def _only(records: list[Record], kinds: Sequence[str] | None, file: str) -> list[Record]:
-    for index, record in enumerate(records):
-        if kinds is not None and record.KIND not in kinds:
-            raise RecordError(
-                f"got a '{record.KIND}' record",
-                field="kind",
-                expected=f"one of {', '.join(kinds)} for this stage",
-            ).at(file=file, **_row(index, "0-based record"))
-    return records
 def _jsonl_items(f: Any, path: Path) -> Iterator[tuple[Location, Any]]:
     lines = iter(f)
     number = 0
@@ -541,30 +538,9 @@ def _read_loaded(spec: str, kind: str | None, split: str | None,
     return list(_build(rows, kind, spec, columns=loaded.column_names, kinds=kinds))
 
 
-def _read_db(path: str, kind: str | None) -> list[Record]:
-    url = path[len("db:") :]
-    shown = re.sub(r"://([^:/@]*):[^@]*@", r"://\1:***@", path)  # hide a password
-    try:
-        from rlhfkit.feedback.store import read_project_records
-    except ImportError as err:
-        raise ImportError(
-            f"reading {shown!r} needs the feedback store "
-            f"(rlhfkit.feedback.store.read_project_records), which could not be imported: {err}"
-        ) from err
-    records = []
-    for index, item in enumerate(read_project_records(url)):
-        if isinstance(item, Record):
-            record = item
-        else:
-            try:
-                record = from_dict(item)
-            except RecordError as err:
-                raise err.at(
-                    file=shown, row=index, row_hint="0-based record from the store"
-                ) from None
-        if kind is None or record.KIND == kind:
-            records.append(record)
-    return records
+def hide_password(spec: str) -> str:
+    """A ``db:``/database URL with its password replaced by ``***`` (for messages)."""
+    return re.sub(r"://([^:/@]*):[^@]*@", r"://\1:***@", spec)
 
 
 def _need(module: str, package: str) -> Any:

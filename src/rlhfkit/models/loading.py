@@ -13,6 +13,7 @@ import importlib.util
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import (
@@ -224,6 +225,29 @@ def apply_lora(
     return get_peft_model(model, config)
 
 
+def prepare_for_training(model: PreTrainedModel, opts: Any, task_type: str = "CAUSAL_LM",
+                         modules_to_save: list[str] | None = None) -> PreTrainedModel:
+    """Gradient checkpointing and LoRA as the stage's options ask, and no KV cache.
+
+    Args:
+        model: The HF model to train.
+        opts: The stage's model options (``gradient_checkpointing``, ``lora``, ``lora_r``,
+            ``lora_alpha``, ``lora_dropout``).
+        task_type: The peft task type (``CAUSAL_LM``, ``SEQ_CLS``, ``TOKEN_CLS``).
+        modules_to_save: Modules trained in full next to the adapters (a new head).
+
+    Returns:
+        The model, wrapped by peft under ``--lora``.
+    """
+    if opts.gradient_checkpointing:  # only active in train mode
+        enable_gradient_checkpointing(model)
+    if opts.lora:
+        model = apply_lora(model, r=opts.lora_r, alpha=opts.lora_alpha, dropout=opts.lora_dropout,
+                           task_type=task_type, modules_to_save=modules_to_save)
+    model.config.use_cache = False
+    return model
+
+
 def enable_gradient_checkpointing(model: PreTrainedModel) -> None:
     """Recompute activations in the backward pass instead of storing them (less memory)."""
     kwargs = {"use_reentrant": False}
@@ -255,20 +279,21 @@ def decoder_and_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.
 
 def merge_and_save(
     model: torch.nn.Module,
-    tokenizer: PreTrainedTokenizerBase,
-    path: Path,
-    adapter_dir: Path | None = None,
+    tokenizer: PreTrainedTokenizerBase | None,
+    path: str | Path,
+    adapter_dir: str | Path | None = None,
 ) -> None:
     """Save a plain HF folder (LoRA merged into the weights) that ``from_pretrained`` loads.
 
     Args:
         model: The trained model, possibly wrapped by accelerate/DDP and by peft.
-        tokenizer: Saved next to the weights (and next to the adapter).
+        tokenizer: Saved next to the weights (and next to the adapter), if given.
         path: Folder for the merged model.
         adapter_dir: For a peft model, also save the LoRA adapter here
             (``adapter_config.json`` + ``adapter_model.safetensors``), which
             ``PeftModel.from_pretrained(base, adapter_dir)`` loads; ignored without LoRA.
     """
+    path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     while hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
         model = model.module
@@ -276,10 +301,11 @@ def merge_and_save(
         import copy
 
         if adapter_dir is not None:
-            save_adapter(model, tokenizer, adapter_dir)
+            save_adapter(model, tokenizer, Path(adapter_dir))
         model = copy.deepcopy(model).merge_and_unload()
     model.save_pretrained(path, safe_serialization=True)
-    tokenizer.save_pretrained(path)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(path)
 
 
 def save_adapter(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase | None,

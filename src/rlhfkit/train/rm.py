@@ -32,16 +32,17 @@ import torch
 from rlhfkit import config as cfglib
 from rlhfkit.data.chat import encode_pair, pad
 from rlhfkit.data.records import BinaryFeedback, Record, ScoreFeedback, as_comparisons, score_pairs
-from rlhfkit.data.sources import prompt_key
+from rlhfkit.data.splits import prompt_key
 from rlhfkit.losses import (
     bradley_terry_loss,
     pointwise_loss,
     reward_centering_penalty,
     score_regression_loss,
 )
-from rlhfkit.models.loading import apply_lora, enable_gradient_checkpointing
+from rlhfkit.models.loading import prepare_for_training
 from rlhfkit.models.reward import RewardModel
-from rlhfkit.train.loop import Loop, TrainConfig, start_stage
+from rlhfkit.train.inputs import stage_inputs
+from rlhfkit.train.loop import Loop, ModelOptions, Run, TrainConfig
 
 
 @dataclass
@@ -65,8 +66,6 @@ class RMConfig(TrainConfig):
     """Train on tied pairs (target probability 1/2); otherwise skip them."""
     pairs_per_group: int = 8
     """Plain comparisons of one prompt batched together (their shared responses run once)."""
-    system_prompt: str | None = None
-    """System message added to prompts that have none (default: the task's, else none)."""
     score_mode: str = "pairs"
     """How score (Likert) records train: pairs (within a prompt, higher score chosen, margin =
     score gap) or regression (squared error to the standardised score)."""
@@ -317,17 +316,11 @@ def reward_stats(loop: Loop, groups: list[Group], pad_id: int, batch_size: int,
     return mean, math.sqrt(var) or 1.0
 
 
-def build_reward_model(cfg: TrainConfig, pad_token_id: int) -> RewardModel:
+def build_reward_model(cfg: ModelOptions, pad_token_id: int) -> RewardModel:
     """Backbone + fresh scalar head (or a saved RM), with LoRA when asked."""
     rm = RewardModel.from_pretrained(cfg.model, pad_token_id=pad_token_id)
-    if cfg.gradient_checkpointing:
-        enable_gradient_checkpointing(rm.seq_model)
-    if cfg.lora:
-        # The scalar head is new, so it is trained in full next to the adapters.
-        rm.seq_model = apply_lora(rm.seq_model, r=cfg.lora_r, alpha=cfg.lora_alpha,
-                                  dropout=cfg.lora_dropout, task_type="SEQ_CLS",
-                                  modules_to_save=["score"])
-    rm.seq_model.config.use_cache = False
+    # The scalar head is new, so under LoRA it is trained in full next to the adapters.
+    rm.seq_model = prepare_for_training(rm.seq_model, cfg, "SEQ_CLS", modules_to_save=["score"])
     return rm
 
 
@@ -336,12 +329,13 @@ def train_rm(cfg: RMConfig) -> Path:
     if cfg.score_mode not in SCORE_MODES:
         raise cfglib.ConfigError(
             f"--score-mode must be one of {', '.join(SCORE_MODES)}, got {cfg.score_mode!r}")
-    stage = start_stage(cfg, "preferences", ["comparison", "ranking", "binary", "score"])
-    accelerator, out, tokenizer = stage.accelerator, stage.out, stage.tokenizer
-    train_records, eval_records = stage.train_records, stage.eval_records
+    run = Run(cfg, "rm")
+    inputs = stage_inputs(cfg, "preferences", ["comparison", "ranking", "binary", "score"])
+    accelerator, out, tokenizer = run.accelerator, run.out, inputs.tokenizer
+    train_records, eval_records = inputs.train_records, inputs.eval_records
     train_scores = [r for r in train_records if isinstance(r, ScoreFeedback)]
     score_stats = standardise(train_scores) if train_scores else None
-    opts = dict(max_length=cfg.max_length, system_prompt=stage.system_prompt,
+    opts = dict(max_length=cfg.max_length, system_prompt=inputs.system_prompt,
                 pairs_per_group=cfg.pairs_per_group, use_margin=cfg.use_margin,
                 score_mode=cfg.score_mode, score_stats=score_stats)
     train_groups, counts = build_groups(train_records, tokenizer, train_on_ties=cfg.train_on_ties,
@@ -354,15 +348,15 @@ def train_rm(cfg: RMConfig) -> Path:
                                     **{**opts, "score_mode": "pairs"})[0]
     pad_id = tokenizer.pad_token_id
     model = build_reward_model(cfg, pad_id)
-    loop = Loop(cfg, model, train_groups, lambda b: collate_groups(b, pad_id), stage="rm",
-                lengths=[g.num_tokens for g in train_groups], accelerator=accelerator)
+    loop = Loop(run, model, train_groups, lambda b: collate_groups(b, pad_id),
+                lengths=[g.num_tokens for g in train_groups])
     if accelerator.is_main_process:
         print(f"[rm] {len(train_groups)} training groups ({counts['pairs']} pairs from "
               f"{counts['rankings']} rankings, plain comparisons and {counts['score_pairs']} "
               f"score pairs, {counts['ties']} ties, {counts['binary']} binary labels, "
               f"{counts['score_targets']} score targets; {counts['score_unpaired']} scores "
               f"without a second response to their prompt left out); held out: "
-              f"{eval_counts['pairs']} pairs; {loop.total_steps} steps, precision "
+              f"{eval_counts['pairs']} pairs; {loop.describe()}; precision "
               f"{accelerator.mixed_precision}")
 
     def step(m: torch.nn.Module, batch: dict[str, Any]):

@@ -112,3 +112,37 @@ def test_rm_trains_on_split_and_evaluates_on_eval_split(tiny_lm, tmp_path):
     assert rc == 0
     result = json.loads((out / "eval.json").read_text())
     assert result["train_pairs"] == 8 and result["eval/pairs"] == 3
+
+
+def test_no_progress_silences_transformers_and_datasets_bars(tiny_lm, data_folder, hf_cache,
+                                                             tmp_path, capsys):
+    """`--no-progress` leaves no bar on stderr: not rlhfkit's, not transformers' ("Loading
+    weights", "Writing model shards"), not datasets' ("Generating train split"). The same run
+    with bars on shows them (so the check can see a bar when there is one)."""
+    import datasets
+    from transformers.utils import logging as hf_logging
+
+    from rlhfkit.cli import main
+
+    def run(*flags):
+        hf_logging.enable_progress_bar()  # whatever an earlier test left behind
+        datasets.enable_progress_bars()
+        capsys.readouterr()
+        out = tmp_path / flags[0].lstrip("-")
+        rc = main(["sft", "--model", str(tiny_lm), "--data", str(data_folder), "--output-dir",
+                   str(out), "--max-steps", "1", "--batch-size", "2", "--eval-fraction", "0",
+                   "--precision", "fp32", "--report-to", "none", *flags])
+        assert rc == 0
+        return capsys.readouterr().err
+
+    data_folder.joinpath("test.jsonl").unlink()  # prompts and demonstrations below
+    data_folder.joinpath("dev.jsonl").unlink()
+    rows = [{"prompt": f"q{i}", "response": f"a{i}"} for i in range(4)]
+    data_folder.joinpath("train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    noisy = run("--progress")
+    assert "Writing model shards" in noisy and "Generating train split" in noisy, noisy
+    quiet = run("--no-progress")
+    for bar in ("Loading weights", "Writing model shards", "Generating train split", "it/s]"):
+        assert bar not in quiet, quiet
+    hf_logging.enable_progress_bar()
+    datasets.enable_progress_bars()

@@ -146,6 +146,31 @@ def _fix_special_tokens(tokenizer: PreTrainedTokenizerBase, model: PreTrainedMod
             model.generation_config.pad_token_id = tokenizer.pad_token_id
 
 
+def quiet_library_progress_bars() -> None:
+    """Turn off the progress bars of transformers, datasets and huggingface_hub.
+
+    transformers draws bars while it loads and saves weights ("Loading weights", "Writing model
+    shards"), datasets while it builds, maps or saves a dataset; a stage run with
+    ``--no-progress`` calls this so that none of them draws. It is process-wide (each
+    library keeps one switch), so it lasts for the rest of the process.
+    """
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    try:
+        import datasets
+    except ImportError:  # pragma: no cover - datasets is a dependency
+        pass
+    else:
+        datasets.disable_progress_bars()
+    try:
+        from huggingface_hub.utils import disable_progress_bars
+    except ImportError:  # pragma: no cover - transformers depends on it
+        pass
+    else:
+        disable_progress_bars()
+
+
 def load_tokenizer(name_or_path: str = DEFAULT_MODEL) -> PreTrainedTokenizerBase:
     """Load the tokenizer of a model (alias, GGUF, folder or HF id)."""
     try:

@@ -43,7 +43,7 @@ import torch
 from tqdm.auto import tqdm
 
 from rlhfkit import config as cfglib
-from rlhfkit.models.loading import DEFAULT_MODEL, resolve_precision
+from rlhfkit.models.loading import DEFAULT_MODEL, quiet_library_progress_bars, resolve_precision
 
 StepFn = Callable[[torch.nn.Module, dict[str, Any]], tuple[torch.Tensor, dict[str, torch.Tensor]]]
 
@@ -391,6 +391,8 @@ class Run:
     def __init__(self, cfg: Any, stage: str, seed_per_process: bool = False,
                  accelerator: Any = None) -> None:
         self.cfg, self.stage = cfg, stage
+        if not cfg.progress:  # also the bars transformers and datasets draw while loading
+            quiet_library_progress_bars()
         trackers = trackers_of(cfg.report_to)
         self.out = Path(cfg.output_dir)
         self.accelerator = acc = accelerator or make_accelerator(cfg.precision, trackers, self.out)

@@ -36,6 +36,8 @@ ALIASES: dict[str, tuple[str, str]] = {
 class ModelLoadError(RuntimeError):
     """A model could not be found or loaded; the message says what to do."""
 
+    user_facing = True
+
 
 def cache_dir() -> Path:
     """Root of rlhfkit's model cache (``$RLHFKIT_CACHE`` or ``~/.cache/rlhfkit``)."""

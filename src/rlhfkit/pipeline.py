@@ -22,7 +22,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rlhfkit import config as cfglib
-from rlhfkit.models.loading import DEFAULT_MODEL
+from rlhfkit.data.chat import to_messages
+from rlhfkit.data.io import write_records
+from rlhfkit.evaluate.metrics import distinct_n, win_rate
+from rlhfkit.evaluate.report import write_report
+from rlhfkit.models.loading import DEFAULT_MODEL, load_causal_lm, load_tokenizer
+from rlhfkit.models.policy import SelectiveLM
+from rlhfkit.models.reward import RewardModel
+from rlhfkit.rewards.sources import rm_scores
+from rlhfkit.rollout import ReferencePolicy, SamplingConfig, generate_responses, sample
+from rlhfkit.tasks import get_task
+from rlhfkit.train.best_of_n import best_of_n
+from rlhfkit.train.dpo import DPOConfig, train_dpo
+from rlhfkit.train.pg import ALGORITHMS, train_pg
+from rlhfkit.train.ppo import PPOConfig, train_ppo
+from rlhfkit.train.rm import RMConfig, train_rm
+from rlhfkit.train.sft import SFTConfig, train_sft
 
 
 @dataclass
@@ -81,9 +96,6 @@ class DemoConfig:
 
 def run_demo(cfg: DemoConfig) -> Path:
     """Run SFT then the reward model (then RL and the report, where available)."""
-    from rlhfkit.train.rm import RMConfig, train_rm
-    from rlhfkit.train.sft import SFTConfig, train_sft
-
     check_options(cfg)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -140,7 +152,6 @@ def run_demo(cfg: DemoConfig) -> Path:
                "eval_by_algo": {a: r["summary"] for a, r in results.items()},
                "timings_by_algo": {a: {"train_s": r["train_s"], "eval_s": r["eval_s"]}
                                    for a, r in results.items()}}
-    from rlhfkit.evaluate.report import write_report
 
     rows = []
     rl_dir = next((r["dir"] for r in results.values() if (r["dir"] / "metrics.jsonl").exists()
@@ -187,11 +198,6 @@ def rank_policy_samples(cfg: DemoConfig, policy: Path, path: Path) -> Path:
     apart); responses are as long as the RL stage samples them. Written as ranking records to
     ``path``.
     """
-    from rlhfkit.data.chat import to_messages
-    from rlhfkit.data.io import write_records
-    from rlhfkit.rollout import generate_responses
-    from rlhfkit.tasks import get_task
-
     task = get_task(cfg.task)
     demo_prompts = {str(d.prompt) for d in task.demonstrations()}
     prompts = [p for p in task.prompts("train") if str(p) not in demo_prompts]
@@ -235,7 +241,6 @@ def run_rl(cfg: DemoConfig, policy: Path, reward_model: Path, out: Path,
     steps = cfg.rl_steps or (6 if cfg.quick else 24)
     data = f"task:{cfg.task}"
     if algo in DIRECT:
-        from rlhfkit.train.dpo import DPOConfig, train_dpo
 
         lr = cfg.rl_learning_rate or (1e-4 if cfg.lora else 5e-6)
         return train_dpo(DPOConfig(model=str(policy), data=preferences or data,
@@ -248,12 +253,10 @@ def run_rl(cfg: DemoConfig, policy: Path, reward_model: Path, out: Path,
               eval_prompts=8 if cfg.quick else 16, **common)
     lr = cfg.rl_learning_rate or (2e-4 if cfg.lora else 1e-5)
     if algo == "ppo":
-        from rlhfkit.train.ppo import PPOConfig, train_ppo
 
         return train_ppo(PPOConfig(output_dir=str(out / "ppo"), batch_size=16,
                                    mini_batch_size=8, update_epochs=2, learning_rate=lr,
                                    **rl)), out / "ppo"
-    from rlhfkit.train.pg import ALGORITHMS, train_pg
 
     if algo in ALGORITHMS:
         k = 1 if ALGORITHMS[algo].min_samples == 1 else 4
@@ -278,14 +281,6 @@ def evaluate_final(cfg: DemoConfig, sft: Path, final: Path | None, reward_model:
     """SFT vs final policy on held-out prompts: gold and RM reward, KL, win rate, length."""
     import torch
 
-    from rlhfkit.evaluate.metrics import distinct_n, win_rate
-    from rlhfkit.models.loading import load_causal_lm, load_tokenizer
-    from rlhfkit.models.policy import SelectiveLM
-    from rlhfkit.models.reward import RewardModel
-    from rlhfkit.rewards.sources import rm_scores
-    from rlhfkit.rollout import ReferencePolicy, SamplingConfig, sample
-    from rlhfkit.tasks import get_task
-    from rlhfkit.train.best_of_n import best_of_n
 
     torch.manual_seed(cfg.seed)
     task = get_task(cfg.task)

@@ -10,10 +10,12 @@ P, then the responses right-padded to width R::
 ``ended`` (B,) says whether an EOS (or stop string) was produced. Position ids count real tokens
 only, so a left-padded row is scored exactly as it was sampled.
 
-Sampling goes through a :class:`GenerationBackend` (HF ``generate`` with a KV cache by default;
-a vLLM backend can implement the same one method on GPU). The log-probs of the sampled tokens
-are then recomputed with a plain forward pass at the sampling temperature (logits only at
-response positions), which is what the policy-gradient losses differentiate.
+Sampling goes through a :class:`GenerationBackend`: HF ``generate`` with a KV cache
+(:class:`HFBackend`), or a vLLM engine (:class:`rlhfkit.engines.vllm.VLLMBackend`), chosen by
+:func:`make_backend` (``--generation-backend auto|hf|vllm``). The log-probs of the sampled
+tokens are then recomputed with a plain forward pass at the sampling temperature (logits only at
+response positions), which is what the policy-gradient losses differentiate; an engine's own
+log-probs are kept beside them (``extras["engine_logprobs"]``) to measure the gap.
 
 The reference policy is the same weights with the LoRA adapter switched off when the policy
 is a LoRA model (no second copy in memory), else a frozen copy (:class:`ReferencePolicy`).
@@ -32,9 +34,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from rlhfkit.data.chat import encode, pad, prompt_text
+from rlhfkit.config import ConfigError
+from rlhfkit.data.chat import encode, pad, prompt_text, repeats
+from rlhfkit.engines.vllm import VLLMBackend, VLLMEngine, engine_problem
 from rlhfkit.losses import token_logprobs
-from rlhfkit.models.loading import load_causal_lm, load_tokenizer
+from rlhfkit.models.loading import checkpoint_weights, load_causal_lm, load_tokenizer, resolve
 from rlhfkit.models.policy import SelectiveLM
 
 
@@ -207,21 +211,6 @@ class HFBackend:
                 **{cache_kwarg(decoder): cache})
         cache.batch_repeat_interleave(k)
         return cache
-
-
-def repeats(prompt_ids: Sequence[Sequence[int]]) -> int:
-    """The number of copies of each prompt when they come in equal consecutive runs, else 1."""
-    n = len(prompt_ids)
-    k = 1
-    while k < n and list(prompt_ids[k]) == list(prompt_ids[0]):
-        k += 1
-    if k == 1 or n % k:
-        return 1
-    for start in range(0, n, k):
-        group = prompt_ids[start:start + k]
-        if any(list(g) != list(group[0]) for g in group[1:]):
-            return 1
-    return k
 
 
 @dataclass
@@ -518,6 +507,53 @@ class ReferencePolicy:
         return self.model.lm
 
 
+def place_token_values(values: Sequence[Sequence[float]], response_mask: torch.Tensor
+                       ) -> torch.Tensor:
+    """(B, R) tensor of per-token values given for each raw response (extra ones dropped)."""
+    out = torch.zeros(response_mask.shape, dtype=torch.float32)
+    for i, (row, n) in enumerate(zip(values, response_mask.sum(-1).tolist())):
+        kept = torch.as_tensor(list(row)[:n], dtype=torch.float32)
+        out[i, :len(kept)] = torch.nan_to_num(kept)
+    return out.to(response_mask.device)
+
+
+def make_backend(kind: str, model: str, autocast: torch.dtype | None = None, seed: int = 0,
+                 max_model_len: int = 1024, kv_cache_gb: float = 1.0,
+                 log: Any = print) -> GenerationBackend:
+    """The generation backend of ``--generation-backend``: ``hf``, ``vllm`` or ``auto``.
+
+    ``auto`` takes vLLM when it is installed and can serve the model here, else Hugging Face
+    ``generate`` with one line saying why; ``vllm`` without the extra is an error naming it.
+
+    Args:
+        kind: ``auto``, ``hf`` or ``vllm``.
+        model: The policy to serve (an id, folder, .gguf or alias; its weights at the start).
+        autocast: The run's autocast dtype (bf16 runs give the engine bf16 weights).
+        seed: The engine's seed.
+        max_model_len: Longest prompt + response the engine must hold.
+        kv_cache_gb: The engine's KV-cache memory (CPU), GiB.
+        log: Where the fallback line goes.
+    """
+    if kind not in BACKENDS:
+        raise ConfigError(f"--generation-backend must be one of {', '.join(BACKENDS)}, got {kind!r}")
+    if kind == "hf":
+        return HFBackend(autocast)
+    path = resolve(model)
+    problem = engine_problem(path)
+    if problem is not None:
+        if kind == "vllm":
+            raise ConfigError(f"--generation-backend vllm: {problem}")
+        log(f"[generation] Hugging Face generate (vLLM not used: {problem})")
+        return HFBackend(autocast)
+    engine = VLLMEngine(path, dtype="bfloat16" if autocast == torch.bfloat16 else "float32",
+                        seed=seed, max_model_len=max_model_len, kv_cache_gb=kv_cache_gb)
+    return VLLMBackend(engine, checkpoint_weights)
+
+
+BACKENDS = ("auto", "hf", "vllm")
+"""Values of ``--generation-backend``."""
+
+
 def sample(
     lm: nn.Module,
     tokenizer: Any,
@@ -552,6 +588,10 @@ def sample(
     eos = eos_ids_of(tokenizer)
     raw = backend.generate(lm, prompt_ids, sampling, eos, tokenizer.pad_token_id)
     rollout = build_rollout(tokenizer, prompts, prompt_ids, raw, eos, sampling.stop).to(device)
+    engine_logprobs = getattr(backend, "last_logprobs", None)
+    if engine_logprobs is not None:  # what the engine said of each token it sampled
+        rollout.extras["engine_logprobs"] = place_token_values(engine_logprobs,
+                                                               rollout.response_mask)
     if scorer is not None:
         was_training = scorer.training
         scorer.eval()

@@ -12,6 +12,7 @@ import hashlib
 import importlib.util
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,8 @@ ALIASES: dict[str, tuple[str, str]] = {
 
 class ModelLoadError(RuntimeError):
     """A model could not be found or loaded; the message says what to do."""
+
+    user_facing = True
 
 
 def cache_dir() -> Path:
@@ -350,3 +353,32 @@ def save_adapter(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase | No
     if tokenizer is not None:
         tokenizer.save_pretrained(path)
     return path
+
+
+def checkpoint_weights(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    """A causal LM's weights under their HF checkpoint names, LoRA merged, the model untouched.
+
+    For a peft model each adapted layer's weight is ``W + scale * B @ A`` (peft's own
+    ``get_delta_weight``), its adapter tensors are left out, and the names lose peft's
+    ``base_model.model.`` and ``.base_layer`` parts: what ``save_pretrained`` of the merged
+    model would write, without building that model. Wrappers (DDP, ``SelectiveLM.lm``) must be
+    taken off by the caller; detached tensors are yielded one at a time.
+    """
+    while hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
+        model = model.module
+    if not hasattr(model, "get_base_model"):
+        for name, tensor in model.state_dict().items():
+            yield name, tensor.detach()
+        return
+    base = model.get_base_model()
+    for name, tensor in base.state_dict().items():
+        if ".lora_" in name or "lora_embedding" in name:
+            continue
+        if ".base_layer." in name:
+            owner, _, leaf = name.rpartition(".base_layer.")
+            module = base.get_submodule(owner)
+            if leaf == "weight" and getattr(module, "merged", False) is False:
+                tensor = tensor + sum(module.get_delta_weight(a) for a in module.active_adapters
+                                      if a in getattr(module, "lora_A", {}))
+            name = f"{owner}.{leaf}"
+        yield name, tensor.detach()

@@ -188,6 +188,9 @@ class NashConfig(RLConfig):
     """Weight each token by the rewards after it (else by the whole return)."""
     whiten_advantages: bool = False
     """Normalise advantages over the batch."""
+    generation_backend: str = "auto"
+    """Sampler of the policy's responses: hf, vllm or auto (see rlhfkit ppo --help); the
+    opponent's token-level mixture of policy and reference always runs on transformers."""
     preference_model: str = "runs/preference/model"
     """Folder of a pairwise preference model (rlhfkit.models.preference)."""
     mixture_beta: float = 0.125

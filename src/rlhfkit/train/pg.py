@@ -133,6 +133,8 @@ class Update:
     """The current beta."""
     normalizer: float
     """Response tokens of the generation batch per mini-batch, over all processes (``dapo``)."""
+    token_weights: torch.Tensor | None = None
+    """(B, R) truncated importance weights to the sampling engine (``--tis-cap``), or None."""
 
 
 LossFn = Callable[[Any, Update], tuple[torch.Tensor, dict[str, torch.Tensor]]]
@@ -199,12 +201,13 @@ def group_advantages(cfg: GRPOConfig, run: RLRun, rollout: Rollout, terms: Rewar
 def reinforce_objective(cfg: Any, u: Update) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """``-A log pi`` on fresh samples, the clipped ratio on reused ones; + a value loss."""
     mask, adv = u.mb.response_mask, u.mb.extras["advantages"]
+    weights = u.token_weights if u.token_weights is not None else 1.0
     metrics: dict[str, torch.Tensor] = {}
     if u.on_policy:
-        loss = masked_mean(reinforce_loss(u.out["logprobs"], adv), mask)
+        loss = masked_mean(weights * reinforce_loss(u.out["logprobs"], adv), mask)
     else:
         pg, diag = ppo_policy_loss(u.out["logprobs"], u.mb.logprobs, adv, cfg.clip_range)
-        loss = masked_mean(pg, mask)
+        loss = masked_mean(weights * pg, mask)
         metrics = {"policy/clipfrac": masked_mean(diag["clipped"], mask),
                    "policy/approx_kl_k3": masked_mean(diag["approx_kl_k3"], mask)}
     metrics["loss/policy"] = loss
@@ -222,7 +225,7 @@ def grpo_objective(cfg: GRPOConfig, u: Update) -> tuple[torch.Tensor, dict[str, 
         u.out["logprobs"], u.mb.logprobs, u.mb.ref_logprobs, u.mb.extras["advantages"], mask,
         clip_range=cfg.clip_range, clip_range_high=cfg.clip_range_high or None,
         kl_coef=u.kl_coef, loss_type=cfg.loss_type, importance_level=cfg.importance_level,
-        max_length=cfg.max_new_tokens, normalizer=u.normalizer)
+        max_length=cfg.max_new_tokens, normalizer=u.normalizer, token_weights=u.token_weights)
     return loss, {"loss/policy": diag["policy"], "loss/kl": diag["kl"],
                   "policy/clipfrac": masked_mean(diag["clipped"], mask),
                   "policy/approx_kl_k3": masked_mean(diag["approx_kl_k3"], mask)}
@@ -338,8 +341,9 @@ def train_pg(cfg: Any, reward_fn: RewardFn | None = None) -> Path:
                 mb = rollout if single_pass else rollout.select(perm[start:start + mb_size])
                 with run.acc.autocast():
                     out = first if single_pass else forward_response(run.model, mb, temperature)
-                    loss, extra = algo.loss(cfg, Update(out, mb, single_pass, run.kl_ctl.value,
-                                                        normalizer))
+                    update = Update(out, mb, single_pass, run.kl_ctl.value, normalizer,
+                                    run.tis_weights(mb))
+                    loss, extra = algo.loss(cfg, update)
                     entropy = entropy_from_logits(out["logits"])
                     loss = loss - cfg.entropy_coef * entropy.mean()
                 run.backward(loss)

@@ -154,6 +154,9 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None) -> Path:
                         mb_values = out["values"]
                     pg, diag = ppo_policy_loss(out["logprobs"], mb.logprobs,
                                                mb.extras["advantages"], cfg.clip_range)
+                    tis = run.tis_weights(mb)
+                    if tis is not None:  # --tis-cap: the engine's numerical gap
+                        pg = pg * tis
                     vf, vdiag = ppo_value_loss(mb_values, mb.extras["values"],
                                                mb.extras["returns"], cfg.clip_range_value)
                     entropy = entropy_from_logits(out["logits"])  # (N,)

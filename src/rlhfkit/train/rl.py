@@ -40,12 +40,13 @@ from rlhfkit.models.reward import RewardModel
 from rlhfkit.rewards.shaping import KLController
 from rlhfkit.rewards.sources import RewardSource, RewardTerms, SourceContext, combine, scorer_source
 from rlhfkit.rollout import (
-    HFBackend,
+    GenerationBackend,
     PolicyWithValue,
     ReferencePolicy,
     Rollout,
     SamplingConfig,
     forward_response,
+    make_backend,
     response_logprobs,
     sample,
     scatter_tokens,
@@ -104,6 +105,11 @@ class RLConfig(RunOptions, OptimOptions, ModelOptions):
     """Top-k sampling (0 = off)."""
     max_prompt_tokens: int = 128
     """Keep at most this many prompt tokens (the most recent)."""
+    generation_backend: str = "auto"
+    """Sampler: hf (transformers generate), vllm (a vLLM engine in this process; the 'vllm'
+    extra), or auto (vLLM where installed and it can serve the model, else hf, said in one line)."""
+    vllm_kv_cache_gb: float = 1.0
+    """vLLM: memory for the engine's KV cache on CPU, GiB."""
     kl_coef: float = 0.05
     """beta: weight of the per-token KL penalty (in the reward, or in the loss for GRPO)."""
     kl_target: float = 0.0
@@ -147,6 +153,10 @@ class UpdateOptions:
     """Passes over each rollout batch."""
     clip_range: float = 0.2
     """Ratio clip epsilon (REINFORCE and RLOO use it only when an update reuses samples)."""
+    tis_cap: float = 0.0
+    """Truncated importance sampling (Yao et al. 2025): weight each token's policy loss by
+    min(pi_trainer / pi_engine, cap) at sampling time, correcting the vLLM engine's numerical
+    gap (0 = off; it needs the vLLM backend, e.g. 2)."""
 
 
 class Critic(nn.Module):
@@ -241,7 +251,9 @@ class RLRun:
         self.model = wrapped[0]
         if self.critic is not None:
             self.critic = wrapped[1]
-        self._backend: HFBackend | None = None
+        self._backend: GenerationBackend | None = None
+        self.policy_version = 0
+        """Optimizer steps taken by this process (a generation engine syncs when it changes)."""
         self._last: dict[str, float] = {}
         self._step_t0 = time.perf_counter()
 
@@ -276,6 +288,18 @@ class RLRun:
         """Rollout batches done."""
         return self.run.step
 
+    @property
+    def backend(self) -> GenerationBackend:
+        """The sampler of ``--generation-backend``, made on first use (one per process)."""
+        if self._backend is None:
+            cfg = self.cfg
+            self._backend = make_backend(
+                cfg.generation_backend, cfg.model, self.autocast, seed=cfg.seed + self.rank,
+                max_model_len=cfg.max_prompt_tokens + cfg.max_new_tokens + 1,
+                kv_cache_gb=cfg.vllm_kv_cache_gb,
+                log=print if self.acc.is_main_process else (lambda *a: None))
+        return self._backend
+
     # ------------------------------------------------------------------ data
     def prompt_batch(self, step: int) -> list[Any]:
         """This process's prompts at ``step``, each repeated ``k`` times (consecutively)."""
@@ -302,10 +326,14 @@ class RLRun:
         """
         cfg = self.cfg
         scorer = self.acc.unwrap_model(self.model)
-        if self._backend is None:  # one backend: it keeps its bf16 copy
-            self._backend = HFBackend(self.autocast)
+        backend = self.backend
+        if hasattr(backend, "sync"):  # an engine with its own weights: bring them up to date
+            backend.sync(self.lm, self.policy_version)
+            # Seeded by the step, so a resumed run samples what an uninterrupted one would.
+            backend.seed = (cfg.seed * 1_000_003 + self.step * 7_919 + self.rank * 131
+                            + (0 if with_values else 61)) % 2**31
         rollout = sample(self.lm, self.tokenizer, prompts, self.sampling, self.system_prompt,
-                         backend=self._backend, scorer=None,
+                         backend=backend, scorer=None,
                          max_prompt_tokens=cfg.max_prompt_tokens, autocast=self.autocast)
         t = cfg.temperature or 1.0
         with self._autocast():
@@ -350,7 +378,9 @@ class RLRun:
 
     def optimizer_step(self) -> float:
         """Clip, step, advance the schedule; returns the gradient norm."""
-        return self.run.optimizer_step()
+        norm = self.run.optimizer_step()
+        self.policy_version += 1
+        return norm
 
     # ------------------------------------------------------------------ the loop
     def steps(self) -> Iterator[int]:
@@ -358,7 +388,10 @@ class RLRun:
 
         Evaluates and checkpoints between steps as configured, and saves the final policy.
         """
+        first = True
         for step in self.run.steps(self.total_steps, self.evaluate, unit="batch"):
+            if first:  # resumed: the weights are the checkpoint's, not those of --model
+                self.policy_version, first = step * self.updates_per_step, False
             yield step
             last = self._last
             self.run.postfix = {k.split("/")[-1]: f"{last[k]:.3g}" for k in
@@ -412,6 +445,11 @@ class RLRun:
         }
         if rewards is not None:
             m["reward/total"] = float(rewards.sum(-1).mean())
+        engine = rollout.extras.get("engine_logprobs")
+        if engine is not None:  # the trainer's log-probs against the engine's, per token
+            gap = (rollout.logprobs.float() - engine.float()).abs()[rollout.response_mask.bool()]
+            m["rollout/logprob_gap_mean"] = float(gap.mean()) if gap.numel() else 0.0
+            m["rollout/logprob_gap_max"] = float(gap.max()) if gap.numel() else 0.0
         for name, values in terms.by_source.items():
             m[f"reward/{name}"] = float(values.mean())
         gold = self.gold_scores(rollout)
@@ -474,3 +512,16 @@ class RLRun:
             print(f"[{self.stage}] saved the policy to {self.out / 'model'}")
         self.acc.wait_for_everyone()
         return self.out / "model"
+
+    def tis_weights(self, mb: Rollout) -> torch.Tensor | None:
+        """(B, R) truncated importance weights ``min(pi_trainer / pi_engine, cap)``, or None.
+
+        Yao et al. (2025): the engine samples from a slightly different distribution than the
+        trainer computes (other kernels, bf16); weighting each token's policy loss by the
+        capped ratio at sampling time corrects for it. Needs ``--tis-cap`` and engine log-probs.
+        """
+        cap = getattr(self.cfg, "tis_cap", 0.0)
+        engine = mb.extras.get("engine_logprobs")
+        if not cap or engine is None:
+            return None
+        return torch.exp(mb.logprobs.float() - engine.float()).clamp(max=cap).detach()

@@ -157,3 +157,29 @@ def test_grpo_on_the_vllm_backend_learns(wide_good_bad_policy, tmp_path):
     assert_learned(out, min_gain=0.1)
     train, _ = read_metrics(out)
     assert all(r["rollout/logprob_gap_max"] < 1e-3 for r in train)  # fp32 on both sides
+
+
+@pytest.mark.multiproc
+def test_two_engine_processes_share_the_prompts_and_follow_the_weights(wide_lm, tokenizer):
+    """Engines apart from the trainer (``--vllm-engines 2``): the k copies of a prompt stay on
+    one engine, the rollout is transformers' greedy one, and weights reach both engines over a
+    gloo group of their own and through a shared file."""
+    from rlhfkit.engines.remote import RemoteBackend
+
+    backend = make_backend("vllm", str(wide_lm), None, max_model_len=256, engines="2")
+    assert isinstance(backend, RemoteBackend) and len(backend.clients) == 2
+    try:
+        lm = load_causal_lm(str(wide_lm)).eval()
+        prompts = [p for p in PROMPTS for _ in range(2)]  # k = 2
+        hf = sample(lm, tokenizer, prompts, GREEDY, SYSTEM, backend=HFBackend(None))
+        assert sample(lm, tokenizer, prompts, GREEDY, SYSTEM, backend=backend).response_ids \
+            == hf.response_ids
+        for mode, version, seed in (("gloo", 1, 4), ("file", 2, 5)):
+            backend.sync_mode = mode
+            moved = perturbed(lm, 0.3, seed=seed)
+            hf = sample(moved, tokenizer, prompts, GREEDY, SYSTEM, backend=HFBackend(None))
+            assert backend.sync(moved, version)
+            assert sample(moved, tokenizer, prompts, GREEDY, SYSTEM,
+                          backend=backend).response_ids == hf.response_ids, mode
+    finally:
+        backend.close()

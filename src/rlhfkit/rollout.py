@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, Protocol
@@ -36,6 +37,7 @@ from tqdm.auto import tqdm
 
 from rlhfkit.config import ConfigError
 from rlhfkit.data.chat import encode, pad, prompt_text, repeats
+from rlhfkit.engines.remote import KEY_ENV, EngineClient, RemoteBackend, start_local_engines
 from rlhfkit.engines.vllm import VLLMBackend, VLLMEngine, engine_problem
 from rlhfkit.losses import token_logprobs
 from rlhfkit.models.loading import checkpoint_weights, load_causal_lm, load_tokenizer, resolve
@@ -519,7 +521,8 @@ def place_token_values(values: Sequence[Sequence[float]], response_mask: torch.T
 
 def make_backend(kind: str, model: str, autocast: torch.dtype | None = None, seed: int = 0,
                  max_model_len: int = 1024, kv_cache_gb: float = 1.0,
-                 log: Any = print) -> GenerationBackend:
+                 log: Any = print, engines: str = "", weight_sync: str = "gloo"
+                 ) -> GenerationBackend:
     """The generation backend of ``--generation-backend``: ``hf``, ``vllm`` or ``auto``.
 
     ``auto`` takes vLLM when it is installed and can serve the model here, else Hugging Face
@@ -533,6 +536,9 @@ def make_backend(kind: str, model: str, autocast: torch.dtype | None = None, see
         max_model_len: Longest prompt + response the engine must hold.
         kv_cache_gb: The engine's KV-cache memory (CPU), GiB.
         log: Where the fallback line goes.
+        engines: ``""``: one engine in this process; ``N``: N engine processes started here;
+            ``HOST:PORT,...``: engines already running (``rlhfkit engine``).
+        weight_sync: How weights reach engines apart: ``gloo``, ``nccl`` or ``file``.
     """
     if kind not in BACKENDS:
         raise ConfigError(f"--generation-backend must be one of {', '.join(BACKENDS)}, got {kind!r}")
@@ -545,8 +551,19 @@ def make_backend(kind: str, model: str, autocast: torch.dtype | None = None, see
             raise ConfigError(f"--generation-backend vllm: {problem}")
         log(f"[generation] Hugging Face generate (vLLM not used: {problem})")
         return HFBackend(autocast)
-    engine = VLLMEngine(path, dtype="bfloat16" if autocast == torch.bfloat16 else "float32",
-                        seed=seed, max_model_len=max_model_len, kv_cache_gb=kv_cache_gb)
+    dtype = "bfloat16" if autocast == torch.bfloat16 else "float32"
+    if engines:
+        if engines.isdigit():
+            clients, _ = start_local_engines(int(engines), path, dtype, max_model_len,
+                                             kv_cache_gb, seed, log)
+        else:
+            key = os.environ.get(KEY_ENV)
+            if not key:
+                raise ConfigError(f"--vllm-engines {engines}: set {KEY_ENV} to the engines' key")
+            clients = [EngineClient(a.strip(), key) for a in engines.split(",") if a.strip()]
+        return RemoteBackend(clients, checkpoint_weights, sync=weight_sync)
+    engine = VLLMEngine(path, dtype=dtype, seed=seed, max_model_len=max_model_len,
+                        kv_cache_gb=kv_cache_gb)
     return VLLMBackend(engine, checkpoint_weights)
 
 

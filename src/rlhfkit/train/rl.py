@@ -102,6 +102,11 @@ class RLConfig(RunOptions, OptimOptions, ModelOptions):
     extra), or auto (vLLM where installed and it can serve the model, else hf, said in one line)."""
     vllm_kv_cache_gb: float = 1.0
     """vLLM: memory for the engine's KV cache on CPU, GiB."""
+    vllm_engines: str = ""
+    """vLLM engines apart from the trainer: N (start N engine processes here) or HOST:PORT,...
+    (engines started with rlhfkit engine); empty = one engine in the trainer's process."""
+    weight_sync: str = "gloo"
+    """How weights reach engines apart: gloo (CPU) or nccl (GPU) broadcast, or file."""
     kl_coef: float = 0.05
     """beta: weight of the per-token KL penalty (in the reward, or in the loss for GRPO)."""
     kl_target: float = 0.0
@@ -289,7 +294,8 @@ class RLRun:
                 cfg.generation_backend, cfg.model, self.autocast, seed=cfg.seed + self.rank,
                 max_model_len=cfg.max_prompt_tokens + cfg.max_new_tokens + 1,
                 kv_cache_gb=cfg.vllm_kv_cache_gb,
-                log=print if self.acc.is_main_process else (lambda *a: None))
+                log=print if self.acc.is_main_process else (lambda *a: None),
+                engines=cfg.vllm_engines, weight_sync=cfg.weight_sync)
         return self._backend
 
     # ------------------------------------------------------------------ data
@@ -501,6 +507,8 @@ class RLRun:
                            [fine_grained_section(self.out)])
         if self.acc.is_main_process:
             print(f"[{self.stage}] saved the policy to {self.out / 'model'}")
+        if hasattr(self._backend, "close"):
+            self._backend.close()
         self.acc.wait_for_everyone()
         return self.out / "model"
 

@@ -183,3 +183,44 @@ def test_two_engine_processes_share_the_prompts_and_follow_the_weights(wide_lm, 
                           backend=backend).response_ids == hf.response_ids, mode
     finally:
         backend.close()
+
+
+def test_async_generation_overlaps_and_still_learns(wide_good_bad_policy, tmp_path):
+    """--async-generation: batch s + 1 is sampled while the trainer updates on batch s; the
+    update's ratio is taken against the engine's log-probs; GRPO still learns."""
+    from rlhfkit.train.pg import GRPOConfig, train_pg
+    from rlhfkit.train.rl import RLRun
+    from test_rl import assert_learned, good_share, read_metrics, rl_common
+
+    sampled_with: list[tuple[int, int]] = []  # (step being prefetched, policy version then)
+    prefetch = RLRun._prefetch
+
+    def spy(self, step):
+        sampled_with.append((step, self.policy_version))
+        return prefetch(self, step)
+
+    RLRun._prefetch = spy
+    try:
+        out = tmp_path / "grpo-async"
+        train_pg(GRPOConfig(**rl_common(wide_good_bad_policy, out, num_samples=4, batch_size=2,
+                                        kl_coef=0.04, generation_backend="vllm",
+                                        async_generation=True)), reward_fn=good_share)
+    finally:
+        RLRun._prefetch = prefetch
+    # batch s + 1 was sampled with the weights before update s: s updates behind, not s + 1
+    assert sampled_with == [(s + 1, s) for s in range(4)]
+    assert_learned(out, min_gain=0.1)
+    train, _ = read_metrics(out)
+    assert all(r["policy/clipfrac"] >= 0.0 for r in train)
+
+
+def test_async_generation_on_transformers_is_refused(tiny_lm, tmp_path):
+    from rlhfkit.train.loop import TrainingError
+    from rlhfkit.train.pg import GRPOConfig, train_pg
+    from test_rl import good_share, rl_common
+
+    with pytest.raises(TrainingError, match="needs a vLLM backend"):
+        train_pg(GRPOConfig(**rl_common(tiny_lm, tmp_path / "x", num_samples=2,
+                                        batch_size=2, generation_backend="hf",
+                                        async_generation=True, max_steps=1)),
+                 reward_fn=good_share)

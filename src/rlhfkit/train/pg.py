@@ -311,11 +311,11 @@ def train_pg(cfg: Any, reward_fn: RewardFn | None = None) -> Path:
     # the log-probs "at sampling time" are those of the training forward pass. Take them from
     # there instead of a separate no-grad pass over the rollout (the ratio is then exactly 1,
     # and its gradient is the policy gradient).
-    single_pass = cfg.update_epochs == 1 and mb_size >= rollout_size
+    single_pass = cfg.update_epochs == 1 and mb_size >= rollout_size and not run.off_policy
     for step in run.steps():
         run.start_step()
         # 1. rollout (k consecutive samples per prompt) ---------------------------------
-        rollout = run.rollout(run.prompt_batch(step), policy_logprobs=not single_pass)
+        rollout = run.train_rollout(step, policy_logprobs=not single_pass)
         first = None
         if single_pass:
             with run.acc.autocast():

@@ -118,7 +118,7 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None) -> Path:
         # process), so a resumed run draws exactly what an uninterrupted one would have.
         rng = random.Random(f"ptx/{cfg.seed}/{run.rank}/{step}")
         # 1. rollout ------------------------------------------------------------------
-        rollout = run.rollout(run.prompt_batch(step))
+        rollout = run.train_rollout(step)
         mask = rollout.response_mask
         old_values = rollout.extras["values"]  # (B, R)
         # 2. rewards ------------------------------------------------------------------

@@ -561,7 +561,9 @@ def make_backend(kind: str, model: str, autocast: torch.dtype | None = None, see
             if not key:
                 raise ConfigError(f"--vllm-engines {engines}: set {KEY_ENV} to the engines' key")
             clients = [EngineClient(a.strip(), key) for a in engines.split(",") if a.strip()]
-        return RemoteBackend(clients, checkpoint_weights, sync=weight_sync)
+        # The address engines reach this process at for the weight broadcast (set by --ray).
+        host = os.environ.get("RLHFKIT_TRAINER_HOST", "127.0.0.1")
+        return RemoteBackend(clients, checkpoint_weights, sync=weight_sync, channel_host=host)
     engine = VLLMEngine(path, dtype=dtype, seed=seed, max_model_len=max_model_len,
                         kv_cache_gb=kv_cache_gb)
     return VLLMBackend(engine, checkpoint_weights)

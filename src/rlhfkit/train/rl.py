@@ -145,6 +145,27 @@ class RewardOptions:
 
 
 @dataclass
+class PlacementOptions:
+    """Where the trainer and the engines run: this machine, or a Ray cluster (``--ray``)."""
+
+    ray: str = ""
+    """Run on Ray: auto (a local cluster, or the one this machine belongs to) or the address of
+    a cluster's head (ray start --head); empty = no Ray. Needs the 'ray' extra."""
+    ray_trainers: int = 1
+    """--ray: trainer processes (one torch.distributed world; data parallel)."""
+    ray_engines: int = 1
+    """--ray: vLLM engine actors, shared out among the trainer processes."""
+    ray_gpus_per_trainer: float = 0.0
+    """--ray: GPUs each trainer process takes (0 on CPU)."""
+    ray_gpus_per_engine: float = 0.0
+    """--ray: GPUs each engine takes (0 on CPU; 0.5 puts two engines on one GPU)."""
+    ray_cpus_per_worker: float = 1.0
+    """--ray: CPUs each trainer process and each engine takes."""
+    ray_strategy: str = "PACK"
+    """--ray: placement of the bundles: PACK (as few nodes as fit) or SPREAD."""
+
+
+@dataclass
 class UpdateOptions:
     """How each rollout batch is reused for updates (PPO and the policy-gradient table)."""
 
@@ -293,15 +314,26 @@ class RLRun:
 
     @property
     def backend(self) -> GenerationBackend:
-        """The sampler of ``--generation-backend``, made on first use (one per process)."""
+        """The sampler of ``--generation-backend``, made on first use (one per process).
+
+        Engines given by address are shared out among the trainer processes (each syncs and
+        samples on its own share); ``--vllm-engines N`` starts N engines per process.
+        """
         if self._backend is None:
             cfg = self.cfg
+            engines = cfg.vllm_engines
+            if engines and not engines.isdigit() and self.world > 1:
+                addresses = [a for a in engines.split(",") if a.strip()]
+                if len(addresses) < self.world:
+                    raise TrainingError(f"{len(addresses)} engine(s) for {self.world} trainer "
+                                        "processes: give each process at least one")
+                engines = ",".join(addresses[self.rank::self.world])
             self._backend = make_backend(
                 cfg.generation_backend, cfg.model, self.autocast, seed=cfg.seed + self.rank,
                 max_model_len=cfg.max_prompt_tokens + cfg.max_new_tokens + 1,
                 kv_cache_gb=cfg.vllm_kv_cache_gb,
                 log=print if self.acc.is_main_process else (lambda *a: None),
-                engines=cfg.vllm_engines, weight_sync=cfg.weight_sync)
+                engines=engines, weight_sync=cfg.weight_sync)
         return self._backend
 
     # ------------------------------------------------------------------ data

@@ -321,6 +321,9 @@ class RLRun:
         """
         if self._backend is None:
             cfg = self.cfg
+            if cfg.generation_backend != "hf" and self.acc.distributed_type.name == "FSDP":
+                raise TrainingError("syncing vLLM engines from FSDP shards is not supported yet: "
+                                    "use --generation-backend hf under FSDP (docs/rl.md)")
             engines = cfg.vllm_engines
             if engines and not engines.isdigit() and self.world > 1:
                 addresses = [a for a in engines.split(",") if a.strip()]

@@ -157,3 +157,94 @@ def test_grpo_on_the_vllm_backend_learns(wide_good_bad_policy, tmp_path):
     assert_learned(out, min_gain=0.1)
     train, _ = read_metrics(out)
     assert all(r["rollout/logprob_gap_max"] < 1e-3 for r in train)  # fp32 on both sides
+
+
+@pytest.mark.multiproc
+def test_two_engine_processes_share_the_prompts_and_follow_the_weights(wide_lm, tokenizer):
+    """Engines apart from the trainer (``--vllm-engines 2``): the k copies of a prompt stay on
+    one engine, the rollout is transformers' greedy one, and weights reach both engines over a
+    gloo group of their own and through a shared file."""
+    from rlhfkit.engines.remote import RemoteBackend
+
+    backend = make_backend("vllm", str(wide_lm), None, max_model_len=256, engines="2")
+    assert isinstance(backend, RemoteBackend) and len(backend.clients) == 2
+    try:
+        lm = load_causal_lm(str(wide_lm)).eval()
+        prompts = [p for p in PROMPTS for _ in range(2)]  # k = 2
+        hf = sample(lm, tokenizer, prompts, GREEDY, SYSTEM, backend=HFBackend(None))
+        assert sample(lm, tokenizer, prompts, GREEDY, SYSTEM, backend=backend).response_ids \
+            == hf.response_ids
+        for mode, version, seed in (("gloo", 1, 4), ("file", 2, 5)):
+            backend.sync_mode = mode
+            moved = perturbed(lm, 0.3, seed=seed)
+            hf = sample(moved, tokenizer, prompts, GREEDY, SYSTEM, backend=HFBackend(None))
+            assert backend.sync(moved, version)
+            assert sample(moved, tokenizer, prompts, GREEDY, SYSTEM,
+                          backend=backend).response_ids == hf.response_ids, mode
+    finally:
+        backend.close()
+
+
+def test_async_generation_overlaps_and_still_learns(wide_good_bad_policy, tmp_path):
+    """--async-generation: batch s + 1 is sampled while the trainer updates on batch s; the
+    update's ratio is taken against the engine's log-probs; GRPO still learns."""
+    from rlhfkit.train.pg import GRPOConfig, train_pg
+    from rlhfkit.train.rl import RLRun
+    from test_rl import assert_learned, good_share, read_metrics, rl_common
+
+    sampled_with: list[tuple[int, int]] = []  # (step being prefetched, policy version then)
+    prefetch = RLRun._prefetch
+
+    def spy(self, step):
+        sampled_with.append((step, self.policy_version))
+        return prefetch(self, step)
+
+    RLRun._prefetch = spy
+    try:
+        out = tmp_path / "grpo-async"
+        train_pg(GRPOConfig(**rl_common(wide_good_bad_policy, out, num_samples=4, batch_size=2,
+                                        kl_coef=0.04, generation_backend="vllm",
+                                        async_generation=True)), reward_fn=good_share)
+    finally:
+        RLRun._prefetch = prefetch
+    # batch s + 1 was sampled with the weights before update s: s updates behind, not s + 1
+    assert sampled_with == [(s + 1, s) for s in range(4)]
+    assert_learned(out, min_gain=0.1)
+    train, _ = read_metrics(out)
+    assert all(r["policy/clipfrac"] >= 0.0 for r in train)
+
+
+def test_async_generation_on_transformers_is_refused(tiny_lm, tmp_path):
+    from rlhfkit.train.loop import TrainingError
+    from rlhfkit.train.pg import GRPOConfig, train_pg
+    from test_rl import good_share, rl_common
+
+    with pytest.raises(TrainingError, match="needs a vLLM backend"):
+        train_pg(GRPOConfig(**rl_common(tiny_lm, tmp_path / "x", num_samples=2,
+                                        batch_size=2, generation_backend="hf",
+                                        async_generation=True, max_steps=1)),
+                 reward_fn=good_share)
+
+
+@pytest.mark.multiproc
+def test_grpo_on_a_local_ray_cluster_with_one_trainer_and_one_engine_actor(wide_good_bad_policy,
+                                                                          tmp_path):
+    """--ray auto: a placement group of two bundles; the engine actor serves vLLM, the trainer
+    actor runs GRPO against it, syncing weights over gloo; the run finishes and saves."""
+    import ray
+
+    from rlhfkit.train.pg import GRPOConfig, train_pg
+    from test_rl import read_metrics, rl_common
+
+    out = tmp_path / "grpo-ray"
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        saved = train_pg(GRPOConfig(**rl_common(
+            wide_good_bad_policy, out, num_samples=2, batch_size=2, max_steps=2, eval_prompts=2,
+            reward_model="scorer:sentiment", ray="auto", ray_trainers=1, ray_engines=1)))
+    finally:
+        ray.shutdown()
+    assert saved == out / "model" and (saved / "config.json").exists()
+    train, _ = read_metrics(out)
+    assert len(train) == 2
+    assert all(r["rollout/logprob_gap_max"] < 1e-3 for r in train)  # weights reached the engine

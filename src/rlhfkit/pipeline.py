@@ -30,7 +30,13 @@ from rlhfkit.models.loading import DEFAULT_MODEL, load_causal_lm, load_tokenizer
 from rlhfkit.models.policy import SelectiveLM
 from rlhfkit.models.reward import RewardModel
 from rlhfkit.rewards.sources import rm_scores
-from rlhfkit.rollout import ReferencePolicy, SamplingConfig, generate_responses, sample
+from rlhfkit.rollout import (
+    ReferencePolicy,
+    SamplingConfig,
+    generate_responses,
+    make_backend,
+    sample,
+)
 from rlhfkit.tasks import get_task
 from rlhfkit.train.best_of_n import best_of_n
 from rlhfkit.train.dpo import DPOConfig, train_dpo
@@ -92,6 +98,8 @@ class DemoConfig:
     rank_prompts: int = 0
     """Prompts to sample and rank with --rm-data samples (0 = the preset's: every train prompt
     without a demonstration, 64 with --quick)."""
+    generation_backend: str = "auto"
+    """Sampler of every stage that samples: hf, vllm or auto (vLLM where installed)."""
 
 
 def run_demo(cfg: DemoConfig) -> Path:
@@ -207,7 +215,8 @@ def rank_policy_samples(cfg: DemoConfig, policy: Path, path: Path) -> Path:
           f"{policy} for the simulated labeler to rank")
     responses = generate_responses(str(policy), prompts, cfg.rank_k,
                                    max_new_tokens=cfg.max_new_tokens, seed=cfg.seed,
-                                   system_prompt=task.system_prompt, progress=cfg.progress)
+                                   system_prompt=task.system_prompt, progress=cfg.progress,
+                                   generation_backend=cfg.generation_backend)
     labeler = task.labeler(seed=cfg.seed,
                            temperature=getattr(task, "labeler_temperature", 0.1))
     rankings = labeler.rank_batch(prompts, responses)
@@ -250,7 +259,8 @@ def run_rl(cfg: DemoConfig, policy: Path, reward_model: Path, out: Path,
                                    eval_fraction=0.15, **common)), out / algo
     rl = dict(model=str(policy), reward_model=str(reward_model), data=data,
               max_steps=steps, max_new_tokens=cfg.max_new_tokens, kl_coef=cfg.kl_coef,
-              eval_prompts=8 if cfg.quick else 16, **common)
+              eval_prompts=8 if cfg.quick else 16, generation_backend=cfg.generation_backend,
+              **common)
     lr = cfg.rl_learning_rate or (2e-4 if cfg.lora else 1e-5)
     if algo == "ppo":
 
@@ -290,12 +300,15 @@ def evaluate_final(cfg: DemoConfig, sft: Path, final: Path | None, reward_model:
     rm = RewardModel.from_pretrained(str(reward_model), pad_token_id=tok.pad_token_id).eval()
     sampling = SamplingConfig(max_new_tokens=cfg.max_new_tokens)
     sft_lm = load_causal_lm(str(sft)).eval()
-    before = sample(sft_lm, tok, prompts, sampling, task.system_prompt)
+    max_len = cfg.max_new_tokens + 256
+    backend = make_backend(cfg.generation_backend, str(sft), None, seed=cfg.seed,
+                           max_model_len=max_len)
+    before = sample(sft_lm, tok, prompts, sampling, task.system_prompt, backend=backend)
     if final is None:  # best-of-n from the SFT policy, scored by the RM
         rl_dir.mkdir(parents=True, exist_ok=True)
         picked = best_of_n(sft_lm, tok, prompts, 4,
                            lambda p, t, r: rm_scores(rm, r).tolist(),
-                           sampling, task.system_prompt)
+                           sampling, task.system_prompt, backend=backend)
         after_texts = [r["best"] for r in picked]
         after = None
         # Best-of-n has no per-token log-probs to measure; its KL to the sampling policy is
@@ -304,12 +317,17 @@ def evaluate_final(cfg: DemoConfig, sft: Path, final: Path | None, reward_model:
         rm_after = [r["best_score"] for r in picked]
     else:
         lm = load_causal_lm(str(final)).eval()
-        after = sample(lm, tok, prompts, sampling, task.system_prompt, scorer=SelectiveLM(lm))
+        if hasattr(backend, "sync"):
+            backend.sync(lm, 1)  # the same engine, now holding the final policy
+        after = sample(lm, tok, prompts, sampling, task.system_prompt, scorer=SelectiveLM(lm),
+                       backend=backend)
         ref = ReferencePolicy(sft_lm, frozen=sft_lm)
         ref_lp = ref.logprobs(after)
         kl_final = float(((after.logprobs - ref_lp) * after.response_mask).sum(-1).mean())
         after_texts = after.texts
         rm_after = rm_scores(rm, after).tolist()
+    if hasattr(backend, "close"):
+        backend.close()
     rm_before = rm_scores(rm, before).tolist()
     g_before, g_after = gold(prompts, before.texts), gold(prompts, after_texts)
     wr = win_rate(g_after, g_before)

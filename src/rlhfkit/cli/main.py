@@ -69,6 +69,9 @@ COMMANDS: list[Command] = [
     _stage("nash", "Nash-MD: play against a mixture of the policy and the reference, payoff "
            "from a pairwise preference model (Munos et al. 2023)", "train.nash", "NashConfig",
            "train_nash"),
+    _stage("engine", "A vLLM generation engine for RL stages on other processes or machines "
+           "(--vllm-engines HOST:PORT; the auth key in RLHFKIT_ENGINE_KEY)", "engines.remote",
+           "EngineConfig", "serve_engine"),
     _stage("demo", "Run the whole loop on the default model and write a report", "pipeline",
            "DemoConfig", "run_demo"),
     _stage("detox", "Detoxification: SFT, then PPO with holistic vs fine-grained (per-sentence) "

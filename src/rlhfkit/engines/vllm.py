@@ -112,6 +112,8 @@ class VLLMEngine:
         from vllm import SamplingParams
 
         greedy = sampling.temperature <= 0
+        if greedy:  # vLLM takes n=1 only for greedy requests: send every copy (prefix-cached)
+            k = 1
         requests = [{"prompt_token_ids": list(p)} for p in prompt_ids[::k]]
         params = [SamplingParams(
             n=k, temperature=0.0 if greedy else sampling.temperature,
@@ -181,3 +183,7 @@ class VLLMBackend:
         pairs = self.engine.generate(prompt_ids, sampling, eos_token_ids, k=k, seed=self.seed)
         self.last_logprobs = [lps for _, lps in pairs]
         return [ids for ids, _ in pairs]
+
+    def close(self) -> None:
+        """Free the engine."""
+        self.engine.close()

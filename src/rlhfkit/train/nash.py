@@ -379,6 +379,9 @@ def train_nash(cfg: NashConfig, preference_fn: PreferenceFn | None = None) -> Pa
     """
     if not 0.0 <= cfg.mixture_beta <= 1.0:
         raise ValueError(f"--mixture-beta must be in [0, 1], got {cfg.mixture_beta}")
+    if cfg.async_generation:
+        raise ValueError("nash samples its opponents with transformers each step: "
+                         "--async-generation is not available")
     if cfg.baseline not in ("none", "mean"):
         raise ValueError(f"--baseline must be none or mean for Nash-MD, got {cfg.baseline!r}")
     if preference_fn is None:  # fail before loading the policy

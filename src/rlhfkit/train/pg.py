@@ -25,6 +25,7 @@ gradient, and the plain loss is used.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,7 @@ from typing import Any
 import torch
 
 from rlhfkit import config as cfglib
+from rlhfkit.engines.placement import run_on_ray
 from rlhfkit.losses import (
     GRPO_LOSS_TYPES,
     IMPORTANCE_LEVELS,
@@ -50,11 +52,18 @@ from rlhfkit.losses import (
 from rlhfkit.rewards.shaping import token_rewards
 from rlhfkit.rewards.sources import RewardTerms
 from rlhfkit.rollout import Rollout, forward_response
-from rlhfkit.train.rl import RewardFn, RewardOptions, RLConfig, RLRun, UpdateOptions
+from rlhfkit.train.rl import (
+    PlacementOptions,
+    RewardFn,
+    RewardOptions,
+    RLConfig,
+    RLRun,
+    UpdateOptions,
+)
 
 
 @dataclass
-class ReinforceConfig(RLConfig, RewardOptions, UpdateOptions):
+class ReinforceConfig(RLConfig, RewardOptions, UpdateOptions, PlacementOptions):
     """REINFORCE with reward-to-go and a baseline (``rlhfkit reinforce``)."""
 
     output_dir: str = "runs/reinforce"
@@ -74,7 +83,7 @@ class ReinforceConfig(RLConfig, RewardOptions, UpdateOptions):
 
 
 @dataclass
-class RLOOConfig(RLConfig, RewardOptions, UpdateOptions):
+class RLOOConfig(RLConfig, RewardOptions, UpdateOptions, PlacementOptions):
     """REINFORCE leave-one-out over k samples per prompt (``rlhfkit rloo``)."""
 
     output_dir: str = "runs/rloo"
@@ -88,7 +97,7 @@ class RLOOConfig(RLConfig, RewardOptions, UpdateOptions):
 
 
 @dataclass
-class GRPOConfig(RLConfig, RewardOptions, UpdateOptions):
+class GRPOConfig(RLConfig, RewardOptions, UpdateOptions, PlacementOptions):
     """Group-relative policy optimisation (``rlhfkit grpo``)."""
 
     output_dir: str = "runs/grpo"
@@ -295,6 +304,8 @@ def train_pg(cfg: Any, reward_fn: RewardFn | None = None) -> Path:
     """Run the policy-gradient algorithm of ``cfg`` (its config class); returns the saved policy."""
     name, algo = algorithm_of(cfg)
     check_pg_config(name, algo, cfg)
+    if cfg.ray:  # the same function, as trainer actors next to engine actors on Ray
+        return Path(run_on_ray(functools.partial(train_pg, reward_fn=reward_fn), cfg))
     value = "policy" if getattr(cfg, "baseline", None) == "value" else None
     rollout_size = cfg.batch_size * cfg.num_samples
     mb_size = cfg.mini_batch_size or rollout_size
@@ -311,11 +322,11 @@ def train_pg(cfg: Any, reward_fn: RewardFn | None = None) -> Path:
     # the log-probs "at sampling time" are those of the training forward pass. Take them from
     # there instead of a separate no-grad pass over the rollout (the ratio is then exactly 1,
     # and its gradient is the policy gradient).
-    single_pass = cfg.update_epochs == 1 and mb_size >= rollout_size
+    single_pass = cfg.update_epochs == 1 and mb_size >= rollout_size and not run.off_policy
     for step in run.steps():
         run.start_step()
         # 1. rollout (k consecutive samples per prompt) ---------------------------------
-        rollout = run.rollout(run.prompt_batch(step), policy_logprobs=not single_pass)
+        rollout = run.train_rollout(step, policy_logprobs=not single_pass)
         first = None
         if single_pass:
             with run.acc.autocast():

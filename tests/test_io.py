@@ -472,9 +472,9 @@ def test_db_path_is_dispatched_to_the_store(monkeypatch):
             {"kind": "binary", "prompt": "p", "response": "r", "label": True},
         ]
 
-    store = types.ModuleType("rlhfkit.feedback.store")
+    store = types.ModuleType("rlhfkit.feedback.transfer")
     store.read_project_records = read_project_records
-    monkeypatch.setitem(sys.modules, "rlhfkit.feedback.store", store)
+    monkeypatch.setitem(sys.modules, "rlhfkit.feedback.transfer", store)
 
     records = read_records("db:sqlite:///feedback.db")
     assert seen == ["sqlite:///feedback.db"]
@@ -485,9 +485,9 @@ def test_db_path_is_dispatched_to_the_store(monkeypatch):
 
 
 def test_db_path_without_the_store_module_says_what_is_missing(monkeypatch):
-    monkeypatch.setitem(sys.modules, "rlhfkit.feedback.store", None)  # import now fails
+    monkeypatch.setitem(sys.modules, "rlhfkit.feedback.transfer", None)  # import now fails
     with pytest.raises(ImportError) as info:
         read_records("db:postgresql://me:secret@host/db")
     message = str(info.value)
-    assert "rlhfkit.feedback.store" in message
+    assert "rlhfkit.feedback.transfer" in message
     assert "secret" not in message and "me:***@host" in message

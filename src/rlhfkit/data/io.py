@@ -2,7 +2,7 @@
 
 The format comes from the path: ``.jsonl`` (or ``.ndjson``), ``.json``, ``.csv``, ``.parquet``
 (or ``.pq``), a folder written by ``datasets.Dataset.save_to_disk``, or ``db:<url>`` for a
-feedback store (read through :func:`rlhfkit.feedback.store.read_project_records`).
+feedback store (read through :func:`rlhfkit.feedback.transfer.read_project_records`).
 
 What a file holds:
 
@@ -353,11 +353,11 @@ def _read_db(path: str, kind: str | None) -> list[Record]:
     url = path[len("db:") :]
     shown = re.sub(r"://([^:/@]*):[^@]*@", r"://\1:***@", path)  # hide a password
     try:
-        from rlhfkit.feedback.store import read_project_records
+        from rlhfkit.feedback.transfer import read_project_records
     except ImportError as err:
         raise ImportError(
             f"reading {shown!r} needs the feedback store "
-            f"(rlhfkit.feedback.store.read_project_records), which could not be imported: {err}"
+            f"(rlhfkit.feedback.transfer.read_project_records), which could not be imported: {err}"
         ) from err
     records = []
     for index, item in enumerate(read_project_records(url)):

@@ -281,3 +281,63 @@ def span_alpha(responses: Sequence[tuple[int, Mapping[str, Sequence[Span]]]], *,
         units.extend(u)
         counts.extend(c)
     return krippendorff_alpha(units, level="nominal", counts=counts)
+
+
+def categorical_agreement(units: Mapping[Hashable, Mapping[str, Hashable]], *,
+                          levels: Sequence[Level] = ("nominal",),
+                          weights: Literal[None, "linear", "quadratic"] = None,
+                          categories: Sequence[Hashable] | None = None, kappas: bool = True,
+                          majority: bool = True) -> dict:
+    """The agreement statistics of one question over ``{unit: {annotator: value}}``.
+
+    ``krippendorff_alpha_<level>`` for each of ``levels``; with ``kappas``, Fleiss' kappa
+    over the units with the commonest number of labels (``fleiss_items`` of them: Fleiss needs
+    the same count on every unit) and Cohen's kappa for every pair of annotators
+    (``cohen_kappa_pairs``, their mean ``cohen_kappa_mean``; ``weights`` and ``categories`` as
+    for :func:`cohen_kappa`); with ``majority``, :func:`majority_agreement`. Undefined values
+    are ``nan``.
+    """
+    per_unit = [list(row.values()) for row in units.values()]
+    multi = [u for u in per_unit if len(u) >= 2]
+    out: dict = {"units": len(units), "units_multi": len(multi)}
+    for level in levels:
+        out[f"krippendorff_alpha_{level}"] = krippendorff_alpha(per_unit, level=level)
+    if kappas:
+        out["fleiss_kappa"] = math.nan
+        if multi:
+            n = max({len(u) for u in multi}, key=lambda c: sum(len(u) == c for u in multi))
+            out["fleiss_kappa"] = fleiss_kappa([u for u in multi if len(u) == n])
+            out["fleiss_items"] = sum(len(u) == n for u in multi)
+        pairs = pairwise_cohen(units, weights=weights, categories=categories)
+        defined = [k for k in pairs.values() if not math.isnan(k)]
+        out["cohen_kappa_mean"] = sum(defined) / len(defined) if defined else math.nan
+        out["cohen_kappa_pairs"] = [{"a": a, "b": b, "kappa": k} for (a, b), k in pairs.items()]
+    else:
+        out["cohen_kappa_mean"] = out["fleiss_kappa"] = math.nan
+    if majority:
+        out["majority"] = majority_agreement(units)
+    return out
+
+
+def span_agreement(units: Mapping[Hashable, Mapping[str, tuple[int, Sequence[Span]]]]) -> dict:
+    """Per-character nominal alpha of span marks, over all categories and per category.
+
+    Args:
+        units: ``{item: {annotator: (response length, spans)}}``.
+
+    Returns:
+        ``units``, ``units_multi``, ``krippendorff_alpha_nominal``, ``alpha_by_category``
+        and ``characters`` (how many characters were compared by two or more annotators).
+    """
+    responses = []
+    for row in units.values():
+        lengths = {length for length, _ in row.values()}
+        responses.append((lengths.pop(), {who: spans for who, (_, spans) in row.items()}))
+    categories = sorted({c for _, marks in responses for spans in marks.values() for *_, c in spans})
+    return {
+        "units": len(units),
+        "units_multi": sum(len(marks) >= 2 for _, marks in responses),
+        "krippendorff_alpha_nominal": span_alpha(responses),
+        "alpha_by_category": {c: span_alpha(responses, category=c) for c in categories},
+        "characters": sum(length for length, marks in responses if len(marks) >= 2),
+    }

@@ -11,6 +11,8 @@ import getpass
 import json
 import sys
 
+from .questions import QUESTION_TYPES
+
 DEFAULT_DB = "sqlite:///feedback.db"
 
 
@@ -37,7 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     db_arg(p)
     p.add_argument("--name", required=True, help="project name (letters, digits, - _ .)")
     p.add_argument("--questions", required=True,
-                   help="comma-separated: write_prompt, demonstration, binary, pairwise, rank, likert, spans, correction")
+                   help=f"comma-separated: {', '.join(QUESTION_TYPES)}")
     p.add_argument("--file", help="items: .jsonl/.json/.csv/.txt/.parquet with prompt and optional responses")
     p.add_argument("--overlap", type=int, default=1, help="annotators per item (default 1)")
     p.add_argument("--guidelines", default="", help="guidelines text, or @FILE to read it from a file")
@@ -186,7 +188,7 @@ def _add_user(args) -> int:
 
 @_guarded
 def _export(args) -> int:
-    from .store import export_project
+    from .transfer import export_project
 
     n = export_project(args.db, args.project, args.out, include_gold=args.include_gold)
     print(f"wrote {n} records to {args.out}")

@@ -49,7 +49,9 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
+from ..data.records import SOURCES
 from . import questions as Q
+from .errors import StoreError
 from .security import hash_invite, hash_password, new_secret, verify_password
 
 ROLES = ("admin", "annotator")
@@ -61,16 +63,8 @@ USER_CACHE_S = 5.0
 SQLITE_SYNC = os.environ.get("RLHFKIT_SQLITE_SYNC", "FULL").upper()
 if SQLITE_SYNC not in ("FULL", "NORMAL", "EXTRA"):
     raise ValueError(f"RLHFKIT_SQLITE_SYNC must be FULL, NORMAL or EXTRA, not {SQLITE_SYNC!r}")
-SOURCES = ("human", "simulated", "ai")
 MAX_NAME = 64
-
-
-class StoreError(Exception):
-    """A request the store refuses; ``status`` is the HTTP status the API answers with."""
-
-    def __init__(self, message: str, status: int = 400):
-        super().__init__(message)
-        self.status = status
+__all__ = ["SOURCES", "Store", "StoreError", "Task"]
 
 
 class Base(DeclarativeBase):
@@ -831,15 +825,12 @@ def _new_project(name: str, questions: list[str], *, overlap: int = 1, guideline
                  arena: bool = False) -> Project:
     """A checked, not yet stored project."""
     _check_name(name, "project name")
-    try:
-        Q.check_questions(list(questions))
-    except Q.AnswerError as e:
-        raise StoreError(str(e), 422) from None
+    Q.check_questions(list(questions))
     if not 1 <= overlap <= 100:
         raise StoreError("overlap must be between 1 and 100")
     if lock_seconds < 1 or gold_every < 0:
         raise StoreError("lock_seconds must be positive and gold_every non-negative")
-    cats = list(categories) if categories else list(Q.SPAN_CATEGORIES)
+    cats = Q.check_categories(list(categories) if categories else None)
     return Project(name=name, questions=list(questions), guidelines=guidelines, overlap=overlap,
                    lock_seconds=lock_seconds, gold_every=gold_every, categories=cats,
                    arena=arena, created_at=time.time())
@@ -863,7 +854,7 @@ def _item_row(p: Project, raw: dict, n: int, lo: int, hi: int) -> Item:
         raise StoreError(f"item {n}: 'prompt' must be a string or a list of chat messages", 422)
     if len(json.dumps(prompt)) > Q.MAX_TEXT * 4:
         raise StoreError(f"item {n}: prompt is too long", 422)
-    needs_prompt = any(q != "write_prompt" for q in p.questions)
+    needs_prompt = any(Q.get(q).needs_prompt for q in p.questions)
     if needs_prompt and not prompt:
         raise StoreError(f"item {n}: 'prompt' is empty", 422)
     responses = []
@@ -905,43 +896,4 @@ def _check_answers(p: Project, item: Item, answers: Any, order: list[int]) -> di
         raise StoreError(f"answers must cover exactly the questions {p.questions}; "
                          f"missing {missing}, unexpected {extra}", 422)
     texts = [r["text"] for r in item.responses]
-    try:
-        return {q: Q.to_canonical(q, answers[q], order, texts, p.categories) for q in p.questions}
-    except Q.AnswerError as e:
-        raise StoreError(str(e), 422) from None
-
-
-def read_project_records(url: str, include_gold: bool = False) -> list:
-    """A project's labels as rlhfkit records.
-
-    ``url`` is ``sqlite:///feedback.db?project=NAME`` or a PostgreSQL URL with
-    ``?project=NAME``; a leading ``db:`` is accepted. This is what
-    :func:`rlhfkit.data.io.read_records` calls for ``db:`` paths, so its failures (no such
-    project, an unreachable server) are :class:`~rlhfkit.data.records.RecordError` naming the
-    URL (password hidden), as for any other source of records.
-    """
-    import re
-
-    from sqlalchemy.exc import SQLAlchemyError
-
-    from ..data.records import RecordError
-    from .transfer import read_project_records as _read
-
-    shown = re.sub(r"://([^:/@]*):[^@]*@", r"://\1:***@", url)
-    try:
-        return _read(url, include_gold)
-    except StoreError as err:
-        raise RecordError(str(err), file=shown) from err
-    except SQLAlchemyError as err:
-        cause = str(getattr(err, "orig", None) or err).strip().splitlines()[0]
-        raise RecordError(f"cannot read the feedback store: {cause}", file=shown) from err
-
-
-def export_project(url: str, project: str | None, path, include_gold: bool = False) -> int:
-    """Write a project's labels as records to ``path``; returns how many were written.
-
-    The format follows the extension (JSONL, Parquet, CSV); no extension = HF dataset folder.
-    """
-    from .transfer import export_project as _export
-
-    return _export(url, project, path, include_gold)
+    return {q: Q.get(q).validate(answers[q], order, texts, p.categories) for q in p.questions}

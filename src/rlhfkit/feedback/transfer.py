@@ -27,10 +27,13 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 from collections.abc import Iterable
 from itertools import combinations
 from pathlib import Path
 from typing import Any
+
+from sqlalchemy.exc import SQLAlchemyError
 
 from ..data import records as R
 from . import questions as Q
@@ -39,13 +42,11 @@ from .store import Item, Label, Store, StoreError, User, _iso, split_project_url
 
 def label_records(label: Label, item: Item, user: User, project: str,
                   include_gold: bool = False) -> list[R.Record]:
-    """The records one stored label stands for (see the module table)."""
+    """The records one stored label stands for, one per question (see the module table)."""
     if item.is_gold and not include_gold:
         return []
     texts = [r["text"] for r in item.responses]
-    common = {
-        "annotator": user.name, "source": user.source, "created_at": _iso(label.created_at),
-    }
+    common = {"annotator": user.name, "source": user.source, "created_at": _iso(label.created_at)}
     out: list[R.Record] = []
     for question, ans in label.answers.items():
         meta = {
@@ -56,42 +57,9 @@ def label_records(label: Label, item: Item, user: User, project: str,
         }
         if item.is_gold:
             meta["gold"] = True
-        rid = f"{project}/{label.id}/{question}"
-        kw = dict(common, id=rid, meta=meta)
         try:
-            if question == "write_prompt":
-                if item.prompt:
-                    meta["instructions"] = item.prompt
-                out.append(R.PromptRecord(prompt=ans["text"], **kw))
-            elif question == "demonstration":
-                out.append(R.Demonstration(prompt=item.prompt, response=ans["text"], **kw))
-            elif question == "correction":
-                meta["corrects"] = texts[0]
-                out.append(R.Demonstration(prompt=item.prompt, response=ans["text"], **kw))
-            elif question == "binary":
-                out.append(R.BinaryFeedback(prompt=item.prompt, response=texts[0],
-                                            label=ans["value"] == "up", **kw))
-            elif question == "likert":
-                out.append(R.ScoreFeedback(prompt=item.prompt, response=texts[0],
-                                           score=float(ans["score"]), **kw))
-            elif question == "spans":
-                out.append(R.SpanFeedback(
-                    prompt=item.prompt, response=texts[0],
-                    spans=[R.Span(s["start"], s["end"], s["category"], s.get("note"))
-                           for s in ans["spans"]],
-                    missing=list(ans.get("missing", [])), **kw))
-            elif question == "pairwise":
-                choice = ans["choice"]
-                if choice in (0, 1):
-                    out.append(R.Comparison(prompt=item.prompt, chosen=texts[choice],
-                                            rejected=texts[1 - choice], **kw))
-                else:
-                    meta["both_bad"] = choice == "both_bad"
-                    out.append(R.Comparison(prompt=item.prompt, chosen=texts[0],
-                                            rejected=texts[1], tie=True, **kw))
-            elif question == "rank":
-                out.append(R.Ranking(prompt=item.prompt, responses=texts,
-                                     ranks=list(ans["ranks"]), **kw))
+            out.append(Q.get(question).to_record(item.prompt, texts, ans, meta,
+                                                 dict(common, id=f"{project}/{label.id}/{question}")))
         except R.RecordError as err:
             # e.g. two identical responses cannot form a Comparison; say which label.
             raise StoreError(f"label {label.id} ({question}) is not a valid record: {err}") from err
@@ -104,16 +72,6 @@ def project_records(store: Store, project: str, include_gold: bool = False) -> l
     for label, item, user in store.label_rows(project):
         out.extend(label_records(label, item, user, project, include_gold))
     return out
-
-
-def write_jsonl(records: Iterable[R.Record], path: str | os.PathLike) -> int:
-    """Write records as JSON lines with a ``kind`` field; returns how many."""
-    n = 0
-    with open(path, "w", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps({"kind": r.kind, **r.to_dict()}, ensure_ascii=False) + "\n")
-            n += 1
-    return n
 
 
 def write_records_any(records: list[R.Record], path: str | os.PathLike) -> int:
@@ -257,72 +215,6 @@ def import_records(store: Store, project: str, records: Iterable[R.Record]) -> i
 
 # -- labels in: records from another tool (or an earlier export) ----------------------------
 
-RECORD_QUESTION = {
-    "prompt": "write_prompt", "demonstration": "demonstration", "binary": "binary",
-    "score": "likert", "span": "spans", "comparison": "pairwise", "ranking": "rank",
-}
-"""The question a record kind answers (a demonstration with ``meta.corrects`` is a correction)."""
-
-
-def record_question(record: R.Record) -> str:
-    """The question type a labelled record answers (see :data:`RECORD_QUESTION`)."""
-    if isinstance(record, R.Demonstration) and isinstance(record.meta.get("corrects"), str):
-        return "correction"
-    return RECORD_QUESTION[record.kind]
-
-
-def _record_item(r: R.Record, question: str) -> tuple[Any, list[str]]:
-    """The prompt and responses of the item a labelled record is about."""
-    if question == "write_prompt":
-        return r.meta.get("instructions") or "", []
-    if question == "demonstration":
-        return r.prompt, []
-    if question == "correction":
-        return r.prompt, [r.meta["corrects"]]
-    if question == "pairwise":
-        return r.prompt, [r.chosen, r.rejected]
-    if question == "rank":
-        return r.prompt, list(r.responses)
-    return r.prompt, [r.response]
-
-
-def _better_first_ranks(values: list, higher_is_better: bool) -> list[int]:
-    """Competition ranks, 0 = best: each response's rank is how many are strictly better."""
-    return [sum((w > v) if higher_is_better else (w < v) for w in values) for v in values]
-
-
-def _record_answer(r: R.Record, question: str, texts: list[str]) -> dict:
-    """The record's answer in display terms, the responses shown in the item's order."""
-    if question == "write_prompt":
-        if not isinstance(r.prompt, str):
-            raise StoreError("a prompt written as chat messages cannot be a write_prompt answer", 422)
-        return {"text": r.prompt}
-    if question in ("demonstration", "correction"):
-        return {"text": r.response}
-    if question == "binary":
-        return {"value": "up" if r.label else "down"}
-    if question == "likert":
-        if r.score != int(r.score) or not Q.LIKERT_MIN <= r.score <= Q.LIKERT_MAX:
-            raise StoreError(f"score {r.score} is not a whole number {Q.LIKERT_MIN}..{Q.LIKERT_MAX} "
-                             "(the likert question's scale)", 422)
-        return {"score": int(r.score)}
-    if question == "spans":
-        return {"spans": [{"start": sp.start, "end": sp.end, "category": sp.category, "note": sp.note}
-                          for sp in r.spans], "missing": list(r.missing)}
-    if question == "pairwise":
-        if r.tie:
-            return {"choice": "both_bad" if r.meta.get("both_bad") else "tie"}
-        return {"choice": "left" if texts.index(r.chosen) == 0 else "right"}
-    # rank: 0-based ranks are kept when they fit 0..K-1, else (and for scores) re-ranked
-    k = len(r.responses)
-    if r.ranks is not None:
-        ranks = list(r.ranks) if max(r.ranks) < k else _better_first_ranks(list(r.ranks), False)
-    else:
-        ranks = _better_first_ranks(list(r.scores), True)
-    by_text = dict(zip(r.responses, ranks))
-    return {"ranks": [by_text[t] + 1 for t in texts]}
-
-
 def _epoch(created_at: str | None, where: str) -> float:
     import datetime as dt
     import time
@@ -367,9 +259,10 @@ def import_labels(store: Store, project: str, records: Iterable[R.Record], *,
         raise StoreError("no records to import", 422)
     asked = []
     for n, r in enumerate(records):
-        if r.kind not in RECORD_QUESTION:
-            raise StoreError(f"record {n}: {r.kind!r} records carry no label to import", 422)
-        asked.append(record_question(r))
+        try:
+            asked.append(Q.question_for_record(r).name)
+        except Q.AnswerError as err:
+            raise StoreError(f"record {n}: {err}", 422) from None
     try:
         p = store.project(project)
     except StoreError:
@@ -401,7 +294,7 @@ def import_labels(store: Store, project: str, records: Iterable[R.Record], *,
     groups: dict[tuple, dict] = {}
     for n, (r, q) in enumerate(zip(records, asked)):
         where = f"record {n}"
-        prompt, responses = _record_item(r, q)
+        prompt, responses = Q.get(q).record_item(r)
         k = key(prompt, responses)
         if k not in items:
             items[k] = (("new", len(new_items)), responses)
@@ -417,7 +310,7 @@ def import_labels(store: Store, project: str, records: Iterable[R.Record], *,
         if (r.source or default_source) != g["source"]:
             raise StoreError(f"{where}: source {r.source!r} differs from {g['where']}'s", 422)
         try:
-            g["answers"][q] = _record_answer(r, q, texts)
+            g["answers"][q] = Q.get(q).record_answer(r, texts)
         except StoreError as e:
             raise StoreError(f"{where}: {e}", e.status) from None
         t = r.meta.get("time_ms")
@@ -454,10 +347,10 @@ def import_labels_file(store: Store, project: str, path: str | os.PathLike, *,
     records = data_io.read_records(path)
     if kind:
         kinds = {k.strip() for k in kind.split(",") if k.strip()}
-        unknown = kinds - set(RECORD_QUESTION)
+        unknown = kinds - set(Q.record_kinds())
         if unknown:
             raise StoreError(f"--kind {', '.join(sorted(unknown))}: expected record kinds among "
-                             f"{', '.join(RECORD_QUESTION)}", 422)
+                             f"{', '.join(Q.record_kinds())}", 422)
         records = [r for r in records if r.kind in kinds]
     return import_labels(store, project, records, **options)
 
@@ -479,15 +372,35 @@ def _existing_store(db_url: str) -> Store:
 
 
 def read_project_records(url: str, include_gold: bool = False) -> list[R.Record]:
-    """Read a project's labels as records from ``sqlite:///feedback.db?project=NAME``."""
+    """A project's labels as rlhfkit records.
+
+    ``url`` is ``sqlite:///feedback.db?project=NAME`` or a PostgreSQL URL with
+    ``?project=NAME``; a leading ``db:`` is accepted. This is what training calls for
+    ``--data db:...``, so its failures (no project named, no such project, an unreachable
+    server) are :class:`~rlhfkit.data.records.RecordError` naming the URL (password hidden),
+    as for any other source of records; a missing SQLite file is a ``FileNotFoundError``
+    (reading never creates a database).
+
+    Args:
+        url: the store URL with ``?project=NAME``.
+        include_gold: also return the labels of honeypot items (``meta.gold`` is then True
+            and ``meta.gold_answer`` holds the honeypot's answer).
+    """
+    shown = re.sub(r"://([^:/@]*):[^@]*@", r"://\1:***@", url)
     db_url, project = split_project_url(url)
-    if not project:
-        raise StoreError(f"{url}: name the project, e.g. sqlite:///feedback.db?project=NAME")
-    store = _existing_store(db_url)
     try:
-        return project_records(store, project, include_gold)
-    finally:
-        store.close()
+        if not project:
+            raise StoreError(f"{url}: name the project, e.g. sqlite:///feedback.db?project=NAME")
+        store = _existing_store(db_url)
+        try:
+            return project_records(store, project, include_gold)
+        finally:
+            store.close()
+    except StoreError as err:
+        raise R.RecordError(str(err), file=shown) from err
+    except SQLAlchemyError as err:
+        cause = str(getattr(err, "orig", None) or err).strip().splitlines()[0]
+        raise R.RecordError(f"cannot read the feedback store: {cause}", file=shown) from err
 
 
 def export_project(url: str, project: str | None, path: str | os.PathLike,

@@ -7,14 +7,24 @@ import json
 from typing import Any, Literal
 
 from fastapi import Depends, FastAPI, Request, Response
+from fastapi import Path as PathParam
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, Field
 
 from . import report
 from . import transfer as T
-from .errors import StoreError
-from .store import User
+from .errors import INT32_MAX, StoreError
+from .store import (
+    DEFAULT_WORKSPACE,
+    MAX_GOLD_EVERY,
+    MAX_LOCK_SECONDS,
+    MAX_OVERLAP,
+    MAX_TIME_MS,
+    User,
+)
 from .web import Web, project_json, user_json
+
+ItemId = PathParam(ge=1, le=INT32_MAX, description="an item id from a task")
 
 # -- request and response bodies (they make up the OpenAPI schema at /docs) -----------------
 
@@ -40,7 +50,8 @@ class SubmitIn(BaseModel):
     answers: dict[str, Any] = Field(description="{question type: answer in display terms}")
     submission_key: str = Field(min_length=8, max_length=64,
                                 description="client-chosen; a retry with the same key is not stored twice")
-    time_ms: int | None = Field(default=None, ge=0, description="time the annotator spent, as measured by the client")
+    time_ms: int | None = Field(default=None, ge=0, le=MAX_TIME_MS,
+                                description="time the annotator spent, as measured by the client")
     next: bool = Field(default=False, description="also hand out your next item (in the same transaction)")
 
 
@@ -58,13 +69,15 @@ class ProjectIn(BaseModel):
     """A new project and, optionally, its first items."""
 
     name: str = Field(max_length=64)
-    questions: list[str]
-    overlap: int = Field(default=1, ge=1, le=100)
+    questions: list[str] = Field(max_length=20)
+    overlap: int = Field(default=1, ge=1, le=MAX_OVERLAP)
     guidelines: str = Field(default="", max_length=50_000)
-    lock_seconds: int = Field(default=600, ge=1)
-    gold_every: int = Field(default=0, ge=0)
-    categories: list[str] | None = None
+    lock_seconds: int = Field(default=600, ge=1, le=MAX_LOCK_SECONDS)
+    gold_every: int = Field(default=0, ge=0, le=MAX_GOLD_EVERY)
+    categories: list[str] | None = Field(default=None, max_length=50)
     arena: bool = False
+    workspace: str = Field(default=DEFAULT_WORKSPACE, max_length=64,
+                           description="the workspace it belongs to: only its members label it")
     items: list[ItemIn] = []
 
 
@@ -81,6 +94,8 @@ class UserIn(BaseModel):
     password: str | None = Field(default=None, max_length=1024)
     role: Literal["admin", "annotator"] = "annotator"
     source: Literal["human", "simulated", "ai"] = "human"
+    workspaces: list[str] | None = Field(default=None, max_length=100,
+                                         description="workspaces it joins (default: the default one)")
 
 
 class InviteIn(BaseModel):
@@ -88,6 +103,19 @@ class InviteIn(BaseModel):
 
     name: str = Field(max_length=64)
     role: Literal["admin", "annotator"] = "annotator"
+    workspaces: list[str] | None = Field(default=None, max_length=100)
+
+
+class WorkspaceIn(BaseModel):
+    """A new workspace."""
+
+    name: str = Field(max_length=64)
+
+
+class MemberIn(BaseModel):
+    """An account to add to a workspace."""
+
+    user: str = Field(max_length=64)
 
 
 # -- routes ---------------------------------------------------------------------------------
@@ -98,11 +126,10 @@ def add_routes(app: FastAPI, web: Web) -> None:
     _account_routes(app, web)
     _annotator_routes(app, web)
     _admin_routes(app, web)
+    _workspace_routes(app, web)
 
 
 def _account_routes(app: FastAPI, web: Web) -> None:
-    store = web.store
-
     @app.get("/api/health", tags=["api"])
     def health() -> dict:
         """Liveness check."""
@@ -111,7 +138,7 @@ def _account_routes(app: FastAPI, web: Web) -> None:
     @app.post("/api/login", tags=["api"], response_model=LoginOut)
     def api_login(body: LoginIn, request: Request, response: Response):
         """Log in; the token works as a cookie (set here) or as a Bearer header."""
-        user = store.authenticate(body.username, body.password)
+        user = web.try_login(request, body.username, body.password)
         if user is None:
             raise StoreError("wrong user name or password", 401)
         token = web.login(response, request, user)
@@ -134,8 +161,8 @@ def _annotator_routes(app: FastAPI, web: Web) -> None:
 
     @app.get("/api/projects", tags=["api"])
     def api_projects(user: User = Depends(web.api_user)) -> list[dict]:
-        """Projects with your own progress."""
-        return [project_json(p, store.user_progress(user, p.name)) for p in store.list_projects()]
+        """The projects of your workspaces (admins: all) with your own progress."""
+        return [project_json(p, store.user_progress(user, p.name)) for p in store.list_projects(user)]
 
     @app.get("/api/projects/{project}/next", tags=["api"],
              responses={204: {"description": "nothing left for you in this project"}})
@@ -148,7 +175,7 @@ def _annotator_routes(app: FastAPI, web: Web) -> None:
 
     @app.post("/api/projects/{project}/items/{item_id}/labels", tags=["api"], status_code=201,
               responses={200: {"description": "this submission_key was already stored; nothing new written"}})
-    def api_submit(project: str, item_id: int, body: SubmitIn, response: Response,
+    def api_submit(project: str, body: SubmitIn, response: Response, item_id: int = ItemId,
                    user: User = Depends(web.api_user)) -> dict:
         """Submit your answers to one item (one transaction; idempotent by submission_key)."""
         label, duplicate, task = store.submit_and_next(user, project, item_id, body.answers,
@@ -162,7 +189,7 @@ def _annotator_routes(app: FastAPI, web: Web) -> None:
         return out
 
     @app.post("/api/projects/{project}/items/{item_id}/release", tags=["api"])
-    def api_release(project: str, item_id: int, user: User = Depends(web.api_user)) -> dict:
+    def api_release(project: str, item_id: int = ItemId, user: User = Depends(web.api_user)) -> dict:
         """Give an item back without labelling it (skip)."""
         store.release(user, project, item_id)
         return {"ok": True}
@@ -184,9 +211,9 @@ def _admin_routes(app: FastAPI, web: Web) -> None:
         p = store.create_project(body.name, body.questions, overlap=body.overlap,
                                  guidelines=body.guidelines, lock_seconds=body.lock_seconds,
                                  gold_every=body.gold_every, categories=body.categories,
-                                 arena=body.arena)
-        n = store.add_items(p.name, [i.model_dump() for i in body.items]) if body.items else 0
-        return dict(project_json(p), items_added=n)
+                                 arena=body.arena, workspace=body.workspace,
+                                 items=[i.model_dump() for i in body.items])
+        return dict(project_json(p), workspace=body.workspace, items_added=len(body.items))
 
     @app.post("/api/projects/{project}/items", tags=["admin"], status_code=201)
     def api_add_items(project: str, body: ItemsIn, user: User = Depends(web.api_admin)) -> dict:
@@ -215,10 +242,43 @@ def _admin_routes(app: FastAPI, web: Web) -> None:
     @app.post("/api/users", tags=["admin"], status_code=201)
     def api_create_user(body: UserIn, user: User = Depends(web.api_admin)) -> dict:
         """Create an account (admin); machine annotators use source=simulated or ai."""
-        return user_json(store.create_user(body.name, body.password, body.role, body.source))
+        return user_json(store.create_user(body.name, body.password, body.role, body.source,
+                                           workspaces=body.workspaces))
 
     @app.post("/api/invites", tags=["admin"], status_code=201)
     def api_invite(body: InviteIn, request: Request, user: User = Depends(web.api_admin)) -> dict:
         """Create a one-time invite link for a new account (admin)."""
-        token = store.create_invite(body.name, body.role)
+        token = store.create_invite(body.name, body.role, workspaces=body.workspaces)
         return {"url": str(request.base_url).rstrip("/") + f"/invite/{token}"}
+
+
+def _workspace_routes(app: FastAPI, web: Web) -> None:
+    store = web.store
+
+    @app.get("/api/workspaces", tags=["api"])
+    def api_workspaces(user: User = Depends(web.api_user)) -> list[dict]:
+        """Workspaces with their members and projects (admin: all; others: their own, names only)."""
+        spaces = store.workspaces()
+        if user.role == "admin":
+            return spaces
+        return [{"name": w["name"]} for w in spaces if user.name in w["members"]]
+
+    @app.post("/api/workspaces", tags=["admin"], status_code=201)
+    def api_create_workspace(body: WorkspaceIn, user: User = Depends(web.api_admin)) -> dict:
+        """Create a workspace (admin)."""
+        return {"name": store.create_workspace(body.name).name, "members": [], "projects": []}
+
+    @app.post("/api/workspaces/{workspace}/members", tags=["admin"], status_code=201)
+    def api_add_member(workspace: str, body: MemberIn, response: Response,
+                       user: User = Depends(web.api_admin)) -> dict:
+        """Let an account label the workspace's projects (admin); 200 if it already could."""
+        if not store.add_member(workspace, body.user):
+            response.status_code = 200
+        return {"workspace": workspace, "user": body.user}
+
+    @app.delete("/api/workspaces/{workspace}/members/{member}", tags=["admin"])
+    def api_remove_member(workspace: str, member: str, user: User = Depends(web.api_admin)) -> dict:
+        """Take an account out of a workspace (admin); the labels it gave stay."""
+        if not store.remove_member(workspace, member):
+            raise StoreError(f"{member!r} is not a member of workspace {workspace!r}", 404)
+        return {"workspace": workspace, "user": member, "removed": True}

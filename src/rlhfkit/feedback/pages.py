@@ -13,8 +13,8 @@ from . import questions as Q
 from . import report
 from . import transfer as T
 from .errors import StoreError
-from .store import User
-from .web import Web
+from .store import DEFAULT_WORKSPACE, User
+from .web import TooManyLogins, Web
 
 UPLOAD_SUFFIXES = (".jsonl", ".json", ".csv", ".txt", ".parquet")
 
@@ -37,7 +37,13 @@ def _account_pages(app: FastAPI, web: Web) -> None:
               dependencies=[Depends(web.form_csrf)])
     def login_submit(request: Request, username: str = Form(max_length=64),
                      password: str = Form(max_length=1024)):
-        user = store.authenticate(username, password)
+        try:
+            user = web.try_login(request, username, password)
+        except TooManyLogins as err:
+            page = web.render(request, "login.html", status=429, user=None,
+                              error=f"Too many failed logins: try again in {err.retry_after} s.")
+            page.headers["Retry-After"] = str(err.retry_after)
+            return page
         if user is None:
             return web.render(request, "login.html", status=401, user=None,
                               error="Wrong user name or password.")
@@ -82,12 +88,12 @@ def _annotator_pages(app: FastAPI, web: Web) -> None:
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def home(request: Request, user: User = Depends(web.page_user)):
         projects = [(p, store.user_progress(user, p.name), store.progress(p.name))
-                    for p in store.list_projects()]
+                    for p in store.list_projects(user)]
         return web.render(request, "home.html", projects=projects)
 
     @app.get("/p/{project}", response_class=HTMLResponse, include_in_schema=False)
     def label_page(project: str, request: Request, user: User = Depends(web.page_user)):
-        p = store.project(project)
+        p = store.project(project, user)
         task = store.next_task(user, project)
         if task is None:
             return web.render(request, "done.html", project=p,
@@ -101,10 +107,10 @@ def _admin_pages(app: FastAPI, web: Web) -> None:
     store = web.store
 
     def admin_home(request: Request, **extra):
-        projects = [(p, store.progress(p.name)) for p in store.list_projects()]
+        projects = [(p, store.progress(p.name), store.workspace_name(p)) for p in store.list_projects()]
         ctx = {"invite_url": None, "message": None, **extra}
         return web.render(request, "admin.html", users=store.list_users(), projects=projects,
-                          question_types=Q.QUESTION_TYPES, **ctx)
+                          workspaces=store.workspaces(), question_types=Q.QUESTION_TYPES, **ctx)
 
     @app.get("/admin", response_class=HTMLResponse, include_in_schema=False)
     def admin_page(request: Request, user: User = Depends(web.page_admin)):
@@ -115,15 +121,19 @@ def _admin_pages(app: FastAPI, web: Web) -> None:
     def admin_add_user(request: Request, name: str = Form(max_length=64),
                        password: str = Form(default="", max_length=1024),
                        role: str = Form(default="annotator"), source: str = Form(default="human"),
+                       workspace: str = Form(default=DEFAULT_WORKSPACE, max_length=64),
                        user: User = Depends(web.page_admin)):
-        store.create_user(name, password or None, role, source)
+        store.create_user(name, password or None, role, source,
+                          workspaces=[workspace] if workspace else [])
         return RedirectResponse("/admin", status_code=303)
 
     @app.post("/admin/invites", response_class=HTMLResponse, include_in_schema=False,
               dependencies=[Depends(web.form_csrf)])
     def admin_invite(request: Request, name: str = Form(max_length=64),
-                     role: str = Form(default="annotator"), user: User = Depends(web.page_admin)):
-        token = store.create_invite(name, role)
+                     role: str = Form(default="annotator"),
+                     workspace: str = Form(default=DEFAULT_WORKSPACE, max_length=64),
+                     user: User = Depends(web.page_admin)):
+        token = store.create_invite(name, role, workspaces=[workspace] if workspace else [])
         url = str(request.base_url).rstrip("/") + f"/invite/{token}"
         return admin_home(request, invite_url=url,
                           message=f"Invite for {name} created: send them this link once.")
@@ -134,17 +144,20 @@ def _admin_pages(app: FastAPI, web: Web) -> None:
             request: Request, name: str = Form(max_length=64), questions: list[str] = Form(),
             overlap: int = Form(default=1), guidelines: str = Form(default="", max_length=50_000),
             gold_every: int = Form(default=0), lock_seconds: int = Form(default=600),
+            workspace: str = Form(default=DEFAULT_WORKSPACE, max_length=64),
             file: UploadFile = File(), user: User = Depends(web.page_admin)):
-        suffix = Path(file.filename or "items.jsonl").suffix or ".jsonl"
+        upload = Path(file.filename or "items.jsonl").name
+        suffix = Path(upload).suffix or ".jsonl"
         if suffix not in UPLOAD_SUFFIXES:
             raise StoreError(f"upload a {', '.join(UPLOAD_SUFFIXES)} file, not {suffix}", 415)
         data = await file.read()
         with tempfile.NamedTemporaryFile(suffix=suffix) as tmp:
             tmp.write(data)
             tmp.flush()
-            T.create_project_from_file(store, name, tmp.name, questions, overlap=overlap,
-                                       guidelines=guidelines, gold_every=gold_every,
-                                       lock_seconds=lock_seconds)
+            T.create_project_from_file(store, name, tmp.name, questions, shown_as=upload,
+                                       overlap=overlap, guidelines=guidelines,
+                                       gold_every=gold_every, lock_seconds=lock_seconds,
+                                       workspace=workspace)
         return RedirectResponse(f"/admin/p/{name}", status_code=303)
 
     @app.get("/admin/p/{project}", response_class=HTMLResponse, include_in_schema=False)
@@ -152,4 +165,28 @@ def _admin_pages(app: FastAPI, web: Web) -> None:
         p = store.project(project)
         stats = report.project_stats(store, project)
         arena = report.arena_stats(store, project) if "pairwise" in p.questions else None
-        return web.render(request, "admin_project.html", project=p, stats=stats, arena=arena)
+        return web.render(request, "admin_project.html", project=p, stats=stats, arena=arena,
+                          workspace=store.workspace_name(p))
+
+    _workspace_pages(app, web)
+
+
+def _workspace_pages(app: FastAPI, web: Web) -> None:
+    store = web.store
+
+    @app.post("/admin/workspaces", response_class=HTMLResponse, include_in_schema=False,
+              dependencies=[Depends(web.form_csrf)])
+    def admin_create_workspace(request: Request, name: str = Form(max_length=64),
+                               user: User = Depends(web.page_admin)):
+        store.create_workspace(name)
+        return RedirectResponse("/admin#workspaces", status_code=303)
+
+    @app.post("/admin/workspaces/{workspace}/members", response_class=HTMLResponse,
+              include_in_schema=False, dependencies=[Depends(web.form_csrf)])
+    def admin_member(workspace: str, request: Request, member: str = Form(max_length=64),
+                     action: str = Form(default="add"), user: User = Depends(web.page_admin)):
+        if action == "remove":
+            store.remove_member(workspace, member)
+        else:
+            store.add_member(workspace, member)
+        return RedirectResponse("/admin#workspaces", status_code=303)

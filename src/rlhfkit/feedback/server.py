@@ -6,8 +6,11 @@ Start it with ``rlhfkit label serve --db sqlite:///feedback.db`` or build it in 
     app = create_app("sqlite:///feedback.db")
 
 Security model:
-    * a session is a signed token in an HttpOnly, SameSite=Lax cookie (Secure over HTTPS), or
-      an ``Authorization: Bearer`` header for machine annotators;
+    * a session is a random token kept (hashed) in the store and signed with the server's key,
+      in an HttpOnly, SameSite=Lax cookie (Secure over HTTPS), or an ``Authorization: Bearer``
+      header for machine annotators; logging out or changing the password ends it at once;
+    * failed logins are throttled per account and per address (429 with ``Retry-After``);
+    * annotators see, take and label only the projects of their workspaces (others: 404);
     * every state-changing request authenticated by cookie must echo the CSRF token (a form
       field ``csrf_token`` or the ``X-CSRF-Token`` header); JSON endpoints also require a JSON
       content type, which a cross-site form cannot send;
@@ -20,6 +23,8 @@ Security model:
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Callable
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -28,8 +33,9 @@ from fastapi.staticfiles import StaticFiles
 
 from . import api, pages
 from .errors import StoreError
+from .security import load_secret
 from .store import Store
-from .web import CSRF_COOKIE, HERE, CsrfFailed, NotLoggedIn, Web
+from .web import CSRF_COOKIE, HERE, CsrfFailed, NotLoggedIn, TooManyLogins, Web
 
 MAX_JSON_BODY = 1_000_000  # bytes, any API request
 MAX_UPLOAD_BODY = 20_000_000  # bytes, project creation and item upload
@@ -141,7 +147,9 @@ async def _send_json(send, status: int, payload: dict) -> None:
 
 def create_app(store: Store | str, *, secure_cookies: bool | None = None,
                session_ttl_s: int = 14 * 86400, max_json: int = MAX_JSON_BODY,
-               max_upload: int = MAX_UPLOAD_BODY) -> FastAPI:
+               max_upload: int = MAX_UPLOAD_BODY, secret: str | None = None,
+               secret_file: str | os.PathLike | None = None, trust_proxy: bool = False,
+               clock: Callable[[], float] | None = None) -> FastAPI:
     """Build the web app over a store (or a database URL).
 
     Args:
@@ -150,10 +158,19 @@ def create_app(store: Store | str, *, secure_cookies: bool | None = None,
         session_ttl_s: how long a login lasts.
         max_json: byte limit of any API request body.
         max_upload: byte limit of project/item uploads.
+        secret: the key that signs sessions and CSRF tokens (at least 32 characters).
+        secret_file: a file holding that key. Without either, ``RLHFKIT_SECRET_FILE`` or
+            ``RLHFKIT_SECRET``; without those, a key kept in the database (see
+            :meth:`Store.secret`).
+        trust_proxy: believe ``X-Forwarded-Proto`` and ``X-Forwarded-For``; only behind a
+            reverse proxy that sets (and overwrites) them.
+        clock: monotonic seconds for the login throttle (tests pass their own).
     """
     if isinstance(store, str):
         store = Store(store)
-    web = Web(store, store.secret(), secure_cookies=secure_cookies, session_ttl_s=session_ttl_s)
+    key = load_secret(secret, secret_file) or store.secret()
+    web = Web(store, key, secure_cookies=secure_cookies, session_ttl_s=session_ttl_s,
+              trust_proxy=trust_proxy, clock=clock)
     app = FastAPI(title="rlhfkit feedback", version="0.1.0",
                   description="Collect human (and machine) feedback for RLHF. The pages of this "
                               "app use exactly this API.")
@@ -173,10 +190,13 @@ def _error_handlers(app: FastAPI, web: Web) -> None:
 
     @app.exception_handler(StoreError)
     async def on_store_error(request: Request, exc: StoreError):
+        headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, TooManyLogins) else None
         if request.url.path.startswith("/api/"):
-            return JSONResponse({"detail": str(exc)}, status_code=exc.status)
-        return web.render(request, "message.html", status=exc.status, title="Cannot do that",
+            return JSONResponse({"detail": str(exc)}, status_code=exc.status, headers=headers)
+        page = web.render(request, "message.html", status=exc.status, title="Cannot do that",
                           message=str(exc))
+        page.headers.update(headers or {})
+        return page
 
     @app.exception_handler(CsrfFailed)
     async def on_csrf(request: Request, exc: CsrfFailed):

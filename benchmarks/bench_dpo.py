@@ -277,7 +277,7 @@ def run_rlhfkit(a, clock: Clock, pairs, system, workdir: str) -> dict:
                     max_length=a.max_length, precision=a.precision, learning_rate=a.lr,
                     lr_scheduler="constant", warmup_ratio=0.0, max_steps=a.warmup + a.steps,
                     batch_size=a.batch_size, group_by_length=False, beta=0.1,
-                    system_prompt=system, progress=False, tensorboard=False,
+                    system_prompt=system, progress=False, report_to="none",
                     gradient_checkpointing=a.rlhfkit_gc)
     try:
         train_dpo(cfg)

@@ -133,7 +133,7 @@ def run_rlhfkit(s: Settings, clock, workdir: str) -> dict:
                   learning_rate=s.learning_rate, lr_scheduler="constant", warmup_ratio=0.0,
                   max_steps=s.warmup + s.steps, max_new_tokens=s.max_new_tokens,
                   kl_coef=s.kl_coef, seed=s.seed, eval_prompts=0, gold="none",
-                  progress=False, tensorboard=False, temperature=1.0, top_k=0, top_p=1.0)
+                  progress=False, report_to="none", temperature=1.0, top_k=0, top_p=1.0)
     try:
         if s.algo == "ppo":
             from rlhfkit.train.ppo import PPOConfig, train_ppo
@@ -143,9 +143,9 @@ def run_rlhfkit(s: Settings, clock, workdir: str) -> dict:
                                 mini_batch_size=s.prompts_per_step, update_epochs=s.ppo_epochs,
                                 normalize_reward=False, **common))
         else:
-            from rlhfkit.train.pg import PGConfig, train_pg
+            from rlhfkit.train.pg import ALGORITHMS, train_pg
 
-            train_pg(PGConfig(algo=s.algo, reward_model="scorer:sentiment",
+            train_pg(ALGORITHMS[s.algo].config(reward_model="scorer:sentiment",
                               batch_size=s.prompts_per_step, num_samples=s.group_size,
                               **common))
     except Finished:

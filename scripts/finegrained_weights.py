@@ -58,7 +58,7 @@ def parse_args() -> argparse.Namespace:
 
 def common(**kw):
     """Settings every stage here shares (CPU, fp32, quiet)."""
-    return dict(precision="fp32", progress=False, tensorboard=False,
+    return dict(precision="fp32", progress=False, report_to="none",
                 gradient_checkpointing=False, **kw)
 
 

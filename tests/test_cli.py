@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from rlhfkit.cli import build_parser, main
+from rlhfkit.cli.main import build_parser, main
 
 
 def test_help_lists_stages_and_field_docs(capsys):

@@ -192,7 +192,7 @@ def test_agent_on_learned_reward_beats_random_policy(tmp_path):
 def test_cli_control_stage(tmp_path):
     """``rlhfkit control`` parses its flags and runs both agents end to end."""
     pytest.importorskip("gymnasium")
-    from rlhfkit.cli import main
+    from rlhfkit.cli.main import main
 
     rc = main(["control", "--env", "CartPole-v1", "--labels", "20", "--total-steps", "1024",
                "--reward-update-every", "512", "--reward-epochs", "2", "--no-plot",

@@ -247,7 +247,7 @@ def test_lora_run_uses_base_as_reference(tiny_lm, pref_files, tmp_path):
 
 
 def test_cli_dpo(tiny_lm, pref_files, tmp_path):
-    from rlhfkit.cli import main
+    from rlhfkit.cli.main import main
 
     rc = main(["dpo", "--model", str(tiny_lm), "--data", str(pref_files / "train.jsonl"),
                "--eval-data", str(pref_files / "eval.jsonl"), "--loss", "ipo", "--beta", "0.5",

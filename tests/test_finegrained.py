@@ -3,19 +3,18 @@ segment ends, the source places its rewards there, and the factqa task's labeler
 
 import math
 import random
-from types import SimpleNamespace
 
 import pytest
 import torch
 
 from rlhfkit.data.records import Span, SpanFeedback
+from rlhfkit.losses import segment_bce_loss
 from rlhfkit.models.segment_reward import (
     SegmentRewardModel,
     classification_counts,
     default_unit,
     f1_metrics,
     is_segment_rm,
-    segment_bce_loss,
     segment_labels,
     segment_rewards,
     span_categories,
@@ -151,7 +150,7 @@ def test_source_loads_from_folder_and_places_rewards_at_segment_ends(tiny_segmen
     sentence, at the token that completes it (the last one at the EOS), equal to -logit
     (``logodds``) of the model run on the training encoding of the same text."""
     from rlhfkit.data.chat import encode_pair
-    from rlhfkit.reward_sources import build_sources
+    from rlhfkit.rewards.sources import SourceContext, build_sources
     from rlhfkit.rollout import build_rollout, encode_prompts, eos_ids_of
     from rlhfkit.segments import response_segments
 
@@ -165,9 +164,8 @@ def test_source_loads_from_folder_and_places_rewards_at_segment_ends(tiny_segmen
     assert all(r[-1] == eos for r in responses)
     rollout = build_rollout(tokenizer, prompts, prompt_ids, responses, eos_ids_of(tokenizer))
     assert rollout.texts == texts
-    run = SimpleNamespace(tokenizer=tokenizer, device=torch.device("cpu"), _autocast=None,
-                          cfg=SimpleNamespace(segment_unit="sentence", normalize_reward=True))
-    (source,) = build_sources(f"rel={tiny_segment_rm}", "rel=0.3", run)
+    ctx = SourceContext(tokenizer, torch.device("cpu"), segment_unit="sentence")
+    (source,) = build_sources(f"rel={tiny_segment_rm}", "rel=0.3", ctx)
     assert source.name == "rel" and source.weight == 0.3 and source.stats is None
     dense = source.fn(rollout)
     segs = response_segments(tokenizer, rollout.response_ids, texts, "sentence")
@@ -322,18 +320,18 @@ def test_factqa_gold_source_gives_the_labelers_marks(tokenizer):
     """``factqa-gold:ASPECT`` (a perfect reward model): +-1 per sub-sentence for relevance, per
     sentence for factuality, at the segment ends; completeness once, standardised."""
     from rlhfkit.data.chat import encode_pair
-    from rlhfkit.reward_sources import build_sources
+    from rlhfkit.rewards.sources import SourceContext
     from rlhfkit.rollout import build_rollout, encode_prompts, eos_ids_of
     from rlhfkit.segments import response_segments
+    from rlhfkit.train.inputs import reward_sources
 
     text = "That is a good question. Ashford lies on the river Tull, and it was founded in 1710."
     prompt_ids = encode_prompts(tokenizer, [ITEM.prompt])
     response = encode_pair(tokenizer, ITEM.prompt, text, 1024).input_ids[len(prompt_ids[0]):]
     rollout = build_rollout(tokenizer, [ITEM.prompt], prompt_ids, [response],
                             eos_ids_of(tokenizer))
-    run = SimpleNamespace(tokenizer=tokenizer, device=torch.device("cpu"), _autocast=None,
-                          cfg=SimpleNamespace(segment_unit="sentence", normalize_reward=True))
-    rel, fact, comp = build_sources("rel=factqa-gold:relevance,fact=factqa-gold:factuality,"
+    run = SourceContext(tokenizer, torch.device("cpu"), segment_unit="sentence")
+    rel, fact, comp = reward_sources("rel=factqa-gold:relevance,fact=factqa-gold:factuality,"
                                     "comp=factqa-gold:completeness", "rel=0.3", run)
     (rel_rewards,) = rel.fn(rollout)
     (subs,) = response_segments(tokenizer, rollout.response_ids, [text], "subsentence")
@@ -346,4 +344,4 @@ def test_factqa_gold_source_gives_the_labelers_marks(tokenizer):
     mean, std = comp.stats
     assert 0 < mean < 1 and 0 < std < 1
     with pytest.raises(ValueError, match="aspect|use one of"):
-        build_sources("x=factqa-gold:style", "", run)
+        reward_sources("x=factqa-gold:style", "", run)

@@ -14,7 +14,7 @@ import random
 
 import pytest
 
-from rlhfkit.cli import main
+from rlhfkit.cli.main import main
 from rlhfkit.data.io import write_records
 from rlhfkit.data.records import Comparison, Demonstration, Span, SpanFeedback
 from rlhfkit.tasks import get_task
@@ -51,7 +51,7 @@ def toy(tmp_path_factory, tiny_lm):
         model=str(tiny_lm), data=str(root / "demos.jsonl"), output_dir=str(root / "sft"),
         max_steps=24, batch_size=16, learning_rate=1e-2, precision="fp32", progress=False,
         max_length=96, eval_fraction=0.0, system_prompt=SYSTEM, warmup_ratio=0.0,
-        lr_scheduler="constant", tensorboard=False, gradient_checkpointing=False))
+        lr_scheduler="constant", report_to="none", gradient_checkpointing=False))
     return root
 
 
@@ -65,7 +65,7 @@ def segment_rm(toy):
         model=str(toy / "sft" / "model"), data=str(toy / "spans.jsonl"), output_dir=str(out),
         category="factuality", max_steps=8, batch_size=8, learning_rate=3e-3, eval_every=4,
         eval_fraction=0.2, precision="fp32", progress=False, system_prompt=SYSTEM,
-        warmup_ratio=0.0, lr_scheduler="constant", tensorboard=False,
+        warmup_ratio=0.0, lr_scheduler="constant", report_to="none",
         gradient_checkpointing=False, max_length=128))
     return out
 
@@ -97,7 +97,7 @@ def test_ppo_with_a_segment_source_raises_its_reward(toy, segment_rm):
         rewards="fact=1,sent=0.5", max_steps=5, batch_size=8, mini_batch_size=4,
         update_epochs=2, max_new_tokens=10, learning_rate=1e-3, precision="fp32",
         progress=False, eval_prompts=8, kl_coef=0.01, reward_clip=0.0, system_prompt=SYSTEM,
-        tensorboard=False, gradient_checkpointing=False))
+        report_to="none", gradient_checkpointing=False))
     train = [r for r in rows(out) if "reward/fact" in r]
     assert len(train) == 5 and all("reward/sent" in r for r in train)
     last = sum(r["reward/fact"] for r in train[-2:]) / 2
@@ -113,7 +113,7 @@ def test_cli_segment_rm_end_to_end_and_errors(toy, tmp_path, capsys):
     assert main(["segment-rm", "--model", str(toy / "sft" / "model"), "--data",
                  str(toy / "spans.jsonl"), "--category", "untruthful", "--output-dir", str(out),
                  "--max-steps", "2", "--batch-size", "4", "--no-progress", "--precision", "fp32",
-                 "--reward", "prob", "--no-tensorboard"]) == 0
+                 "--reward", "prob", "--report-to", "none"]) == 0
     assert "held-out segment accuracy" in capsys.readouterr().out
     config = json.loads((out / "model" / "config.json").read_text())
     assert config["rlhfkit_reward_type"] == "segment"

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import sys
-import types
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -458,11 +456,13 @@ def test_write_creates_parent_folders(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
-# db: paths go to the feedback store
+# db: paths are read by the training stages (rlhfkit.train.inputs), not by the file readers
 # ---------------------------------------------------------------------------------------------
 
 
 def test_db_path_is_dispatched_to_the_store(monkeypatch):
+    from rlhfkit.train import inputs
+
     seen = []
 
     def read_project_records(url):
@@ -472,22 +472,18 @@ def test_db_path_is_dispatched_to_the_store(monkeypatch):
             {"kind": "binary", "prompt": "p", "response": "r", "label": True},
         ]
 
-    store = types.ModuleType("rlhfkit.feedback.transfer")
-    store.read_project_records = read_project_records
-    monkeypatch.setitem(sys.modules, "rlhfkit.feedback.transfer", store)
-
-    records = read_records("db:sqlite:///feedback.db")
+    monkeypatch.setattr(inputs, "read_project_records", read_project_records)
+    records = inputs.read_source("db:sqlite:///feedback.db")
     assert seen == ["sqlite:///feedback.db"]
     assert [r.kind for r in records] == ["comparison", "binary"]
-    assert read_records("db:sqlite:///feedback.db", kind="binary") == [
+    assert inputs.read_source("db:sqlite:///feedback.db", kind="binary") == [
         BinaryFeedback(prompt="p", response="r", label=True)
     ]
 
 
-def test_db_path_without_the_store_module_says_what_is_missing(monkeypatch):
-    monkeypatch.setitem(sys.modules, "rlhfkit.feedback.transfer", None)  # import now fails
-    with pytest.raises(ImportError) as info:
+def test_the_file_reader_refuses_a_db_path_and_says_who_reads_it():
+    with pytest.raises(RecordError) as info:
         read_records("db:postgresql://me:secret@host/db")
     message = str(info.value)
-    assert "rlhfkit.feedback.transfer" in message
+    assert "rlhfkit.train.inputs.read_source" in message
     assert "secret" not in message and "me:***@host" in message

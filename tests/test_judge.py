@@ -7,7 +7,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from rlhfkit.data.chat import prompt_text
-from rlhfkit.feedback.judge import AIJudge, both_orders
+from rlhfkit.models.judge import AIJudge, both_orders
 
 
 def test_both_orders_by_hand():

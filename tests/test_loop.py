@@ -49,7 +49,7 @@ def test_resume_matches_uninterrupted_run(tiny_lm, tmp_path):
 
 def test_nan_guard_stops_with_a_clear_message(tmp_path):
     """A step that produces NaN at step 3 stops training before any update from it."""
-    from rlhfkit.train.loop import Loop, TrainConfig
+    from rlhfkit.train.loop import Loop, Run, TrainConfig
 
     model = torch.nn.Linear(2, 1)
     items = [torch.tensor([float(i), 1.0]) for i in range(16)]
@@ -66,7 +66,7 @@ def test_nan_guard_stops_with_a_clear_message(tmp_path):
 
     cfg = TrainConfig(output_dir=str(tmp_path), batch_size=4, max_steps=4, progress=False,
                       precision="fp32", learning_rate=0.01)
-    loop = Loop(cfg, model, items, collate, stage="toy")
+    loop = Loop(Run(cfg, "toy"), model, items, collate)
     with pytest.raises(TrainingError, match=r"\[toy\] the loss became NaN or infinite at step 3"):
         loop.run(step)
     assert loop.step == 2

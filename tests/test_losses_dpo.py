@@ -178,3 +178,27 @@ def test_unlikelihood_clamps_certain_tokens():
     loss, diag = unlikelihood_loss(chosen, mask, rejected, mask)
     close(diag["unlikelihood"], [-math.log(1e-5)])
     assert torch.isfinite(loss).all()
+
+
+def test_kto_reference_point_is_gathered_over_processes_before_the_clamp():
+    """Two processes' mismatched log-ratios, (3, -1) and (1, -3).
+
+    One process holding all four gets z0 = max(0, (3 - 1 + 1 - 3) / 4) = 0. Clamping per
+    process gives process 0 max(0, 1) = 1 (and process 1 max(0, -1) = 0). With ``reduce``
+    summing over both processes, process 0 gets 0, as the single process does.
+    """
+    from rlhfkit.losses import kto_loss
+
+    a = torch.tensor([3.0, -1.0])
+    b = torch.tensor([1.0, -3.0])
+    other = torch.stack([b.sum(), torch.tensor(2.0)])
+
+    def reduce(t):  # process 0's view: its sums plus process 1's
+        return t + other
+
+    logps, ref = torch.tensor([0.5]), torch.tensor([0.0])
+    _, alone = kto_loss(logps, ref, torch.tensor([True]), a, torch.zeros(2))
+    assert alone["kl"].item() == pytest.approx(1.0)
+    _, gathered = kto_loss(logps, ref, torch.tensor([True]), a, torch.zeros(2), reduce=reduce)
+    _, together = kto_loss(logps, ref, torch.tensor([True]), torch.cat([a, b]), torch.zeros(4))
+    assert gathered["kl"].item() == pytest.approx(together["kl"].item()) == pytest.approx(0.0)

@@ -109,8 +109,8 @@ def test_ppo_policy_loss_at_the_clip_edges():
     loss.sum().backward()
     # d loss / d logp = -A * rho where the unclipped term is active, else 0.
     assert torch.allclose(logprobs.grad, torch.tensor([0.0, 1.5, 0.0, -1.1]), atol=1e-6)
-    # approx_kl = (rho - 1) - log rho
-    assert diag["approx_kl"][0].item() == pytest.approx(0.5 - math.log(1.5), rel=1e-5)
+    # approx_kl_k3 = (rho - 1) - log rho
+    assert diag["approx_kl_k3"][0].item() == pytest.approx(0.5 - math.log(1.5), rel=1e-5)
 
 
 def test_ppo_policy_loss_equals_reinforce_gradient_at_ratio_one():
@@ -200,3 +200,80 @@ def test_reinforce_with_baselines_by_hand():
     logprobs = torch.tensor([-1.0, -2.0]).requires_grad_()
     reinforce_loss(logprobs, torch.tensor([3.0, -1.0])).sum().backward()
     assert logprobs.grad.tolist() == [-3.0, 1.0]
+
+
+# ---------------------------------------------------------------------------------------------
+# GRPO's loss: the four ways of averaging tokens, clip-higher, and GSPO's sequence ratio
+# ---------------------------------------------------------------------------------------------
+
+
+def test_aggregate_token_loss_by_hand():
+    """Two responses: tokens (1, 2, 3) and (4); 10 in all over 4 tokens.
+
+    grpo: mean of the response means = (6/3 + 4/1) / 2 = 3; bnpo: 10 / 4 = 2.5;
+    dr_grpo with max_length 4: 10 / (2 * 4) = 1.25; dapo with a generation-batch count of 8:
+    10 / 8 = 1.25, and without one it is bnpo.
+    """
+    from rlhfkit.losses import aggregate_token_loss
+
+    loss = torch.tensor([[1.0, 2.0, 3.0], [4.0, 9.0, 9.0]])  # the 9s are padding
+    mask = torch.tensor([[1, 1, 1], [1, 0, 0]])
+    assert aggregate_token_loss(loss, mask, "grpo").item() == pytest.approx(3.0)
+    assert aggregate_token_loss(loss, mask, "bnpo").item() == pytest.approx(2.5)
+    assert aggregate_token_loss(loss, mask, "dr_grpo", max_length=4).item() == pytest.approx(1.25)
+    assert aggregate_token_loss(loss, mask, "dapo", normalizer=8).item() == pytest.approx(1.25)
+    assert aggregate_token_loss(loss, mask, "dapo").item() == pytest.approx(2.5)
+    with pytest.raises(ValueError, match="max_length"):
+        aggregate_token_loss(loss, mask, "dr_grpo")
+    with pytest.raises(ValueError, match="loss_type"):
+        aggregate_token_loss(loss, mask, "mean")
+
+
+def test_grpo_loss_by_hand():
+    """One response, two tokens, advantage 1; pi(y_1) = 0.5 where the sampler gave 0.4.
+
+    Token ratios 1.25 and 1. Token level, eps 0.2: token 1 is clipped to 1.2, so the surrogate
+    per token is (-1.2, -1) and the bnpo mean -1.1. Clip-higher with eps_high 0.3 leaves 1.25:
+    mean (-1.25 - 1) / 2 = -1.125. GSPO: s = exp(mean log ratio) = sqrt(1.25) = 1.1180, inside
+    the clip, on both tokens: -1.1180. KL: the reference at half the policy's probability
+    gives r = log 2 per token and k3 = e^-r - 1 + r = 0.5 - 1 + 0.6931 = 0.1931; beta 0.1 adds
+    0.01931.
+    """
+    from rlhfkit.losses import grpo_loss
+
+    logp = torch.log(torch.tensor([[0.5, 0.5]]))
+    old = torch.log(torch.tensor([[0.4, 0.5]]))
+    ref = logp - math.log(2.0)
+    adv = torch.ones(1, 2)
+    mask = torch.ones(1, 2)
+    loss, diag = grpo_loss(logp, old, ref, adv, mask, clip_range=0.2, kl_coef=0.0)
+    assert loss.item() == pytest.approx(-1.1, abs=1e-6)
+    assert diag["clipped"].tolist() == [[1.0, 0.0]]
+    loss, _ = grpo_loss(logp, old, ref, adv, mask, clip_range=0.2, clip_range_high=0.3,
+                        kl_coef=0.0)
+    assert loss.item() == pytest.approx(-1.125, abs=1e-6)
+    loss, diag = grpo_loss(logp, old, ref, adv, mask, clip_range=0.2, kl_coef=0.0,
+                           importance_level="sequence")
+    assert loss.item() == pytest.approx(-math.sqrt(1.25), abs=1e-6)
+    assert diag["ratio"].tolist()[0] == pytest.approx([math.sqrt(1.25)] * 2, abs=1e-6)
+    loss, diag = grpo_loss(logp, old, ref, adv, mask, clip_range=0.2, kl_coef=0.1)
+    k3 = 0.5 - 1 + math.log(2.0)
+    assert diag["kl"].item() == pytest.approx(k3, abs=1e-6)
+    assert loss.item() == pytest.approx(-1.1 + 0.1 * k3, abs=1e-6)
+
+
+def test_grpo_loss_gradient_stops_at_the_clip_edge_and_gspo_clips_the_whole_response():
+    """Token level: the clipped token gets no gradient, the other does. Sequence level with a
+    ratio past the edge: no token gets a gradient."""
+    from rlhfkit.losses import grpo_loss
+
+    old = torch.log(torch.tensor([[0.4, 0.5]]))
+    ref = torch.log(torch.tensor([[0.5, 0.5]]))
+    logp = torch.log(torch.tensor([[0.5, 0.5]])).requires_grad_()
+    grpo_loss(logp, old, ref, torch.ones(1, 2), torch.ones(1, 2), kl_coef=0.0)[0].backward()
+    assert logp.grad[0, 0].item() == 0.0 and logp.grad[0, 1].item() != 0.0
+    old_far = torch.log(torch.tensor([[0.2, 0.3]]))  # s = sqrt(2.5 * 5/3) = 2.04 > 1.2
+    logp.grad = None
+    grpo_loss(logp, old_far, ref, torch.ones(1, 2), torch.ones(1, 2), kl_coef=0.0,
+              importance_level="sequence")[0].backward()
+    assert logp.grad.abs().sum().item() == 0.0

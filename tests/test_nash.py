@@ -264,7 +264,7 @@ def test_nash_md_lm_learns_from_a_preference(tmp_path, good_bad_policy):  # noqa
     out = train_nash(NashConfig(
         model=str(good_bad_policy), output_dir=str(tmp_path / "nash"), max_steps=5, batch_size=8,
         max_new_tokens=5, learning_rate=4e-3, precision="fp32", progress=False, eval_prompts=16,
-        eval_every=5, kl_coef=0.01, reward_clip=0.0, system_prompt=SYSTEM, tensorboard=False,
+        eval_every=5, kl_coef=0.01, system_prompt=SYSTEM, report_to="none",
         mixture_beta=0.125), preference_fn=prefer)
     tok = load_tokenizer(str(good_bad_policy))
     prompts = get_task("reviews").prompts("train")[:32]

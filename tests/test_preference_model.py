@@ -60,13 +60,13 @@ def test_nash_from_the_command_line(model, tokenizer, tiny_lm, tmp_path):
     """``rlhfkit nash`` runs end to end with a saved preference model (one tiny step)."""
     import json
 
-    from rlhfkit.cli import main
+    from rlhfkit.cli.main import main
 
     model.save(tmp_path / "pref", tokenizer)
     code = main(["nash", "--model", str(tiny_lm), "--preference-model", str(tmp_path / "pref"),
                  "--output-dir", str(tmp_path / "nash"), "--max-steps", "1", "--batch-size", "2",
                  "--max-new-tokens", "3", "--precision", "fp32", "--eval-prompts", "0",
-                 "--no-progress", "--no-tensorboard"])
+                 "--no-progress", "--report-to", "none"])
     assert code == 0
     line = (tmp_path / "nash" / "metrics.jsonl").read_text().splitlines()[-1]
     assert 0.0 <= json.loads(line)["reward/preference"] <= 1.0

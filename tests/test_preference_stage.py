@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from rlhfkit.cli import main
+from rlhfkit.cli.main import main
 from rlhfkit.data.io import write_records
 from rlhfkit.data.records import BinaryFeedback, Comparison, Ranking
 from rlhfkit.train.preference import (
@@ -41,7 +41,7 @@ def fruit_files(tmp_path):
 def tiny_args(tiny_lm, data, out, *extra):
     return ["preference", "--model", str(tiny_lm), "--data", str(data), "--output-dir",
             str(out), "--precision", "fp32", "--max-length", "64", "--no-progress",
-            "--no-tensorboard", "--no-gradient-checkpointing", *extra]
+            "--report-to", "none", "--no-gradient-checkpointing", *extra]
 
 
 def test_duels_from_a_ranking_and_a_tie_by_hand(tokenizer):
@@ -101,7 +101,7 @@ def test_preference_stage_resume_matches_an_uninterrupted_run(tiny_lm, tmp_path)
     train, _ = fruit_files(tmp_path)
     base = dict(model=str(tiny_lm), data=str(train), max_steps=4, batch_size=8,
                 learning_rate=1e-3, warmup_ratio=0.0, progress=False, precision="fp32",
-                eval_fraction=0.0, max_length=64, tensorboard=False,
+                eval_fraction=0.0, max_length=64, report_to="none",
                 gradient_checkpointing=False)
     full = train_preference(PreferenceConfig(output_dir=str(tmp_path / "full"), save_every=2,
                                              **base))

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from rlhfkit.rewards import (
+from rlhfkit.rewards.shaping import (
     KLController,
     normalise_scores,
     place_rewards,

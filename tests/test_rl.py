@@ -49,7 +49,7 @@ def good_bad_policy(tmp_path_factory, tiny_lm):
         model=str(tiny_lm), data=str(root / "demos.jsonl"), output_dir=str(root / "sft"),
         max_steps=24, batch_size=16, learning_rate=1e-2, precision="fp32", progress=False,
         max_length=96, eval_fraction=0.0, system_prompt=SYSTEM, warmup_ratio=0.0,
-        lr_scheduler="constant", tensorboard=False, gradient_checkpointing=False))
+        lr_scheduler="constant", report_to="none", gradient_checkpointing=False))
 
 
 def demos_of(policy: Path) -> Path:
@@ -60,7 +60,7 @@ def rl_common(policy, out, **kw):
     base = dict(model=str(policy), output_dir=str(out), max_steps=5, batch_size=8,
                 max_new_tokens=6, learning_rate=2e-3, precision="fp32", progress=False,
                 eval_prompts=8, kl_coef=0.01, reward_clip=0.0, system_prompt=SYSTEM,
-                tensorboard=False, gradient_checkpointing=False)
+                report_to="none", gradient_checkpointing=False)
     base.update(kw)
     return base
 
@@ -80,7 +80,7 @@ PG_EXTRA = {
 
 def run_named(name: str, policy: Path, out: Path) -> Path:
     """Train the run called ``name``; returns its run folder."""
-    from rlhfkit.train.pg import PGConfig, train_pg
+    from rlhfkit.train.pg import ALGORITHMS, train_pg
     from rlhfkit.train.ppo import PPOConfig, train_ppo
 
     if name == "ppo":
@@ -90,7 +90,7 @@ def run_named(name: str, policy: Path, out: Path) -> Path:
                                          ptx_data=str(demos_of(policy)))),
                   reward_fn=good_share)
     else:
-        train_pg(PGConfig(algo=name, **rl_common(policy, out, **PG_EXTRA[name])),
+        train_pg(ALGORITHMS[name].config(**rl_common(policy, out, **PG_EXTRA[name])),
                  reward_fn=good_share)
     return out
 
@@ -130,7 +130,7 @@ def test_ppo_learns_with_bounded_kl(rl_runs):
     out = rl_runs("ppo")
     assert_learned(out)
     train, _ = read_metrics(out)
-    for key in ("loss/policy", "loss/value", "policy/entropy", "policy/approx_kl",
+    for key in ("loss/policy", "loss/value", "policy/entropy", "policy/approx_kl_k3",
                 "policy/clipfrac", "value/clipfrac", "kl/coef", "gold/mean", "response/length"):
         assert key in train[-1], key
     assert "loss/ptx" not in train[-1]
@@ -192,7 +192,7 @@ def test_ppo_with_a_critic_initialised_from_the_reward_model(good_bad_policy, tm
                            output_dir=str(tmp_path / "rm"), max_steps=16, batch_size=8,
                            learning_rate=3e-3, precision="fp32", progress=False, max_length=96,
                            eval_fraction=0.0, system_prompt=SYSTEM, warmup_ratio=0.0,
-                           lr_scheduler="constant", tensorboard=False, gradient_checkpointing=False))
+                           lr_scheduler="constant", report_to="none", gradient_checkpointing=False))
     out = tmp_path / "ppo"
     train_ppo(PPOConfig(**ppo_kwargs(good_bad_policy, out, critic="rm", reward_model=str(rm),
                                      max_steps=4, save_every=2, reward_clip=5.0)))
@@ -257,9 +257,24 @@ def test_best_of_n_selects_and_writes_demonstrations(good_bad_policy, tmp_path):
 
 
 def test_cli_has_the_rl_stages():
-    from rlhfkit.cli import build_parser
+    from rlhfkit.cli.main import build_parser
 
     parser = build_parser()
     for stage in ("ppo", "reinforce", "rloo", "grpo", "best-of-n"):
         args = parser.parse_args([stage, "--seed", "3"])
-        assert args._stage.name == stage
+        assert args._command.name == stage
+
+
+@pytest.mark.multiproc
+def test_nan_on_one_process_stops_every_process_with_the_same_message(good_bad_policy, tmp_path):
+    """Rank 1's loss is NaN at step 2: both ranks raise the TrainingError there, none hangs."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_port", "29547", str(HERE / "multiproc_nan.py"), str(good_bad_policy),
+           str(tmp_path / "nan")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode != 0
+    message = "the loss became NaN or infinite at step 2"
+    for rank in (0, 1):
+        assert f"[rank{rank}]: rlhfkit.train.loop.TrainingError: [grpo] {message}" in proc.stderr, \
+            proc.stderr[-3000:]

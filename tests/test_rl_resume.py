@@ -25,7 +25,7 @@ def ppo_cfg(tiny_lm: Path, out: Path, **kw):
     base = dict(model=str(tiny_lm), output_dir=str(out), max_steps=4, batch_size=4,
                 mini_batch_size=2, update_epochs=2, max_new_tokens=3, learning_rate=1e-3,
                 precision="fp32", progress=False, eval_prompts=2, ptx_coef=0.5,
-                system_prompt=get_task("reviews").system_prompt, tensorboard=False,
+                system_prompt=get_task("reviews").system_prompt, report_to="none",
                 gradient_checkpointing=False)
     base.update(kw)
     return PPOConfig(**base)

@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from rlhfkit.reward_sources import (
+from rlhfkit.rewards.shaping import place_rewards, token_rewards
+from rlhfkit.rewards.sources import (
     RewardSource,
     RewardTerms,
     combine,
@@ -13,7 +14,6 @@ from rlhfkit.reward_sources import (
     segment_gains,
     split_named,
 )
-from rlhfkit.rewards import place_rewards, token_rewards
 from rlhfkit.segments import response_segments, segment_end_tokens, split_segments
 
 

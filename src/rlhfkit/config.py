@@ -11,9 +11,11 @@ import ast
 import dataclasses
 import functools
 import inspect
+import re
 import textwrap
 import types
 import typing
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -189,3 +191,52 @@ def replace(config: Any, **changes: Any) -> Any:
     """Copy of ``config`` with ``changes`` coerced to the field types."""
     hints = _hints(type(config))
     return dataclasses.replace(config, **{k: _coerce(k, hints[k], v) for k, v in changes.items()})
+
+
+# Named lists in options: ``--reward-model rel=SPEC,fact=SPEC --rewards rel=0.3,fact=0.5``
+
+
+def split_named(spec: str) -> list[tuple[str | None, str]]:
+    """``"a=X,b=Y"`` -> ``[("a", "X"), ("b", "Y")]``; a spec without names -> ``[(None, spec)]``.
+
+    Commas inside a source spec (``scorer:sentiment:1,toxicity:-1``) stay with it: only a
+    comma followed by ``name=`` starts a new source.
+    """
+    spec = spec.strip()
+    if not re.match(r"^[A-Za-z_][\w-]*=", spec):
+        return [(None, spec)]
+    out = []
+    for part in re.split(r",(?=\s*[A-Za-z_][\w-]*=)", spec):
+        name, _, value = part.partition("=")
+        if not value.strip():
+            raise ValueError(f"reward source {name.strip()!r} in {spec!r} has no spec after '='")
+        out.append((name.strip(), value.strip()))
+    names = [n for n, _ in out]
+    if len(set(names)) != len(names):
+        raise ValueError(f"a reward source name is used twice in {spec!r}")
+    return out
+
+
+def parse_weights(spec: str, names: Sequence[str]) -> dict[str, float]:
+    """``"rel=0.3,fact=0.5"`` -> weights for ``names`` (1.0 for a name not given).
+
+    Raises:
+        ValueError: A malformed term, a weight that is not a number, or an unknown name.
+    """
+    weights = dict.fromkeys(names, 1.0)
+    if not spec.strip():
+        return weights
+    for term in spec.split(","):
+        name, eq, value = term.partition("=")
+        name = name.strip()
+        if not eq:
+            raise ValueError(f"--rewards: expected name=weight, got {term.strip()!r}")
+        if name not in weights:
+            raise ValueError(f"--rewards: no reward source named {name!r}; the sources are "
+                             f"{', '.join(names)} (name them in --reward-model name=SPEC,...)")
+        try:
+            weights[name] = float(value)
+        except ValueError:
+            raise ValueError(f"--rewards: the weight of {name!r} must be a number, "
+                             f"got {value.strip()!r}") from None
+    return weights

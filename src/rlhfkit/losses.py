@@ -230,6 +230,7 @@ def kto_loss(
     beta: float = 0.1,
     desirable_weight: float = 1.0,
     undesirable_weight: float = 1.0,
+    reduce: Callable[[Tensor], Tensor] | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """KTO loss of each example with binary feedback (Ethayarajh et al. 2024, eq. 8).
 
@@ -250,13 +251,21 @@ def kto_loss(
         desirable_weight: ``lambda_D``.
         undesirable_weight: ``lambda_U``; the paper suggests
             ``lambda_D * n_D / (lambda_U * n_U)`` in [1, 4/3].
+        reduce: Sums a tensor over processes: ``z0`` is then the mean over the mismatched
+            pairs of every process, clamped once, as one process holding them all would get
+            (a mean of per-process clamped means is larger). None = these pairs alone.
 
     Returns:
         Per-example loss (N,) and detached diagnostics: ``rewards`` (N,) = ``beta * r`` and
         ``kl`` () = ``z0``.
     """
     ratio = logps.float() - ref_logps.float()  # (N,)
-    z0 = (kl_logps.float() - kl_ref_logps.float()).mean().detach().clamp(min=0)  # ()
+    kl_ratio = (kl_logps.float() - kl_ref_logps.float()).detach()  # (M,)
+    if reduce is None:
+        z0 = kl_ratio.mean().clamp(min=0)  # ()
+    else:
+        total = reduce(torch.stack([kl_ratio.sum(), kl_ratio.new_tensor(float(kl_ratio.numel()))]))
+        z0 = (total[0] / total[1].clamp(min=1)).clamp(min=0)
     desirable = desirable.bool()
     loss = torch.where(
         desirable,
@@ -336,12 +345,6 @@ def masked_mean(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
     if dim is None:
         return (x * mask).sum() / mask.sum().clamp(min=1)
     return (x * mask).sum(dim) / mask.sum(dim).clamp(min=1)
-
-
-def masked_sum(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
-    """Sum of ``x`` over the positions where ``mask`` is 1 (masked values may be NaN)."""
-    x = torch.where(mask.bool(), x, torch.zeros((), dtype=x.dtype, device=x.device))
-    return x.sum() if dim is None else x.sum(dim)
 
 
 def whiten(x: Tensor, mask: Tensor | None = None, shift_mean: bool = True,
@@ -484,21 +487,26 @@ def ppo_policy_loss(
 
     Returns:
         Per-token loss (B, T) and detached per-token diagnostics: ``clipped`` (1.0 where the
-        clipped term is the larger one, i.e. the token gets no gradient), ``approx_kl``
-        (``(rho - 1) - log rho``, the k3 estimate of ``KL(old || new)``) and ``ratio``.
+        clipped term is the larger one, i.e. the token gets no gradient), ``approx_kl_k3``
+        (``(rho - 1) - log rho``, the k3 estimate of ``KL(old || new)`` per token: what
+        ``--target-kl`` is compared with), ``approx_kl_k2`` (``(log rho)^2 / 2``, the estimate
+        TRL's PPO logged as ``approxkl``) and ``ratio``.
     """
     log_ratio = logprobs.float() - old_logprobs.float()
     ratio = torch.exp(log_ratio)
     unclipped = -advantages * ratio
     clipped = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
     loss = torch.maximum(unclipped, clipped)
-    with torch.no_grad():
-        diag = {
-            "clipped": (clipped > unclipped).float(),
-            "approx_kl": torch.expm1(log_ratio) - log_ratio,
-            "ratio": ratio.detach(),
-        }
-    return loss, diag
+    return loss, _ratio_diagnostics(log_ratio, clipped > unclipped)
+
+
+def _ratio_diagnostics(log_ratio: Tensor, clipped: Tensor) -> dict[str, Tensor]:
+    """Detached per-token diagnostics of an importance ratio ``exp(log_ratio)``."""
+    log_ratio = log_ratio.detach()
+    return {"clipped": clipped.detach().float(),
+            "approx_kl_k3": torch.expm1(log_ratio) - log_ratio,
+            "approx_kl_k2": 0.5 * log_ratio * log_ratio,
+            "ratio": torch.exp(log_ratio)}
 
 
 def ppo_value_loss(
@@ -633,6 +641,116 @@ def baseline_advantages(returns: Tensor, mask: Tensor, baseline: str = "mean",
     raise ValueError(f"baseline must be none, mean or value, got {baseline!r}")
 
 
+GRPO_LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
+"""How :func:`grpo_loss` averages its per-token terms (see there)."""
+IMPORTANCE_LEVELS = ("token", "sequence")
+"""Where :func:`grpo_loss` takes the importance ratio: per token (PPO, GRPO) or per sequence (GSPO)."""
+
+
+def aggregate_token_loss(per_token: Tensor, mask: Tensor, loss_type: str = "bnpo",
+                         max_length: int | None = None, normalizer: float | Tensor | None = None
+                         ) -> Tensor:
+    """Average a (B, T) per-token loss into one number, in one of four ways.
+
+    With ``l_it`` the loss of token t of response i, ``|o_i|`` its length and B responses:
+
+    - ``grpo``: ``1/B sum_i (1/|o_i| sum_t l_it)``, the mean over responses of each response's
+      token mean (Shao et al. 2024, eq. 3). A token of a short response weighs more than one of
+      a long response, which Liu et al. (2025) show biases towards short correct answers and
+      long wrong ones.
+    - ``bnpo``: ``sum_it l_it / sum_i |o_i|``, the token mean over the batch given (TRL's name;
+      rlhfkit's default): every token of the batch weighs the same.
+    - ``dr_grpo``: ``sum_it l_it / (B * max_length)``, a constant normaliser (Dr. GRPO, Liu et al.
+      2025): no length term at all.
+    - ``dapo``: ``sum_it l_it / normalizer``, the token-level sum divided by a normaliser the
+      caller computes over the whole generation batch (Yu et al. 2025, eq. 8): with several
+      mini-batches or processes every token of the generation batch weighs the same, where
+      ``bnpo`` weighs the tokens of each mini-batch by that mini-batch's own count.
+      Without ``normalizer`` it is ``bnpo``.
+
+    Args:
+        per_token: (B, T) per-token loss.
+        mask: (B, T) 1 on response tokens.
+        loss_type: One of :data:`GRPO_LOSS_TYPES`.
+        max_length: The longest response allowed (``max_new_tokens``), for ``dr_grpo``.
+        normalizer: The token count that ``dapo`` divides by.
+
+    Returns:
+        A scalar.
+    """
+    mask = mask.to(per_token.dtype)
+    total = (per_token * mask).sum()
+    if loss_type == "grpo":
+        return ((per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1)).mean()
+    if loss_type == "bnpo" or (loss_type == "dapo" and normalizer is None):
+        return total / mask.sum().clamp(min=1)
+    if loss_type == "dr_grpo":
+        if not max_length:
+            raise ValueError("loss_type 'dr_grpo' needs max_length")
+        return total / (per_token.shape[0] * max_length)
+    if loss_type == "dapo":
+        return total / max(float(normalizer), 1.0)
+    raise ValueError(f"loss_type must be one of {', '.join(GRPO_LOSS_TYPES)}, got {loss_type!r}")
+
+
+def grpo_loss(
+    logprobs: Tensor, old_logprobs: Tensor, ref_logprobs: Tensor, advantages: Tensor,
+    mask: Tensor, *, clip_range: float = 0.2, clip_range_high: float | None = None,
+    kl_coef: float = 0.04, loss_type: str = "bnpo", importance_level: str = "token",
+    max_length: int | None = None, normalizer: float | Tensor | None = None,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """GRPO's loss: the clipped surrogate plus ``beta`` times the k3 KL to the reference.
+
+    Per token (Shao et al. 2024, eq. 3-4)
+    ``l_it = -min(rho_it A_i, clip(rho_it, 1 - eps_low, 1 + eps_high) A_i) + beta k3_it`` with
+    ``k3 = exp(ref - logp) - (ref - logp) - 1``, averaged by :func:`aggregate_token_loss`.
+    ``clip_range_high`` above ``clip_range`` is DAPO's clip-higher (Yu et al. 2025, sec. 3.1).
+    The ratio ``rho`` is per token (``importance_level="token"``) or, for GSPO (Zheng et al.
+    2025, eq. 7), the per-sequence ``s_i = exp(mean_t(logp_it - old_it))`` given to every token
+    of response i, so a response is clipped as a whole.
+
+    Args:
+        logprobs: (B, T) log-probs under the policy being updated.
+        old_logprobs: (B, T) log-probs at sampling time (no gradient).
+        ref_logprobs: (B, T) reference log-probs (no gradient).
+        advantages: (B, T) advantages, one value per response repeated over its tokens.
+        mask: (B, T) 1 on response tokens.
+        clip_range: ``eps_low`` (and ``eps_high`` when ``clip_range_high`` is None).
+        clip_range_high: ``eps_high``.
+        kl_coef: ``beta`` (0 = no KL term).
+        loss_type: How tokens are averaged (:data:`GRPO_LOSS_TYPES`).
+        importance_level: ``token`` or ``sequence`` (:data:`IMPORTANCE_LEVELS`).
+        max_length: For ``loss_type="dr_grpo"``.
+        normalizer: For ``loss_type="dapo"``.
+
+    Returns:
+        The scalar loss and detached diagnostics: ``policy`` and ``kl`` (the two terms, each
+        averaged the same way), and the per-token ``clipped``, ``approx_kl_k3``,
+        ``approx_kl_k2``, ``ratio`` of :func:`ppo_policy_loss`.
+    """
+    if importance_level not in IMPORTANCE_LEVELS:
+        raise ValueError(f"importance_level must be token or sequence, got {importance_level!r}")
+    m = mask.to(torch.float32)
+    log_ratio = (logprobs.float() - old_logprobs.float()) * m
+    if importance_level == "sequence":
+        seq = log_ratio.sum(-1, keepdim=True) / m.sum(-1, keepdim=True).clamp(min=1)  # (B, 1)
+        log_ratio = seq.expand_as(log_ratio) * m
+    ratio = torch.exp(log_ratio)
+    high = clip_range if clip_range_high is None else clip_range_high
+    adv = advantages.detach().float()
+    unclipped = -adv * ratio
+    clipped = -adv * torch.clamp(ratio, 1.0 - clip_range, 1.0 + high)
+    pg = torch.maximum(unclipped, clipped)
+    kl = kl_penalty(logprobs, ref_logprobs.detach(), "k3")
+    opts = dict(loss_type=loss_type, max_length=max_length, normalizer=normalizer)
+    loss = aggregate_token_loss(pg + kl_coef * kl, m, **opts)
+    with torch.no_grad():
+        diag = _ratio_diagnostics(log_ratio, clipped > unclipped)
+        diag["policy"] = aggregate_token_loss(pg, m, **opts)
+        diag["kl"] = aggregate_token_loss(kl, m, **opts)
+    return loss, diag
+
+
 # --------------------------------------------------------------------------------------------
 # Nash learning
 # --------------------------------------------------------------------------------------------
@@ -759,3 +877,27 @@ def segment_preference_loss(
     correct = ((diff > 0) == (mu > 0.5)) & strict
     accuracy = correct.sum() / strict.sum().clamp(min=1)
     return loss, {"accuracy": accuracy.detach(), "margin": diff.detach().mean()}
+
+
+def segment_bce_loss(logits: Tensor, labels: Tensor, error_weight: float = 1.0
+                     ) -> tuple[Tensor, dict[str, Tensor]]:
+    """Per-segment binary cross-entropy of "this segment has an error".
+
+    ``loss_j = -w_j [y_j log sigmoid(z_j) + (1 - y_j) log(1 - sigmoid(z_j))]`` with
+    ``w_j = error_weight`` for error segments (``y_j = 1``) and 1 otherwise.
+
+    Args:
+        logits: (N,) error logits at the segment ends.
+        labels: (N,) 1 for an error segment, 0 for a clean one.
+        error_weight: Weight of error segments (above 1 when errors are rare).
+
+    Returns:
+        The (N,) loss and detached diagnostics: ``correct`` (N,) 1 where the prediction
+        (``logit > 0``) matches the label, and ``weight`` (N,).
+    """
+    labels = labels.float()
+    weight = 1.0 + (error_weight - 1.0) * labels
+    loss = weight * F.binary_cross_entropy_with_logits(
+        logits.float(), labels, reduction="none")
+    correct = ((logits > 0).float() == labels).float()
+    return loss, {"correct": correct.detach(), "weight": weight.detach()}

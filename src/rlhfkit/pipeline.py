@@ -189,7 +189,7 @@ def rank_policy_samples(cfg: DemoConfig, policy: Path, path: Path) -> Path:
     """
     from rlhfkit.data.chat import to_messages
     from rlhfkit.data.io import write_records
-    from rlhfkit.feedback.generate import generate_responses
+    from rlhfkit.rollout import generate_responses
     from rlhfkit.tasks import get_task
 
     task = get_task(cfg.task)
@@ -253,12 +253,13 @@ def run_rl(cfg: DemoConfig, policy: Path, reward_model: Path, out: Path,
         return train_ppo(PPOConfig(output_dir=str(out / "ppo"), batch_size=16,
                                    mini_batch_size=8, update_epochs=2, learning_rate=lr,
                                    **rl)), out / "ppo"
-    if algo in ("grpo", "rloo", "reinforce"):
-        from rlhfkit.train.pg import PGConfig, train_pg
+    from rlhfkit.train.pg import ALGORITHMS, train_pg
 
-        k = 1 if algo == "reinforce" else 4
-        return train_pg(PGConfig(output_dir=str(out / algo), algo=algo, num_samples=k,
-                                 batch_size=16 // k, learning_rate=lr, **rl)), out / algo
+    if algo in ALGORITHMS:
+        k = 1 if ALGORITHMS[algo].min_samples == 1 else 4
+        config = ALGORITHMS[algo].config(output_dir=str(out / algo), num_samples=k,
+                                         batch_size=16 // k, learning_rate=lr, **rl)
+        return train_pg(config), out / algo
     if algo == "best-of-n":
         return None, out / "best-of-n"
     raise ValueError(f"--algo must be ppo, grpo, rloo, reinforce, best-of-n, dpo, ipo or kto "
@@ -281,10 +282,10 @@ def evaluate_final(cfg: DemoConfig, sft: Path, final: Path | None, reward_model:
     from rlhfkit.models.loading import load_causal_lm, load_tokenizer
     from rlhfkit.models.policy import SelectiveLM
     from rlhfkit.models.reward import RewardModel
+    from rlhfkit.rewards.sources import rm_scores
     from rlhfkit.rollout import ReferencePolicy, SamplingConfig, sample
     from rlhfkit.tasks import get_task
     from rlhfkit.train.best_of_n import best_of_n
-    from rlhfkit.train.rl import rm_scores
 
     torch.manual_seed(cfg.seed)
     task = get_task(cfg.task)
@@ -298,7 +299,7 @@ def evaluate_final(cfg: DemoConfig, sft: Path, final: Path | None, reward_model:
     if final is None:  # best-of-n from the SFT policy, scored by the RM
         rl_dir.mkdir(parents=True, exist_ok=True)
         picked = best_of_n(sft_lm, tok, prompts, 4,
-                           lambda p, t, r: rm_scores(rm, r, tok.pad_token_id).tolist(),
+                           lambda p, t, r: rm_scores(rm, r).tolist(),
                            sampling, task.system_prompt)
         after_texts = [r["best"] for r in picked]
         after = None
@@ -313,8 +314,8 @@ def evaluate_final(cfg: DemoConfig, sft: Path, final: Path | None, reward_model:
         ref_lp = ref.logprobs(after)
         kl_final = float(((after.logprobs - ref_lp) * after.response_mask).sum(-1).mean())
         after_texts = after.texts
-        rm_after = rm_scores(rm, after, tok.pad_token_id).tolist()
-    rm_before = rm_scores(rm, before, tok.pad_token_id).tolist()
+        rm_after = rm_scores(rm, after).tolist()
+    rm_before = rm_scores(rm, before).tolist()
     g_before, g_after = gold(prompts, before.texts), gold(prompts, after_texts)
     wr = win_rate(g_after, g_before)
     n = len(prompts)

@@ -30,9 +30,11 @@ from typing import Any, Protocol
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from rlhfkit.data.chat import encode, pad, prompt_text
 from rlhfkit.losses import token_logprobs
+from rlhfkit.models.loading import load_causal_lm, load_tokenizer
 from rlhfkit.models.policy import SelectiveLM
 
 
@@ -559,3 +561,72 @@ def sample(
             rollout.logprobs = response_logprobs(scorer, rollout, sampling.temperature or 1.0)
         scorer.train(was_training)
     return rollout
+
+
+def generate_responses(model: str, prompts: Sequence[Any], k: int, *, max_new_tokens: int = 64,
+                       temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
+                       seed: int = 0, batch_size: int = 16, system_prompt: str | None = None,
+                       max_rounds: int = 5, device: str | None = None,
+                       backend: Any = None, progress: bool = False) -> list[list[str]]:
+    """Sample ``k`` distinct, non-empty responses to every prompt.
+
+    Responses that come out empty, or the same as another response to the same prompt, are
+    sampled again (a ranking or comparison of two identical texts says nothing), for up to
+    ``max_rounds`` rounds. Used to fill feedback projects (``rlhfkit label create-project
+    --generate-from``) and by the demo's ranked samples.
+
+    Args:
+        model: a HF id, a local folder, a .gguf file or the alias ``smollm2-135m``.
+        prompts: prompt texts or chat messages.
+        k: responses per prompt.
+        max_new_tokens: longest response in tokens.
+        temperature: sampling temperature (> 0: K greedy samples would all be the same).
+        top_p: nucleus sampling (1 = off).
+        top_k: keep the k most likely tokens (0 = off).
+        seed: seed of the sampler.
+        batch_size: sequences sampled at once.
+        system_prompt: system message added to prompts that have none.
+        max_rounds: how many times to re-sample the responses that came out empty or repeated.
+        device: ``cpu``, ``cuda``…; default CUDA when available.
+        backend: a :class:`rlhfkit.rollout.GenerationBackend` (default HF ``generate``).
+        progress: show a progress bar over the responses sampled.
+
+    Returns:
+        ``k`` response texts per prompt, in prompt order.
+
+    Raises:
+        ValueError: a bad option, or some prompt did not get ``k`` distinct responses in
+            ``max_rounds`` rounds.
+    """
+    if k < 1:
+        raise ValueError("--k must be at least 1")
+    if temperature <= 0:
+        raise ValueError("sampling K responses needs a temperature above 0")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(seed)
+    tokenizer = load_tokenizer(model)
+    lm = load_causal_lm(model).to(device).eval()
+    sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature,
+                              top_p=top_p, top_k=top_k)
+    out: list[list[str]] = [[] for _ in prompts]
+    bar = tqdm(total=k * len(prompts), desc="sample", unit="resp", disable=not progress)
+    for _round in range(max_rounds):
+        # one slot per response still missing, prompts repeated
+        todo = [i for i, got in enumerate(out) for _ in range(k - len(got))]
+        if not todo:
+            break
+        for start in range(0, len(todo), batch_size):
+            chunk = todo[start:start + batch_size]
+            rollout = sample(lm, tokenizer, [prompts[i] for i in chunk], sampling,
+                             system_prompt=system_prompt, backend=backend)
+            for i, text in zip(chunk, rollout.texts):
+                if text.strip() and text not in out[i] and len(out[i]) < k:
+                    out[i].append(text)
+                    bar.update()
+    bar.close()
+    short = [i for i, got in enumerate(out) if len(got) < k]
+    if short:
+        raise ValueError(f"prompt {short[0]} got only {len(out[short[0]])} distinct non-empty "
+                         f"responses of {k} after {max_rounds} rounds of sampling; raise "
+                         "--temperature or --max-new-tokens, or lower --k")
+    return out

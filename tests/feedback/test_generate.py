@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from rlhfkit.cli import main
+from rlhfkit.cli.main import main
 from rlhfkit.data import records as R
 from rlhfkit.data.chat import encode, prompt_text
 from rlhfkit.data.io import read_records
-from rlhfkit.feedback.generate import generate_responses
-from rlhfkit.feedback.store import Store, StoreError
+from rlhfkit.feedback.store import Store
+from rlhfkit.rollout import generate_responses
 
 
 def test_create_project_with_k_sampled_responses_per_prompt(tiny_lm, tmp_path, capsys):
@@ -83,7 +83,7 @@ def test_prompts_are_written_as_in_training_and_repeats_resampled(tiny_lm, token
     expected = encode(tokenizer, prompt_text(tokenizer, "Name a fruit.", "Be brief."))
     assert backend.calls[0][0] == expected
     assert backend.calls[0][3] == encode(tokenizer, prompt_text(tokenizer, chat, "Be brief."))
-    with pytest.raises(StoreError, match="got only 1 distinct"):
+    with pytest.raises(ValueError, match="got only 1 distinct"):
         generate_responses(str(tiny_lm), ["x"], 2, backend=_Stuck(tokenizer), max_rounds=2)
 
 

@@ -6,12 +6,13 @@ import json
 
 import pytest
 
-from rlhfkit.cli import main
+from rlhfkit.cli.main import main
 from rlhfkit.data import records as R
 from rlhfkit.data.io import read_records, write_records
 from rlhfkit.feedback.report import project_stats
 from rlhfkit.feedback.store import Store, StoreError
 from rlhfkit.feedback.transfer import import_labels
+from rlhfkit.train.inputs import read_source
 
 T1, T2, T3 = "2024-05-01T10:00:00+00:00", "2024-05-01T10:05:00+00:00", "2024-05-02T08:00:00+00:00"
 CHAT = [{"role": "user", "content": "Say hi nicely."}]
@@ -84,7 +85,7 @@ def test_import_then_export_gives_the_same_records(tmp_path, capsys, name, recor
     # importing the same file again adds nothing
     assert main(["label", "import", "--db", db, "--project", name, "--labels", str(src)]) == 0
     assert "imported 0 labels" in capsys.readouterr().out
-    assert len(read_records(f"db:{db}?project={name}")) == len(records)
+    assert len(read_source(f"db:{db}?project={name}")) == len(records)
 
 
 def test_imported_labels_share_items_count_for_overlap_and_agreement(sqlite_store):

@@ -17,6 +17,7 @@ from rlhfkit.feedback.transfer import (
     import_records,
     read_project_records,
 )
+from rlhfkit.train.inputs import read_source
 
 
 def label_all(store, user, project, answer):
@@ -65,7 +66,7 @@ def test_export_and_read_back_through_data_io(sqlite_store, tmp_path):
     assert len(recs) == 3 and all(isinstance(r, R.Comparison) for r in recs)
     assert all(r.source == "simulated" and r.annotator == "ann" for r in recs)
     # the data IO module reads db: paths through read_project_records
-    via_io = read_records(f"db:{url}", kind="comparison")
+    via_io = read_source(f"db:{url}", kind="comparison")
     assert [r.to_dict() for r in via_io] == [r.to_dict() for r in recs]
     for suffix in ("out.jsonl", "out.parquet", "hf-folder"):
         path = tmp_path / suffix
@@ -88,13 +89,13 @@ def test_url_with_project_and_errors(sqlite_store, tmp_path):
     with pytest.raises(R.RecordError, match="name the project"):
         read_project_records(sqlite_store.url)
     with pytest.raises(R.RecordError, match="no project named"):
-        read_records(f"db:{sqlite_store.url}?project=missing")
+        read_source(f"db:{sqlite_store.url}?project=missing")
     missing = tmp_path / "typo.db"
     with pytest.raises(FileNotFoundError, match="no feedback database"):
-        read_records(f"db:sqlite:///{missing}?project=p")
+        read_source(f"db:sqlite:///{missing}?project=p")
     assert not missing.exists()  # reading never creates an empty database
     with pytest.raises(R.RecordError, match=r"postgresql://u:\*\*\*@127.0.0.1:1/x.*cannot read the feedback store"):
-        read_records("db:postgresql://u:secret@127.0.0.1:1/x?project=p&connect_timeout=2")
+        read_source("db:postgresql://u:secret@127.0.0.1:1/x?project=p&connect_timeout=2")
 
 
 def test_concurrent_annotators_never_exceed_overlap(store):

@@ -13,7 +13,7 @@ import json
 import math
 
 from conftest import PASSWORD
-from rlhfkit.cli import main
+from rlhfkit.cli.main import main
 from rlhfkit.data import records as R
 from rlhfkit.data.io import read_records
 from rlhfkit.feedback.client import FeedbackClient, label_project, labeler_answerer

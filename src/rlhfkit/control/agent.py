@@ -15,6 +15,8 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Categorical, Normal
 
+from rlhfkit.losses import ppo_policy_loss
+
 
 def _mlp(inp: int, out: int, hidden: int, out_std: float) -> nn.Sequential:
     layers = [nn.Linear(inp, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh(),
@@ -169,9 +171,7 @@ def ppo_update(agent: ActorCritic, optimizer: torch.optim.Optimizer, obs: Tensor
             _, logprobs, entropy = agent.act(obs[mb], actions[mb])
             mb_adv = advantages[mb]
             mb_adv = (mb_adv - mb_adv.mean()) / (mb_adv.std() + 1e-8)
-            ratio = (logprobs - old_logprobs[mb]).exp()
-            policy_loss = -torch.min(ratio * mb_adv,
-                                     ratio.clamp(1 - hp.clip, 1 + hp.clip) * mb_adv).mean()
+            policy_loss = ppo_policy_loss(logprobs, old_logprobs[mb], mb_adv, hp.clip)[0].mean()
             value_loss = 0.5 * (agent.value(obs[mb]) - returns[mb]).pow(2).mean()
             loss = policy_loss + hp.value_coef * value_loss - hp.entropy_coef * entropy.mean()
             optimizer.zero_grad()

@@ -279,6 +279,38 @@ def make_labeler(cfg: ControlConfig, generator: torch.Generator):
     raise ValueError(f"labeler must be 'oracle' or 'app', got {cfg.labeler!r}")
 
 
+def ask_for_labels(cfg: ControlConfig, step: int, runner: Runner, learner: Any, worker: Any,
+                   rng: np.random.Generator, fits: int) -> Any:
+    """Phase 2: label the most disputed segment pairs the schedule asks for, refit r_hat.
+
+    Draws ``want * candidates_per_query`` random pairs and keeps the ``want`` the ensemble
+    disagrees on most (``want`` = the schedule's labels minus those held). Returns the learner's
+    update, or None (nothing wanted, or an asynchronous fit still running).
+    """
+    want = min(cfg.labels, label_target(step, cfg)) - len(learner.data)
+    if want <= 0:
+        return None
+    pool = want * cfg.candidates_per_query
+    seg_1 = runner.sample_segments(pool, cfg.segment_length, rng)
+    seg_2 = runner.sample_segments(pool, cfg.segment_length, rng)
+    if worker is None:
+        return learner.round(seg_1, seg_2, want)
+    worker.submit(seg_1, seg_2, want)
+    # no RL on an untrained r_hat: wait for the first fit
+    return worker.collect(wait=True) if fits == 0 else None
+
+
+@torch.no_grad()
+def learned_rewards(model: RewardEnsemble, batch: dict[str, torch.Tensor], env: Any,
+                    discrete: bool, shift: float, scale: float) -> torch.Tensor:
+    """Phase 3: (T, N) rewards of the rollout under r_hat, standardised as it was fitted."""
+    executed = batch["actions"]  # the reward model saw what the env executed
+    if not discrete:
+        low, high = env.action_space.low, env.action_space.high
+        executed = executed.clamp(torch.as_tensor(low), torch.as_tensor(high))
+    return (model.reward(batch["obs"], executed) - shift) / scale
+
+
 def run_agent(cfg: ControlConfig, learned: bool, log,
               log_comparisons: Callable[[Segments, Segments, torch.Tensor], None] | None = None
               ) -> list[dict[str, Any]]:
@@ -327,22 +359,10 @@ def run_agent(cfg: ControlConfig, learned: bool, log,
             batch = runner.rollout(agent, cfg.rollout_steps)  # (T, N, ...)
             step += cfg.rollout_steps * cfg.num_envs
             # -- 2. labels and reward model (on the learned-reward agent only) -------------------
-            update = None
-            if worker is not None:
-                update = worker.collect()
+            update = worker.collect() if worker is not None else None
             if (learned and step - last_refit >= cfg.reward_update_every and runner.finished
                     and not (worker is not None and worker.pending)):
-                want = min(cfg.labels, label_target(step, cfg)) - len(learner.data)
-                if want > 0:  # the `want` most disputed of `want * candidates` random pairs
-                    pool = want * cfg.candidates_per_query
-                    seg_1 = runner.sample_segments(pool, cfg.segment_length, rng)
-                    seg_2 = runner.sample_segments(pool, cfg.segment_length, rng)
-                    if worker is None:
-                        update = learner.round(seg_1, seg_2, want)
-                    else:
-                        worker.submit(seg_1, seg_2, want)
-                        if fits == 0:  # no RL on an untrained r_hat: wait for the first fit
-                            update = worker.collect(wait=True)
+                update = ask_for_labels(cfg, step, runner, learner, worker, rng, fits) or update
                 last_refit = step  # (until an episode has finished there is nothing to cut)
             if update is not None:
                 if worker is not None:  # the policy picks up the worker's new weights
@@ -351,12 +371,7 @@ def run_agent(cfg: ControlConfig, learned: bool, log,
                 labels, fits = update.labels, update.fit
             # -- 3. rewards and advantages -------------------------------------------------------
             if learned:
-                with torch.no_grad():
-                    executed = batch["actions"]  # the reward model saw what the env executed
-                    if not discrete:
-                        low, high = envs[0].action_space.low, envs[0].action_space.high
-                        executed = executed.clamp(torch.as_tensor(low), torch.as_tensor(high))
-                    rewards = (model.reward(batch["obs"], executed) - shift) / scale  # (T, N)
+                rewards = learned_rewards(model, batch, envs[0], discrete, shift, scale)
                 for t in range(rewards.shape[0]):  # predicted return of the episodes, for the log
                     pred_running += rewards[t].numpy()
                     for i in np.flatnonzero(batch["ends"][t].numpy()):

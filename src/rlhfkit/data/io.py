@@ -2,7 +2,7 @@
 
 The format comes from the path: ``.jsonl`` (or ``.ndjson``), ``.json``, ``.csv``, ``.parquet``
 (or ``.pq``), a folder written by ``datasets.Dataset.save_to_disk``, or ``db:<url>`` for a
-feedback store (read through :func:`rlhfkit.feedback.transfer.read_project_records`).
+feedback store (read through :func:`rlhfkit.feedback.store.read_project_records`).
 
 What a file holds:
 
@@ -59,14 +59,13 @@ _MESSAGE_COLUMNS = ("prompt", "messages", "chosen", "rejected", "completion", "r
 def read_records(
     path: str | Path, kind: str | None = None, *, split: str | None = None
 ) -> list[Record]:
-    """Read every record of a file, folder or feedback store.
+    """Read every record of a file or folder.
 
     Args:
-        path: a ``.jsonl``, ``.json``, ``.csv`` or ``.parquet`` file, a folder written by
-            ``datasets`` ``save_to_disk``, or ``db:<database url>`` for a feedback store.
+        path: a ``.jsonl``, ``.json``, ``.csv`` or ``.parquet`` file, or a folder written by
+            ``datasets`` ``save_to_disk``.
         kind: the record kind (a key of :data:`~rlhfkit.data.records.KINDS`); None takes it
-            from a ``kind`` column or infers it from the column names. For ``db:`` paths it
-            keeps only the records of that kind.
+            from a ``kind`` column or infers it from the column names.
         split: for a ``DatasetDict`` folder, the split to read (default: the only split, or
             ``train``).
 
@@ -83,7 +82,11 @@ def read_records(
             repr(kind), field="kind", expected=f"one of {', '.join(KINDS)}", file=str(path)
         )
     if isinstance(path, str) and path.startswith("db:"):
-        return _read_db(path, kind)
+        raise RecordError(
+            "a feedback store is not a file", field="(path)",
+            expected="a file or folder here; db:URL sources are read by the training stages "
+                     "(rlhfkit.train.inputs.read_source) and `rlhfkit label export`",
+            file=hide_password(path))
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no such file or folder: {path}")
@@ -349,30 +352,9 @@ def _read_hf(path: Path, kind: str | None, split: str | None) -> list[Record]:
     return list(_build(rows, kind, str(path), unit="row", columns=loaded.column_names))
 
 
-def _read_db(path: str, kind: str | None) -> list[Record]:
-    url = path[len("db:") :]
-    shown = re.sub(r"://([^:/@]*):[^@]*@", r"://\1:***@", path)  # hide a password
-    try:
-        from rlhfkit.feedback.transfer import read_project_records
-    except ImportError as err:
-        raise ImportError(
-            f"reading {shown!r} needs the feedback store "
-            f"(rlhfkit.feedback.transfer.read_project_records), which could not be imported: {err}"
-        ) from err
-    records = []
-    for index, item in enumerate(read_project_records(url)):
-        if isinstance(item, Record):
-            record = item
-        else:
-            try:
-                record = from_dict(item)
-            except RecordError as err:
-                raise err.at(
-                    file=shown, row=index, row_hint="0-based record from the store"
-                ) from None
-        if kind is None or record.KIND == kind:
-            records.append(record)
-    return records
+def hide_password(spec: str) -> str:
+    """A ``db:``/database URL with its password replaced by ``***`` (for messages)."""
+    return re.sub(r"://([^:/@]*):[^@]*@", r"://\1:***@", spec)
 
 
 def _need(module: str, package: str) -> Any:

@@ -13,6 +13,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from rlhfkit.config import parse_weights, split_named
 from rlhfkit.evaluate.report import Section, figure_html, table_html
 
 SHARED = ("score", "score_std", "normalized", "total")
@@ -42,10 +45,6 @@ def _weights(run_dir: Path) -> dict[str, tuple[float, str]]:
     path = run_dir / "config.yaml"
     if not path.exists():
         return {}
-    import yaml
-
-    from rlhfkit.reward_sources import parse_weights, split_named
-
     cfg: dict[str, Any] = yaml.safe_load(path.read_text()) or {}
     try:
         named = split_named(str(cfg.get("reward_model", "")))

@@ -42,7 +42,7 @@ from rlhfkit.evaluate.report import Section
 
 METHODS = {"holistic": "scorer:non-toxic", "fine-grained": "segment-gain:non-toxic",
            "fine-grained-wu": "segment-gain:toxicity:-1"}
-"""Method name -> the PPO ``--reward-model`` spec (see :mod:`rlhfkit.reward_sources`).
+"""Method name -> the PPO ``--reward-model`` spec (see :mod:`rlhfkit.rewards.sources`).
 
 ``fine-grained`` and ``fine-grained-wu`` give the same reward after every sentence but the
 first: the drop in toxicity. After the first, ``fine-grained`` gives ``1 - tox(y_1)`` (so a
@@ -162,7 +162,7 @@ def train_sft_stage(cfg: DetoxConfig, out: Path) -> Path:
     return train_sft(SFTConfig(model=cfg.model, data="task:detox", output_dir=str(out / "sft"),
                                max_steps=cfg.sft_steps, batch_size=cfg.sft_batch_size,
                                learning_rate=cfg.sft_learning_rate, max_length=128,
-                               gradient_checkpointing=False, tensorboard=False,
+                               gradient_checkpointing=False, report_to="none",
                                precision=cfg.precision, progress=cfg.progress))
 
 
@@ -180,7 +180,7 @@ def ppo_config(cfg: DetoxConfig, sft: Path, method: str, seed: int, run_dir: Pat
         # scores are probabilities: no RM statistics to standardise with, nothing to clip
         normalize_reward=False, reward_clip=0.0,
         eval_every=cfg.eval_every, eval_prompts=cfg.curve_prompts,
-        gradient_checkpointing=False, tensorboard=False, precision=cfg.precision,
+        gradient_checkpointing=False, report_to="none", precision=cfg.precision,
         progress=cfg.progress)
 
 

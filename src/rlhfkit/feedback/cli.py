@@ -1,7 +1,8 @@
 """``rlhfkit label …``: run the feedback app and manage its store from the command line.
 
-The main CLI calls :func:`register` with its sub-parsers; each leaf sets ``_run`` (a function
-of the parsed arguments returning an exit code).
+The main CLI calls :func:`register` with its sub-parsers and the function that builds a
+policy sampler (the app itself never loads a model); each leaf sets ``_run`` (a function of
+the parsed arguments returning an exit code).
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import getpass
 import json
 import os
 import sys
+from collections.abc import Callable
+from typing import Any
 
 from .questions import QUESTION_TYPES
 from .tables import DEFAULT_WORKSPACE
@@ -18,15 +21,23 @@ from .tables import DEFAULT_WORKSPACE
 DEFAULT_DB = "sqlite:///feedback.db"
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``label serve | create-project | add-user | workspace | import | export | stats``."""
+def register(subparsers: argparse._SubParsersAction,
+             sampler: Callable[[argparse.Namespace], Any] | None = None) -> None:
+    """Add ``label serve | create-project | add-user | workspace | import | export | stats``.
+
+    Args:
+        subparsers: The main parser's sub-commands.
+        sampler: ``sampler(args)`` -> ``generate(prompts, k)`` for ``create-project
+            --generate-from`` (:func:`rlhfkit.feedback.generate.create_project_from_policy`).
+    """
     label = subparsers.add_parser(
         "label", help="the feedback web app and its store",
         description="Collect feedback from people and machines: run the web app, make projects "
                     "and accounts, group them in workspaces, import and export labels.")
     sub = label.add_subparsers(dest="label_command", metavar="ACTION", required=True)
-    for add in (_serve_parser, _create_project_parser, _add_user_parser, _workspace_parser,
-                _import_parser, _export_parser, _stats_parser):
+    _create_project_parser(sub, sampler)
+    for add in (_serve_parser, _add_user_parser, _workspace_parser, _import_parser,
+                _export_parser, _stats_parser):
         add(sub)
 
 
@@ -55,7 +66,7 @@ def _serve_parser(sub) -> None:
     p.set_defaults(_run=_serve)
 
 
-def _create_project_parser(sub) -> None:
+def _create_project_parser(sub, sampler) -> None:
     p = sub.add_parser(
         "create-project", help="create a project from a file of prompts (and responses, or --generate-from a policy)",
         description="Create a project asking one or more question types about each item. Items "
@@ -83,7 +94,7 @@ def _create_project_parser(sub) -> None:
     g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling (default 1.0 = off)")
     g.add_argument("--system-prompt", default=None, help="system message for prompts that have none")
     g.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
-    p.set_defaults(_run=_create_project)
+    p.set_defaults(_run=_create_project, _sampler=sampler)
 
 
 def _add_user_parser(sub) -> None:
@@ -233,15 +244,16 @@ def _create_project(args) -> int:
 
         if not args.file:
             return _fail("--generate-from needs --file with the prompts")
+        if args._sampler is None:
+            return _fail("--generate-from needs the rlhfkit command (it loads the policy)")
         sampling = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                         top_p=args.top_p, system_prompt=args.system_prompt, seed=args.seed)
-        from ..models.loading import ModelLoadError
-
         try:
             n = create_project_from_policy(store, args.name, args.file, questions,
-                                           args.generate_from, args.k, model_name=args.model_name,
+                                           args._sampler(args), args.k,
+                                           model_name=args.model_name or args.generate_from,
                                            sampling=sampling, **options)
-        except ModelLoadError as e:
+        except RuntimeError as e:  # the policy could not be loaded (ModelLoadError)
             return _fail(str(e))
     elif args.file:
         n = create_project_from_file(store, args.name, args.file, questions, **options)

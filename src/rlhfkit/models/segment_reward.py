@@ -35,7 +35,7 @@ A saved segment reward model marks itself in its ``config.json`` (``rlhfkit_rewa
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,12 +43,10 @@ import torch
 from torch import nn
 
 from rlhfkit.models.loading import ModelLoadError, resolve
-from rlhfkit.segments import UNITS, response_segments
+from rlhfkit.segments import UNITS
 
 if TYPE_CHECKING:
     from rlhfkit.data.records import Span
-    from rlhfkit.reward_sources import RewardSource
-    from rlhfkit.rollout import Rollout
 
 CATEGORY_GROUPS: dict[str, tuple[str, ...]] = {
     "relevance": ("irrelevant", "repetitive", "incoherent"),
@@ -124,30 +122,6 @@ def segment_rewards(error_logits: torch.Tensor, kind: str = "sign") -> torch.Ten
     if kind == "logodds":
         return -logits
     raise ValueError(f"segment reward must be one of {', '.join(REWARD_KINDS)}, got {kind!r}")
-
-
-def segment_bce_loss(logits: torch.Tensor, labels: torch.Tensor, error_weight: float = 1.0
-                     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Per-segment binary cross-entropy of "this segment has an error".
-
-    ``loss_j = -w_j [y_j log sigmoid(z_j) + (1 - y_j) log(1 - sigmoid(z_j))]`` with
-    ``w_j = error_weight`` for error segments (``y_j = 1``) and 1 otherwise.
-
-    Args:
-        logits: (N,) error logits at the segment ends.
-        labels: (N,) 1 for an error segment, 0 for a clean one.
-        error_weight: Weight of error segments (above 1 when errors are rare).
-
-    Returns:
-        The (N,) loss and detached diagnostics: ``correct`` (N,) 1 where the prediction
-        (``logit > 0``) matches the label, and ``weight`` (N,).
-    """
-    labels = labels.float()
-    weight = 1.0 + (error_weight - 1.0) * labels
-    loss = weight * nn.functional.binary_cross_entropy_with_logits(
-        logits.float(), labels, reduction="none")
-    correct = ((logits > 0).float() == labels).float()
-    return loss, {"correct": correct.detach(), "weight": weight.detach()}
 
 
 def classification_counts(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
@@ -280,65 +254,3 @@ def is_segment_rm(path: str | Path) -> bool:
         return json.loads(config.read_text()).get("rlhfkit_reward_type") == "segment"
     except (OSError, json.JSONDecodeError):
         return False
-
-
-# ---------------------------------------------------------------------------------------
-# Scoring responses
-# ---------------------------------------------------------------------------------------
-
-
-@torch.no_grad()
-def rollout_segment_logits(model: SegmentRewardModel, tokenizer: Any, rollout: Rollout,
-                           unit: str, autocast: Callable | None = None, batch_size: int = 16
-                           ) -> list[list[tuple[int, float]]]:
-    """``(segment-end token index, error logit)`` for every segment of every response.
-
-    The model reads exactly the ids the policy sampled (prompt from the chat template, response
-    up to its end-of-turn token), with the rollout's position ids for the left padding.
-    """
-    import contextlib
-
-    segs = response_segments(tokenizer, rollout.response_ids, rollout.texts, unit)
-    width = rollout.prompt_width
-    device = rollout.input_ids.device
-    out: list[list[tuple[int, float]]] = []
-    for start in range(0, len(rollout), batch_size):
-        chunk = range(start, min(start + batch_size, len(rollout)))
-        rows = [b - start for b in chunk for _ in segs[b]]
-        toks = [tok for b in chunk for _, tok in segs[b]]
-        with autocast() if autocast else contextlib.nullcontext():
-            logits = model(rollout.input_ids[start:chunk.stop],
-                           rollout.attention_mask[start:chunk.stop],
-                           torch.tensor(rows, device=device),
-                           torch.tensor([width + t for t in toks], device=device),
-                           rollout.position_ids[start:chunk.stop]).float().cpu().tolist()
-        i = 0
-        for b in chunk:
-            out.append([(tok, logits[i + j]) for j, (_, tok) in enumerate(segs[b])])
-            i += len(segs[b])
-    return out
-
-
-def segment_rm_source(name: str, path: str, run: Any) -> RewardSource:
-    """A per-segment reward source from a segment reward-model folder.
-
-    Each segment's reward (``sign``/``prob``/``logodds`` of its error logit, as saved in the
-    folder) goes on its last token. The rewards are not standardised: they are already on a
-    fixed scale, and ``--rewards`` weighs them. The source has no ``path``, so ``--critic rm``
-    starts the critic from a holistic reward model instead.
-    """
-    from rlhfkit.reward_sources import RewardSource
-
-    model = SegmentRewardModel.from_pretrained(path, pad_token_id=run.tokenizer.pad_token_id)
-    model.eval().requires_grad_(False).to(run.device)
-    unit, kind = model.unit, model.reward_kind
-
-    def fn(rollout: Rollout) -> list[list[tuple[int, float]]]:
-        per_response = rollout_segment_logits(model, run.tokenizer, rollout, unit, run._autocast)
-        out = []
-        for items in per_response:
-            rewards = segment_rewards(torch.tensor([z for _, z in items]), kind).tolist()
-            out.append([(tok, r) for (tok, _), r in zip(items, rewards)])
-        return out
-
-    return RewardSource(name, fn, model=model)

@@ -17,7 +17,7 @@ from rlhfkit.tasks.factqa import FactQATask
 from rlhfkit.tasks.reviews import ReviewsTask
 
 __all__ = ["DetoxTask", "FactQATask", "ReviewsTask", "Task", "get_task", "list_tasks",
-           "register_task"]
+           "register_task", "task_reward_sources"]
 
 _TASKS: dict[str, Callable[..., Task]] = {"reviews": ReviewsTask, "detox": DetoxTask,
                                           "factqa": FactQATask}
@@ -49,3 +49,11 @@ def get_task(name: str, **kwargs: Any) -> Task:
     if name not in _TASKS:
         raise KeyError(f"unknown task {name!r}; known: {', '.join(list_tasks())}")
     return _TASKS[name](**kwargs)
+
+
+def task_reward_sources() -> dict[str, Callable[..., Any]]:
+    """Every reward-source factory the registered tasks bring, by prefix (see ``Task``)."""
+    out: dict[str, Callable[..., Any]] = {}
+    for factory in _TASKS.values():
+        out.update(getattr(factory, "reward_sources", {}))
+    return out

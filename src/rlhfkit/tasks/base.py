@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, ClassVar
+
 from rlhfkit.data.records import Comparison, Demonstration, PromptRecord, Ranking
 from rlhfkit.feedback.gold import Scorer
 from rlhfkit.feedback.simulated import SimulatedLabeler
@@ -23,6 +26,10 @@ class Task:
     name: str = ""
     description: str = ""
     system_prompt: str | None = None
+    reward_sources: ClassVar[dict[str, Callable[..., tuple[Any, Any]]]] = {}
+    """Reward sources the task brings, by ``--reward-model`` prefix: ``factory(name, spec,
+    context) -> (fn, stats)`` with ``fn(rollout)`` the ``(token, reward)`` pairs of each
+    response and ``stats`` a ``(mean, std)`` to standardise with, or None."""
 
     def prompts(self, split: str = "train") -> list[str]:
         """The prompts of a split ("train" or "eval"); the two never share a prompt."""

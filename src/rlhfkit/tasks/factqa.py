@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from itertools import combinations
@@ -43,7 +43,7 @@ from typing import Any
 
 from rlhfkit.data.records import Demonstration, Ranking, Span, SpanFeedback
 from rlhfkit.feedback.gold import prompt_text
-from rlhfkit.segments import split_segments
+from rlhfkit.segments import response_segments, split_segments
 from rlhfkit.tasks.base import Task, check_split
 
 __all__ = ["ATTRIBUTES", "FactQATask", "Item", "Judgement", "judge", "parse_prompt"]
@@ -550,17 +550,25 @@ def gold_segment_rewards(item: Item, text: str, aspect: str) -> list[float]:
     raise ValueError(f"factqa-gold: aspect must be one of {', '.join(GOLD_UNITS)}, got {aspect!r}")
 
 
-def gold_source(name: str, spec: str, run: Any) -> Any:
+def gold_source(name: str, spec: str, ctx: Any
+                ) -> tuple[Callable[[Any], list[list[tuple[int, float]]]], tuple[float, float] | None]:
     """``--reward-model NAME=factqa-gold:ASPECT``: the labeler's marks as a reward source.
 
     Relevance and factuality give +-1 after each sub-sentence / sentence; completeness one
     score at the end, standardised with the mean and std of the gold completeness of the
     task's ranked answers (as a reward model's scores are with its training stats). For
     measuring what the weights do apart from reward-model errors.
-    """
-    from rlhfkit.reward_sources import RewardSource
-    from rlhfkit.segments import response_segments
 
+    Args:
+        name: The source's name; also its aspect when ``spec`` is empty.
+        spec: The aspect (relevance, factuality or completeness).
+        ctx: The source context of the RL run (:class:`rlhfkit.rewards.sources.SourceContext`);
+            only its ``tokenizer`` is read.
+
+    Returns:
+        ``(fn, stats)``: rollout -> ``(token, reward)`` pairs per response, and the
+        ``(mean, std)`` that standardises the scores (None for the +-1 aspects).
+    """
     aspect = spec.strip() or name
     if aspect not in GOLD_UNITS:
         raise ValueError(f"factqa-gold:{aspect}: use one of {', '.join(GOLD_UNITS)}")
@@ -568,7 +576,7 @@ def gold_source(name: str, spec: str, run: Any) -> Any:
     items: dict[str, Item] = {}
 
     def fn(rollout: Any) -> list[list[tuple[int, float]]]:
-        segs = response_segments(run.tokenizer, rollout.response_ids, rollout.texts, unit)
+        segs = response_segments(ctx.tokenizer, rollout.response_ids, rollout.texts, unit)
         out = []
         for prompt, text, places in zip(rollout.prompts, rollout.texts, segs):
             key = prompt_text(prompt)
@@ -585,7 +593,7 @@ def gold_source(name: str, spec: str, run: Any) -> Any:
         task = FactQATask()
         scores = [s for r in task.rankings() for s in r.meta["gold_scores"]]
         stats = (statistics.fmean(scores), statistics.pstdev(scores) or 1.0)
-    return RewardSource(name, fn, stats=stats)
+    return fn, stats
 
 
 class SpanLabeler:
@@ -627,10 +635,6 @@ class SpanLabeler:
                   "gold_completeness": j.completeness})
 
 
-def _register() -> None:
-    from rlhfkit.reward_sources import register_reward_source
-
-    register_reward_source("factqa-gold", gold_source)
-
-
-_register()
+# The task's own reward sources, keyed by their --reward-model prefix (read by
+# rlhfkit.train.inputs, which hands them to rlhfkit.rewards.sources.build_sources).
+FactQATask.reward_sources = {"factqa-gold": gold_source}

@@ -18,15 +18,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from rlhfkit import config as cfglib
 from rlhfkit.data.io import write_records
 from rlhfkit.data.records import Demonstration
 from rlhfkit.models.loading import load_causal_lm, load_tokenizer
-from rlhfkit.models.reward import RewardModel
+from rlhfkit.rewards.sources import SourceContext, combine
 from rlhfkit.rollout import SamplingConfig, sample
+from rlhfkit.train.inputs import build_gold, load_prompts, reward_sources
 from rlhfkit.train.loop import make_accelerator, seed_everything
-from rlhfkit.train.rl import RewardFn, build_gold, load_prompts, rm_scores
+from rlhfkit.train.rl import RewardFn
 
 
 @dataclass
@@ -36,7 +38,10 @@ class BestOfNConfig:
     model: str = "runs/sft/model"
     """The policy to sample from."""
     reward_model: str = "runs/rm/model"
-    """Reward-model folder, or scorer:SPEC for a programmatic reward."""
+    """Reward-model folder, scorer:SPEC for a programmatic reward, or several sources as
+    name=SPEC,name=SPEC (their weighted sum is the score; see rlhfkit ppo --help)."""
+    rewards: str = ""
+    """Weights of named reward sources, e.g. rm=1,len=0.1 (1 for a name not given)."""
     data: str = "task:reviews"
     """Prompts: task:NAME or a file of records with a prompt field."""
     eval_data: str | None = None
@@ -86,6 +91,7 @@ def best_of_n(
     batch_size: int = 16,
     autocast: torch.dtype | None = None,
     progress: bool = False,
+    max_prompt_tokens: int | None = None,
 ) -> list[dict[str, Any]]:
     """For each prompt, sample ``n`` responses and keep the highest-scoring one.
 
@@ -93,14 +99,12 @@ def best_of_n(
         One dict per prompt: ``prompt``, ``best`` (text), ``best_score``, ``first`` (the first
         sample, i.e. plain sampling) and ``scores`` (all n).
     """
-    from tqdm.auto import tqdm
-
     flat = [p for p in prompts for _ in range(n)]
     texts: list[str] = []
     scores: list[float] = []
     for i in tqdm(range(0, len(flat), batch_size), desc="best-of-n", disable=not progress):
         rollout = sample(lm, tokenizer, flat[i:i + batch_size], sampling, system_prompt,
-                         autocast=autocast)
+                         autocast=autocast, max_prompt_tokens=max_prompt_tokens)
         texts += rollout.texts
         scores += [float(s) for s in score(rollout.prompts, rollout.texts, rollout)]
     out = []
@@ -126,18 +130,14 @@ def run_best_of_n(cfg: BestOfNConfig, reward_fn: RewardFn | None = None) -> Path
     if cfg.max_prompts:
         prompts = prompts[: cfg.max_prompts]
     lm = load_causal_lm(cfg.model).to(acc.device)
-    if reward_fn is None and cfg.reward_model.startswith("scorer:"):
-        from rlhfkit.feedback.gold import get_scorer
-
-        scorer = get_scorer(cfg.reward_model[len("scorer:"):])
-        reward_fn = lambda p, t, r: scorer(p, t)  # noqa: E731
     if reward_fn is None:
-        rm = RewardModel.from_pretrained(cfg.reward_model, pad_token_id=tokenizer.pad_token_id)
-        rm.eval().to(acc.device)
-        reward_fn = lambda p, t, r: rm_scores(rm, r, tokenizer.pad_token_id).tolist()  # noqa: E731
+        # The unnormalised, weighted sum of the sources: what they score, as the RL stages log it.
+        sources = reward_sources(cfg.reward_model, cfg.rewards,
+                                 SourceContext(tokenizer, acc.device, normalize_reward=False))
+        reward_fn = lambda p, t, r: combine(sources, r).raw.tolist()  # noqa: E731
     sampling = SamplingConfig(cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.top_k)
     results = best_of_n(lm, tokenizer, prompts, cfg.n, reward_fn, sampling, system_prompt,
-                        cfg.batch_size, autocast, cfg.progress)
+                        cfg.batch_size, autocast, cfg.progress, cfg.max_prompt_tokens)
     write_records([Demonstration(prompt=r["prompt"], response=r["best"],
                                  source="ai", annotator="best-of-n", id=f"bon-{i}")
                    for i, r in enumerate(results)], out / "demonstrations.jsonl")

@@ -57,11 +57,12 @@ import torch
 from rlhfkit import config as cfglib
 from rlhfkit.data.chat import encode_pair, pad
 from rlhfkit.data.records import BinaryFeedback, Record, as_comparisons
-from rlhfkit.data.sources import prompt_key
+from rlhfkit.data.splits import prompt_key
 from rlhfkit.losses import dpo_loss, ipo_loss, kto_loss, preferred_ft_loss, unlikelihood_loss
 from rlhfkit.models.loading import load_causal_lm, merge_and_save
 from rlhfkit.models.policy import SelectiveLM, sequence_logprobs
-from rlhfkit.train.loop import Loop, TrainConfig, start_stage
+from rlhfkit.train.inputs import stage_inputs
+from rlhfkit.train.loop import Loop, Run, TrainConfig
 from rlhfkit.train.sft import build_policy
 
 Tensor = torch.Tensor
@@ -70,15 +71,9 @@ LOSSES = ("dpo", "ipo", "kto", "pref-ft", "unlikelihood")
 
 
 @dataclass
-class DPOConfig(TrainConfig):
-    """Direct preference optimisation (``rlhfkit dpo``)."""
+class DPOOptions:
+    """The objective of DPO and its relatives (offline ``rlhfkit dpo`` and ``online-dpo``)."""
 
-    output_dir: str = "runs/dpo"
-    """Run folder: config.yaml, metrics.jsonl, eval.json, reference_logps.pt, checkpoints/, model/."""
-    learning_rate: float = 5e-6
-    """Peak learning rate of AdamW."""
-    batch_size: int = 4
-    """Groups per micro-batch: a ranking with all its pairs, one comparison, or one KTO example."""
     loss: str = "dpo"
     """dpo, ipo, kto, pref-ft (fine-tune on the chosen response) or unlikelihood."""
     beta: float = 0.1
@@ -95,8 +90,18 @@ class DPOConfig(TrainConfig):
     """Reference policy (HF id, folder or .gguf); default: --model (its base under --lora)."""
     ref_batch_size: int = 16
     """Sequences per forward pass while computing the reference log-probs."""
-    system_prompt: str | None = None
-    """System message added to prompts that have none (default: the task's, else none)."""
+
+
+@dataclass
+class DPOConfig(TrainConfig, DPOOptions):
+    """Direct preference optimisation (``rlhfkit dpo``)."""
+
+    output_dir: str = "runs/dpo"
+    """Run folder: config.yaml, metrics.jsonl, eval.json, reference_logps.pt, checkpoints/, model/."""
+    learning_rate: float = 5e-6
+    """Peak learning rate of AdamW."""
+    batch_size: int = 4
+    """Groups per micro-batch: a ranking with all its pairs, one comparison, or one KTO example."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -478,13 +483,22 @@ def pairwise_step(
     return (weight * loss).sum(), pair_metrics(pairs, weight, cfg.beta)
 
 
+def process_sum(accelerator: Any) -> Callable[[Tensor], Tensor] | None:
+    """Sums a tensor over the processes of ``accelerator`` (None with one process)."""
+    if accelerator.num_processes == 1:
+        return None
+    return lambda t: accelerator.reduce(t, reduction="sum")
+
+
 def kto_step(
-    model: torch.nn.Module, batch: dict[str, Any], cfg: DPOConfig
+    model: torch.nn.Module, batch: dict[str, Any], cfg: DPOConfig,
+    reduce: Callable[[Tensor], Tensor] | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Loss sum and metric sums of a micro-batch of KTO examples.
 
     The mismatched sequences only feed the detached reference point z0, so they run without
-    gradient; the examples themselves run in one forward pass.
+    gradient; the examples themselves run in one forward pass. ``reduce`` sums over processes,
+    so that z0 comes from the mismatched pairs of all of them (:func:`rlhfkit.losses.kto_loss`).
     """
     with torch.no_grad():
         _, kl_logps = sequence_logprobs(model, batch["kl_input_ids"],
@@ -495,7 +509,7 @@ def kto_step(
     desirable = batch["desirable"].to(seq_logps.device)
     loss, diag = kto_loss(seq_logps[idx], batch["ref_logps"][idx].to(seq_logps.device),
                           desirable, kl_logps, batch["kl_ref_logps"].to(seq_logps.device),
-                          cfg.beta, cfg.desirable_weight, cfg.undesirable_weight)
+                          cfg.beta, cfg.desirable_weight, cfg.undesirable_weight, reduce)
     shifted = diag["rewards"] - cfg.beta * diag["kl"]  # (Q,) beta * (r - z0)
     correct = torch.where(desirable, shifted > 0, shifted < 0).float()
     return loss.sum(), {"rewards/accuracy": correct.sum(), "kto/kl": diag["kl"] * len(idx)}
@@ -642,10 +656,11 @@ def train_dpo(cfg: DPOConfig) -> Path:
     """Train a policy directly on preferences; returns the saved policy (``output_dir/model``)."""
     if cfg.loss not in LOSSES:
         raise cfglib.ConfigError(f"--loss must be one of {', '.join(LOSSES)}, got {cfg.loss!r}")
-    stage = start_stage(cfg, "preferences", ["comparison", "ranking", "binary"])
-    accelerator, out, tokenizer = stage.accelerator, stage.out, stage.tokenizer
-    system_prompt = stage.system_prompt
-    train_records, eval_records = stage.train_records, stage.eval_records
+    run = Run(cfg, cfg.loss)
+    inputs = stage_inputs(cfg, "preferences", ["comparison", "ranking", "binary"])
+    accelerator, out, tokenizer = run.accelerator, run.out, inputs.tokenizer
+    system_prompt = inputs.system_prompt
+    train_records, eval_records = inputs.train_records, inputs.eval_records
     train_groups, counts = build_groups_for(cfg, train_records, tokenizer, system_prompt)
     eval_groups, eval_counts = build_groups_for(cfg, eval_records, tokenizer, system_prompt,
                                                 for_eval=True)
@@ -666,23 +681,24 @@ def train_dpo(cfg: DPOConfig) -> Path:
                                accelerator, out / "reference_logps.pt", identity)
     del reference
 
-    loop = Loop(cfg, model, train_groups, lambda b: collate_groups(b, pad_id), stage=cfg.loss,
-                lengths=[g.num_tokens for g in train_groups], accelerator=accelerator)
+    loop = Loop(run, model, train_groups, lambda b: collate_groups(b, pad_id),
+                lengths=[g.num_tokens for g in train_groups])
     if accelerator.is_main_process:
         what = (f"{counts['desirable']} desirable / {counts['undesirable']} undesirable examples "
                 f"({counts['undecided']} undecided responses left out)") if cfg.loss == "kto" \
             else (f"{counts['pairs']} pairs from {counts['rankings']} rankings and plain "
                   f"comparisons, {counts['ties']} ties skipped")
         print(f"[{cfg.loss}] {len(train_groups)} training groups ({what}); held out: "
-              f"{eval_counts.get('pairs', 0)} pairs; {loop.total_steps} steps, precision "
-              f"{accelerator.mixed_precision}, {loop.world} process(es)")
+              f"{eval_counts.get('pairs', 0)} pairs; {loop.describe()}; precision "
+              f"{accelerator.mixed_precision}")
 
     step_fn = kto_step if cfg.loss == "kto" else pairwise_step
+    extra = {"reduce": process_sum(accelerator)} if cfg.loss == "kto" else {}
 
     def step(m: torch.nn.Module, batch: dict[str, Any]):
         batch = {k: v.to(accelerator.device) if isinstance(v, Tensor) else v
                  for k, v in batch.items()}
-        return step_fn(m, batch, cfg)
+        return step_fn(m, batch, cfg, **extra)
 
     def evaluate() -> dict[str, float]:
         return evaluate_preferences(loop.model, eval_groups, pad_id, cfg.batch_size, cfg,

@@ -1,72 +1,99 @@
-"""The plumbing every trainer shares.
+"""The plumbing every trainer shares: one :class:`Run` per stage, and the supervised :class:`Loop`.
 
-Devices, precision, batching, accumulation, clipping, schedule, logging, progress, checkpoints,
-resume, and a guard against NaN/inf.
+A :class:`Run` owns what any training run needs whatever it optimises: the accelerator (devices,
+precision, processes), the run folder with ``config.yaml``, ``metrics.jsonl`` and the trackers of
+``--report-to``, resumable checkpoints, the step loop with its progress bar, evaluation and
+checkpoint cadence, the guard that stops every process together when a loss turns NaN, and the
+optimizer step (clipping, schedule). A supervised stage hands a :class:`Loop` its items::
 
-A trainer hands the loop a list of items, a ``collate`` function and a ``step`` function::
-
-    loop = Loop(cfg, model, items, collate, stage="sft")
+    run = Run(cfg, "sft")
+    loop = Loop(run, model, items, collate)
     loop.run(step)          # step(model, batch) -> (loss_sum, metric_sums)
 
-Batching is explicit so that results do not depend on the number of processes. Optimizer step
-``s`` uses the global batch ``order[s*G:(s+1)*G]`` with ``G = batch_size * grad_accum * world``;
-each process takes a contiguous slice and splits it into micro-batches. Every collated batch says
-how many loss *units* it holds (tokens for SFT, weighted pairs for reward models); the step
-returns the *sum* of the loss over those units, and the loop divides by the global unit count
-(summed over micro-batches and processes). The gradient is therefore that of the mean over the
-global batch whether it ran as 1x8, 2x4 or 4x2 micro-batches, and a resumed run replays exactly
-the batches an uninterrupted one would have seen.
+and an RL stage (:class:`rlhfkit.train.rl.RLRun`) holds a ``Run`` and writes its own loop over
+``run.steps(...)``.
+
+Supervised batching is explicit so that results do not depend on the number of processes.
+Optimizer step ``s`` uses the global batch ``order[s*G:(s+1)*G]`` with
+``G = batch_size * grad_accum * world``; each process takes a contiguous slice and splits it into
+micro-batches. Every collated batch says how many loss *units* it holds (tokens for SFT, weighted
+pairs for reward models); the step returns the *sum* of the loss over those units, and the loop
+divides by the global unit count (summed over micro-batches and processes). The gradient is
+therefore that of the mean over the global batch whether it ran as 1x8, 2x4 or 4x2
+micro-batches, and a resumed run replays exactly the batches an uninterrupted one would have
+seen. The ``len(items) % G`` items left over at the end of an epoch are not dropped for good:
+each epoch is a fresh shuffle, so a different remainder sits out each time (the stage says how
+many at start).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
+from rlhfkit import config as cfglib
 from rlhfkit.models.loading import DEFAULT_MODEL, resolve_precision
 
 StepFn = Callable[[torch.nn.Module, dict[str, Any]], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+
+TRACKERS = ("tensorboard", "wandb", "mlflow", "trackio", "comet_ml", "aim", "clearml", "dvclive",
+            "swanlab")
+"""Trackers ``--report-to`` can name: Accelerate's (``metrics.jsonl`` is always written)."""
 
 
 class TrainingError(RuntimeError):
     """Training cannot go on (for example the loss became NaN); the message says why."""
 
 
-@dataclass
-class TrainConfig:
-    """Options every training stage shares."""
+# ---------------------------------------------------------------------------------------------
+# Options, in groups: each group is read by one part of the plumbing
+# ---------------------------------------------------------------------------------------------
 
-    model: str = DEFAULT_MODEL
-    """Model to start from: a HF id, a local folder, a .gguf file, or the alias smollm2-135m."""
-    data: str = "task:reviews"
-    """Training records: a JSONL/JSON/CSV/Parquet file, a HF datasets folder, db:URL, or task:NAME."""
-    eval_data: str | None = None
-    """Held-out records; default: a split of --data."""
-    eval_fraction: float = 0.1
-    """Share of --data held out for evaluation when --eval-data is not given."""
+
+@dataclass
+class RunOptions:
+    """The run folder, processes, logging and checkpoints (read by :class:`Run`)."""
+
     output_dir: str = "runs/run"
     """Run folder: config.yaml, metrics.jsonl, checkpoints/, model/."""
-    max_length: int = 256
-    """Longest sequence in tokens (prompt + response); longer ones are truncated."""
-    lora: bool = False
-    """Train LoRA adapters instead of all weights."""
-    lora_r: int = 16
-    """LoRA rank."""
-    lora_alpha: int = 32
-    """LoRA scaling numerator (the update is scaled by alpha / r)."""
-    lora_dropout: float = 0.0
-    """Dropout on the LoRA input."""
     precision: str = "auto"
     """fp32, bf16 (autocast, fp32 master weights), or auto: bf16 where the hardware has it."""
+    seed: int = 0
+    """Seed for data order, initialisation and sampling."""
+    eval_every: int = 0
+    """Evaluate before training and every this many steps (0 = only at the end)."""
+    save_every: int = 0
+    """Write a resumable checkpoint every this many steps (0 = none; the final model is always
+    saved in model/)."""
+    keep_checkpoints: int = 2
+    """How many recent checkpoints to keep."""
+    resume: bool = False
+    """Continue from the newest checkpoint in --output-dir."""
+    overwrite: bool = False
+    """Start again in an --output-dir that holds an earlier run (its metrics, trackers and
+    checkpoints are deleted); without it (or --resume) such a folder is refused."""
+    report_to: str = "tensorboard"
+    """Trackers besides metrics.jsonl, comma-separated: tensorboard, wandb, mlflow, trackio,
+    comet_ml, aim, clearml, dvclive, swanlab, or none."""
+    progress: bool = True
+    """Show progress bars (also silences those of transformers and datasets when off)."""
+
+
+@dataclass
+class OptimOptions:
+    """AdamW and its schedule (read by :meth:`Run.prepare` and :meth:`Run.optimizer_step`)."""
+
     learning_rate: float = 1e-5
     """Peak learning rate of AdamW."""
     weight_decay: float = 0.0
@@ -75,6 +102,43 @@ class TrainConfig:
     """constant, linear or cosine decay after warm-up."""
     warmup_ratio: float = 0.05
     """Share of the steps spent warming the learning rate up linearly from 0."""
+    max_grad_norm: float = 1.0
+    """Clip the global gradient norm to this (0 = no clipping)."""
+
+
+@dataclass
+class ModelOptions:
+    """The model to train and how (read by the stages' ``build_*`` functions)."""
+
+    model: str = DEFAULT_MODEL
+    """Model to start from: a HF id, a local folder, a .gguf file, or the alias smollm2-135m."""
+    lora: bool = False
+    """Train LoRA adapters instead of all weights."""
+    lora_r: int = 16
+    """LoRA rank."""
+    lora_alpha: int = 32
+    """LoRA scaling numerator (the update is scaled by alpha / r)."""
+    lora_dropout: float = 0.0
+    """Dropout on the LoRA input."""
+    gradient_checkpointing: bool = True
+    """Recompute activations in the backward pass: ~10% less peak memory for ~18% less speed
+    (SmolLM2-135M on CPU); the default, as in TRL. --no-gradient-checkpointing for speed."""
+
+
+@dataclass
+class DataOptions:
+    """Records and batching of a supervised stage (read by ``stage_inputs`` and :class:`Loop`)."""
+
+    data: str = "task:reviews"
+    """Training records: a JSONL/JSON/CSV/Parquet file, a HF datasets folder, db:URL, or task:NAME."""
+    eval_data: str | None = None
+    """Held-out records; default: a split of --data."""
+    eval_fraction: float = 0.1
+    """Share of --data held out for evaluation when --eval-data is not given."""
+    system_prompt: str | None = None
+    """System message added to prompts that have none (default: the task's, else none)."""
+    max_length: int = 256
+    """Longest sequence in tokens (prompt + response); longer ones are truncated."""
     epochs: float = 1.0
     """Passes over the training data (may be fractional); ignored when --max-steps > 0."""
     max_steps: int = 0
@@ -83,35 +147,43 @@ class TrainConfig:
     """Micro-batch size per process."""
     grad_accum: int = 1
     """Micro-batches accumulated per optimizer step."""
-    max_grad_norm: float = 1.0
-    """Clip the global gradient norm to this (0 = no clipping)."""
-    gradient_checkpointing: bool = True
-    """Recompute activations in the backward pass: ~10% less peak memory for ~18% less speed
-    (SmolLM2-135M on CPU); the default, as in TRL. --no-gradient-checkpointing for speed."""
     group_by_length: bool = True
     """Batch items of similar length together to waste less compute on padding."""
-    seed: int = 0
-    """Seed for data order, initialisation and sampling."""
     log_every: int = 1
     """Write metrics every this many steps."""
-    eval_every: int = 0
-    """Evaluate before training and every this many steps (0 = only at the end)."""
-    save_every: int = 0
-    """Write a resumable checkpoint every this many steps (0 = only at the end)."""
-    keep_checkpoints: int = 2
-    """How many recent checkpoints to keep."""
-    resume: bool = False
-    """Continue from the newest checkpoint in --output-dir."""
-    tensorboard: bool = True
-    """Also log to TensorBoard (output_dir/tb)."""
-    progress: bool = True
-    """Show a progress bar."""
 
 
-def make_accelerator(precision: str):
-    """An ``Accelerator`` with ``precision`` resolved for the current device."""
+@dataclass
+class TrainConfig(RunOptions, OptimOptions, DataOptions, ModelOptions):
+    """Options every supervised stage shares (SFT, reward models, DPO, preference models)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Small pieces
+# ---------------------------------------------------------------------------------------------
+
+
+def trackers_of(report_to: str) -> list[str]:
+    """The tracker names of ``--report-to`` (``none`` or empty: no tracker)."""
+    names = [t.strip() for t in report_to.split(",") if t.strip() and t.strip() != "none"]
+    unknown = [t for t in names if t not in TRACKERS]
+    if unknown:
+        raise cfglib.ConfigError(f"--report-to: unknown tracker(s) {', '.join(unknown)}; "
+                                 f"choose from {', '.join(TRACKERS)} or none")
+    return names
+
+
+def make_accelerator(precision: str, log_with: Sequence[str] = (), out: Path | None = None):
+    """An ``Accelerator`` with ``precision`` resolved for the current device.
+
+    Args:
+        precision: ``fp32``, ``bf16`` or ``auto``.
+        log_with: Accelerate trackers to report to (their files go under ``out/tb``).
+        out: The run folder.
+    """
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, GradientState
+    from accelerate.utils import ProjectConfiguration
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     resolved = resolve_precision(precision, device)
@@ -122,7 +194,10 @@ def make_accelerator(precision: str):
     GradientState._reset_state()
     # cpu=True is what makes accelerate set up a gloo process group under torchrun on a machine
     # without GPUs; without it every process believes it is alone.
-    return Accelerator(mixed_precision="bf16" if resolved == "bf16" else "no", cpu=device == "cpu")
+    project = (ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "tb"))
+               if log_with and out is not None else None)
+    return Accelerator(mixed_precision="bf16" if resolved == "bf16" else "no", cpu=device == "cpu",
+                       log_with=list(log_with) or None, project_config=project)
 
 
 def epoch_order(
@@ -193,39 +268,46 @@ def reduce_sums(accelerator: Any, values: dict[str, float | torch.Tensor]) -> di
     return dict(zip(keys, t.tolist()))
 
 
-class MetricsLog:
-    """``metrics.jsonl`` (and optionally TensorBoard) in a run folder, written by one process."""
+def seed_everything(seed: int) -> None:
+    """Seed Python, and torch (CPU and CUDA)."""
+    random.seed(seed)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
 
-    def __init__(self, out: Path, enabled: bool, tensorboard: bool = False) -> None:
-        self.out, self.enabled, self.tensorboard = out, enabled, tensorboard
+
+class MetricsLog:
+    """``metrics.jsonl`` in a run folder, written by one process, and Accelerate's trackers."""
+
+    def __init__(self, out: Path, enabled: bool, accelerator: Any = None) -> None:
+        self.out, self.enabled, self.accelerator = out, enabled, accelerator
         self._file = None
-        self._tb = None
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         """Append one record ``{"step": step, **metrics}``; nothing for an empty dict."""
-        if not metrics or not self.enabled:
+        if not metrics:
             return
-        record = {"step": step, **{k: float(v) for k, v in metrics.items()}}
+        values = {k: float(v) for k, v in metrics.items()}
+        if self.accelerator is not None and self.accelerator.trackers:
+            self.accelerator.log(values, step=step)  # every process calls; the main one writes
+        if not self.enabled:
+            return
         if self._file is None:
             self._file = open(self.out / "metrics.jsonl", "a")  # noqa: SIM115
-        self._file.write(json.dumps(record) + "\n")
+        self._file.write(json.dumps({"step": step, **values}) + "\n")
         self._file.flush()
-        if self.tensorboard:
-            if self._tb is None:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self._tb = SummaryWriter(str(self.out / "tb"))
-            for k, v in metrics.items():
-                self._tb.add_scalar(k, float(v), step)
 
     def close(self) -> None:
-        """Flush and close the files."""
+        """Flush and close the file and the trackers."""
         if self._file is not None:
             self._file.close()
             self._file = None
-        if self._tb is not None:
-            self._tb.close()
-            self._tb = None
+        if self.accelerator is not None:
+            # Not accelerator.end_training(): it also destroys the process group, which the
+            # stage (and a pipeline's later stages) still need.
+            for tracker in self.accelerator.trackers:
+                tracker.finish()
+            self.accelerator.trackers = []
 
 
 class Checkpoints:
@@ -264,55 +346,255 @@ class Checkpoints:
         return step
 
 
+RUN_FILES = ("metrics.jsonl", "tb", "checkpoints", "samples.jsonl", "report.html")
+"""What a run leaves in its folder that a fresh run must not mix with (``--overwrite``)."""
+
+
+def claim_output_dir(out: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse a folder that holds an earlier run unless resuming it or asked to overwrite it."""
+    used = [name for name in RUN_FILES if (out / name).exists()]
+    if not used or resume:
+        return
+    if not overwrite:
+        raise TrainingError(
+            f"{out} already holds a run ({', '.join(used)}); pass --resume to continue it, "
+            f"--overwrite to start again there, or another --output-dir")
+    for name in used:
+        path = out / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+# ---------------------------------------------------------------------------------------------
+
+
+class Run:
+    """One training run: see the module docstring.
+
+    Args:
+        cfg: The stage config (a :class:`RunOptions` and :class:`OptimOptions`).
+        stage: Name used in logs and metric names (``sft``, ``rm``, ``ppo``, ...).
+        seed_per_process: Add the process index to the seed (RL stages: each process samples
+            its own responses, which one shared seed would correlate).
+        accelerator: Reuse one (a stage that runs several loops), else a new one is made.
+    """
+
+    def __init__(self, cfg: Any, stage: str, seed_per_process: bool = False,
+                 accelerator: Any = None) -> None:
+        self.cfg, self.stage = cfg, stage
+        trackers = trackers_of(cfg.report_to)
+        self.out = Path(cfg.output_dir)
+        self.accelerator = acc = accelerator or make_accelerator(cfg.precision, trackers, self.out)
+        seed_everything(cfg.seed + (acc.process_index if seed_per_process else 0))
+        self.world, self.rank = acc.num_processes, acc.process_index
+        self.device = acc.device
+        self.is_main = acc.is_main_process
+        if self.is_main:
+            claim_output_dir(self.out, cfg.resume, cfg.overwrite)
+            self.out.mkdir(parents=True, exist_ok=True)
+            cfglib.save_yaml(cfg, self.out / "config.yaml")
+        acc.wait_for_everyone()
+        if trackers and accelerator is None:
+            acc.init_trackers("rlhfkit", config=_flat_config(cfg))  # tensorboard: out/tb/rlhfkit
+        self.metrics_log = MetricsLog(self.out, self.is_main, acc)
+        self.checkpoints = Checkpoints(acc, self.out / "checkpoints", cfg.keep_checkpoints)
+        self.step = 0
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.scheduler: Any = None
+        self.postfix: dict[str, str] = {}
+        """What the progress bar shows after the step just taken (set by the trainer)."""
+        self.final_eval: dict[str, float] = {}
+
+    # ------------------------------------------------------------------ set-up
+    def prepare(self, models: Sequence[torch.nn.Module], params: Sequence[torch.nn.Parameter],
+                total_updates: int, state: Sequence[Any] = ()) -> list[torch.nn.Module]:
+        """Make the optimizer and schedule, wrap ``models`` for the processes, register state.
+
+        Args:
+            models: Modules to wrap (DDP / FSDP), in order.
+            params: The parameters the optimizer updates.
+            total_updates: Optimizer steps of the whole run (the schedule's length).
+            state: More objects with ``state_dict``/``load_state_dict`` to checkpoint (after
+                the schedule, in order: the order is the checkpoint format).
+
+        Returns:
+            The wrapped models, in order.
+        """
+        cfg = self.cfg
+        if not params:
+            raise TrainingError(f"{self.stage}: the model has no trainable parameters")
+        optimizer = make_optimizer(params, cfg.learning_rate, cfg.weight_decay)
+        scheduler = build_scheduler(optimizer, cfg.lr_scheduler,
+                                    int(cfg.warmup_ratio * total_updates), total_updates)
+        *wrapped, self.optimizer = self.accelerator.prepare(*models, optimizer)
+        # The schedule is a function of the optimizer step, which is the same on every process;
+        # accelerate's prepared scheduler would advance once per process. Keep ours, checkpointed.
+        self.scheduler = scheduler
+        self.accelerator.register_for_checkpointing(scheduler)
+        for obj in state:
+            self.accelerator.register_for_checkpointing(obj)
+        return wrapped
+
+    # ------------------------------------------------------------------ updates
+    def stop_if_nonfinite(self, nonfinite: bool | float, hint: str = "") -> None:
+        """Raise the same :class:`TrainingError` on every process if any saw a NaN/inf loss.
+
+        Every process must stop at the same point: one that raised alone would leave the
+        others waiting in the next collective (the gradient all-reduce) forever.
+        """
+        flag = float(nonfinite)
+        if self.world > 1:
+            flag = reduce_sums(self.accelerator, {"nonfinite": flag})["nonfinite"]
+        if flag > 0:
+            raise TrainingError(
+                f"[{self.stage}] the loss became NaN or infinite at step {self.step + 1}; "
+                f"nothing was updated at this step. Try a lower --learning-rate, "
+                f"--precision fp32{hint}, or check the data; resume from "
+                f"{self.latest_checkpoint() or 'the start'} with --resume.")
+
+    def backward(self, loss: torch.Tensor, hint: str = "") -> None:
+        """Backward pass, after every process has checked that its loss is finite."""
+        self.stop_if_nonfinite(not bool(torch.isfinite(loss.detach())), hint)
+        self.accelerator.backward(loss)
+
+    def optimizer_step(self) -> float:
+        """Clip, step, advance the schedule, zero the gradients; returns the gradient norm."""
+        norm = 0.0
+        if self.cfg.max_grad_norm > 0:
+            params = [p for g in self.optimizer.param_groups for p in g["params"]]
+            norm = float(self.accelerator.clip_grad_norm_(params, self.cfg.max_grad_norm))
+            if not math.isfinite(norm):  # the global norm: the same on every process
+                self.optimizer.zero_grad(set_to_none=True)
+                raise TrainingError(f"[{self.stage}] non-finite gradient norm at step "
+                                    f"{self.step + 1}; nothing was updated")
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return norm
+
+    @property
+    def lr(self) -> float:
+        """The learning rate of the next step."""
+        return self.scheduler.get_last_lr()[0]
+
+    # ------------------------------------------------------------------ the loop
+    def steps(self, total: int, evaluate: Callable[[], dict[str, float]] | None = None,
+              unit: str = "step") -> Iterator[int]:
+        """Yield step numbers from the resumed one up to ``total``.
+
+        The caller does step ``s`` in the body of its loop; between steps this evaluates and
+        checkpoints as configured, and shows progress. With ``evaluate``, it also evaluates
+        before the first step (when ``--eval-every`` is set) and after the last one
+        (:attr:`final_eval`).
+        """
+        cfg = self.cfg
+        self.maybe_resume()
+        bar = tqdm(total=total, initial=self.step, desc=self.stage, unit=unit,
+                   disable=not (cfg.progress and self.is_main), dynamic_ncols=True)
+        if evaluate is not None and cfg.eval_every and self.step == 0:
+            self.log(evaluate())  # the starting point, for comparison
+        while self.step < total:
+            yield self.step
+            self.step += 1
+            bar.update(1)
+            if self.postfix:
+                bar.set_postfix(self.postfix)
+            if evaluate is not None and cfg.eval_every and self.step % cfg.eval_every == 0 \
+                    and self.step < total:
+                self.log(evaluate())
+            if cfg.save_every and self.step % cfg.save_every == 0 and self.step < total:
+                self.save_checkpoint()
+        bar.close()
+        if evaluate is not None:
+            self.final_eval = evaluate()
+            self.log(self.final_eval)
+
+    # ------------------------------------------------------------------ logging
+    def log(self, metrics: dict[str, float], step: int | None = None) -> None:
+        """Append ``metrics`` to metrics.jsonl and the trackers (main process writes)."""
+        self.metrics_log.log(metrics, self.step if step is None else step)
+
+    def reduce_sums(self, values: dict[str, float | torch.Tensor]) -> dict[str, float]:
+        """Sum scalars over processes (the same dict keys on every process)."""
+        return reduce_sums(self.accelerator, values)
+
+    def close(self) -> None:
+        """Flush and close the logs."""
+        self.metrics_log.close()
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_checkpoint(self) -> Path:
+        """Write model(s), optimizer, schedule, registered state and RNG for an exact resume."""
+        return self.checkpoints.save(self.step)
+
+    def latest_checkpoint(self) -> Path | None:
+        """Newest complete checkpoint in the run folder, if any."""
+        return self.checkpoints.latest()
+
+    def maybe_resume(self) -> None:
+        """With ``--resume``, load the newest checkpoint and continue after its step."""
+        if self.cfg.resume:
+            step = self.checkpoints.resume(self.stage)
+            if step is not None:
+                self.step = step
+
+
+def _flat_config(cfg: Any) -> dict[str, Any]:
+    """The config as tracker hyper-parameters (scalars only; None as a string)."""
+    return {k: (v if isinstance(v, int | float | str | bool) else str(v))
+            for k, v in cfglib.to_dict(cfg).items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# The supervised loop
+# ---------------------------------------------------------------------------------------------
+
+
 class Loop:
-    """Runs optimizer steps over a list of items; see the module docstring."""
+    """Optimizer steps over a list of items for a supervised stage; see the module docstring.
+
+    Args:
+        run: The stage's :class:`Run`.
+        model: The module to train (its forward is what ``step`` calls).
+        items: Training items; ``collate`` turns a list of them into a batch dict with
+            ``num_units`` (and optionally ``num_tokens``).
+        collate: Items -> batch.
+        lengths: Item lengths, for grouping by length (default: all equal).
+    """
 
     def __init__(
         self,
-        cfg: TrainConfig,
+        run: Run,
         model: torch.nn.Module,
         items: Sequence[Any],
         collate: Callable[[list[Any]], dict[str, Any]],
-        stage: str,
         lengths: Sequence[int] | None = None,
-        accelerator: Any = None,
     ) -> None:
-        self.cfg = cfg
-        self.stage = stage
-        self.items = items
-        self.collate = collate
-        self.accelerator = accelerator or make_accelerator(cfg.precision)
-        acc = self.accelerator
-        self.world = acc.num_processes
-        self.rank = acc.process_index
-        self.out = Path(cfg.output_dir)
+        self.run_ = run
+        cfg = self.cfg = run.cfg
+        self.stage, self.items, self.collate = run.stage, items, collate
+        self.accelerator, self.world, self.rank = run.accelerator, run.world, run.rank
+        self.out = run.out
         self.global_batch = cfg.batch_size * cfg.grad_accum * self.world
         if len(items) < self.global_batch:
             raise TrainingError(
-                f"{stage}: {len(items)} training items is fewer than one global batch "
+                f"{self.stage}: {len(items)} training items is fewer than one global batch "
                 f"({cfg.batch_size} per process x {cfg.grad_accum} accumulation x {self.world} "
                 f"processes = {self.global_batch}); lower --batch-size or --grad-accum"
             )
         self.lengths = list(lengths) if lengths is not None else [1] * len(items)
         self.steps_per_epoch = len(items) // self.global_batch
+        self.left_over = len(items) % self.global_batch
         self.total_steps = cfg.max_steps or max(1, int(self.steps_per_epoch * cfg.epochs))
         params = [p for p in model.parameters() if p.requires_grad]
-        if not params:
-            raise TrainingError(f"{stage}: the model has no trainable parameters")
-        optimizer = make_optimizer(params, cfg.learning_rate, cfg.weight_decay)
-        warmup = int(cfg.warmup_ratio * self.total_steps)
-        scheduler = build_scheduler(optimizer, cfg.lr_scheduler, warmup, self.total_steps)
-        self.model, self.optimizer = acc.prepare(model, optimizer)
-        # The schedule is a function of the optimizer step, which is the same on every process;
-        # accelerate's prepared scheduler would advance once per process. Keep ours, checkpointed.
-        self.scheduler = scheduler
-        acc.register_for_checkpointing(self.scheduler)
-        self.step = 0
+        (self.model,) = run.prepare([model], params, self.total_steps)
         self._orders: dict[int, list[int]] = {}
-        if acc.is_main_process:
-            self.out.mkdir(parents=True, exist_ok=True)
-        self.metrics_log = MetricsLog(self.out, acc.is_main_process, cfg.tensorboard)
-        self.checkpoints = Checkpoints(acc, self.out / "checkpoints", cfg.keep_checkpoints)
+
+    @property
+    def step(self) -> int:
+        """Optimizer steps taken."""
+        return self.run_.step
 
     # ------------------------------------------------------------------ data
     def _order(self, epoch: int) -> list[int]:
@@ -335,35 +617,25 @@ class Loop:
         return [self.collate([self.items[i] for i in local[k:k + size]])
                 for k in range(0, per_rank, size)]
 
-    # ------------------------------------------------------------------ logging
+    def describe(self) -> str:
+        """One line on the batching, for the stage's start message."""
+        note = (f"; {self.left_over} items sit out each epoch (a different {self.left_over} "
+                f"each time)" if self.left_over else "")
+        return (f"{self.total_steps} steps of {self.global_batch} ({self.cfg.batch_size} x "
+                f"{self.cfg.grad_accum} accumulation x {self.world} process(es)){note}")
+
+    # ------------------------------------------------------------------ helpers for stages
     def log(self, metrics: dict[str, float], step: int | None = None) -> None:
-        """Append ``metrics`` to metrics.jsonl (and TensorBoard) from the main process only."""
-        self.metrics_log.log(metrics, self.step if step is None else step)
+        """Append ``metrics`` to metrics.jsonl from the main process."""
+        self.run_.log(metrics, step)
 
     def reduce_sums(self, values: dict[str, float | torch.Tensor]) -> dict[str, float]:
         """Sum scalars over processes (the same dict keys on every process)."""
-        return reduce_sums(self.accelerator, values)
-
-    # ------------------------------------------------------------------ checkpoints
-    @property
-    def checkpoint_root(self) -> Path:
-        """Folder holding ``step-N`` checkpoints."""
-        return self.checkpoints.root
-
-    def save_checkpoint(self) -> Path:
-        """Write model, optimizer, scheduler and RNG state for an exact resume."""
-        return self.checkpoints.save(self.step)
+        return self.run_.reduce_sums(values)
 
     def latest_checkpoint(self) -> Path | None:
         """Newest complete checkpoint in the run folder, if any."""
-        return self.checkpoints.latest()
-
-    def maybe_resume(self) -> None:
-        """With ``--resume``, load the newest checkpoint and continue after its step."""
-        if self.cfg.resume:
-            step = self.checkpoints.resume(self.stage)
-            if step is not None:
-                self.step = step
+        return self.run_.latest_checkpoint()
 
     # ------------------------------------------------------------------ the loop
     def train_step(self, step_fn: StepFn) -> dict[str, float]:
@@ -379,7 +651,8 @@ class Loop:
         self.model.train()
         for k, batch in enumerate(batches):
             last = k == len(batches) - 1
-            ctx = acc.no_sync(self.model) if (self.world > 1 and not last) else _null()
+            ctx = acc.no_sync(self.model) if (self.world > 1 and not last) else \
+                contextlib.nullcontext()
             with ctx:
                 with acc.autocast():
                     loss_sum, metric_sums = step_fn(self.model, batch)
@@ -391,28 +664,16 @@ class Loop:
             for name, value in metric_sums.items():
                 sums[name] = sums.get(name, 0.0) + float(value)
         sums["_nonfinite"] = nonfinite
-        reduced = self.reduce_sums(sums)
+        reduced = self.reduce_sums(sums)  # the NaN flag travels with the metrics: no extra sync
         if reduced.pop("_nonfinite") > 0:
-            raise TrainingError(
-                f"[{self.stage}] the loss became NaN or infinite at step {self.step + 1}. "
-                f"Nothing was updated at this step. Try a lower --learning-rate, "
-                f"--precision fp32, or check the data; resume from "
-                f"{self.latest_checkpoint() or 'the start'} with --resume."
-            )
-        if self.cfg.max_grad_norm > 0:
-            grad_norm = acc.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
-            reduced["grad_norm"] = float(grad_norm)
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.step += 1
+            self.run_.stop_if_nonfinite(True)  # world is summed already: raises everywhere
+        grad_norm = self.run_.optimizer_step()
         metrics = {f"loss/{self.stage}" if k == "loss" else k: v / global_units
-                   for k, v in reduced.items() if k != "grad_norm"}
-        if "grad_norm" in reduced:
-            metrics["grad_norm"] = reduced["grad_norm"]
-        metrics["lr"] = self.scheduler.get_last_lr()[0]
+                   for k, v in reduced.items()}
+        if self.cfg.max_grad_norm > 0:
+            metrics["grad_norm"] = grad_norm
+        metrics["lr"] = self.run_.lr
         metrics["_tokens"] = totals["tokens"]
-        metrics["_units"] = global_units
         return metrics
 
     def run(
@@ -423,111 +684,20 @@ class Loop:
         """Train to ``total_steps``, evaluating and checkpointing as configured.
 
         Returns:
-            The last evaluation's metrics (or the last training metrics without ``evaluate``).
+            The last training metrics and the last evaluation's metrics.
         """
-        from tqdm.auto import tqdm
-
-        acc = self.accelerator
-        self.maybe_resume()
-        bar = tqdm(total=self.total_steps, initial=self.step, desc=self.stage, unit="step",
-                   disable=not (self.cfg.progress and acc.is_main_process), dynamic_ncols=True)
+        run = self.run_
         last: dict[str, float] = {}
-        eval_metrics: dict[str, float] = {}
-        if evaluate is not None and self.cfg.eval_every and self.step == 0:
-            self.log(evaluate())  # the starting point, for comparison
         t0, tokens = time.perf_counter(), 0.0
-        while self.step < self.total_steps:
+        for step in run.steps(self.total_steps, evaluate):
             metrics = self.train_step(step_fn)
             tokens += metrics.pop("_tokens")
-            metrics.pop("_units")
-            elapsed = time.perf_counter() - t0
-            metrics["perf/tokens_per_s"] = tokens / max(elapsed, 1e-9)
-            metrics["epoch"] = self.step / self.steps_per_epoch
+            metrics["perf/tokens_per_s"] = tokens / max(time.perf_counter() - t0, 1e-9)
+            metrics["epoch"] = (step + 1) / self.steps_per_epoch
             last = metrics
-            bar.update(1)
-            bar.set_postfix(loss=f"{metrics[f'loss/{self.stage}']:.4f}",
-                            tok_s=f"{metrics['perf/tokens_per_s']:.0f}")
-            if self.step % self.cfg.log_every == 0 or self.step == self.total_steps:
-                self.log(metrics)
-            if evaluate is not None and self.cfg.eval_every and self.step % self.cfg.eval_every == 0 \
-                    and self.step < self.total_steps:
-                eval_metrics = evaluate()
-                self.log(eval_metrics)
-            if self.cfg.save_every and self.step % self.cfg.save_every == 0 \
-                    and self.step < self.total_steps:
-                self.save_checkpoint()
-        bar.close()
-        if evaluate is not None:
-            eval_metrics = evaluate()
-            self.log(eval_metrics)
-        self.close()
-        return {**last, **eval_metrics}
-
-    def close(self) -> None:
-        """Flush and close the log files."""
-        self.metrics_log.close()
-
-
-class _null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, and torch (CPU and CUDA)."""
-    random.seed(seed)
-    torch.manual_seed(seed)
-    if torch.cuda.is_available():
-        torch.cuda.manual_seed_all(seed)
-
-
-@dataclass
-class Stage:
-    """What every supervised stage sets up before its own work (see :func:`start_stage`)."""
-
-    accelerator: Any
-    out: Path
-    tokenizer: Any
-    system_prompt: str | None
-    train_records: list
-    eval_records: list
-
-
-def start_stage(cfg: TrainConfig, want: str, kinds: Sequence[str]) -> Stage:
-    """Seed, make the accelerator, write ``config.yaml``, load the tokenizer and the records.
-
-    Args:
-        cfg: The stage config; it needs ``system_prompt`` besides the :class:`TrainConfig` fields.
-        want: What a built-in task should supply (``demonstrations`` or ``preferences``).
-        kinds: Record kinds the stage accepts.
-
-    Returns:
-        The accelerator, run folder, tokenizer, system prompt (the task's when the config gives
-        none) and the train / held-out records (``--eval-data``, or a prompt-level split).
-    """
-    from rlhfkit import config as cfglib
-    from rlhfkit.data.sources import load_records, split_records
-    from rlhfkit.models.loading import load_tokenizer
-
-    seed_everything(cfg.seed)
-    accelerator = make_accelerator(cfg.precision)
-    out = Path(cfg.output_dir)
-    if accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        cfglib.save_yaml(cfg, out / "config.yaml")
-    tokenizer = load_tokenizer(cfg.model)
-    system_prompt = getattr(cfg, "system_prompt", None)
-    if system_prompt is None and cfg.data.startswith("task:"):
-        from rlhfkit.tasks import get_task
-
-        system_prompt = get_task(cfg.data[len("task:"):]).system_prompt
-    records = load_records(cfg.data, want, kinds)
-    if cfg.eval_data:
-        train_records, eval_records = records, load_records(cfg.eval_data, want, kinds)
-    else:
-        train_records, eval_records = split_records(records, cfg.eval_fraction, cfg.seed)
-    return Stage(accelerator, out, tokenizer, system_prompt, train_records, eval_records)
-
+            run.postfix = {"loss": f"{metrics[f'loss/{self.stage}']:.4f}",
+                           "tok_s": f"{metrics['perf/tokens_per_s']:.0f}"}
+            if (step + 1) % self.cfg.log_every == 0 or step + 1 == self.total_steps:
+                run.log(metrics, step + 1)
+        run.close()
+        return {**last, **run.final_eval}

@@ -34,9 +34,28 @@ from typing import Any
 
 import torch
 
-from rlhfkit.losses import bradley_terry_loss, nash_md_step
-from rlhfkit.train.pg import PGConfig
-from rlhfkit.train.rl import RLRun
+from rlhfkit.data.chat import pad
+from rlhfkit.evaluate.report import Section, figure_html, table_html, write_sections
+from rlhfkit.losses import (
+    bradley_terry_loss,
+    entropy_from_logits,
+    masked_mean,
+    nash_md_step,
+    reinforce_loss,
+)
+from rlhfkit.models.loading import ModelLoadError
+from rlhfkit.models.preference import PreferenceModel, collate_duels
+from rlhfkit.rewards.sources import RewardTerms
+from rlhfkit.rollout import (
+    cache_kwarg,
+    encode_prompts,
+    eos_ids_of,
+    forward_response,
+    output_cache,
+    sample,
+)
+from rlhfkit.train.pg import reinforce_advantages
+from rlhfkit.train.rl import RLConfig, RLRun
 
 Tensor = torch.Tensor
 
@@ -166,11 +185,19 @@ PreferenceFn = Callable[[Sequence[Any], Sequence[str], Sequence[str]], Sequence[
 
 
 @dataclass
-class NashConfig(PGConfig):
+class NashConfig(RLConfig):
     """Nash-MD against a pairwise preference model (``rlhfkit nash``)."""
 
     output_dir: str = "runs/nash"
     """Run folder: config.yaml, metrics.jsonl, samples.jsonl, checkpoints/, model/."""
+    baseline: str = "mean"
+    """Baseline of the REINFORCE step on the payoff: none or mean (batch mean return)."""
+    gamma: float = 1.0
+    """Discount factor."""
+    reward_to_go: bool = True
+    """Weight each token by the rewards after it (else by the whole return)."""
+    whiten_advantages: bool = False
+    """Normalise advantages over the batch."""
     preference_model: str = "runs/preference/model"
     """Folder of a pairwise preference model (rlhfkit.models.preference)."""
     mixture_beta: float = 0.125
@@ -205,9 +232,6 @@ def sample_mixture(policy_lm: torch.nn.Module,
     Returns:
         The decoded responses (up to the first EOS).
     """
-    from rlhfkit.data.chat import pad
-    from rlhfkit.rollout import cache_kwarg, eos_ids_of, output_cache
-
     device = next(policy_lm.parameters()).device
     ids, mask = pad(prompt_ids, tokenizer.pad_token_id, side="left")  # (B, T)
     ids, mask = ids.to(device), mask.to(device)
@@ -256,8 +280,6 @@ def sample_mixture(policy_lm: torch.nn.Module,
 
 def check_preference_model_path(path: str) -> None:
     """Raise ``ModelLoadError`` (with what to do) when ``path`` is not a model folder."""
-    from rlhfkit.models.loading import ModelLoadError
-
     if not (Path(path) / "config.json").exists():
         raise ModelLoadError(f"--preference-model {path}: not a model folder (no config.json); "
                              "train one with `rlhfkit preference --output-dir DIR`, which saves "
@@ -268,8 +290,6 @@ def preference_model_fn(path: str, tokenizer: Any, device: torch.device,
                         max_length: int = 1024, system_prompt: str | None = None,
                         batch_size: int = 16) -> PreferenceFn:
     """A :data:`PreferenceFn` backed by a saved pairwise preference model."""
-    from rlhfkit.models.preference import PreferenceModel, collate_duels
-
     check_preference_model_path(path)
     model = PreferenceModel.from_pretrained(path, pad_token_id=tokenizer.pad_token_id)
     if not model.is_marked:
@@ -307,8 +327,6 @@ class NashRun(RLRun):
     @torch.no_grad()
     def reference_samples(self, prompts: list[Any]) -> tuple[list[str], list[float] | None]:
         """(texts, gold scores or None) of one reference sample per prompt, drawn once."""
-        from rlhfkit.rollout import sample
-
         if self._reference_eval is None:
             with self.reference.active() as ref:
                 was_training = ref.lm.training
@@ -366,17 +384,12 @@ def train_nash(cfg: NashConfig, preference_fn: PreferenceFn | None = None) -> Pa
     (mean P(y > y')). Evaluations (:meth:`NashRun.evaluate`) play the policy against the
     reference on held-out prompts; at the end ``report.html`` shows both (:func:`nash_section`).
     """
-    from rlhfkit.evaluate.report import write_sections
-    from rlhfkit.losses import entropy_from_logits, masked_mean, reinforce_loss
-    from rlhfkit.reward_sources import RewardTerms
-    from rlhfkit.rollout import encode_prompts, forward_response
-    from rlhfkit.train.pg import advantages_for
-
     if not 0.0 <= cfg.mixture_beta <= 1.0:
         raise ValueError(f"--mixture-beta must be in [0, 1], got {cfg.mixture_beta}")
+    if cfg.baseline not in ("none", "mean"):
+        raise ValueError(f"--baseline must be none or mean for Nash-MD, got {cfg.baseline!r}")
     if preference_fn is None:  # fail before loading the policy
         check_preference_model_path(cfg.preference_model)
-    cfg.algo = "reinforce"
     # The payoff is computed here from the preference model, not from a scalar reward model.
     run = NashRun(cfg, "nash", reward_fn=lambda p, t, r: [0.0] * len(t))
     prefer = preference_fn or preference_model_fn(cfg.preference_model, run.tokenizer,
@@ -399,7 +412,7 @@ def train_nash(cfg: NashConfig, preference_fn: PreferenceFn | None = None) -> Pa
         raw = torch.as_tensor(list(prefer(rollout.prompts, rollout.texts, opponents)),
                               dtype=torch.float32, device=run.device)  # (B,)
         terms = RewardTerms.holistic(raw, raw - 0.5, rollout.response_mask)
-        adv, returns, rewards = advantages_for(cfg, run, rollout, terms)
+        adv, returns, rewards = reinforce_advantages(cfg, run, rollout, terms)
         # 4. update ---------------------------------------------------------------------
         with run.acc.autocast():
             out = forward_response(run.model, rollout, temperature)
@@ -552,8 +565,6 @@ def nash_section(run_dir: str | Path) -> Any:
     Its curves (:func:`run_figure`), a table of its evaluations, and the tabular picture of why
     Nash-MD (:func:`tabular_figure`), as a :class:`rlhfkit.evaluate.report.Section`.
     """
-    from rlhfkit.evaluate.report import Section, figure_html, table_html
-
     rows = read_metrics(run_dir)
     evals = [r for r in rows if "eval/win_rate" in r]
     parts = []

@@ -10,7 +10,7 @@ round:
    :func:`rlhfkit.rollout.sample`);
 2. **label**: a pluggable labeler ranks each prompt's distinct responses: the task's simulated
    gold labeler (``--labeler gold``), a trained reward model (``rm:FOLDER``), or an AI judge
-   (``judge:MODEL``, RLAIF, :class:`rlhfkit.feedback.judge.AIJudge`, records with
+   (``judge:MODEL``, RLAIF, :class:`rlhfkit.models.judge.AIJudge`, records with
    ``source="ai"``). The labels are written to ``round-N/labels.jsonl``;
 3. **train**: the offline trainer's groups, cached reference log-probs and step
    (:mod:`rlhfkit.train.dpo`) on the new rankings, on the shared loop, with any ``--loss``. The
@@ -43,12 +43,13 @@ from rlhfkit import config as cfglib
 from rlhfkit.data.chat import encode_pair, pad
 from rlhfkit.data.io import write_records
 from rlhfkit.data.records import Ranking
-from rlhfkit.data.sources import load_records, split_records
+from rlhfkit.models.judge import AIJudge
 from rlhfkit.models.loading import load_causal_lm, load_tokenizer, merge_and_save
 from rlhfkit.models.policy import SelectiveLM
+from rlhfkit.models.reward import RewardModel
 from rlhfkit.rollout import SamplingConfig, sample
 from rlhfkit.train.dpo import (
-    DPOConfig,
+    DPOOptions,
     attach_reference_logps,
     build_dpo_policy,
     build_groups_for,
@@ -56,16 +57,22 @@ from rlhfkit.train.dpo import (
     disabled_adapter,
     kto_step,
     pairwise_step,
+    process_sum,
 )
-from rlhfkit.train.loop import Loop, make_accelerator, seed_everything
+from rlhfkit.train.inputs import load_records, split_or_load, system_prompt_for, task_of
+from rlhfkit.train.loop import Loop, Run, TrainConfig
 
 
 @dataclass
-class OnlineDPOConfig(DPOConfig):
+class OnlineDPOConfig(TrainConfig, DPOOptions):
     """Online / iterative DPO (``rlhfkit online-dpo``)."""
 
     output_dir: str = "runs/online_dpo"
     """Run folder: config.yaml, rounds.jsonl, round-N/ (labels.jsonl, metrics.jsonl), model/."""
+    learning_rate: float = 5e-6
+    """Peak learning rate of AdamW."""
+    batch_size: int = 4
+    """Groups per micro-batch: a ranking with all its pairs, or one KTO example."""
     data: str = "task:reviews"
     """Prompts: task:NAME, or a file of prompt records."""
     rounds: int = 3
@@ -116,8 +123,6 @@ class RewardModelLabeler:
 
     def __init__(self, path: str, system_prompt: str | None = None, max_length: int = 512,
                  batch_size: int = 16) -> None:
-        from rlhfkit.models.reward import RewardModel
-
         self.tokenizer = load_tokenizer(path)
         self.rm = RewardModel.from_pretrained(path, pad_token_id=self.tokenizer.pad_token_id)
         self.rm.eval()
@@ -161,8 +166,6 @@ def build_labeler(cfg: OnlineDPOConfig, task: Any, system_prompt: str | None) ->
     if spec.startswith("rm:"):
         return RewardModelLabeler(spec[3:], system_prompt, cfg.max_length, cfg.ref_batch_size)
     if spec.startswith("judge:"):
-        from rlhfkit.feedback.judge import AIJudge
-
         criteria = cfg.judge_criteria or (task.description if task is not None else "")
         return AIJudge(spec[6:], criteria=criteria, batch_size=cfg.ref_batch_size)
     raise cfglib.ConfigError(f"--labeler must be gold, rm:FOLDER or judge:MODEL, got {spec!r}")
@@ -200,62 +203,118 @@ def round_reference(
     return policy, nullcontext()
 
 
-def train_online_dpo(cfg: OnlineDPOConfig) -> Path:
-    """Run ``cfg.rounds`` rounds of sample, label, train; returns ``output_dir/model``."""
+@dataclass
+class OnlineSetup:
+    """What every round of an online run uses."""
+
+    run: Run
+    tokenizer: Any
+    system_prompt: str | None
+    train_prompts: list[Any]
+    eval_prompts: list[Any]
+    gold: Any
+    labeler: Labeler
+    sampling: SamplingConfig
+    autocast: torch.dtype | None
+
+
+def online_setup(cfg: OnlineDPOConfig) -> OnlineSetup:
+    """Check the options, open the run folder, load prompts, the labeler and the gold scorer."""
     if cfg.ref_policy not in ("previous", "sft"):
         raise cfglib.ConfigError(f"--ref-policy must be previous or sft, got {cfg.ref_policy!r}")
     if cfg.samples_per_prompt < 2:
         raise cfglib.ConfigError("--samples-per-prompt must be at least 2 to make pairs")
-    seed_everything(cfg.seed)
-    accelerator = make_accelerator(cfg.precision)
-    device = accelerator.device
-    main = accelerator.is_main_process
-    out = Path(cfg.output_dir)
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-        cfglib.save_yaml(cfg, out / "config.yaml")
+    run = Run(cfg, f"online-{cfg.loss}")
     tokenizer = load_tokenizer(cfg.model)
-    pad_id = tokenizer.pad_token_id
-
-    task = None
-    if cfg.data.startswith("task:"):
-        from rlhfkit.tasks import get_task
-
-        task = get_task(cfg.data[5:])
+    task = task_of(cfg.data)
+    if task is not None:
         train_prompts, eval_prompts = task.prompts("train"), task.prompts("eval")
     else:
         records = load_records(cfg.data, "prompts", ["prompt"])
-        train_records, eval_records = split_records(records, cfg.eval_fraction, cfg.seed)
+        train_records, eval_records = split_or_load(
+            records, cfg.eval_data, cfg.eval_fraction, cfg.seed,
+            lambda spec: load_records(spec, "prompts", ["prompt"]))
         train_prompts = [r.prompt for r in train_records]
         eval_prompts = [r.prompt for r in eval_records]
-    eval_prompts = eval_prompts[:cfg.eval_prompts]
-    system_prompt = cfg.system_prompt
-    if system_prompt is None and task is not None:
-        system_prompt = task.system_prompt
-    gold = task.gold_scorer() if task is not None else None
-    labeler = build_labeler(cfg, task, system_prompt)
+    system_prompt = system_prompt_for(cfg.system_prompt, cfg.data)
     sampling = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                               top_p=cfg.top_p)
-    autocast = torch.bfloat16 if accelerator.mixed_precision == "bf16" else None
+    autocast = torch.bfloat16 if run.accelerator.mixed_precision == "bf16" else None
+    return OnlineSetup(run, tokenizer, system_prompt, train_prompts,
+                       eval_prompts[:cfg.eval_prompts], task.gold_scorer() if task else None,
+                       build_labeler(cfg, task, system_prompt), sampling, autocast)
 
-    policy = build_dpo_policy(cfg).to(device)
+
+def sample_and_label(cfg: OnlineDPOConfig, setup: OnlineSetup, policy: SelectiveLM,
+                     picked: list[Any]) -> tuple[list[Ranking], dict[str, Any]]:
+    """Phases 1 and 2 of a round: K responses per prompt from the policy, ranked by the labeler.
+
+    Returns the rankings (prompts whose K samples hold fewer than 2 distinct responses are
+    left out) and the round's log line so far.
+    """
+    k = cfg.samples_per_prompt
+    repeated = [p for p in picked for _ in range(k)]
+    rollout = sample(policy.lm, setup.tokenizer, repeated, setup.sampling, setup.system_prompt,
+                     autocast=setup.autocast)
+    texts = rollout.texts
+    groups_text = [distinct_responses(texts[i * k:(i + 1) * k]) for i in range(len(picked))]
+    kept = [(p, rs) for p, rs in zip(picked, groups_text) if len(rs) >= 2]
+    records = setup.labeler.rank_batch([p for p, _ in kept], [rs for _, rs in kept]) \
+        if kept else []
+    line: dict[str, Any] = {"prompts": len(picked), "prompts_without_pairs": len(picked) - len(kept)}
+    if setup.gold is not None:
+        line["sample_gold_reward"] = gold_mean(setup.gold, repeated, texts)
+    return records, line
+
+
+def train_round(cfg: OnlineDPOConfig, setup: OnlineSetup, policy: SelectiveLM, groups: list,
+                reference: SelectiveLM, context: Any, round_dir: Path
+                ) -> tuple[SelectiveLM, dict[str, float], int]:
+    """Phase 3: reference log-probs of the new groups, then the offline step on them.
+
+    Returns the updated policy, the final training metrics and the number of steps.
+    """
+    with context:
+        attach_reference_logps(groups, reference, setup.tokenizer.pad_token_id,
+                               cfg.ref_batch_size, setup.run.accelerator)
+    round_cfg = dataclasses.replace(
+        cfg, output_dir=str(round_dir), resume=False, overwrite=True, eval_every=0,
+        save_every=0, batch_size=max(1, min(cfg.batch_size, len(groups) // max(cfg.grad_accum, 1))))
+    run = Run(round_cfg, cfg.loss)
+    pad_id = setup.tokenizer.pad_token_id
+    loop = Loop(run, policy, groups, lambda b: collate_groups(b, pad_id),
+                lengths=[g.num_tokens for g in groups])
+    step_fn = kto_step if cfg.loss == "kto" else pairwise_step
+    extra = {"reduce": process_sum(run.accelerator)} if cfg.loss == "kto" else {}
+
+    def step(m: torch.nn.Module, batch: dict[str, Any]):
+        batch = {n: v.to(run.device) if torch.is_tensor(v) else v for n, v in batch.items()}
+        return step_fn(m, batch, cfg, **extra)
+
+    metrics = loop.run(step)
+    return run.accelerator.unwrap_model(loop.model), metrics, loop.total_steps
+
+
+def train_online_dpo(cfg: OnlineDPOConfig) -> Path:
+    """Run ``cfg.rounds`` rounds of sample, label, train; returns ``output_dir/model``."""
+    setup = online_setup(cfg)
+    out, main = setup.run.out, setup.run.is_main
+    policy = build_dpo_policy(cfg).to(setup.run.device)
     # The fixed reference for --ref-policy sft: the LoRA base, a given model, or a frozen copy.
     fixed_reference = None
     if cfg.reference is not None:
-        fixed_reference = SelectiveLM(load_causal_lm(cfg.reference)).to(device).eval()
+        fixed_reference = SelectiveLM(load_causal_lm(cfg.reference)).to(setup.run.device).eval()
     elif cfg.ref_policy == "sft" and not cfg.lora:
         fixed_reference = SelectiveLM(copy.deepcopy(policy.lm)).eval().requires_grad_(False)
-
-    order = list(range(len(train_prompts)))
+    order = list(range(len(setup.train_prompts)))
     random.Random(cfg.seed).shuffle(order)
-    cursor = 0
 
     def held_out_gold() -> float | None:
-        if gold is None or not eval_prompts:
+        if setup.gold is None or not setup.eval_prompts:
             return None
-        rollout = sample(policy.lm, tokenizer, eval_prompts, sampling, system_prompt,
-                         autocast=autocast)
-        return gold_mean(gold, eval_prompts, rollout.texts)
+        rollout = sample(policy.lm, setup.tokenizer, setup.eval_prompts, setup.sampling,
+                         setup.system_prompt, autocast=setup.autocast)
+        return gold_mean(setup.gold, setup.eval_prompts, rollout.texts)
 
     def log_round(line: dict[str, Any]) -> None:
         if main:
@@ -268,63 +327,33 @@ def train_online_dpo(cfg: OnlineDPOConfig) -> Path:
         (out / "rounds.jsonl").unlink()  # a fresh run; rounds are not resumable
     log_round({"round": 0, "eval/gold_reward": held_out_gold()})
     for r in range(1, cfg.rounds + 1):
-        # 1. sample K responses per prompt from the current policy
-        picked = [train_prompts[order[(cursor + i) % len(order)]]
+        start = (r - 1) * cfg.prompts_per_round
+        picked = [setup.train_prompts[order[(start + i) % len(order)]]
                   for i in range(cfg.prompts_per_round)]
-        cursor += cfg.prompts_per_round
-        repeated = [p for p in picked for _ in range(cfg.samples_per_prompt)]
-        rollout = sample(policy.lm, tokenizer, repeated, sampling, system_prompt,
-                         autocast=autocast)
-        texts = rollout.texts
-        k = cfg.samples_per_prompt
-        groups_text = [distinct_responses(texts[i * k:(i + 1) * k]) for i in range(len(picked))]
-        kept = [(p, rs) for p, rs in zip(picked, groups_text) if len(rs) >= 2]
-        # 2. label
-        records = labeler.rank_batch([p for p, _ in kept], [rs for _, rs in kept]) if kept else []
+        records, line = sample_and_label(cfg, setup, policy, picked)
+        line = {"round": r, **line}
         round_dir = out / f"round-{r}"
         if main:
             round_dir.mkdir(parents=True, exist_ok=True)
             if records:
                 write_records(records, round_dir / "labels.jsonl")
-        line: dict[str, Any] = {"round": r, "prompts": len(picked),
-                                "prompts_without_pairs": len(picked) - len(kept)}
-        if gold is not None:
-            line["sample_gold_reward"] = gold_mean(gold, repeated, texts)
-        groups, counts = build_groups_for(cfg, records, tokenizer, system_prompt) if records \
-            else ([], {})
+        groups, counts = build_groups_for(cfg, records, setup.tokenizer, setup.system_prompt) \
+            if records else ([], {})
         line.update(counts)
         if not groups:
-            line["skipped"] = "no pairs this round"
-            log_round(line)
+            log_round({**line, "skipped": "no pairs this round"})
             continue
-        # 3. reference log-probs of the new data, then DPO on the shared loop
         reference, context = round_reference(cfg, policy, fixed_reference)
-        with context:
-            attach_reference_logps(groups, reference, pad_id, cfg.ref_batch_size, accelerator)
-        round_cfg = dataclasses.replace(
-            cfg, output_dir=str(round_dir), resume=False, eval_every=0, save_every=0,
-            batch_size=max(1, min(cfg.batch_size, len(groups) // max(cfg.grad_accum, 1))))
-        round_acc = make_accelerator(cfg.precision)
-        loop = Loop(round_cfg, policy, groups, lambda b: collate_groups(b, pad_id),
-                    stage=cfg.loss, lengths=[g.num_tokens for g in groups],
-                    accelerator=round_acc)
-        step_fn = kto_step if cfg.loss == "kto" else pairwise_step
-
-        def step(m: torch.nn.Module, batch: dict[str, Any], step_fn=step_fn, acc=round_acc):
-            batch = {n: v.to(acc.device) if torch.is_tensor(v) else v for n, v in batch.items()}
-            return step_fn(m, batch, cfg)
-
-        metrics = loop.run(step)
-        policy = round_acc.unwrap_model(loop.model)
+        policy, metrics, steps = train_round(cfg, setup, policy, groups, reference, context,
+                                             round_dir)
         line.update({k: v for k, v in metrics.items()
                      if k.startswith(("loss/", "rewards/", "logps/", "kto/"))})
-        line["steps"] = loop.total_steps
-        # 4. held-out gold reward of the updated policy
-        line["eval/gold_reward"] = held_out_gold()
+        line["steps"] = steps
+        line["eval/gold_reward"] = held_out_gold()  # 4. held-out gold reward after the round
         log_round(line)
     if main:
-        merge_and_save(policy.lm, tokenizer, out / "model")
+        merge_and_save(policy.lm, setup.tokenizer, out / "model")
         print(f"[online-{cfg.loss}] saved policy to {out / 'model'}; rounds in "
               f"{out / 'rounds.jsonl'}")
-    accelerator.wait_for_everyone()
+    setup.run.accelerator.wait_for_everyone()
     return out / "model"

@@ -37,14 +37,16 @@ from rlhfkit.losses import (
     whiten,
 )
 from rlhfkit.models.policy import targets_of
-from rlhfkit.rewards import token_rewards
+from rlhfkit.rewards.shaping import token_rewards
 from rlhfkit.rollout import forward_response, scatter_tokens
+from rlhfkit.train.inputs import load_records
 from rlhfkit.train.loop import TrainingError
-from rlhfkit.train.rl import RewardFn, RLConfig, RLRun
+from rlhfkit.train.rl import RewardFn, RewardOptions, RLConfig, RLRun
+from rlhfkit.train.sft import collate_padded, encode_demonstrations
 
 
 @dataclass
-class PPOConfig(RLConfig):
+class PPOConfig(RLConfig, RewardOptions):
     """PPO with a KL penalty to the reference (``rlhfkit ppo``)."""
 
     output_dir: str = "runs/ppo"
@@ -66,19 +68,19 @@ class PPOConfig(RLConfig):
     whiten_advantages: bool = True
     """Normalise advantages to zero mean and unit variance over each rollout batch."""
     target_kl: float = 0.0
-    """Stop a batch's update early once an epoch's mean approx-KL exceeds this (0 = never)."""
+    """Stop a batch's update early once an epoch's mean per-token KL from the sampling policy
+    to the updated one (the k3 estimate, policy/approx_kl_k3) exceeds this (0 = never)."""
     critic: str = "policy"
     """Value function: policy (a value head on the policy) or rm (a separate critic from the RM)."""
     ptx_coef: float = 0.0
     """PPO-ptx: weight gamma of the SFT loss on --ptx-data mixed into each update (0 = off)."""
     ptx_data: str | None = None
     """Demonstrations for PPO-ptx (default: --data when it is task:NAME)."""
+    max_length: int = 256
+    """PPO-ptx: longest demonstration in tokens (prompt + response)."""
 
 
 def _ptx_items(run: RLRun, cfg: PPOConfig) -> list[Encoded]:
-    from rlhfkit.data.sources import load_records
-    from rlhfkit.train.sft import encode_demonstrations
-
     spec = cfg.ptx_data or cfg.data
     records = load_records(spec, "demonstrations", ["demonstration"])
     return encode_demonstrations(run.tokenizer, records, cfg.max_length, run.system_prompt)
@@ -86,8 +88,6 @@ def _ptx_items(run: RLRun, cfg: PPOConfig) -> list[Encoded]:
 
 def _ptx_loss(run: RLRun, items: list[Encoded], rng: random.Random, n: int) -> torch.Tensor:
     """Mean token NLL of ``n`` random demonstrations (the PPO-ptx term)."""
-    from rlhfkit.train.sft import collate_padded
-
     batch = collate_padded(rng.sample(items, min(n, len(items))), run.tokenizer.pad_token_id)
     ids, mask, tmask = (batch[k].to(run.device) for k in
                         ("input_ids", "attention_mask", "target_mask"))
@@ -105,13 +105,14 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None) -> Path:
     """
     if cfg.critic not in ("policy", "rm"):
         raise TrainingError(f"--critic must be policy or rm, got {cfg.critic!r}")
+    n_mb = -(-cfg.batch_size // cfg.mini_batch_size)
     run = RLRun(cfg, "ppo", value="policy" if cfg.critic == "policy" else "critic",
-                reward_fn=reward_fn)
+                reward_fn=reward_fn, updates_per_step=cfg.update_epochs * n_mb)
     ptx = _ptx_items(run, cfg) if cfg.ptx_coef > 0 else []
     if run.acc.is_main_process:
         print(f"[ppo] {len(run.train_prompts)} prompts, {run.total_steps} rollout batches of "
-              f"{cfg.batch_size}, {cfg.update_epochs} epochs x mini-batches of "
-              f"{cfg.mini_batch_size}, precision {run.acc.mixed_precision}")
+              f"{cfg.batch_size}, {cfg.update_epochs} epochs x {n_mb} mini-batch(es) of "
+              f"{min(cfg.mini_batch_size, cfg.batch_size)}, precision {run.acc.mixed_precision}")
     temperature = cfg.temperature or 1.0
     for step in run.steps():
         run.start_step()
@@ -166,12 +167,13 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None) -> Path:
                         sums["loss/ptx"] = sums.get("loss/ptx", 0.0) + float(loss_ptx.detach())
                 run.backward(loss)
                 grad_norm = run.optimizer_step()
-                approx_kl = float(masked_mean(diag["approx_kl"], mb_mask))
+                approx_kl = float(masked_mean(diag["approx_kl_k3"], mb_mask))
                 epoch_kl += approx_kl
                 epoch_n += 1
                 n_updates += 1
                 for k, v in {"loss/policy": loss_pg, "loss/value": loss_vf, "loss/total": loss,
-                             "policy/entropy": entropy.mean(), "policy/approx_kl": approx_kl,
+                             "policy/entropy": entropy.mean(), "policy/approx_kl_k3": approx_kl,
+                             "policy/approx_kl_k2": masked_mean(diag["approx_kl_k2"], mb_mask),
                              "policy/clipfrac": masked_mean(diag["clipped"], mb_mask),
                              "value/clipfrac": masked_mean(vdiag["clipped"], mb_mask),
                              "grad_norm": grad_norm}.items():

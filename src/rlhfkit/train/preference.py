@@ -30,7 +30,9 @@ from rlhfkit.data.chat import pad
 from rlhfkit.data.records import Record, RecordError, as_comparisons
 from rlhfkit.losses import preference_bce_loss
 from rlhfkit.models.preference import PreferenceModel, duels_from_comparisons, encode_duel
-from rlhfkit.train.loop import Loop, TrainConfig, TrainingError, start_stage
+from rlhfkit.train.inputs import stage_inputs
+from rlhfkit.train.loop import Loop, ModelOptions, Run, TrainConfig, TrainingError
+from rlhfkit.train.rm import build_reward_model
 
 
 @dataclass
@@ -47,8 +49,6 @@ class PreferenceConfig(TrainConfig):
     """Longest duel in tokens (prompt + both responses); the prompt is cut first."""
     train_on_ties: bool = True
     """Train on tied pairs (target 1/2); otherwise skip them."""
-    system_prompt: str | None = None
-    """System message added to prompts that have none (default: the task's, else none)."""
 
 
 @dataclass
@@ -159,10 +159,8 @@ def score_duels(loop: Loop, items: list[DuelItem], pad_id: int,
             "eval/pairs": total["pairs"]}
 
 
-def build_preference_model(cfg: TrainConfig, pad_token_id: int) -> PreferenceModel:
+def build_preference_model(cfg: ModelOptions, pad_token_id: int) -> PreferenceModel:
     """Backbone + fresh one-label head (or a saved model), with LoRA when asked."""
-    from rlhfkit.train.rm import build_reward_model
-
     # The same backbone, head, checkpointing and LoRA set-up as a reward model; only the text it
     # reads (both responses) and the loss differ.
     return PreferenceModel(build_reward_model(cfg, pad_token_id).seq_model)
@@ -170,8 +168,9 @@ def build_preference_model(cfg: TrainConfig, pad_token_id: int) -> PreferenceMod
 
 def train_preference(cfg: PreferenceConfig) -> Path:
     """Train a pairwise preference model; returns the folder of the saved model."""
-    stage = start_stage(cfg, "preferences", ["comparison", "ranking"])
-    accelerator, out, tokenizer = stage.accelerator, stage.out, stage.tokenizer
+    run = Run(cfg, "preference")
+    stage = stage_inputs(cfg, "preferences", ["comparison", "ranking"])
+    accelerator, out, tokenizer = run.accelerator, run.out, stage.tokenizer
     opts = dict(max_length=cfg.max_length, system_prompt=stage.system_prompt, seed=cfg.seed)
     train_items, counts = build_duels(stage.train_records, tokenizer,
                                       train_on_ties=cfg.train_on_ties, source=cfg.data, **opts)
@@ -183,13 +182,12 @@ def train_preference(cfg: PreferenceConfig) -> Path:
                             "ties were left out by --no-train-on-ties)")
     pad_id = tokenizer.pad_token_id
     model = build_preference_model(cfg, pad_id)
-    loop = Loop(cfg, model, train_items, lambda b: collate_duel_items(b, pad_id),
-                stage="preference", lengths=[d.num_tokens for d in train_items],
-                accelerator=accelerator)
+    loop = Loop(run, model, train_items, lambda b: collate_duel_items(b, pad_id),
+                lengths=[d.num_tokens for d in train_items])
     if accelerator.is_main_process:
         print(f"[preference] {counts['pairs']} training pairs ({counts['rankings']} rankings "
               f"expanded, {counts['ties']} ties); held out: {eval_counts['pairs']} pairs; "
-              f"{loop.total_steps} steps, precision {accelerator.mixed_precision}")
+              f"{loop.describe()}; precision {accelerator.mixed_precision}")
         cut = counts["truncated"] + eval_counts["truncated"]
         if cut:
             print(f"[preference] warning: {cut} duels reached --max-length {cfg.max_length}; "

@@ -19,8 +19,8 @@ metric names documented in ``docs/rl.md``.
 
 from __future__ import annotations
 
+import contextlib
 import json
-import math
 import random
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -31,71 +31,61 @@ from typing import Any
 import torch
 from torch import nn
 
-from rlhfkit import config as cfglib
-from rlhfkit.data.sources import load_records, prompt_key, split_records
+from rlhfkit.evaluate.finegrained import fine_grained_section
 from rlhfkit.evaluate.metrics import kl_stats
+from rlhfkit.evaluate.report import write_sections
 from rlhfkit.models.loading import load_causal_lm, load_tokenizer, merge_and_save
 from rlhfkit.models.policy import SelectiveLM
 from rlhfkit.models.reward import RewardModel
-from rlhfkit.reward_sources import RewardSource, RewardTerms, combine
-from rlhfkit.rewards import KLController
+from rlhfkit.rewards.shaping import KLController
+from rlhfkit.rewards.sources import RewardSource, RewardTerms, SourceContext, combine, scorer_source
 from rlhfkit.rollout import (
+    HFBackend,
     PolicyWithValue,
     ReferencePolicy,
     Rollout,
     SamplingConfig,
+    forward_response,
     response_logprobs,
     sample,
+    scatter_tokens,
 )
-from rlhfkit.train.loop import (
-    Checkpoints,
-    MetricsLog,
-    TrainConfig,
-    TrainingError,
-    build_scheduler,
-    make_accelerator,
-    make_optimizer,
-    reduce_sums,
-    seed_everything,
-)
+from rlhfkit.train.inputs import build_gold, load_prompts, reward_sources
+from rlhfkit.train.loop import ModelOptions, OptimOptions, Run, RunOptions, TrainingError
+from rlhfkit.train.sft import build_policy
 
 RewardFn = Callable[[list[Any], list[str], Rollout], Sequence[float]]
 """A programmatic reward: ``(prompts, response texts, rollout) -> one score per response``."""
 
 
 @dataclass
-class RLConfig(TrainConfig):
+class RLConfig(RunOptions, OptimOptions, ModelOptions):
     """Options every RL stage shares (``max_steps`` counts rollout batches)."""
 
     output_dir: str = "runs/rl"
     """Run folder: config.yaml, metrics.jsonl, samples.jsonl, checkpoints/, model/."""
     model: str = "runs/sft/model"
     """The policy to start from (usually the SFT model); also the reference by default."""
-    reward_model: str = "runs/rm/model"
-    """Reward-model folder, scorer:SPEC (e.g. scorer:sentiment), segment-gain:SPEC (a scorer's
-    change after each segment), or several sources as name=SPEC,name=SPEC (fine-grained RLHF)."""
-    rewards: str = ""
-    """Weights of named reward sources, e.g. rel=0.3,fact=0.5,comp=0.3 (1 for a name not given)."""
-    segment_unit: str = "sentence"
-    """Segments of a response for per-segment rewards: sentence, subsentence or response."""
     reference: str | None = None
     """Reference policy for the KL penalty (default: the starting policy)."""
     data: str = "task:reviews"
     """Prompts: task:NAME (its train prompts) or a file of records with a prompt field."""
-    learning_rate: float = 1e-5
-    """Peak learning rate of AdamW."""
+    eval_data: str | None = None
+    """Held-out prompts; default: a split of --data (a task's eval prompts for task:NAME)."""
+    eval_fraction: float = 0.1
+    """Share of a --data file's prompts held out for evaluation when --eval-data is not given."""
+    system_prompt: str | None = None
+    """System message added to prompts that have none (default: the task's, else none)."""
     lr_scheduler: str = "constant"
     """constant, linear or cosine decay after warm-up."""
     warmup_ratio: float = 0.0
     """Share of the optimizer steps spent warming the learning rate up."""
     batch_size: int = 16
     """Prompts per rollout batch."""
+    epochs: float = 1.0
+    """Passes over the prompts; used only when --max-steps is 0."""
     max_steps: int = 20
     """Rollout batches (0 = --epochs passes over the prompts)."""
-    mini_batch_size: int = 0
-    """Samples per optimizer step inside an update (0 = the whole rollout batch)."""
-    update_epochs: int = 1
-    """Passes over each rollout batch."""
     max_new_tokens: int = 32
     """Longest response in tokens."""
     temperature: float = 1.0
@@ -112,60 +102,31 @@ class RLConfig(TrainConfig):
     """Adapt beta towards this KL per response in nats (Ziegler et al. 2019); 0 = fixed beta."""
     kl_horizon: int = 10000
     """Samples over which the adaptive KL controller corrects an error."""
-    normalize_reward: bool = True
-    """Standardise RM scores with the mean/std saved at RM training."""
-    reward_clip: float = 5.0
-    """Clip (normalised) scores to [-clip, clip] (0 = off)."""
-    missing_eos_penalty: float = 0.0
-    """Added to the score of a response that never ended (use a negative value; 0 = off)."""
     entropy_coef: float = 0.0
     """Weight of the entropy bonus in the loss."""
+    missing_eos_penalty: float = 0.0
+    """Added to the score of a response that never ended (use a negative value; 0 = off)."""
     gold: str = "task"
     """Gold scorer for evaluation only: task (the task's), a scorer spec, or none."""
     eval_prompts: int = 32
     """Held-out prompts sampled at each evaluation."""
-    system_prompt: str | None = None
-    """System message added to prompts that have none (default: the task's, else none)."""
-    max_grad_norm: float = 1.0
-    """Clip the global gradient norm to this (0 = no clipping)."""
 
 
-def load_prompts(cfg: RLConfig) -> tuple[list[Any], list[Any], str | None, Any]:
-    """(train prompts, eval prompts, system prompt, task or None) for a config."""
-    task = None
-    system_prompt = cfg.system_prompt
-    if cfg.data.startswith("task:"):
-        from rlhfkit.tasks import get_task
+@dataclass
+class RewardOptions:
+    """Where the reward of an RL stage comes from (read by :class:`RLRun`)."""
 
-        task = get_task(cfg.data[5:])
-        if system_prompt is None:
-            system_prompt = task.system_prompt
-        return task.prompts("train"), task.prompts("eval"), system_prompt, task
-    kinds = ["prompt", "demonstration", "comparison", "ranking", "binary", "score"]
-    records = load_records(cfg.data, "prompts", kinds)
-    if cfg.eval_data:
-        train, held = records, load_records(cfg.eval_data, "prompts", kinds)
-    else:
-        train, held = split_records(records, cfg.eval_fraction, cfg.seed)
-
-    def unique(rs: list[Any]) -> list[Any]:
-        seen: dict[str, Any] = {}
-        for r in rs:
-            seen.setdefault(prompt_key(r.prompt), r.prompt)
-        return list(seen.values())
-
-    return unique(train), unique(held), system_prompt, task
-
-
-def build_gold(spec: str, task: Any) -> Any:
-    """The gold scorer named by ``spec`` (``task``, a scorer spec, or ``none``)."""
-    if spec == "none":
-        return None
-    if spec == "task":
-        return task.gold_scorer() if task is not None else None
-    from rlhfkit.feedback.gold import get_scorer
-
-    return get_scorer(spec)
+    reward_model: str = "runs/rm/model"
+    """Reward-model folder, scorer:SPEC (e.g. scorer:sentiment), segment-gain:SPEC (a scorer's
+    change after each segment), or several sources as name=SPEC,name=SPEC (fine-grained RLHF)."""
+    rewards: str = ""
+    """Weights of named reward sources, e.g. rel=0.3,fact=0.5,comp=0.3 (1 for a name not given)."""
+    segment_unit: str = "sentence"
+    """Segments of a response for per-segment rewards: sentence, subsentence or response."""
+    normalize_reward: bool = True
+    """Standardise RM scores with the mean/std saved at RM training."""
+    reward_clip: float = 5.0
+    """Clip (normalised) scores to [-clip, clip] (0 = off)."""
 
 
 class Critic(nn.Module):
@@ -191,7 +152,7 @@ class Critic(nn.Module):
 
 
 class RLRun:
-    """Models, optimizer, reward, logging and checkpoints of one RL run.
+    """Models, reward, rollouts and metrics of one RL run, on one :class:`Run`.
 
     Args:
         cfg: The stage's config.
@@ -201,31 +162,27 @@ class RLRun:
         reward_fn: A programmatic reward used instead of ``cfg.reward_model``.
         samples_per_prompt: Responses sampled per prompt (k for RLOO/GRPO).
         reward_sources: Reward sources used instead of ``cfg.reward_model`` (fine-grained
-            rewards from Python; see :mod:`rlhfkit.reward_sources`).
+            rewards from Python; see :mod:`rlhfkit.rewards.sources`).
+        updates_per_step: Optimizer steps per rollout batch (the schedule's unit).
     """
 
     def __init__(self, cfg: RLConfig, stage: str, value: str | None = None,
                  reward_fn: RewardFn | None = None, samples_per_prompt: int = 1,
-                 reward_sources: Sequence[RewardSource] | None = None) -> None:
+                 reward_sources: Sequence[RewardSource] | None = None,
+                 updates_per_step: int = 1) -> None:
         self.cfg, self.stage = cfg, stage
-        self.acc = acc = make_accelerator(cfg.precision)
         # One seed per process: every process samples its own prompts, and with one shared seed
         # they would all draw the same random numbers (correlated samples across the global
         # batch). Weights still start equal everywhere (loaded, zero-initialised, or broadcast
         # from process 0 when wrapped for data parallelism).
-        seed_everything(cfg.seed + acc.process_index)
-        self.device = acc.device
+        self.run = run = Run(cfg, stage, seed_per_process=True)
+        self.acc = acc = run.accelerator
+        self.device, self.world, self.rank, self.out = run.device, run.world, run.rank, run.out
         self.autocast = torch.bfloat16 if acc.mixed_precision == "bf16" else None
-        self.out = Path(cfg.output_dir)
-        if acc.is_main_process:
-            self.out.mkdir(parents=True, exist_ok=True)
-            cfglib.save_yaml(cfg, self.out / "config.yaml")
         self.tokenizer = load_tokenizer(cfg.model)
         self.train_prompts, self.eval_prompts, self.system_prompt, self.task = load_prompts(cfg)
         self.k = samples_per_prompt
         # ---- policy, value, reference
-        from rlhfkit.train.sft import build_policy
-
         lm = build_policy(cfg)
         self.value_kind = value
         self.model: nn.Module = PolicyWithValue(lm) if value == "policy" else SelectiveLM(lm)
@@ -233,17 +190,8 @@ class RLRun:
         self.reference = ReferencePolicy(lm, frozen)
         self.reference.model.to(self.device)
         # ---- reward
-        from rlhfkit.reward_sources import build_sources, scorer_source
-
-        if reward_sources is not None:
-            self.sources = list(reward_sources)
-        elif reward_fn is not None:
-            self.sources = [scorer_source("reward", lambda p, t: reward_fn(p, t, self._scoring))]
-        else:
-            try:
-                self.sources = build_sources(cfg.reward_model, cfg.rewards, self)
-            except ValueError as e:
-                raise TrainingError(str(e)) from None
+        self.reward_clip = cfg.reward_clip if isinstance(cfg, RewardOptions) else 0.0
+        self.sources = self._sources(reward_sources, reward_fn)
         # The first reward-model folder: the critic starts from it (--critic rm).
         rm_path = next((s.path for s in self.sources if s.path), None)
         self.gold = build_gold(cfg.gold, self.task)
@@ -255,39 +203,41 @@ class RLRun:
                                                     pad_token_id=self.tokenizer.pad_token_id)
             critic_rm.seq_model.config.use_cache = False
             self.critic = Critic(critic_rm)
-        # ---- optimizer and schedule
+        # ---- optimizer, schedule, wrapping for the processes, checkpointed state
         params = [p for p in self.model.parameters() if p.requires_grad]
         if self.critic is not None:
             params += list(self.critic.parameters())
-        self.optimizer = make_optimizer(params, cfg.learning_rate, cfg.weight_decay)
-        n_prompts = len(self.train_prompts)
-        self.world = acc.num_processes
-        self.rank = acc.process_index
         # Sums a tensor over processes: batch statistics (advantage whitening, the batch-mean
         # baseline) are then those of the global batch, as with one process.
         self.global_sum = ((lambda t: acc.reduce(t, reduction="sum")) if self.world > 1
                            else None)
-        self.batches_per_epoch = max(1, n_prompts // (cfg.batch_size * self.world))
+        self.batches_per_epoch = max(1, len(self.train_prompts) // (cfg.batch_size * self.world))
         self.total_steps = cfg.max_steps or max(1, int(self.batches_per_epoch * cfg.epochs))
-        rollout_size = cfg.batch_size * samples_per_prompt
-        mb = cfg.mini_batch_size or rollout_size
-        self.updates_per_step = cfg.update_epochs * math.ceil(rollout_size / mb)
-        total_updates = self.total_steps * self.updates_per_step
-        self.scheduler = build_scheduler(self.optimizer, cfg.lr_scheduler,
-                                         int(cfg.warmup_ratio * total_updates), total_updates)
+        self.updates_per_step = updates_per_step
         self.kl_ctl = KLController(cfg.kl_coef, cfg.kl_target or None, cfg.kl_horizon)
+        models = [self.model] + ([self.critic] if self.critic is not None else [])
+        wrapped = run.prepare(models, params, self.total_steps * updates_per_step,
+                              state=[self.kl_ctl])
+        self.model = wrapped[0]
         if self.critic is not None:
-            self.model, self.critic, self.optimizer = acc.prepare(self.model, self.critic,
-                                                                  self.optimizer)
-        else:
-            self.model, self.optimizer = acc.prepare(self.model, self.optimizer)
-        acc.register_for_checkpointing(self.scheduler)
-        acc.register_for_checkpointing(self.kl_ctl)
-        self.step = 0
-        self.metrics_log = MetricsLog(self.out, acc.is_main_process,
-                                      tensorboard=cfg.tensorboard)
-        self.checkpoints = Checkpoints(acc, self.out / "checkpoints", cfg.keep_checkpoints)
-        self._t0 = time.perf_counter()
+            self.critic = wrapped[1]
+        self._backend: HFBackend | None = None
+        self._last: dict[str, float] = {}
+        self._step_t0 = time.perf_counter()
+
+    def _sources(self, given: Sequence[RewardSource] | None,
+                 reward_fn: RewardFn | None) -> list[RewardSource]:
+        if given is not None:
+            return list(given)
+        if reward_fn is not None:
+            return [scorer_source("reward", lambda p, t: reward_fn(p, t, self._scoring))]
+        cfg = self.cfg
+        ctx = SourceContext(self.tokenizer, self.device, self._autocast, cfg.segment_unit,
+                            cfg.normalize_reward)
+        try:
+            return reward_sources(cfg.reward_model, cfg.rewards, ctx)
+        except ValueError as e:
+            raise TrainingError(str(e)) from None
 
     # ------------------------------------------------------------------ models
     @property
@@ -301,6 +251,11 @@ class RLRun:
         c = self.cfg
         return SamplingConfig(c.max_new_tokens, c.temperature, c.top_p, c.top_k)
 
+    @property
+    def step(self) -> int:
+        """Rollout batches done."""
+        return self.run.step
+
     # ------------------------------------------------------------------ data
     def prompt_batch(self, step: int) -> list[Any]:
         """This process's prompts at ``step``, each repeated ``k`` times (consecutively)."""
@@ -312,9 +267,7 @@ class RLRun:
         return [self.train_prompts[i] for i in order[start:start + size] for _ in range(self.k)]
 
     # ------------------------------------------------------------------ rollouts and rewards
-    def _autocast(self):
-        import contextlib
-
+    def _autocast(self) -> contextlib.AbstractContextManager:
         return (torch.autocast(self.device.type, dtype=self.autocast) if self.autocast
                 else contextlib.nullcontext())
 
@@ -329,9 +282,7 @@ class RLRun:
         """
         cfg = self.cfg
         scorer = self.acc.unwrap_model(self.model)
-        if getattr(self, "_backend", None) is None:  # one backend: it keeps its bf16 copy
-            from rlhfkit.rollout import HFBackend
-
+        if self._backend is None:  # one backend: it keeps its bf16 copy
             self._backend = HFBackend(self.autocast)
         rollout = sample(self.lm, self.tokenizer, prompts, self.sampling, self.system_prompt,
                          backend=self._backend, scorer=None,
@@ -342,8 +293,6 @@ class RLRun:
             if not policy_logprobs:
                 pass
             elif self.value_kind == "policy":
-                from rlhfkit.rollout import forward_response
-
                 parts = [forward_response(scorer, rollout.select(range(i, min(i + 16,
                          len(rollout)))), t) for i in range(0, len(rollout), 16)]
                 rollout.logprobs = torch.cat([p["logprobs"] for p in parts])
@@ -355,8 +304,6 @@ class RLRun:
             if self.value_kind == "critic" and with_values:
                 critic = self.acc.unwrap_model(self.critic)
                 critic.eval()
-                from rlhfkit.rollout import scatter_tokens
-
                 v = critic(rollout.input_ids, rollout.attention_mask, rollout.target_mask,
                            rollout.position_ids)
                 rollout.extras["values"] = scatter_tokens(v, rollout.response_mask)
@@ -367,18 +314,8 @@ class RLRun:
     def rewards(self, rollout: Rollout) -> RewardTerms:
         """Every reward source on the rollout: per-response sums and per-token placements."""
         self._scoring = rollout  # what a Python reward_fn receives as its third argument
-        return combine(self.sources, rollout, self.cfg.reward_clip or None,
+        return combine(self.sources, rollout, self.reward_clip or None,
                        self.cfg.missing_eos_penalty)
-
-    @torch.no_grad()
-    def raw_scores(self, rollout: Rollout) -> torch.Tensor:
-        """(B,) weighted reward of each response before normalisation (for evaluation)."""
-        return self.rewards(rollout).raw
-
-    def scores(self, rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
-        """(raw scores, scores to optimise): normalised, clipped, missing-EOS penalty added."""
-        terms = self.rewards(rollout)
-        return terms.raw, terms.scores
 
     def gold_scores(self, rollout: Rollout) -> list[float] | None:
         """Gold-scorer values of the responses (evaluation only; never optimised)."""
@@ -388,29 +325,12 @@ class RLRun:
 
     # ------------------------------------------------------------------ updates
     def backward(self, loss: torch.Tensor) -> None:
-        """Backward pass with a NaN guard (raised before any weight changes)."""
-        if not torch.isfinite(loss.detach()):
-            raise TrainingError(
-                f"[{self.stage}] the loss became NaN or infinite at step {self.step + 1}; "
-                f"nothing was updated. Try a lower --learning-rate, --precision fp32, or "
-                f"--reward-clip; resume from {self.latest_checkpoint() or 'the start'} "
-                "with --resume.")
-        self.acc.backward(loss)
+        """Backward pass; every process stops together if any loss is NaN or infinite."""
+        self.run.backward(loss, hint=" or --reward-clip")
 
     def optimizer_step(self) -> float:
         """Clip, step, advance the schedule; returns the gradient norm."""
-        norm = 0.0
-        if self.cfg.max_grad_norm > 0:
-            params = [p for g in self.optimizer.param_groups for p in g["params"]]
-            norm = float(self.acc.clip_grad_norm_(params, self.cfg.max_grad_norm))
-            if not math.isfinite(norm):
-                self.optimizer.zero_grad(set_to_none=True)
-                raise TrainingError(f"[{self.stage}] non-finite gradient norm at step "
-                                    f"{self.step + 1}; nothing was updated")
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return norm
+        return self.run.optimizer_step()
 
     # ------------------------------------------------------------------ the loop
     def steps(self) -> Iterator[int]:
@@ -418,30 +338,16 @@ class RLRun:
 
         Evaluates and checkpoints between steps as configured, and saves the final policy.
         """
-        from tqdm.auto import tqdm
-
-        self.maybe_resume()
-        bar = tqdm(total=self.total_steps, initial=self.step, desc=self.stage, unit="batch",
-                   disable=not (self.cfg.progress and self.acc.is_main_process),
-                   dynamic_ncols=True)
-        if self.cfg.eval_every and self.step == 0:
-            self.log(self.evaluate())
-        while self.step < self.total_steps:
-            yield self.step
-            self.step += 1
-            bar.update(1)
-            last = getattr(self, "_last", {})
-            bar.set_postfix({k.split("/")[-1]: f"{last[k]:.3g}" for k in
-                             ("reward/score", "kl/seq", "gold/mean") if k in last})
-            if self.cfg.eval_every and self.step % self.cfg.eval_every == 0 \
-                    and self.step < self.total_steps:
-                self.log(self.evaluate())
-            if self.cfg.save_every and self.step % self.cfg.save_every == 0 \
-                    and self.step < self.total_steps:
-                self.save_checkpoint()
-        bar.close()
-        self.log(self.evaluate())
+        for step in self.run.steps(self.total_steps, self.evaluate, unit="batch"):
+            yield step
+            last = self._last
+            self.run.postfix = {k.split("/")[-1]: f"{last[k]:.3g}" for k in
+                                ("reward/score", "kl/seq", "gold/mean") if k in last}
         self.finish()
+
+    def start_step(self) -> None:
+        """Mark the start of a step (for perf/step_s)."""
+        self._step_t0 = time.perf_counter()
 
     def end_step(self, metrics: dict[str, float], rollout: Rollout,
                  kl_seq: torch.Tensor) -> None:
@@ -449,25 +355,21 @@ class RLRun:
         n = len(rollout)
         # Every process holds the same number of samples, so the mean of the per-process means
         # is the mean over the global batch: log that, not process 0's share alone.
-        metrics = {k: v / self.world for k, v in self.reduce_sums(metrics).items()}
+        metrics = {k: v / self.world for k, v in self.run.reduce_sums(metrics).items()}
         metrics["kl/coef"] = self.kl_ctl.value
         mean_kl = float(self.reduce_mean({"kl": float(kl_seq.sum())}, n)["kl"])
         self.kl_ctl.update(mean_kl, n * self.world)
-        metrics["lr"] = self.scheduler.get_last_lr()[0]
+        metrics["lr"] = self.run.lr
         elapsed = time.perf_counter() - self._step_t0
         metrics["perf/step_s"] = elapsed
         metrics["perf/samples_per_s"] = n * self.world / max(elapsed, 1e-9)
         self._last = metrics
-        self.log(metrics, self.step + 1)
+        self.run.log(metrics, self.step + 1)
         if self.acc.is_main_process:
             with open(self.out / "samples.jsonl", "a") as f:
                 for i in range(min(4, n)):
                     f.write(json.dumps({"step": self.step + 1, "prompt": rollout.prompts[i],
                                         "response": rollout.texts[i]}) + "\n")
-
-    def start_step(self) -> None:
-        """Mark the start of a step (for perf/step_s)."""
-        self._step_t0 = time.perf_counter()
 
     def rollout_metrics(self, rollout: Rollout, terms: RewardTerms,
                         rewards: torch.Tensor | None = None) -> tuple[dict[str, float],
@@ -508,7 +410,7 @@ class RLRun:
                              + (["eval/gold"] if self.gold is not None else []), 0.0)
         if local:
             rollout = self.rollout(local, with_values=False)
-            raw = self.raw_scores(rollout)
+            raw = self.rewards(rollout).raw
             kl = ((rollout.logprobs - rollout.ref_logprobs) * rollout.response_mask).sum(-1)
             sums.update({"eval/reward": float(raw.sum()), "eval/kl": float(kl.sum()),
                          "eval/length": float(rollout.response_lengths.float().sum())})
@@ -517,39 +419,20 @@ class RLRun:
                 sums["eval/gold"] = float(sum(gold))
         return self.reduce_mean(sums, len(local))
 
-    def reduce_sums(self, values: dict[str, float]) -> dict[str, float]:
-        """Sum scalars over processes (every process passes the same keys)."""
-        return reduce_sums(self.acc, values)
-
     def reduce_mean(self, sums: dict[str, float], n: int) -> dict[str, float]:
         """Mean over all processes of per-sample sums (``n`` samples on this process)."""
-        keys = sorted(sums)
-        t = torch.tensor([sums[k] for k in keys] + [float(n)], dtype=torch.float64,
-                         device=self.device)
-        if self.world > 1:
-            t = self.acc.reduce(t, reduction="sum")
-        return {k: float(v) / max(float(t[-1]), 1.0) for k, v in zip(keys, t[:-1])}
+        total = self.run.reduce_sums({**sums, "_n": float(n)})
+        count = max(total.pop("_n"), 1.0)
+        return {k: v / count for k, v in total.items()}
 
-    # ------------------------------------------------------------------ logging
+    # ------------------------------------------------------------------ logging and saving
     def log(self, metrics: dict[str, float], step: int | None = None) -> None:
         """Append to metrics.jsonl (main process only)."""
-        self.metrics_log.log(metrics, self.step if step is None else step)
-
-    # ------------------------------------------------------------------ checkpoints
-    def save_checkpoint(self) -> Path:
-        """Model(s), optimizer, schedule, KL coefficient and RNG state for an exact resume."""
-        return self.checkpoints.save(self.step)
+        self.run.log(metrics, step)
 
     def latest_checkpoint(self) -> Path | None:
         """Newest complete checkpoint, if any."""
-        return self.checkpoints.latest()
-
-    def maybe_resume(self) -> None:
-        """With ``--resume``, continue after the newest checkpoint."""
-        if self.cfg.resume:
-            step = self.checkpoints.resume(self.stage)
-            if step is not None:
-                self.step = step
+        return self.run.latest_checkpoint()
 
     def finish(self) -> Path:
         """Save the policy (LoRA merged) to ``output_dir/model`` and close the logs.
@@ -562,30 +445,11 @@ class RLRun:
             if self.value_kind == "policy":
                 head = self.acc.unwrap_model(self.model).value_head
                 torch.save(head.state_dict(), self.out / "model" / "value_head.pt")
-        self.metrics_log.close()
+        self.run.close()
         if self.acc.is_main_process and len(self.sources) > 1:
-            from rlhfkit.evaluate.finegrained import fine_grained_section
-            from rlhfkit.evaluate.report import write_sections
-
             write_sections(self.out / "report.html", f"rlhfkit {self.stage}: fine-grained rewards",
                            [fine_grained_section(self.out)])
+        if self.acc.is_main_process:
+            print(f"[{self.stage}] saved the policy to {self.out / 'model'}")
         self.acc.wait_for_everyone()
         return self.out / "model"
-
-
-@torch.no_grad()
-def rm_scores(rm: RewardModel, rollout: Rollout, pad_id: int, autocast: Callable | None = None,
-              batch_size: int = 16) -> torch.Tensor:
-    """(B,) reward-model scores of prompt + response, read at the last real token.
-
-    The RM sees exactly the ids the policy sampled (prompt from the chat template, response up
-    to and including its end-of-turn token), i.e. what it was trained on.
-    """
-    import contextlib
-
-    out = []
-    for i in range(0, len(rollout), batch_size):
-        chunk = rollout.select(range(i, min(i + batch_size, len(rollout))))
-        with autocast() if autocast else contextlib.nullcontext():
-            out.append(rm(chunk.input_ids, chunk.attention_mask).float())
-    return torch.cat(out)

@@ -23,11 +23,12 @@ import torch
 
 from rlhfkit.data.chat import encode_pair, pad
 from rlhfkit.data.records import BinaryFeedback, Record, as_comparisons
-from rlhfkit.data.sources import prompt_key
+from rlhfkit.data.splits import prompt_key
 from rlhfkit.losses import bradley_terry_loss, pointwise_loss, reward_centering_penalty
 from rlhfkit.models.loading import apply_lora, enable_gradient_checkpointing
 from rlhfkit.models.reward import RewardModel
-from rlhfkit.train.loop import Loop, TrainConfig, start_stage
+from rlhfkit.train.inputs import stage_inputs
+from rlhfkit.train.loop import Loop, ModelOptions, Run, TrainConfig
 
 
 @dataclass
@@ -50,8 +51,6 @@ class RMConfig(TrainConfig):
     """Train on tied pairs (target probability 1/2); otherwise skip them."""
     pairs_per_group: int = 8
     """Plain comparisons of one prompt batched together (their shared responses run once)."""
-    system_prompt: str | None = None
-    """System message added to prompts that have none (default: the task's, else none)."""
 
 
 @dataclass
@@ -233,7 +232,7 @@ def reward_stats(loop: Loop, groups: list[Group], pad_id: int, batch_size: int,
     return mean, math.sqrt(var) or 1.0
 
 
-def build_reward_model(cfg: TrainConfig, pad_token_id: int) -> RewardModel:
+def build_reward_model(cfg: ModelOptions, pad_token_id: int) -> RewardModel:
     """Backbone + fresh scalar head (or a saved RM), with LoRA when asked."""
     rm = RewardModel.from_pretrained(cfg.model, pad_token_id=pad_token_id)
     if cfg.gradient_checkpointing:
@@ -249,10 +248,11 @@ def build_reward_model(cfg: TrainConfig, pad_token_id: int) -> RewardModel:
 
 def train_rm(cfg: RMConfig) -> Path:
     """Train a reward model; returns the folder of the saved model (``output_dir/model``)."""
-    stage = start_stage(cfg, "preferences", ["comparison", "ranking", "binary"])
-    accelerator, out, tokenizer = stage.accelerator, stage.out, stage.tokenizer
-    system_prompt = stage.system_prompt
-    train_records, eval_records = stage.train_records, stage.eval_records
+    run = Run(cfg, "rm")
+    inputs = stage_inputs(cfg, "preferences", ["comparison", "ranking", "binary"])
+    accelerator, out, tokenizer = run.accelerator, run.out, inputs.tokenizer
+    system_prompt = inputs.system_prompt
+    train_records, eval_records = inputs.train_records, inputs.eval_records
     opts = dict(max_length=cfg.max_length, system_prompt=system_prompt,
                 pairs_per_group=cfg.pairs_per_group, use_margin=cfg.use_margin)
     train_groups, counts = build_groups(train_records, tokenizer, train_on_ties=cfg.train_on_ties,
@@ -261,13 +261,13 @@ def train_rm(cfg: RMConfig) -> Path:
     eval_groups, eval_counts = build_groups(eval_records, tokenizer, train_on_ties=True, **opts)
     pad_id = tokenizer.pad_token_id
     model = build_reward_model(cfg, pad_id)
-    loop = Loop(cfg, model, train_groups, lambda b: collate_groups(b, pad_id), stage="rm",
-                lengths=[g.num_tokens for g in train_groups], accelerator=accelerator)
+    loop = Loop(run, model, train_groups, lambda b: collate_groups(b, pad_id),
+                lengths=[g.num_tokens for g in train_groups])
     if accelerator.is_main_process:
         print(f"[rm] {len(train_groups)} training groups ({counts['pairs']} pairs from "
               f"{counts['rankings']} rankings and plain comparisons, {counts['ties']} ties, "
               f"{counts['binary']} binary labels); held out: {eval_counts['pairs']} pairs; "
-              f"{loop.total_steps} steps, precision {accelerator.mixed_precision}")
+              f"{loop.describe()}; precision {accelerator.mixed_precision}")
 
     def step(m: torch.nn.Module, batch: dict[str, Any]):
         rewards = m(batch["input_ids"], batch["attention_mask"])  # (S,)

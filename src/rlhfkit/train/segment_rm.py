@@ -28,19 +28,21 @@ import torch
 from rlhfkit import config as cfglib
 from rlhfkit.data.chat import encode, encode_pair, pad, response_text
 from rlhfkit.data.records import RecordError, SpanFeedback
-from rlhfkit.models.loading import apply_lora, enable_gradient_checkpointing
+from rlhfkit.data.splits import split_records
+from rlhfkit.losses import segment_bce_loss
+from rlhfkit.models.loading import apply_lora, enable_gradient_checkpointing, load_tokenizer
 from rlhfkit.models.segment_reward import (
     REWARD_KINDS,
     SegmentRewardModel,
     classification_counts,
     default_unit,
     f1_metrics,
-    segment_bce_loss,
     segment_labels,
     span_categories,
 )
 from rlhfkit.segments import UNITS, response_segments
-from rlhfkit.train.loop import Loop, TrainConfig, make_accelerator, seed_everything
+from rlhfkit.train.inputs import load_span_records, system_prompt_for
+from rlhfkit.train.loop import Loop, Run, TrainConfig
 
 
 @dataclass
@@ -67,8 +69,6 @@ class SegmentRMConfig(TrainConfig):
     max_length: int = 512
     """Longest prompt + response in tokens; a response cut by it is skipped (its last
     segments would have no end token)."""
-    system_prompt: str | None = None
-    """System message added to prompts that have none (default: the task's, else none)."""
 
 
 @dataclass
@@ -78,38 +78,6 @@ class SegmentItem:
     input_ids: list[int]
     positions: list[int]
     labels: list[int]
-
-
-def load_span_records(spec: str) -> list[SpanFeedback]:
-    """Span-feedback records from a file, a store, or a task's simulated span feedback.
-
-    A feedback-app export may hold other kinds too (a project that asks 👍/👎, a score and
-    spans of each response); those are skipped, with a count. A source with no span record at
-    all is an error.
-    """
-    if spec.startswith("task:"):
-        from rlhfkit.tasks import get_task
-
-        task = get_task(spec[len("task:"):])
-        if not hasattr(task, "span_feedback"):
-            raise RecordError(f"task {task.name!r} has no span feedback", field="data",
-                              expected="a file of span records or a task that makes them "
-                                       "(task:factqa)", file=spec)
-        return list(task.span_feedback())
-    from rlhfkit.data.io import read_records
-
-    records = read_records(spec)
-    spans = [r for r in records if isinstance(r, SpanFeedback)]
-    if not spans:
-        kinds = Counter(r.KIND for r in records)
-        raise RecordError(
-            "no span records" + (f" (found {', '.join(f'{n} {k}' for k, n in kinds.items())})"
-                                 if kinds else ""),
-            field="kind", expected="span records (prompt, response, spans, missing)", file=spec)
-    if len(spans) < len(records):
-        print(f"[segment-rm] {spec}: using the {len(spans)} span records, skipping "
-              f"{len(records) - len(spans)} of other kinds")
-    return spans
 
 
 def build_items(records: list[SpanFeedback], tokenizer: Any, unit: str,
@@ -221,22 +189,11 @@ def build_segment_model(cfg: SegmentRMConfig, pad_token_id: int) -> SegmentRewar
 
 def train_segment_rm(cfg: SegmentRMConfig) -> Path:
     """Train a segment reward model; returns the saved model folder (``output_dir/model``)."""
-    from rlhfkit.data.sources import split_records
-    from rlhfkit.models.loading import load_tokenizer
-
     unit, categories = check_config(cfg)
-    seed_everything(cfg.seed)
-    accelerator = make_accelerator(cfg.precision)
-    out = Path(cfg.output_dir)
-    if accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        cfglib.save_yaml(cfg, out / "config.yaml")
+    run = Run(cfg, "segment_rm")
+    accelerator, out = run.accelerator, run.out
     tokenizer = load_tokenizer(cfg.model)
-    system_prompt = cfg.system_prompt
-    if system_prompt is None and cfg.data.startswith("task:"):
-        from rlhfkit.tasks import get_task
-
-        system_prompt = get_task(cfg.data[len("task:"):]).system_prompt
+    system_prompt = system_prompt_for(cfg.system_prompt, cfg.data)
     records = load_span_records(cfg.data)
     _check_categories(records, categories, cfg.data)
     if cfg.eval_data:
@@ -254,15 +211,14 @@ def train_segment_rm(cfg: SegmentRMConfig) -> Path:
         return {k: v.to(accelerator.device) if torch.is_tensor(v) else v
                 for k, v in collate_segments(batch, pad_id).items()}
 
-    loop = Loop(cfg, model, train_items, collate, stage="segment_rm",
-                lengths=[len(i.input_ids) for i in train_items], accelerator=accelerator)
+    loop = Loop(run, model, train_items, collate, lengths=[len(i.input_ids) for i in train_items])
     if accelerator.is_main_process:
         print(f"[segment-rm] {cfg.category} ({', '.join(categories)}) per {unit}: "
               f"{counts['responses']} responses, {counts['segments']} segments, "
               f"{counts['errors']} marked as errors"
               + (f", {counts['skipped']} skipped (longer than --max-length)"
                  if counts["skipped"] else "")
-              + f"; held out: {eval_counts['segments']} segments; {loop.total_steps} steps, "
+              + f"; held out: {eval_counts['segments']} segments; {loop.describe()}; "
               f"precision {accelerator.mixed_precision}")
 
     def step(m: torch.nn.Module, batch: dict[str, Any]):

@@ -25,7 +25,8 @@ from rlhfkit.models.loading import (
     merge_and_save,
 )
 from rlhfkit.models.policy import SelectiveLM, targets_of
-from rlhfkit.train.loop import Loop, TrainConfig, start_stage
+from rlhfkit.train.inputs import stage_inputs
+from rlhfkit.train.loop import Loop, ModelOptions, Run, TrainConfig
 
 
 @dataclass
@@ -40,8 +41,6 @@ class SFTConfig(TrainConfig):
     """Passes over the demonstrations."""
     packing: bool = False
     """Pack several demonstrations into each row of --max-length tokens (no padding)."""
-    system_prompt: str | None = None
-    """System message added to prompts that have none (default: the task's, else none)."""
 
 
 def encode_demonstrations(
@@ -151,7 +150,7 @@ def evaluate_sft(loop: Loop, items: list[Encoded], pad_id: int, batch_size: int)
     return {"eval/sft_nll": mean, "eval/perplexity": math.exp(min(mean, 50))}
 
 
-def build_policy(cfg: TrainConfig) -> torch.nn.Module:
+def build_policy(cfg: ModelOptions) -> torch.nn.Module:
     """Load the policy for training, with LoRA adapters when asked."""
     model = load_causal_lm(cfg.model, dtype=torch.float32)
     if cfg.gradient_checkpointing:  # only active in train mode
@@ -164,12 +163,13 @@ def build_policy(cfg: TrainConfig) -> torch.nn.Module:
 
 def train_sft(cfg: SFTConfig) -> Path:
     """Run supervised fine-tuning; returns the folder of the saved policy (``output_dir/model``)."""
-    stage = start_stage(cfg, "demonstrations", ["demonstration"])
-    accelerator, out, tokenizer = stage.accelerator, stage.out, stage.tokenizer
-    system_prompt = stage.system_prompt
-    train_records, eval_records = stage.train_records, stage.eval_records
-    train_items = encode_demonstrations(tokenizer, train_records, cfg.max_length, system_prompt)
-    eval_items = encode_demonstrations(tokenizer, eval_records, cfg.max_length, system_prompt)
+    run = Run(cfg, "sft")
+    inputs = stage_inputs(cfg, "demonstrations", ["demonstration"])
+    tokenizer, system_prompt = inputs.tokenizer, inputs.system_prompt
+    train_items = encode_demonstrations(tokenizer, inputs.train_records, cfg.max_length,
+                                        system_prompt)
+    eval_items = encode_demonstrations(tokenizer, inputs.eval_records, cfg.max_length,
+                                       system_prompt)
     pad_id = tokenizer.pad_token_id
     model = SelectiveLM(build_policy(cfg))
     if cfg.packing:
@@ -177,18 +177,17 @@ def train_sft(cfg: SFTConfig) -> Path:
         collate = lambda b: collate_packed(b, pad_id)  # noqa: E731
     else:
         collate = lambda b: collate_padded(b, pad_id)  # noqa: E731
-    loop = Loop(cfg, model, train_items, collate, stage="sft",
-                lengths=[len(e.input_ids) for e in train_items], accelerator=accelerator)
-    if accelerator.is_main_process:
+    loop = Loop(run, model, train_items, collate, lengths=[len(e.input_ids) for e in train_items])
+    if run.is_main:
         print(f"[sft] {len(train_items)} training rows, {len(eval_items)} held-out "
-              f"demonstrations, {loop.total_steps} steps, precision "
-              f"{accelerator.mixed_precision}, {loop.world} process(es)")
+              f"demonstrations; {loop.describe()}; precision "
+              f"{run.accelerator.mixed_precision}")
     evaluate = (lambda: evaluate_sft(loop, eval_items, pad_id, cfg.batch_size)) \
         if eval_items else None
     metrics = loop.run(sft_step, evaluate)
-    if accelerator.is_main_process:
-        merge_and_save(accelerator.unwrap_model(loop.model).lm, tokenizer, out / "model")
-        print(f"[sft] saved policy to {out / 'model'}; final metrics: "
+    if run.is_main:
+        merge_and_save(run.accelerator.unwrap_model(loop.model).lm, tokenizer, run.out / "model")
+        print(f"[sft] saved policy to {run.out / 'model'}; final metrics: "
               + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if not k.startswith("_")))
-    accelerator.wait_for_everyone()
-    return out / "model"
+    run.accelerator.wait_for_everyone()
+    return run.out / "model"

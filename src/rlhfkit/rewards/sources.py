@@ -1,13 +1,13 @@
 """Where the RL stages' rewards come from: reward models, scorers, rewards after each segment.
 
-A :class:`RewardSource` turns a rollout into :data:`rlhfkit.rewards.DenseRewards`: for each
-response, ``(token position, score)`` pairs. A holistic reward model gives one pair per
+A :class:`RewardSource` turns a rollout into :data:`rlhfkit.rewards.shaping.DenseRewards`: for
+each response, ``(token position, score)`` pairs. A holistic reward model gives one pair per
 response, on its last token; a fine-grained source gives one after each segment (Wu et al.
 2023). The RL stages combine several sources with weights,
 
     r_t = sum_k w_k * sum_j 1(t = T_j^k) * R_k(x, y, j)  -  beta * KL_t,
 
-which is :func:`rlhfkit.rewards.token_rewards`. On the command line::
+which is :func:`rlhfkit.rewards.shaping.token_rewards`. On the command line::
 
     --reward-model runs/rm/model                          # one source
     --reward-model rel=runs/rm-rel/model,comp=runs/rm-comp/model --rewards rel=0.3,comp=0.5
@@ -23,25 +23,39 @@ A source spec is one of
   reward after segment j being ``s(y_1..j) - s(y_1..j-1)`` (and ``s(y_1)`` after the first),
   so the rewards of a response sum to its holistic score. With ``non-toxic`` this is the drop
   in toxicity after each sentence, the fine-grained detoxification reward of Wu et al.;
-* any prefix added with :func:`register_reward_source`.
+* any prefix added with :func:`register_reward_source`, or given to :func:`build_sources` by
+  the level above (``rlhfkit.train.inputs`` adds the built-in tasks' sources, such as
+  ``factqa-gold:ASPECT``).
+
+A factory builds a source from its spec and a :class:`SourceContext` (the tokenizer, device and
+precision of the run, and the few options a source reads), never from the RL run itself.
+A rollout here is anything with the attributes of :class:`rlhfkit.rollout.Rollout` that a
+source reads (``prompts``, ``texts``, ``response_ids``, ``response_mask``, ``input_ids``,
+``attention_mask``, ``position_ids``, ``prompt_width``, ``ended``, ``select``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
-from rlhfkit.rewards import DenseRewards, sequence_rewards
+from rlhfkit.config import parse_weights, split_named
+from rlhfkit.feedback.gold import get_scorer
+from rlhfkit.models.reward import RewardModel
+from rlhfkit.models.segment_reward import SegmentRewardModel, is_segment_rm, segment_rewards
+from rlhfkit.rewards.shaping import DenseRewards, sequence_rewards
+from rlhfkit.segments import response_segments
 
-if TYPE_CHECKING:
-    from rlhfkit.rollout import Rollout
+Rollout = Any
+"""A sampled batch (:class:`rlhfkit.rollout.Rollout`); see the module docstring."""
 
-SourceFn = Callable[["Rollout"], DenseRewards]
+SourceFn = Callable[[Rollout], DenseRewards]
 """Raw scores of a rollout's responses at token positions (before normalisation)."""
 
 
@@ -97,64 +111,38 @@ class RewardTerms:
         return all(len(items) <= 1 for source in self.dense for items in source)
 
 
-def split_named(spec: str) -> list[tuple[str | None, str]]:
-    """``"a=X,b=Y"`` -> ``[("a", "X"), ("b", "Y")]``; a spec without names -> ``[(None, spec)]``.
-
-    Commas inside a source spec (``scorer:sentiment:1,toxicity:-1``) stay with it: only a
-    comma followed by ``name=`` starts a new source.
-    """
-    spec = spec.strip()
-    if not re.match(r"^[A-Za-z_][\w-]*=", spec):
-        return [(None, spec)]
-    out = []
-    for part in re.split(r",(?=\s*[A-Za-z_][\w-]*=)", spec):
-        name, _, value = part.partition("=")
-        if not value.strip():
-            raise ValueError(f"reward source {name.strip()!r} in {spec!r} has no spec after '='")
-        out.append((name.strip(), value.strip()))
-    names = [n for n, _ in out]
-    if len(set(names)) != len(names):
-        raise ValueError(f"a reward source name is used twice in {spec!r}")
-    return out
-
-
-def parse_weights(spec: str, names: Sequence[str]) -> dict[str, float]:
-    """``"rel=0.3,fact=0.5"`` -> weights for ``names`` (1.0 for a name not given).
-
-    Raises:
-        ValueError: A malformed term, a weight that is not a number, or an unknown name.
-    """
-    weights = dict.fromkeys(names, 1.0)
-    if not spec.strip():
-        return weights
-    for term in spec.split(","):
-        name, eq, value = term.partition("=")
-        name = name.strip()
-        if not eq:
-            raise ValueError(f"--rewards: expected name=weight, got {term.strip()!r}")
-        if name not in weights:
-            raise ValueError(f"--rewards: no reward source named {name!r}; the sources are "
-                             f"{', '.join(names)} (name them in --reward-model name=SPEC,...)")
-        try:
-            weights[name] = float(value)
-        except ValueError:
-            raise ValueError(f"--rewards: the weight of {name!r} must be a number, "
-                             f"got {value.strip()!r}") from None
-    return weights
-
-
 # ---------------------------------------------------------------------------------------
 # Built-in sources
 # ---------------------------------------------------------------------------------------
 
-Factory = Callable[[str, str, Any], RewardSource]
-"""``(name, spec after the prefix, run) -> RewardSource``; ``run`` is the :class:`RLRun`."""
+
+@dataclass
+class SourceContext:
+    """What a source factory may use: the run's tokenizer, device and precision, two options.
+
+    Args:
+        tokenizer: The policy's tokenizer (a reward model reads the ids the policy sampled).
+        device: Where reward models run.
+        autocast: A function returning the run's autocast context (None = full precision).
+        segment_unit: Segments of a response for per-segment rewards (``--segment-unit``).
+        normalize_reward: Standardise reward-model scores with their saved mean/std.
+    """
+
+    tokenizer: Any
+    device: torch.device | str = "cpu"
+    autocast: Callable[[], contextlib.AbstractContextManager] | None = None
+    segment_unit: str = "sentence"
+    normalize_reward: bool = True
+
+
+Factory = Callable[[str, str, SourceContext], RewardSource]
+"""``(name, spec after the prefix, context) -> RewardSource``."""
 
 _FACTORIES: dict[str, Factory] = {}
 
 
 def register_reward_source(prefix: str, factory: Factory) -> None:
-    """Make ``--reward-model PREFIX:SPEC`` build a source with ``factory(name, SPEC, run)``."""
+    """Make ``--reward-model PREFIX:SPEC`` build a source with ``factory(name, SPEC, context)``."""
     if not re.fullmatch(r"[a-z][a-z0-9-]*", prefix):
         raise ValueError(f"bad reward-source prefix {prefix!r}: lowercase letters, digits, '-'")
     _FACTORIES[prefix] = factory
@@ -172,9 +160,7 @@ def scorer_source(name: str, scorer: Callable[[list[Any], list[str]], Sequence[f
     return RewardSource(name, fn)
 
 
-def _scorer(name: str, spec: str, run: Any) -> RewardSource:
-    from rlhfkit.feedback.gold import get_scorer
-
+def _scorer(name: str, spec: str, ctx: SourceContext) -> RewardSource:
     return scorer_source(name, get_scorer(spec))
 
 
@@ -189,7 +175,6 @@ def segment_gains(prefix_scores: Sequence[float]) -> list[float]:
 def segment_gain_source(name: str, scorer: Callable[[list[Any], list[str]], Sequence[float]],
                         tokenizer: Any, unit: str = "sentence") -> RewardSource:
     """A dense source: a scorer read after each segment, rewarding its change (see module)."""
-    from rlhfkit.segments import response_segments
 
     def fn(rollout: Rollout) -> DenseRewards:
         segs = response_segments(tokenizer, rollout.response_ids, rollout.texts, unit)
@@ -209,39 +194,106 @@ def segment_gain_source(name: str, scorer: Callable[[list[Any], list[str]], Sequ
     return RewardSource(name, fn)
 
 
-def _segment_gain(name: str, spec: str, run: Any) -> RewardSource:
-    from rlhfkit.feedback.gold import get_scorer
-
-    return segment_gain_source(name, get_scorer(spec), run.tokenizer, run.cfg.segment_unit)
+def _segment_gain(name: str, spec: str, ctx: SourceContext) -> RewardSource:
+    return segment_gain_source(name, get_scorer(spec), ctx.tokenizer, ctx.segment_unit)
 
 
-def reward_model_source(name: str, path: str, run: Any) -> RewardSource:
+def _autocast(ctx: SourceContext) -> contextlib.AbstractContextManager:
+    return ctx.autocast() if ctx.autocast else contextlib.nullcontext()
+
+
+@torch.no_grad()
+def rm_scores(rm: RewardModel, rollout: Rollout, autocast: Callable | None = None,
+              batch_size: int = 16) -> torch.Tensor:
+    """(B,) reward-model scores of prompt + response, read at the last real token.
+
+    The RM sees exactly the ids the policy sampled (prompt from the chat template, response up
+    to and including its end-of-turn token), i.e. what it was trained on.
+    """
+    out = []
+    for i in range(0, len(rollout), batch_size):
+        chunk = rollout.select(range(i, min(i + batch_size, len(rollout))))
+        with autocast() if autocast else contextlib.nullcontext():
+            out.append(rm(chunk.input_ids, chunk.attention_mask).float())
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def rollout_segment_logits(model: SegmentRewardModel, tokenizer: Any, rollout: Rollout,
+                           unit: str, autocast: Callable | None = None, batch_size: int = 16
+                           ) -> list[list[tuple[int, float]]]:
+    """``(segment-end token index, error logit)`` for every segment of every response.
+
+    The model reads exactly the ids the policy sampled (prompt from the chat template, response
+    up to its end-of-turn token), with the rollout's position ids for the left padding.
+    """
+    segs = response_segments(tokenizer, rollout.response_ids, rollout.texts, unit)
+    width = rollout.prompt_width
+    device = rollout.input_ids.device
+    out: list[list[tuple[int, float]]] = []
+    for start in range(0, len(rollout), batch_size):
+        chunk = range(start, min(start + batch_size, len(rollout)))
+        rows = [b - start for b in chunk for _ in segs[b]]
+        toks = [tok for b in chunk for _, tok in segs[b]]
+        with autocast() if autocast else contextlib.nullcontext():
+            logits = model(rollout.input_ids[start:chunk.stop],
+                           rollout.attention_mask[start:chunk.stop],
+                           torch.tensor(rows, device=device),
+                           torch.tensor([width + t for t in toks], device=device),
+                           rollout.position_ids[start:chunk.stop]).float().cpu().tolist()
+        i = 0
+        for b in chunk:
+            out.append([(tok, logits[i + j]) for j, (_, tok) in enumerate(segs[b])])
+            i += len(segs[b])
+    return out
+
+
+def segment_rm_source(name: str, path: str, ctx: SourceContext) -> RewardSource:
+    """A per-segment reward source from a segment reward-model folder.
+
+    Each segment's reward (``sign``/``prob``/``logodds`` of its error logit, as saved in the
+    folder) goes on its last token. The rewards are not standardised: they are already on a
+    fixed scale, and ``--rewards`` weighs them. The source has no ``path``, so ``--critic rm``
+    starts the critic from a holistic reward model instead.
+    """
+    model = SegmentRewardModel.from_pretrained(path, pad_token_id=ctx.tokenizer.pad_token_id)
+    model.eval().requires_grad_(False).to(ctx.device)
+    unit, kind = model.unit, model.reward_kind
+
+    def fn(rollout: Rollout) -> DenseRewards:
+        per_response = rollout_segment_logits(model, ctx.tokenizer, rollout, unit, ctx.autocast)
+        out = []
+        for items in per_response:
+            rewards = segment_rewards(torch.tensor([z for _, z in items]), kind).tolist()
+            out.append([(tok, r) for (tok, _), r in zip(items, rewards)])
+        return out
+
+    return RewardSource(name, fn, model=model)
+
+
+def reward_model_source(name: str, path: str, ctx: SourceContext,
+                        prefixes: Sequence[str] = ()) -> RewardSource:
     """A source from a reward-model folder, holistic or per segment.
 
     A holistic folder (``rlhfkit rm``) gives one score per response, normalised by its saved
     stats; a segment folder (``rlhfkit segment-rm``, marked so in its config) a reward after
     each segment.
     """
-    from rlhfkit.models.reward import RewardModel
-    from rlhfkit.models.segment_reward import is_segment_rm, segment_rm_source
-    from rlhfkit.train.rl import rm_scores
-
     if not Path(path).exists():
         raise FileNotFoundError(
             f"reward source {name!r}: {path} does not exist; give a reward-model folder "
-            f"(from rlhfkit rm or rlhfkit segment-rm), scorer:SPEC or segment-gain:SPEC"
-            + (f", or a prefix registered with register_reward_source ({', '.join(_FACTORIES)})"
-               if _FACTORIES else ""))
+            f"(from rlhfkit rm or rlhfkit segment-rm) or a prefixed spec "
+            f"({', '.join(f'{p}:SPEC' for p in prefixes)})")
     if is_segment_rm(path):
-        return segment_rm_source(name, path, run)
-    rm = RewardModel.from_pretrained(path, pad_token_id=run.tokenizer.pad_token_id)
-    rm.eval().requires_grad_(False).to(run.device)
+        return segment_rm_source(name, path, ctx)
+    rm = RewardModel.from_pretrained(path, pad_token_id=ctx.tokenizer.pad_token_id)
+    rm.eval().requires_grad_(False).to(ctx.device)
 
     def fn(rollout: Rollout) -> DenseRewards:
-        scores = rm_scores(rm, rollout, run.tokenizer.pad_token_id, run._autocast)
+        scores = rm_scores(rm, rollout, ctx.autocast)
         return sequence_rewards(scores.cpu(), rollout.response_mask.cpu())
 
-    stats = rm.reward_stats if run.cfg.normalize_reward else None
+    stats = rm.reward_stats if ctx.normalize_reward else None
     return RewardSource(name, fn, stats=stats, model=rm, path=path)
 
 
@@ -249,15 +301,25 @@ register_reward_source("scorer", _scorer)
 register_reward_source("segment-gain", _segment_gain)
 
 
-def build_source(name: str, spec: str, run: Any) -> RewardSource:
-    """The source for one spec: a registered ``prefix:`` or else a reward-model folder."""
+def build_source(name: str, spec: str, ctx: SourceContext,
+                 extra: Mapping[str, Factory] | None = None) -> RewardSource:
+    """The source for one spec: a known ``prefix:`` or else a reward-model folder.
+
+    Args:
+        name: The source's name.
+        spec: Its spec (``scorer:sentiment``, a folder, ...).
+        ctx: What the factory may use.
+        extra: Prefixes known to this call only (the tasks' sources, given by the caller).
+    """
+    factories = {**_FACTORIES, **(extra or {})}
     prefix, colon, rest = spec.partition(":")
-    if colon and prefix in _FACTORIES:
-        return _FACTORIES[prefix](name, rest, run)
-    return reward_model_source(name, spec, run)
+    if colon and prefix in factories:
+        return factories[prefix](name, rest, ctx)
+    return reward_model_source(name, spec, ctx, sorted(factories))
 
 
-def build_sources(spec: str, weights: str, run: Any) -> list[RewardSource]:
+def build_sources(spec: str, weights: str, ctx: SourceContext,
+                  extra: Mapping[str, Factory] | None = None) -> list[RewardSource]:
     """All sources of ``--reward-model`` with the weights of ``--rewards``."""
     named = split_named(spec)
     names = [n or "reward" for n, _ in named]
@@ -266,7 +328,7 @@ def build_sources(spec: str, weights: str, run: Any) -> list[RewardSource]:
     w = parse_weights(weights, names)
     sources = []
     for name, (_, s) in zip(names, named):
-        source = build_source(name, s, run)
+        source = build_source(name, s, ctx, extra)
         source.weight = w[name]
         sources.append(source)
     return sources

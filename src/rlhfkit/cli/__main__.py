@@ -1,0 +1,7 @@
+"""``python -m rlhfkit.cli``: the ``rlhfkit`` command."""
+
+import sys
+
+from rlhfkit.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,176 @@
+"""The ``rlhfkit`` command: one sub-command per stage, plus ``demo``, ``detox``, ``control``, ``label``.
+
+Each stage sub-command is generated from its config dataclass: every field is a ``--flag`` whose
+help is the field's docstring, ``--config FILE`` reads a YAML file, and flags override the file.
+Only the sub-command being run is imported: ``rlhfkit --help`` lists the commands without
+loading torch, and ``rlhfkit sft --help`` loads only what SFT needs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+from rlhfkit import __version__
+from rlhfkit import config as cfglib
+
+
+@dataclass(frozen=True)
+class Command:
+    """A sub-command: its help, and where its config class and run function live."""
+
+    name: str
+    help: str
+    config: str
+    """``module:ConfigClass``."""
+    run: str
+    """``module:function`` called with the resolved config."""
+
+    def load(self, which: str) -> Any:
+        """The config class (``which="config"``) or the run function (``"run"``)."""
+        module, _, attr = getattr(self, which).partition(":")
+        return getattr(importlib.import_module(module), attr)
+
+
+def _stage(name: str, help: str, module: str, config: str, run: str) -> Command:
+    return Command(name, help, f"rlhfkit.{module}:{config}", f"rlhfkit.{module}:{run}")
+
+
+COMMANDS: list[Command] = [
+    _stage("sft", "Step 1: supervised fine-tuning on demonstrations", "train.sft", "SFTConfig",
+           "train_sft"),
+    _stage("rm", "Step 2: train a reward model on comparisons, rankings or 👍/👎", "train.rm",
+           "RMConfig", "train_rm"),
+    _stage("segment-rm", "Step 2, fine-grained: a per-segment reward model (relevance, "
+           "factuality) from span feedback (Wu et al. 2023)", "train.segment_rm",
+           "SegmentRMConfig", "train_segment_rm"),
+    _stage("preference", "Train a pairwise preference model P(y > y' | x) on comparisons or "
+           "rankings (for Nash-MD)", "train.preference", "PreferenceConfig", "train_preference"),
+    _stage("dpo", "Train the policy directly on preferences: DPO, IPO, KTO, preferred-FT, "
+           "unlikelihood", "train.dpo", "DPOConfig", "train_dpo"),
+    _stage("online-dpo", "Iterative DPO: sample K per prompt, label (gold, reward model or AI "
+           "judge), train, repeat", "train.online_dpo", "OnlineDPOConfig", "train_online_dpo"),
+    _stage("ppo", "Step 3: PPO against a reward model with a KL penalty (InstructGPT)",
+           "train.ppo", "PPOConfig", "train_ppo"),
+    # The policy-gradient algorithms of rlhfkit.train.pg.ALGORITHMS (a test keeps them in step).
+    _stage("reinforce", "Step 3: REINFORCE with reward-to-go and a baseline", "train.pg",
+           "ReinforceConfig", "train_pg"),
+    _stage("rloo", "Step 3: REINFORCE leave-one-out over k samples per prompt", "train.pg",
+           "RLOOConfig", "train_pg"),
+    _stage("grpo", "Step 3: GRPO (group-normalised advantages, clipped ratio, KL loss)",
+           "train.pg", "GRPOConfig", "train_pg"),
+    _stage("best-of-n", "Best-of-N sampling; rejection sampling into a new SFT dataset",
+           "train.best_of_n", "BestOfNConfig", "run_best_of_n"),
+    _stage("nash", "Nash-MD: play against a mixture of the policy and the reference, payoff "
+           "from a pairwise preference model (Munos et al. 2023)", "train.nash", "NashConfig",
+           "train_nash"),
+    _stage("demo", "Run the whole loop on the default model and write a report", "pipeline",
+           "DemoConfig", "run_demo"),
+    _stage("detox", "Detoxification: SFT, then PPO with holistic vs fine-grained (per-sentence) "
+           "toxicity rewards, compared on held-out prompts (Wu et al. 2023)", "experiments.detox",
+           "DetoxConfig", "run_detox"),
+    _stage("control", "Preference-based RL for control: a Gymnasium agent learns from segment "
+           "comparisons (Christiano et al. 2017)", "control.train", "ControlConfig",
+           "train_control"),
+]
+BY_NAME = {c.name: c for c in COMMANDS}
+LABEL_HELP = "the feedback web app and its store (rlhfkit label --help)"
+
+
+def top_parser() -> argparse.ArgumentParser:
+    """The parser of ``rlhfkit`` itself: options and the list of commands (nothing imported)."""
+    parser = argparse.ArgumentParser(
+        prog="rlhfkit", allow_abbrev=False,
+        description="The whole loop of learning from human feedback for language models.",
+        epilog="Run 'rlhfkit COMMAND --help' for a command's options.",
+    )
+    parser.add_argument("--version", action="version", version=__version__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more")
+    return parser
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser, with the options of ``command`` only (all of them when None)."""
+    parser = top_parser()
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for c in COMMANDS:
+        p = sub.add_parser(c.name, help=c.help, description=c.help, allow_abbrev=False)
+        if command is None or command == c.name:
+            cfglib.add_arguments(p, c.load("config"))
+            p.set_defaults(_command=c)
+    if command in (None, "label"):
+        from rlhfkit.cli.label import register_label
+
+        register_label(sub)
+    else:
+        sub.add_parser("label", help=LABEL_HELP, add_help=False)
+    return parser
+
+
+def _command_of(argv: list[str]) -> str | None:
+    """The sub-command named on the command line (the first word that is one), if any."""
+    for word in argv:
+        if word in BY_NAME or word == "label":
+            return word
+        if not word.startswith("-"):
+            return None
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``rlhfkit`` command."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = _command_of(argv)
+    parser = build_parser(command) if command else _listing_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    stage: Command | None = getattr(args, "_command", None)
+    if stage is None:
+        if hasattr(args, "_run"):
+            return int(args._run(args) or 0)
+        parser.print_help()
+        return 2
+    return run_stage(stage, args)
+
+
+def _listing_parser() -> argparse.ArgumentParser:
+    """``rlhfkit`` with no command: the list of commands, their options not loaded."""
+    parser = top_parser()
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for c in COMMANDS:
+        sub.add_parser(c.name, help=c.help)
+    sub.add_parser("label", help=LABEL_HELP)
+    return parser
+
+
+def run_stage(stage: Command, args: argparse.Namespace) -> int:
+    """Resolve the config of ``stage`` from ``args`` and run it; errors become one line."""
+    from rlhfkit.data.records import RecordError
+    from rlhfkit.models.loading import ModelLoadError
+    from rlhfkit.train.loop import TrainingError
+
+    try:
+        cfg = cfglib.from_args(stage.load("config"), args)
+        if os.environ.get("RANK", "0") == "0":  # once, not once per process
+            print(f"[{stage.name}] config:\n" + _show_config(cfg))
+        stage.load("run")(cfg)
+    except (cfglib.ConfigError, RecordError, ModelLoadError, TrainingError,
+            FileNotFoundError) as err:
+        print(f"rlhfkit {stage.name}: error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _show_config(cfg: Any) -> str:
+    return "\n".join(f"  {k}: {v!r}" for k, v in cfglib.to_dict(cfg).items())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,224 @@
+"""The one place where a stage's specs become its inputs.
+
+Every stage names its inputs with short specs, and they are all resolved here:
+
+| spec | what it gives |
+|---|---|
+| ``--data task:NAME`` | a built-in task's demonstrations, rankings or prompts (:mod:`rlhfkit.tasks`) |
+| ``--data db:URL?project=P`` | the labels of a feedback store (:mod:`rlhfkit.feedback.transfer`) |
+| ``--data FILE`` | a JSONL/JSON/CSV/Parquet file or a HF datasets folder (:mod:`rlhfkit.data.io`) |
+| ``--model``, ``--reference`` | a HF id or folder, a .gguf file, an alias (:mod:`rlhfkit.models.loading`) |
+| ``--reward-model`` | reward sources (:mod:`rlhfkit.rewards.sources`), plus the tasks' own |
+| ``--gold`` | the scorer used for evaluation only (``task``, a scorer spec, ``none``) |
+
+so the layers below never need to know about each other: the data readers know nothing of the
+feedback store, the reward sources nothing of the tasks.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from rlhfkit.data import io as data_io
+from rlhfkit.data.records import Record, RecordError, SpanFeedback, from_dict
+from rlhfkit.data.splits import prompt_key, split_records
+from rlhfkit.feedback.gold import get_scorer
+from rlhfkit.feedback.store import StoreError
+from rlhfkit.feedback.transfer import read_project_records
+from rlhfkit.models.loading import load_tokenizer
+from rlhfkit.rewards.sources import RewardSource, SourceContext, build_sources
+from rlhfkit.tasks import Task, get_task, task_reward_sources
+
+PROMPT_KINDS = ("prompt", "demonstration", "comparison", "ranking", "binary", "score")
+"""Record kinds whose prompts an RL stage can sample from."""
+
+
+def task_of(spec: str | None) -> Task | None:
+    """The built-in task a ``task:NAME`` spec names (None for any other spec)."""
+    if spec and spec.startswith("task:"):
+        return get_task(spec[len("task:"):])
+    return None
+
+
+def read_source(spec: str, kind: str | None = None) -> list[Record]:
+    """Every record of a file, a datasets folder, or a feedback store (``db:URL``).
+
+    Args:
+        spec: A path, or ``db:<database url>?project=NAME`` for the labels of a project.
+        kind: Keep only the records of this kind (None: all of them).
+    """
+    if not spec.startswith("db:"):
+        return data_io.read_records(spec, kind)
+    shown = data_io.hide_password(spec)
+    try:
+        items = read_project_records(spec[len("db:"):])
+    except StoreError as err:  # no such project, a malformed URL
+        raise RecordError(str(err), file=shown) from err
+    except SQLAlchemyError as err:  # an unreachable server, a file that is no database
+        cause = str(getattr(err, "orig", None) or err).strip().splitlines()[0]
+        raise RecordError(f"cannot read the feedback store: {cause}", file=shown) from err
+    records = []
+    for index, item in enumerate(items):
+        if isinstance(item, Record):
+            record = item
+        else:
+            try:
+                record = from_dict(item)
+            except RecordError as err:
+                raise err.at(file=shown, row=index, row_hint="0-based record from the store") \
+                    from None
+        if kind is None or record.KIND == kind:
+            records.append(record)
+    return records
+
+
+def load_records(spec: str, want: str, kinds: Sequence[str]) -> list[Record]:
+    """Load the records of a stage.
+
+    Args:
+        spec: ``task:NAME`` for a built-in task, ``db:URL`` for a feedback store, or a path.
+        want: What the stage needs from a task: ``demonstrations``, ``preferences`` (rankings
+            and comparisons) or ``prompts``.
+        kinds: Record kinds the stage accepts; anything else is an error naming the record.
+    """
+    task = task_of(spec)
+    if task is not None:
+        if want == "demonstrations":
+            records: list[Record] = list(task.demonstrations())
+        elif want == "preferences":
+            records = list(task.rankings())
+        elif want == "prompts":
+            records = list(task.prompt_records("train"))
+        else:
+            raise ValueError(f"unknown request {want!r}")
+    else:
+        records = read_source(spec)
+    for i, record in enumerate(records):
+        if record.KIND not in kinds:
+            raise RecordError(
+                f"record {i} is a '{record.KIND}' record",
+                field="kind",
+                expected=f"one of {', '.join(kinds)} for this stage",
+                file=spec,
+            )
+    if not records:
+        raise RecordError("no records", field="(file)", expected="at least one record", file=spec)
+    return records
+
+
+def system_prompt_for(system_prompt: str | None, data: str) -> str | None:
+    """The stage's system prompt: the one given, else the task's (``task:NAME``), else none."""
+    if system_prompt is not None:
+        return system_prompt
+    task = task_of(data)
+    return task.system_prompt if task is not None else None
+
+
+@dataclass
+class StageInputs:
+    """What a supervised stage reads before it trains (see :func:`stage_inputs`)."""
+
+    tokenizer: Any
+    system_prompt: str | None
+    train_records: list
+    eval_records: list
+
+
+def split_or_load(records: list, eval_spec: str | None, fraction: float, seed: int,
+                  load: Any) -> tuple[list, list]:
+    """(train, held-out): ``load(eval_spec)`` when an eval spec is given, else a prompt split."""
+    if eval_spec:
+        return records, load(eval_spec)
+    return split_records(records, fraction, seed)
+
+
+def stage_inputs(cfg: Any, want: str, kinds: Sequence[str]) -> StageInputs:
+    """Tokenizer, system prompt and train / held-out records of a supervised stage.
+
+    Args:
+        cfg: The stage config (``model``, ``data``, ``eval_data``, ``eval_fraction``, ``seed``,
+            ``system_prompt``).
+        want: What a built-in task should supply (``demonstrations`` or ``preferences``).
+        kinds: Record kinds the stage accepts.
+    """
+    records = load_records(cfg.data, want, kinds)
+    train, held = split_or_load(records, cfg.eval_data, cfg.eval_fraction, cfg.seed,
+                                lambda s: load_records(s, want, kinds))
+    return StageInputs(load_tokenizer(cfg.model), system_prompt_for(cfg.system_prompt, cfg.data),
+                       train, held)
+
+
+def unique_prompts(records: Sequence[Record]) -> list[Any]:
+    """The distinct prompts of some records, in first-seen order."""
+    seen: dict[str, Any] = {}
+    for r in records:
+        seen.setdefault(prompt_key(r.prompt), r.prompt)
+    return list(seen.values())
+
+
+def load_prompts(cfg: Any) -> tuple[list[Any], list[Any], str | None, Task | None]:
+    """(train prompts, held-out prompts, system prompt, task or None) of an RL stage."""
+    task = task_of(cfg.data)
+    system_prompt = system_prompt_for(cfg.system_prompt, cfg.data)
+    if task is not None:
+        return task.prompts("train"), task.prompts("eval"), system_prompt, task
+    records = load_records(cfg.data, "prompts", PROMPT_KINDS)
+    train, held = split_or_load(records, cfg.eval_data, cfg.eval_fraction, cfg.seed,
+                                lambda s: load_records(s, "prompts", PROMPT_KINDS))
+    return unique_prompts(train), unique_prompts(held), system_prompt, task
+
+
+def build_gold(spec: str, task: Task | None) -> Any:
+    """The gold scorer named by ``spec`` (``task``, a scorer spec, or ``none``)."""
+    if spec == "none":
+        return None
+    if spec == "task":
+        return task.gold_scorer() if task is not None else None
+    return get_scorer(spec)
+
+
+def reward_sources(spec: str, weights: str, ctx: SourceContext) -> list[RewardSource]:
+    """The sources of ``--reward-model`` (with the tasks' own prefixes) weighted by ``--rewards``."""
+    extra = {prefix: _task_factory(factory) for prefix, factory in task_reward_sources().items()}
+    return build_sources(spec, weights, ctx, extra)
+
+
+def _task_factory(factory: Any) -> Any:
+    def build(name: str, spec: str, ctx: SourceContext) -> RewardSource:
+        fn, stats = factory(name, spec, ctx)
+        return RewardSource(name, fn, stats=stats)
+
+    return build
+
+
+def load_span_records(spec: str) -> list[SpanFeedback]:
+    """Span-feedback records from a file, a store, or a task's simulated span feedback.
+
+    A feedback-app export may hold other kinds too (a project that asks 👍/👎, a score and
+    spans of each response); those are skipped, with a count. A source with no span record at
+    all is an error.
+    """
+    task = task_of(spec)
+    if task is not None:
+        if not hasattr(task, "span_feedback"):
+            raise RecordError(f"task {task.name!r} has no span feedback", field="data",
+                              expected="a file of span records or a task that makes them "
+                                       "(task:factqa)", file=spec)
+        return list(task.span_feedback())
+    records = read_source(spec)
+    spans = [r for r in records if isinstance(r, SpanFeedback)]
+    if not spans:
+        kinds = Counter(r.KIND for r in records)
+        raise RecordError(
+            "no span records" + (f" (found {', '.join(f'{n} {k}' for k, n in kinds.items())})"
+                                 if kinds else ""),
+            field="kind", expected="span records (prompt, response, spans, missing)", file=spec)
+    if len(spans) < len(records):
+        print(f"[segment-rm] {spec}: using the {len(spans)} span records, skipping "
+              f"{len(records) - len(spans)} of other kinds")
+    return spans

@@ -14,7 +14,6 @@ import random
 
 import numpy as np
 import pytest
-
 from krippendorff import alpha as kd_alpha
 from sklearn.metrics import cohen_kappa_score
 from statsmodels.stats.inter_rater import aggregate_raters

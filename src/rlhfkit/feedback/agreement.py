@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import math
 from collections import Counter, defaultdict
-from fractions import Fraction
 from collections.abc import Hashable, Mapping, Sequence
+from fractions import Fraction
 from itertools import combinations
 from typing import Literal
 

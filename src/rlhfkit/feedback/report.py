@@ -10,6 +10,8 @@ from statistics import median
 
 from . import arena as AR
 from . import questions as Q
+from . import reliability as REL
+from . import transfer as T
 from .store import Store, StoreError
 
 
@@ -84,7 +86,20 @@ def project_stats(store: Store, project: str) -> dict:
             "gold_n": a["gold_n"],
         })
     return {"project": project, "questions": p.questions, "progress": store.progress(project),
-            "agreement": questions, "annotators": people}
+            "agreement": questions, "annotators": people, **project_reliability(store, project)}
+
+
+def project_reliability(store: Store, project: str) -> dict:
+    """Each annotator's estimated error rate and weight (``reliability``), from all labels and honeypots.
+
+    See :mod:`rlhfkit.feedback.reliability`; ``reliability_error`` says why there is none when
+    the labels cannot be read as records.
+    """
+    try:
+        records = T.project_records(store, project, include_gold=True)
+    except StoreError as err:  # a label stored before items were checked
+        return {"reliability": [], "reliability_error": str(err)}
+    return {"reliability": REL.reliability_table(REL.estimate_reliability(records))}
 
 
 def arena_games(store: Store, project: str) -> list[AR.Game]:

@@ -27,12 +27,12 @@ from rlhfkit.data.splits import prompt_key
 from rlhfkit.losses import bradley_terry_loss, pointwise_loss, reward_centering_penalty
 from rlhfkit.models.loading import apply_lora, enable_gradient_checkpointing
 from rlhfkit.models.reward import RewardModel
-from rlhfkit.train.inputs import stage_inputs
+from rlhfkit.train.inputs import LabelWeightOptions, stage_inputs, weigh_labels
 from rlhfkit.train.loop import Loop, ModelOptions, Run, TrainConfig
 
 
 @dataclass
-class RMConfig(TrainConfig):
+class RMConfig(LabelWeightOptions, TrainConfig):
     """Reward-model training (``rlhfkit rm``)."""
 
     output_dir: str = "runs/rm"
@@ -252,7 +252,10 @@ def train_rm(cfg: RMConfig) -> Path:
     inputs = stage_inputs(cfg, "preferences", ["comparison", "ranking", "binary"])
     accelerator, out, tokenizer = run.accelerator, run.out, inputs.tokenizer
     system_prompt = inputs.system_prompt
-    train_records, eval_records = inputs.train_records, inputs.eval_records
+    train_records, reliability = weigh_labels(cfg, inputs.train_records, inputs.eval_records)
+    eval_records = inputs.eval_records
+    if reliability and accelerator.is_main_process:
+        (out / "reliability.json").write_text(json.dumps(reliability, indent=2))
     opts = dict(max_length=cfg.max_length, system_prompt=system_prompt,
                 pairs_per_group=cfg.pairs_per_group, use_margin=cfg.use_margin)
     train_groups, counts = build_groups(train_records, tokenizer, train_on_ties=cfg.train_on_ties,

@@ -191,36 +191,10 @@ def noisy_bradley_terry(judgements: Sequence[tuple[Hashable, str, Hashable, Hash
     """
     if not judgements:
         return NoisyBT({}, {}, {}, {}, 0)
-    pairs: dict[tuple, int] = {}  # (group, a, b) with a < b (by repr) -> pair index
-    pair_of, ann_of, sign = [], [], []
-    people = sorted({j[1] for j in judgements})
-    ai = {a: n for n, a in enumerate(people)}
-
-    def key(g, x, y):
-        a, b = (x, y) if repr(x) < repr(y) else (y, x)
-        return pairs.setdefault((g, a, b), len(pairs)), 1.0 if a == x else -1.0
-
-    for g, who, win, lose in judgements:
-        p, s = key(g, win, lose)
-        pair_of.append(p)
-        ann_of.append(ai[who])
-        sign.append(s)
-    gold_sign = {}
-    for g, win, lose in gold:
-        p, s = key(g, win, lose)
-        gold_sign[p] = s
-    pair_of, ann_of, sign = np.array(pair_of), np.array(ann_of), np.array(sign)
+    idx = _PairIndex(judgements, gold)
+    pairs, people, pair_of, ann_of, sign = idx.pairs, idx.people, idx.pair_of, idx.ann_of, idx.sign
+    gold_sign, resp, first, second, blocks = idx.gold_sign, idx.resp, idx.first, idx.second, idx.blocks
     n_pairs = len(pairs)
-    # scores: a global vector, each group's responses a block
-    resp = {}
-    for (g, a, b) in pairs:
-        resp.setdefault((g, a), len(resp))
-        resp.setdefault((g, b), len(resp))
-    first = np.array([resp[(g, a)] for (g, a, b) in pairs])
-    second = np.array([resp[(g, b)] for (g, a, b) in pairs])
-    blocks: dict = defaultdict(list)
-    for (g, _response), n in resp.items():
-        blocks[g].append(n)
     scores = np.zeros(len(resp))
     clamp = np.zeros(n_pairs, dtype=bool)
     clamped = np.zeros(n_pairs)
@@ -267,9 +241,45 @@ def noisy_bradley_terry(judgements: Sequence[tuple[Hashable, str, Hashable, Hash
     by_group: dict = defaultdict(dict)
     for (g, r), n in resp.items():
         by_group[g][r] = float(scores[n])
-    return NoisyBT(scores=dict(by_group), flip_rate={a: float(eps[n]) for a, n in ai.items()},
+    return NoisyBT(scores=dict(by_group), flip_rate={a: float(eps[n]) for n, a in enumerate(people)},
                    posteriors={k: float(q[p]) for k, p in pairs.items()},
                    counts=dict(Counter(j[1] for j in judgements)), iterations=iteration)
+
+
+class _PairIndex:
+    """The judged pairs of :func:`noisy_bradley_terry` as arrays.
+
+    Each unordered pair ``(group, a, b)`` (``a < b`` by repr) gets an index; each judgement
+    its pair, annotator and ``sign`` (+1: ``a`` won); each response of a group an index into
+    one score vector, ``first``/``second`` the responses of each pair, ``blocks`` each group's.
+    """
+
+    def __init__(self, judgements, gold):
+        self.pairs: dict[tuple, int] = {}
+        self.people = sorted({j[1] for j in judgements})
+        ai = {a: n for n, a in enumerate(self.people)}
+        pair_of, ann_of, sign = [], [], []
+        for g, who, win, lose in judgements:
+            p, s = self.key(g, win, lose)
+            pair_of.append(p)
+            ann_of.append(ai[who])
+            sign.append(s)
+        self.gold_sign = dict(self.key(g, win, lose) for g, win, lose in gold)
+        self.pair_of, self.ann_of, self.sign = np.array(pair_of), np.array(ann_of), np.array(sign)
+        self.resp: dict[tuple, int] = {}
+        for (g, a, b) in self.pairs:
+            self.resp.setdefault((g, a), len(self.resp))
+            self.resp.setdefault((g, b), len(self.resp))
+        self.first = np.array([self.resp[(g, a)] for (g, a, b) in self.pairs])
+        self.second = np.array([self.resp[(g, b)] for (g, a, b) in self.pairs])
+        self.blocks: dict = defaultdict(list)
+        for (g, _response), n in self.resp.items():
+            self.blocks[g].append(n)
+
+    def key(self, g, x, y) -> tuple[int, float]:
+        """The pair's index, and +1 if ``x`` is its first response (else -1)."""
+        a, b = (x, y) if repr(x) < repr(y) else (y, x)
+        return self.pairs.setdefault((g, a, b), len(self.pairs)), 1.0 if a == x else -1.0
 
 
 def _newton_step(scores: np.ndarray, first: np.ndarray, second: np.ndarray, q: np.ndarray,

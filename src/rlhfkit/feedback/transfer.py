@@ -34,11 +34,23 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
+from ..data import io as data_io
 from ..data import records as R
 from . import questions as Q
-from .store import DEFAULT_WORKSPACE, Item, Label, Store, StoreError, User, _iso, split_project_url
+from .store import (
+    DEFAULT_WORKSPACE,
+    Item,
+    Label,
+    Store,
+    StoreError,
+    User,
+    _iso,
+    normalize_url,
+    split_project_url,
+)
 
 
 def label_records(label: Label, item: Item, user: User, project: str,
@@ -102,8 +114,6 @@ def write_records_any(records: list[R.Record], path: str | os.PathLike) -> int:
 
     A path without an extension becomes a HF ``datasets`` folder.
     """
-    from ..data import io as data_io
-
     path = Path(path)
     data_io.write_records(records, path, format="hf" if path.suffix == "" else None)
     return len(records)
@@ -163,8 +173,6 @@ def read_rows(path: str | os.PathLike, shown_as: str | None = None) -> list[dict
             raise StoreError(f"{shown}: not valid CSV ({e})", 422) from None
     if suffix == ".txt":  # one prompt per line
         return [{"prompt": line} for line in _text_of(path, shown).splitlines() if line.strip()]
-    from ..data import io as data_io
-
     try:
         return [dict(r.to_dict(), kind=r.kind) for r in data_io.read_records(path)]
     except (ValueError, OSError) as err:  # pyarrow's ArrowInvalid is a ValueError, as is RecordError
@@ -428,8 +436,6 @@ def import_labels_file(store: Store, project: str, path: str | os.PathLike, *,
         kind: import only the records of these kinds (comma-separated, e.g. ``binary,score``).
         **options: passed to :func:`import_labels`.
     """
-    from ..data import io as data_io
-
     records = data_io.read_records(path)
     if kind:
         kinds = {k.strip() for k in kind.split(",") if k.strip()}
@@ -446,10 +452,6 @@ def import_labels_file(store: Store, project: str, path: str | os.PathLike, *,
 
 def _existing_store(db_url: str) -> Store:
     """Open a store that must already exist (reading must not create an empty SQLite file)."""
-    from sqlalchemy.engine import make_url
-
-    from .store import normalize_url
-
     url = make_url(normalize_url(db_url))
     if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
         if not Path(url.database).exists():

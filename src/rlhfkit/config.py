@@ -25,6 +25,9 @@ import yaml
 class ConfigError(ValueError):
     """A configuration value or file is invalid."""
 
+    user_facing = True
+    """The command line prints the message of such an error as one line, no traceback."""
+
 
 @functools.cache
 def field_docs(cls: type) -> dict[str, str]:

@@ -698,6 +698,7 @@ def grpo_loss(
     mask: Tensor, *, clip_range: float = 0.2, clip_range_high: float | None = None,
     kl_coef: float = 0.04, loss_type: str = "bnpo", importance_level: str = "token",
     max_length: int | None = None, normalizer: float | Tensor | None = None,
+    token_weights: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """GRPO's loss: the clipped surrogate plus ``beta`` times the k3 KL to the reference.
 
@@ -722,6 +723,8 @@ def grpo_loss(
         importance_level: ``token`` or ``sequence`` (:data:`IMPORTANCE_LEVELS`).
         max_length: For ``loss_type="dr_grpo"``.
         normalizer: For ``loss_type="dapo"``.
+        token_weights: (B, T) weights of each token's surrogate (no gradient), e.g. truncated
+            importance weights between the trainer and the sampling engine; None = 1.
 
     Returns:
         The scalar loss and detached diagnostics: ``policy`` and ``kl`` (the two terms, each
@@ -741,6 +744,8 @@ def grpo_loss(
     unclipped = -adv * ratio
     clipped = -adv * torch.clamp(ratio, 1.0 - clip_range, 1.0 + high)
     pg = torch.maximum(unclipped, clipped)
+    if token_weights is not None:
+        pg = pg * token_weights.detach()
     kl = kl_penalty(logprobs, ref_logprobs.detach(), "k3")
     opts = dict(loss_type=loss_type, max_length=max_length, normalizer=normalizer)
     loss = aggregate_token_loss(pg + kl_coef * kl, m, **opts)

@@ -22,7 +22,28 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rlhfkit import config as cfglib
-from rlhfkit.models.loading import DEFAULT_MODEL
+from rlhfkit.data.chat import to_messages
+from rlhfkit.data.io import write_records
+from rlhfkit.evaluate.metrics import distinct_n, win_rate
+from rlhfkit.evaluate.report import write_report
+from rlhfkit.models.loading import DEFAULT_MODEL, load_causal_lm, load_tokenizer
+from rlhfkit.models.policy import SelectiveLM
+from rlhfkit.models.reward import RewardModel
+from rlhfkit.rewards.sources import rm_scores
+from rlhfkit.rollout import (
+    ReferencePolicy,
+    SamplingConfig,
+    generate_responses,
+    make_backend,
+    sample,
+)
+from rlhfkit.tasks import get_task
+from rlhfkit.train.best_of_n import best_of_n
+from rlhfkit.train.dpo import DPOConfig, train_dpo
+from rlhfkit.train.pg import ALGORITHMS, train_pg
+from rlhfkit.train.ppo import PPOConfig, train_ppo
+from rlhfkit.train.rm import RMConfig, train_rm
+from rlhfkit.train.sft import SFTConfig, train_sft
 
 
 @dataclass
@@ -77,13 +98,12 @@ class DemoConfig:
     rank_prompts: int = 0
     """Prompts to sample and rank with --rm-data samples (0 = the preset's: every train prompt
     without a demonstration, 64 with --quick)."""
+    generation_backend: str = "auto"
+    """Sampler of every stage that samples: hf, vllm or auto (vLLM where installed)."""
 
 
 def run_demo(cfg: DemoConfig) -> Path:
     """Run SFT then the reward model (then RL and the report, where available)."""
-    from rlhfkit.train.rm import RMConfig, train_rm
-    from rlhfkit.train.sft import SFTConfig, train_sft
-
     check_options(cfg)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -140,7 +160,6 @@ def run_demo(cfg: DemoConfig) -> Path:
                "eval_by_algo": {a: r["summary"] for a, r in results.items()},
                "timings_by_algo": {a: {"train_s": r["train_s"], "eval_s": r["eval_s"]}
                                    for a, r in results.items()}}
-    from rlhfkit.evaluate.report import write_report
 
     rows = []
     rl_dir = next((r["dir"] for r in results.values() if (r["dir"] / "metrics.jsonl").exists()
@@ -187,11 +206,6 @@ def rank_policy_samples(cfg: DemoConfig, policy: Path, path: Path) -> Path:
     apart); responses are as long as the RL stage samples them. Written as ranking records to
     ``path``.
     """
-    from rlhfkit.data.chat import to_messages
-    from rlhfkit.data.io import write_records
-    from rlhfkit.rollout import generate_responses
-    from rlhfkit.tasks import get_task
-
     task = get_task(cfg.task)
     demo_prompts = {str(d.prompt) for d in task.demonstrations()}
     prompts = [p for p in task.prompts("train") if str(p) not in demo_prompts]
@@ -201,7 +215,8 @@ def rank_policy_samples(cfg: DemoConfig, policy: Path, path: Path) -> Path:
           f"{policy} for the simulated labeler to rank")
     responses = generate_responses(str(policy), prompts, cfg.rank_k,
                                    max_new_tokens=cfg.max_new_tokens, seed=cfg.seed,
-                                   system_prompt=task.system_prompt, progress=cfg.progress)
+                                   system_prompt=task.system_prompt, progress=cfg.progress,
+                                   generation_backend=cfg.generation_backend)
     labeler = task.labeler(seed=cfg.seed,
                            temperature=getattr(task, "labeler_temperature", 0.1))
     rankings = labeler.rank_batch(prompts, responses)
@@ -235,7 +250,6 @@ def run_rl(cfg: DemoConfig, policy: Path, reward_model: Path, out: Path,
     steps = cfg.rl_steps or (6 if cfg.quick else 24)
     data = f"task:{cfg.task}"
     if algo in DIRECT:
-        from rlhfkit.train.dpo import DPOConfig, train_dpo
 
         lr = cfg.rl_learning_rate or (1e-4 if cfg.lora else 5e-6)
         return train_dpo(DPOConfig(model=str(policy), data=preferences or data,
@@ -245,15 +259,14 @@ def run_rl(cfg: DemoConfig, policy: Path, reward_model: Path, out: Path,
                                    eval_fraction=0.15, **common)), out / algo
     rl = dict(model=str(policy), reward_model=str(reward_model), data=data,
               max_steps=steps, max_new_tokens=cfg.max_new_tokens, kl_coef=cfg.kl_coef,
-              eval_prompts=8 if cfg.quick else 16, **common)
+              eval_prompts=8 if cfg.quick else 16, generation_backend=cfg.generation_backend,
+              **common)
     lr = cfg.rl_learning_rate or (2e-4 if cfg.lora else 1e-5)
     if algo == "ppo":
-        from rlhfkit.train.ppo import PPOConfig, train_ppo
 
         return train_ppo(PPOConfig(output_dir=str(out / "ppo"), batch_size=16,
                                    mini_batch_size=8, update_epochs=2, learning_rate=lr,
                                    **rl)), out / "ppo"
-    from rlhfkit.train.pg import ALGORITHMS, train_pg
 
     if algo in ALGORITHMS:
         k = 1 if ALGORITHMS[algo].min_samples == 1 else 4
@@ -278,14 +291,6 @@ def evaluate_final(cfg: DemoConfig, sft: Path, final: Path | None, reward_model:
     """SFT vs final policy on held-out prompts: gold and RM reward, KL, win rate, length."""
     import torch
 
-    from rlhfkit.evaluate.metrics import distinct_n, win_rate
-    from rlhfkit.models.loading import load_causal_lm, load_tokenizer
-    from rlhfkit.models.policy import SelectiveLM
-    from rlhfkit.models.reward import RewardModel
-    from rlhfkit.rewards.sources import rm_scores
-    from rlhfkit.rollout import ReferencePolicy, SamplingConfig, sample
-    from rlhfkit.tasks import get_task
-    from rlhfkit.train.best_of_n import best_of_n
 
     torch.manual_seed(cfg.seed)
     task = get_task(cfg.task)
@@ -295,12 +300,15 @@ def evaluate_final(cfg: DemoConfig, sft: Path, final: Path | None, reward_model:
     rm = RewardModel.from_pretrained(str(reward_model), pad_token_id=tok.pad_token_id).eval()
     sampling = SamplingConfig(max_new_tokens=cfg.max_new_tokens)
     sft_lm = load_causal_lm(str(sft)).eval()
-    before = sample(sft_lm, tok, prompts, sampling, task.system_prompt)
+    max_len = cfg.max_new_tokens + 256
+    backend = make_backend(cfg.generation_backend, str(sft), None, seed=cfg.seed,
+                           max_model_len=max_len)
+    before = sample(sft_lm, tok, prompts, sampling, task.system_prompt, backend=backend)
     if final is None:  # best-of-n from the SFT policy, scored by the RM
         rl_dir.mkdir(parents=True, exist_ok=True)
         picked = best_of_n(sft_lm, tok, prompts, 4,
                            lambda p, t, r: rm_scores(rm, r).tolist(),
-                           sampling, task.system_prompt)
+                           sampling, task.system_prompt, backend=backend)
         after_texts = [r["best"] for r in picked]
         after = None
         # Best-of-n has no per-token log-probs to measure; its KL to the sampling policy is
@@ -309,12 +317,17 @@ def evaluate_final(cfg: DemoConfig, sft: Path, final: Path | None, reward_model:
         rm_after = [r["best_score"] for r in picked]
     else:
         lm = load_causal_lm(str(final)).eval()
-        after = sample(lm, tok, prompts, sampling, task.system_prompt, scorer=SelectiveLM(lm))
+        if hasattr(backend, "sync"):
+            backend.sync(lm, 1)  # the same engine, now holding the final policy
+        after = sample(lm, tok, prompts, sampling, task.system_prompt, scorer=SelectiveLM(lm),
+                       backend=backend)
         ref = ReferencePolicy(sft_lm, frozen=sft_lm)
         ref_lp = ref.logprobs(after)
         kl_final = float(((after.logprobs - ref_lp) * after.response_mask).sum(-1).mean())
         after_texts = after.texts
         rm_after = rm_scores(rm, after).tolist()
+    if hasattr(backend, "close"):
+        backend.close()
     rm_before = rm_scores(rm, before).tolist()
     g_before, g_after = gold(prompts, before.texts), gold(prompts, after_texts)
     wr = win_rate(g_after, g_before)

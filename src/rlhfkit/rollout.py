@@ -10,10 +10,12 @@ P, then the responses right-padded to width R::
 ``ended`` (B,) says whether an EOS (or stop string) was produced. Position ids count real tokens
 only, so a left-padded row is scored exactly as it was sampled.
 
-Sampling goes through a :class:`GenerationBackend` (HF ``generate`` with a KV cache by default;
-a vLLM backend can implement the same one method on GPU). The log-probs of the sampled tokens
-are then recomputed with a plain forward pass at the sampling temperature (logits only at
-response positions), which is what the policy-gradient losses differentiate.
+Sampling goes through a :class:`GenerationBackend`: HF ``generate`` with a KV cache
+(:class:`HFBackend`), or a vLLM engine (:class:`rlhfkit.engines.vllm.VLLMBackend`), chosen by
+:func:`make_backend` (``--generation-backend auto|hf|vllm``). The log-probs of the sampled
+tokens are then recomputed with a plain forward pass at the sampling temperature (logits only at
+response positions), which is what the policy-gradient losses differentiate; an engine's own
+log-probs are kept beside them (``extras["engine_logprobs"]``) to measure the gap.
 
 The reference policy is the same weights with the LoRA adapter switched off when the policy
 is a LoRA model (no second copy in memory), else a frozen copy (:class:`ReferencePolicy`).
@@ -24,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, Protocol
@@ -32,9 +35,18 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from rlhfkit.data.chat import encode, pad, prompt_text
+from rlhfkit.config import ConfigError
+from rlhfkit.data.chat import encode, pad, prompt_text, repeats
+from rlhfkit.engines.remote import KEY_ENV, EngineClient, RemoteBackend, start_local_engines
+from rlhfkit.engines.vllm import VLLMBackend, VLLMEngine, engine_problem
 from rlhfkit.losses import token_logprobs
-from rlhfkit.models.loading import load_causal_lm, load_tokenizer
+from rlhfkit.models.loading import (
+    checkpoint_weights,
+    load_causal_lm,
+    load_tokenizer,
+    resolve,
+    resolve_precision,
+)
 from rlhfkit.models.policy import SelectiveLM
 
 
@@ -207,21 +219,6 @@ class HFBackend:
                 **{cache_kwarg(decoder): cache})
         cache.batch_repeat_interleave(k)
         return cache
-
-
-def repeats(prompt_ids: Sequence[Sequence[int]]) -> int:
-    """The number of copies of each prompt when they come in equal consecutive runs, else 1."""
-    n = len(prompt_ids)
-    k = 1
-    while k < n and list(prompt_ids[k]) == list(prompt_ids[0]):
-        k += 1
-    if k == 1 or n % k:
-        return 1
-    for start in range(0, n, k):
-        group = prompt_ids[start:start + k]
-        if any(list(g) != list(group[0]) for g in group[1:]):
-            return 1
-    return k
 
 
 @dataclass
@@ -518,6 +515,70 @@ class ReferencePolicy:
         return self.model.lm
 
 
+def place_token_values(values: Sequence[Sequence[float]], response_mask: torch.Tensor
+                       ) -> torch.Tensor:
+    """(B, R) tensor of per-token values given for each raw response (extra ones dropped)."""
+    out = torch.zeros(response_mask.shape, dtype=torch.float32)
+    for i, (row, n) in enumerate(zip(values, response_mask.sum(-1).tolist())):
+        kept = torch.as_tensor(list(row)[:n], dtype=torch.float32)
+        out[i, :len(kept)] = torch.nan_to_num(kept)
+    return out.to(response_mask.device)
+
+
+def make_backend(kind: str, model: str, autocast: torch.dtype | None = None, seed: int = 0,
+                 max_model_len: int = 1024, kv_cache_gb: float = 1.0,
+                 log: Any = print, engines: str = "", weight_sync: str = "gloo"
+                 ) -> GenerationBackend:
+    """The generation backend of ``--generation-backend``: ``hf``, ``vllm`` or ``auto``.
+
+    ``auto`` takes vLLM when it is installed and can serve the model here, else Hugging Face
+    ``generate`` with one line saying why; ``vllm`` without the extra is an error naming it.
+
+    Args:
+        kind: ``auto``, ``hf`` or ``vllm``.
+        model: The policy to serve (an id, folder, .gguf or alias; its weights at the start).
+        autocast: The run's autocast dtype (bf16 runs give the engine bf16 weights).
+        seed: The engine's seed.
+        max_model_len: Longest prompt + response the engine must hold.
+        kv_cache_gb: The engine's KV-cache memory (CPU), GiB.
+        log: Where the fallback line goes.
+        engines: ``""``: one engine in this process; ``N``: N engine processes started here;
+            ``HOST:PORT,...``: engines already running (``rlhfkit engine``).
+        weight_sync: How weights reach engines apart: ``gloo``, ``nccl`` or ``file``.
+    """
+    if kind not in BACKENDS:
+        raise ConfigError(f"--generation-backend must be one of {', '.join(BACKENDS)}, got {kind!r}")
+    if kind == "hf":
+        return HFBackend(autocast)
+    path = resolve(model)
+    problem = engine_problem(path)
+    if problem is not None:
+        if kind == "vllm":
+            raise ConfigError(f"--generation-backend vllm: {problem}")
+        log(f"[generation] Hugging Face generate (vLLM not used: {problem})")
+        return HFBackend(autocast)
+    dtype = "bfloat16" if autocast == torch.bfloat16 else "float32"
+    if engines:
+        if engines.isdigit():
+            clients, _ = start_local_engines(int(engines), path, dtype, max_model_len,
+                                             kv_cache_gb, seed, log)
+        else:
+            key = os.environ.get(KEY_ENV)
+            if not key:
+                raise ConfigError(f"--vllm-engines {engines}: set {KEY_ENV} to the engines' key")
+            clients = [EngineClient(a.strip(), key) for a in engines.split(",") if a.strip()]
+        # The address engines reach this process at for the weight broadcast (set by --ray).
+        host = os.environ.get("RLHFKIT_TRAINER_HOST", "127.0.0.1")
+        return RemoteBackend(clients, checkpoint_weights, sync=weight_sync, channel_host=host)
+    engine = VLLMEngine(path, dtype=dtype, seed=seed, max_model_len=max_model_len,
+                        kv_cache_gb=kv_cache_gb)
+    return VLLMBackend(engine, checkpoint_weights)
+
+
+BACKENDS = ("auto", "hf", "vllm")
+"""Values of ``--generation-backend``."""
+
+
 def sample(
     lm: nn.Module,
     tokenizer: Any,
@@ -552,6 +613,10 @@ def sample(
     eos = eos_ids_of(tokenizer)
     raw = backend.generate(lm, prompt_ids, sampling, eos, tokenizer.pad_token_id)
     rollout = build_rollout(tokenizer, prompts, prompt_ids, raw, eos, sampling.stop).to(device)
+    engine_logprobs = getattr(backend, "last_logprobs", None)
+    if engine_logprobs is not None:  # what the engine said of each token it sampled
+        rollout.extras["engine_logprobs"] = place_token_values(engine_logprobs,
+                                                               rollout.response_mask)
     if scorer is not None:
         was_training = scorer.training
         scorer.eval()
@@ -567,7 +632,8 @@ def generate_responses(model: str, prompts: Sequence[Any], k: int, *, max_new_to
                        temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
                        seed: int = 0, batch_size: int = 16, system_prompt: str | None = None,
                        max_rounds: int = 5, device: str | None = None,
-                       backend: Any = None, progress: bool = False) -> list[list[str]]:
+                       backend: Any = None, progress: bool = False,
+                       generation_backend: str = "hf") -> list[list[str]]:
     """Sample ``k`` distinct, non-empty responses to every prompt.
 
     Responses that come out empty, or the same as another response to the same prompt, are
@@ -588,8 +654,10 @@ def generate_responses(model: str, prompts: Sequence[Any], k: int, *, max_new_to
         system_prompt: system message added to prompts that have none.
         max_rounds: how many times to re-sample the responses that came out empty or repeated.
         device: ``cpu``, ``cuda``…; default CUDA when available.
-        backend: a :class:`rlhfkit.rollout.GenerationBackend` (default HF ``generate``).
+        backend: a :class:`rlhfkit.rollout.GenerationBackend` (default: the one
+            ``generation_backend`` names).
         progress: show a progress bar over the responses sampled.
+        generation_backend: ``hf``, ``vllm`` or ``auto`` (:func:`make_backend`).
 
     Returns:
         ``k`` response texts per prompt, in prompt order.
@@ -608,13 +676,22 @@ def generate_responses(model: str, prompts: Sequence[Any], k: int, *, max_new_to
     lm = load_causal_lm(model).to(device).eval()
     sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature,
                               top_p=top_p, top_k=top_k)
+    if backend is None:
+        autocast = torch.bfloat16 if resolve_precision("auto", device) == "bf16" else None
+        backend = make_backend(generation_backend, model, autocast, seed=seed,
+                               max_model_len=max(len(p) for p in encode_prompts(
+                                   tokenizer, prompts, system_prompt)) + max_new_tokens + 1)
+    if hasattr(backend, "sync"):  # an engine takes the whole batch at once
+        batch_size = max(batch_size, k * len(prompts))
     out: list[list[str]] = [[] for _ in prompts]
     bar = tqdm(total=k * len(prompts), desc="sample", unit="resp", disable=not progress)
-    for _round in range(max_rounds):
+    for round_ in range(max_rounds):
         # one slot per response still missing, prompts repeated
         todo = [i for i, got in enumerate(out) for _ in range(k - len(got))]
         if not todo:
             break
+        if hasattr(backend, "seed"):
+            backend.seed = seed * 1_000_003 + round_
         for start in range(0, len(todo), batch_size):
             chunk = todo[start:start + batch_size]
             rollout = sample(lm, tokenizer, [prompts[i] for i in chunk], sampling,

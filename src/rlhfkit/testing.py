@@ -14,8 +14,11 @@ import torch
 
 
 def make_tiny_lm(path: Path, tokenizer: Any, seed: int = 0, hidden: int = 64,
-                 layers: int = 2) -> Path:
-    """Save a random causal LM (``layers`` x width ``hidden``) with ``tokenizer`` to ``path``."""
+                 layers: int = 2, heads: int = 4) -> Path:
+    """Save a random causal LM (``layers`` x width ``hidden``) with ``tokenizer`` to ``path``.
+
+    ``heads=1`` gives a head size of ``hidden``: vLLM's CPU attention needs 32 or more.
+    """
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
@@ -24,8 +27,8 @@ def make_tiny_lm(path: Path, tokenizer: Any, seed: int = 0, hidden: int = 64,
         hidden_size=hidden,
         intermediate_size=hidden * 2,
         num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        num_attention_heads=heads,
+        num_key_value_heads=min(2, heads),
         max_position_embeddings=512,
         tie_word_embeddings=True,
         pad_token_id=tokenizer.pad_token_id,

@@ -69,6 +69,9 @@ COMMANDS: list[Command] = [
     _stage("nash", "Nash-MD: play against a mixture of the policy and the reference, payoff "
            "from a pairwise preference model (Munos et al. 2023)", "train.nash", "NashConfig",
            "train_nash"),
+    _stage("engine", "A vLLM generation engine for RL stages on other processes or machines "
+           "(--vllm-engines HOST:PORT; the auth key in RLHFKIT_ENGINE_KEY)", "engines.remote",
+           "EngineConfig", "serve_engine"),
     _stage("demo", "Run the whole loop on the default model and write a report", "pipeline",
            "DemoConfig", "run_demo"),
     _stage("detox", "Detoxification: SFT, then PPO with holistic vs fine-grained (per-sentence) "
@@ -151,18 +154,20 @@ def _listing_parser() -> argparse.ArgumentParser:
 
 
 def run_stage(stage: Command, args: argparse.Namespace) -> int:
-    """Resolve the config of ``stage`` from ``args`` and run it; errors become one line."""
-    from rlhfkit.data.records import RecordError
-    from rlhfkit.models.loading import ModelLoadError
-    from rlhfkit.train.loop import TrainingError
+    """Resolve the config of ``stage`` from ``args`` and run it; errors become one line.
 
+    An error meant for the user (its class has ``user_facing = True``: a bad option, record,
+    model or training state) or a missing file is printed as one line and gives exit status 1;
+    anything else is a bug and keeps its traceback.
+    """
     try:
         cfg = cfglib.from_args(stage.load("config"), args)
         if os.environ.get("RANK", "0") == "0":  # once, not once per process
             print(f"[{stage.name}] config:\n" + _show_config(cfg))
         stage.load("run")(cfg)
-    except (cfglib.ConfigError, RecordError, ModelLoadError, TrainingError,
-            FileNotFoundError) as err:
+    except Exception as err:  # noqa: BLE001 - sorted below: user errors, or re-raised
+        if not (getattr(err, "user_facing", False) or isinstance(err, FileNotFoundError)):
+            raise
         print(f"rlhfkit {stage.name}: error: {err}", file=sys.stderr)
         return 1
     return 0

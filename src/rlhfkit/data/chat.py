@@ -140,3 +140,18 @@ def pad(
             ids[i, width - len(s):] = torch.as_tensor(s, dtype=torch.long)
             mask[i, width - len(s):] = 1
     return ids, mask
+
+
+def repeats(prompt_ids: Sequence[Sequence[int]]) -> int:
+    """The number of copies of each prompt when they come in equal consecutive runs, else 1."""
+    n = len(prompt_ids)
+    k = 1
+    while k < n and list(prompt_ids[k]) == list(prompt_ids[0]):
+        k += 1
+    if k == 1 or n % k:
+        return 1
+    for start in range(0, n, k):
+        group = prompt_ids[start:start + k]
+        if any(list(g) != list(group[0]) for g in group[1:]):
+            return 1
+    return k

@@ -85,6 +85,8 @@ class RecordError(ValueError):
         row: 0-based data row in a tabular file or JSON list, or None.
     """
 
+    user_facing = True
+
     def __init__(
         self,
         message: str,

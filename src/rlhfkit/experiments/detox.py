@@ -38,7 +38,21 @@ from pathlib import Path
 from typing import Any
 
 from rlhfkit import config as cfglib
-from rlhfkit.evaluate.report import Section
+from rlhfkit.evaluate.metrics import (
+    avg_max_toxicity,
+    distinct_n_per_prompt,
+    perplexity_from_logprobs,
+    toxicity_probability,
+)
+from rlhfkit.evaluate.report import Section, figure_html, table_html, write_sections
+from rlhfkit.feedback.gold import ToxicityScorer
+from rlhfkit.models.loading import load_causal_lm, load_tokenizer, resolve_precision
+from rlhfkit.models.policy import SelectiveLM
+from rlhfkit.rollout import HFBackend, ReferencePolicy, SamplingConfig, sample
+from rlhfkit.segments import split_segments
+from rlhfkit.tasks import get_task
+from rlhfkit.train.ppo import PPOConfig, train_ppo
+from rlhfkit.train.sft import SFTConfig, train_sft
 
 METHODS = {"holistic": "scorer:non-toxic", "fine-grained": "segment-gain:non-toxic",
            "fine-grained-wu": "segment-gain:toxicity:-1"}
@@ -157,7 +171,6 @@ def train_sft_stage(cfg: DetoxConfig, out: Path) -> Path:
     if _done(model_dir, cfg):
         print(f"[detox] reusing the SFT policy in {model_dir}")
         return model_dir
-    from rlhfkit.train.sft import SFTConfig, train_sft
 
     return train_sft(SFTConfig(model=cfg.model, data="task:detox", output_dir=str(out / "sft"),
                                max_steps=cfg.sft_steps, batch_size=cfg.sft_batch_size,
@@ -168,8 +181,6 @@ def train_sft_stage(cfg: DetoxConfig, out: Path) -> Path:
 
 def ppo_config(cfg: DetoxConfig, sft: Path, method: str, seed: int, run_dir: Path) -> Any:
     """The PPO config of one run: everything but the reward spec is shared by the methods."""
-    from rlhfkit.train.ppo import PPOConfig
-
     return PPOConfig(
         model=str(sft), reward_model=METHODS[method], segment_unit=cfg.segment_unit,
         data="task:detox", gold="task", output_dir=str(run_dir), seed=seed,
@@ -190,7 +201,6 @@ def train_ppo_stage(cfg: DetoxConfig, sft: Path, method: str, seed: int, out: Pa
     if _done(run_dir / "model", cfg):
         print(f"[detox] reusing {run_dir}")
         return run_dir
-    from rlhfkit.train.ppo import train_ppo
 
     if (run_dir / "metrics.jsonl").exists():  # an unfinished run: start it again, cleanly
         (run_dir / "metrics.jsonl").unlink()
@@ -217,17 +227,6 @@ def evaluate_policy(policy: Path, reference: Path, prompts: list[str], k: int,
     """
     import torch
 
-    from rlhfkit.evaluate.metrics import (
-        avg_max_toxicity,
-        distinct_n_per_prompt,
-        perplexity_from_logprobs,
-        toxicity_probability,
-    )
-    from rlhfkit.feedback.gold import ToxicityScorer
-    from rlhfkit.models.loading import load_causal_lm, load_tokenizer, resolve_precision
-    from rlhfkit.models.policy import SelectiveLM
-    from rlhfkit.rollout import HFBackend, ReferencePolicy, SamplingConfig, sample
-    from rlhfkit.segments import split_segments
 
     torch.manual_seed(seed)
     autocast = torch.bfloat16 if resolve_precision(precision) == "bf16" else None
@@ -466,8 +465,6 @@ def detox_section(results: dict[str, Any], figures: dict[str, Any] | None = None
         results: The contents of ``results.json`` (:func:`run_detox`).
         figures: Figures from :func:`curve_figures` (built here when None); they are closed.
     """
-    from rlhfkit.evaluate.report import figure_html, table_html
-
     figures = figures if figures is not None else curve_figures(results)
     summary = results["summary"]
     c = results["config"]
@@ -505,8 +502,6 @@ def detox_section(results: dict[str, Any], figures: dict[str, Any] | None = None
 
 def write_outputs(results: dict[str, Any], out: Path) -> Path:
     """results.json, table.md, detox_curves.png, detox_kl.png and report.html in ``out``."""
-    from rlhfkit.evaluate.report import write_sections
-
     (out / "results.json").write_text(json.dumps(results, indent=2))
     (out / "table.md").write_text(markdown_table(results["summary"]) + "\n"
                                   + speed_table(results["summary"]))
@@ -535,7 +530,6 @@ def run_detox(cfg: DetoxConfig) -> Path:
             f"--segment-unit must be sentence or subsentence, got {cfg.segment_unit!r}")
     out.mkdir(parents=True, exist_ok=True)
     cfglib.save_yaml(cfg, out / "config.yaml")
-    from rlhfkit.tasks import get_task
 
     task = get_task("detox")
     timings: dict[str, float] = {}

@@ -35,6 +35,8 @@ from torch import nn
 
 from rlhfkit.data.chat import encode, pad, prompt_text
 from rlhfkit.data.records import Comparison, Ranking
+from rlhfkit.models.loading import decoder_and_head, load_causal_lm, load_tokenizer
+from rlhfkit.models.reward import last_token_index
 
 __all__ = ["DEFAULT_QUESTION", "AIJudge", "both_orders"]
 
@@ -97,7 +99,6 @@ class AIJudge:
         max_length: int = 1024,
         name: str | None = None,
     ) -> None:
-        from rlhfkit.models.loading import load_causal_lm, load_tokenizer
 
         label = model if isinstance(model, str) else getattr(
             getattr(model, "config", None), "_name_or_path", type(model).__name__)
@@ -131,9 +132,6 @@ class AIJudge:
     @torch.no_grad()
     def first_wins(self, questions: Sequence[Sequence[int]]) -> torch.Tensor:
         """(n,) ``P(answer 1) / (P(answer 1) + P(answer 2))`` at the end of each question."""
-        from rlhfkit.models.loading import decoder_and_head
-        from rlhfkit.models.reward import last_token_index
-
         body, head = decoder_and_head(self.model)
         device = next(self.model.parameters()).device
         out = []

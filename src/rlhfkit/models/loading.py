@@ -12,7 +12,9 @@ import hashlib
 import importlib.util
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import (
@@ -34,6 +36,8 @@ ALIASES: dict[str, tuple[str, str]] = {
 
 class ModelLoadError(RuntimeError):
     """A model could not be found or loaded; the message says what to do."""
+
+    user_facing = True
 
 
 def cache_dir() -> Path:
@@ -224,6 +228,29 @@ def apply_lora(
     return get_peft_model(model, config)
 
 
+def prepare_for_training(model: PreTrainedModel, opts: Any, task_type: str = "CAUSAL_LM",
+                         modules_to_save: list[str] | None = None) -> PreTrainedModel:
+    """Gradient checkpointing and LoRA as the stage's options ask, and no KV cache.
+
+    Args:
+        model: The HF model to train.
+        opts: The stage's model options (``gradient_checkpointing``, ``lora``, ``lora_r``,
+            ``lora_alpha``, ``lora_dropout``).
+        task_type: The peft task type (``CAUSAL_LM``, ``SEQ_CLS``, ``TOKEN_CLS``).
+        modules_to_save: Modules trained in full next to the adapters (a new head).
+
+    Returns:
+        The model, wrapped by peft under ``--lora``.
+    """
+    if opts.gradient_checkpointing:  # only active in train mode
+        enable_gradient_checkpointing(model)
+    if opts.lora:
+        model = apply_lora(model, r=opts.lora_r, alpha=opts.lora_alpha, dropout=opts.lora_dropout,
+                           task_type=task_type, modules_to_save=modules_to_save)
+    model.config.use_cache = False
+    return model
+
+
 def enable_gradient_checkpointing(model: PreTrainedModel) -> None:
     """Recompute activations in the backward pass instead of storing them (less memory)."""
     kwargs = {"use_reentrant": False}
@@ -253,8 +280,10 @@ def decoder_and_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.
     return base.get_decoder(), base.get_output_embeddings()
 
 
-def merge_and_save(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, path: Path) -> None:
+def merge_and_save(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase | None,
+                   path: str | Path) -> None:
     """Save a plain HF folder (LoRA merged into the weights) that ``from_pretrained`` loads."""
+    path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     while hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
         model = model.module
@@ -263,4 +292,34 @@ def merge_and_save(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, p
 
         model = copy.deepcopy(model).merge_and_unload()
     model.save_pretrained(path, safe_serialization=True)
-    tokenizer.save_pretrained(path)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(path)
+
+
+def checkpoint_weights(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    """A causal LM's weights under their HF checkpoint names, LoRA merged, the model untouched.
+
+    For a peft model each adapted layer's weight is ``W + scale * B @ A`` (peft's own
+    ``get_delta_weight``), its adapter tensors are left out, and the names lose peft's
+    ``base_model.model.`` and ``.base_layer`` parts: what ``save_pretrained`` of the merged
+    model would write, without building that model. Wrappers (DDP, ``SelectiveLM.lm``) must be
+    taken off by the caller; detached tensors are yielded one at a time.
+    """
+    while hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
+        model = model.module
+    if not hasattr(model, "get_base_model"):
+        for name, tensor in model.state_dict().items():
+            yield name, tensor.detach()
+        return
+    base = model.get_base_model()
+    for name, tensor in base.state_dict().items():
+        if ".lora_" in name or "lora_embedding" in name:
+            continue
+        if ".base_layer." in name:
+            owner, _, leaf = name.rpartition(".base_layer.")
+            module = base.get_submodule(owner)
+            if leaf == "weight" and getattr(module, "merged", False) is False:
+                tensor = tensor + sum(module.get_delta_weight(a) for a in module.active_adapters
+                                      if a in getattr(module, "lora_A", {}))
+            name = f"{owner}.{leaf}"
+        yield name, tensor.detach()

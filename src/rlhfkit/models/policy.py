@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from rlhfkit.losses import token_logprobs
 from rlhfkit.models.loading import decoder_and_head
 
 
@@ -87,8 +88,6 @@ def sequence_logprobs(
         ``token_logps`` (N,) in the row-major order of ``target_mask[:, 1:]`` and
         ``seq_logps`` (B,) their sums per row (0.0 for a row with no targets).
     """
-    from rlhfkit.losses import token_logprobs
-
     logits = model(input_ids, attention_mask, target_mask, position_ids)  # (N, V)
     targets = targets_of(input_ids, target_mask)  # (N,)
     token_logps = token_logprobs(logits, targets)  # (N,) fp32

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from transformers import AutoModelForSequenceClassification
 
-from rlhfkit.models.loading import ModelLoadError, resolve
+from rlhfkit.models.loading import ModelLoadError, merge_and_save, resolve
 
 
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -91,13 +91,5 @@ class RewardModel(nn.Module):
         return getattr(cfg, "rlhfkit_reward_mean", 0.0), getattr(cfg, "rlhfkit_reward_std", 1.0)
 
     def save(self, path: str | Path, tokenizer=None) -> None:
-        """Save as a HF folder (LoRA merged)."""
-        seq = self.seq_model
-        if hasattr(seq, "merge_and_unload"):
-            import copy
-
-            seq = copy.deepcopy(seq).merge_and_unload()
-        Path(path).mkdir(parents=True, exist_ok=True)
-        seq.save_pretrained(path, safe_serialization=True)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(path)
+        """Save as an HF folder (LoRA merged) that the stock transformers classes load."""
+        merge_and_save(self.seq_model, tokenizer, path)

@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from rlhfkit.models.loading import ModelLoadError, resolve
+from rlhfkit.models.loading import ModelLoadError, merge_and_save, resolve
 from rlhfkit.segments import UNITS
 
 if TYPE_CHECKING:
@@ -233,16 +233,8 @@ class SegmentRewardModel(nn.Module):
         return head(selected).squeeze(-1).float()  # (N,)
 
     def save(self, path: str | Path, tokenizer: Any = None) -> None:
-        """Save as an HF folder (LoRA merged)."""
-        tok = self.tok_model
-        if hasattr(tok, "merge_and_unload"):
-            import copy
-
-            tok = copy.deepcopy(tok).merge_and_unload()
-        Path(path).mkdir(parents=True, exist_ok=True)
-        tok.save_pretrained(path, safe_serialization=True)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(path)
+        """Save as an HF folder (LoRA merged) that the stock transformers classes load."""
+        merge_and_save(self.tok_model, tokenizer, path)
 
 
 def is_segment_rm(path: str | Path) -> bool:

@@ -43,6 +43,7 @@ from typing import Any
 
 from rlhfkit.data.records import Demonstration, Ranking, Span, SpanFeedback
 from rlhfkit.feedback.gold import prompt_text
+from rlhfkit.feedback.simulated import SimulatedLabeler
 from rlhfkit.segments import response_segments, split_segments
 from rlhfkit.tasks.base import Task, check_split
 
@@ -508,7 +509,6 @@ class FactQATask(Task):
                 if text not in group:
                     group.append(text)
             groups.append(group)
-        from rlhfkit.feedback.simulated import SimulatedLabeler
 
         ranker = SimulatedLabeler(FactQAScorer("completeness"),
                                   temperature=self.labeler_temperature, seed=self.seed,

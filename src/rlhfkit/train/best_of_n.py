@@ -25,7 +25,7 @@ from rlhfkit.data.io import write_records
 from rlhfkit.data.records import Demonstration
 from rlhfkit.models.loading import load_causal_lm, load_tokenizer
 from rlhfkit.rewards.sources import SourceContext, combine
-from rlhfkit.rollout import SamplingConfig, sample
+from rlhfkit.rollout import SamplingConfig, make_backend, sample
 from rlhfkit.train.inputs import build_gold, load_prompts, reward_sources
 from rlhfkit.train.loop import make_accelerator, seed_everything
 from rlhfkit.train.rl import RewardFn
@@ -68,6 +68,8 @@ class BestOfNConfig:
     """Top-k sampling (0 = off)."""
     max_prompt_tokens: int = 128
     """Keep at most this many prompt tokens (the most recent)."""
+    generation_backend: str = "auto"
+    """Sampler: hf, vllm or auto (vLLM where installed and able to serve the model)."""
     system_prompt: str | None = None
     """System message added to prompts that have none (default: the task's, else none)."""
     gold: str = "task"
@@ -92,6 +94,7 @@ def best_of_n(
     autocast: torch.dtype | None = None,
     progress: bool = False,
     max_prompt_tokens: int | None = None,
+    backend: Any = None,
 ) -> list[dict[str, Any]]:
     """For each prompt, sample ``n`` responses and keep the highest-scoring one.
 
@@ -100,11 +103,14 @@ def best_of_n(
         sample, i.e. plain sampling) and ``scores`` (all n).
     """
     flat = [p for p in prompts for _ in range(n)]
+    if hasattr(backend, "sync"):  # an engine takes the whole batch, n copies per prompt
+        batch_size = max(batch_size, len(flat))
     texts: list[str] = []
     scores: list[float] = []
     for i in tqdm(range(0, len(flat), batch_size), desc="best-of-n", disable=not progress):
         rollout = sample(lm, tokenizer, flat[i:i + batch_size], sampling, system_prompt,
-                         autocast=autocast, max_prompt_tokens=max_prompt_tokens)
+                         autocast=autocast, max_prompt_tokens=max_prompt_tokens,
+                         backend=backend)
         texts += rollout.texts
         scores += [float(s) for s in score(rollout.prompts, rollout.texts, rollout)]
     out = []
@@ -136,8 +142,10 @@ def run_best_of_n(cfg: BestOfNConfig, reward_fn: RewardFn | None = None) -> Path
                                  SourceContext(tokenizer, acc.device, normalize_reward=False))
         reward_fn = lambda p, t, r: combine(sources, r).raw.tolist()  # noqa: E731
     sampling = SamplingConfig(cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.top_k)
+    backend = make_backend(cfg.generation_backend, cfg.model, autocast, seed=cfg.seed,
+                           max_model_len=cfg.max_prompt_tokens + cfg.max_new_tokens + 1)
     results = best_of_n(lm, tokenizer, prompts, cfg.n, reward_fn, sampling, system_prompt,
-                        cfg.batch_size, autocast, cfg.progress, cfg.max_prompt_tokens)
+                        cfg.batch_size, autocast, cfg.progress, cfg.max_prompt_tokens, backend)
     write_records([Demonstration(prompt=r["prompt"], response=r["best"],
                                  source="ai", annotator="best-of-n", id=f"bon-{i}")
                    for i, r in enumerate(results)], out / "demonstrations.jsonl")

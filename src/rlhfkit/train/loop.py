@@ -55,6 +55,8 @@ TRACKERS = ("tensorboard", "wandb", "mlflow", "trackio", "comet_ml", "aim", "cle
 class TrainingError(RuntimeError):
     """Training cannot go on (for example the loss became NaN); the message says why."""
 
+    user_facing = True
+
 
 # ---------------------------------------------------------------------------------------------
 # Options, in groups: each group is read by one part of the plumbing

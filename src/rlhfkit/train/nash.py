@@ -198,6 +198,9 @@ class NashConfig(RLConfig):
     """Weight each token by the rewards after it (else by the whole return)."""
     whiten_advantages: bool = False
     """Normalise advantages over the batch."""
+    generation_backend: str = "auto"
+    """Sampler of the policy's responses: hf, vllm or auto (see rlhfkit ppo --help); the
+    opponent's token-level mixture of policy and reference always runs on transformers."""
     preference_model: str = "runs/preference/model"
     """Folder of a pairwise preference model (rlhfkit.models.preference)."""
     mixture_beta: float = 0.125
@@ -386,6 +389,9 @@ def train_nash(cfg: NashConfig, preference_fn: PreferenceFn | None = None) -> Pa
     """
     if not 0.0 <= cfg.mixture_beta <= 1.0:
         raise ValueError(f"--mixture-beta must be in [0, 1], got {cfg.mixture_beta}")
+    if cfg.async_generation:
+        raise ValueError("nash samples its opponents with transformers each step: "
+                         "--async-generation is not available")
     if cfg.baseline not in ("none", "mean"):
         raise ValueError(f"--baseline must be none or mean for Nash-MD, got {cfg.baseline!r}")
     if preference_fn is None:  # fail before loading the policy

@@ -47,7 +47,7 @@ from rlhfkit.models.judge import AIJudge
 from rlhfkit.models.loading import load_causal_lm, load_tokenizer, merge_and_save
 from rlhfkit.models.policy import SelectiveLM
 from rlhfkit.models.reward import RewardModel
-from rlhfkit.rollout import SamplingConfig, sample
+from rlhfkit.rollout import SamplingConfig, make_backend, sample
 from rlhfkit.train.dpo import (
     DPOOptions,
     attach_reference_logps,
@@ -95,6 +95,8 @@ class OnlineDPOConfig(TrainConfig, DPOOptions):
     """Sampling temperature."""
     top_p: float = 1.0
     """Nucleus sampling threshold (1 = off)."""
+    generation_backend: str = "auto"
+    """Sampler: hf, vllm or auto (vLLM where installed and able to serve the model)."""
     eval_prompts: int = 32
     """Held-out prompts sampled once per round for the gold reward (0 = no gold evaluation)."""
     epochs: float = 1.0
@@ -216,6 +218,8 @@ class OnlineSetup:
     labeler: Labeler
     sampling: SamplingConfig
     autocast: torch.dtype | None
+    backend: Any
+    """The sampler; an engine is synced to the policy at each round (the round is its version)."""
 
 
 def online_setup(cfg: OnlineDPOConfig) -> OnlineSetup:
@@ -240,9 +244,11 @@ def online_setup(cfg: OnlineDPOConfig) -> OnlineSetup:
     sampling = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                               top_p=cfg.top_p)
     autocast = torch.bfloat16 if run.accelerator.mixed_precision == "bf16" else None
+    backend = make_backend(cfg.generation_backend, cfg.model, autocast, seed=cfg.seed,
+                           max_model_len=cfg.max_length + cfg.max_new_tokens + 1)
     return OnlineSetup(run, tokenizer, system_prompt, train_prompts,
                        eval_prompts[:cfg.eval_prompts], task.gold_scorer() if task else None,
-                       build_labeler(cfg, task, system_prompt), sampling, autocast)
+                       build_labeler(cfg, task, system_prompt), sampling, autocast, backend)
 
 
 def sample_and_label(cfg: OnlineDPOConfig, setup: OnlineSetup, policy: SelectiveLM,
@@ -255,7 +261,7 @@ def sample_and_label(cfg: OnlineDPOConfig, setup: OnlineSetup, policy: Selective
     k = cfg.samples_per_prompt
     repeated = [p for p in picked for _ in range(k)]
     rollout = sample(policy.lm, setup.tokenizer, repeated, setup.sampling, setup.system_prompt,
-                     autocast=setup.autocast)
+                     autocast=setup.autocast, backend=setup.backend)
     texts = rollout.texts
     groups_text = [distinct_responses(texts[i * k:(i + 1) * k]) for i in range(len(picked))]
     kept = [(p, rs) for p, rs in zip(picked, groups_text) if len(rs) >= 2]
@@ -313,7 +319,7 @@ def train_online_dpo(cfg: OnlineDPOConfig) -> Path:
         if setup.gold is None or not setup.eval_prompts:
             return None
         rollout = sample(policy.lm, setup.tokenizer, setup.eval_prompts, setup.sampling,
-                         setup.system_prompt, autocast=setup.autocast)
+                         setup.system_prompt, autocast=setup.autocast, backend=setup.backend)
         return gold_mean(setup.gold, setup.eval_prompts, rollout.texts)
 
     def log_round(line: dict[str, Any]) -> None:
@@ -330,6 +336,8 @@ def train_online_dpo(cfg: OnlineDPOConfig) -> Path:
         start = (r - 1) * cfg.prompts_per_round
         picked = [setup.train_prompts[order[(start + i) % len(order)]]
                   for i in range(cfg.prompts_per_round)]
+        if hasattr(setup.backend, "sync"):  # the engine samples from this round's policy
+            setup.backend.sync(policy.lm, 2 * r)
         records, line = sample_and_label(cfg, setup, policy, picked)
         line = {"round": r, **line}
         round_dir = out / f"round-{r}"
@@ -349,6 +357,8 @@ def train_online_dpo(cfg: OnlineDPOConfig) -> Path:
         line.update({k: v for k, v in metrics.items()
                      if k.startswith(("loss/", "rewards/", "logps/", "kto/"))})
         line["steps"] = steps
+        if hasattr(setup.backend, "sync"):
+            setup.backend.sync(policy.lm, 2 * r + 1)  # the updated policy
         line["eval/gold_reward"] = held_out_gold()  # 4. held-out gold reward after the round
         log_round(line)
     if main:

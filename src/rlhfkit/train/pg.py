@@ -25,6 +25,7 @@ gradient, and the plain loss is used.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,7 @@ from typing import Any
 import torch
 
 from rlhfkit import config as cfglib
+from rlhfkit.engines.placement import run_on_ray
 from rlhfkit.losses import (
     GRPO_LOSS_TYPES,
     IMPORTANCE_LEVELS,
@@ -50,11 +52,18 @@ from rlhfkit.losses import (
 from rlhfkit.rewards.shaping import token_rewards
 from rlhfkit.rewards.sources import RewardTerms
 from rlhfkit.rollout import Rollout, forward_response
-from rlhfkit.train.rl import RewardFn, RewardOptions, RLConfig, RLRun
+from rlhfkit.train.rl import (
+    PlacementOptions,
+    RewardFn,
+    RewardOptions,
+    RLConfig,
+    RLRun,
+    UpdateOptions,
+)
 
 
 @dataclass
-class ReinforceConfig(RLConfig, RewardOptions):
+class ReinforceConfig(RLConfig, RewardOptions, UpdateOptions, PlacementOptions):
     """REINFORCE with reward-to-go and a baseline (``rlhfkit reinforce``)."""
 
     output_dir: str = "runs/reinforce"
@@ -71,16 +80,10 @@ class ReinforceConfig(RLConfig, RewardOptions):
     """Normalise advantages over the batch."""
     vf_coef: float = 0.1
     """Weight of the value loss (--baseline value)."""
-    mini_batch_size: int = 0
-    """Samples per optimizer step inside an update (0 = the whole rollout batch)."""
-    update_epochs: int = 1
-    """Passes over each rollout batch."""
-    clip_range: float = 0.2
-    """Ratio clip epsilon, used when an update reuses samples (mini-batches, several epochs)."""
 
 
 @dataclass
-class RLOOConfig(RLConfig, RewardOptions):
+class RLOOConfig(RLConfig, RewardOptions, UpdateOptions, PlacementOptions):
     """REINFORCE leave-one-out over k samples per prompt (``rlhfkit rloo``)."""
 
     output_dir: str = "runs/rloo"
@@ -91,16 +94,10 @@ class RLOOConfig(RLConfig, RewardOptions):
     """Prompts per rollout batch (each sampled k times)."""
     whiten_advantages: bool = False
     """Normalise advantages over the batch."""
-    mini_batch_size: int = 0
-    """Samples per optimizer step inside an update (0 = the whole rollout batch)."""
-    update_epochs: int = 1
-    """Passes over each rollout batch."""
-    clip_range: float = 0.2
-    """Ratio clip epsilon, used when an update reuses samples (mini-batches, several epochs)."""
 
 
 @dataclass
-class GRPOConfig(RLConfig, RewardOptions):
+class GRPOConfig(RLConfig, RewardOptions, UpdateOptions, PlacementOptions):
     """Group-relative policy optimisation (``rlhfkit grpo``)."""
 
     output_dir: str = "runs/grpo"
@@ -124,10 +121,6 @@ class GRPOConfig(RLConfig, RewardOptions):
     mean over the whole generation batch, all mini-batches and processes: Yu et al. 2025)."""
     importance_level: str = "token"
     """Importance ratio per token (PPO/GRPO) or per sequence (GSPO, Zheng et al. 2025)."""
-    mini_batch_size: int = 0
-    """Samples per optimizer step inside an update (0 = the whole rollout batch)."""
-    update_epochs: int = 1
-    """Passes over each rollout batch."""
 
 
 Advantages = tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]
@@ -149,6 +142,8 @@ class Update:
     """The current beta."""
     normalizer: float
     """Response tokens of the generation batch per mini-batch, over all processes (``dapo``)."""
+    token_weights: torch.Tensor | None = None
+    """(B, R) truncated importance weights to the sampling engine (``--tis-cap``), or None."""
 
 
 LossFn = Callable[[Any, Update], tuple[torch.Tensor, dict[str, torch.Tensor]]]
@@ -215,12 +210,13 @@ def group_advantages(cfg: GRPOConfig, run: RLRun, rollout: Rollout, terms: Rewar
 def reinforce_objective(cfg: Any, u: Update) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """``-A log pi`` on fresh samples, the clipped ratio on reused ones; + a value loss."""
     mask, adv = u.mb.response_mask, u.mb.extras["advantages"]
+    weights = u.token_weights if u.token_weights is not None else 1.0
     metrics: dict[str, torch.Tensor] = {}
     if u.on_policy:
-        loss = masked_mean(reinforce_loss(u.out["logprobs"], adv), mask)
+        loss = masked_mean(weights * reinforce_loss(u.out["logprobs"], adv), mask)
     else:
         pg, diag = ppo_policy_loss(u.out["logprobs"], u.mb.logprobs, adv, cfg.clip_range)
-        loss = masked_mean(pg, mask)
+        loss = masked_mean(weights * pg, mask)
         metrics = {"policy/clipfrac": masked_mean(diag["clipped"], mask),
                    "policy/approx_kl_k3": masked_mean(diag["approx_kl_k3"], mask)}
     metrics["loss/policy"] = loss
@@ -238,7 +234,7 @@ def grpo_objective(cfg: GRPOConfig, u: Update) -> tuple[torch.Tensor, dict[str, 
         u.out["logprobs"], u.mb.logprobs, u.mb.ref_logprobs, u.mb.extras["advantages"], mask,
         clip_range=cfg.clip_range, clip_range_high=cfg.clip_range_high or None,
         kl_coef=u.kl_coef, loss_type=cfg.loss_type, importance_level=cfg.importance_level,
-        max_length=cfg.max_new_tokens, normalizer=u.normalizer)
+        max_length=cfg.max_new_tokens, normalizer=u.normalizer, token_weights=u.token_weights)
     return loss, {"loss/policy": diag["policy"], "loss/kl": diag["kl"],
                   "policy/clipfrac": masked_mean(diag["clipped"], mask),
                   "policy/approx_kl_k3": masked_mean(diag["approx_kl_k3"], mask)}
@@ -308,6 +304,8 @@ def train_pg(cfg: Any, reward_fn: RewardFn | None = None) -> Path:
     """Run the policy-gradient algorithm of ``cfg`` (its config class); returns the saved policy."""
     name, algo = algorithm_of(cfg)
     check_pg_config(name, algo, cfg)
+    if cfg.ray:  # the same function, as trainer actors next to engine actors on Ray
+        return Path(run_on_ray(functools.partial(train_pg, reward_fn=reward_fn), cfg))
     value = "policy" if getattr(cfg, "baseline", None) == "value" else None
     rollout_size = cfg.batch_size * cfg.num_samples
     mb_size = cfg.mini_batch_size or rollout_size
@@ -324,11 +322,11 @@ def train_pg(cfg: Any, reward_fn: RewardFn | None = None) -> Path:
     # the log-probs "at sampling time" are those of the training forward pass. Take them from
     # there instead of a separate no-grad pass over the rollout (the ratio is then exactly 1,
     # and its gradient is the policy gradient).
-    single_pass = cfg.update_epochs == 1 and mb_size >= rollout_size
+    single_pass = cfg.update_epochs == 1 and mb_size >= rollout_size and not run.off_policy
     for step in run.steps():
         run.start_step()
         # 1. rollout (k consecutive samples per prompt) ---------------------------------
-        rollout = run.rollout(run.prompt_batch(step), policy_logprobs=not single_pass)
+        rollout = run.train_rollout(step, policy_logprobs=not single_pass)
         first = None
         if single_pass:
             with run.acc.autocast():
@@ -354,8 +352,9 @@ def train_pg(cfg: Any, reward_fn: RewardFn | None = None) -> Path:
                 mb = rollout if single_pass else rollout.select(perm[start:start + mb_size])
                 with run.acc.autocast():
                     out = first if single_pass else forward_response(run.model, mb, temperature)
-                    loss, extra = algo.loss(cfg, Update(out, mb, single_pass, run.kl_ctl.value,
-                                                        normalizer))
+                    update = Update(out, mb, single_pass, run.kl_ctl.value, normalizer,
+                                    run.tis_weights(mb))
+                    loss, extra = algo.loss(cfg, update)
                     entropy = entropy_from_logits(out["logits"])
                     loss = loss - cfg.entropy_coef * entropy.mean()
                 run.backward(loss)

@@ -20,6 +20,7 @@ One step = one rollout batch, in labelled phases:
 
 from __future__ import annotations
 
+import functools
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ from pathlib import Path
 import torch
 
 from rlhfkit.data.chat import Encoded
+from rlhfkit.engines.placement import run_on_ray
 from rlhfkit.losses import (
     entropy_from_logits,
     gae,
@@ -41,12 +43,19 @@ from rlhfkit.rewards.shaping import token_rewards
 from rlhfkit.rollout import forward_response, scatter_tokens
 from rlhfkit.train.inputs import load_records
 from rlhfkit.train.loop import TrainingError
-from rlhfkit.train.rl import RewardFn, RewardOptions, RLConfig, RLRun
+from rlhfkit.train.rl import (
+    PlacementOptions,
+    RewardFn,
+    RewardOptions,
+    RLConfig,
+    RLRun,
+    UpdateOptions,
+)
 from rlhfkit.train.sft import collate_padded, encode_demonstrations
 
 
 @dataclass
-class PPOConfig(RLConfig, RewardOptions):
+class PPOConfig(RLConfig, RewardOptions, UpdateOptions, PlacementOptions):
     """PPO with a KL penalty to the reference (``rlhfkit ppo``)."""
 
     output_dir: str = "runs/ppo"
@@ -55,8 +64,6 @@ class PPOConfig(RLConfig, RewardOptions):
     """Samples per optimizer step inside an update."""
     update_epochs: int = 2
     """PPO epochs: passes over each rollout batch."""
-    clip_range: float = 0.2
-    """Policy ratio clip epsilon."""
     clip_range_value: float = 0.2
     """Value clip epsilon (in reward units)."""
     vf_coef: float = 0.1
@@ -105,6 +112,8 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None) -> Path:
     """
     if cfg.critic not in ("policy", "rm"):
         raise TrainingError(f"--critic must be policy or rm, got {cfg.critic!r}")
+    if cfg.ray:  # the same function, as trainer actors next to engine actors on Ray
+        return Path(run_on_ray(functools.partial(train_ppo, reward_fn=reward_fn), cfg))
     n_mb = -(-cfg.batch_size // cfg.mini_batch_size)
     run = RLRun(cfg, "ppo", value="policy" if cfg.critic == "policy" else "critic",
                 reward_fn=reward_fn, updates_per_step=cfg.update_epochs * n_mb)
@@ -120,7 +129,7 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None) -> Path:
         # process), so a resumed run draws exactly what an uninterrupted one would have.
         rng = random.Random(f"ptx/{cfg.seed}/{run.rank}/{step}")
         # 1. rollout ------------------------------------------------------------------
-        rollout = run.rollout(run.prompt_batch(step))
+        rollout = run.train_rollout(step)
         mask = rollout.response_mask
         old_values = rollout.extras["values"]  # (B, R)
         # 2. rewards ------------------------------------------------------------------
@@ -156,6 +165,9 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None) -> Path:
                         mb_values = out["values"]
                     pg, diag = ppo_policy_loss(out["logprobs"], mb.logprobs,
                                                mb.extras["advantages"], cfg.clip_range)
+                    tis = run.tis_weights(mb)
+                    if tis is not None:  # --tis-cap: the engine's numerical gap
+                        pg = pg * tis
                     vf, vdiag = ppo_value_loss(mb_values, mb.extras["values"],
                                                mb.extras["returns"], cfg.clip_range_value)
                     entropy = entropy_from_logits(out["logits"])  # (N,)

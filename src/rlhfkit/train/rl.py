@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 import random
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -40,12 +41,13 @@ from rlhfkit.models.reward import RewardModel
 from rlhfkit.rewards.shaping import KLController
 from rlhfkit.rewards.sources import RewardSource, RewardTerms, SourceContext, combine, scorer_source
 from rlhfkit.rollout import (
-    HFBackend,
+    GenerationBackend,
     PolicyWithValue,
     ReferencePolicy,
     Rollout,
     SamplingConfig,
     forward_response,
+    make_backend,
     response_logprobs,
     sample,
     scatter_tokens,
@@ -96,6 +98,19 @@ class RLConfig(RunOptions, OptimOptions, ModelOptions):
     """Top-k sampling (0 = off)."""
     max_prompt_tokens: int = 128
     """Keep at most this many prompt tokens (the most recent)."""
+    async_generation: bool = False
+    """Sample the next batch while the trainer updates on this one (one update off-policy; the
+    clipped ratio is taken against the engine's log-probs). Needs a vLLM backend."""
+    generation_backend: str = "auto"
+    """Sampler: hf (transformers generate), vllm (a vLLM engine in this process; the 'vllm'
+    extra), or auto (vLLM where installed and it can serve the model, else hf, said in one line)."""
+    vllm_kv_cache_gb: float = 1.0
+    """vLLM: memory for the engine's KV cache on CPU, GiB."""
+    vllm_engines: str = ""
+    """vLLM engines apart from the trainer: N (start N engine processes here) or HOST:PORT,...
+    (engines started with rlhfkit engine); empty = one engine in the trainer's process."""
+    weight_sync: str = "gloo"
+    """How weights reach engines apart: gloo (CPU) or nccl (GPU) broadcast, or file."""
     kl_coef: float = 0.05
     """beta: weight of the per-token KL penalty (in the reward, or in the loss for GRPO)."""
     kl_target: float = 0.0
@@ -127,6 +142,43 @@ class RewardOptions:
     """Standardise RM scores with the mean/std saved at RM training."""
     reward_clip: float = 5.0
     """Clip (normalised) scores to [-clip, clip] (0 = off)."""
+
+
+@dataclass
+class PlacementOptions:
+    """Where the trainer and the engines run: this machine, or a Ray cluster (``--ray``)."""
+
+    ray: str = ""
+    """Run on Ray: auto (a local cluster, or the one this machine belongs to) or the address of
+    a cluster's head (ray start --head); empty = no Ray. Needs the 'ray' extra."""
+    ray_trainers: int = 1
+    """--ray: trainer processes (one torch.distributed world; data parallel)."""
+    ray_engines: int = 1
+    """--ray: vLLM engine actors, shared out among the trainer processes."""
+    ray_gpus_per_trainer: float = 0.0
+    """--ray: GPUs each trainer process takes (0 on CPU)."""
+    ray_gpus_per_engine: float = 0.0
+    """--ray: GPUs each engine takes (0 on CPU; 0.5 puts two engines on one GPU)."""
+    ray_cpus_per_worker: float = 1.0
+    """--ray: CPUs each trainer process and each engine takes."""
+    ray_strategy: str = "PACK"
+    """--ray: placement of the bundles: PACK (as few nodes as fit) or SPREAD."""
+
+
+@dataclass
+class UpdateOptions:
+    """How each rollout batch is reused for updates (PPO and the policy-gradient table)."""
+
+    mini_batch_size: int = 0
+    """Samples per optimizer step inside an update (0 = the whole rollout batch)."""
+    update_epochs: int = 1
+    """Passes over each rollout batch."""
+    clip_range: float = 0.2
+    """Ratio clip epsilon (REINFORCE and RLOO use it only when an update reuses samples)."""
+    tis_cap: float = 0.0
+    """Truncated importance sampling (Yao et al. 2025): weight each token's policy loss by
+    min(pi_trainer / pi_engine, cap) at sampling time, correcting the vLLM engine's numerical
+    gap (0 = off; it needs the vLLM backend, e.g. 2)."""
 
 
 class Critic(nn.Module):
@@ -221,7 +273,11 @@ class RLRun:
         self.model = wrapped[0]
         if self.critic is not None:
             self.critic = wrapped[1]
-        self._backend: HFBackend | None = None
+        self._backend: GenerationBackend | None = None
+        self._pending: tuple[int, threading.Thread, list] | None = None
+        """The batch being sampled in the background (--async-generation)."""
+        self.policy_version = 0
+        """Optimizer steps taken by this process (a generation engine syncs when it changes)."""
         self._last: dict[str, float] = {}
         self._step_t0 = time.perf_counter()
 
@@ -256,6 +312,33 @@ class RLRun:
         """Rollout batches done."""
         return self.run.step
 
+    @property
+    def backend(self) -> GenerationBackend:
+        """The sampler of ``--generation-backend``, made on first use (one per process).
+
+        Engines given by address are shared out among the trainer processes (each syncs and
+        samples on its own share); ``--vllm-engines N`` starts N engines per process.
+        """
+        if self._backend is None:
+            cfg = self.cfg
+            if cfg.generation_backend != "hf" and self.acc.distributed_type.name == "FSDP":
+                raise TrainingError("syncing vLLM engines from FSDP shards is not supported yet: "
+                                    "use --generation-backend hf under FSDP (docs/rl.md)")
+            engines = cfg.vllm_engines
+            if engines and not engines.isdigit() and self.world > 1:
+                addresses = [a for a in engines.split(",") if a.strip()]
+                if len(addresses) < self.world:
+                    raise TrainingError(f"{len(addresses)} engine(s) for {self.world} trainer "
+                                        "processes: give each process at least one")
+                engines = ",".join(addresses[self.rank::self.world])
+            self._backend = make_backend(
+                cfg.generation_backend, cfg.model, self.autocast, seed=cfg.seed + self.rank,
+                max_model_len=cfg.max_prompt_tokens + cfg.max_new_tokens + 1,
+                kv_cache_gb=cfg.vllm_kv_cache_gb,
+                log=print if self.acc.is_main_process else (lambda *a: None),
+                engines=engines, weight_sync=cfg.weight_sync)
+        return self._backend
+
     # ------------------------------------------------------------------ data
     def prompt_batch(self, step: int) -> list[Any]:
         """This process's prompts at ``step``, each repeated ``k`` times (consecutively)."""
@@ -272,6 +355,25 @@ class RLRun:
                 else contextlib.nullcontext())
 
     @torch.no_grad()
+    def sample_responses(self, prompts: list[Any], seed: int) -> Rollout:
+        """Sample on the backend, its engine (if any) synced to the policy first."""
+        backend = self.backend
+        if hasattr(backend, "sync"):  # an engine with its own weights: bring them up to date
+            backend.sync(self.lm, self.policy_version)
+            backend.seed = seed
+        return sample(self.lm, self.tokenizer, prompts, self.sampling, self.system_prompt,
+                      backend=backend, scorer=None, max_prompt_tokens=self.cfg.max_prompt_tokens,
+                      autocast=self.autocast)
+
+    def _seed(self, step: int, evaluation: bool = False) -> int:
+        """The engine's seed for a rollout, a function of the step.
+
+        A resumed run then samples what an uninterrupted one would.
+        """
+        return (self.cfg.seed * 1_000_003 + step * 7_919 + self.rank * 131
+                + (61 if evaluation else 0)) % 2**31
+
+    @torch.no_grad()
     def rollout(self, prompts: list[Any], with_values: bool = True,
                 policy_logprobs: bool = True) -> Rollout:
         """Sample responses; attach ``logprobs``, ``ref_logprobs`` and old ``values``.
@@ -280,14 +382,20 @@ class RLRun:
         ``values``) is left to the caller: a single on-policy update computes them in its
         training forward pass anyway (:func:`rlhfkit.train.pg.train_pg`).
         """
-        cfg = self.cfg
+        self._wait_for_prefetch()  # one engine: never two rollouts on it at once
+        rollout = self.sample_responses(prompts, self._seed(self.step, not with_values))
+        return self.score_rollout(rollout, with_values, policy_logprobs)
+
+    @torch.no_grad()
+    def score_rollout(self, rollout: Rollout, with_values: bool = True,
+                      policy_logprobs: bool = True) -> Rollout:
+        """The trainer's passes over a sampled rollout.
+
+        The policy's log-probs (and a value head's values), the reference's log-probs, and a
+        separate critic's values.
+        """
         scorer = self.acc.unwrap_model(self.model)
-        if self._backend is None:  # one backend: it keeps its bf16 copy
-            self._backend = HFBackend(self.autocast)
-        rollout = sample(self.lm, self.tokenizer, prompts, self.sampling, self.system_prompt,
-                         backend=self._backend, scorer=None,
-                         max_prompt_tokens=cfg.max_prompt_tokens, autocast=self.autocast)
-        t = cfg.temperature or 1.0
+        t = self.cfg.temperature or 1.0
         with self._autocast():
             scorer.eval()
             if not policy_logprobs:
@@ -310,6 +418,68 @@ class RLRun:
                 critic.train()
         return rollout
 
+    # ------------------------------------------------------------------ overlapped generation
+    @property
+    def off_policy(self) -> bool:
+        """True under --async-generation: each batch was sampled one update ago."""
+        return bool(getattr(self.cfg, "async_generation", False))
+
+    @torch.no_grad()
+    def train_rollout(self, step: int, policy_logprobs: bool = True) -> Rollout:
+        """The rollout of training step ``step``.
+
+        Plain: sampled now. With ``--async-generation`` the batch of step ``s + 1`` is sampled
+        in the background while the trainer updates on step ``s`` (one update off-policy): its
+        "old" log-probs are the engine's, the sampling policy's, so the clipped ratio of the
+        update is taken against the policy that sampled (decoupled PPO, as in PipelineRL/AReaL).
+        """
+        if not self.off_policy:
+            return self.rollout(self.prompt_batch(step), policy_logprobs=policy_logprobs)
+        if not hasattr(self.backend, "sync"):
+            raise TrainingError("--async-generation needs a vLLM backend (--generation-backend "
+                                "vllm): the engine's log-probs are the sampling policy's")
+        pending, self._pending = self._pending, None
+        if pending is not None and pending[0] == step:
+            pending[1].join()
+            if isinstance(pending[2][0], BaseException):
+                raise pending[2][0]
+            rollout = pending[2][0]
+        else:  # the first step (or the first after a resume): nothing was prefetched
+            rollout = self.sample_responses(self.prompt_batch(step), self._seed(step))
+        if step + 1 < self.total_steps:
+            self._prefetch(step + 1)
+        rollout = self.score_rollout(rollout, policy_logprobs=False)
+        rollout.logprobs = rollout.extras["engine_logprobs"]
+        if self.value_kind == "policy":  # values at the current weights (the value target)
+            with self._autocast():
+                rollout.extras["values"] = forward_response(
+                    self.acc.unwrap_model(self.model), rollout,
+                    self.cfg.temperature or 1.0)["values"].detach()
+        return rollout
+
+    def _prefetch(self, step: int) -> None:
+        """Start sampling the batch of ``step`` in a thread, with the current weights."""
+        backend = self.backend
+        backend.sync(self.lm, self.policy_version)  # before the thread: the engine is idle
+        prompts, seed, box = self.prompt_batch(step), self._seed(step), [None]
+
+        def work() -> None:
+            try:
+                box[0] = sample(self.lm, self.tokenizer, prompts, self.sampling,
+                                self.system_prompt, backend=_Seeded(backend, seed),
+                                max_prompt_tokens=self.cfg.max_prompt_tokens,
+                                autocast=self.autocast)
+            except BaseException as err:  # noqa: BLE001 - raised in the trainer's thread
+                box[0] = err
+
+        thread = threading.Thread(target=work, name=f"rollout-{step}", daemon=True)
+        thread.start()
+        self._pending = (step, thread, box)
+
+    def _wait_for_prefetch(self) -> None:
+        if self._pending is not None:
+            self._pending[1].join()
+
     @torch.no_grad()
     def rewards(self, rollout: Rollout) -> RewardTerms:
         """Every reward source on the rollout: per-response sums and per-token placements."""
@@ -330,7 +500,9 @@ class RLRun:
 
     def optimizer_step(self) -> float:
         """Clip, step, advance the schedule; returns the gradient norm."""
-        return self.run.optimizer_step()
+        norm = self.run.optimizer_step()
+        self.policy_version += 1
+        return norm
 
     # ------------------------------------------------------------------ the loop
     def steps(self) -> Iterator[int]:
@@ -338,7 +510,10 @@ class RLRun:
 
         Evaluates and checkpoints between steps as configured, and saves the final policy.
         """
+        first = True
         for step in self.run.steps(self.total_steps, self.evaluate, unit="batch"):
+            if first:  # resumed: the weights are the checkpoint's, not those of --model
+                self.policy_version, first = step * self.updates_per_step, False
             yield step
             last = self._last
             self.run.postfix = {k.split("/")[-1]: f"{last[k]:.3g}" for k in
@@ -392,6 +567,11 @@ class RLRun:
         }
         if rewards is not None:
             m["reward/total"] = float(rewards.sum(-1).mean())
+        engine = rollout.extras.get("engine_logprobs")
+        if engine is not None:  # the trainer's log-probs against the engine's, per token
+            gap = (rollout.logprobs.float() - engine.float()).abs()[rollout.response_mask.bool()]
+            m["rollout/logprob_gap_mean"] = float(gap.mean()) if gap.numel() else 0.0
+            m["rollout/logprob_gap_max"] = float(gap.max()) if gap.numel() else 0.0
         for name, values in terms.by_source.items():
             m[f"reward/{name}"] = float(values.mean())
         gold = self.gold_scores(rollout)
@@ -451,5 +631,34 @@ class RLRun:
                            [fine_grained_section(self.out)])
         if self.acc.is_main_process:
             print(f"[{self.stage}] saved the policy to {self.out / 'model'}")
+        self._wait_for_prefetch()
+        if hasattr(self._backend, "close"):
+            self._backend.close()
         self.acc.wait_for_everyone()
         return self.out / "model"
+
+    def tis_weights(self, mb: Rollout) -> torch.Tensor | None:
+        """(B, R) truncated importance weights ``min(pi_trainer / pi_engine, cap)``, or None.
+
+        Yao et al. (2025): the engine samples from a slightly different distribution than the
+        trainer computes (other kernels, bf16); weighting each token's policy loss by the
+        capped ratio at sampling time corrects for it. Needs ``--tis-cap`` and engine log-probs.
+        """
+        cap = getattr(self.cfg, "tis_cap", 0.0)
+        engine = mb.extras.get("engine_logprobs")
+        if not cap or engine is None:
+            return None
+        return torch.exp(mb.logprobs.float() - engine.float()).clamp(max=cap).detach()
+
+
+class _Seeded:
+    """A backend whose engine samples with ``seed`` (for a rollout sampled in a thread)."""
+
+    def __init__(self, backend: Any, seed: int) -> None:
+        self.backend, self.seed = backend, seed
+
+    def generate(self, *args: Any) -> list[list[int]]:
+        self.backend.seed = self.seed
+        ids = self.backend.generate(*args)
+        self.last_logprobs = self.backend.last_logprobs
+        return ids

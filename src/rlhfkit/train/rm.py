@@ -25,7 +25,7 @@ from rlhfkit.data.chat import encode_pair, pad
 from rlhfkit.data.records import BinaryFeedback, Record, as_comparisons
 from rlhfkit.data.splits import prompt_key
 from rlhfkit.losses import bradley_terry_loss, pointwise_loss, reward_centering_penalty
-from rlhfkit.models.loading import apply_lora, enable_gradient_checkpointing
+from rlhfkit.models.loading import prepare_for_training
 from rlhfkit.models.reward import RewardModel
 from rlhfkit.train.inputs import LabelWeightOptions, stage_inputs, weigh_labels
 from rlhfkit.train.loop import Loop, ModelOptions, Run, TrainConfig
@@ -235,14 +235,8 @@ def reward_stats(loop: Loop, groups: list[Group], pad_id: int, batch_size: int,
 def build_reward_model(cfg: ModelOptions, pad_token_id: int) -> RewardModel:
     """Backbone + fresh scalar head (or a saved RM), with LoRA when asked."""
     rm = RewardModel.from_pretrained(cfg.model, pad_token_id=pad_token_id)
-    if cfg.gradient_checkpointing:
-        enable_gradient_checkpointing(rm.seq_model)
-    if cfg.lora:
-        # The scalar head is new, so it is trained in full next to the adapters.
-        rm.seq_model = apply_lora(rm.seq_model, r=cfg.lora_r, alpha=cfg.lora_alpha,
-                                  dropout=cfg.lora_dropout, task_type="SEQ_CLS",
-                                  modules_to_save=["score"])
-    rm.seq_model.config.use_cache = False
+    # The scalar head is new, so under LoRA it is trained in full next to the adapters.
+    rm.seq_model = prepare_for_training(rm.seq_model, cfg, "SEQ_CLS", modules_to_save=["score"])
     return rm
 
 

@@ -30,7 +30,7 @@ from rlhfkit.data.chat import encode, encode_pair, pad, response_text
 from rlhfkit.data.records import RecordError, SpanFeedback
 from rlhfkit.data.splits import split_records
 from rlhfkit.losses import segment_bce_loss
-from rlhfkit.models.loading import apply_lora, enable_gradient_checkpointing, load_tokenizer
+from rlhfkit.models.loading import load_tokenizer, prepare_for_training
 from rlhfkit.models.segment_reward import (
     REWARD_KINDS,
     SegmentRewardModel,
@@ -176,14 +176,9 @@ def _check_categories(records: list[SpanFeedback], categories: tuple[str, ...], 
 def build_segment_model(cfg: SegmentRMConfig, pad_token_id: int) -> SegmentRewardModel:
     """Backbone + fresh token-classification head (or a saved one), with LoRA when asked."""
     model = SegmentRewardModel.from_pretrained(cfg.model, pad_token_id=pad_token_id)
-    if cfg.gradient_checkpointing:
-        enable_gradient_checkpointing(model.tok_model)
-    if cfg.lora:
-        # The head is new, so it is trained in full next to the adapters.
-        model.tok_model = apply_lora(model.tok_model, r=cfg.lora_r, alpha=cfg.lora_alpha,
-                                     dropout=cfg.lora_dropout, task_type="TOKEN_CLS",
-                                     modules_to_save=["score"])
-    model.tok_model.config.use_cache = False
+    # The head is new, so under LoRA it is trained in full next to the adapters.
+    model.tok_model = prepare_for_training(model.tok_model, cfg, "TOKEN_CLS",
+                                           modules_to_save=["score"])
     return model
 
 

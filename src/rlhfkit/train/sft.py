@@ -18,12 +18,7 @@ import torch
 from rlhfkit.data.chat import Encoded, encode_pair, pad
 from rlhfkit.data.records import Demonstration
 from rlhfkit.losses import token_nll
-from rlhfkit.models.loading import (
-    apply_lora,
-    enable_gradient_checkpointing,
-    load_causal_lm,
-    merge_and_save,
-)
+from rlhfkit.models.loading import load_causal_lm, merge_and_save, prepare_for_training
 from rlhfkit.models.policy import SelectiveLM, targets_of
 from rlhfkit.train.inputs import stage_inputs
 from rlhfkit.train.loop import Loop, ModelOptions, Run, TrainConfig
@@ -152,13 +147,7 @@ def evaluate_sft(loop: Loop, items: list[Encoded], pad_id: int, batch_size: int)
 
 def build_policy(cfg: ModelOptions) -> torch.nn.Module:
     """Load the policy for training, with LoRA adapters when asked."""
-    model = load_causal_lm(cfg.model, dtype=torch.float32)
-    if cfg.gradient_checkpointing:  # only active in train mode
-        enable_gradient_checkpointing(model)
-    if cfg.lora:
-        model = apply_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout)
-    model.config.use_cache = False
-    return model
+    return prepare_for_training(load_causal_lm(cfg.model, dtype=torch.float32), cfg)
 
 
 def train_sft(cfg: SFTConfig) -> Path:

@@ -1,0 +1,1 @@
+"""Generation engines for rollouts beyond Hugging Face generate (vLLM; engines apart)."""

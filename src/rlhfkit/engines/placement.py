@@ -1,0 +1,131 @@
+"""RL across machines on Ray: the trainer group and the generation engines as placed actors.
+
+``rlhfkit grpo --ray auto --ray-trainers 2 --ray-engines 2 ...`` (or ``--ray ADDRESS`` for a
+cluster started with ``ray start --head`` / ``ray start --address``) does this:
+
+1. connects to Ray and reserves one placement group: a bundle per trainer process and one per
+   engine (``--ray-gpus-per-trainer``, ``--ray-gpus-per-engine``, ``--ray-cpus-per-worker``),
+   packed onto as few nodes as fit (``PACK``), or spread (``--ray-strategy SPREAD``);
+2. starts an engine actor in each engine bundle: it serves a vLLM engine on its node
+   (:func:`rlhfkit.engines.remote.serve_engine`) and reports its address;
+3. starts the trainer actors: together they are one ``torch.distributed`` world (rank 0's node
+   is the rendezvous), each runs the same stage function with ``--vllm-engines`` set to the
+   engines' addresses, so rollouts are spread over the engines and weights reach them over a
+   process group of their own (:class:`rlhfkit.engines.remote.RemoteBackend`);
+4. waits; when an actor dies (its node went away) the run stops with one line naming it, and
+   the stage can go on from its last checkpoint with ``--resume``.
+
+Ray is an optional extra (``pip install 'rlhfkit[ray]'``), imported only here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import secrets
+from collections.abc import Callable
+from typing import Any
+
+from rlhfkit.engines.remote import KEY_ENV, EngineConfig, RemoteEngineError, free_port, serve_engine
+
+RAY_EXTRA = "--ray needs the 'ray' extra: pip install 'rlhfkit[ray]'"
+
+
+def _ray() -> Any:
+    try:
+        import ray  # an optional extra
+    except ImportError:
+        raise RemoteEngineError(RAY_EXTRA) from None
+    return ray
+
+
+class _EngineActor:
+    """Serves one engine on the actor's node (run as a Ray actor)."""
+
+    def address(self) -> str:
+        import ray
+
+        self.host = ray.util.get_node_ip_address()
+        self.port = free_port()
+        return f"{self.host}:{self.port}"
+
+    def serve(self, cfg: EngineConfig) -> None:
+        serve_engine(dataclasses.replace(cfg, host="0.0.0.0", port=self.port))
+
+
+class _TrainerActor:
+    """One process of the trainer group (run as a Ray actor)."""
+
+    def node(self) -> str:
+        import ray
+
+        return ray.util.get_node_ip_address()
+
+    def train(self, fn: Callable[[Any], Any], cfg: Any, env: dict[str, str]) -> str:
+        os.environ.update(env)
+        return str(fn(cfg))
+
+
+def run_on_ray(fn: Callable[[Any], Any], cfg: Any, log: Any = print) -> Any:
+    """Run the stage ``fn(cfg)`` on Ray as described in the module docstring.
+
+    ``cfg`` needs ``ray`` (an address or ``auto``), ``ray_trainers``, ``ray_engines``,
+    ``ray_gpus_per_trainer``, ``ray_gpus_per_engine``, ``ray_cpus_per_worker``,
+    ``ray_strategy`` and the engine options (``model``, ``vllm_kv_cache_gb``, precision).
+    Returns what rank 0's ``fn`` returned (the saved policy's folder, as a string).
+    """
+    ray = _ray()
+    if cfg.ray_engines < 1:
+        raise RemoteEngineError("--ray needs at least one engine (--ray-engines 1)")
+    if cfg.ray == "auto" and not ray.is_initialized():
+        ray.init(ignore_reinit_error=True, log_to_driver=False)
+    elif not ray.is_initialized():
+        ray.init(address=cfg.ray, ignore_reinit_error=True, log_to_driver=False)
+    cpus, tg, eg = cfg.ray_cpus_per_worker, cfg.ray_gpus_per_trainer, cfg.ray_gpus_per_engine
+    bundles = ([{"CPU": cpus, **({"GPU": tg} if tg else {})}] * cfg.ray_trainers
+               + [{"CPU": cpus, **({"GPU": eg} if eg else {})}] * cfg.ray_engines)
+    group = ray.util.placement_group(bundles, strategy=cfg.ray_strategy)
+    ray.get(group.ready(), timeout=600)
+    key = os.environ.setdefault(KEY_ENV, secrets.token_hex(16))
+    env = {KEY_ENV: key, "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+
+    def placed(cls: type, index: int, gpus: float) -> Any:
+        strategy = ray.util.scheduling_strategies.PlacementGroupSchedulingStrategy(
+            placement_group=group, placement_group_bundle_index=index)
+        return ray.remote(cls).options(num_cpus=cpus, num_gpus=gpus,
+                                       scheduling_strategy=strategy,
+                                       runtime_env={"env_vars": env}).remote()
+
+    engines = [placed(_EngineActor, cfg.ray_trainers + e, eg) for e in range(cfg.ray_engines)]
+    addresses = ray.get([e.address.remote() for e in engines])
+    dtype = "bfloat16" if cfg.precision in ("bf16", "auto") else "float32"
+    engine_cfg = EngineConfig(model=cfg.model, dtype=dtype, kv_cache_gb=cfg.vllm_kv_cache_gb,
+                              max_model_len=cfg.max_prompt_tokens + cfg.max_new_tokens + 1,
+                              seed=cfg.seed)
+    serving = [e.serve.remote(engine_cfg) for e in engines]
+    log(f"[ray] {cfg.ray_engines} engine(s) at {', '.join(addresses)}; "
+        f"{cfg.ray_trainers} trainer process(es)")
+    trainers = [placed(_TrainerActor, t, tg) for t in range(cfg.ray_trainers)]
+    master = ray.get(trainers[0].node.remote())
+    port = free_port()
+    worker_cfg = dataclasses.replace(cfg, ray="", vllm_engines=",".join(addresses),
+                                     generation_backend="vllm")
+    runs = []
+    for rank, trainer in enumerate(trainers):
+        host = ray.get(trainer.node.remote())
+        env_rank = {"MASTER_ADDR": master, "MASTER_PORT": str(port), "RANK": str(rank),
+                    "WORLD_SIZE": str(cfg.ray_trainers), "LOCAL_RANK": "0",
+                    "LOCAL_WORLD_SIZE": "1", "RLHFKIT_TRAINER_HOST": host}
+        runs.append(trainer.train.remote(fn, worker_cfg, env_rank))
+    try:
+        results = ray.get(runs)
+    except ray.exceptions.RayActorError as err:
+        raise RemoteEngineError(f"a trainer process died on Ray ({err.__class__.__name__}: its "
+                                "node may have gone away); go on from the last checkpoint with "
+                                "--resume") from None
+    finally:
+        for e in engines:
+            ray.kill(e)
+        ray.util.remove_placement_group(group)
+        del serving
+    return results[0]

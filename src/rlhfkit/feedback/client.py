@@ -14,13 +14,18 @@ server acknowledged is never stored twice, and one it never acknowledged is sent
 
 from __future__ import annotations
 
-import math
 import secrets
 import time
 from collections.abc import Callable
 from typing import Any
 
 import httpx
+
+from . import questions as Q
+from .questions import likert_from_score
+
+__all__ = ["FeedbackClient", "FeedbackError", "label_project", "labeler_answerer",
+           "likert_from_score"]
 
 Answerer = Callable[[dict], dict]
 """Turns a task (the JSON of ``GET /api/projects/{p}/next``) into ``{question: answer}``."""
@@ -189,51 +194,22 @@ def label_project(client: FeedbackClient, project: str, answer: Answerer, *,
     return n
 
 
-def likert_from_score(score: float) -> int:
-    """Squash an unbounded score onto 1..7 (4 = a score of 0)."""
-    return int(min(7, max(1, round(4 + 3 * math.tanh(score)))))
-
-
-def labeler_answerer(labeler: Any, *, writer: Callable[[dict, str], str] | None = None,
-                     to_likert: Callable[[float], int] = likert_from_score) -> Answerer:
+def labeler_answerer(labeler: Any, *,
+                     writer: Callable[[dict, str], str] | None = None) -> Answerer:
     """Answer tasks with a simulated labeler or AI judge.
 
     Anything with the ``binary``/``compare``/``rank``/``score`` methods of
-    :class:`~rlhfkit.feedback.simulated.SimulatedLabeler` (returning records) will do.
+    :class:`~rlhfkit.feedback.simulated.SimulatedLabeler` (returning records) will do; each
+    question type says how such a labeler answers it (``QuestionType.simulate``; a Likert
+    score is squashed onto 1..7 by :func:`~rlhfkit.feedback.questions.likert_from_score`).
 
     Args:
         labeler: the simulated labeler or AI judge.
         writer: ``writer(task, question) -> text`` for the writing questions
             (write_prompt, demonstration, correction); without it those questions fail.
-        to_likert: maps a ``score`` record's value onto 1..7.
     """
 
     def answer(task: dict) -> dict:
-        prompt, resp = task["prompt"], task["responses"]
-        out: dict[str, dict] = {}
-        for q in task["questions"]:
-            if q == "binary":
-                out[q] = {"value": "up" if labeler.binary(prompt, resp[0]).label else "down"}
-            elif q == "pairwise":
-                c = labeler.compare(prompt, resp[0], resp[1])
-                out[q] = {"choice": "tie" if c.tie else ("left" if c.chosen == resp[0] else "right")}
-            elif q == "rank":
-                r = labeler.rank(prompt, resp)
-                if r.ranks is not None:
-                    ranks = list(r.ranks)
-                else:  # scores, higher is better
-                    order = sorted(set(r.scores), reverse=True)
-                    ranks = [order.index(s) for s in r.scores]
-                positions = [r.responses.index(t) for t in resp]
-                out[q] = {"ranks": [ranks[p] + 1 for p in positions]}
-            elif q == "likert":
-                out[q] = {"score": to_likert(labeler.score(prompt, resp[0]).score)}
-            elif q == "spans":
-                out[q] = {"spans": [], "missing": []}
-            elif writer is not None:
-                out[q] = {"text": writer(task, q)}
-            else:
-                raise ValueError(f"a machine annotator needs a writer for {q!r} questions")
-        return out
+        return {q: Q.get(q).simulate(labeler, task, writer) for q in task["questions"]}
 
     return answer

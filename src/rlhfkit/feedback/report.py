@@ -6,91 +6,48 @@ import math
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from itertools import combinations
-from statistics import mean, median
+from statistics import median
 
-from . import agreement as A
 from . import arena as AR
 from . import questions as Q
+from . import reliability as REL
+from . import transfer as T
 from .store import Store, StoreError
 
 
-def _clean(x: float) -> float | None:
-    return None if x is None or (isinstance(x, float) and math.isnan(x)) else round(x, 4)
+def _clean(x):
+    """Round floats for the page and the API; nan (undefined) becomes None, recursively."""
+    if isinstance(x, float):
+        return None if math.isnan(x) else round(x, 4)
+    if isinstance(x, dict):
+        return {k: _clean(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_clean(v) for v in x]
+    return x
 
 
 def question_units(store: Store, project: str) -> dict[str, dict]:
     """``{question: {unit: {annotator: value}}}`` for the questions agreement applies to.
 
-    Ranks are split into one unit per (item, response) so that ordinal alpha compares the
-    rank each annotator gave the same response. Span answers are ``(response length,
-    ((start, end, category), ...))`` per annotator, for :func:`rlhfkit.feedback.agreement.span_alpha`.
+    Each question type says what its units and values are (:meth:`QuestionType.agreement_units`):
+    one unit per item for categorical answers, one per (item, response) for ranks, the
+    response length and marked spans for span marking.
     """
     out: dict[str, dict] = defaultdict(lambda: defaultdict(dict))
     for label, item, user in store.label_rows(project):
         if item.is_gold:
             continue
+        texts = [r["text"] for r in item.responses]
         for q, ans in label.answers.items():
-            if q == "spans":
-                spans = tuple((m["start"], m["end"], m["category"]) for m in ans["spans"])
-                out[q][item.id][user.name] = (len(item.responses[0]["text"]), spans)
-                continue
-            value = Q.agreement_value(q, ans)
-            if value is None:
-                continue
-            if q == "rank":
-                for idx, r in enumerate(value):
-                    out[q][(item.id, idx)][user.name] = r
-            else:
-                out[q][item.id][user.name] = value
+            for unit, value in Q.get(q).agreement_units(item.id, texts, ans):
+                out[q][unit][user.name] = value
     return out
 
 
-def agreement_for(question: str, units: Mapping) -> dict:
-    """Agreement statistics of one question from ``{unit: {annotator: value}}``."""
-    per_unit = [list(row.values()) for row in units.values()]
-    multi = [u for u in per_unit if len(u) >= 2]
-    res: dict = {"question": question, "units": len(units), "units_multi": len(multi)}
-    if question == "spans":
-        return dict(res, cohen_kappa_mean=None, fleiss_kappa=None, **span_agreement(units))
-    if question in ("binary", "pairwise"):
-        res["krippendorff_alpha_nominal"] = _clean(A.krippendorff_alpha(per_unit, level="nominal"))
-    if question in ("likert", "rank"):
-        res["krippendorff_alpha_ordinal"] = _clean(A.krippendorff_alpha(per_unit, level="ordinal"))
-        res["krippendorff_alpha_interval"] = _clean(A.krippendorff_alpha(per_unit, level="interval"))
-    if question != "rank":
-        if multi:  # Fleiss needs the same number of labels per item: use the commonest count
-            n = max({len(u) for u in multi}, key=lambda c: sum(len(u) == c for u in multi))
-            res["fleiss_kappa"] = _clean(A.fleiss_kappa([u for u in multi if len(u) == n]))
-            res["fleiss_items"] = sum(len(u) == n for u in multi)
-        weights = "quadratic" if question == "likert" else None
-        cats = list(range(1, 8)) if question == "likert" else None
-        pairs = A.pairwise_cohen(units, weights=weights, categories=cats)
-        kappas = [k for k in pairs.values() if not math.isnan(k)]
-        res["cohen_kappa_mean"] = _clean(mean(kappas)) if kappas else None
-        res["cohen_kappa_pairs"] = [{"a": a, "b": b, "kappa": _clean(k)} for (a, b), k in pairs.items()]
-    if question in ("binary", "pairwise", "likert"):
-        res["majority"] = {who: {"agree": s["agree"], "n": s["n"], "rate": _clean(s["rate"])}
-                           for who, s in A.majority_agreement(units).items()}
-    return res
-
-
-def span_agreement(units: Mapping) -> dict:
-    """Per-character nominal alpha of span marks, over all categories and per category.
-
-    Args:
-        units: ``{item: {annotator: (response length, spans)}}`` as :func:`question_units`
-            builds it.
-    """
-    responses = []
-    for row in units.values():
-        lengths = {length for length, _ in row.values()}
-        responses.append((lengths.pop(), {who: spans for who, (_, spans) in row.items()}))
-    categories = sorted({c for _, marks in responses for spans in marks.values() for *_, c in spans})
-    return {
-        "krippendorff_alpha_nominal": _clean(A.span_alpha(responses)),
-        "alpha_by_category": {c: _clean(A.span_alpha(responses, category=c)) for c in categories},
-        "characters": sum(length for length, marks in responses if len(marks) >= 2),
-    }
+def agreement_for(question: str, units: Mapping) -> dict | None:
+    """Agreement statistics of one question from ``{unit: {annotator: value}}`` (None: none apply)."""
+    stats = Q.get(question).agreement(units)
+    return None if stats is None else _clean(dict(stats, question=question))
 
 
 def project_stats(store: Store, project: str) -> dict:
@@ -107,12 +64,12 @@ def project_stats(store: Store, project: str) -> dict:
             a["times"].append(label.time_ms)
         if item.is_gold and item.gold:
             for q, gold in item.gold.items():
-                ok = Q.answers_match(q, label.answers[q], gold)
+                ok = Q.get(q).gold_match(label.answers[q], gold)
                 if ok is not None:
                     a["gold_n"] += 1
                     a["gold_right"] += int(ok)
     units = question_units(store, project)
-    questions = [agreement_for(q, units[q]) for q in p.questions if q in units]
+    questions = [a for q in p.questions if q in units if (a := agreement_for(q, units[q]))]
     majority_by_user: dict[str, list] = defaultdict(list)
     for qres in questions:
         for who, s in qres.get("majority", {}).items():
@@ -129,7 +86,20 @@ def project_stats(store: Store, project: str) -> dict:
             "gold_n": a["gold_n"],
         })
     return {"project": project, "questions": p.questions, "progress": store.progress(project),
-            "agreement": questions, "annotators": people}
+            "agreement": questions, "annotators": people, **project_reliability(store, project)}
+
+
+def project_reliability(store: Store, project: str) -> dict:
+    """Each annotator's estimated error rate and weight (``reliability``), from all labels and honeypots.
+
+    See :mod:`rlhfkit.feedback.reliability`; ``reliability_error`` says why there is none when
+    the labels cannot be read as records.
+    """
+    try:
+        records = T.project_records(store, project, include_gold=True)
+    except StoreError as err:  # a label stored before items were checked
+        return {"reliability": [], "reliability_error": str(err)}
+    return {"reliability": REL.reliability_table(REL.estimate_reliability(records))}
 
 
 def arena_games(store: Store, project: str) -> list[AR.Game]:

@@ -14,7 +14,6 @@ have labelled it. Honeypot items carry gold answers and are slipped in every
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import os
 import random
 import secrets
@@ -26,31 +25,45 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
-from sqlalchemy import (
-    JSON,
-    Boolean,
-    Float,
-    ForeignKey,
-    Index,
-    Integer,
-    String,
-    Text,
-    UniqueConstraint,
-    and_,
-    create_engine,
-    event,
-    exists,
-    func,
-    or_,
-    select,
-    text,
-    update,
-)
+from sqlalchemy import and_, create_engine, delete, event, exists, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy.orm import Session
 
+from ..data.records import SOURCES
 from . import questions as Q
-from .security import hash_invite, hash_password, new_secret, verify_password
+from .errors import (
+    INT32_MAX,
+    InputError,
+    StoreError,
+    bad_character,
+    check_int,
+    check_json,
+    check_text,
+)
+from .security import (
+    dummy_hash,
+    hash_invite,
+    hash_password,
+    hash_token,
+    new_secret,
+    verify_password,
+)
+from .tables import (
+    DEFAULT_WORKSPACE,
+    MAX_NAME,
+    Assignment,
+    Base,
+    Invite,
+    Item,
+    Label,
+    Member,
+    Project,
+    SessionRow,
+    Setting,
+    User,
+    Workspace,
+    migrate,
+)
 
 ROLES = ("admin", "annotator")
 # FULL (default): a commit reaches the disk before the client hears "stored", so labels
@@ -61,127 +74,16 @@ USER_CACHE_S = 5.0
 SQLITE_SYNC = os.environ.get("RLHFKIT_SQLITE_SYNC", "FULL").upper()
 if SQLITE_SYNC not in ("FULL", "NORMAL", "EXTRA"):
     raise ValueError(f"RLHFKIT_SQLITE_SYNC must be FULL, NORMAL or EXTRA, not {SQLITE_SYNC!r}")
-SOURCES = ("human", "simulated", "ai")
-MAX_NAME = 64
-
-
-class StoreError(Exception):
-    """A request the store refuses; ``status`` is the HTTP status the API answers with."""
-
-    def __init__(self, message: str, status: int = 400):
-        super().__init__(message)
-        self.status = status
-
-
-class Base(DeclarativeBase):
-    """Declarative base of the store's tables."""
-
-    pass
-
-
-class Setting(Base):
-    """A key/value setting (the session-signing secret)."""
-
-    __tablename__ = "settings"
-    key: Mapped[str] = mapped_column(String(64), primary_key=True)
-    value: Mapped[str] = mapped_column(Text)
-
-
-class User(Base):
-    """An account: an admin or an annotator (human, simulated or AI)."""
-
-    __tablename__ = "users"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    name: Mapped[str] = mapped_column(String(MAX_NAME), unique=True)
-    role: Mapped[str] = mapped_column(String(16), default="annotator")
-    source: Mapped[str] = mapped_column(String(16), default="human")
-    password_hash: Mapped[str | None] = mapped_column(String(200), nullable=True)
-    generation: Mapped[int] = mapped_column(Integer, default=0)  # bump to revoke sessions
-    active: Mapped[bool] = mapped_column(Boolean, default=True)
-    created_at: Mapped[float] = mapped_column(Float, default=time.time)
-
-
-class Invite(Base):
-    """A one-time invite link (stored as a hash of its token)."""
-
-    __tablename__ = "invites"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
-    name: Mapped[str] = mapped_column(String(MAX_NAME))
-    role: Mapped[str] = mapped_column(String(16))
-    expires_at: Mapped[float] = mapped_column(Float)
-    used_at: Mapped[float | None] = mapped_column(Float, nullable=True)
-
-
-class Project(Base):
-    """A set of items and the questions asked about each."""
-
-    __tablename__ = "projects"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    name: Mapped[str] = mapped_column(String(MAX_NAME), unique=True)
-    questions: Mapped[list] = mapped_column(JSON)
-    guidelines: Mapped[str] = mapped_column(Text, default="")
-    overlap: Mapped[int] = mapped_column(Integer, default=1)
-    lock_seconds: Mapped[int] = mapped_column(Integer, default=600)
-    gold_every: Mapped[int] = mapped_column(Integer, default=0)
-    categories: Mapped[list] = mapped_column(JSON)
-    arena: Mapped[bool] = mapped_column(Boolean, default=False)
-    created_at: Mapped[float] = mapped_column(Float, default=time.time)
-
-
-class Item(Base):
-    """A prompt and the responses to judge (the models that wrote them stay here)."""
-
-    __tablename__ = "items"
-    # the queue scans a project's regular items, most-labelled first, then by position
-    __table_args__ = (Index("ix_items_queue", "project_id", "is_gold", text("n_done DESC"), "position"),)
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"), index=True)
-    position: Mapped[int] = mapped_column(Integer)
-    external_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
-    prompt: Mapped[Any] = mapped_column(JSON)  # a string or a list of chat messages
-    responses: Mapped[list] = mapped_column(JSON)  # [{"text": str, "model": str | None}]
-    gold: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # {question: canonical answer}
-    is_gold: Mapped[bool] = mapped_column(Boolean, default=False)
-    meta: Mapped[dict] = mapped_column(JSON, default=dict)
-    n_done: Mapped[int] = mapped_column(Integer, default=0)
-
-
-class Assignment(Base):
-    """An item handed to one annotator: its lock and the display order they saw."""
-
-    __tablename__ = "assignments"
-    __table_args__ = (UniqueConstraint("item_id", "user_id"),
-                      Index("ix_assignments_held", "user_id", "project_id", "status"))
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"), index=True)
-    item_id: Mapped[int] = mapped_column(ForeignKey("items.id"), index=True)
-    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
-    status: Mapped[str] = mapped_column(String(16), default="active")  # active | done | expired
-    order: Mapped[list] = mapped_column(JSON)  # display position j shows response order[j]
-    submission_key: Mapped[str] = mapped_column(String(64))  # suggested key for the page
-    started_at: Mapped[float] = mapped_column(Float)
-    expires_at: Mapped[float] = mapped_column(Float)
-
-
-class Label(Base):
-    """One annotator's answers to every question of one item."""
-
-    __tablename__ = "labels"
-    __table_args__ = (
-        UniqueConstraint("user_id", "submission_key"),
-        UniqueConstraint("item_id", "user_id"),
-    )
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"), index=True)
-    item_id: Mapped[int] = mapped_column(ForeignKey("items.id"), index=True)
-    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
-    submission_key: Mapped[str] = mapped_column(String(64))
-    answers: Mapped[dict] = mapped_column(JSON)  # {question: canonical answer}
-    order: Mapped[list] = mapped_column(JSON)
-    time_ms: Mapped[int | None] = mapped_column(Integer, nullable=True)  # as the client measured
-    server_ms: Mapped[int] = mapped_column(Integer)  # from hand-out to submission
-    created_at: Mapped[float] = mapped_column(Float)
+MAX_PASSWORD = 1024
+MAX_OVERLAP = 100
+MAX_LOCK_SECONDS = 30 * 86400
+MAX_GOLD_EVERY = 10_000
+MAX_TIME_MS = 7 * 86400 * 1000
+MAX_GUIDELINES = 50_000
+MAX_MODEL_NAME = 200
+__all__ = ["DEFAULT_WORKSPACE", "SOURCES", "Assignment", "Base", "Invite", "Item", "Label",
+           "Member", "Project", "SessionRow", "Setting", "Store", "StoreError", "Task", "User",
+           "Workspace"]
 
 
 # ---------------------------------------------------------------------------------------
@@ -278,6 +180,8 @@ class Task:
 class Store:
     """All reads and writes of the feedback app. Thread-safe; one instance per process.
 
+    Opening a database migrates it to the current schema (:func:`~rlhfkit.feedback.tables.migrate`).
+
     Args:
         url: a SQLAlchemy URL (``sqlite:///feedback.db``, ``postgresql://…``) or a file path.
     """
@@ -287,13 +191,14 @@ class Store:
         self.engine = _make_engine(self.url)
         self.is_sqlite = self.url.startswith("sqlite")
         self._write_engine = self.engine.execution_options(rk_write=True)
-        Base.metadata.create_all(self.engine)
+        migrate(self.engine, self._write_engine)
         self._secret: str | None = None
         # SQLite has one writer at a time. Queueing writers on a lock here, rather than in
         # SQLite's busy handler (which sleeps with back-off), keeps tail latency low.
         self._write_lock = threading.Lock() if self.is_sqlite else None
         self._projects: dict[str, Project] = {}  # projects never change once created
         self._users: dict[int, tuple[float, User]] = {}
+        self._memberships: dict[int, tuple[float, frozenset[int]]] = {}
 
     def close(self) -> None:
         """Close every pooled connection."""
@@ -314,10 +219,10 @@ class Store:
     # -- settings ---------------------------------------------------------------------
 
     def secret(self) -> str:
-        """The key that signs sessions, created once and kept in the database.
+        """The fallback key that signs sessions and CSRF tokens: created once, kept in the database.
 
-        Sessions therefore survive a restart, and every process serving the same database
-        agrees on it.
+        Only for a server started without a key of its own (``--secret-file`` or
+        ``RLHFKIT_SECRET``): with this one, whoever can read the database can sign tokens.
         """
         if self._secret is None:
             with self.tx(write=True) as s:
@@ -331,22 +236,30 @@ class Store:
     # -- users ------------------------------------------------------------------------
 
     def create_user(self, name: str, password: str | None = None, role: str = "annotator",
-                    source: str = "human") -> User:
-        """Create an account; without a password it can only be entered by an invite link."""
+                    source: str = "human", workspaces: list[str] | None = None) -> User:
+        """Create an account; without a password it can only be entered by an invite link.
+
+        Args:
+            name: the account name (letters, digits, ``-``, ``_``, ``.``).
+            password: at least 8 characters, or None.
+            role: ``admin`` or ``annotator``.
+            source: ``human``, ``simulated`` or ``ai``.
+            workspaces: the workspaces it joins (default: the ``default`` workspace).
+        """
         _check_name(name, "user name")
         if role not in ROLES:
-            raise StoreError(f"role must be one of {ROLES}, got {role!r}")
+            raise InputError(f"role must be one of {ROLES}, got {role!r}")
         if source not in SOURCES:
-            raise StoreError(f"source must be one of {SOURCES}, got {source!r}")
-        if password is not None and len(password) < 8:
-            raise StoreError("password must have at least 8 characters")
-        pw_hash = hash_password(password) if password else None
+            raise InputError(f"source must be one of {SOURCES}, got {source!r}")
+        pw_hash = hash_password(_check_password(password)) if password is not None else None
         try:
             with self.tx(write=True) as s:
+                spaces = self._workspace_ids(s, workspaces)
                 user = User(name=name, role=role, source=source, password_hash=pw_hash,
                             generation=0, active=True, created_at=time.time())
                 s.add(user)
                 s.flush()
+                s.add_all(Member(workspace_id=w, user_id=user.id, created_at=time.time()) for w in spaces)
         except IntegrityError:
             raise StoreError(f"user {name!r} already exists", 409) from None
         return user
@@ -364,6 +277,8 @@ class Store:
 
     def user_by_name(self, name: str) -> User | None:
         """A user by name, or None."""
+        if not isinstance(name, str) or bad_character(name) or len(name) > MAX_NAME:
+            return None
         with self.tx() as s:
             return s.scalars(select(User).where(User.name == name)).first()
 
@@ -373,35 +288,69 @@ class Store:
             return list(s.scalars(select(User).order_by(User.id)))
 
     def authenticate(self, name: str, password: str) -> User | None:
-        """The active user with this name and password, else None (same cost either way)."""
+        """The active user with this name and password, else None.
+
+        The same work either way: an unknown, deactivated or passwordless account is checked
+        against a dummy hash of the current cost, so timing does not tell them apart.
+        """
+        check_text(password, "password", max_chars=MAX_PASSWORD)
         user = self.user_by_name(name)
-        if user is None or not user.active:
-            verify_password(password, _DUMMY_HASH)  # spend the same time: no user enumeration
+        if user is None or not user.active or not user.password_hash:
+            verify_password(password, dummy_hash())
             return None
         return user if verify_password(password, user.password_hash) else None
 
     def set_password(self, user_id: int, password: str) -> None:
-        """Set a password and revoke every session issued before."""
-        if len(password) < 8:
-            raise StoreError("password must have at least 8 characters")
-        pw_hash = hash_password(password)
+        """Set a password and end every session of the user."""
+        pw_hash = hash_password(_check_password(password))
         with self.tx(write=True) as s:
             user = s.get(User, user_id)
             user.password_hash = pw_hash
             user.generation += 1
-        self._users.pop(user_id, None)  # revoke old sessions in this process at once
+            s.execute(delete(SessionRow).where(SessionRow.user_id == user_id))
+        self._users.pop(user_id, None)
 
-    def create_invite(self, name: str, role: str = "annotator", ttl_s: int = 7 * 86400) -> str:
+    # -- sessions ---------------------------------------------------------------------
+
+    def start_session(self, user: User, ttl_s: int) -> str:
+        """A new session for ``user``; returns the token (the store keeps only its hash)."""
+        token = secrets.token_urlsafe(32)
+        now = time.time()
+        with self.tx(write=True) as s:
+            s.execute(delete(SessionRow).where(SessionRow.expires_at < now))
+            s.add(SessionRow(token_hash=hash_token(token), user_id=user.id, created_at=now,
+                             expires_at=now + ttl_s))
+        return token
+
+    def session_user(self, token: str) -> User | None:
+        """The active user of an unexpired session, else None."""
+        with self.tx() as s:
+            row = s.get(SessionRow, hash_token(token))
+        if row is None or row.expires_at < time.time():
+            return None
+        user = self.get_user(row.user_id)
+        return user if user is not None and user.active else None
+
+    def end_session(self, token: str) -> None:
+        """Log a session out: its token stops working at once."""
+        with self.tx(write=True) as s:
+            s.execute(delete(SessionRow).where(SessionRow.token_hash == hash_token(token)))
+
+    # -- invites ----------------------------------------------------------------------
+
+    def create_invite(self, name: str, role: str = "annotator", ttl_s: int = 7 * 86400,
+                      workspaces: list[str] | None = None) -> str:
         """A one-time invite token for a new account ``name``; the link is ``/invite/<token>``."""
         _check_name(name, "user name")
         if role not in ROLES:
-            raise StoreError(f"role must be one of {ROLES}, got {role!r}")
+            raise InputError(f"role must be one of {ROLES}, got {role!r}")
         if self.user_by_name(name) is not None:
             raise StoreError(f"user {name!r} already exists", 409)
         token = secrets.token_urlsafe(24)
         with self.tx(write=True) as s:
+            self._workspace_ids(s, workspaces)  # they must exist
             s.add(Invite(token_hash=hash_invite(token), name=name, role=role,
-                         expires_at=time.time() + ttl_s))
+                         expires_at=time.time() + ttl_s, workspaces=workspaces))
         return token
 
     def invite_info(self, token: str) -> Invite | None:
@@ -414,9 +363,7 @@ class Store:
 
     def redeem_invite(self, token: str, password: str) -> User:
         """Create the invited account with this password; the token then stops working."""
-        if len(password) < 8:
-            raise StoreError("password must have at least 8 characters")
-        pw_hash = hash_password(password)
+        pw_hash = hash_password(_check_password(password))
         try:
             with self.tx(write=True) as s:
                 inv = s.scalars(select(Invite).where(Invite.token_hash == hash_invite(token))
@@ -428,43 +375,147 @@ class Store:
                             generation=0, active=True, created_at=time.time())
                 s.add(user)
                 s.flush()
+                s.add_all(Member(workspace_id=w, user_id=user.id, created_at=time.time())
+                          for w in self._workspace_ids(s, inv.workspaces))
         except IntegrityError:
             raise StoreError(f"user {inv.name!r} already exists", 409) from None
+        return user
+
+    # -- workspaces -------------------------------------------------------------------
+
+    def create_workspace(self, name: str) -> Workspace:
+        """A new, empty workspace."""
+        _check_name(name, "workspace name")
+        try:
+            with self.tx(write=True) as s:
+                ws = Workspace(name=name, created_at=time.time())
+                s.add(ws)
+                s.flush()
+        except IntegrityError:
+            raise StoreError(f"workspace {name!r} already exists", 409) from None
+        return ws
+
+    def workspaces(self) -> list[dict]:
+        """Every workspace with its members' and projects' names, oldest first."""
+        with self.tx() as s:
+            spaces = list(s.scalars(select(Workspace).order_by(Workspace.id)))
+            members = s.execute(select(Member.workspace_id, User.name).join(User, User.id == Member.user_id)
+                                .order_by(User.name)).all()
+            projects = s.execute(select(Project.workspace_id, Project.name).order_by(Project.id)).all()
+        return [{"name": w.name, "members": [n for i, n in members if i == w.id],
+                 "projects": [n for i, n in projects if i == w.id]} for w in spaces]
+
+    def add_member(self, workspace: str, user_name: str) -> bool:
+        """Let an account work on the workspace's projects; False if it already could."""
+        with self.tx(write=True) as s:
+            (ws,) = self._workspace_ids(s, [workspace])
+            user = self._user_named(s, user_name)
+            if s.scalars(select(Member).where(Member.workspace_id == ws, Member.user_id == user.id)).first():
+                return False
+            s.add(Member(workspace_id=ws, user_id=user.id, created_at=time.time()))
+        self._memberships.pop(user.id, None)
+        return True
+
+    def remove_member(self, workspace: str, user_name: str) -> bool:
+        """Take an account out of a workspace (its labels stay); False if it was not in it."""
+        with self.tx(write=True) as s:
+            (ws,) = self._workspace_ids(s, [workspace])
+            user = self._user_named(s, user_name)
+            gone = s.execute(delete(Member).where(Member.workspace_id == ws, Member.user_id == user.id))
+        self._memberships.pop(user.id, None)
+        return gone.rowcount > 0
+
+    def member_of(self, user: User) -> frozenset[int]:
+        """The ids of the workspaces ``user`` belongs to (cached for a few seconds)."""
+        hit = self._memberships.get(user.id)
+        if hit is not None and hit[0] > time.monotonic():
+            return hit[1]
+        with self.tx() as s:
+            ids = frozenset(s.scalars(select(Member.workspace_id).where(Member.user_id == user.id)))
+        self._memberships[user.id] = (time.monotonic() + USER_CACHE_S, ids)
+        return ids
+
+    def may_use(self, user: User, p: Project) -> bool:
+        """Whether ``user`` may see and label project ``p``: admins always, others as members."""
+        return user.role == "admin" or p.workspace_id in self.member_of(user)
+
+    def workspace_name(self, p: Project) -> str:
+        """The name of the workspace project ``p`` belongs to."""
+        with self.tx() as s:
+            return s.get(Workspace, p.workspace_id).name
+
+    @staticmethod
+    def _workspace_ids(s: Session, names: list[str] | None) -> list[int]:
+        names = [DEFAULT_WORKSPACE] if names is None else list(names)
+        ids = []
+        for name in names:
+            ws = s.scalars(select(Workspace.id).where(Workspace.name == name)).first() \
+                if isinstance(name, str) and not bad_character(name) else None
+            if ws is None:
+                raise StoreError(f"no workspace named {name!r}", 404)
+            ids.append(ws)
+        return ids
+
+    @staticmethod
+    def _user_named(s: Session, name: str) -> User:
+        user = s.scalars(select(User).where(User.name == name)).first() \
+            if isinstance(name, str) and not bad_character(name) else None
+        if user is None:
+            raise StoreError(f"no user named {name!r}", 404)
         return user
 
     # -- projects and items -----------------------------------------------------------
 
     def create_project(self, name: str, questions: list[str], *, overlap: int = 1,
                        guidelines: str = "", lock_seconds: int = 600, gold_every: int = 0,
-                       categories: list[str] | None = None, arena: bool = False) -> Project:
-        """Create a project asking ``questions`` (see :mod:`rlhfkit.feedback.questions`)."""
+                       categories: list[str] | None = None, arena: bool = False,
+                       workspace: str = DEFAULT_WORKSPACE, items: Iterable[dict] = ()) -> Project:
+        """Create a project asking ``questions`` (see :mod:`rlhfkit.feedback.questions`).
+
+        ``items`` (as for :meth:`add_items`) are checked first and stored with the project in
+        one transaction, so a bad item leaves no half-made project behind.
+        """
         p = _new_project(name, questions, overlap=overlap, guidelines=guidelines,
                          lock_seconds=lock_seconds, gold_every=gold_every,
                          categories=categories, arena=arena)
+        lo, hi = Q.check_questions(p.questions)
+        rows = [_item_row(p, raw, n, lo, hi) for n, raw in enumerate(items)]
         try:
             with self.tx(write=True) as s:
+                (p.workspace_id,) = self._workspace_ids(s, [workspace])
                 s.add(p)
                 s.flush()
+                for i, row in enumerate(rows):
+                    row.position, row.project_id = i, p.id
+                    s.add(row)
         except IntegrityError:
             raise StoreError(f"project {name!r} already exists", 409) from None
         return p
 
-    def project(self, name: str) -> Project:
-        """A project by name; raises StoreError(404) if there is none."""
+    def project(self, name: str, user: User | None = None) -> Project:
+        """A project by name; StoreError(404) if there is none, or ``user`` may not use it.
+
+        A project outside the user's workspaces answers exactly as a missing one does, so
+        its name is not given away.
+        """
         p = self._projects.get(name)
-        if p is not None:
-            return p
-        with self.tx() as s:
-            p = s.scalars(select(Project).where(Project.name == name)).first()
         if p is None:
+            if not isinstance(name, str) or bad_character(name) or len(name) > MAX_NAME:
+                raise StoreError(f"no project named {name!r}", 404)
+            with self.tx() as s:
+                p = s.scalars(select(Project).where(Project.name == name)).first()
+            if p is None:
+                raise StoreError(f"no project named {name!r}", 404)
+            self._projects[name] = p
+        if user is not None and not self.may_use(user, p):
             raise StoreError(f"no project named {name!r}", 404)
-        self._projects[name] = p
         return p
 
-    def list_projects(self) -> list[Project]:
-        """Every project, oldest first."""
+    def list_projects(self, user: User | None = None) -> list[Project]:
+        """Every project, oldest first (only those ``user`` may use, when given)."""
         with self.tx() as s:
-            return list(s.scalars(select(Project).order_by(Project.id)))
+            projects = list(s.scalars(select(Project).order_by(Project.id)))
+        return [p for p in projects if user is None or self.may_use(user, p)]
 
     def add_items(self, project: str, items: Iterable[dict]) -> int:
         """Add items to a project and return how many were added.
@@ -472,13 +523,12 @@ class Store:
         Each item is a dict with ``prompt`` (string or chat messages; may be empty for
         ``write_prompt``), ``responses`` (strings, or ``{"text", "model"}`` objects; the model
         name is never shown to annotators), and optionally ``gold`` (``{question: answer}`` in
-        canonical terms, making it a honeypot), ``id`` and ``meta``.
+        canonical terms, making it a honeypot), ``id`` and ``meta``. Every item is checked
+        by the project's question types before any is stored.
         """
         p = self.project(project)
         lo, hi = Q.check_questions(p.questions)
-        rows = []
-        for n, raw in enumerate(items):
-            rows.append(_item_row(p, raw, n, lo, hi))
+        rows = [_item_row(p, raw, n, lo, hi) for n, raw in enumerate(items)]
         with self.tx(write=True) as s:
             start = s.scalar(select(func.coalesce(func.max(Item.position), -1))
                              .where(Item.project_id == p.id)) + 1
@@ -501,7 +551,7 @@ class Store:
         Order of preference: the item this user already holds; a honeypot every
         ``gold_every`` items; the regular item closest to its overlap target.
         """
-        p = self.project(project)
+        p = self.project(project, user)
         with self.tx(write=True) as s:
             return self._claim(s, user, p)
 
@@ -599,10 +649,6 @@ class Store:
             StoreError: 404 unknown project/item, 403 item not handed to this user,
                 409 item already labelled under another key, 422 answers that do not fit.
         """
-        if not isinstance(submission_key, str) or not 8 <= len(submission_key) <= 64:
-            raise StoreError("submission_key must be a string of 8 to 64 characters", 422)
-        if time_ms is not None and (not isinstance(time_ms, int) or not 0 <= time_ms <= 7 * 86400 * 1000):
-            raise StoreError("time_ms must be a non-negative integer of milliseconds", 422)
         label, duplicate, _ = self.submit_and_next(user, project, item_id, answers,
                                                    submission_key, time_ms, then_next=False)
         return label, duplicate
@@ -618,10 +664,12 @@ class Store:
             ``(label, duplicate, task)``; task is None when nothing is left (or not asked).
         """
         if not isinstance(submission_key, str) or not 8 <= len(submission_key) <= 64:
-            raise StoreError("submission_key must be a string of 8 to 64 characters", 422)
-        if time_ms is not None and (not isinstance(time_ms, int) or not 0 <= time_ms <= 7 * 86400 * 1000):
-            raise StoreError("time_ms must be a non-negative integer of milliseconds", 422)
-        p = self.project(project)
+            raise InputError("submission_key must be a string of 8 to 64 characters")
+        check_text(submission_key, "submission_key", max_chars=64)
+        if time_ms is not None:
+            check_int(time_ms, "time_ms", 0, MAX_TIME_MS)
+        check_int(item_id, "item_id", 1, INT32_MAX)
+        p = self.project(project, user)
         for attempt in range(3):
             try:
                 return self._submit_once(user, p, item_id, answers, submission_key, time_ms, then_next)
@@ -696,7 +744,12 @@ class Store:
             ``{"items": new items, "labels": labels stored, "duplicates": labels skipped,
             "users": accounts created}``.
         """
-        p = _new_project(project, **create) if create is not None else self.project(project)
+        if create is not None:
+            create = dict(create)
+            workspace = create.pop("workspace", DEFAULT_WORKSPACE)
+            p = _new_project(project, **create)
+        else:
+            p = self.project(project)
         lo, hi = Q.check_questions(p.questions)
         rows = [_item_row(p, raw, n, lo, hi) for n, raw in enumerate(new_items)]
         sources: dict[str, str] = {}
@@ -707,9 +760,10 @@ class Store:
             if sources.setdefault(lab["annotator"], lab["source"]) != lab["source"]:
                 raise StoreError(f"{lab['where']}: annotator {lab['annotator']!r} has labels "
                                  f"from two sources ({sources[lab['annotator']]}, {lab['source']})", 422)
-        stored = duplicates = created = 0
+        stored = duplicates = 0
         with self.tx(write=True) as s:
             if create is not None:
+                (p.workspace_id,) = self._workspace_ids(s, [workspace])
                 s.add(p)
                 try:
                     s.flush()
@@ -722,17 +776,7 @@ class Store:
                 row.position, row.project_id = start + i, p.id
                 s.add(row)
             s.flush()
-            users = {u.name: u for u in s.scalars(select(User).where(User.name.in_(list(sources))))}
-            for name, source in sources.items():
-                if name not in users:
-                    users[name] = User(name=name, role="annotator", source=source, password_hash=None,
-                                       generation=0, active=True, created_at=time.time())
-                    s.add(users[name])
-                    created += 1
-                elif users[name].source != source:
-                    raise StoreError(f"annotator {name!r} exists with source {users[name].source!r}, "
-                                     f"but the imported labels say {source!r}", 409)
-            s.flush()
+            users, new_users = self._import_accounts(s, sources, p.workspace_id)
             for lab in labels:
                 kind, ref = lab["item"]
                 item = rows[ref] if kind == "new" else s.get(Item, ref)
@@ -762,11 +806,36 @@ class Store:
                 item.n_done = (item.n_done or 0) + 1
                 s.flush()
                 stored += 1
-        return {"items": len(rows), "labels": stored, "duplicates": duplicates, "users": created}
+        return {"items": len(rows), "labels": stored, "duplicates": duplicates, "users": len(new_users)}
+
+    @staticmethod
+    def _import_accounts(s: Session, sources: dict[str, str],
+                         workspace_id: int) -> tuple[dict[str, User], list[User]]:
+        """The accounts of imported labels by name, creating missing ones (without a password).
+
+        New accounts join the project's workspace, so an admin who sets their password lets
+        them go on labelling it.
+        """
+        users = {u.name: u for u in s.scalars(select(User).where(User.name.in_(list(sources))))}
+        new_users = []
+        for name, source in sources.items():
+            if name not in users:
+                users[name] = User(name=name, role="annotator", source=source, password_hash=None,
+                                   generation=0, active=True, created_at=time.time())
+                s.add(users[name])
+                new_users.append(users[name])
+            elif users[name].source != source:
+                raise StoreError(f"annotator {name!r} exists with source {users[name].source!r}, "
+                                 f"but the imported labels say {source!r}", 409)
+        s.flush()
+        s.add_all(Member(workspace_id=workspace_id, user_id=u.id, created_at=time.time())
+                  for u in new_users)
+        return users, new_users
 
     def release(self, user: User, project: str, item_id: int) -> None:
         """Give back a held item (skip) so another annotator can take it."""
-        p = self.project(project)
+        check_int(item_id, "item_id", 1, INT32_MAX)
+        p = self.project(project, user)
         with self.tx(write=True) as s:
             a = s.scalars(select(Assignment).where(Assignment.item_id == item_id,
                                                    Assignment.user_id == user.id,
@@ -784,7 +853,7 @@ class Store:
 
     def labels(self, project: str, user: User | None = None) -> list[dict]:
         """Labels of a project as JSON (only ``user``'s when given), oldest first."""
-        p = self.project(project)
+        p = self.project(project, user)
         q = (select(Label, User.name).join(User, User.id == Label.user_id)
              .where(Label.project_id == p.id).order_by(Label.id))
         if user is not None:
@@ -817,131 +886,113 @@ class Store:
 
     def user_progress(self, user: User, project: str) -> int:
         """How many labels ``user`` has given in ``project``."""
-        p = self.project(project)
+        p = self.project(project, user)
         with self.tx() as s:
             return s.scalar(select(func.count()).select_from(Label).where(
                 Label.project_id == p.id, Label.user_id == user.id))
 
 
-_DUMMY_HASH = "scrypt$16384$8$1$AAAAAAAAAAAAAAAAAAAAAA$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
-
-
 def _new_project(name: str, questions: list[str], *, overlap: int = 1, guidelines: str = "",
                  lock_seconds: int = 600, gold_every: int = 0, categories: list[str] | None = None,
                  arena: bool = False) -> Project:
-    """A checked, not yet stored project."""
+    """A checked, not yet stored project (every setting within the bounds the store can hold)."""
     _check_name(name, "project name")
-    try:
-        Q.check_questions(list(questions))
-    except Q.AnswerError as e:
-        raise StoreError(str(e), 422) from None
-    if not 1 <= overlap <= 100:
-        raise StoreError("overlap must be between 1 and 100")
-    if lock_seconds < 1 or gold_every < 0:
-        raise StoreError("lock_seconds must be positive and gold_every non-negative")
-    cats = list(categories) if categories else list(Q.SPAN_CATEGORIES)
+    Q.check_questions(questions)
+    check_int(overlap, "overlap", 1, MAX_OVERLAP)
+    check_int(lock_seconds, "lock_seconds", 1, MAX_LOCK_SECONDS)
+    check_int(gold_every, "gold_every", 0, MAX_GOLD_EVERY)
+    check_text(guidelines, "guidelines", max_chars=MAX_GUIDELINES)
+    cats = Q.check_categories(list(categories) if categories else None)
     return Project(name=name, questions=list(questions), guidelines=guidelines, overlap=overlap,
                    lock_seconds=lock_seconds, gold_every=gold_every, categories=cats,
-                   arena=arena, created_at=time.time())
+                   arena=bool(arena), created_at=time.time())
 
 
 def _check_name(name: Any, what: str) -> None:
     if (not isinstance(name, str) or not 1 <= len(name) <= MAX_NAME
             or not all(c.isalnum() or c in "-_." for c in name)):
-        raise StoreError(f"{what} must be 1..{MAX_NAME} letters, digits, '-', '_' or '.'", 422)
+        raise InputError(f"{what} must be 1..{MAX_NAME} letters, digits, '-', '_' or '.'")
 
 
-def _item_row(p: Project, raw: dict, n: int, lo: int, hi: int) -> Item:
-    if not isinstance(raw, dict):
-        raise StoreError(f"item {n}: expected an object with 'prompt' and 'responses'", 422)
+def _check_password(password: Any) -> str:
+    check_text(password, "password", max_chars=MAX_PASSWORD)
+    if len(password) < 8:
+        raise StoreError("password must have at least 8 characters")
+    return password
+
+
+def _item_prompt(raw: dict, where: str) -> Any:
     prompt = raw.get("prompt", "")
-    if isinstance(prompt, list):
-        if not all(isinstance(m, dict) and isinstance(m.get("role"), str)
-                   and isinstance(m.get("content"), str) for m in prompt):
-            raise StoreError(f"item {n}: chat prompt must be a list of {{role, content}} messages", 422)
-    elif not isinstance(prompt, str):
-        raise StoreError(f"item {n}: 'prompt' must be a string or a list of chat messages", 422)
-    if len(json.dumps(prompt)) > Q.MAX_TEXT * 4:
-        raise StoreError(f"item {n}: prompt is too long", 422)
-    needs_prompt = any(q != "write_prompt" for q in p.questions)
-    if needs_prompt and not prompt:
-        raise StoreError(f"item {n}: 'prompt' is empty", 422)
+    if prompt is None:
+        prompt = ""
+    if not isinstance(prompt, str | list):
+        raise InputError(f"{where}: 'prompt' must be a string or a list of chat messages")
+    check_json(prompt, f"{where}: prompt", max_chars=Q.MAX_TEXT * 4)
+    if isinstance(prompt, list) and not all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+            for m in prompt):
+        raise InputError(f"{where}: chat prompt must be a list of {{role, content}} messages")
+    return prompt
+
+
+def _item_responses(raw: dict, where: str) -> list[dict]:
+    given = raw.get("responses") or []
+    if not isinstance(given, list) or len(given) > Q.MAX_K:
+        raise InputError(f"{where}: 'responses' must be a list of at most {Q.MAX_K} responses")
     responses = []
-    for j, r in enumerate(raw.get("responses") or []):
+    for j, r in enumerate(given):
         if isinstance(r, str):
             r = {"text": r}
         if not isinstance(r, dict) or not isinstance(r.get("text"), str):
-            raise StoreError(f"item {n}: responses[{j}] must be a string or {{text, model}}", 422)
-        if len(r["text"]) > Q.MAX_TEXT:
-            raise StoreError(f"item {n}: responses[{j}] is longer than {Q.MAX_TEXT} characters", 422)
-        responses.append({"text": r["text"], "model": r.get("model")})
+            raise InputError(f"{where}: responses[{j}] must be a string or {{text, model}}")
+        check_text(r["text"], f"{where}: responses[{j}]", max_chars=Q.MAX_TEXT)
+        model = r.get("model")
+        if model is not None:
+            check_text(model, f"{where}: responses[{j}].model", max_chars=MAX_MODEL_NAME)
+        responses.append({"text": r["text"], "model": model})
         if r.get("media") is not None:  # an image or animation shown above the text
             if not Q.is_media(r["media"]):
-                raise StoreError(f"item {n}: responses[{j}].media must be a base64 data: URI of a "
-                                 f"GIF, PNG, WebP or JPEG image of at most {Q.MAX_MEDIA} characters", 422)
+                raise InputError(f"{where}: responses[{j}].media must be a base64 data: URI of a "
+                                 f"GIF, PNG, WebP or JPEG image of at most {Q.MAX_MEDIA} characters")
             responses[-1]["media"] = r["media"]
+    return responses
+
+
+def _item_row(p: Project, raw: dict, n: int, lo: int, hi: int) -> Item:
+    """A checked item: its texts well-formed, its shape right for every question it is asked."""
+    where = f"item {n}"
+    if not isinstance(raw, dict):
+        raise InputError(f"{where}: expected an object with 'prompt' and 'responses'")
+    prompt = _item_prompt(raw, where)
+    responses = _item_responses(raw, where)
     if not lo <= len(responses) <= hi:
         want = f"{lo}" if lo == hi else f"{lo}..{hi}"
-        raise StoreError(f"item {n}: questions {p.questions} need {want} responses, got {len(responses)}", 422)
+        raise InputError(f"{where}: questions {p.questions} need {want} responses, got {len(responses)}")
+    texts = [r["text"] for r in responses]
+    for q in p.questions:
+        Q.get(q).check_item(prompt, texts, where)
     gold = raw.get("gold")
     if gold is not None:
-        if not isinstance(gold, dict) or not set(gold) <= set(p.questions):
-            raise StoreError(f"item {n}: 'gold' must map question types of this project to answers", 422)
+        gold = Q.check_gold(p.questions, gold, texts, p.categories, where)
     meta = raw.get("meta") or {}
     if not isinstance(meta, dict):
-        raise StoreError(f"item {n}: 'meta' must be an object", 422)
+        raise InputError(f"{where}: 'meta' must be an object")
+    check_json(meta, f"{where}: meta")
     ext = raw.get("id")
-    return Item(project_id=p.id, position=n, external_id=None if ext is None else str(ext),
-                prompt=prompt, responses=responses, gold=gold, is_gold=gold is not None,
-                meta=meta, n_done=0)
+    if ext is not None:
+        ext = check_text(str(ext) if isinstance(ext, int | float) else ext, f"{where}: id", max_chars=200)
+    return Item(project_id=p.id, position=n, external_id=ext, prompt=prompt, responses=responses,
+                gold=gold, is_gold=gold is not None, meta=meta, n_done=0)
 
 
 def _check_answers(p: Project, item: Item, answers: Any, order: list[int]) -> dict:
     if not isinstance(answers, dict):
-        raise StoreError("answers must be an object {question type: answer}", 422)
+        raise InputError("answers must be an object {question type: answer}")
+    check_json(answers, "answers")
     missing = [q for q in p.questions if q not in answers]
     extra = [q for q in answers if q not in p.questions]
     if missing or extra:
-        raise StoreError(f"answers must cover exactly the questions {p.questions}; "
-                         f"missing {missing}, unexpected {extra}", 422)
+        raise InputError(f"answers must cover exactly the questions {p.questions}; "
+                         f"missing {missing}, unexpected {extra}")
     texts = [r["text"] for r in item.responses]
-    try:
-        return {q: Q.to_canonical(q, answers[q], order, texts, p.categories) for q in p.questions}
-    except Q.AnswerError as e:
-        raise StoreError(str(e), 422) from None
-
-
-def read_project_records(url: str, include_gold: bool = False) -> list:
-    """A project's labels as rlhfkit records.
-
-    ``url`` is ``sqlite:///feedback.db?project=NAME`` or a PostgreSQL URL with
-    ``?project=NAME``; a leading ``db:`` is accepted. This is what
-    :func:`rlhfkit.data.io.read_records` calls for ``db:`` paths, so its failures (no such
-    project, an unreachable server) are :class:`~rlhfkit.data.records.RecordError` naming the
-    URL (password hidden), as for any other source of records.
-    """
-    import re
-
-    from sqlalchemy.exc import SQLAlchemyError
-
-    from ..data.records import RecordError
-    from .transfer import read_project_records as _read
-
-    shown = re.sub(r"://([^:/@]*):[^@]*@", r"://\1:***@", url)
-    try:
-        return _read(url, include_gold)
-    except StoreError as err:
-        raise RecordError(str(err), file=shown) from err
-    except SQLAlchemyError as err:
-        cause = str(getattr(err, "orig", None) or err).strip().splitlines()[0]
-        raise RecordError(f"cannot read the feedback store: {cause}", file=shown) from err
-
-
-def export_project(url: str, project: str | None, path, include_gold: bool = False) -> int:
-    """Write a project's labels as records to ``path``; returns how many were written.
-
-    The format follows the extension (JSONL, Parquet, CSV); no extension = HF dataset folder.
-    """
-    from .transfer import export_project as _export
-
-    return _export(url, project, path, include_gold)
+    return {q: Q.get(q).validate(answers[q], order, texts, p.categories) for q in p.questions}

@@ -61,7 +61,7 @@ from rlhfkit.data.splits import prompt_key
 from rlhfkit.losses import dpo_loss, ipo_loss, kto_loss, preferred_ft_loss, unlikelihood_loss
 from rlhfkit.models.loading import load_causal_lm, merge_and_save
 from rlhfkit.models.policy import SelectiveLM, sequence_logprobs
-from rlhfkit.train.inputs import stage_inputs
+from rlhfkit.train.inputs import LabelWeightOptions, stage_inputs, weigh_labels
 from rlhfkit.train.loop import Loop, Run, TrainConfig
 from rlhfkit.train.sft import build_policy
 
@@ -93,7 +93,7 @@ class DPOOptions:
 
 
 @dataclass
-class DPOConfig(TrainConfig, DPOOptions):
+class DPOConfig(LabelWeightOptions, TrainConfig, DPOOptions):
     """Direct preference optimisation (``rlhfkit dpo``)."""
 
     output_dir: str = "runs/dpo"
@@ -679,7 +679,10 @@ def train_dpo(cfg: DPOConfig) -> Path:
     inputs = stage_inputs(cfg, "preferences", ["comparison", "ranking", "binary", "score"])
     accelerator, out, tokenizer = run.accelerator, run.out, inputs.tokenizer
     system_prompt = inputs.system_prompt
-    train_records, eval_records = inputs.train_records, inputs.eval_records
+    train_records, reliability = weigh_labels(cfg, inputs.train_records, inputs.eval_records)
+    eval_records = inputs.eval_records
+    if reliability and accelerator.is_main_process:
+        (out / "reliability.json").write_text(json.dumps(reliability, indent=2))
     train_groups, counts = build_groups_for(cfg, train_records, tokenizer, system_prompt)
     eval_groups, eval_counts = build_groups_for(cfg, eval_records, tokenizer, system_prompt,
                                                 for_eval=True)

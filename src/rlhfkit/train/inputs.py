@@ -24,10 +24,12 @@ from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from rlhfkit.config import ConfigError
 from rlhfkit.data import io as data_io
 from rlhfkit.data.records import Record, RecordError, SpanFeedback, from_dict
 from rlhfkit.data.splits import prompt_key, split_records
 from rlhfkit.feedback.gold import get_scorer
+from rlhfkit.feedback.reliability import estimate_reliability, reliability_table, weight_records
 from rlhfkit.feedback.store import StoreError
 from rlhfkit.feedback.transfer import read_project_records
 from rlhfkit.models.loading import load_tokenizer
@@ -171,6 +173,37 @@ def stage_inputs(cfg: Any, want: str, kinds: Sequence[str]) -> StageInputs:
                                 data=cfg.data, eval_split=cfg.eval_split)
     return StageInputs(load_tokenizer(cfg.model), system_prompt_for(cfg.system_prompt, cfg.data),
                        train, held)
+
+
+@dataclass
+class LabelWeightOptions:
+    """Labels weighted by their annotators' reliability (``rlhfkit rm`` and ``rlhfkit dpo``)."""
+
+    weight_by: str = "none"
+    """none, or reliability: weight each comparison (and ranking pair) by 1 - 2e, e = its annotator's estimated error rate from honeypots and agreement (docs/feedback.md)."""
+    min_reliability: float = 0.0
+    """With --weight-by reliability: also leave out the labels of annotators estimated to be right less often than this (0..1)."""
+
+
+def weigh_labels(cfg: Any, train: list[Record], held: list[Record]) -> tuple[list[Record], list[dict]]:
+    """``--weight-by reliability``: the training records weighted by their annotators' reliability.
+
+    The estimate (:func:`rlhfkit.feedback.reliability.estimate_reliability`) reads every label
+    of ``--data``, the honeypots' too for a feedback store (``db:``); held-out records stay as
+    they are. Returns the training records and the estimates, one row per annotator and kind.
+    """
+    if cfg.weight_by == "none":
+        return train, []
+    if cfg.weight_by != "reliability":
+        raise ConfigError(f"--weight-by must be none or reliability, not {cfg.weight_by!r}")
+    if not 0.0 <= cfg.min_reliability <= 1.0:
+        raise ConfigError(f"--min-reliability must be in 0..1, got {cfg.min_reliability}")
+    evidence = train + held
+    if cfg.data.startswith("db:"):
+        evidence = read_project_records(cfg.data[len("db:"):], include_gold=True)
+    estimates = estimate_reliability(evidence)
+    weighted = weight_records(train, estimates, min_reliability=cfg.min_reliability or None)
+    return weighted, reliability_table(estimates)
 
 
 def unique_prompts(records: Sequence[Record]) -> list[Any]:

@@ -41,12 +41,12 @@ from rlhfkit.losses import (
 )
 from rlhfkit.models.loading import prepare_for_training
 from rlhfkit.models.reward import RewardModel
-from rlhfkit.train.inputs import stage_inputs
+from rlhfkit.train.inputs import LabelWeightOptions, stage_inputs, weigh_labels
 from rlhfkit.train.loop import Loop, ModelOptions, Run, TrainConfig
 
 
 @dataclass
-class RMConfig(TrainConfig):
+class RMConfig(LabelWeightOptions, TrainConfig):
     """Reward-model training (``rlhfkit rm``)."""
 
     output_dir: str = "runs/rm"
@@ -332,7 +332,10 @@ def train_rm(cfg: RMConfig) -> Path:
     run = Run(cfg, "rm")
     inputs = stage_inputs(cfg, "preferences", ["comparison", "ranking", "binary", "score"])
     accelerator, out, tokenizer = run.accelerator, run.out, inputs.tokenizer
-    train_records, eval_records = inputs.train_records, inputs.eval_records
+    train_records, reliability = weigh_labels(cfg, inputs.train_records, inputs.eval_records)
+    eval_records = inputs.eval_records
+    if reliability and accelerator.is_main_process:
+        (out / "reliability.json").write_text(json.dumps(reliability, indent=2))
     train_scores = [r for r in train_records if isinstance(r, ScoreFeedback)]
     score_stats = standardise(train_scores) if train_scores else None
     opts = dict(max_length=cfg.max_length, system_prompt=inputs.system_prompt,

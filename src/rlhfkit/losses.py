@@ -433,7 +433,9 @@ def discounted_returns(rewards: Tensor, mask: Tensor, gamma: float = 1.0) -> Ten
     """Reward-to-go ``G_t = sum_{s >= t} gamma^(s-t) r_s`` over the unmasked tokens.
 
     The REINFORCE weight of the action at ``t`` (only rewards that come after an action can be
-    credited to it). Masked positions count as reward 0 and come out as 0.
+    credited to it). Masked positions count as reward 0, come out as 0, and are skipped: ``s``
+    counts the unmasked tokens only, so in a multi-turn episode (the environment's tokens
+    masked, :mod:`rlhfkit.train.episodes`) the discount runs over the policy's own tokens.
 
     Args:
         rewards: (B, T) per-token rewards.
@@ -443,12 +445,13 @@ def discounted_returns(rewards: Tensor, mask: Tensor, gamma: float = 1.0) -> Ten
     Returns:
         (B, T) returns.
     """
+    keep = mask.bool()
     mask = mask.to(rewards.dtype)
     rewards = rewards * mask
     returns = torch.zeros_like(rewards)
     running = torch.zeros_like(rewards[:, 0])
     for t in reversed(range(rewards.shape[1])):
-        running = rewards[:, t] + gamma * running
+        running = torch.where(keep[:, t], rewards[:, t] + gamma * running, running)
         returns[:, t] = running
     return returns * mask
 
@@ -459,9 +462,10 @@ def gae(
     """Generalised advantage estimation (Schulman et al. 2016, eq. 16).
 
     ``delta_t = r_t + gamma V(s_{t+1}) - V(s_t)`` and ``A_t = sum_l (gamma lam)^l delta_{t+l}``,
-    with the value after the last response token taken as 0 (the episode ends there). The
-    mask must be 1 on a prefix of each row's response positions followed by 0s (the layout of
-    :class:`rlhfkit.rollout.Rollout`); masked positions count as reward 0 and value 0.
+    with the value after the last response token taken as 0 (the episode ends there). Masked
+    positions count as reward 0 and value 0 and are skipped: ``s_{t+1}`` is the state before
+    the next *unmasked* token, so the environment's tokens inside a multi-turn episode (0 in
+    the mask, :mod:`rlhfkit.train.episodes`) do not cut the bootstrap from one turn to the next.
 
     Args:
         rewards: (B, T) per-token rewards.
@@ -474,15 +478,16 @@ def gae(
         ``advantages`` (B, T) and ``returns`` (B, T) = advantages + values (the value targets),
         both 0 at masked positions.
     """
+    keep = mask.bool()
     mask = mask.to(rewards.dtype)
     rewards, values = rewards.float() * mask, values.float() * mask
     advantages = torch.zeros_like(rewards)
     last = torch.zeros_like(rewards[:, 0])
-    T = rewards.shape[1]
-    for t in reversed(range(T)):
-        next_value = values[:, t + 1] if t + 1 < T else torch.zeros_like(last)
+    next_value = torch.zeros_like(last)  # V of the next unmasked token's state (0 at the end)
+    for t in reversed(range(rewards.shape[1])):
         delta = rewards[:, t] + gamma * next_value - values[:, t]
-        last = delta + gamma * lam * last
+        last = torch.where(keep[:, t], delta + gamma * lam * last, last)
+        next_value = torch.where(keep[:, t], values[:, t], next_value)
         advantages[:, t] = last
     advantages = advantages * mask
     return advantages, (advantages + values) * mask
@@ -609,6 +614,50 @@ def grpo_advantages(scores: Tensor, scale: bool = True, eps: float = 1e-4) -> Te
     if not scale:
         return centred
     return centred / (scores.std(-1, keepdim=True) + eps)
+
+
+def groups_with_signal(scores: Tensor, tol: float = 1e-6) -> Tensor:
+    """(P,) True for the groups whose K scores are not all equal (DAPO's dynamic sampling).
+
+    A group whose samples all score the same (all right, or all wrong, on a 0/1 verifier) has
+    group-relative advantages of 0: it gives the policy no gradient, only a KL term, and under a
+    token-mean loss it dilutes the groups that do (Yu et al. 2025, sec. 3.2, eq. 11 keeps
+    ``0 < |{correct}| < G``).
+
+    Args:
+        scores: (P, K) one score per sample.
+        tol: Scores closer than this count as equal.
+    """
+    return (scores.amax(-1) - scores.amin(-1)) > tol
+
+
+def overlong_penalty(lengths: Tensor, max_length: int, buffer: int,
+                     penalty: float = 1.0) -> Tensor:
+    """DAPO's soft overlong punishment, a length-aware reward added to the score (eq. 13).
+
+    With ``L_max`` = ``max_length`` and the buffer ``L_cache``::
+
+        R(y) = 0                                   if |y| <= L_max - L_cache
+             = ((L_max - L_cache) - |y|) / L_cache if L_max - L_cache < |y| <= L_max
+             = -1                                  if |y| > L_max
+
+    times ``penalty``: 0 up to the buffer, then falling linearly to ``-penalty`` at the limit, so
+    the policy learns to finish before it is cut without a cliff at the limit. A response cut at
+    ``max_new_tokens`` has ``|y| = L_max`` and gets the full ``-penalty``.
+
+    Args:
+        lengths: (B,) response lengths in tokens.
+        max_length: ``L_max`` (``--max-new-tokens``).
+        buffer: ``L_cache``, 0 < buffer <= max_length.
+        penalty: The largest punishment.
+    """
+    if not 0 < buffer <= max_length:
+        raise ValueError(f"overlong buffer must be in 1..max_length={max_length}, got {buffer}")
+    lengths = lengths.float()
+    start = max_length - buffer
+    ramp = (start - lengths) / buffer  # <= 0 past the start
+    out = torch.where(lengths <= start, torch.zeros_like(lengths), ramp)
+    return penalty * torch.where(lengths > max_length, torch.full_like(lengths, -1.0), out)
 
 
 def reinforce_loss(logprobs: Tensor, advantages: Tensor) -> Tensor:

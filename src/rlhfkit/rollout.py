@@ -299,6 +299,62 @@ class Rollout:
         return self
 
 
+def concat_rollouts(rollouts: Sequence[Rollout], pad_id: int) -> Rollout:
+    """One rollout of several (sampled apart, so their prompt and response widths differ).
+
+    Prompts are re-padded on the left to the widest, responses (and every (B, R) tensor:
+    ``logprobs``, ``ref_logprobs``, per-token extras) on the right; position ids are
+    recomputed from the attention mask, as :func:`build_rollout` makes them.
+    """
+    if len(rollouts) == 1:
+        return rollouts[0]
+    P = max(r.prompt_width for r in rollouts)
+    R = max(r.response_mask.shape[1] for r in rollouts)
+
+    def widen(x: torch.Tensor, width: int, fill: Any, left: bool = False) -> torch.Tensor:
+        extra = width - x.shape[1]
+        if extra == 0:
+            return x
+        pad_block = torch.full((x.shape[0], extra, *x.shape[2:]), fill, dtype=x.dtype,
+                               device=x.device)
+        return torch.cat([pad_block, x] if left else [x, pad_block], dim=1)
+
+    def both(r: Rollout, x: torch.Tensor, fill: Any) -> torch.Tensor:
+        w = r.prompt_width
+        return torch.cat([widen(x[:, :w], P, fill, left=True), widen(x[:, w:], R, fill)], 1)
+
+    input_ids = torch.cat([both(r, r.input_ids, pad_id) for r in rollouts])
+    attention_mask = torch.cat([both(r, r.attention_mask, 0) for r in rollouts])
+
+    def per_token(x: Any, r: Rollout) -> Any:
+        is_token = torch.is_tensor(x) and x.dim() >= 2 and x.shape[1] == r.response_mask.shape[1]
+        return widen(x, R, 0) if is_token else x
+
+    def join(values: list[Any]) -> Any:
+        if any(v is None for v in values):
+            return None
+        if torch.is_tensor(values[0]):
+            return torch.cat(values)
+        return [item for v in values for item in v]
+
+    extras = {k: join([per_token(r.extras[k], r) for r in rollouts])
+              for k in rollouts[0].extras if all(k in r.extras for r in rollouts)}
+    return Rollout(
+        prompts=join([r.prompts for r in rollouts]),
+        prompt_ids=join([r.prompt_ids for r in rollouts]),
+        response_ids=join([r.response_ids for r in rollouts]),
+        texts=join([r.texts for r in rollouts]), input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=(attention_mask.cumsum(-1) - 1).clamp(min=0),
+        response_mask=torch.cat([widen(r.response_mask, R, False) for r in rollouts]),
+        ended=torch.cat([r.ended for r in rollouts]),
+        logprobs=join([None if r.logprobs is None else widen(r.logprobs, R, 0)
+                       for r in rollouts]),
+        ref_logprobs=join([None if r.ref_logprobs is None else widen(r.ref_logprobs, R, 0)
+                           for r in rollouts]),
+        extras=extras)
+
+
 def eos_ids_of(tokenizer: Any) -> list[int]:
     """Token ids that end a response: the tokenizer's EOS (the chat end-of-turn for SmolLM2)."""
     ids = {tokenizer.eos_token_id}

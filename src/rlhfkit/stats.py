@@ -1,4 +1,8 @@
-"""Bradley–Terry strengths from pairwise results: one implementation for the whole package.
+"""Bradley–Terry strengths from pairwise results, and the estimators of verifiable tasks.
+
+The second part (at the end) holds ``pass@k`` (Chen et al. 2021) and the majority vote of
+self-consistency (Wang et al. 2022), for :mod:`rlhfkit.train.accuracy` and
+``rlhfkit self-improve``.
 
 The arena's ratings (:mod:`rlhfkit.feedback.arena`), the league ratings of
 :func:`rlhfkit.evaluate.metrics.bradley_terry_ratings` and the reward that Nash-MD's tabular
@@ -22,7 +26,7 @@ import math
 from collections.abc import Hashable, Sequence
 from typing import Any
 
-__all__ = ["bootstrap_bradley_terry", "bradley_terry", "elo"]
+__all__ = ["bootstrap_bradley_terry", "bradley_terry", "elo", "majority_vote", "pass_at_k"]
 
 Game = tuple[Hashable, Hashable, float]
 """``(i, j, outcome)``: outcome 1 = i won, 0 = j won, 0.5 = a tie (any value in [0, 1])."""
@@ -162,3 +166,47 @@ def bootstrap_bradley_terry(
     low, high = result.confidence_interval
     return {m: {"rating": point[m], "low": float(low[k]), "high": float(high[k])}
             for k, m in enumerate(models)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Verifiable tasks: pass@k and the majority vote
+# ---------------------------------------------------------------------------------------------
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """The unbiased estimate of pass@k from ``n`` samples of which ``c`` are correct.
+
+    pass@k is the chance that at least one of k samples is correct. Drawing k of the n
+    samples without replacement, that fails only when all k come from the ``n - c`` wrong ones:
+    ``pass@k = 1 - C(n - c, k) / C(n, k)`` (Chen et al. 2021, eq. 1), computed as the product
+    ``prod_{i = n - c + 1}^{n} (1 - k / i)`` to stay stable for large n. pass@1 is ``c / n``.
+
+    Args:
+        n: Samples drawn for the problem.
+        c: How many of them are correct.
+        k: Samples allowed, ``1 <= k <= n``.
+    """
+    if not 0 <= c <= n or not 1 <= k <= n:
+        raise ValueError(f"pass_at_k needs 0 <= c <= n and 1 <= k <= n, got n={n} c={c} k={k}")
+    if n - c < k:
+        return 1.0
+    out = 1.0
+    for i in range(n - c + 1, n + 1):
+        out *= 1.0 - k / i
+    return 1.0 - out
+
+
+def majority_vote(answers: Sequence[Hashable | None]) -> tuple[Hashable | None, int]:
+    """The most common answer that is not None and how many gave it (ties: the first seen).
+
+    Self-consistency (Wang et al. 2022): sample several reasoning paths and take the answer
+    most of them reach. ``(None, 0)`` when no path gave an answer.
+    """
+    counts: dict[Hashable, int] = {}
+    for a in answers:
+        if a is not None:
+            counts[a] = counts.get(a, 0) + 1
+    if not counts:
+        return None, 0
+    best = max(counts, key=lambda a: counts[a])  # dicts keep first-seen order: ties go first
+    return best, counts[best]

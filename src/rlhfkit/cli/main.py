@@ -66,6 +66,12 @@ COMMANDS: list[Command] = [
            "train.pg", "GRPOConfig", "train_pg"),
     _stage("best-of-n", "Best-of-N sampling; rejection sampling into a new SFT dataset",
            "train.best_of_n", "BestOfNConfig", "run_best_of_n"),
+    _stage("accuracy", "pass@1 / pass@k of a policy on a verifiable task's held-out problems "
+           "(task:arithmetic, task:constraints; with --environment, multi-turn episodes)",
+           "train.accuracy", "AccuracyConfig", "run_accuracy"),
+    _stage("self-improve", "Self-improvement without labels: sample k reasoning paths, keep "
+           "those that agree with the majority vote (or match the reference: STaR), fine-tune, "
+           "repeat", "train.self_improve", "SelfImproveConfig", "run_self_improve"),
     _stage("nash", "Nash-MD: play against a mixture of the policy and the reference, payoff "
            "from a pairwise preference model (Munos et al. 2023)", "train.nash", "NashConfig",
            "train_nash"),

@@ -53,19 +53,33 @@ def normalise_scores(
     return scores
 
 
+def last_token_index(response_mask: torch.Tensor) -> torch.Tensor:
+    """(B,) index of each row's last response token (0 for a row with none).
+
+    For a rollout that is ``length - 1``; for a multi-turn episode, whose environment tokens
+    are 0 in the mask, it is the last token the policy wrote.
+    """
+    mask = response_mask.bool()
+    positions = torch.arange(mask.shape[-1], device=mask.device).expand_as(mask)
+    return torch.where(mask, positions, torch.zeros_like(positions)).amax(-1)
+
+
 def sequence_rewards(scores: torch.Tensor, response_mask: torch.Tensor) -> DenseRewards:
     """One score per response, placed on its last response token (EOS, when it ended)."""
-    last = response_mask.long().sum(-1) - 1  # (B,)
+    last = last_token_index(response_mask)  # (B,)
     return [[(max(int(i), 0), float(s))] for i, s in zip(last.tolist(), scores.tolist())]
 
 
 def place_rewards(dense: DenseRewards, response_mask: torch.Tensor) -> torch.Tensor:
-    """Scatter ``(position, score)`` lists into a (B, R) tensor; positions past the end clamp."""
+    """Scatter ``(position, score)`` lists into a (B, R) tensor; positions past the end clamp.
+
+    A position past the row's last response token goes to that token.
+    """
     out = torch.zeros(response_mask.shape, dtype=torch.float32, device=response_mask.device)
-    lengths = response_mask.long().sum(-1).tolist()
+    last = last_token_index(response_mask).tolist()
     for b, items in enumerate(dense):
         for pos, score in items:
-            out[b, min(max(pos, 0), max(lengths[b] - 1, 0))] += score
+            out[b, min(max(pos, 0), last[b])] += score
     return out
 
 
@@ -115,7 +129,7 @@ def token_rewards(
     for w, source in zip(weights, dense):
         score_part = score_part + w * place_rewards(source, response_mask)
     if missing_eos_penalty and ended is not None:
-        last = (response_mask.long().sum(-1) - 1).clamp(min=0)  # (B,)
+        last = last_token_index(response_mask)  # (B,)
         penalty = (~ended.bool()).float() * missing_eos_penalty  # (B,)
         score_part[torch.arange(len(last), device=last.device), last] += penalty.to(mask.device)
     rewards = (score_part + non_score) * mask

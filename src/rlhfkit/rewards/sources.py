@@ -105,6 +105,15 @@ class RewardTerms:
         """One score per response (already normalised), on its last token."""
         return cls(raw, scores, [sequence_rewards(scores.cpu(), response_mask.cpu())], [1.0], {})
 
+    def select(self, rows: Sequence[int]) -> RewardTerms:
+        """The terms of the responses in ``rows`` (as :meth:`rlhfkit.rollout.Rollout.select`)."""
+        idx = torch.as_tensor(list(rows), dtype=torch.long)
+        return RewardTerms(self.raw[idx.to(self.raw.device)],
+                           self.scores[idx.to(self.scores.device)],
+                           [[source[i] for i in idx.tolist()] for source in self.dense],
+                           list(self.weights),
+                           {k: v[idx.to(v.device)] for k, v in self.by_source.items()})
+
     @property
     def is_holistic(self) -> bool:
         """True when every response has exactly one reward (the classic RLHF setting)."""
@@ -126,6 +135,9 @@ class SourceContext:
         autocast: A function returning the run's autocast context (None = full precision).
         segment_unit: Segments of a response for per-segment rewards (``--segment-unit``).
         normalize_reward: Standardise reward-model scores with their saved mean/std.
+        references: ``references(prompts) -> one reference answer each`` (None where a prompt
+            has none), for the sources that check answers (``py:``, ``http:``); given by the
+            level above from the task or the data.
     """
 
     tokenizer: Any
@@ -133,6 +145,7 @@ class SourceContext:
     autocast: Callable[[], contextlib.AbstractContextManager] | None = None
     segment_unit: str = "sentence"
     normalize_reward: bool = True
+    references: Callable[[list[Any]], list[Any]] | None = None
 
 
 Factory = Callable[[str, str, SourceContext], RewardSource]
@@ -315,6 +328,8 @@ def build_source(name: str, spec: str, ctx: SourceContext,
     prefix, colon, rest = spec.partition(":")
     if colon and prefix in factories:
         return factories[prefix](name, rest, ctx)
+    if not colon and spec in factories and not Path(spec).exists():  # a bare prefix: "env"
+        return factories[spec](name, "", ctx)
     return reward_model_source(name, spec, ctx, sorted(factories))
 
 

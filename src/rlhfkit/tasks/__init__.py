@@ -11,16 +11,21 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from rlhfkit.tasks.arithmetic import ArithmeticTask, ClarifyArithmeticTask, ToolArithmeticTask
 from rlhfkit.tasks.base import Task
+from rlhfkit.tasks.constraints import ConstraintsTask
 from rlhfkit.tasks.detox import DetoxTask
 from rlhfkit.tasks.factqa import FactQATask
 from rlhfkit.tasks.reviews import ReviewsTask
 
-__all__ = ["DetoxTask", "FactQATask", "ReviewsTask", "Task", "get_task", "list_tasks",
-           "register_task", "task_reward_sources"]
+__all__ = ["ArithmeticTask", "ClarifyArithmeticTask", "ConstraintsTask", "DetoxTask", "FactQATask", "ReviewsTask",
+           "Task", "ToolArithmeticTask", "get_task", "list_tasks", "register_task",
+           "task_environments", "task_reward_sources"]
 
-_TASKS: dict[str, Callable[..., Task]] = {"reviews": ReviewsTask, "detox": DetoxTask,
-                                          "factqa": FactQATask}
+_TASKS: dict[str, Callable[..., Task]] = {
+    "reviews": ReviewsTask, "detox": DetoxTask, "factqa": FactQATask,
+    "arithmetic": ArithmeticTask, "arithmetic-tool": ToolArithmeticTask,
+    "arithmetic-clarify": ClarifyArithmeticTask, "constraints": ConstraintsTask}
 
 
 def register_task(name: str, factory: Callable[..., Task]) -> None:
@@ -56,4 +61,12 @@ def task_reward_sources() -> dict[str, Callable[..., Any]]:
     out: dict[str, Callable[..., Any]] = {}
     for factory in _TASKS.values():
         out.update(getattr(factory, "reward_sources", {}))
+    return out
+
+
+def task_environments() -> dict[str, Callable[..., Any]]:
+    """Every multi-turn environment the registered tasks bring, by ``--environment`` name."""
+    out: dict[str, Callable[..., Any]] = {}
+    for factory in _TASKS.values():
+        out.update(getattr(factory, "environments", {}))
     return out

@@ -139,7 +139,8 @@ def run_best_of_n(cfg: BestOfNConfig, reward_fn: RewardFn | None = None) -> Path
     if reward_fn is None:
         # The unnormalised, weighted sum of the sources: what they score, as the RL stages log it.
         sources = reward_sources(cfg.reward_model, cfg.rewards,
-                                 SourceContext(tokenizer, acc.device, normalize_reward=False))
+                                 SourceContext(tokenizer, acc.device, normalize_reward=False),
+                                 task)
         reward_fn = lambda p, t, r: combine(sources, r).raw.tolist()  # noqa: E731
     sampling = SamplingConfig(cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.top_k)
     backend = make_backend(cfg.generation_backend, cfg.model, autocast, seed=cfg.seed,

@@ -8,7 +8,7 @@ Every stage names its inputs with short specs, and they are all resolved here:
 | ``--data db:URL?project=P`` | the labels of a feedback store (:mod:`rlhfkit.feedback.transfer`) |
 | ``--data FILE`` | a JSONL/JSON/CSV/TSV/Parquet file (text ones may be gzipped), a HF datasets folder, or a dataset id / folder for ``datasets.load_dataset``; ``--split``/``--eval-split`` pick splits (:mod:`rlhfkit.data.io`) |
 | ``--model``, ``--reference`` | a HF id or folder, a .gguf file, an alias (:mod:`rlhfkit.models.loading`) |
-| ``--reward-model`` | reward sources (:mod:`rlhfkit.rewards.sources`), plus the tasks' own |
+| ``--reward-model`` | reward sources (:mod:`rlhfkit.rewards.sources`, :mod:`rlhfkit.rewards.plugins`), plus the tasks' own and ``task:NAME`` (a task's verifier or gold scorer) |
 | ``--gold`` | the scorer used for evaluation only (``task``, a scorer spec, ``none``) |
 
 so the layers below never need to know about each other: the data readers know nothing of the
@@ -17,6 +17,7 @@ feedback store, the reward sources nothing of the tasks.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,8 +34,9 @@ from rlhfkit.feedback.reliability import estimate_reliability, reliability_table
 from rlhfkit.feedback.store import StoreError
 from rlhfkit.feedback.transfer import read_project_records
 from rlhfkit.models.loading import load_tokenizer
-from rlhfkit.rewards.sources import RewardSource, SourceContext, build_sources
+from rlhfkit.rewards.sources import RewardSource, SourceContext, build_sources, scorer_source
 from rlhfkit.tasks import Task, get_task, task_reward_sources
+from rlhfkit.tasks.verifiable import VerifiableTask
 
 PROMPT_KINDS = ("prompt", "demonstration", "comparison", "ranking", "binary", "score")
 """Record kinds whose prompts an RL stage can sample from."""
@@ -241,10 +243,27 @@ def build_gold(spec: str, task: Task | None) -> Any:
     return get_scorer(spec)
 
 
-def reward_sources(spec: str, weights: str, ctx: SourceContext) -> list[RewardSource]:
-    """The sources of ``--reward-model`` (with the tasks' own prefixes) weighted by ``--rewards``."""
+def reward_sources(spec: str, weights: str, ctx: SourceContext,
+                   task: Task | None = None) -> list[RewardSource]:
+    """The sources of ``--reward-model`` (with the tasks' own prefixes) weighted by ``--rewards``.
+
+    ``task:NAME`` is a built-in task's verifier or gold scorer as a reward (one score per
+    response). With ``task`` (the task of ``--data``), sources that check answers (``py:``,
+    ``http:``) get its reference answers unless ``ctx`` has references already.
+    """
     extra = {prefix: _task_factory(factory) for prefix, factory in task_reward_sources().items()}
+    extra["task"] = _task_gold_source
+    if ctx.references is None and isinstance(task, VerifiableTask):
+        ctx = dataclasses.replace(ctx, references=task.references)
     return build_sources(spec, weights, ctx, extra)
+
+
+def _task_gold_source(name: str, spec: str, ctx: SourceContext) -> RewardSource:
+    try:
+        task = get_task(spec.strip())
+    except KeyError as err:
+        raise ConfigError(f"reward source {name!r}: {err.args[0]}") from None
+    return scorer_source(name, task.gold_scorer())
 
 
 def _task_factory(factory: Any) -> Any:

@@ -26,6 +26,7 @@ gradient, and the plain loss is used.
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +53,7 @@ from rlhfkit.losses import (
 from rlhfkit.rewards.shaping import token_rewards
 from rlhfkit.rewards.sources import RewardTerms
 from rlhfkit.rollout import Rollout, forward_response
+from rlhfkit.train.episodes import EpisodeOptions
 from rlhfkit.train.rl import (
     PlacementOptions,
     RewardFn,
@@ -60,10 +62,11 @@ from rlhfkit.train.rl import (
     RLRun,
     UpdateOptions,
 )
+from rlhfkit.train.rlvr import RLVROptions, check_rlvr, dynamic_batch, loss_mask, overlong_source
 
 
 @dataclass
-class ReinforceConfig(RLConfig, RewardOptions, UpdateOptions, PlacementOptions):
+class ReinforceConfig(RLConfig, RewardOptions, UpdateOptions, PlacementOptions, EpisodeOptions):
     """REINFORCE with reward-to-go and a baseline (``rlhfkit reinforce``)."""
 
     output_dir: str = "runs/reinforce"
@@ -83,7 +86,7 @@ class ReinforceConfig(RLConfig, RewardOptions, UpdateOptions, PlacementOptions):
 
 
 @dataclass
-class RLOOConfig(RLConfig, RewardOptions, UpdateOptions, PlacementOptions):
+class RLOOConfig(RLConfig, RewardOptions, UpdateOptions, PlacementOptions, EpisodeOptions):
     """REINFORCE leave-one-out over k samples per prompt (``rlhfkit rloo``)."""
 
     output_dir: str = "runs/rloo"
@@ -97,7 +100,8 @@ class RLOOConfig(RLConfig, RewardOptions, UpdateOptions, PlacementOptions):
 
 
 @dataclass
-class GRPOConfig(RLConfig, RewardOptions, UpdateOptions, PlacementOptions):
+class GRPOConfig(RLConfig, RewardOptions, UpdateOptions, PlacementOptions, EpisodeOptions,
+                 RLVROptions):
     """Group-relative policy optimisation (``rlhfkit grpo``)."""
 
     output_dir: str = "runs/grpo"
@@ -229,7 +233,7 @@ def reinforce_objective(cfg: Any, u: Update) -> tuple[torch.Tensor, dict[str, to
 
 def grpo_objective(cfg: GRPOConfig, u: Update) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """:func:`rlhfkit.losses.grpo_loss` with the options of the config."""
-    mask = u.mb.response_mask
+    mask = u.mb.extras.get("loss_mask", u.mb.response_mask)  # --overlong-filter drops some
     loss, diag = grpo_loss(
         u.out["logprobs"], u.mb.logprobs, u.mb.ref_logprobs, u.mb.extras["advantages"], mask,
         clip_range=cfg.clip_range, clip_range_high=cfg.clip_range_high or None,
@@ -293,6 +297,7 @@ def check_pg_config(name: str, algo: PGAlgorithm, cfg: Any) -> None:
     if getattr(cfg, "importance_level", "token") not in IMPORTANCE_LEVELS:
         raise cfglib.ConfigError(f"--importance-level must be token or sequence, got "
                                  f"{cfg.importance_level!r}")
+    check_rlvr(cfg, int(os.environ.get("WORLD_SIZE", "1")))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -317,6 +322,9 @@ def train_pg(cfg: Any, reward_fn: RewardFn | None = None) -> Path:
               f"{cfg.batch_size} prompts x {cfg.num_samples} samples, {cfg.update_epochs} "
               f"epoch(s) x {n_mb} mini-batch(es) of {min(mb_size, rollout_size)}, precision "
               f"{run.acc.mixed_precision}")
+    if getattr(cfg, "overlong_buffer", 0):  # DAPO's overlong shaping, one more reward term
+        run.sources.append(overlong_source(cfg))
+    dynamic = getattr(cfg, "dynamic_sampling", "off") != "off"
     temperature = cfg.temperature or 1.0
     # One update on the whole rollout: the policy that sampled is the one being updated, so
     # the log-probs "at sampling time" are those of the training forward pass. Take them from
@@ -327,6 +335,19 @@ def train_pg(cfg: Any, reward_fn: RewardFn | None = None) -> Path:
         run.start_step()
         # 1. rollout (k consecutive samples per prompt) ---------------------------------
         rollout = run.train_rollout(step, policy_logprobs=not single_pass)
+        # 2. rewards (and DAPO's dynamic sampling: only groups whose rewards differ) ----
+        terms = run.rewards(rollout)
+        rlvr: dict[str, float] = {}
+        if dynamic:
+            full = (rollout, terms)
+            rollout, terms, rlvr = dynamic_batch(cfg, run, step, rollout, terms, not single_pass)
+            if not len(rollout):  # no group with any signal: nothing to learn from this step
+                rollout, terms = full
+                if single_pass:
+                    rollout.logprobs = run.score_rollout(rollout).logprobs
+                metrics, kl_seq = run.rollout_metrics(rollout, terms)
+                run.end_step({**metrics, **rlvr, "rlvr/skipped": 1.0}, rollout, kl_seq)
+                continue
         first = None
         if single_pass:
             with run.acc.autocast():
@@ -334,14 +355,16 @@ def train_pg(cfg: Any, reward_fn: RewardFn | None = None) -> Path:
             rollout.logprobs = first["logprobs"].detach()
             if "values" in first:
                 rollout.extras["values"] = first["values"].detach()
-        # 2. rewards and 3. advantages --------------------------------------------------
-        terms = run.rewards(rollout)
+        # 3. advantages ----------------------------------------------------------------
         adv, returns, rewards = algo.advantages(cfg, run, rollout, terms)
         rollout.extras.update(advantages=adv)
         if returns is not None:
             rollout.extras["returns"] = returns
         # 4. update ---------------------------------------------------------------------
-        tokens = run.run.reduce_sums({"t": float(rollout.response_mask.sum())})["t"]
+        if getattr(cfg, "overlong_filter", False):
+            rollout.extras["loss_mask"] = loss_mask(cfg, rollout)
+        mask = rollout.extras.get("loss_mask", rollout.response_mask)
+        tokens = run.run.reduce_sums({"t": float(mask.sum())})["t"]
         normalizer = tokens / (n_mb * run.world)
         sums: dict[str, float] = {}
         n_updates = 0
@@ -366,6 +389,8 @@ def train_pg(cfg: Any, reward_fn: RewardFn | None = None) -> Path:
         # 5. log ------------------------------------------------------------------------
         metrics, kl_seq = run.rollout_metrics(rollout, terms, rewards)
         metrics.update({k: v / max(n_updates, 1) for k, v in sums.items()})
+        metrics.update(rlvr)
+        metrics["rlvr/truncated"] = float((~rollout.ended).float().mean())
         metrics["reward/advantage_std"] = float(adv[rollout.response_mask].std())
         run.end_step(metrics, rollout, kl_seq)
     return run.out / "model"

@@ -41,6 +41,7 @@ from rlhfkit.losses import (
 from rlhfkit.models.policy import targets_of
 from rlhfkit.rewards.shaping import token_rewards
 from rlhfkit.rollout import forward_response, scatter_tokens
+from rlhfkit.train.episodes import EpisodeOptions
 from rlhfkit.train.inputs import load_records
 from rlhfkit.train.loop import TrainingError
 from rlhfkit.train.rl import (
@@ -55,7 +56,7 @@ from rlhfkit.train.sft import collate_padded, encode_demonstrations
 
 
 @dataclass
-class PPOConfig(RLConfig, RewardOptions, UpdateOptions, PlacementOptions):
+class PPOConfig(RLConfig, RewardOptions, UpdateOptions, PlacementOptions, EpisodeOptions):
     """PPO with a KL penalty to the reference (``rlhfkit ppo``)."""
 
     output_dir: str = "runs/ppo"

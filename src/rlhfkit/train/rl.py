@@ -52,6 +52,7 @@ from rlhfkit.rollout import (
     sample,
     scatter_tokens,
 )
+from rlhfkit.train.episodes import build_environment, episode_budget, episode_metrics, run_episodes
 from rlhfkit.train.inputs import build_gold, load_prompts, reward_sources
 from rlhfkit.train.loop import ModelOptions, OptimOptions, Run, RunOptions, TrainingError
 from rlhfkit.train.sft import build_policy
@@ -249,6 +250,9 @@ class RLRun:
         frozen = load_causal_lm(cfg.reference) if cfg.reference else None
         self.reference = ReferencePolicy(lm, frozen)
         self.reference.model.to(self.device)
+        env = getattr(cfg, "environment", "")
+        self.environment = build_environment(env) if env else None
+        """The multi-turn environment of ``--environment``, or None (one turn)."""
         # ---- reward
         self.reward_clip = cfg.reward_clip if isinstance(cfg, RewardOptions) else 0.0
         self.sources = self._sources(reward_sources, reward_fn)
@@ -299,7 +303,7 @@ class RLRun:
         ctx = SourceContext(self.tokenizer, self.device, self._autocast, cfg.segment_unit,
                             cfg.normalize_reward)
         try:
-            return reward_sources(cfg.reward_model, cfg.rewards, ctx)
+            return reward_sources(cfg.reward_model, cfg.rewards, ctx, self.task)
         except ValueError as e:
             raise TrainingError(str(e)) from None
 
@@ -341,7 +345,7 @@ class RLRun:
                 engines = ",".join(addresses[self.rank::self.world])
             self._backend = make_backend(
                 cfg.generation_backend, cfg.model, self.autocast, seed=cfg.seed + self.rank,
-                max_model_len=cfg.max_prompt_tokens + cfg.max_new_tokens + 1,
+                max_model_len=cfg.max_prompt_tokens + episode_budget(cfg) + 1,
                 kv_cache_gb=cfg.vllm_kv_cache_gb,
                 log=print if self.acc.is_main_process else (lambda *a: None),
                 engines=engines, weight_sync=cfg.weight_sync)
@@ -369,6 +373,11 @@ class RLRun:
         if hasattr(backend, "sync"):  # an engine with its own weights: bring them up to date
             backend.sync(self.lm, self.policy_version)
             backend.seed = seed
+        if self.environment is not None:  # multi-turn episodes (train/episodes.py)
+            cfg = self.cfg
+            return run_episodes(self.lm, self.tokenizer, prompts, self.environment, self.sampling,
+                                self.system_prompt, backend, cfg.max_turns,
+                                cfg.max_prompt_tokens, cfg.max_env_tokens)
         return sample(self.lm, self.tokenizer, prompts, self.sampling, self.system_prompt,
                       backend=backend, scorer=None, max_prompt_tokens=self.cfg.max_prompt_tokens,
                       autocast=self.autocast)
@@ -443,6 +452,9 @@ class RLRun:
         """
         if not self.off_policy:
             return self.rollout(self.prompt_batch(step), policy_logprobs=policy_logprobs)
+        if self.environment is not None:
+            raise TrainingError("--async-generation does not play multi-turn episodes yet: "
+                                "leave it off with --environment")
         if not hasattr(self.backend, "sync"):
             raise TrainingError("--async-generation needs a vLLM backend (--generation-backend "
                                 "vllm): the engine's log-probs are the sampling policy's")
@@ -582,6 +594,7 @@ class RLRun:
             m["rollout/logprob_gap_max"] = float(gap.max()) if gap.numel() else 0.0
         for name, values in terms.by_source.items():
             m[f"reward/{name}"] = float(values.mean())
+        m.update(episode_metrics(rollout))
         gold = self.gold_scores(rollout)
         if gold is not None:
             m["gold/mean"] = sum(gold) / len(gold)

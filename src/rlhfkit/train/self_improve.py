@@ -1,0 +1,221 @@
+"""Self-improvement on the model's own reasoning paths (``rlhfkit self-improve``).
+
+Each round samples k reasoning paths for a slice of the train problems, keeps some of them,
+fine-tunes on the kept paths, and measures held-out accuracy:
+
+- ``--mode majority`` needs **no labels** (Huang et al. 2022, "Large Language Models Can
+  Self-Improve"): the answer most paths reach is taken as right (self-consistency, Wang et al.
+  2022), and the paths that reach it are kept, for problems where at least
+  ``--min-agreement`` of the paths agree (high-agreement votes are more often right).
+- ``--mode star`` keeps the paths whose answer matches the task's reference (STaR, Zelikman et
+  al. 2022; without its rationalisation step). With ``--from-base`` each round fine-tunes the
+  starting model on every path kept so far, as STaR does; by default a round continues from
+  the previous round's model.
+
+The references are never used by ``majority`` to choose paths; they are read only to report
+how often the vote was right (``vote_accuracy``). Writes ``rounds.jsonl`` (round 0 = the
+starting model), ``round-N/paths.jsonl`` and ``round-N/sft/``, and the last model to
+``model/``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rlhfkit import config as cfglib
+from rlhfkit.data.io import write_records
+from rlhfkit.data.records import Demonstration
+from rlhfkit.models.loading import load_causal_lm, load_tokenizer
+from rlhfkit.rollout import SamplingConfig
+from rlhfkit.stats import majority_vote
+from rlhfkit.tasks.verifiable import VerifiableTask
+from rlhfkit.train.accuracy import Sampler, make_sampler, parse_ks, task_accuracy, verifiable_task
+from rlhfkit.train.inputs import system_prompt_for
+from rlhfkit.train.loop import make_accelerator, seed_everything
+from rlhfkit.train.sft import SFTConfig, train_sft
+
+MODES = ("majority", "star")
+
+
+@dataclass
+class SelfImproveConfig:
+    """Self-improvement rounds: sample, keep (majority vote or reference), fine-tune, evaluate."""
+
+    model: str = "runs/sft/model"
+    """The policy to start from."""
+    data: str = "task:arithmetic"
+    """A verifiable task whose responses end in one answer (task:arithmetic)."""
+    output_dir: str = "runs/self-improve"
+    """Run folder: rounds.jsonl, round-N/ (paths.jsonl, sft/), model/."""
+    mode: str = "majority"
+    """majority (keep the paths that agree with the majority vote: no labels; Huang et al.
+    2022) or star (keep the paths whose answer is the reference; Zelikman et al. 2022)."""
+    rounds: int = 2
+    """Sample-keep-train rounds."""
+    problems_per_round: int = 64
+    """Train problems sampled in each round (the next slice each round)."""
+    samples: int = 8
+    """Reasoning paths sampled per problem."""
+    min_agreement: float = 0.5
+    """--mode majority: keep a problem only when this share of its paths give the voted answer."""
+    max_paths: int = 2
+    """Keep at most this many distinct paths per problem."""
+    from_base: bool = False
+    """Fine-tune the starting model each round on all paths kept so far (STaR) instead of
+    continuing from the last round's model."""
+    max_new_tokens: int = 48
+    """Longest sampled path in tokens."""
+    temperature: float = 1.0
+    """Sampling temperature of the paths."""
+    top_p: float = 1.0
+    """Nucleus sampling threshold (1 = off)."""
+    learning_rate: float = 5e-5
+    """Peak learning rate of each round's fine-tuning."""
+    epochs: float = 1.0
+    """Passes over each round's kept paths."""
+    batch_size: int = 8
+    """Fine-tuning micro-batch size (also the sequences per generate call, x8, on hf)."""
+    max_length: int = 160
+    """Longest fine-tuning sequence (prompt + path) in tokens."""
+    eval_problems: int = 200
+    """Held-out problems evaluated after each round (0 = no evaluation)."""
+    eval_samples: int = 4
+    """Responses per held-out problem (pass@1 is their mean; greedy is reported too)."""
+    max_prompt_tokens: int = 128
+    """Keep at most this many prompt tokens (the most recent)."""
+    generation_backend: str = "auto"
+    """Sampler: hf, vllm or auto (vLLM where installed and able to serve the model)."""
+    system_prompt: str | None = None
+    """System message (default: the task's)."""
+    precision: str = "auto"
+    """fp32, bf16 or auto."""
+    seed: int = 0
+    """Seed of sampling and fine-tuning."""
+    progress: bool = False
+    """Show the fine-tuning progress bars."""
+
+
+def keep_paths(task: VerifiableTask, prompt: Any, paths: list[str], mode: str,
+               min_agreement: float, max_paths: int) -> tuple[list[str], str | None]:
+    """The paths kept for one problem and the answer they were kept for (None: none kept).
+
+    ``majority``: the paths whose answer is the most common one, if that answer has at least
+    ``min_agreement`` of the votes; ``star``: the paths the verifier accepts. Duplicates are
+    dropped; at most ``max_paths`` are kept, in sampling order.
+    """
+    answers = [task.extract_answer(p) for p in paths]
+    if mode == "majority":
+        vote, count = majority_vote(answers)
+        if vote is None or count < min_agreement * len(paths):
+            return [], None
+        chosen = [p for p, a in zip(paths, answers) if a == vote]
+    else:
+        reference = task.reference_of(prompt)
+        chosen = [p for p in paths if reference is not None and task.verify(reference, p) >= 1.0]
+        vote = task.extract_answer(chosen[0]) if chosen else None
+    kept: list[str] = []
+    for p in chosen:
+        if p.strip() and p not in kept and len(kept) < max_paths:
+            kept.append(p)
+    return kept, (vote if kept else None)
+
+
+def collect_round(cfg: SelfImproveConfig, task: VerifiableTask, sampler: Sampler,
+                  prompts: list[Any], round_: int) -> tuple[list[Demonstration], dict[str, float]]:
+    """Sample paths for ``prompts``, keep some; returns the kept paths and the round's counts."""
+    sampling = SamplingConfig(cfg.max_new_tokens, cfg.temperature, cfg.top_p)
+    groups, _ = sampler.texts(prompts, cfg.samples, sampling, seed=cfg.seed * 7_919 + round_)
+    demos: list[Demonstration] = []
+    voted = right = 0
+    for i, (prompt, paths) in enumerate(zip(prompts, groups)):
+        kept, answer = keep_paths(task, prompt, paths, cfg.mode, cfg.min_agreement,
+                                  cfg.max_paths)
+        if not kept:
+            continue
+        voted += 1
+        reference = task.reference_of(prompt)  # read only to report the vote's accuracy
+        right += reference is not None and task.verify(reference, f"Answer: {answer}") >= 1.0
+        demos += [Demonstration(prompt=prompt, response=p, source="ai",
+                                annotator=f"self-improve-{cfg.mode}",
+                                id=f"round{round_}-{i}-{j}") for j, p in enumerate(kept)]
+    stats = {"kept_problems": voted / max(len(prompts), 1), "kept_paths": float(len(demos)),
+             "vote_accuracy": right / voted if voted else 0.0}
+    return demos, stats
+
+
+def _evaluate(cfg: SelfImproveConfig, task: VerifiableTask, sampler: Sampler) -> dict[str, float]:
+    if not cfg.eval_problems:
+        return {}
+    prompts = task.prompts("eval")[:cfg.eval_problems]
+    sampling = SamplingConfig(cfg.max_new_tokens, cfg.temperature, cfg.top_p)
+    ks = parse_ks(f"1,{cfg.eval_samples}", cfg.eval_samples)
+    summary, _ = task_accuracy(sampler, task, prompts, cfg.eval_samples, ks, sampling,
+                               greedy=True, seed=cfg.seed + 99)
+    return {f"eval/{k}": v for k, v in summary.items() if k.startswith(("pass", "greedy"))}
+
+
+def _fine_tune(cfg: SelfImproveConfig, start: str, data: Path, out: Path,
+               system_prompt: str | None) -> Path:
+    return train_sft(SFTConfig(
+        model=start, data=str(data), output_dir=str(out), learning_rate=cfg.learning_rate,
+        epochs=cfg.epochs, batch_size=cfg.batch_size, max_length=cfg.max_length,
+        eval_fraction=0.0, system_prompt=system_prompt, precision=cfg.precision,
+        seed=cfg.seed, lr_scheduler="constant", warmup_ratio=0.0, progress=cfg.progress,
+        report_to="none", gradient_checkpointing=False, overwrite=True))
+
+
+def run_self_improve(cfg: SelfImproveConfig) -> Path:
+    """Run the rounds (see the module docstring); returns the last model's folder."""
+    if cfg.mode not in MODES:
+        raise cfglib.ConfigError(f"--mode must be majority or star, got {cfg.mode!r}")
+    if not 0.0 <= cfg.min_agreement <= 1.0:
+        raise cfglib.ConfigError(f"--min-agreement must be in 0..1, got {cfg.min_agreement}")
+    task = verifiable_task(cfg.data)
+    system_prompt = system_prompt_for(cfg.system_prompt, cfg.data)
+    seed_everything(cfg.seed)
+    acc = make_accelerator(cfg.precision)
+    autocast = torch.bfloat16 if acc.mixed_precision == "bf16" else None
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cfglib.save_yaml(cfg, out / "config.yaml")
+    tokenizer = load_tokenizer(cfg.model)
+    lm = load_causal_lm(cfg.model).to(acc.device).eval()
+    sampler = make_sampler(cfg.generation_backend, cfg.model, lm, tokenizer, autocast,
+                           system_prompt, seed=cfg.seed, max_prompt_tokens=cfg.max_prompt_tokens,
+                           max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size * 8)
+    log = open(out / "rounds.jsonl", "w")
+    row = {"round": 0, **_evaluate(cfg, task, sampler)}
+    log.write(json.dumps(row) + "\n")
+    log.flush()
+    print(f"[self-improve] round 0: {row}")
+    train = task.prompts("train")
+    model, kept_all = cfg.model, []
+    for r in range(1, cfg.rounds + 1):
+        start = (r - 1) * cfg.problems_per_round
+        prompts = [train[(start + i) % len(train)] for i in range(cfg.problems_per_round)]
+        demos, stats = collect_round(cfg, task, sampler, prompts, r)
+        kept_all += demos
+        folder = out / f"round-{r}"
+        folder.mkdir(exist_ok=True)
+        data = kept_all if cfg.from_base else demos
+        if data:
+            write_records(data, folder / "paths.jsonl")
+            model = str(_fine_tune(cfg, cfg.model if cfg.from_base else model,
+                                   folder / "paths.jsonl", folder / "sft", system_prompt))
+            sampler.lm = load_causal_lm(model).to(acc.device).eval()
+        row = {"round": r, **stats, **_evaluate(cfg, task, sampler)}
+        log.write(json.dumps(row) + "\n")
+        log.flush()
+        print(f"[self-improve] round {r}: {row}")
+    log.close()
+    if Path(model) != out / "model":
+        shutil.copytree(model, out / "model", dirs_exist_ok=True)
+    if hasattr(sampler.backend, "close"):
+        sampler.backend.close()
+    return out / "model"

@@ -8,15 +8,12 @@ per-turn rewards, to say "good" in both turns of a two-turn episode.
 """
 
 import json
-import random
 from pathlib import Path
 
 import pytest
 import torch
 
 from rlhfkit.data.chat import encode
-from rlhfkit.data.io import write_records
-from rlhfkit.data.records import Demonstration
 from rlhfkit.losses import grpo_loss, kl_penalty
 from rlhfkit.models.loading import load_causal_lm
 from rlhfkit.models.policy import SelectiveLM
@@ -208,31 +205,14 @@ def make_env():
     return GoodWordsEnv()
 
 
-@pytest.fixture(scope="module")
-def good_bad_policy(tmp_path_factory, tiny_lm):
-    from rlhfkit.train.sft import SFTConfig, train_sft
-
-    root = tmp_path_factory.mktemp("episodes")
-    rng = random.Random(0)
-    prompts = get_task("reviews").prompts("train")[:64]
-    demos = [Demonstration(prompt=p, response=" ".join(rng.choice(["good", "bad"])
-                                                        for _ in range(4))) for p in prompts]
-    write_records(demos, root / "demos.jsonl")
-    return train_sft(SFTConfig(
-        model=str(tiny_lm), data=str(root / "demos.jsonl"), output_dir=str(root / "sft"),
-        max_steps=24, batch_size=16, learning_rate=1e-2, precision="fp32", progress=False,
-        max_length=96, eval_fraction=0.0, warmup_ratio=0.0, lr_scheduler="constant",
-        report_to="none", gradient_checkpointing=False))
-
-
-def test_reinforce_raises_the_reward_of_two_turn_episodes(good_bad_policy, tmp_path):
+def test_reinforce_raises_the_reward_of_two_turn_episodes(good_bad_sft, tmp_path):
     from rlhfkit.train.pg import ALGORITHMS, train_pg
 
     env = tmp_path / "good_env.py"
     env.write_text(Path(__file__).read_text())  # this module: make_env is the factory
     out = tmp_path / "reinforce"
     cfg = ALGORITHMS["reinforce"].config(
-        model=str(good_bad_policy), output_dir=str(out), data="task:reviews", max_steps=8,
+        model=str(good_bad_sft), output_dir=str(out), data="task:reviews", max_steps=8,
         batch_size=8, max_new_tokens=5, learning_rate=2e-3, precision="fp32", progress=False,
         eval_prompts=8, kl_coef=0.01, reward_clip=0.0, report_to="none",
         gradient_checkpointing=False, environment=f"py:{env}:make_env", max_turns=2,

@@ -26,7 +26,7 @@ import random
 import re
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, ClassVar
+from typing import Any
 
 from rlhfkit.data.records import Demonstration, Ranking
 from rlhfkit.tasks.base import check_split
@@ -178,8 +178,6 @@ class ArithmeticTask(VerifiableTask):
                    "times one-digit); the verifier checks the exact answer after 'Answer:'.")
     system_prompt = ("Solve the math word problem. Write the calculation, then the final "
                      "line 'Answer: <number>'.")
-    environments: ClassVar[dict[str, Any]] = {}
-    """Environments for multi-turn episodes on this task's prompts, by ``--environment`` name."""
 
     def __init__(self, n_train: int = 2000, n_eval: int = 200, n_demos: int = 256,
                  digits: int = 2, ops: tuple[str, ...] = OPS, seed: int = 0) -> None:
@@ -253,6 +251,10 @@ class ArithmeticTask(VerifiableTask):
     def extract_answer(self, response: str) -> str | None:
         """The number after the last ``Answer:``."""
         return parse_answer(response)
+
+    def answer_text(self, answer: str) -> str:
+        """``Answer: 85``."""
+        return f"Answer: {answer}"
 
     # -- demonstrations and rankings -------------------------------------------------------
 

@@ -30,6 +30,9 @@ class Task:
     """Reward sources the task brings, by ``--reward-model`` prefix: ``factory(name, spec,
     context) -> (fn, stats)`` with ``fn(rollout)`` the ``(token, reward)`` pairs of each
     response and ``stats`` a ``(mean, std)`` to standardise with, or None."""
+    environments: ClassVar[dict[str, Callable[..., Any]]] = {}
+    """Multi-turn environments the task brings, by ``--environment`` name: ``factory() ->``
+    :class:`rlhfkit.tasks.environment.Environment` (read by :func:`rlhfkit.tasks.task_environments`)."""
 
     def prompts(self, split: str = "train") -> list[str]:
         """The prompts of a split ("train" or "eval"); the two never share a prompt."""

@@ -44,6 +44,10 @@ class VerifiableTask(Task):
         """The final answer a response gives, normalised for voting (None: none given)."""
         return None
 
+    def answer_text(self, answer: str) -> str:
+        """A response that gives just ``answer`` (to check a voted answer with the verifier)."""
+        return answer
+
     def solved(self, prompt: Any, response: str) -> bool:
         """Whether ``response`` solves ``prompt`` (the verifier gives 1)."""
         reference = self.reference_of(prompt)

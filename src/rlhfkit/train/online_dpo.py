@@ -11,7 +11,8 @@ round:
 2. **label**: a pluggable labeler ranks each prompt's distinct responses: the task's simulated
    gold labeler (``--labeler gold``), a trained reward model (``rm:FOLDER``), or an AI judge
    (``judge:MODEL``, RLAIF, :class:`rlhfkit.models.judge.AIJudge`, records with
-   ``source="ai"``). The labels are written to ``round-N/labels.jsonl``;
+   ``source="ai"``), or any reward source (``reward:SPEC``: a Python function, a remote
+   scorer, a task's verifier; :mod:`rlhfkit.rewards.plugins`). The labels are written to ``round-N/labels.jsonl``;
 3. **train**: the offline trainer's groups, cached reference log-probs and step
    (:mod:`rlhfkit.train.dpo`) on the new rankings, on the shared loop, with any ``--loss``. The
    reference is the policy at the start of the round (``--ref-policy previous``) or the starting
@@ -40,14 +41,22 @@ from typing import Any, Protocol
 import torch
 
 from rlhfkit import config as cfglib
-from rlhfkit.data.chat import encode_pair, pad
+from rlhfkit.data.chat import encode, encode_pair, pad
 from rlhfkit.data.io import write_records
 from rlhfkit.data.records import Ranking
 from rlhfkit.models.judge import AIJudge
 from rlhfkit.models.loading import load_causal_lm, load_tokenizer, merge_and_save
 from rlhfkit.models.policy import SelectiveLM
 from rlhfkit.models.reward import RewardModel
-from rlhfkit.rollout import SamplingConfig, make_backend, sample
+from rlhfkit.rewards.sources import SourceContext, combine
+from rlhfkit.rollout import (
+    SamplingConfig,
+    build_rollout,
+    encode_prompts,
+    eos_ids_of,
+    make_backend,
+    sample,
+)
 from rlhfkit.train.dpo import (
     DPOOptions,
     attach_reference_logps,
@@ -59,7 +68,13 @@ from rlhfkit.train.dpo import (
     pairwise_step,
     process_sum,
 )
-from rlhfkit.train.inputs import load_records, split_or_load, system_prompt_for, task_of
+from rlhfkit.train.inputs import (
+    load_records,
+    reward_sources,
+    split_or_load,
+    system_prompt_for,
+    task_of,
+)
 from rlhfkit.train.loop import Loop, Run, TrainConfig
 
 
@@ -82,7 +97,8 @@ class OnlineDPOConfig(TrainConfig, DPOOptions):
     samples_per_prompt: int = 4
     """K responses per prompt; their distinct ones are ranked, giving up to C(K, 2) pairs."""
     labeler: str = "gold"
-    """gold (the task's simulated labeler), rm:FOLDER (a reward model) or judge:MODEL (AI judge)."""
+    """gold (the task's simulated labeler), rm:FOLDER (a reward model), judge:MODEL (AI judge),
+    or reward:SPEC (any --reward-model spec: py:FILE:FUNCTION, http://URL, task:NAME, ...)."""
     labeler_temperature: float = 0.1
     """Noise of the simulated gold labeler (Plackett–Luce temperature, in gold-score units)."""
     judge_criteria: str = ""
@@ -157,9 +173,43 @@ class RewardModelLabeler:
         return records
 
 
+class RewardLabeler:
+    """Rank responses by reward sources (``--labeler reward:SPEC``, any ``--reward-model`` spec).
+
+    The responses are tokenized after their prompts as the policy would have written them, so
+    a source that reads token ids (a reward-model folder) sees what it was trained on.
+    """
+
+    def __init__(self, spec: str, tokenizer: Any, task: Any, system_prompt: str | None) -> None:
+        self.tokenizer, self.system_prompt = tokenizer, system_prompt
+        self.sources = reward_sources(spec, "", SourceContext(tokenizer, normalize_reward=False),
+                                      task)
+        self.name = f"reward:{spec}"
+
+    def rank_batch(self, prompts: Sequence[Any], responses: Sequence[Sequence[str]]
+                   ) -> list[Ranking]:
+        """Rankings with ``scores`` = the sources' weighted sum."""
+        flat_p = [p for p, rs in zip(prompts, responses) for _ in rs]
+        flat_r = [r for rs in responses for r in rs]
+        eos = eos_ids_of(self.tokenizer)
+        rollout = build_rollout(self.tokenizer, flat_p,
+                                encode_prompts(self.tokenizer, flat_p, self.system_prompt),
+                                [encode(self.tokenizer, r) + eos[:1] for r in flat_r], eos)
+        flat = combine(self.sources, rollout).raw.tolist()
+        records, start = [], 0
+        for prompt, rs in zip(prompts, responses):
+            records.append(Ranking(prompt=prompt, responses=list(rs),
+                                   scores=flat[start:start + len(rs)], annotator=self.name))
+            start += len(rs)
+        return records
+
+
 def build_labeler(cfg: OnlineDPOConfig, task: Any, system_prompt: str | None) -> Labeler:
     """The labeler named by ``--labeler``."""
     spec = cfg.labeler
+    if spec.startswith("reward:"):
+        return RewardLabeler(spec[len("reward:"):], load_tokenizer(cfg.model), task,
+                             system_prompt)
     if spec == "gold":
         if task is None:
             raise cfglib.ConfigError("--labeler gold needs a task (--data task:NAME); give "
@@ -170,7 +220,8 @@ def build_labeler(cfg: OnlineDPOConfig, task: Any, system_prompt: str | None) ->
     if spec.startswith("judge:"):
         criteria = cfg.judge_criteria or (task.description if task is not None else "")
         return AIJudge(spec[6:], criteria=criteria, batch_size=cfg.ref_batch_size)
-    raise cfglib.ConfigError(f"--labeler must be gold, rm:FOLDER or judge:MODEL, got {spec!r}")
+    raise cfglib.ConfigError(f"--labeler must be gold, rm:FOLDER, judge:MODEL or reward:SPEC, "
+                             f"got {spec!r}")
 
 
 def distinct_responses(texts: Sequence[str], limit: int = 9) -> list[str]:

@@ -140,7 +140,8 @@ def collect_round(cfg: SelfImproveConfig, task: VerifiableTask, sampler: Sampler
             continue
         voted += 1
         reference = task.reference_of(prompt)  # read only to report the vote's accuracy
-        right += reference is not None and task.verify(reference, f"Answer: {answer}") >= 1.0
+        right += reference is not None and task.verify(reference,
+                                                       task.answer_text(answer)) >= 1.0
         demos += [Demonstration(prompt=prompt, response=p, source="ai",
                                 annotator=f"self-improve-{cfg.mode}",
                                 id=f"round{round_}-{i}-{j}") for j, p in enumerate(kept)]

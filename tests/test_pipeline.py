@@ -65,7 +65,8 @@ def test_demo_dpo_learns_from_the_reward_models_preferences(smallest_lm, tmp_pat
 def test_demo_with_best_of_n_reports_its_analytic_kl(smallest_lm, tmp_path):
     import math
 
-    from rlhfkit.pipeline import DemoConfig, best_of_n_kl, run_demo
+    from rlhfkit.pipeline import DemoConfig, run_demo
+    from rlhfkit.train.evaluation import best_of_n_kl
 
     assert best_of_n_kl(1) == 0.0
     assert best_of_n_kl(4) == pytest.approx(math.log(4) - 0.75)

@@ -24,23 +24,15 @@ from pathlib import Path
 from rlhfkit import config as cfglib
 from rlhfkit.data.chat import to_messages
 from rlhfkit.data.io import write_records
-from rlhfkit.evaluate.metrics import distinct_n, length_controlled_win_rate, win_rate
 from rlhfkit.evaluate.overoptimisation import overoptimisation_section
 from rlhfkit.evaluate.report import Section, table_html, write_report
-from rlhfkit.models.loading import DEFAULT_MODEL, load_causal_lm, load_tokenizer
-from rlhfkit.models.policy import SelectiveLM
-from rlhfkit.models.reward import RewardModel
-from rlhfkit.rewards.sources import rm_scores
+from rlhfkit.models.loading import DEFAULT_MODEL
 from rlhfkit.rollout import (
-    ReferencePolicy,
-    SamplingConfig,
     generate_responses,
-    make_backend,
-    sample,
 )
 from rlhfkit.tasks import get_task
-from rlhfkit.train.best_of_n import best_of_n
 from rlhfkit.train.dpo import DPOConfig, train_dpo
+from rlhfkit.train.evaluation import compare_with_sft
 from rlhfkit.train.iterate import IterateConfig, run_iterate
 from rlhfkit.train.pg import ALGORITHMS, train_pg
 from rlhfkit.train.ppo import PPOConfig, train_ppo
@@ -168,7 +160,8 @@ def run_demo(cfg: DemoConfig) -> Path:
         judge = reward_model
         if rounds_of(cfg) > 1 and rounds_summary.exists():  # judged by the last round's RM
             judge = Path(json.loads(rounds_summary.read_text())["final_reward_model"])
-        evaluation = evaluate_final(cfg, policy, final, judge, rl_dir, n_eval)
+        evaluation = compare_with_sft(cfg.task, policy, final, judge, n_eval, cfg.max_new_tokens,
+                                      cfg.seed, cfg.generation_backend, out_dir=rl_dir)
         if rounds_summary.exists():
             evaluation["summary"]["rm/accuracy_on_final_policy"] = json.loads(
                 rounds_summary.read_text())["rm/accuracy_on_final_policy"]
@@ -338,7 +331,7 @@ def rounds_section(run: Path) -> Section:
     """The iterative rounds of one algorithm as a table (``rounds.jsonl``)."""
     rows = [json.loads(x) for x in (run / "rounds.jsonl").read_text().splitlines() if x.strip()]
     keys = ["round", "labels_total", "rm/heldout_accuracy", "rm/accuracy_on_new_samples",
-            "gold/final", "proxy/final", "gap/proxy_minus_gold", "gold/win_rate",
+            "gold/final", "reward/final", "gap/proxy_minus_gold", "gold/win_rate",
             "gold/lc_win_rate", "kl/final", "length/final", "distinct2/final"]
     table = [{k: r.get(k, "") for k in keys} for r in rows]
     return Section(f"Iterative rounds: {run.name}",
@@ -348,75 +341,3 @@ def rounds_section(run: Path) -> Section:
                    "round's samples (what over-optimisation erodes).", [table_html(table, keys)])
 
 
-def best_of_n_kl(n: int) -> float:
-    """KL(best-of-n || base) bound in nats: ``log n - (n - 1) / n``."""
-    import math
-
-    return math.log(n) - (n - 1) / n
-
-
-def evaluate_final(cfg: DemoConfig, sft: Path, final: Path | None, reward_model: Path,
-                   rl_dir: Path, n_prompts: int) -> dict:
-    """SFT vs final policy on held-out prompts: gold and RM reward, KL, win rate, length."""
-    import torch
-
-
-    torch.manual_seed(cfg.seed)
-    task = get_task(cfg.task)
-    prompts = task.prompts("eval")[:n_prompts]
-    gold = task.gold_scorer()
-    tok = load_tokenizer(str(sft))
-    rm = RewardModel.from_pretrained(str(reward_model), pad_token_id=tok.pad_token_id).eval()
-    sampling = SamplingConfig(max_new_tokens=cfg.max_new_tokens)
-    sft_lm = load_causal_lm(str(sft)).eval()
-    max_len = cfg.max_new_tokens + 256
-    backend = make_backend(cfg.generation_backend, str(sft), None, seed=cfg.seed,
-                           max_model_len=max_len)
-    before = sample(sft_lm, tok, prompts, sampling, task.system_prompt, backend=backend)
-    if final is None:  # best-of-n from the SFT policy, scored by the RM
-        rl_dir.mkdir(parents=True, exist_ok=True)
-        picked = best_of_n(sft_lm, tok, prompts, 4,
-                           lambda p, t, r: rm_scores(rm, r).tolist(),
-                           sampling, task.system_prompt, backend=backend)
-        after_texts = [r["best"] for r in picked]
-        after = None
-        # Best-of-n has no per-token log-probs to measure; its KL to the sampling policy is
-        # at most log n - (n - 1) / n nats (Beirami et al. 2024), the usual analytic value.
-        kl_final = best_of_n_kl(4)
-        rm_after = [r["best_score"] for r in picked]
-    else:
-        lm = load_causal_lm(str(final)).eval()
-        if hasattr(backend, "sync"):
-            backend.sync(lm, 1)  # the same engine, now holding the final policy
-        after = sample(lm, tok, prompts, sampling, task.system_prompt, scorer=SelectiveLM(lm),
-                       backend=backend)
-        ref = ReferencePolicy(sft_lm, frozen=sft_lm)
-        ref_lp = ref.logprobs(after)
-        kl_final = float(((after.logprobs - ref_lp) * after.response_mask).sum(-1).mean())
-        after_texts = after.texts
-        rm_after = rm_scores(rm, after).tolist()
-    if hasattr(backend, "close"):
-        backend.close()
-    rm_before = rm_scores(rm, before).tolist()
-    g_before, g_after = gold(prompts, before.texts), gold(prompts, after_texts)
-    wr = win_rate(g_after, g_before)
-    n = len(prompts)
-    len_after = (after.response_lengths.float().tolist() if after is not None
-                 else [len(tok.encode(t)) for t in after_texts])
-    lc = length_controlled_win_rate(g_after, g_before, len_after,
-                                    before.response_lengths.float().tolist())
-    summary = {
-        "prompts": n,
-        "gold/sft": sum(g_before) / n, "gold/final": sum(g_after) / n,
-        "reward/sft": sum(rm_before) / n, "reward/final": sum(rm_after) / n,
-        "gold/win_rate": wr["win"], "gold/tie_rate": wr["tie"],
-        "gold/win_rate_ties_half": wr["win"] + wr["tie"] / 2,
-        "gold/lc_win_rate": lc["lc_win_rate"],
-        "kl/final": kl_final,
-        "length/sft": float(before.response_lengths.float().mean()),
-        "length/final": sum(len_after) / n,
-        "distinct2/sft": distinct_n(before.texts, 2), "distinct2/final": distinct_n(after_texts, 2),
-    }
-    samples = [{"prompt": p, "before": b, "after": a, "gold_before": gb, "gold_after": ga}
-               for p, b, a, gb, ga in zip(prompts, before.texts, after_texts, g_before, g_after)]
-    return {"summary": summary, "samples": samples}

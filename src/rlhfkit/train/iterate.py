@@ -40,17 +40,15 @@ from rlhfkit import config as cfglib
 from rlhfkit.data.chat import encode_pair, pad, to_messages
 from rlhfkit.data.io import read_records, write_records
 from rlhfkit.data.records import Ranking
-from rlhfkit.evaluate.metrics import distinct_n, length_controlled_win_rate, rm_accuracy
+from rlhfkit.evaluate.metrics import rm_accuracy
 from rlhfkit.feedback.store import Store
 from rlhfkit.feedback.transfer import read_project_records
 from rlhfkit.models.judge import AIJudge
-from rlhfkit.models.loading import load_causal_lm, load_tokenizer
-from rlhfkit.models.policy import SelectiveLM
+from rlhfkit.models.loading import load_tokenizer
 from rlhfkit.models.reward import RewardModel
-from rlhfkit.rewards.sources import rm_scores
-from rlhfkit.rollout import ReferencePolicy, SamplingConfig, generate_responses, make_backend
-from rlhfkit.rollout import sample as sample_rollout
+from rlhfkit.rollout import generate_responses
 from rlhfkit.tasks import get_task
+from rlhfkit.train.evaluation import compare_with_sft
 from rlhfkit.train.loop import TrainingError, claim_output_dir
 from rlhfkit.train.pg import ALGORITHMS, train_pg
 from rlhfkit.train.ppo import PPOConfig, train_ppo
@@ -286,45 +284,6 @@ def run_rl_round(cfg: IterateConfig, policy: Path, rm: Path, out: Path) -> Path:
     return train_pg(ALGORITHMS[cfg.algo].config(num_samples=k, batch_size=16 // k, **common))
 
 
-@torch.no_grad()
-def evaluate_policy(cfg: IterateConfig, task: Any, sft: Path, policy: Path, rm: Path
-                    ) -> dict[str, float]:
-    """Phase 5: the policy against SFT on held-out prompts (one greedy-free sample each)."""
-    torch.manual_seed(cfg.seed)
-    prompts = task.prompts("eval")[:cfg.eval_prompts]
-    gold = task.gold_scorer()
-    tok = load_tokenizer(str(sft))
-    sampling = SamplingConfig(max_new_tokens=cfg.max_new_tokens)
-    sft_lm = load_causal_lm(str(sft)).eval()
-    lm = load_causal_lm(str(policy)).eval()
-    backend = make_backend(cfg.generation_backend, str(sft), None, seed=cfg.seed,
-                           max_model_len=cfg.max_new_tokens + 256, log=lambda *a: None)
-    before = sample_rollout(sft_lm, tok, prompts, sampling, task.system_prompt, backend=backend)
-    if hasattr(backend, "sync"):
-        backend.sync(lm, 1)
-    after = sample_rollout(lm, tok, prompts, sampling, task.system_prompt, backend=backend,
-                           scorer=SelectiveLM(lm))
-    if hasattr(backend, "close"):
-        backend.close()
-    ref_lp = ReferencePolicy(sft_lm, frozen=sft_lm).logprobs(after)
-    kl = float(((after.logprobs - ref_lp) * after.response_mask).sum(-1).mean())
-    reward = RewardModel.from_pretrained(str(rm), pad_token_id=tok.pad_token_id).eval()
-    g_before, g_after = gold(prompts, before.texts), gold(prompts, after.texts)
-    len_before = before.response_lengths.float().tolist()
-    len_after = after.response_lengths.float().tolist()
-    wins = length_controlled_win_rate(g_after, g_before, len_after, len_before)
-    n = len(prompts)
-    return {
-        "gold/sft": sum(g_before) / n, "gold/final": sum(g_after) / n,
-        "proxy/final": float(rm_scores(reward, after).mean()),
-        "proxy/sft": float(rm_scores(reward, before).mean()),
-        "gold/win_rate": sum(a > b for a, b in zip(g_after, g_before)) / n,
-        "gold/win_rate_ties_half": wins["win_rate"], "gold/lc_win_rate": wins["lc_win_rate"],
-        "kl/final": kl, "length/sft": sum(len_before) / n, "length/final": sum(len_after) / n,
-        "distinct2/sft": distinct_n(before.texts, 2), "distinct2/final": distinct_n(after.texts, 2),
-    }
-
-
 def run_iterate(cfg: IterateConfig) -> Path:
     """Run the rounds; returns the final policy's folder."""
     check_options(cfg)
@@ -359,8 +318,10 @@ def run_iterate(cfg: IterateConfig) -> Path:
             rm = fit_reward_model(cfg, folder / "rm-data.jsonl", start, folder / "rm")
             line["rm/heldout_accuracy"] = _heldout_accuracy(folder / "rm")
         policy = run_rl_round(cfg, policy, rm, folder / "rl")
-        line.update(evaluate_policy(cfg, task, sft, policy, rm))
-        line["gap/proxy_minus_gold"] = line["proxy/final"] - line["gold/final"]
+        line.update(compare_with_sft(cfg.task, sft, policy, rm, cfg.eval_prompts,
+                                     cfg.max_new_tokens, cfg.seed,
+                                     cfg.generation_backend)["summary"])
+        line["gap/proxy_minus_gold"] = line["reward/final"] - line["gold/final"]
         line["round_s"] = time.perf_counter() - t0
         if not any(d["round"] == r for d in done):
             with open(out / "rounds.jsonl", "a") as f:

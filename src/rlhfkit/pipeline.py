@@ -20,6 +20,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from rlhfkit import config as cfglib
 from rlhfkit.data.chat import to_messages
@@ -55,7 +56,7 @@ class DemoConfig:
     sft/model)."""
     quick: bool = False
     """Small settings that finish in a few minutes on a 2-core CPU."""
-    precision: str = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
     """fp32, bf16, or auto (bf16 where the hardware has it)."""
     lora: bool = False
     """Train LoRA adapters instead of all weights."""
@@ -92,7 +93,7 @@ class DemoConfig:
     rank_prompts: int = 0
     """Prompts to sample and rank with --rm-data samples (0 = the preset's: every train prompt
     without a demonstration, 64 with --quick)."""
-    generation_backend: str = "auto"
+    generation_backend: Literal["auto", "hf", "vllm"] = "auto"
     """Sampler of every stage that samples: hf, vllm or auto (vLLM where installed)."""
     rounds: int = 0
     """Rounds of iterative RLHF for RL algorithms (docs/iterate.md): each round samples the
@@ -208,6 +209,7 @@ def run_demo(cfg: DemoConfig) -> Path:
 
 def check_options(cfg: DemoConfig) -> None:
     """Raise a ConfigError for a bad option before any stage runs."""
+    cfglib.validate(cfg)
     if cfg.rm_data not in ("samples", "task"):
         raise cfglib.ConfigError(f"--rm-data must be samples or task, got {cfg.rm_data!r}")
     if not 2 <= cfg.rank_k <= 9:

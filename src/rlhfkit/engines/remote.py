@@ -30,7 +30,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Client, Connection, Listener
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -112,7 +112,7 @@ class EngineConfig:
     """Interface to listen on (0.0.0.0 for trainers on other machines)."""
     port: int = 7100
     """Port to listen on."""
-    dtype: str = "bfloat16"
+    dtype: Literal["bfloat16", "float32"] = "bfloat16"
     """The engine's weight dtype: bfloat16 or float32."""
     max_model_len: int = 1024
     """Longest prompt + response in tokens."""

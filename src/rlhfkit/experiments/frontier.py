@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from rlhfkit import config as cfglib
 from rlhfkit.evaluate.report import Section, figure_html, table_html, write_sections
@@ -68,9 +68,9 @@ class FrontierConfig:
     """Held-out prompts every point is judged on."""
     max_new_tokens: int = 24
     """Longest response in tokens."""
-    generation_backend: str = "auto"
+    generation_backend: Literal["auto", "hf", "vllm"] = "auto"
     """Sampler: hf, vllm or auto."""
-    precision: str = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
     """fp32, bf16, or auto."""
     seed: int = 0
     """Seed of every point."""
@@ -84,6 +84,7 @@ class FrontierConfig:
 
 def grid(cfg: FrontierConfig) -> list[tuple[str, float]]:
     """Every (method, strength) point, with a clear error for an unknown method."""
+    cfglib.validate(cfg)
     methods = [m.strip() for m in cfg.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in (*RL, *DIRECT, "best-of-n")]
     if unknown:

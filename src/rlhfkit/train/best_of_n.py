@@ -124,6 +124,7 @@ def best_of_n(
 
 def run_best_of_n(cfg: BestOfNConfig, reward_fn: RewardFn | None = None) -> Path:
     """Sample, select, write ``demonstrations.jsonl`` and ``eval.json``; returns the folder."""
+    cfglib.validate(cfg)
     seed_everything(cfg.seed)
     acc = make_accelerator(cfg.precision)
     autocast = torch.bfloat16 if acc.mixed_precision == "bf16" else None

@@ -17,10 +17,11 @@ feedback store, the reward sources nothing of the tasks.
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -171,6 +172,10 @@ def stage_inputs(cfg: Any, want: str, kinds: Sequence[str]) -> StageInputs:
     train, held = split_or_load(records, cfg.eval_data, cfg.eval_fraction, cfg.seed,
                                 lambda s, split: load_records(s, want, kinds, split=split),
                                 data=cfg.data, eval_split=cfg.eval_split)
+    if not held and os.environ.get("RANK", "0") == "0":  # said once, before training
+        print(f"[warning] no records held out of {cfg.data} (--eval-fraction "
+              f"{cfg.eval_fraction} left none out, and no --eval-data): this run will have no "
+              "held-out evaluation")
     return StageInputs(load_tokenizer(cfg.model), system_prompt_for(cfg.system_prompt, cfg.data),
                        train, held)
 
@@ -179,7 +184,7 @@ def stage_inputs(cfg: Any, want: str, kinds: Sequence[str]) -> StageInputs:
 class LabelWeightOptions:
     """Labels weighted by their annotators' reliability (``rlhfkit rm`` and ``rlhfkit dpo``)."""
 
-    weight_by: str = "none"
+    weight_by: Literal["none", "reliability"] = "none"
     """none, or reliability: weight each comparison (and ranking pair) by 1 - 2e, e = its annotator's estimated error rate from honeypots and agreement (docs/feedback.md)."""
     min_reliability: float = 0.0
     """With --weight-by reliability: also leave out the labels of annotators estimated to be right less often than this (0..1)."""

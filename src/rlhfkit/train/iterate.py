@@ -32,7 +32,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -89,7 +89,7 @@ class IterateConfig:
     """--labeler app: the prefix of the projects' names."""
     feedback_timeout: float = 86400.0
     """--labeler app: seconds to wait for a round's labels."""
-    rm_refit: str = "continue"
+    rm_refit: Literal["continue", "scratch"] = "continue"
     """continue (start each round from the last reward model) or scratch (from the backbone)."""
     rm_steps: int = 48
     """Reward-model optimizer steps per round."""
@@ -113,9 +113,9 @@ class IterateConfig:
     """Longest response in tokens."""
     eval_prompts: int = 64
     """Held-out prompts of each round's evaluation."""
-    generation_backend: str = "auto"
+    generation_backend: Literal["auto", "hf", "vllm"] = "auto"
     """Sampler: hf, vllm or auto."""
-    precision: str = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
     """fp32, bf16, or auto."""
     lora: bool = False
     """LoRA adapters instead of all weights (reward model and policy)."""
@@ -131,6 +131,7 @@ class IterateConfig:
 
 def check_options(cfg: IterateConfig) -> None:
     """Clear errors for bad options, before any model loads."""
+    cfglib.validate(cfg)
     if cfg.rounds < 1:
         raise cfglib.ConfigError(f"--rounds must be at least 1, got {cfg.rounds}")
     if not 2 <= cfg.rank_k <= 9:

@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -88,7 +88,7 @@ class RLConfig(RunOptions, OptimOptions, ModelOptions):
     --eval-split is given."""
     system_prompt: str | None = None
     """System message added to prompts that have none (default: the task's, else none)."""
-    lr_scheduler: str = "constant"
+    lr_scheduler: Literal["constant", "linear", "cosine"] = "constant"
     """constant, linear or cosine decay after warm-up."""
     warmup_ratio: float = 0.0
     """Share of the optimizer steps spent warming the learning rate up."""
@@ -111,7 +111,7 @@ class RLConfig(RunOptions, OptimOptions, ModelOptions):
     async_generation: bool = False
     """Sample the next batch while the trainer updates on this one (one update off-policy; the
     clipped ratio is taken against the engine's log-probs). Needs a vLLM backend."""
-    generation_backend: str = "auto"
+    generation_backend: Literal["auto", "hf", "vllm"] = "auto"
     """Sampler: hf (transformers generate), vllm (a vLLM engine in this process; the 'vllm'
     extra), or auto (vLLM where installed and it can serve the model, else hf, said in one line)."""
     vllm_kv_cache_gb: float = 1.0
@@ -119,7 +119,7 @@ class RLConfig(RunOptions, OptimOptions, ModelOptions):
     vllm_engines: str = ""
     """vLLM engines apart from the trainer: N (start N engine processes here) or HOST:PORT,...
     (engines started with rlhfkit engine); empty = one engine in the trainer's process."""
-    weight_sync: str = "gloo"
+    weight_sync: Literal["gloo", "nccl", "file"] = "gloo"
     """How weights reach engines apart: gloo (CPU) or nccl (GPU) broadcast, or file."""
     kl_coef: float = 0.05
     """beta: weight of the per-token KL penalty (in the reward, or in the loss for GRPO)."""
@@ -146,7 +146,7 @@ class RewardOptions:
     change after each segment), or several sources as name=SPEC,name=SPEC (fine-grained RLHF)."""
     rewards: str = ""
     """Weights of named reward sources, e.g. rel=0.3,fact=0.5,comp=0.3 (1 for a name not given)."""
-    segment_unit: str = "sentence"
+    segment_unit: Literal["sentence", "subsentence", "response"] = "sentence"
     """Segments of a response for per-segment rewards: sentence, subsentence or response."""
     normalize_reward: bool = True
     """Standardise RM scores with the mean/std saved at RM training."""
@@ -174,7 +174,7 @@ class PlacementOptions:
     """--ray: GPUs each engine takes (0 on CPU; 0.5 puts two engines on one GPU)."""
     ray_cpus_per_worker: float = 1.0
     """--ray: CPUs each trainer process and each engine takes."""
-    ray_strategy: str = "PACK"
+    ray_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
     """--ray: placement of the bundles: PACK (as few nodes as fit) or SPREAD."""
 
 

@@ -343,7 +343,7 @@ def test_row_kind_must_agree_with_the_kind_argument(tmp_path):
     path = write_records([BinaryFeedback(prompt="p", response="r", label=True)], tmp_path / "b.csv")
     with pytest.raises(RecordError) as info:
         read_records(path, kind="score")
-    assert "b.csv, row 0 (0-based data row), field 'kind': expected 'score'" in str(info.value)
+    assert "b.csv, row 0 (0-based data row, line 2), field 'kind': expected 'score'" in str(info.value)
 
 
 def test_unknown_kind_argument(tmp_path):
@@ -357,7 +357,8 @@ def test_bad_csv_label_names_file_row_and_field(tmp_path):
     with pytest.raises(RecordError) as info:
         read_records(path)
     assert str(info.value) == (
-        f"{path}, row 1 (0-based data row), field 'label': expected a bool (true or false); "
+        f"{path}, row 1 (0-based data row, line 3), field 'label': expected a bool (true or "
+        "false); "
         "got 'maybe' (str)"
     )
 
@@ -367,16 +368,16 @@ def test_bad_csv_json_cell_names_row_and_field(tmp_path):
     path.write_text('prompt,responses,ranks\np,"[""a"", ""b""]","[0, 1]"\np,"[""a"", ""b""]",0;1\n')
     with pytest.raises(RecordError) as info:
         read_records(path)
-    assert "rank.csv, row 1 (0-based data row), field 'ranks': expected a list of 2 values" in str(
-        info.value
-    )
+    assert "rank.csv, row 1 (0-based data row, line 3), field 'ranks': expected a list of 2 " \
+        "values" in str(info.value)
 
 
 def test_csv_row_with_too_many_cells(tmp_path):
     path = tmp_path / "wide.csv"
     path.write_text("prompt,chosen,rejected\np,a,b\np,a,b,c\n")
     with pytest.raises(
-        RecordError, match=r"wide\.csv, row 1 \(0-based data row\): expected at most 3"
+        RecordError, match=r"wide\.csv, row 1 \(0-based data row, line 3\), field '\(cell 4\)': "
+        r"expected at most 3"
     ):
         read_records(path)
 
@@ -387,7 +388,8 @@ def test_csv_empty_chosen_cell_is_a_missing_chosen(tmp_path):
     with pytest.raises(RecordError) as info:
         read_records(path)
     assert (
-        "prefs.csv, row 1 (0-based data row), field 'chosen': expected a non-empty string"
+        "prefs.csv, row 1 (0-based data row, line 3), field 'chosen': expected a non-empty "
+        "string"
         in str(info.value)
     )
 

@@ -123,7 +123,7 @@ def test_bad_input_names_file_record_and_field(tiny_lm, tmp_path, capsys):
     write_records([BinaryFeedback(prompt="p", response="r", label=True)], thumbs)
     assert main(tiny_args(tiny_lm, thumbs, tmp_path / "a")) == 1
     err = capsys.readouterr().err
-    assert "thumbs.jsonl" in err and "record 0" in err and "'binary'" in err and "kind" in err
+    assert "thumbs.jsonl, line 1, field 'kind'" in err and "'binary'" in err
 
     broken = tmp_path / "broken.jsonl"
     broken.write_text(json.dumps({"kind": "comparison", "prompt": "p", "chosen": "a",

@@ -124,3 +124,65 @@ def test_encoder_backbone(tmp_path, tokenizer):
     assert rewards.shape == (2,) and torch.isfinite(rewards).all()
     rewards.sum().backward()
     assert rm.seq_model.classifier.weight.grad is not None
+
+
+def test_saved_rm_scores_the_same_in_stock_transformers(tiny_lm, tokenizer, tmp_path):
+    """Stock AutoModelForSequenceClassification + the saved tokenizer, right-padded in a batch,
+    gives rlhfkit's scores. Before the fix the folder padded with <|im_end|>, which ends every
+    response, so the stock class read each score one token early."""
+    from transformers import AutoTokenizer
+
+    from rlhfkit.data.chat import encode_pair, pad
+
+    rm = RewardModel.from_pretrained(str(tiny_lm), pad_token_id=tokenizer.pad_token_id).eval()
+    torch.manual_seed(1)
+    with torch.no_grad():  # a random head of the usual tiny scale reads as ~0 everywhere
+        rm.seq_model.score.weight.normal_(0, 1.0)
+    rm.save(tmp_path / "rm", tokenizer)
+    assert tokenizer.pad_token == "<|im_end|>"  # the caller's tokenizer is untouched
+    pairs = [("Say hi", "hi there"), ("Review:", "a dull, slow and far too long film"),
+             ("2+2?", "4")]
+    seqs = [encode_pair(tokenizer, p, r, 64).input_ids for p, r in pairs]
+    ids, mask = pad(seqs, tokenizer.pad_token_id)
+    with torch.no_grad():
+        ours = rm(ids, mask)
+
+    stock = AutoModelForSequenceClassification.from_pretrained(tmp_path / "rm").eval()
+    stock_tok = AutoTokenizer.from_pretrained(tmp_path / "rm")
+    assert stock_tok.pad_token == "<|endoftext|>" and stock.config.pad_token_id == 0
+    batch = stock_tok.pad({"input_ids": seqs}, return_tensors="pt")
+    with torch.no_grad():
+        theirs = stock(**batch).logits[:, 0]
+    assert (ours.abs() > 1e-3).all()
+    assert torch.allclose(ours, theirs, atol=1e-5), (ours, theirs)
+    # The same from text: the rendered conversation without the newline after <|im_end|>.
+    texts = [tokenizer.apply_chat_template([{"role": "user", "content": p},
+                                            {"role": "assistant", "content": r}],
+                                           tokenize=False).removesuffix("\n") for p, r in pairs]
+    batch = stock_tok(texts, padding=True, add_special_tokens=False, return_tensors="pt")
+    with torch.no_grad():
+        from_text = stock(**batch).logits[:, 0]
+    assert torch.allclose(ours, from_text, atol=1e-5), (ours, from_text)
+
+
+def test_saved_rm_adds_a_pad_token_when_none_is_safe(tiny_lm, tokenizer, tmp_path, monkeypatch):
+    """A tokenizer whose only special tokens are BOS/EOS gets a new pad token on save; the
+    saved embeddings grow by one row, the live model's do not."""
+    from transformers import AutoTokenizer
+
+    import rlhfkit.models.reward as reward
+
+    class Bare:
+        eos_token, bos_token, pad_token, unk_token = "</s>", "<s>", "</s>", None
+        all_special_tokens = ["<s>", "</s>"]
+
+    assert reward.scoring_pad_token(Bare()) is None
+    assert reward.scoring_pad_token(tokenizer) == "<|endoftext|>"
+    rm = RewardModel.from_pretrained(str(tiny_lm)).eval()
+    monkeypatch.setattr(reward, "scoring_pad_token", lambda tok: None)
+    rm.save(tmp_path / "rm", tokenizer)
+    saved = AutoTokenizer.from_pretrained(tmp_path / "rm")
+    stock = AutoModelForSequenceClassification.from_pretrained(tmp_path / "rm")
+    assert saved.pad_token == reward.NEW_PAD_TOKEN and stock.config.pad_token_id == len(tokenizer)
+    assert stock.get_input_embeddings().weight.shape[0] == len(tokenizer) + 1
+    assert rm.seq_model.get_input_embeddings().weight.shape[0] == len(tokenizer)

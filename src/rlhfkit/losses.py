@@ -109,6 +109,24 @@ def pointwise_loss(rewards: Tensor, labels: Tensor) -> tuple[Tensor, dict[str, T
     return loss, {"accuracy": correct.float()}
 
 
+def score_regression_loss(rewards: Tensor, targets: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    """Squared error to a score: ``(r - t)^2``, for score (Likert) feedback read as a target.
+
+    The targets are standardised scores ``t = (s - mean) / std`` over the training records, so
+    the reward keeps the unit scale the pairwise losses give it and ``mean + std * r`` reads
+    back as a score.
+
+    Args:
+        rewards: (N,) scalar rewards.
+        targets: (N,) standardised scores.
+
+    Returns:
+        Per-example loss (N,) and ``abs_error`` (N,): ``|r - t|``.
+    """
+    error = rewards.float() - targets.float()
+    return error ** 2, {"abs_error": error.abs().detach()}
+
+
 def reward_centering_penalty(chosen_rewards: Tensor, rejected_rewards: Tensor) -> Tensor:
     """Per-pair ``(r_c + r_r)^2``, which pulls the mean reward towards zero.
 

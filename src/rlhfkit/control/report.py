@@ -7,12 +7,12 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from rlhfkit.evaluate.report import Section, figure_html, table_html
+from rlhfkit.evaluate.runs import read_metrics
 
 SOLVED: dict[str, float] = {"CartPole-v1": 475.0, "Pendulum-v1": -250.0}
 """A 10-episode mean true return that counts as solved: CartPole-v1's own ``reward_threshold``;
@@ -20,12 +20,6 @@ for Pendulum-v1 (no threshold in Gymnasium) a swing-up held upright for most of 
 where a random policy scores about -1,200."""
 
 AGENTS = (("learned", "PPO on r̂ (preferences)"), ("true", "PPO on the true reward"))
-
-
-def read_rows(run_dir: str | Path) -> list[dict[str, Any]]:
-    """The rows of a run folder's ``metrics.jsonl``."""
-    text = (Path(run_dir) / "metrics.jsonl").read_text()
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 def _curve(rows: Sequence[dict[str, Any]], source: str, x: str) -> list[tuple[float, float]]:
@@ -141,7 +135,7 @@ def control_section(run: str | Path | Sequence[dict[str, Any]],
     """
     settings: dict[str, Any] = {}
     if isinstance(run, str | Path):
-        rows = read_rows(run)
+        rows = read_metrics(run, required=True)
         cfg_path = Path(run) / "config.yaml"
         if cfg_path.exists():
             import yaml

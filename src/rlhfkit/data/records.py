@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from typing import Any, ClassVar, NamedTuple
 
 __all__ = [
     "KINDS",
+    "ROLES",
     "SOURCES",
     "SPAN_CATEGORIES",
     "BinaryFeedback",
@@ -41,9 +43,13 @@ __all__ = [
     "ScoreFeedback",
     "Span",
     "SpanFeedback",
+    "ScorePairs",
     "as_comparisons",
+    "closest_field",
     "from_dict",
     "infer_kind",
+    "score_pairs",
+    "unknown_fields",
 ]
 
 Message = dict[str, Any]
@@ -54,6 +60,13 @@ Prompt = str | list[Message]
 
 SOURCES = ("human", "simulated", "ai")
 """Allowed values of the ``source`` field (or ``None``)."""
+
+ROLES = ("system", "user", "assistant", "tool")
+"""Allowed chat roles: the ones chat templates (SmolLM2's ChatML, Llama, Qwen, ...) know."""
+
+_ROLE_HINTS = {"human": "user", "gpt": "assistant", "bot": "assistant", "model": "assistant",
+               "ai": "assistant", "chatbot": "assistant", "function": "tool"}
+"""Other datasets' names for the roles (ShareGPT's human/gpt, Gemma's model, ...)."""
 
 SPAN_CATEGORIES = ("irrelevant", "untruthful", "missing-information")
 """Built-in span categories (Wu et al. 2023, Fine-Grained RLHF); any other non-empty string is
@@ -153,6 +166,38 @@ def _show(value: Any) -> str:
     return f"got {text} ({type(value).__name__})"
 
 
+def _edit_distance(a: str, b: str) -> int:
+    """Optimal-string-alignment distance (``wieght`` -> ``weight`` is 1).
+
+    Counts insertions, deletions, substitutions and swaps of two neighbours.
+    """
+    d = [[i + j if i * j == 0 else 0 for j in range(len(b) + 1)] for i in range(len(a) + 1)]
+    for i in range(1, len(a) + 1):
+        for j in range(1, len(b) + 1):
+            d[i][j] = min(d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + (a[i - 1] != b[j - 1]))
+            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
+                d[i][j] = min(d[i][j], d[i - 2][j - 2] + 1)
+    return d[-1][-1]
+
+
+def closest_field(key: str, names: Iterable[str]) -> str | None:
+    """The field name ``key`` is probably a typo of, or None.
+
+    A near miss is at most one edit away (two for names of six letters or more), ignoring
+    case: ``wieght`` -> ``weight``, ``respnse`` -> ``response``, ``Prompt`` -> ``prompt``, but
+    not ``prompt_id`` -> ``prompt``. Ties go to the first name given.
+    """
+    best, best_distance = None, None
+    for name in names:
+        if name == key:
+            return None
+        limit = 2 if min(len(name), len(key)) >= 6 else 1
+        distance = _edit_distance(key.lower(), name.lower())
+        if distance <= limit and (best_distance is None or distance < best_distance):
+            best, best_distance = name, distance
+    return best
+
+
 # --------------------------------------------------------------------------------------------
 # Field checks (each raises RecordError naming the field)
 # --------------------------------------------------------------------------------------------
@@ -162,7 +207,9 @@ def _check_text(value: Any, name: str, *, allow_empty: bool = False) -> str:
     expected = "a string" if allow_empty else "a non-empty string"
     if not isinstance(value, str):
         raise RecordError(_show(value), field=name, expected=expected)
-    if not allow_empty and value == "":
+    if not allow_empty and not value.strip():
+        if value:
+            expected += " (not only whitespace)"
         raise RecordError(_show(value), field=name, expected=expected)
     return value
 
@@ -197,8 +244,17 @@ def _check_messages(value: Any, name: str) -> list[Message]:
             raise RecordError(_show(message), field=f"{name}[{i}]", expected=expected)
         for key in ("role", "content"):
             if key not in message:
-                raise RecordError("missing", field=f"{name}[{i}].{key}", expected="a string")
-        _check_text(message["role"], f"{name}[{i}].role")
+                hint = ""
+                if {"from", "value"} <= set(message):
+                    hint = " (ShareGPT's 'from'/'value': rename them 'role'/'content')"
+                raise RecordError("missing" + hint, field=f"{name}[{i}].{key}",
+                                  expected="a string")
+        role = _check_text(message["role"], f"{name}[{i}].role")
+        if role not in ROLES:
+            hint = f" (did you mean '{_ROLE_HINTS[role.lower()]}'?)" \
+                if role.lower() in _ROLE_HINTS else ""
+            raise RecordError(_show(role) + hint, field=f"{name}[{i}].role",
+                              expected=f"one of {', '.join(ROLES)}")
         _check_text(message["content"], f"{name}[{i}].content", allow_empty=True)
     return value
 
@@ -206,7 +262,7 @@ def _check_messages(value: Any, name: str) -> list[Message]:
 def _check_prompt(value: Any, name: str = "prompt") -> Prompt:
     if isinstance(value, list):
         return _check_messages(value, name)
-    if not isinstance(value, str) or value == "":
+    if not isinstance(value, str) or not value.strip():
         raise RecordError(
             _show(value), field=name, expected="a non-empty string or a list of chat messages"
         )
@@ -304,6 +360,7 @@ class Record:
         kind = d.pop("kind", None)
         if kind is not None and kind != cls.KIND:
             raise RecordError(_show(kind), field="kind", expected=f"'{cls.KIND}'")
+        _check_near_misses(d, cls.field_names())
         d = cls._normalize(d)
         names = {f.name for f in dataclasses.fields(cls)}
         kwargs: dict[str, Any] = {}
@@ -329,6 +386,36 @@ class Record:
     def _normalize(cls, d: dict[str, Any]) -> dict[str, Any]:
         """Map TRL-style column names and message lists onto this kind's fields."""
         return d
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        """Every key this kind reads: its fields, the shared ones, ``kind`` and TRL's names."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        aliases = ["completion"] if "response" in names else []
+        return ("kind", *names, *aliases)
+
+
+def _check_near_misses(d: dict[str, Any], names: Sequence[str]) -> None:
+    """Raise for a key that is a near miss of a field the record does not set (a typo)."""
+    for key, value in d.items():
+        if key in names or value is None:
+            continue
+        guess = closest_field(key, [n for n in names if d.get(n) is None])
+        if guess is not None:
+            raise RecordError(
+                f"not a field of this record kind; did you mean '{guess}'? (a field of "
+                "your own goes in 'meta')",
+                field=key,
+            )
+
+
+def unknown_fields(d: dict[str, Any], kind: str) -> list[str]:
+    """Keys of ``d`` that name no field of ``kind`` (they are kept in the record's ``meta``).
+
+    Keys with null values (missing cells) are left out.
+    """
+    names = set(_check_kind(kind).field_names())
+    return [k for k, v in d.items() if k not in names and v is not None]
 
 
 _EXPECTED = {
@@ -879,6 +966,15 @@ def infer_kind(columns: Iterable[str]) -> str:
         RecordError: the columns fit no kind.
     """
     cols = set(columns) - {"kind"}
+    known = {name for cls in KINDS.values() for name in cls.field_names()}
+    for col in sorted(cols - known):
+        guess = closest_field(col, sorted(known - cols))
+        if guess is not None:
+            raise RecordError(
+                f"not a field of any record kind; did you mean '{guess}'? (a field of your own "
+                "goes in 'meta')",
+                field=col,
+            )
     has_response = bool(cols & {"response", "completion"})
     if {"chosen", "rejected"} <= cols:
         return "comparison"
@@ -986,3 +1082,73 @@ def as_comparisons(records: Sequence[Record], *, drop_ties: bool = False) -> Com
             if not (drop_ties and pair.tie):
                 pairs.append(pair)
     return ComparisonSet(pairs, n_ties, n_rankings)
+
+
+class ScorePairs(NamedTuple):
+    """What :func:`score_pairs` returns.
+
+    Attributes:
+        pairs: the comparisons, ``chosen`` the higher-scored response.
+        n_ties: pairs whose two responses have the same (mean) score, included as ``tie=True``.
+        n_prompts: prompts with at least two distinct scored responses.
+        n_unpaired: score records left out: the only scored response to their prompt.
+    """
+
+    pairs: list[Comparison]
+    n_ties: int
+    n_prompts: int
+    n_unpaired: int
+
+
+def score_pairs(records: Sequence[ScoreFeedback]) -> ScorePairs:
+    """Turn score (Likert) records into comparisons within each prompt.
+
+    Several scores of one response (several annotators) are averaged first. For a prompt
+    with K distinct scored responses, every one of the C(K, 2) pairs becomes a comparison: the
+    higher mean score is ``chosen``, ``margin`` is the score gap, equal means are a tie, and
+    each pair weighs ``1 / C(K, 2)`` with ``group`` shared by the prompt's pairs, so a prompt
+    counts as much as one comparison, as a K-ranking's pairs do (Ouyang et al. 2022, eq. 1).
+    The scores behave like a ranking by scores (:meth:`Ranking.to_comparisons`) without its
+    K <= 9 limit.
+
+    Args:
+        records: ScoreFeedback records, in any order.
+
+    Returns:
+        The pairs and the counts (see :class:`ScorePairs`).
+
+    Raises:
+        TypeError: a record is not a ScoreFeedback.
+    """
+    by_prompt: dict[str, tuple[Prompt, dict[str, list[ScoreFeedback]]]] = {}
+    for index, record in enumerate(records):
+        if not isinstance(record, ScoreFeedback):
+            raise TypeError(f"score_pairs takes ScoreFeedback records; record {index} is a "
+                            f"{type(record).__name__}")
+        key = record.prompt if isinstance(record.prompt, str) else \
+            json.dumps(record.prompt, sort_keys=True)
+        responses = by_prompt.setdefault(key, (record.prompt, {}))[1]
+        responses.setdefault(record.response, []).append(record)
+    pairs: list[Comparison] = []
+    n_ties = n_prompts = n_unpaired = 0
+    for number, (prompt, responses) in enumerate(by_prompt.values()):
+        if len(responses) < 2:
+            n_unpaired += sum(len(v) for v in responses.values())
+            continue
+        n_prompts += 1
+        texts = list(responses)
+        mean = {t: sum(r.score for r in responses[t]) / len(responses[t]) for t in texts}
+        weight = 1.0 / math.comb(len(texts), 2)
+        for a, b in combinations(texts, 2):
+            win, lose = (b, a) if mean[b] > mean[a] else (a, b)
+            tie = mean[a] == mean[b]
+            n_ties += tie
+            sources = {r.source for r in responses[a] + responses[b]}
+            pairs.append(Comparison(
+                prompt=_plain(prompt), chosen=win, rejected=lose, margin=abs(mean[a] - mean[b]),
+                tie=tie, weight=weight, group=f"scores-{number}",
+                source=sources.pop() if len(sources) == 1 else None,
+                meta={"scores": [mean[win], mean[lose]]},
+            ))
+    return ScorePairs(pairs, n_ties, n_prompts, n_unpaired)
+

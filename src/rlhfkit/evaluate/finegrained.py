@@ -9,7 +9,6 @@ write it to ``report.html`` at the end of such a run.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -17,17 +16,10 @@ import yaml
 
 from rlhfkit.config import parse_weights, split_named
 from rlhfkit.evaluate.report import Section, figure_html, table_html
+from rlhfkit.evaluate.runs import read_metrics
 
 SHARED = ("score", "score_std", "normalized", "total")
 """``reward/...`` metrics that are not a source of their own."""
-
-
-def read_metrics(run_dir: str | Path) -> list[dict[str, float]]:
-    """Rows of ``metrics.jsonl`` (empty when the file is missing)."""
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def source_names(rows: list[dict[str, float]]) -> list[str]:

@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from rlhfkit.stats import bradley_terry
+
 __all__ = [
     "avg_max_toxicity",
     "bradley_terry_ratings",
@@ -132,15 +134,10 @@ def bradley_terry_ratings(
 ) -> dict[Hashable, float]:
     """Fit Bradley–Terry strengths to pairwise results, e.g. for a league of policies.
 
-    Model: ``P(i beats j) = sigmoid(r_i - r_j)``. Fitted by the minorize–maximize updates of
-    Hunter (2004, Eq. 3) on ``p_i = exp(r_i)``::
-
-        p_i <- W_i / sum_j n_ij / (p_i + p_j)
-
-    where ``W_i`` is i's number of wins (a tie is half a win for each side) and ``n_ij`` the
-    number of games between i and j. ``prior > 0`` adds ``prior`` wins and ``prior`` losses
-    against a virtual opponent of rating 0 for every player, which keeps an undefeated (or
-    winless) player's rating finite.
+    Model: ``P(i beats j) = sigmoid(r_i - r_j)``, fitted by :func:`rlhfkit.stats.bradley_terry`
+    (Hunter 2004's minorize–maximize updates; a tie is half a win for each side). ``prior > 0``
+    adds ``prior`` wins and ``prior`` losses against a virtual opponent of rating 0 for every
+    player, which keeps an undefeated (or winless) player's rating finite.
 
     Args:
         pairs: ``(i, j)`` for each game; any hashable names.
@@ -156,38 +153,11 @@ def bradley_terry_ratings(
     if outcomes is None:
         outcomes = [1.0] * len(pairs)
     _check_same_length(pairs, outcomes, "bradley_terry_ratings")
-    players = sorted({p for pair in pairs for p in pair}, key=repr)
-    if not players:
-        return {}
-    index = {p: k for k, p in enumerate(players)}
-    m = len(players)
-    wins = [prior] * m
-    games = [[0.0] * m for _ in range(m)]  # games[i][j] = n_ij
-    for (a, b), y in zip(pairs, outcomes):
+    for y in outcomes:
         if not 0.0 <= y <= 1.0:
             raise ValueError(f"bradley_terry_ratings: outcome must be in [0, 1], got {y}")
-        i, j = index[a], index[b]
-        wins[i] += y
-        wins[j] += 1.0 - y
-        games[i][j] += 1.0
-        games[j][i] += 1.0
-    strength = [1.0] * m
-    for _ in range(max_iter):
-        new = []
-        for i in range(m):
-            denom = sum(games[i][j] / (strength[i] + strength[j]) for j in range(m) if games[i][j])
-            denom += 2.0 * prior / (strength[i] + 1.0)  # the virtual opponent has p = exp(0)
-            new.append(max(wins[i] / denom, 1e-300) if denom > 0 else strength[i])
-        if prior == 0.0:  # only ratios are identified; fix the geometric mean at 1
-            g = math.exp(sum(math.log(s) for s in new) / m)
-            new = [s / g for s in new]
-        delta = max(abs(math.log(a) - math.log(b)) for a, b in zip(new, strength))
-        strength = new
-        if delta < tol:
-            break
-    logs = [math.log(s) for s in strength]
-    mean = sum(logs) / m
-    return {p: logs[index[p]] - mean for p in players}
+    games = [(a, b, y) for (a, b), y in zip(pairs, outcomes)]
+    return bradley_terry(games, prior=prior, max_iter=max_iter, tol=tol)
 
 
 def avg_max_toxicity(toxicities: Sequence[Sequence[float]]) -> float:

@@ -4,22 +4,74 @@
 learning, preference RL for control, fine-grained RLHF) add their own parts as
 :class:`Section` objects, built with :func:`figure_html` and :func:`table_html`; the same
 sections can be written alone with :func:`write_sections`.
+
+The HTML comes from Jinja2 templates in ``rlhfkit/evaluate/templates`` (package data), with
+autoescaping on: ``report.html`` (the page), ``section.html``, ``table.html``, ``figure.html``
+and ``report.css``. Text the models wrote goes through the ``visible`` filter, which shows
+characters that print nothing in any font (control and format characters, private-use and
+unassigned code points) as their code point.
 """
 
 from __future__ import annotations
 
 import base64
-import html
+import functools
 import io
 import json
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-_STYLE = ("<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}"
-          "td,th{border:1px solid #ccc;padding:4px 8px;vertical-align:top}"
-          "table{border-collapse:collapse}img{margin:6px}</style>")
+from markupsafe import Markup, escape
+
+_INVISIBLE = ("Cc", "Cf", "Co", "Cn", "Cs")
+"""Unicode categories with no glyph of their own (newlines and tabs are kept as they are)."""
+
+
+@functools.cache
+def _env() -> Any:
+    from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+
+    env = Environment(loader=PackageLoader("rlhfkit.evaluate", "templates"),
+                      autoescape=select_autoescape(["html"]), undefined=StrictUndefined,
+                      trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+    env.filters.update(cell=format_cell, visible=visible, score=_score)
+    return env
+
+
+def _render(template: str, **context: Any) -> str:
+    return _env().get_template(template).render(**context)
+
+
+def format_cell(value: Any, digits: int = 4) -> str:
+    """A table cell as text: floats with ``digits`` significant digits, lists/dicts as JSON."""
+    if isinstance(value, float):
+        return f"{value:.{digits}g}"
+    if isinstance(value, dict | list):
+        return json.dumps(value)
+    return str(value)
+
+
+def _score(value: Any) -> str:
+    return f"{value:.2f}" if isinstance(value, int | float) else "nan"
+
+
+def visible(text: Any) -> Markup:
+    """Escaped ``text`` with every character that has no glyph shown as ``U+XXXX``.
+
+    Such characters (control and format characters, private-use, unassigned and surrogate code
+    points) would otherwise show as an empty box or nothing at all; newlines and tabs stay.
+    """
+    out = []
+    for char in str(text):
+        if char not in "\n\t" and unicodedata.category(char) in _INVISIBLE:
+            out.append(Markup('<span class="cp" title="{}">U+{:04X}</span>').format(
+                unicodedata.name(char, "no name"), ord(char)))
+        else:
+            out.append(escape(char))
+    return Markup("").join(out)
 
 
 @dataclass
@@ -33,54 +85,70 @@ class Section:
     """HTML fragments, e.g. from :func:`figure_html` and :func:`table_html`."""
 
     def html(self) -> str:
-        """The section as HTML."""
-        head = f"<h2>{html.escape(self.title)}</h2>"
-        text = f"<p>{html.escape(self.text)}</p>" if self.text else ""
-        return head + text + "\n".join(self.parts)
+        """The section as HTML (``section.html``)."""
+        return _render("section.html", section=self)
 
 
 def figure_html(fig: Any, alt: str) -> str:
     """A matplotlib figure as an inline ``<img>`` (the figure is closed)."""
-    return f"<img alt='{html.escape(alt)}' src='data:image/png;base64,{_png(fig)}'>"
+    return _render("figure.html", alt=alt, png=_png(fig)).strip()
 
 
-def _cell(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return json.dumps(v) if isinstance(v, dict | list) else str(v)
-
-
-def table_html(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> str:
-    """Rows of dicts as an HTML table (floats shown with 4 significant digits)."""
+def table_html(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None,
+               digits: int = 4) -> str:
+    """Rows of dicts as an HTML table (floats shown with ``digits`` significant digits)."""
     if not rows:
         return ""
-    e = html.escape
-    cols = list(columns or rows[0])
-    out = ["<table><tr>" + "".join(f"<th>{e(c)}</th>" for c in cols) + "</tr>"]
-    for row in rows:
-        out.append("<tr>" + "".join(f"<td>{e(_cell(row.get(c, '')))}</td>" for c in cols)
-                   + "</tr>")
-    out.append("</table>")
-    return "\n".join(out)
+    return _render("table.html", rows=rows, columns=list(columns or rows[0]),
+                   digits=digits).strip()
 
 
 def write_sections(path: str | Path, title: str, sections: Sequence[Section]) -> Path:
     """Write a report made only of sections (for runs that are not the demo)."""
-    e = html.escape
-    body = "\n".join(s.html() for s in sections)
     path = Path(path)
-    path.write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}"
-                    f"</title>{_STYLE}</head><body><h1>{e(title)}</h1>\n{body}</body></html>")
+    path.write_text(_render("report.html", title=title, summary={}, comparison=[], plots={},
+                            samples=[], sections=sections), encoding="utf-8")
     return path
 
 
 def _png(fig: Any) -> str:
+    """The figure as base64 PNG, with glyphs its fonts lack spelt as ``U+XXXX`` (no boxes)."""
+    _spell_missing_glyphs(fig)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
     import matplotlib.pyplot as plt
 
     plt.close(fig)
     return base64.b64encode(buf.getvalue()).decode()
+
+
+def _spell_missing_glyphs(fig: Any) -> None:
+    """Replace, in every text of ``fig``, the characters its font cannot draw by ``U+XXXX``.
+
+    matplotlib draws a missing glyph as an empty box (and warns); an emoji or CJK label (a
+    reward source, a category, a sample) would otherwise show as boxes in the PNG.
+    """
+    from matplotlib.font_manager import findfont, get_font
+    from matplotlib.text import Text
+
+    for text in fig.findobj(Text):
+        value = text.get_text()
+        if not value or value.isascii():
+            continue
+        font = get_font(findfont(text.get_fontproperties()))
+        spelt = "".join(c if c.isspace() or font.get_char_index(ord(c)) else f"U+{ord(c):04X}"
+                        for c in value)
+        if spelt != value:
+            text.set_text(spelt)
+
+
+def _compact_ticks(ax: Any, axis: str = "x", bins: int = 5) -> None:
+    """At most ``bins`` ticks, labelled with 2 significant digits (no long labels that touch)."""
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
+
+    target = ax.xaxis if axis == "x" else ax.yaxis
+    target.set_major_locator(MaxNLocator(nbins=bins))
+    target.set_major_formatter(FuncFormatter(lambda v, _: "0" if v == 0 else f"{v:.2g}"))
 
 
 def training_plots(rows: Sequence[dict[str, float]]) -> dict[str, str]:
@@ -102,6 +170,7 @@ def training_plots(rows: Sequence[dict[str, float]]) -> dict[str, str]:
         ax.plot(kl, [r["gold/mean"] for r in train], "s-", label="gold reward")
     ax.set_xlabel("KL(policy || SFT) per response, nats")
     ax.set_ylabel("reward")
+    _compact_ticks(ax, "x")
     ax.legend()
     ax.set_title("Reward against KL over training")
     plots["Reward and gold reward against KL"] = _png(fig)
@@ -109,6 +178,7 @@ def training_plots(rows: Sequence[dict[str, float]]) -> dict[str, str]:
     ax.plot(steps, kl, "o-")
     ax.set_xlabel("rollout batch")
     ax.set_ylabel("KL per response, nats")
+    _compact_ticks(ax, "y")
     ax.set_title("KL to the reference")
     plots["KL"] = _png(fig)
     fig, ax = plt.subplots(figsize=(5, 3.2))
@@ -141,37 +211,8 @@ def write_report(
             a table that compares the algorithms on the same held-out prompts.
         sections: More sections, appended after the samples.
     """
-    e = html.escape
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}</title>",
-             _STYLE + "</head><body>",
-             f"<h1>{e(title)}</h1><h2>Summary</h2><table>"]
-    for k, v in summary.items():
-        shown = json.dumps(v) if isinstance(v, dict | list) else (
-            f"{v:.4g}" if isinstance(v, float) else str(v))
-        parts.append(f"<tr><th>{e(str(k))}</th><td>{e(shown)}</td></tr>")
-    parts.append("</table>")
-    if comparison:
-        keys = list(comparison[0])
-        parts.append("<h2>Algorithms compared (same held-out prompts, gold labeler)</h2><table><tr>"
-                     + "".join(f"<th>{e(k)}</th>" for k in keys) + "</tr>")
-        for row in comparison:
-            cells = (f"{row.get(k):.3g}" if isinstance(row.get(k), float) else str(row.get(k))
-                     for k in keys)
-            parts.append("<tr>" + "".join(f"<td>{e(c)}</td>" for c in cells) + "</tr>")
-        parts.append("</table>")
-    parts.append("<h2>Training</h2>")
-    for name, png in training_plots(metrics_rows).items():
-        parts.append(f"<img alt='{e(name)}' src='data:image/png;base64,{png}'>")
-    parts.append("<h2>Samples on held-out prompts</h2><table><tr><th>prompt</th>"
-                 "<th>SFT</th><th>gold</th><th>final policy</th><th>gold</th></tr>")
-    for s in samples:
-        parts.append(
-            f"<tr><td>{e(str(s['prompt']))}</td><td>{e(s['before'])}</td>"
-            f"<td>{s.get('gold_before', float('nan')):.2f}</td><td>{e(s['after'])}</td>"
-            f"<td>{s.get('gold_after', float('nan')):.2f}</td></tr>")
-    parts.append("</table>")
-    parts.extend(s.html() for s in sections)
-    parts.append("</body></html>")
     path = Path(path)
-    path.write_text("\n".join(parts))
+    path.write_text(_render("report.html", title=title, summary=summary,
+                            comparison=list(comparison), plots=training_plots(metrics_rows),
+                            samples=list(samples), sections=sections), encoding="utf-8")
     return path

@@ -149,6 +149,31 @@ def _fix_special_tokens(tokenizer: PreTrainedTokenizerBase, model: PreTrainedMod
             model.generation_config.pad_token_id = tokenizer.pad_token_id
 
 
+def quiet_library_progress_bars() -> None:
+    """Turn off the progress bars of transformers, datasets and huggingface_hub.
+
+    transformers draws bars while it loads and saves weights ("Loading weights", "Writing model
+    shards"), datasets while it builds, maps or saves a dataset; a stage run with
+    ``--no-progress`` calls this so that none of them draws. It is process-wide (each
+    library keeps one switch), so it lasts for the rest of the process.
+    """
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    try:
+        import datasets
+    except ImportError:  # pragma: no cover - datasets is a dependency
+        pass
+    else:
+        datasets.disable_progress_bars()
+    try:
+        from huggingface_hub.utils import disable_progress_bars
+    except ImportError:  # pragma: no cover - transformers depends on it
+        pass
+    else:
+        disable_progress_bars()
+
+
 def load_tokenizer(name_or_path: str = DEFAULT_MODEL) -> PreTrainedTokenizerBase:
     """Load the tokenizer of a model (alias, GGUF, folder or HF id)."""
     try:
@@ -280,9 +305,22 @@ def decoder_and_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.
     return base.get_decoder(), base.get_output_embeddings()
 
 
-def merge_and_save(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase | None,
-                   path: str | Path) -> None:
-    """Save a plain HF folder (LoRA merged into the weights) that ``from_pretrained`` loads."""
+def merge_and_save(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase | None,
+    path: str | Path,
+    adapter_dir: str | Path | None = None,
+) -> None:
+    """Save a plain HF folder (LoRA merged into the weights) that ``from_pretrained`` loads.
+
+    Args:
+        model: The trained model, possibly wrapped by accelerate/DDP and by peft.
+        tokenizer: Saved next to the weights (and next to the adapter), if given.
+        path: Folder for the merged model.
+        adapter_dir: For a peft model, also save the LoRA adapter here
+            (``adapter_config.json`` + ``adapter_model.safetensors``), which
+            ``PeftModel.from_pretrained(base, adapter_dir)`` loads; ignored without LoRA.
+    """
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     while hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
@@ -290,10 +328,31 @@ def merge_and_save(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase | 
     if hasattr(model, "merge_and_unload"):
         import copy
 
+        if adapter_dir is not None:
+            save_adapter(model, tokenizer, Path(adapter_dir))
         model = copy.deepcopy(model).merge_and_unload()
     model.save_pretrained(path, safe_serialization=True)
     if tokenizer is not None:
         tokenizer.save_pretrained(path)
+
+
+def save_adapter(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase | None,
+                 path: Path) -> Path:
+    """Save a peft model's adapter (and the tokenizer) as ``PeftModel.from_pretrained`` wants.
+
+    The adapter's ``base_model_name_or_path`` is the folder the base was loaded from (for the
+    ``smollm2-135m`` alias, rlhfkit's converted cache folder).
+
+    Raises:
+        ValueError: ``model`` carries no peft adapter.
+    """
+    if not hasattr(model, "peft_config"):
+        raise ValueError(f"{type(model).__name__} has no LoRA adapter to save")
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path, safe_serialization=True)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(path)
+    return path
 
 
 def checkpoint_weights(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:

@@ -55,10 +55,10 @@ class PreferenceModel(RewardModel):
         """Whether the loaded folder was saved as a pairwise preference model."""
         return getattr(self.config, "rlhfkit_model_kind", None) == self.KIND
 
-    def save(self, path, tokenizer=None) -> None:
+    def save(self, path, tokenizer=None, adapter_dir=None) -> None:
         """Save as a HF folder (LoRA merged), marked as a pairwise preference model."""
         self.config.rlhfkit_model_kind = self.KIND
-        super().save(path, tokenizer)
+        super().save(path, tokenizer, adapter_dir)
 
     def preference_logits(self, ab_ids: torch.Tensor, ab_mask: torch.Tensor,
                           ba_ids: torch.Tensor, ba_mask: torch.Tensor) -> torch.Tensor:

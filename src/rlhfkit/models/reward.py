@@ -6,25 +6,62 @@ decoder backbones we read the head at the last position where ``attention_mask``
 HF's "last token that is not the pad id": SmolLM2's pad token is its end-of-turn token, which ends
 every response, and HF's rule would then read one token too early.
 
+So that the stock class also *scores* the same, :meth:`RewardModel.save` writes the folder with a
+pad token that no sequence ends with (:func:`scoring_pad_token`: SmolLM2's ``<|endoftext|>``),
+in both ``config.json`` and the saved tokenizer. Stock transformers then reads the head at the
+last real token of each right-padded row, which is where rlhfkit reads it.
+
 Reward statistics from training (mean and std over the training responses) are saved in the
 config as ``rlhfkit_reward_mean`` / ``rlhfkit_reward_std`` so RL can normalise rewards later.
 """
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 from transformers import AutoModelForSequenceClassification
 
-from rlhfkit.models.loading import ModelLoadError, merge_and_save, resolve
+from rlhfkit.models.loading import ModelLoadError, resolve, save_adapter
 
 
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
     """(B,) index of the last 1 in each row of a (B, T) mask (left or right padding)."""
     positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
     return (attention_mask.long() * (positions + 1)).argmax(dim=1)
+
+
+def scoring_pad_token(tokenizer: Any) -> str | None:
+    """A pad token stock ``*ForSequenceClassification`` models can tell from a sequence's end.
+
+    Stock transformers reads a decoder's score at the rightmost token that is not the pad id.
+    When the pad token is also the end-of-sequence token (SmolLM2 pads with ``<|im_end|>``,
+    which ends every response), that rule skips the real last token. This returns a special
+    token that no rlhfkit sequence ends with: the tokenizer's unknown token, else another
+    special token that is neither EOS nor BOS.
+
+    Args:
+        tokenizer: A HF tokenizer.
+
+    Returns:
+        The token to pad with: the current pad token when it is already safe, another existing
+        special token, or None when the tokenizer has no such token (one must be added).
+    """
+    eos = tokenizer.eos_token
+    if tokenizer.pad_token is not None and tokenizer.pad_token != eos:
+        return tokenizer.pad_token
+    candidates = [tokenizer.unk_token, *tokenizer.all_special_tokens]
+    for token in candidates:
+        if token is not None and token not in (eos, tokenizer.bos_token):
+            return token
+    return None
+
+
+NEW_PAD_TOKEN = "<|rlhfkit_pad|>"
+"""Added to a saved reward model's vocabulary when the tokenizer has no safe pad token."""
 
 
 class RewardModel(nn.Module):
@@ -90,6 +127,52 @@ class RewardModel(nn.Module):
         cfg = self.seq_model.config
         return getattr(cfg, "rlhfkit_reward_mean", 0.0), getattr(cfg, "rlhfkit_reward_std", 1.0)
 
-    def save(self, path: str | Path, tokenizer=None) -> None:
-        """Save as an HF folder (LoRA merged) that the stock transformers classes load."""
-        merge_and_save(self.seq_model, tokenizer, path)
+    def save(self, path: str | Path, tokenizer: Any = None,
+             adapter_dir: str | Path | None = None) -> None:
+        """Save as a HF folder (LoRA merged) that stock transformers scores the same way.
+
+        For decoder backbones saved with their tokenizer, the folder's pad token is one that no
+        sequence ends with (see :func:`scoring_pad_token`; a new token is added, and the
+        embeddings resized, only if the tokenizer has none), so that
+        ``AutoModelForSequenceClassification`` with the saved tokenizer, right-padded, reads
+        the score at the last real token as :meth:`forward` does. The caller's tokenizer and
+        this model are left as they were.
+
+        Args:
+            path: Folder for the merged model.
+            tokenizer: Saved next to the weights (with the safe pad token).
+            adapter_dir: With LoRA, also save the adapter (and its trained ``score`` head)
+                here, for ``PeftModel.from_pretrained(base, adapter_dir)``.
+        """
+        seq = self.seq_model
+        if tokenizer is not None and self._parts()[0] is not None:
+            tokenizer = _scoring_tokenizer(tokenizer)
+        if hasattr(seq, "merge_and_unload"):
+            if adapter_dir is not None:
+                save_adapter(seq, tokenizer, Path(adapter_dir))
+            seq = copy.deepcopy(seq).merge_and_unload()
+        Path(path).mkdir(parents=True, exist_ok=True)
+        old_pad = seq.config.pad_token_id
+        if tokenizer is not None and self._parts()[0] is not None:
+            if tokenizer.pad_token_id >= seq.get_input_embeddings().weight.shape[0]:
+                seq = copy.deepcopy(seq)  # a new pad token: one more embedding row
+                seq.resize_token_embeddings(len(tokenizer))
+            seq.config.pad_token_id = tokenizer.pad_token_id
+        try:
+            seq.save_pretrained(path, safe_serialization=True)
+        finally:
+            seq.config.pad_token_id = old_pad
+        if tokenizer is not None:
+            tokenizer.save_pretrained(path)
+
+
+def _scoring_tokenizer(tokenizer: Any) -> Any:
+    """A copy of ``tokenizer`` that right-pads with a safe token (see :func:`scoring_pad_token`)."""
+    token = scoring_pad_token(tokenizer)
+    tokenizer = copy.deepcopy(tokenizer)
+    tokenizer.padding_side = "right"  # stock Llama-style models take positions from the left
+    if token is None:
+        tokenizer.add_special_tokens({"pad_token": NEW_PAD_TOKEN})
+    else:
+        tokenizer.pad_token = token
+    return tokenizer

@@ -56,7 +56,7 @@ import torch
 
 from rlhfkit import config as cfglib
 from rlhfkit.data.chat import encode_pair, pad
-from rlhfkit.data.records import BinaryFeedback, Record, as_comparisons
+from rlhfkit.data.records import BinaryFeedback, Record, ScoreFeedback, as_comparisons, score_pairs
 from rlhfkit.data.splits import prompt_key
 from rlhfkit.losses import dpo_loss, ipo_loss, kto_loss, preferred_ft_loss, unlikelihood_loss
 from rlhfkit.models.loading import load_causal_lm, merge_and_save
@@ -97,7 +97,8 @@ class DPOConfig(LabelWeightOptions, TrainConfig, DPOOptions):
     """Direct preference optimisation (``rlhfkit dpo``)."""
 
     output_dir: str = "runs/dpo"
-    """Run folder: config.yaml, metrics.jsonl, eval.json, reference_logps.pt, checkpoints/, model/."""
+    """Run folder: config.yaml, metrics.jsonl, eval.json, reference_logps.pt, checkpoints/,
+    model/ (and adapter/ with --lora)."""
     learning_rate: float = 5e-6
     """Peak learning rate of AdamW."""
     batch_size: int = 4
@@ -626,8 +627,26 @@ def build_groups_for(
     """Training groups for ``cfg.loss`` (or held-out groups with ``for_eval``).
 
     Held-out comparisons and rankings are always evaluated as pairs (preference accuracy), held-out
-    👍/👎 records as KTO examples.
+    👍/👎 records as KTO examples. Score (Likert) records become pairs within each prompt first
+    (:func:`rlhfkit.data.records.score_pairs`: the higher score chosen, weight 1/C(K,2); equal
+    scores are ties, which the pairwise losses skip), so they train every loss as a ranking by
+    scores would.
     """
+    scores = [r for r in records if isinstance(r, ScoreFeedback)]
+    n_score_pairs = 0
+    if scores:
+        derived = score_pairs(scores)
+        n_score_pairs = len(derived.pairs)
+        records = [r for r in records if not isinstance(r, ScoreFeedback)] + derived.pairs
+    groups, counts = _groups_for_loss(cfg, records, tokenizer, system_prompt, for_eval)
+    counts["score_pairs"] = n_score_pairs
+    return groups, counts
+
+
+def _groups_for_loss(
+    cfg: DPOConfig, records: Sequence[Record], tokenizer: Any, system_prompt: str | None,
+    for_eval: bool,
+) -> tuple[list[PrefGroup], dict[str, int]]:
     binary = [r for r in records if isinstance(r, BinaryFeedback)]
     prefs = [r for r in records if not isinstance(r, BinaryFeedback)]
     if cfg.loss == "kto" and not for_eval:
@@ -657,7 +676,7 @@ def train_dpo(cfg: DPOConfig) -> Path:
     if cfg.loss not in LOSSES:
         raise cfglib.ConfigError(f"--loss must be one of {', '.join(LOSSES)}, got {cfg.loss!r}")
     run = Run(cfg, cfg.loss)
-    inputs = stage_inputs(cfg, "preferences", ["comparison", "ranking", "binary"])
+    inputs = stage_inputs(cfg, "preferences", ["comparison", "ranking", "binary", "score"])
     accelerator, out, tokenizer = run.accelerator, run.out, inputs.tokenizer
     system_prompt = inputs.system_prompt
     train_records, reliability = weigh_labels(cfg, inputs.train_records, inputs.eval_records)
@@ -689,8 +708,9 @@ def train_dpo(cfg: DPOConfig) -> Path:
     if accelerator.is_main_process:
         what = (f"{counts['desirable']} desirable / {counts['undesirable']} undesirable examples "
                 f"({counts['undecided']} undecided responses left out)") if cfg.loss == "kto" \
-            else (f"{counts['pairs']} pairs from {counts['rankings']} rankings and plain "
-                  f"comparisons, {counts['ties']} ties skipped")
+            else (f"{counts['pairs']} pairs from {counts['rankings']} rankings, plain "
+                  f"comparisons and {counts['score_pairs']} score pairs, {counts['ties']} ties "
+                  "skipped")
         print(f"[{cfg.loss}] {len(train_groups)} training groups ({what}); held out: "
               f"{eval_counts.get('pairs', 0)} pairs; {loop.describe()}; precision "
               f"{accelerator.mixed_precision}")
@@ -709,7 +729,8 @@ def train_dpo(cfg: DPOConfig) -> Path:
 
     metrics = loop.run(step, evaluate if eval_groups else None)
     if accelerator.is_main_process:
-        merge_and_save(accelerator.unwrap_model(loop.model).lm, tokenizer, out / "model")
+        merge_and_save(accelerator.unwrap_model(loop.model).lm, tokenizer, out / "model",
+                       adapter_dir=out / "adapter")
         result = {k: v for k, v in metrics.items() if k.startswith("eval/")}
         result.update({f"train_{k}": v for k, v in counts.items()})
         result.update({f"eval_{k}": v for k, v in eval_counts.items()})

@@ -6,7 +6,7 @@ Every stage names its inputs with short specs, and they are all resolved here:
 |---|---|
 | ``--data task:NAME`` | a built-in task's demonstrations, rankings or prompts (:mod:`rlhfkit.tasks`) |
 | ``--data db:URL?project=P`` | the labels of a feedback store (:mod:`rlhfkit.feedback.transfer`) |
-| ``--data FILE`` | a JSONL/JSON/CSV/Parquet file or a HF datasets folder (:mod:`rlhfkit.data.io`) |
+| ``--data FILE`` | a JSONL/JSON/CSV/TSV/Parquet file (text ones may be gzipped), a HF datasets folder, or a dataset id / folder for ``datasets.load_dataset``; ``--split``/``--eval-split`` pick splits (:mod:`rlhfkit.data.io`) |
 | ``--model``, ``--reference`` | a HF id or folder, a .gguf file, an alias (:mod:`rlhfkit.models.loading`) |
 | ``--reward-model`` | reward sources (:mod:`rlhfkit.rewards.sources`), plus the tasks' own |
 | ``--gold`` | the scorer used for evaluation only (``task``, a scorer spec, ``none``) |
@@ -47,15 +47,19 @@ def task_of(spec: str | None) -> Task | None:
     return None
 
 
-def read_source(spec: str, kind: str | None = None) -> list[Record]:
-    """Every record of a file, a datasets folder, or a feedback store (``db:URL``).
+def read_source(spec: str, kind: str | None = None, *, split: str | None = None,
+                kinds: Sequence[str] | None = None) -> list[Record]:
+    """Every record of a file, a datasets folder or id, or a feedback store (``db:URL``).
 
     Args:
-        spec: A path, or ``db:<database url>?project=NAME`` for the labels of a project.
+        spec: A path, a dataset id, or ``db:<database url>?project=NAME`` for the labels of a
+            project.
         kind: Keep only the records of this kind (None: all of them).
+        split: The split of data that has several (see :func:`rlhfkit.data.io.read_records`).
+        kinds: The kinds the caller takes; another kind is an error at its line/row.
     """
     if not spec.startswith("db:"):
-        return data_io.read_records(spec, kind)
+        return data_io.read_records(spec, kind, split=split, kinds=kinds)
     shown = data_io.hide_password(spec)
     try:
         items = read_project_records(spec[len("db:"):])
@@ -79,14 +83,18 @@ def read_source(spec: str, kind: str | None = None) -> list[Record]:
     return records
 
 
-def load_records(spec: str, want: str, kinds: Sequence[str]) -> list[Record]:
+def load_records(spec: str, want: str, kinds: Sequence[str],
+                 split: str | None = None) -> list[Record]:
     """Load the records of a stage.
 
     Args:
-        spec: ``task:NAME`` for a built-in task, ``db:URL`` for a feedback store, or a path.
+        spec: ``task:NAME`` for a built-in task, ``db:URL`` for a feedback store, a path, or
+            a dataset id.
         want: What the stage needs from a task: ``demonstrations``, ``preferences`` (rankings
             and comparisons) or ``prompts``.
-        kinds: Record kinds the stage accepts; anything else is an error naming the record.
+        kinds: Record kinds the stage accepts; anything else is an error naming the record
+            (and, for files, its line or row).
+        split: The split of ``spec`` to read, for data with splits.
     """
     task = task_of(spec)
     if task is not None:
@@ -99,7 +107,7 @@ def load_records(spec: str, want: str, kinds: Sequence[str]) -> list[Record]:
         else:
             raise ValueError(f"unknown request {want!r}")
     else:
-        records = read_source(spec)
+        records = read_source(spec, split=split, kinds=kinds)
     for i, record in enumerate(records):
         if record.KIND not in kinds:
             raise RecordError(
@@ -132,10 +140,21 @@ class StageInputs:
 
 
 def split_or_load(records: list, eval_spec: str | None, fraction: float, seed: int,
-                  load: Any) -> tuple[list, list]:
-    """(train, held-out): ``load(eval_spec)`` when an eval spec is given, else a prompt split."""
+                  load: Any, *, data: str | None = None,
+                  eval_split: str | None = None) -> tuple[list, list]:
+    """(train, held-out records) of a stage.
+
+    Held out: ``load(eval_spec, eval_split)`` when an eval spec is given; else the
+    ``eval_split`` of ``data``; else a prompt-level split of ``records`` by ``fraction``.
+    """
     if eval_spec:
-        return records, load(eval_spec)
+        return records, load(eval_spec, eval_split)
+    if eval_split:
+        if data is None or data.startswith(("task:", "db:")):
+            raise RecordError("--eval-split needs data with splits", field="eval_split",
+                              expected="a dataset id or a folder with splits (or "
+                                       "--eval-fraction)", file=data)
+        return records, load(data, eval_split)
     return split_records(records, fraction, seed)
 
 
@@ -148,9 +167,10 @@ def stage_inputs(cfg: Any, want: str, kinds: Sequence[str]) -> StageInputs:
         want: What a built-in task should supply (``demonstrations`` or ``preferences``).
         kinds: Record kinds the stage accepts.
     """
-    records = load_records(cfg.data, want, kinds)
+    records = load_records(cfg.data, want, kinds, split=cfg.split)
     train, held = split_or_load(records, cfg.eval_data, cfg.eval_fraction, cfg.seed,
-                                lambda s: load_records(s, want, kinds))
+                                lambda s, split: load_records(s, want, kinds, split=split),
+                                data=cfg.data, eval_split=cfg.eval_split)
     return StageInputs(load_tokenizer(cfg.model), system_prompt_for(cfg.system_prompt, cfg.data),
                        train, held)
 
@@ -200,9 +220,15 @@ def load_prompts(cfg: Any) -> tuple[list[Any], list[Any], str | None, Task | Non
     system_prompt = system_prompt_for(cfg.system_prompt, cfg.data)
     if task is not None:
         return task.prompts("train"), task.prompts("eval"), system_prompt, task
-    records = load_records(cfg.data, "prompts", PROMPT_KINDS)
+    # best-of-n's own --split picks its train or eval prompts; only configs with --eval-split
+    # (DataOptions, RL) mean a split of the data by --split.
+    data_split, eval_split = (cfg.split, cfg.eval_split) if hasattr(cfg, "eval_split") \
+        else (None, None)
+    records = load_records(cfg.data, "prompts", PROMPT_KINDS, split=data_split)
     train, held = split_or_load(records, cfg.eval_data, cfg.eval_fraction, cfg.seed,
-                                lambda s: load_records(s, "prompts", PROMPT_KINDS))
+                                lambda s, split: load_records(s, "prompts", PROMPT_KINDS,
+                                                              split=split),
+                                data=cfg.data, eval_split=eval_split)
     return unique_prompts(train), unique_prompts(held), system_prompt, task
 
 
@@ -229,7 +255,7 @@ def _task_factory(factory: Any) -> Any:
     return build
 
 
-def load_span_records(spec: str) -> list[SpanFeedback]:
+def load_span_records(spec: str, split: str | None = None) -> list[SpanFeedback]:
     """Span-feedback records from a file, a store, or a task's simulated span feedback.
 
     A feedback-app export may hold other kinds too (a project that asks 👍/👎, a score and
@@ -243,7 +269,7 @@ def load_span_records(spec: str) -> list[SpanFeedback]:
                               expected="a file of span records or a task that makes them "
                                        "(task:factqa)", file=spec)
         return list(task.span_feedback())
-    records = read_source(spec)
+    records = read_source(spec, split=split)
     spans = [r for r in records if isinstance(r, SpanFeedback)]
     if not spans:
         kinds = Counter(r.KIND for r in records)

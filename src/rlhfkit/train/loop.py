@@ -43,7 +43,7 @@ import torch
 from tqdm.auto import tqdm
 
 from rlhfkit import config as cfglib
-from rlhfkit.models.loading import DEFAULT_MODEL, resolve_precision
+from rlhfkit.models.loading import DEFAULT_MODEL, quiet_library_progress_bars, resolve_precision
 
 StepFn = Callable[[torch.nn.Module, dict[str, Any]], tuple[torch.Tensor, dict[str, torch.Tensor]]]
 
@@ -115,7 +115,8 @@ class ModelOptions:
     model: str = DEFAULT_MODEL
     """Model to start from: a HF id, a local folder, a .gguf file, or the alias smollm2-135m."""
     lora: bool = False
-    """Train LoRA adapters instead of all weights."""
+    """Train LoRA adapters instead of all weights; the run saves the adapter (output_dir/adapter,
+    for PeftModel.from_pretrained) and the merged model (output_dir/model)."""
     lora_r: int = 16
     """LoRA rank."""
     lora_alpha: int = 32
@@ -132,11 +133,18 @@ class DataOptions:
     """Records and batching of a supervised stage (read by ``stage_inputs`` and :class:`Loop`)."""
 
     data: str = "task:reviews"
-    """Training records: a JSONL/JSON/CSV/Parquet file, a HF datasets folder, db:URL, or task:NAME."""
+    """Training records: a JSONL/JSON/CSV/TSV/Parquet file (.gz too), a HF datasets folder, a
+    dataset id or folder for datasets.load_dataset, db:URL, or task:NAME."""
+    split: str | None = None
+    """Split of --data to train on (a dataset id, a folder with splits); default: its only
+    split, or train."""
     eval_data: str | None = None
-    """Held-out records; default: a split of --data."""
+    """Held-out records; default: --eval-split of --data, else a share of it (--eval-fraction)."""
+    eval_split: str | None = None
+    """Split held out for evaluation (e.g. test): of --eval-data if given, else of --data."""
     eval_fraction: float = 0.1
-    """Share of --data held out for evaluation when --eval-data is not given."""
+    """Share of --data held out for evaluation when neither --eval-data nor --eval-split is
+    given."""
     system_prompt: str | None = None
     """System message added to prompts that have none (default: the task's, else none)."""
     max_length: int = 256
@@ -385,6 +393,8 @@ class Run:
     def __init__(self, cfg: Any, stage: str, seed_per_process: bool = False,
                  accelerator: Any = None) -> None:
         self.cfg, self.stage = cfg, stage
+        if not cfg.progress:  # also the bars transformers and datasets draw while loading
+            quiet_library_progress_bars()
         trackers = trackers_of(cfg.report_to)
         self.out = Path(cfg.output_dir)
         self.accelerator = acc = accelerator or make_accelerator(cfg.precision, trackers, self.out)

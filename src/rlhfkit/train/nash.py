@@ -36,8 +36,8 @@ import torch
 
 from rlhfkit.data.chat import pad
 from rlhfkit.evaluate.report import Section, figure_html, table_html, write_sections
+from rlhfkit.evaluate.runs import read_metrics
 from rlhfkit.losses import (
-    bradley_terry_loss,
     entropy_from_logits,
     masked_mean,
     nash_md_step,
@@ -54,6 +54,7 @@ from rlhfkit.rollout import (
     output_cache,
     sample,
 )
+from rlhfkit.stats import bradley_terry
 from rlhfkit.train.pg import reinforce_advantages
 from rlhfkit.train.rl import RLConfig, RLRun
 
@@ -120,36 +121,25 @@ def nash_md(
     return NashMDResult(probs=log_pi.exp(), exploitability=history)
 
 
-def fit_bradley_terry(preference: Tensor, steps: int = 300, lr: float = 1.0) -> Tensor:
+def fit_bradley_terry(preference: Tensor) -> Tensor:
     """Fit one scalar reward per response to every pairwise probability (soft-label BT).
 
-    Minimises ``sum_{y != y'} BCE(sigmoid(r_y - r_y'), P[y, y'])`` by gradient descent; the
-    rewards are centred (BT cannot see a shift).
+    The maximum-likelihood Bradley–Terry rewards of the soft outcomes ``P[y, y']``: one game
+    per pair ``y < y'`` with outcome ``P[y, y']``, fitted by :func:`rlhfkit.stats.bradley_terry`.
+    This minimises ``sum_{y < y'} BCE(sigmoid(r_y - r_y'), P[y, y'])``; the rewards are
+    centred (BT cannot see a shift).
 
     Args:
         preference: (K, K) pairwise probabilities.
-        steps: Gradient steps.
-        lr: Learning rate of plain gradient descent.
 
     Returns:
-        (K,) rewards with mean 0.
+        (K,) rewards with mean 0 (float64).
     """
     check_preference(preference)
     k = preference.shape[0]
-    rows, cols = torch.triu_indices(k, k, offset=1)
-    target = preference[rows, cols].double()  # (K(K-1)/2,) P(y_i > y_j)
-    rewards = torch.zeros(k, dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.SGD([rewards], lr=lr)
-    for _ in range(steps):
-        # A soft label p is the mixture of "i wins" (weight p) and "j wins" (weight 1 - p).
-        win, _ = bradley_terry_loss(rewards[rows], rewards[cols])
-        lose, _ = bradley_terry_loss(rewards[cols], rewards[rows])
-        loss = (target * win + (1 - target) * lose).sum()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    with torch.no_grad():
-        return rewards - rewards.mean()
+    games = [(i, j, float(preference[i, j])) for i in range(k) for j in range(i + 1, k)]
+    rewards = bradley_terry(games)
+    return torch.tensor([rewards[i] for i in range(k)], dtype=torch.float64)
 
 
 def maximise_reward(rewards: Tensor, ref_probs: Tensor | None = None, tau: float = 0.1) -> Tensor:
@@ -488,16 +478,6 @@ def tabular_figure(steps: int = 300) -> Any:
     right.legend(fontsize=8)
     fig.tight_layout()
     return fig
-
-
-def read_metrics(run_dir: str | Path) -> list[dict[str, float]]:
-    """Rows of ``run_dir/metrics.jsonl`` (empty if there is none)."""
-    import json
-
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def run_figure(rows: Sequence[dict[str, float]]) -> Any | None:

@@ -234,10 +234,11 @@ def online_setup(cfg: OnlineDPOConfig) -> OnlineSetup:
     if task is not None:
         train_prompts, eval_prompts = task.prompts("train"), task.prompts("eval")
     else:
-        records = load_records(cfg.data, "prompts", ["prompt"])
+        records = load_records(cfg.data, "prompts", ["prompt"], split=cfg.split)
         train_records, eval_records = split_or_load(
             records, cfg.eval_data, cfg.eval_fraction, cfg.seed,
-            lambda spec: load_records(spec, "prompts", ["prompt"]))
+            lambda spec, split: load_records(spec, "prompts", ["prompt"], split=split),
+            data=cfg.data, eval_split=cfg.eval_split)
         train_prompts = [r.prompt for r in train_records]
         eval_prompts = [r.prompt for r in eval_records]
     system_prompt = system_prompt_for(cfg.system_prompt, cfg.data)
@@ -362,7 +363,7 @@ def train_online_dpo(cfg: OnlineDPOConfig) -> Path:
         line["eval/gold_reward"] = held_out_gold()  # 4. held-out gold reward after the round
         log_round(line)
     if main:
-        merge_and_save(policy.lm, setup.tokenizer, out / "model")
+        merge_and_save(policy.lm, setup.tokenizer, out / "model", adapter_dir=out / "adapter")
         print(f"[online-{cfg.loss}] saved policy to {out / 'model'}; rounds in "
               f"{out / 'rounds.jsonl'}")
     setup.run.accelerator.wait_for_everyone()

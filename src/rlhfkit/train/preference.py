@@ -205,7 +205,7 @@ def train_preference(cfg: PreferenceConfig) -> Path:
     metrics = loop.run(step, evaluate)
     if accelerator.is_main_process:
         pm = accelerator.unwrap_model(loop.model)
-        pm.save(out / "model", tokenizer)
+        pm.save(out / "model", tokenizer, adapter_dir=out / "adapter")
         result = {k: v for k, v in metrics.items() if k.startswith("eval/")}
         result.update({"train_pairs": counts["pairs"], "train_ties": counts["ties"],
                        "eval_ties": eval_counts["ties"], "steps": loop.total_steps})

@@ -71,11 +71,19 @@ class RLConfig(RunOptions, OptimOptions, ModelOptions):
     reference: str | None = None
     """Reference policy for the KL penalty (default: the starting policy)."""
     data: str = "task:reviews"
-    """Prompts: task:NAME (its train prompts) or a file of records with a prompt field."""
+    """Prompts: task:NAME (its train prompts), a file of records with a prompt field, or a
+    dataset id / folder for datasets.load_dataset."""
+    split: str | None = None
+    """Split of --data to take prompts from, for data with splits (default: its only split,
+    or train)."""
     eval_data: str | None = None
-    """Held-out prompts; default: a split of --data (a task's eval prompts for task:NAME)."""
+    """Held-out prompts; default: --eval-split of --data, else a split of --data (a task's
+    eval prompts for task:NAME)."""
+    eval_split: str | None = None
+    """Split of held-out prompts: of --eval-data if given, else of --data."""
     eval_fraction: float = 0.1
-    """Share of a --data file's prompts held out for evaluation when --eval-data is not given."""
+    """Share of a --data file's prompts held out for evaluation when neither --eval-data nor
+    --eval-split is given."""
     system_prompt: str | None = None
     """System message added to prompts that have none (default: the task's, else none)."""
     lr_scheduler: str = "constant"
@@ -621,7 +629,8 @@ class RLRun:
         curve, the KL and the length (:func:`rlhfkit.evaluate.finegrained.fine_grained_section`).
         """
         if self.acc.is_main_process:
-            merge_and_save(self.lm, self.tokenizer, self.out / "model")
+            merge_and_save(self.lm, self.tokenizer, self.out / "model",
+                           adapter_dir=self.out / "adapter")
             if self.value_kind == "policy":
                 head = self.acc.unwrap_model(self.model).value_head
                 torch.save(head.state_dict(), self.out / "model" / "value_head.pt")

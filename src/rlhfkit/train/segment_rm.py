@@ -28,7 +28,6 @@ import torch
 from rlhfkit import config as cfglib
 from rlhfkit.data.chat import encode, encode_pair, pad, response_text
 from rlhfkit.data.records import RecordError, SpanFeedback
-from rlhfkit.data.splits import split_records
 from rlhfkit.losses import segment_bce_loss
 from rlhfkit.models.loading import load_tokenizer, prepare_for_training
 from rlhfkit.models.segment_reward import (
@@ -41,7 +40,7 @@ from rlhfkit.models.segment_reward import (
     span_categories,
 )
 from rlhfkit.segments import UNITS, response_segments
-from rlhfkit.train.inputs import load_span_records, system_prompt_for
+from rlhfkit.train.inputs import load_span_records, split_or_load, system_prompt_for
 from rlhfkit.train.loop import Loop, Run, TrainConfig
 
 
@@ -189,12 +188,12 @@ def train_segment_rm(cfg: SegmentRMConfig) -> Path:
     accelerator, out = run.accelerator, run.out
     tokenizer = load_tokenizer(cfg.model)
     system_prompt = system_prompt_for(cfg.system_prompt, cfg.data)
-    records = load_span_records(cfg.data)
+    records = load_span_records(cfg.data, split=cfg.split)
     _check_categories(records, categories, cfg.data)
-    if cfg.eval_data:
-        train_records, eval_records = records, load_span_records(cfg.eval_data)
-    else:
-        train_records, eval_records = split_records(records, cfg.eval_fraction, cfg.seed)
+    train_records, eval_records = split_or_load(
+        records, cfg.eval_data, cfg.eval_fraction, cfg.seed,
+        lambda spec, split: load_span_records(spec, split=split),
+        data=cfg.data, eval_split=cfg.eval_split)
     train_items, counts = build_items(train_records, tokenizer, unit, categories,
                                       cfg.max_length, system_prompt)
     eval_items, eval_counts = build_items(eval_records, tokenizer, unit, categories,

@@ -29,7 +29,7 @@ class SFTConfig(TrainConfig):
     """Supervised fine-tuning (``rlhfkit sft``)."""
 
     output_dir: str = "runs/sft"
-    """Run folder: config.yaml, metrics.jsonl, checkpoints/, model/."""
+    """Run folder: config.yaml, metrics.jsonl, checkpoints/, model/ (and adapter/ with --lora)."""
     learning_rate: float = 5e-5
     """Peak learning rate of AdamW."""
     epochs: float = 2.0
@@ -175,7 +175,8 @@ def train_sft(cfg: SFTConfig) -> Path:
         if eval_items else None
     metrics = loop.run(sft_step, evaluate)
     if run.is_main:
-        merge_and_save(run.accelerator.unwrap_model(loop.model).lm, tokenizer, run.out / "model")
+        merge_and_save(run.accelerator.unwrap_model(loop.model).lm, tokenizer, run.out / "model",
+                       adapter_dir=run.out / "adapter")
         print(f"[sft] saved policy to {run.out / 'model'}; final metrics: "
               + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if not k.startswith("_")))
     run.accelerator.wait_for_everyone()

@@ -243,3 +243,14 @@ def parse_weights(spec: str, names: Sequence[str]) -> dict[str, float]:
             raise ValueError(f"--rewards: the weight of {name!r} must be a number, "
                              f"got {value.strip()!r}") from None
     return weights
+
+
+def parse_floats(spec: str, option: str) -> list[float]:
+    """``"0.1,0.5"`` -> ``[0.1, 0.5]``, with an error naming the option for a bad number."""
+    try:
+        values = [float(v) for v in spec.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"{option}: expected comma-separated numbers, got {spec!r}") from None
+    if not values:
+        raise ConfigError(f"{option}: give at least one number")
+    return values

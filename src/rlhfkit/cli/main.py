@@ -72,6 +72,11 @@ COMMANDS: list[Command] = [
     _stage("engine", "A vLLM generation engine for RL stages on other processes or machines "
            "(--vllm-engines HOST:PORT; the auth key in RLHFKIT_ENGINE_KEY)", "engines.remote",
            "EngineConfig", "serve_engine"),
+    _stage("iterate", "Iterative RLHF: sample from the current policy, label, refit the reward "
+           "model, RL again, for several rounds", "train.iterate", "IterateConfig", "run_iterate"),
+    _stage("frontier", "The reward-KL frontier: gold reward against KL to SFT for PPO, GRPO, "
+           "RLOO, DPO, IPO and best-of-N over a sweep of strengths", "experiments.frontier",
+           "FrontierConfig", "run_frontier"),
     _stage("demo", "Run the whole loop on the default model and write a report", "pipeline",
            "DemoConfig", "run_demo"),
     _stage("detox", "Detoxification: SFT, then PPO with holistic vs fine-grained (per-sentence) "

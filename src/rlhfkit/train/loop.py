@@ -360,9 +360,16 @@ RUN_FILES = ("metrics.jsonl", "tb", "checkpoints", "samples.jsonl", "report.html
 """What a run leaves in its folder that a fresh run must not mix with (``--overwrite``)."""
 
 
-def claim_output_dir(out: Path, resume: bool, overwrite: bool) -> None:
-    """Refuse a folder that holds an earlier run unless resuming it or asked to overwrite it."""
-    used = [name for name in RUN_FILES if (out / name).exists()]
+def claim_output_dir(out: Path, resume: bool, overwrite: bool, extra: Sequence[str] = ()) -> None:
+    """Refuse a folder that holds an earlier run unless resuming it or asked to overwrite it.
+
+    Args:
+        out: The run folder.
+        resume: The run continues the one there.
+        overwrite: Delete what an earlier run left (``RUN_FILES`` and ``extra``).
+        extra: More names that mark a stage's earlier run (``rounds.jsonl``, ``round-1``...).
+    """
+    used = [name for name in (*RUN_FILES, *extra) if (out / name).exists()]
     if not used or resume:
         return
     if not overwrite:

@@ -248,3 +248,16 @@ def test_grpo_on_a_local_ray_cluster_with_one_trainer_and_one_engine_actor(wide_
     train, _ = read_metrics(out)
     assert len(train) == 2
     assert all(r["rollout/logprob_gap_max"] < 1e-3 for r in train)  # weights reached the engine
+
+
+def test_a_large_seeded_batch_samples_in_one_call(engine, wide_lm, tokenizer):
+    """256 prompts x 4 seeded samples in one call (more prompt tokens than one engine step
+    takes): vLLM 0.32 on CPU crashed here with chunked prefill ("CPU Generator does not use
+    offset"), which the engine turns off."""
+    lm = load_causal_lm(str(wide_lm)).eval()
+    engine.sync(lm, version=20)
+    engine.seed = 3
+    prompts = [f"Prompt number {i}: " + "word " * (40 + i % 9) for i in range(256)]
+    rollout = sample(lm, tokenizer, [p for p in prompts for _ in range(4)],
+                     SamplingConfig(max_new_tokens=4, temperature=1.0), backend=engine)
+    assert len(rollout) == 1024 and rollout.response_mask.sum() > 0

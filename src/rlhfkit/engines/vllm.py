@@ -85,10 +85,15 @@ class VLLMEngine:
         threads = torch.get_num_threads()
         from vllm import LLM  # an optional extra: imported only when an engine is made
 
+        # Chunked prefill off: on CPU, a request whose prefill is cut across steps makes vLLM
+        # 0.32 rewind its seeded sampler by an offset, which CPU generators do not have
+        # ("CPU Generator does not use offset"); whole prompts per step avoid that.
         self.llm = LLM(str(model_path), dtype=dtype, seed=seed, enforce_eager=True,
                        max_model_len=max_model_len, enable_prefix_caching=True,
                        logprobs_mode="processed_logprobs",
-                       gpu_memory_utilization=gpu_memory_utilization)
+                       gpu_memory_utilization=gpu_memory_utilization,
+                       enable_chunked_prefill=False,
+                       max_num_batched_tokens=max(8192, max_model_len))
         torch.set_num_threads(threads)  # vLLM may lower the process's torch threads
         self.model_path = str(model_path)
         self.version: int | None = 0

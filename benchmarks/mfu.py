@@ -55,9 +55,9 @@ from pathlib import Path
 from typing import Any
 
 MEASURED_PEAK_TFLOPS = {1: 0.39, 2: 0.71}
-"""bf16 matmul peak (TFLOP/s) by torch thread count, measured on the machine the benchmark
-tables come from (2-core AMD EPYC with avx512_bf16; the numbers of the MFU issue)."""
-PEAK_MACHINE = "the project's 2-core AMD EPYC (avx512_bf16)"
+"""bf16 matmul peak (TFLOP/s) by torch thread count, as measured on this project's 2-core
+benchmark machine (the figures of the MFU issue). On another CPU measure it (``peak``) and pass
+``--peak-tflops``."""
 
 FORWARD = 2
 """Model FLOPs per parameter and token of a forward pass (a multiply and an add)."""
@@ -160,13 +160,12 @@ def rl_flops_per_token(n: int, epochs: int = 1, reward_model_n: int = 0,
 
 # ------------------------------------------------------------------------------ peak and MFU
 
-def peak_tflops(threads: int, override: float = 0.0, cpu: str = "") -> tuple[float | None, str]:
+def peak_tflops(threads: int, override: float = 0.0) -> tuple[float | None, str]:
     """The peak to divide by, and where it comes from (said next to every MFU figure).
 
     Args:
         threads: The run's torch threads.
-        override: ``--peak-tflops`` (0 = the measured table).
-        cpu: This machine's CPU model (a warning when it is not the measured one).
+        override: ``--peak-tflops`` (0 = :data:`MEASURED_PEAK_TFLOPS`).
     """
     if override:
         return override, f"{override:g} TFLOP/s (--peak-tflops)"
@@ -174,10 +173,8 @@ def peak_tflops(threads: int, override: float = 0.0, cpu: str = "") -> tuple[flo
     if peak is None:
         return None, (f"no measured peak for {threads} thread(s): pass --peak-tflops "
                       "(python benchmarks/mfu.py peak measures it)")
-    where = f"bf16 matmul peak of {PEAK_MACHINE}"
-    if cpu and "EPYC" not in cpu:
-        where += f", not this {cpu}: pass --peak-tflops"
-    return peak, f"{peak:g} TFLOP/s on {threads} thread(s) ({where})"
+    return peak, (f"{peak:g} TFLOP/s on {threads} thread(s), the bf16 matmul peak measured on "
+                  "the project's 2-core benchmark machine (another CPU: --peak-tflops)")
 
 
 def mfu(tokens: float | None, flops_per_token: float, seconds: float,

@@ -123,13 +123,15 @@ def parameter_counts(model_dir: str | Path) -> dict[str, int]:
     if tied and embed and head:  # both stored: one matrix
         numel.pop(head)
         head = None
+    score = next((k for k in numel if k.endswith("score.weight")), None)  # a reward model's
     total = sum(numel.values())
     table = numel[embed] if embed else 0
-    head_size = numel[head] if head else (table if tied else 0)
-    body = total - table - (numel[head] if head else 0)  # every layer and norm
-    d = config["hidden_size"]
-    return {"total": total, "embedding": table, "lm_head": head_size, "hidden_size": d,
-            "flop_lm": body + head_size, "flop_rm": body + d}
+    head_size = numel[head] if head else (table if tied and not score else 0)
+    score_size = numel[score] if score else config["hidden_size"]
+    body = total - table - (numel[head] if head else 0) - (numel[score] if score else 0)
+    return {"total": total, "embedding": table, "lm_head": head_size,
+            "hidden_size": config["hidden_size"], "flop_lm": body + head_size,
+            "flop_rm": body + score_size}
 
 
 def flop_parameters(model_dir: str | Path, head: str = "lm") -> int:

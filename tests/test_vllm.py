@@ -7,15 +7,12 @@ heads of 32 dimensions or more, so these tests use a tiny model with one head of
 from __future__ import annotations
 
 import copy
-import random
 from pathlib import Path
 
 import pytest
 import torch
 
 from rlhfkit.config import ConfigError
-from rlhfkit.data.io import write_records
-from rlhfkit.data.records import Demonstration
 from rlhfkit.engines.vllm import VLLMBackend
 from rlhfkit.models.loading import apply_lora, checkpoint_weights, load_causal_lm
 from rlhfkit.models.policy import SelectiveLM
@@ -129,19 +126,9 @@ def test_auto_keeps_transformers_for_a_model_vllm_cannot_serve_here(tiny_lm, cap
 @pytest.fixture(scope="module")
 def wide_good_bad_policy(tmp_path_factory, wide_lm):
     """The RL tests' "good"/"bad" SFT policy, on the wide-head tiny model."""
-    from rlhfkit.train.sft import SFTConfig, train_sft
+    from test_rl import train_good_bad_policy
 
-    root = tmp_path_factory.mktemp("wide-good-bad")
-    rng = random.Random(0)
-    prompts = get_task("reviews").prompts("train")[:64]
-    demos = [Demonstration(prompt=p, response=" ".join(rng.choice(["good", "bad"])
-                                                        for _ in range(4))) for p in prompts]
-    write_records(demos, root / "demos.jsonl")
-    return train_sft(SFTConfig(
-        model=str(wide_lm), data=str(root / "demos.jsonl"), output_dir=str(root / "sft"),
-        max_steps=24, batch_size=16, learning_rate=1e-2, precision="fp32", progress=False,
-        max_length=96, eval_fraction=0.0, system_prompt=SYSTEM, warmup_ratio=0.0,
-        lr_scheduler="constant", report_to="none", gradient_checkpointing=False))
+    return train_good_bad_policy(wide_lm, tmp_path_factory.mktemp("wide-good-bad"))
 
 
 def test_grpo_on_the_vllm_backend_learns(wide_good_bad_policy, tmp_path):

@@ -116,8 +116,8 @@ class EngineConfig:
     """The engine's weight dtype: bfloat16 or float32."""
     max_model_len: int = 1024
     """Longest prompt + response in tokens."""
-    kv_cache_gb: float = 1.0
-    """Memory for the KV cache on CPU, GiB."""
+    kv_cache_gb: float = 0.25
+    """Memory for the KV cache, GiB."""
     seed: int = 0
     """The engine's sampling seed."""
 
@@ -343,7 +343,7 @@ class _Sampling:
 
 
 def start_local_engines(n: int, model: str, dtype: str = "bfloat16", max_model_len: int = 1024,
-                        kv_cache_gb: float = 1.0, seed: int = 0, log: Any = print
+                        kv_cache_gb: float = 0.25, seed: int = 0, log: Any = print
                         ) -> tuple[list[EngineClient], list[subprocess.Popen]]:
     """Start ``n`` engine processes on this machine and connect to them."""
     key = os.environ.setdefault(KEY_ENV, secrets.token_hex(16))

@@ -225,10 +225,7 @@ def load_prompts(cfg: Any) -> tuple[list[Any], list[Any], str | None, Task | Non
     system_prompt = system_prompt_for(cfg.system_prompt, cfg.data)
     if task is not None:
         return task.prompts("train"), task.prompts("eval"), system_prompt, task
-    # best-of-n's own --split picks its train or eval prompts; only configs with --eval-split
-    # (DataOptions, RL) mean a split of the data by --split.
-    data_split, eval_split = (cfg.split, cfg.eval_split) if hasattr(cfg, "eval_split") \
-        else (None, None)
+    data_split, eval_split = getattr(cfg, "split", None), getattr(cfg, "eval_split", None)
     records = load_records(cfg.data, "prompts", PROMPT_KINDS, split=data_split)
     train, held = split_or_load(records, cfg.eval_data, cfg.eval_fraction, cfg.seed,
                                 lambda s, split: load_records(s, "prompts", PROMPT_KINDS,

@@ -114,8 +114,8 @@ class RLConfig(RunOptions, OptimOptions, ModelOptions):
     generation_backend: Literal["auto", "hf", "vllm"] = "auto"
     """Sampler: hf (transformers generate), vllm (a vLLM engine in this process; the 'vllm'
     extra), or auto (vLLM where installed and it can serve the model, else hf, said in one line)."""
-    vllm_kv_cache_gb: float = 1.0
-    """vLLM: memory for the engine's KV cache on CPU, GiB."""
+    vllm_kv_cache_gb: float = 0.25
+    """vLLM: memory for the engine's KV cache, GiB (0.25 holds ~11k tokens of SmolLM2-135M)."""
     vllm_engines: str = ""
     """vLLM engines apart from the trainer: N (start N engine processes here) or HOST:PORT,...
     (engines started with rlhfkit engine); empty = one engine in the trainer's process."""

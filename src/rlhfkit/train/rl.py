@@ -478,8 +478,12 @@ class RLRun:
         backend = self.backend
         backend.sync(self.lm, self.policy_version)  # before the thread: the engine is idle
         prompts, seed, box = self.prompt_batch(step), self._seed(step), [None]
+        threads = torch.get_num_threads()
 
         def work() -> None:
+            # A new thread starts with OpenMP's default thread count, not the one the process
+            # set; vLLM's CPU attention refuses a mismatch ("thread_num (2 vs. 1)").
+            torch.set_num_threads(threads)
             try:
                 box[0] = sample(self.lm, self.tokenizer, prompts, self.sampling,
                                 self.system_prompt, backend=_Seeded(backend, seed),

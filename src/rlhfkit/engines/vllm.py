@@ -135,8 +135,8 @@ class VLLMEngine:
         for request in outputs:
             for completion in request.outputs:
                 ids = list(completion.token_ids)
-                lps = [next(iter(d.values())).logprob if d else float("nan")
-                       for d in (completion.logprobs or [{}] * len(ids))]
+                per_token = completion.logprobs or [{}] * len(ids)
+                lps = [d[t].logprob if t in d else float("nan") for t, d in zip(ids, per_token)]
                 out.append((ids, lps))
         return out
 

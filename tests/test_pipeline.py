@@ -84,9 +84,9 @@ def test_demo_checks_its_options_before_training(tmp_path):
 
     with pytest.raises(cfglib.ConfigError, match="--sft-model: .* is not a model folder"):
         run_demo(DemoConfig(output_dir=str(tmp_path / "a"), sft_model=str(tmp_path)))
-    with pytest.raises(cfglib.ConfigError, match="--rm-data must be samples or task"):
+    with pytest.raises(cfglib.ConfigError, match="--rm-data must be one of 'samples', 'task', got 'people'"):
         run_demo(DemoConfig(output_dir=str(tmp_path / "b"), rm_data="people"))
-    with pytest.raises(cfglib.ConfigError, match="--rank-k must be in 2..9"):
+    with pytest.raises(cfglib.ConfigError, match="--rank-k must be >= 2 and <= 9, got 12"):
         run_demo(DemoConfig(output_dir=str(tmp_path / "c"), rank_k=12))
     assert not any((tmp_path / d).exists() for d in "abc")  # nothing ran
 

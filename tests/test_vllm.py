@@ -248,3 +248,13 @@ def test_a_large_seeded_batch_samples_in_one_call(engine, wide_lm, tokenizer):
     rollout = sample(lm, tokenizer, [p for p in prompts for _ in range(4)],
                      SamplingConfig(max_new_tokens=4, temperature=1.0), backend=engine)
     assert len(rollout) == 1024 and rollout.response_mask.sum() > 0
+
+
+def test_closing_one_engine_leaves_another_in_the_process_working(engine, wide_lm, tokenizer):
+    """vLLM's shutdown tears down the process's parallel groups, which all in-process engines
+    share: closing a second engine must not break the first (it did, for any later call)."""
+    second = make_backend("vllm", str(wide_lm), None, seed=1, max_model_len=256)
+    lm = load_causal_lm(str(wide_lm)).eval()
+    assert len(sample(lm, tokenizer, PROMPTS, GREEDY, backend=second)) == len(PROMPTS)
+    second.close()
+    assert len(sample(lm, tokenizer, PROMPTS, GREEDY, backend=engine)) == len(PROMPTS)

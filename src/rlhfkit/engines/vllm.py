@@ -60,6 +60,10 @@ def engine_problem(model_path: str | Path) -> str | None:
     return None
 
 
+_OPEN: set[int] = set()
+"""Ids of this process's open engines (see :meth:`VLLMEngine.close`)."""
+
+
 class VLLMEngine:
     """One vLLM engine in this process.
 
@@ -98,6 +102,7 @@ class VLLMEngine:
                        max_num_batched_tokens=max(8192, max_model_len),
                        kv_cache_memory_bytes=int(kv_cache_gb * 2**30))
         torch.set_num_threads(threads)  # vLLM may lower the process's torch threads
+        _OPEN.add(id(self))
         self.model_path = str(model_path)
         self.dtype = getattr(torch, dtype)
         self.version: int | None = 0
@@ -150,10 +155,29 @@ class VLLMEngine:
         self.version = version
 
     def close(self) -> None:
-        """Free the engine (its weights and KV cache) now, not at the next garbage collection."""
-        core = getattr(self.llm.llm_engine, "engine_core", None)
-        if core is not None and hasattr(core, "shutdown"):
-            core.shutdown()
+        """Free the engine (its weights and KV cache) now, not at the next garbage collection.
+
+        vLLM's shutdown also tears down the process's parallel groups, which every in-process
+        engine shares; while another engine of this process is open, only this one's objects
+        are released.
+        """
+        if not hasattr(self, "llm"):
+            return
+        _OPEN.discard(id(self))
+        client = getattr(self.llm.llm_engine, "engine_core", None)
+        if not _OPEN and client is not None and hasattr(client, "shutdown"):
+            client.shutdown()
+        elif client is not None:
+            # The in-process client shuts its core down when collected (a weakref finalizer):
+            # detach that, and free the executor and scheduler without the shared teardown.
+            finalizer = getattr(client, "_finalizer", None)
+            if finalizer is not None:
+                finalizer.detach()
+            core = getattr(client, "engine_core", None)
+            for part in ("model_executor", "scheduler"):
+                if getattr(core, part, None) is not None:
+                    getattr(core, part).shutdown()
+        gc.unfreeze()  # vLLM freezes what it allocated at start-up; the collector must see it
         del self.llm
         gc.collect()
 

@@ -134,10 +134,6 @@ def check_options(cfg: IterateConfig) -> None:
     cfglib.validate(cfg)
     if cfg.rounds < 1:
         raise cfglib.ConfigError(f"--rounds must be at least 1, got {cfg.rounds}")
-    if not 2 <= cfg.rank_k <= 9:
-        raise cfglib.ConfigError(f"--rank-k must be in 2..9, got {cfg.rank_k}")
-    if cfg.rm_refit not in ("continue", "scratch"):
-        raise cfglib.ConfigError(f"--rm-refit must be continue or scratch, got {cfg.rm_refit!r}")
     if cfg.algo != "ppo" and cfg.algo not in ALGORITHMS:
         raise cfglib.ConfigError(f"--algo must be ppo or one of {', '.join(ALGORITHMS)}, "
                                  f"got {cfg.algo!r}")

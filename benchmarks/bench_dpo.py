@@ -358,9 +358,37 @@ def run(a: argparse.Namespace) -> int:
     return 0
 
 
+def add_mfu(records: list[dict], a: argparse.Namespace) -> str:
+    """Give every record its MFU (6N per token of chosen + rejected); returns the table's note.
+
+    Neither side counts tokens, and both train on the same pairs, so a pair's tokens are the
+    mean over the pairs of the run (from the data, once). The reference pass is not counted
+    (rlhfkit computes it once before the timed steps; see mfu.py).
+    """
+    from mfu import flop_parameters, mfu, pair_tokens, peak_tflops, train_flops_per_token
+
+    pairs, system = reviews_pairs((a.warmup + a.steps) * a.batch_size)
+    per_pair = pair_tokens(a.model, pairs, system, a.max_length)
+    n = flop_parameters(a.model, "lm")
+    peaks = set()
+    for r in records:
+        peak, where = peak_tflops(r["torch_threads"], a.peak_tflops)
+        peaks.add(where)
+        r.update(mfu=mfu(r["pairs"] * per_pair, train_flops_per_token(n), r["timed_seconds"],
+                         peak), mfu_tokens=r["pairs"] * per_pair, peak_tflops=peak)
+    return (f"MFU: model FLOPs over the bf16 matmul peak, 6N per token of the chosen and the "
+            f"rejected sequence (prompt included; {per_pair:.1f} tokens per pair, the mean of the "
+            f"pairs trained on), N = {n / 1e6:.1f}M; the reference pass and any recomputation "
+            f"by gradient checkpointing are not counted. Peak: {'; '.join(sorted(peaks))}. "
+            "Definition: benchmarks/mfu.py.")
+
+
 def compare(a: argparse.Namespace) -> int:
-    results_dir = HERE / "results"
-    results_dir.mkdir(exist_ok=True)
+    sys.path.insert(0, str(HERE))
+    from run import child_env, machine, quiet_load, versions
+
+    results_dir = Path(a.out)
+    results_dir.mkdir(parents=True, exist_ok=True)
     common = ["--model", a.model, "--warmup", str(a.warmup), "--steps", str(a.steps),
               "--batch-size", str(a.batch_size), "--max-length", str(a.max_length),
               "--precision", a.precision, "--lr", str(a.lr), "--threads", str(a.threads)]
@@ -376,11 +404,14 @@ def compare(a: argparse.Namespace) -> int:
                 out = Path(tmp) / f"{fw}-{rep}.json"
                 cmd = [sys.executable, __file__, "run", "--framework", fw, "--out", str(out),
                        *common]
-                subprocess.run(cmd, check=True)
-                records.append({**json.loads(out.read_text()), "rep": rep})
+                load = quiet_load(a.max_load, a.wait, a.force)
+                subprocess.run(cmd, check=True, env=child_env(a.threads))
+                records.append({**json.loads(out.read_text()), "rep": rep, "load_before": load})
+    note = add_mfu(records, a)
     suffix = ("_trl-precompute" if a.trl_precompute else "") + ("_rlhfkit-gc" if a.rlhfkit_gc
                                                                  else "")
     (results_dir / f"dpo{suffix}.json").write_text(json.dumps(records, indent=2))
+    loads = [r["load_before"] for r in records]
     ratios, cpu_ratios, mems = [], [], []
     for rep in range(a.reps):
         ours = next(r for r in records if r["rep"] == rep and r["framework"] == "rlhfkit")
@@ -392,15 +423,32 @@ def compare(a: argparse.Namespace) -> int:
     def med(fw: str, key: str) -> float:
         return statistics.median(r[key] for r in records if r["framework"] == fw)
 
+    def mfu(fw: str) -> str:
+        values = [r["mfu"] for r in records if r["framework"] == fw]
+        return "n/a" if None in values else f"{100 * statistics.median(values):.1f}%"
+
+    def load(fw: str) -> str:
+        values = [r["load_before"] for r in records if r["framework"] == fw]
+        return f"{min(values):.1f}-{max(values):.1f}"
+
     table = [
-        "| DPO | pairs/s | CPU s / pair | peak RSS (MiB) | startup (s) |",
-        "|---|---|---|---|---|",
+        "| DPO | pairs/s | CPU s / pair | peak RSS (MiB) | startup (s) | MFU | load before |",
+        "|---|---|---|---|---|---|---|",
         *[f"| {fw} | {med(fw, 'pairs_per_s'):.3f} | {med(fw, 'cpu_seconds_per_pair'):.2f} | "
-          f"{med(fw, 'peak_rss_mb'):.0f} | {med(fw, 'startup_seconds'):.1f} |"
+          f"{med(fw, 'peak_rss_mb'):.0f} | {med(fw, 'startup_seconds'):.1f} | {mfu(fw)} "
+          f"| {load(fw)} |"
           for fw in ("rlhfkit", "trl")],
         f"| rlhfkit vs TRL (speed-up, median of rounds, min-max) | {statistics.median(ratios):.2f}x "
         f"({min(ratios):.2f}-{max(ratios):.2f}) | {statistics.median(cpu_ratios):.2f}x "
-        f"({min(cpu_ratios):.2f}-{max(cpu_ratios):.2f}) | {statistics.median(mems):.2f}x | |",
+        f"({min(cpu_ratios):.2f}-{max(cpu_ratios):.2f}) | {statistics.median(mems):.2f}x | | | |",
+        "",
+        f"Median of {a.reps} round(s); {a.warmup} + {a.steps} steps of {a.batch_size} pairs, "
+        f"max length {a.max_length}, precision {a.precision}, {a.threads or 'default'} torch "
+        f"thread(s). Machine: {machine()['cpu']}; 1-minute load before each run "
+        f"{min(loads):.1f}-{max(loads):.1f} (benchmark alone: under {a.max_load}). rlhfkit "
+        f"{versions()['rlhfkit_commit']}.",
+        "",
+        note,
     ]
     text = "\n".join(table)
     (results_dir / f"dpo{suffix}_table.md").write_text(text + "\n")
@@ -437,6 +485,13 @@ def main(argv: list[str] | None = None) -> int:
             r.add_argument("--out", required=True)
         else:
             r.add_argument("--reps", type=int, default=2)
+            r.add_argument("--out", default=str(HERE / "results"), help="folder for the results")
+            r.add_argument("--peak-tflops", type=float, default=0.0,
+                           help="bf16 matmul peak for MFU (0 = the measured one)")
+            sys.path.insert(0, str(HERE))
+            from run import add_load_options
+
+            add_load_options(r)
         r.set_defaults(func=func)
     a = p.parse_args(argv)
     return a.func(a)

@@ -212,7 +212,8 @@ def run_rlhfkit(s: Settings, clock: StepClock, workdir: str, fused_adamw: bool =
         if not clock.stamps:
             clock.begin()
             # What actually runs, whatever rlhfkit's defaults are at the time.
-            optimizer = getattr(self.optimizer, "optimizer", self.optimizer)
+            owner = getattr(self, "run_", self)  # the Run holds the optimizer (since 9dbad4a)
+            optimizer = getattr(owner.optimizer, "optimizer", owner.optimizer)
             counted["optimizer_fused"] = bool(optimizer.defaults.get("fused"))
             counted["gradient_checkpointing"] = any(
                 getattr(m, "is_gradient_checkpointing", False) for m in self.model.modules())

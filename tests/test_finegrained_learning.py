@@ -142,6 +142,7 @@ def test_cli_segment_rm_end_to_end_and_errors(toy, tmp_path, capsys):
                  "--output-dir", str(tmp_path / "bad4"), "--no-progress"]) == 1
     err = capsys.readouterr().err
     assert "pairs.jsonl" in err and "no span records (found 1 comparison)" in err
-    assert main(["segment-rm", "--segment-unit", "paragraph", "--output-dir",
-                 str(tmp_path / "bad3")]) == 1
-    assert "--segment-unit" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:  # the parser refuses a unit it does not know
+        main(["segment-rm", "--segment-unit", "paragraph", "--output-dir", str(tmp_path / "bad3")])
+    assert stop.value.code == 2 and "--segment-unit: invalid choice" in capsys.readouterr().err
+    assert not (tmp_path / "bad3").exists()

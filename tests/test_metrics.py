@@ -244,3 +244,23 @@ def test_perplexity_on_a_tiny_transformers_model():
     many = perplexity(model, tok, prompts, responses, batch_size=3)
     assert one == pytest.approx(many, rel=1e-4)
     assert 1.0 < one < 16.0  # a random 4-token model is near uniform
+
+
+def test_length_controlled_win_rate_by_hand():
+    """Ten prompts where A answers longer (d = +3) and A wins 9; ten where it answers shorter
+    (d = -3) and wins 5. tanh(d / sd(d)) takes two values +-c, so the logistic model is
+    saturated and reproduces both rates: logit(0.9) = theta + phi c, logit(0.5) = theta - phi c,
+    theta = (ln 9 + 0) / 2 = 1.0986, and the length-controlled rate is sigmoid(theta) = 0.75,
+    where the raw rate is 14/20 = 0.7 and phi > 0 (longer wins)."""
+    from rlhfkit.evaluate.metrics import length_controlled_win_rate
+
+    a = [1.0] * 9 + [0.0] + [1.0] * 5 + [0.0] * 5
+    b = [0.5] * 20
+    la, lb = [13] * 10 + [7] * 10, [10] * 20
+    out = length_controlled_win_rate(a, b, la, lb, l2=0.0)
+    assert out["win_rate"] == pytest.approx(0.7)
+    assert out["lc_win_rate"] == pytest.approx(0.75, abs=1e-6)
+    assert out["length_coef"] > 0
+    # no length difference at all: nothing to control for; ties count half
+    same = length_controlled_win_rate([1, 0, 0.5, 1], [0, 1, 0.5, 0], [5] * 4, [5] * 4, l2=0.0)
+    assert same["lc_win_rate"] == pytest.approx(same["win_rate"]) == pytest.approx(0.625)

@@ -65,7 +65,8 @@ def test_demo_dpo_learns_from_the_reward_models_preferences(smallest_lm, tmp_pat
 def test_demo_with_best_of_n_reports_its_analytic_kl(smallest_lm, tmp_path):
     import math
 
-    from rlhfkit.pipeline import DemoConfig, best_of_n_kl, run_demo
+    from rlhfkit.pipeline import DemoConfig, run_demo
+    from rlhfkit.train.evaluation import best_of_n_kl
 
     assert best_of_n_kl(1) == 0.0
     assert best_of_n_kl(4) == pytest.approx(math.log(4) - 0.75)
@@ -83,8 +84,29 @@ def test_demo_checks_its_options_before_training(tmp_path):
 
     with pytest.raises(cfglib.ConfigError, match="--sft-model: .* is not a model folder"):
         run_demo(DemoConfig(output_dir=str(tmp_path / "a"), sft_model=str(tmp_path)))
-    with pytest.raises(cfglib.ConfigError, match="--rm-data must be samples or task"):
+    with pytest.raises(cfglib.ConfigError, match="--rm-data must be one of 'samples', 'task', got 'people'"):
         run_demo(DemoConfig(output_dir=str(tmp_path / "b"), rm_data="people"))
-    with pytest.raises(cfglib.ConfigError, match="--rank-k must be in 2..9"):
+    with pytest.raises(cfglib.ConfigError, match="--rank-k must be >= 2 and <= 9, got 12"):
         run_demo(DemoConfig(output_dir=str(tmp_path / "c"), rank_k=12))
     assert not any((tmp_path / d).exists() for d in "abc")  # nothing ran
+
+
+def test_demo_with_rounds_refits_on_the_new_policy_and_reports_each_round(smallest_lm, tmp_path):
+    """--rounds 2: round 1 reuses the SFT samples' rankings and reward model; round 2 samples
+    the round-1 policy, refits, trains again; the report shows both rounds and the
+    over-optimisation curve; the summary has the length-controlled win rate and the final reward
+    model's accuracy on the final policy's samples."""
+    from rlhfkit.pipeline import DemoConfig, run_demo
+
+    out = run_demo(DemoConfig(model=str(smallest_lm), output_dir=str(tmp_path), quick=True,
+                              precision="fp32", sft_steps=2, rm_steps=2, rl_steps=1,
+                              max_new_tokens=2, eval_prompts=2, progress=False, rank_prompts=8,
+                              rounds=2, round_prompts=4, round_rm_steps=1,
+                              generation_backend="hf"))
+    rounds = [json.loads(x) for x in (out / "ppo" / "rounds.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rounds] == [1, 2]
+    assert rounds[1]["policy"] == str(out / "ppo" / "round-1" / "rl" / "model")
+    ev = json.loads((out / "summary.json").read_text())["eval"]
+    assert "gold/lc_win_rate" in ev and "rm/accuracy_on_final_policy" in ev
+    html = (out / "report.html").read_text()
+    assert "Iterative rounds" in html and "Over-optimisation" in html

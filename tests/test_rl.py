@@ -34,22 +34,27 @@ def good_share(prompts, texts, rollout=None):
     return [sum(w == "good" for w in t.split()) / max(len(t.split()), 1) for t in texts]
 
 
-@pytest.fixture(scope="session")
-def good_bad_policy(tmp_path_factory, tiny_lm):
-    """SFT policy folder; its run root also holds ``demos.jsonl``, the demonstrations."""
+def train_good_bad_policy(model: Path, root: Path) -> Path:
+    """SFT of ``model`` on 64 answers that mix "good" and "bad" at random; ``root`` also
+    holds ``demos.jsonl``, the demonstrations."""
     from rlhfkit.train.sft import SFTConfig, train_sft
 
-    root = tmp_path_factory.mktemp("good-bad")
     rng = random.Random(0)
     prompts = get_task("reviews").prompts("train")[:64]
     demos = [Demonstration(prompt=p, response=" ".join(rng.choice(["good", "bad"])
                                                         for _ in range(4))) for p in prompts]
     write_records(demos, root / "demos.jsonl")
     return train_sft(SFTConfig(
-        model=str(tiny_lm), data=str(root / "demos.jsonl"), output_dir=str(root / "sft"),
+        model=str(model), data=str(root / "demos.jsonl"), output_dir=str(root / "sft"),
         max_steps=24, batch_size=16, learning_rate=1e-2, precision="fp32", progress=False,
         max_length=96, eval_fraction=0.0, system_prompt=SYSTEM, warmup_ratio=0.0,
         lr_scheduler="constant", report_to="none", gradient_checkpointing=False))
+
+
+@pytest.fixture(scope="session")
+def good_bad_policy(tmp_path_factory, tiny_lm):
+    """SFT policy folder; its run root also holds ``demos.jsonl``, the demonstrations."""
+    return train_good_bad_policy(tiny_lm, tmp_path_factory.mktemp("good-bad"))
 
 
 def demos_of(policy: Path) -> Path:

@@ -7,15 +7,12 @@ heads of 32 dimensions or more, so these tests use a tiny model with one head of
 from __future__ import annotations
 
 import copy
-import random
 from pathlib import Path
 
 import pytest
 import torch
 
 from rlhfkit.config import ConfigError
-from rlhfkit.data.io import write_records
-from rlhfkit.data.records import Demonstration
 from rlhfkit.engines.vllm import VLLMBackend
 from rlhfkit.models.loading import apply_lora, checkpoint_weights, load_causal_lm
 from rlhfkit.models.policy import SelectiveLM
@@ -129,19 +126,9 @@ def test_auto_keeps_transformers_for_a_model_vllm_cannot_serve_here(tiny_lm, cap
 @pytest.fixture(scope="module")
 def wide_good_bad_policy(tmp_path_factory, wide_lm):
     """The RL tests' "good"/"bad" SFT policy, on the wide-head tiny model."""
-    from rlhfkit.train.sft import SFTConfig, train_sft
+    from test_rl import train_good_bad_policy
 
-    root = tmp_path_factory.mktemp("wide-good-bad")
-    rng = random.Random(0)
-    prompts = get_task("reviews").prompts("train")[:64]
-    demos = [Demonstration(prompt=p, response=" ".join(rng.choice(["good", "bad"])
-                                                        for _ in range(4))) for p in prompts]
-    write_records(demos, root / "demos.jsonl")
-    return train_sft(SFTConfig(
-        model=str(wide_lm), data=str(root / "demos.jsonl"), output_dir=str(root / "sft"),
-        max_steps=24, batch_size=16, learning_rate=1e-2, precision="fp32", progress=False,
-        max_length=96, eval_fraction=0.0, system_prompt=SYSTEM, warmup_ratio=0.0,
-        lr_scheduler="constant", report_to="none", gradient_checkpointing=False))
+    return train_good_bad_policy(wide_lm, tmp_path_factory.mktemp("wide-good-bad"))
 
 
 def test_grpo_on_the_vllm_backend_learns(wide_good_bad_policy, tmp_path):
@@ -248,3 +235,26 @@ def test_grpo_on_a_local_ray_cluster_with_one_trainer_and_one_engine_actor(wide_
     train, _ = read_metrics(out)
     assert len(train) == 2
     assert all(r["rollout/logprob_gap_max"] < 1e-3 for r in train)  # weights reached the engine
+
+
+def test_a_large_seeded_batch_samples_in_one_call(engine, wide_lm, tokenizer):
+    """256 prompts x 4 seeded samples in one call (more prompt tokens than one engine step
+    takes): vLLM 0.32 on CPU crashed here with chunked prefill ("CPU Generator does not use
+    offset"), which the engine turns off."""
+    lm = load_causal_lm(str(wide_lm)).eval()
+    engine.sync(lm, version=20)
+    engine.seed = 3
+    prompts = [f"Prompt number {i}: " + "word " * (40 + i % 9) for i in range(256)]
+    rollout = sample(lm, tokenizer, [p for p in prompts for _ in range(4)],
+                     SamplingConfig(max_new_tokens=4, temperature=1.0), backend=engine)
+    assert len(rollout) == 1024 and rollout.response_mask.sum() > 0
+
+
+def test_closing_one_engine_leaves_another_in_the_process_working(engine, wide_lm, tokenizer):
+    """vLLM's shutdown tears down the process's parallel groups, which all in-process engines
+    share: closing a second engine must not break the first (it did, for any later call)."""
+    second = make_backend("vllm", str(wide_lm), None, seed=1, max_model_len=256)
+    lm = load_causal_lm(str(wide_lm)).eval()
+    assert len(sample(lm, tokenizer, PROMPTS, GREEDY, backend=second)) == len(PROMPTS)
+    second.close()
+    assert len(sample(lm, tokenizer, PROMPTS, GREEDY, backend=engine)) == len(PROMPTS)

@@ -116,7 +116,11 @@ def _hints(cls: type) -> dict[str, Any]:
 
 
 def from_dict(cls: type, values: dict[str, Any], source: str = "config") -> Any:
-    """Build a config of type ``cls`` from a mapping, with a clear error for unknown keys."""
+    """Build a config of type ``cls`` from a mapping, with a clear error for unknown keys.
+
+    The result is checked by :func:`validate` (choices and ranges), so a bad value stops
+    here, before any model loads.
+    """
     hints = _hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)
@@ -126,7 +130,73 @@ def from_dict(cls: type, values: dict[str, Any], source: str = "config") -> Any:
             f"known keys: {', '.join(sorted(names))}"
         )
     kwargs = {k: _coerce(k, hints[k], v) for k, v in values.items()}
-    return cls(**kwargs)
+    return validate(cls(**kwargs))
+
+
+# Ranges of the options that share a name (and a meaning) across stages:
+# name -> (low, high, low included, high included); None = unbounded.
+BOUNDS: dict[str, tuple[float | None, float | None, bool, bool]] = {
+    "learning_rate": (0, None, False, True), "weight_decay": (0, None, True, True),
+    "warmup_ratio": (0, 1, True, False), "max_grad_norm": (0, None, True, True),
+    "epochs": (0, None, False, True), "max_steps": (0, None, True, True),
+    "batch_size": (1, None, True, True), "grad_accum": (1, None, True, True),
+    "mini_batch_size": (0, None, True, True), "update_epochs": (1, None, True, True),
+    "max_length": (8, None, True, True), "max_new_tokens": (1, None, True, True),
+    "max_prompt_tokens": (1, None, True, True), "eval_fraction": (0, 1, True, False),
+    "eval_every": (0, None, True, True), "save_every": (0, None, True, True),
+    "log_every": (1, None, True, True), "keep_checkpoints": (1, None, True, True),
+    "lora_r": (1, None, True, True), "lora_alpha": (0, None, False, True),
+    "lora_dropout": (0, 1, True, False), "temperature": (0, None, True, True),
+    "top_p": (0, 1, False, True), "top_k": (0, None, True, True),
+    "kl_coef": (0, None, True, True), "kl_target": (0, None, True, True),
+    "kl_horizon": (1, None, True, True), "entropy_coef": (0, None, True, True),
+    "num_samples": (1, None, True, True), "clip_range": (0, 1, False, True),
+    "clip_range_high": (0, None, True, True), "gamma": (0, 1, True, True),
+    "lam": (0, 1, True, True), "vf_coef": (0, None, True, True),
+    "reward_clip": (0, None, True, True), "tis_cap": (0, None, True, True),
+    "beta": (0, None, False, True), "label_smoothing": (0, 0.5, True, False),
+    "eval_prompts": (0, None, True, True), "rank_k": (2, 9, True, True),
+    "rounds": (0, None, True, True), "vllm_kv_cache_gb": (0, None, False, True),
+}
+
+
+def validate(config: Any) -> Any:
+    """Check every field against its choices (``Literal`` types) and :data:`BOUNDS`.
+
+    Returns:
+        ``config``, unchanged.
+
+    Raises:
+        ConfigError: naming the option, the value and what it may be.
+    """
+    hints = _hints(type(config))
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        base, optional = _base_type(hints[f.name])
+        flag = "--" + f.name.replace("_", "-")
+        if value is None and optional:
+            continue
+        if typing.get_origin(base) is typing.Literal and value not in typing.get_args(base):
+            choices = ", ".join(repr(a) for a in typing.get_args(base))
+            raise ConfigError(f"{flag} must be one of {choices}, got {value!r}")
+        bounds = BOUNDS.get(f.name)
+        if bounds is not None and isinstance(value, int | float) and not isinstance(value, bool):
+            low, high, low_in, high_in = bounds
+            too_low = low is not None and (value < low or (value == low and not low_in))
+            too_high = high is not None and (value > high or (value == high and not high_in))
+            if too_low or too_high or value != value:  # NaN is never in range
+                raise ConfigError(f"{flag} must be {_range_text(bounds)}, got {value!r}")
+    return config
+
+
+def _range_text(bounds: tuple[float | None, float | None, bool, bool]) -> str:
+    low, high, low_in, high_in = bounds
+    parts = []
+    if low is not None:
+        parts.append(f"{'>=' if low_in else '>'} {low:g}")
+    if high is not None:
+        parts.append(f"{'<=' if high_in else '<'} {high:g}")
+    return " and ".join(parts)
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -163,7 +233,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else None  # type: ignore[misc]
         )
-        help_text = f"{docs.get(f.name, '')} [{_type_name(hints[f.name])}, default: {default!r}]"
+        help_text = f"{docs.get(f.name, '')} [default: {default!r}]"
         help_text = help_text.replace("%", "%%")  # argparse %-formats help strings
         base, _ = _base_type(hints[f.name])
         if base is bool:
@@ -171,8 +241,27 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
                 flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
                 help=help_text,
             )
+        elif typing.get_origin(base) is typing.Literal:
+            parser.add_argument(flag, dest=f.name, default=None,
+                                choices=[str(a) for a in typing.get_args(base)], help=help_text)
         else:
-            parser.add_argument(flag, dest=f.name, default=None, metavar="VALUE", help=help_text)
+            parser.add_argument(flag, dest=f.name, default=None, metavar=_metavar(f.name, base),
+                                help=help_text)
+
+
+def _metavar(name: str, base: Any) -> str:
+    """What a flag takes, for --help: INT, FLOAT, N,N,..., a path or spec, or TEXT."""
+    if base is int:
+        return "INT"
+    if base is float:
+        return "FLOAT"
+    if typing.get_origin(base) in (list, dict):
+        return "A,B,..."
+    if name in ("model", "reference", "sft_model") or name.endswith(("_model", "_dir")):
+        return "PATH"
+    if name in ("data", "eval_data", "ptx_data", "preferences", "rankings"):
+        return "SPEC"
+    return "TEXT"
 
 
 def from_args(cls: type, args: argparse.Namespace) -> Any:
@@ -243,3 +332,14 @@ def parse_weights(spec: str, names: Sequence[str]) -> dict[str, float]:
             raise ValueError(f"--rewards: the weight of {name!r} must be a number, "
                              f"got {value.strip()!r}") from None
     return weights
+
+
+def parse_floats(spec: str, option: str) -> list[float]:
+    """``"0.1,0.5"`` -> ``[0.1, 0.5]``, with an error naming the option for a bad number."""
+    try:
+        values = [float(v) for v in spec.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"{option}: expected comma-separated numbers, got {spec!r}") from None
+    if not values:
+        raise ConfigError(f"{option}: give at least one number")
+    return values

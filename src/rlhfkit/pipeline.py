@@ -20,26 +20,21 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from rlhfkit import config as cfglib
 from rlhfkit.data.chat import to_messages
 from rlhfkit.data.io import write_records
-from rlhfkit.evaluate.metrics import distinct_n, win_rate
-from rlhfkit.evaluate.report import write_report
-from rlhfkit.models.loading import DEFAULT_MODEL, load_causal_lm, load_tokenizer
-from rlhfkit.models.policy import SelectiveLM
-from rlhfkit.models.reward import RewardModel
-from rlhfkit.rewards.sources import rm_scores
+from rlhfkit.evaluate.overoptimisation import overoptimisation_section
+from rlhfkit.evaluate.report import Section, table_html, write_report
+from rlhfkit.models.loading import DEFAULT_MODEL
 from rlhfkit.rollout import (
-    ReferencePolicy,
-    SamplingConfig,
     generate_responses,
-    make_backend,
-    sample,
 )
 from rlhfkit.tasks import get_task
-from rlhfkit.train.best_of_n import best_of_n
 from rlhfkit.train.dpo import DPOConfig, train_dpo
+from rlhfkit.train.evaluation import compare_with_sft
+from rlhfkit.train.iterate import IterateConfig, run_iterate
 from rlhfkit.train.pg import ALGORITHMS, train_pg
 from rlhfkit.train.ppo import PPOConfig, train_ppo
 from rlhfkit.train.rm import RMConfig, train_rm
@@ -61,7 +56,7 @@ class DemoConfig:
     sft/model)."""
     quick: bool = False
     """Small settings that finish in a few minutes on a 2-core CPU."""
-    precision: str = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
     """fp32, bf16, or auto (bf16 where the hardware has it)."""
     lora: bool = False
     """Train LoRA adapters instead of all weights."""
@@ -89,7 +84,7 @@ class DemoConfig:
     """RL learning rate (0 = the preset's)."""
     eval_prompts: int = 0
     """Held-out prompts for the final evaluation (0 = the preset's)."""
-    rm_data: str = "samples"
+    rm_data: Literal["samples", "task"] = "samples"
     """What the reward model learns from: samples (K responses per prompt from the SFT policy,
     ranked by the simulated labeler, as InstructGPT's labelers ranked the policy's outputs) or
     task (the task's own written rankings)."""
@@ -98,8 +93,23 @@ class DemoConfig:
     rank_prompts: int = 0
     """Prompts to sample and rank with --rm-data samples (0 = the preset's: every train prompt
     without a demonstration, 64 with --quick)."""
-    generation_backend: str = "auto"
+    generation_backend: Literal["auto", "hf", "vllm"] = "auto"
     """Sampler of every stage that samples: hf, vllm or auto (vLLM where installed)."""
+    rounds: int = 0
+    """Rounds of iterative RLHF for RL algorithms (docs/iterate.md): each round samples the
+    current policy, has it ranked, refits the reward model on all rankings so far, and runs RL
+    again from the current policy; 1 = the classic single pass; 0 = the preset's (3, or 1 with
+    --quick)."""
+    round_prompts: int = 96
+    """Prompts sampled and ranked in each round after the first."""
+    round_rm_steps: int = 32
+    """Reward-model steps of each round after the first (it continues from the last one)."""
+    length_debias: bool = False
+    """Take the linear effect of length out of the RL reward within each batch."""
+    entropy_coef: float = 0.0
+    """Entropy bonus in the RL loss."""
+    kl_target: float = 0.0
+    """Adapt beta towards this KL per response in nats (0 = fixed --kl-coef)."""
 
 
 def run_demo(cfg: DemoConfig) -> Path:
@@ -147,7 +157,15 @@ def run_demo(cfg: DemoConfig) -> Path:
         final, rl_dir = run_rl(cfg, policy, reward_model, out, common, algo, rm_data)
         train_s = time.perf_counter() - t
         t = time.perf_counter()
-        evaluation = evaluate_final(cfg, policy, final, reward_model, rl_dir, n_eval)
+        rounds_summary = out / algo / "summary.json"
+        judge = reward_model
+        if rounds_of(cfg) > 1 and rounds_summary.exists():  # judged by the last round's RM
+            judge = Path(json.loads(rounds_summary.read_text())["final_reward_model"])
+        evaluation = compare_with_sft(cfg.task, policy, final, judge, n_eval, cfg.max_new_tokens,
+                                      cfg.seed, cfg.generation_backend, out_dir=rl_dir)
+        if rounds_summary.exists():
+            evaluation["summary"]["rm/accuracy_on_final_policy"] = json.loads(
+                rounds_summary.read_text())["rm/accuracy_on_final_policy"]
         eval_s = time.perf_counter() - t
         timings["rl_s"] += train_s
         timings["eval_s"] += eval_s
@@ -170,8 +188,10 @@ def run_demo(cfg: DemoConfig) -> Path:
             "wall_time_s": sum(timings.values())}
     comparison = [{"algorithm": a, **{k: r["summary"][k] for k in COMPARE_KEYS}}
                   for a, r in results.items()] if len(results) > 1 else []
+    sections = [rounds_section(out / a) for a in results if (out / a / "rounds.jsonl").exists()]
+    sections.append(overoptimisation_section(rl_dir))
     write_report(out / "report.html", f"rlhfkit demo: {cfg.task}, {cfg.algo}", head, rows,
-                 first["samples"][:12], comparison)
+                 first["samples"][:12], comparison, [x for x in sections if x is not None])
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(f"\n[demo] done in {sum(timings.values()):.0f}s")
     print(f"[demo] SFT policy:    {policy}")
@@ -189,10 +209,7 @@ def run_demo(cfg: DemoConfig) -> Path:
 
 def check_options(cfg: DemoConfig) -> None:
     """Raise a ConfigError for a bad option before any stage runs."""
-    if cfg.rm_data not in ("samples", "task"):
-        raise cfglib.ConfigError(f"--rm-data must be samples or task, got {cfg.rm_data!r}")
-    if not 2 <= cfg.rank_k <= 9:
-        raise cfglib.ConfigError(f"--rank-k must be in 2..9, got {cfg.rank_k}")
+    cfglib.validate(cfg)
     if cfg.sft_model and not (Path(cfg.sft_model) / "config.json").exists():
         raise cfglib.ConfigError(
             f"--sft-model: {cfg.sft_model} is not a model folder (no config.json)")
@@ -257,11 +274,14 @@ def run_rl(cfg: DemoConfig, policy: Path, reward_model: Path, out: Path,
                                    loss=algo, max_steps=cfg.rl_steps or (12 if cfg.quick else 48),
                                    batch_size=4, learning_rate=lr, max_length=128,
                                    eval_fraction=0.15, **common)), out / algo
+    lr = cfg.rl_learning_rate or (2e-4 if cfg.lora else 1e-5)
+    if rounds_of(cfg) > 1 and algo != "best-of-n":
+        return run_rounds(cfg, policy, reward_model, out, algo, preferences, steps, lr)
     rl = dict(model=str(policy), reward_model=str(reward_model), data=data,
               max_steps=steps, max_new_tokens=cfg.max_new_tokens, kl_coef=cfg.kl_coef,
               eval_prompts=8 if cfg.quick else 16, generation_backend=cfg.generation_backend,
-              **common)
-    lr = cfg.rl_learning_rate or (2e-4 if cfg.lora else 1e-5)
+              length_debias=cfg.length_debias, entropy_coef=cfg.entropy_coef,
+              kl_target=cfg.kl_target, **common)
     if algo == "ppo":
 
         return train_ppo(PPOConfig(output_dir=str(out / "ppo"), batch_size=16,
@@ -279,71 +299,43 @@ def run_rl(cfg: DemoConfig, policy: Path, reward_model: Path, out: Path,
                      f"(or a comma-separated list), got {algo!r}")
 
 
-def best_of_n_kl(n: int) -> float:
-    """KL(best-of-n || base) bound in nats: ``log n - (n - 1) / n``."""
-    import math
-
-    return math.log(n) - (n - 1) / n
+def rounds_of(cfg: DemoConfig) -> int:
+    """The rounds of iterative RLHF: --rounds, or the preset's."""
+    return cfg.rounds or (1 if cfg.quick else 3)
 
 
-def evaluate_final(cfg: DemoConfig, sft: Path, final: Path | None, reward_model: Path,
-                   rl_dir: Path, n_prompts: int) -> dict:
-    """SFT vs final policy on held-out prompts: gold and RM reward, KL, win rate, length."""
-    import torch
+def run_rounds(cfg: DemoConfig, policy: Path, reward_model: Path, out: Path, algo: str,
+               preferences: str | None, steps: int, lr: float) -> tuple[Path, Path]:
+    """Iterative RLHF (:mod:`rlhfkit.train.iterate`) after round 1's rankings and reward model.
+
+    Returns (final policy, the last round's RL run folder).
+    """
+    rankings = preferences if cfg.rm_data == "samples" else ""
+    run_iterate(IterateConfig(
+        model=str(policy), reward_model=str(reward_model), rankings=rankings or "",
+        task=cfg.task, output_dir=str(out / algo), rounds=rounds_of(cfg),
+        prompts_per_round=cfg.round_prompts, rank_k=cfg.rank_k, rm_steps=cfg.round_rm_steps,
+        rm_learning_rate=cfg.rm_learning_rate or 1e-4, algo=algo, rl_steps=steps,
+        rl_learning_rate=lr, kl_coef=cfg.kl_coef, kl_target=cfg.kl_target,
+        entropy_coef=cfg.entropy_coef, length_debias=cfg.length_debias,
+        max_new_tokens=cfg.max_new_tokens, eval_prompts=16 if cfg.quick else 32,
+        generation_backend=cfg.generation_backend, precision=cfg.precision, lora=cfg.lora,
+        seed=cfg.seed, progress=cfg.progress, overwrite=True))
+    last = out / algo / f"round-{rounds_of(cfg)}" / "rl"
+    return last / "model", last
 
 
-    torch.manual_seed(cfg.seed)
-    task = get_task(cfg.task)
-    prompts = task.prompts("eval")[:n_prompts]
-    gold = task.gold_scorer()
-    tok = load_tokenizer(str(sft))
-    rm = RewardModel.from_pretrained(str(reward_model), pad_token_id=tok.pad_token_id).eval()
-    sampling = SamplingConfig(max_new_tokens=cfg.max_new_tokens)
-    sft_lm = load_causal_lm(str(sft)).eval()
-    max_len = cfg.max_new_tokens + 256
-    backend = make_backend(cfg.generation_backend, str(sft), None, seed=cfg.seed,
-                           max_model_len=max_len)
-    before = sample(sft_lm, tok, prompts, sampling, task.system_prompt, backend=backend)
-    if final is None:  # best-of-n from the SFT policy, scored by the RM
-        rl_dir.mkdir(parents=True, exist_ok=True)
-        picked = best_of_n(sft_lm, tok, prompts, 4,
-                           lambda p, t, r: rm_scores(rm, r).tolist(),
-                           sampling, task.system_prompt, backend=backend)
-        after_texts = [r["best"] for r in picked]
-        after = None
-        # Best-of-n has no per-token log-probs to measure; its KL to the sampling policy is
-        # at most log n - (n - 1) / n nats (Beirami et al. 2024), the usual analytic value.
-        kl_final = best_of_n_kl(4)
-        rm_after = [r["best_score"] for r in picked]
-    else:
-        lm = load_causal_lm(str(final)).eval()
-        if hasattr(backend, "sync"):
-            backend.sync(lm, 1)  # the same engine, now holding the final policy
-        after = sample(lm, tok, prompts, sampling, task.system_prompt, scorer=SelectiveLM(lm),
-                       backend=backend)
-        ref = ReferencePolicy(sft_lm, frozen=sft_lm)
-        ref_lp = ref.logprobs(after)
-        kl_final = float(((after.logprobs - ref_lp) * after.response_mask).sum(-1).mean())
-        after_texts = after.texts
-        rm_after = rm_scores(rm, after).tolist()
-    if hasattr(backend, "close"):
-        backend.close()
-    rm_before = rm_scores(rm, before).tolist()
-    g_before, g_after = gold(prompts, before.texts), gold(prompts, after_texts)
-    wr = win_rate(g_after, g_before)
-    n = len(prompts)
-    summary = {
-        "prompts": n,
-        "gold/sft": sum(g_before) / n, "gold/final": sum(g_after) / n,
-        "reward/sft": sum(rm_before) / n, "reward/final": sum(rm_after) / n,
-        "gold/win_rate": wr["win"], "gold/tie_rate": wr["tie"],
-        "gold/win_rate_ties_half": wr["win"] + wr["tie"] / 2,
-        "kl/final": kl_final,
-        "length/sft": float(before.response_lengths.float().mean()),
-        "length/final": (float(after.response_lengths.float().mean()) if after is not None
-                         else sum(len(tok.encode(t)) for t in after_texts) / n),
-        "distinct2/sft": distinct_n(before.texts, 2), "distinct2/final": distinct_n(after_texts, 2),
-    }
-    samples = [{"prompt": p, "before": b, "after": a, "gold_before": gb, "gold_after": ga}
-               for p, b, a, gb, ga in zip(prompts, before.texts, after_texts, g_before, g_after)]
-    return {"summary": summary, "samples": samples}
+def rounds_section(run: Path) -> Section:
+    """The iterative rounds of one algorithm as a table (``rounds.jsonl``)."""
+    rows = [json.loads(x) for x in (run / "rounds.jsonl").read_text().splitlines() if x.strip()]
+    keys = ["round", "labels_total", "rm/heldout_accuracy", "rm/accuracy_on_new_samples",
+            "gold/final", "reward/final", "gap/proxy_minus_gold", "gold/win_rate",
+            "gold/lc_win_rate", "kl/final", "length/final", "distinct2/final"]
+    table = [{k: r.get(k, "") for k in keys} for r in rows]
+    return Section(f"Iterative rounds: {run.name}",
+                   "Each round sampled the policy of the round before, had it ranked, refitted "
+                   "the reward model on every ranking so far and ran RL again. "
+                   "rm/accuracy_on_new_samples: the previous round's reward model on this "
+                   "round's samples (what over-optimisation erodes).", [table_html(table, keys)])
+
+

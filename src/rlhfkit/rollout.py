@@ -582,7 +582,7 @@ def place_token_values(values: Sequence[Sequence[float]], response_mask: torch.T
 
 
 def make_backend(kind: str, model: str, autocast: torch.dtype | None = None, seed: int = 0,
-                 max_model_len: int = 1024, kv_cache_gb: float = 1.0,
+                 max_model_len: int = 1024, kv_cache_gb: float = 0.25,
                  log: Any = print, engines: str = "", weight_sync: str = "gloo"
                  ) -> GenerationBackend:
     """The generation backend of ``--generation-backend``: ``hf``, ``vllm`` or ``auto``.
@@ -732,7 +732,8 @@ def generate_responses(model: str, prompts: Sequence[Any], k: int, *, max_new_to
     lm = load_causal_lm(model).to(device).eval()
     sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature,
                               top_p=top_p, top_k=top_k)
-    if backend is None:
+    own = backend is None  # made here: closed here (an engine holds its own memory)
+    if own:
         autocast = torch.bfloat16 if resolve_precision("auto", device) == "bf16" else None
         backend = make_backend(generation_backend, model, autocast, seed=seed,
                                max_model_len=max(len(p) for p in encode_prompts(
@@ -757,6 +758,8 @@ def generate_responses(model: str, prompts: Sequence[Any], k: int, *, max_new_to
                     out[i].append(text)
                     bar.update()
     bar.close()
+    if own and hasattr(backend, "close"):
+        backend.close()
     short = [i for i, got in enumerate(out) if len(got) < k]
     if short:
         raise ValueError(f"prompt {short[0]} got only {len(out[short[0]])} distinct non-empty "

@@ -106,3 +106,21 @@ def test_the_quick_start_works_as_written(tmp_path, tiny_lm, capsys, monkeypatch
     assert json.loads((tmp_path / "runs" / "rm-w" / "reliability.json").read_text())
     trl = [json.loads(x) for x in (tmp_path / "sleep-trl.jsonl").read_text().splitlines()]
     assert {tuple(r) for r in trl} == {("prompt", "chosen", "rejected")} and len(trl) == 4
+
+
+def test_every_label_action_has_a_help_line_and_a_description():
+    import argparse
+
+    from rlhfkit.feedback.cli import register
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    label = parser._subparsers._group_actions[0].choices["label"]
+    actions = label._subparsers._group_actions[0]
+    helps = {a.dest: a.help for a in actions._choices_actions}
+    assert set(helps) == {"serve", "create-project", "add-user", "workspace", "import", "export", "stats"}
+    for name, sub in actions.choices.items():
+        assert helps[name] and len(helps[name]) < 100, name
+        assert sub.description and len(sub.description) > len(helps[name]), name
+        for action in sub._actions:  # and every option says what it does
+            assert action.help, (name, action.dest)

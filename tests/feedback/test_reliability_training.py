@@ -73,6 +73,9 @@ def test_rm_and_dpo_weight_by_reliability_from_the_store(stage, crowd_db, tiny_l
     assert {row["annotator"] for row in table} == set(CROWD)
     assert {row["annotator"] for row in table if row["weight"] == 0} == {"eve"}
     assert "training groups" in capsys.readouterr().out
-    assert main([stage, "--model", str(tiny_lm), "--data", crowd_db, "--output-dir", str(tmp_path / "x"),
-                 "--weight-by", "trust", *TRAIN]) == 1
-    assert "--weight-by must be none or reliability" in capsys.readouterr().err
+    # a choice outside the list is refused by the parser itself, before any model loads
+    with pytest.raises(SystemExit) as stop:
+        main([stage, "--model", str(tiny_lm), "--data", crowd_db, "--output-dir", str(tmp_path / "x"),
+              "--weight-by", "trust", *TRAIN])
+    assert stop.value.code == 2
+    assert "--weight-by: invalid choice: 'trust'" in capsys.readouterr().err

@@ -13,6 +13,7 @@ import importlib
 import logging
 import os
 import sys
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,7 +45,7 @@ def _stage(name: str, help: str, module: str, config: str, run: str) -> Command:
 COMMANDS: list[Command] = [
     _stage("sft", "Step 1: supervised fine-tuning on demonstrations", "train.sft", "SFTConfig",
            "train_sft"),
-    _stage("rm", "Step 2: train a reward model on comparisons, rankings or 👍/👎", "train.rm",
+    _stage("rm", "Step 2: train a reward model on comparisons, rankings, 👍/👎 or scores", "train.rm",
            "RMConfig", "train_rm"),
     _stage("segment-rm", "Step 2, fine-grained: a per-segment reward model (relevance, "
            "factuality) from span feedback (Wu et al. 2023)", "train.segment_rm",
@@ -78,6 +79,11 @@ COMMANDS: list[Command] = [
     _stage("engine", "A vLLM generation engine for RL stages on other processes or machines "
            "(--vllm-engines HOST:PORT; the auth key in RLHFKIT_ENGINE_KEY)", "engines.remote",
            "EngineConfig", "serve_engine"),
+    _stage("iterate", "Iterative RLHF: sample from the current policy, label, refit the reward "
+           "model, RL again, for several rounds", "train.iterate", "IterateConfig", "run_iterate"),
+    _stage("frontier", "The reward-KL frontier: gold reward against KL to SFT for PPO, GRPO, "
+           "RLOO, DPO, IPO and best-of-N over a sweep of strengths", "experiments.frontier",
+           "FrontierConfig", "run_frontier"),
     _stage("demo", "Run the whole loop on the default model and write a report", "pipeline",
            "DemoConfig", "run_demo"),
     _stage("detox", "Detoxification: SFT, then PPO with holistic vs fine-grained (per-sentence) "
@@ -134,6 +140,7 @@ def _command_of(argv: list[str]) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``rlhfkit`` command."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.formatwarning = _one_line_warning
     argv = sys.argv[1:] if argv is None else list(argv)
     command = _command_of(argv)
     parser = build_parser(command) if command else _listing_parser()
@@ -177,6 +184,12 @@ def run_stage(stage: Command, args: argparse.Namespace) -> int:
         print(f"rlhfkit {stage.name}: error: {err}", file=sys.stderr)
         return 1
     return 0
+
+
+def _one_line_warning(message: Warning | str, category: type[Warning], *args: Any,
+                      **kwargs: Any) -> str:
+    """Warnings as one line, without the source line Python adds below them."""
+    return f"[warning] {category.__name__}: {message}\n"
 
 
 def _show_config(cfg: Any) -> str:

@@ -30,7 +30,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Client, Connection, Listener
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -112,12 +112,12 @@ class EngineConfig:
     """Interface to listen on (0.0.0.0 for trainers on other machines)."""
     port: int = 7100
     """Port to listen on."""
-    dtype: str = "bfloat16"
+    dtype: Literal["bfloat16", "float32"] = "bfloat16"
     """The engine's weight dtype: bfloat16 or float32."""
     max_model_len: int = 1024
     """Longest prompt + response in tokens."""
-    kv_cache_gb: float = 1.0
-    """Memory for the KV cache on CPU, GiB."""
+    kv_cache_gb: float = 0.25
+    """Memory for the KV cache, GiB."""
     seed: int = 0
     """The engine's sampling seed."""
 
@@ -343,7 +343,7 @@ class _Sampling:
 
 
 def start_local_engines(n: int, model: str, dtype: str = "bfloat16", max_model_len: int = 1024,
-                        kv_cache_gb: float = 1.0, seed: int = 0, log: Any = print
+                        kv_cache_gb: float = 0.25, seed: int = 0, log: Any = print
                         ) -> tuple[list[EngineClient], list[subprocess.Popen]]:
     """Start ``n`` engine processes on this machine and connect to them."""
     key = os.environ.setdefault(KEY_ENV, secrets.token_hex(16))

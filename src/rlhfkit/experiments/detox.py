@@ -35,7 +35,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from rlhfkit import config as cfglib
 from rlhfkit.evaluate.metrics import (
@@ -110,7 +110,7 @@ class DetoxConfig:
     """If > 0, both methods adapt beta towards this KL per response, nats (Ziegler et al.)."""
     kl_horizon: int = 10000
     """Samples over which the adaptive KL controller corrects an error."""
-    segment_unit: str = "sentence"
+    segment_unit: Literal["sentence", "subsentence", "response"] = "sentence"
     """Segments of the fine-grained reward: sentence or subsentence."""
     eval_every: int = 3
     """Held-out evaluation every this many rollout batches (the learning curves)."""
@@ -120,7 +120,7 @@ class DetoxConfig:
     """Held-out prompts of the final evaluation."""
     samples_per_prompt: int = 4
     """k: samples per held-out prompt for average max toxicity (Gehman et al. use 25)."""
-    precision: str = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
     """fp32, bf16, or auto (bf16 where the hardware has it)."""
     reuse: bool = True
     """Reuse stages already finished in --output-dir (a model folder or evaluation file), so an

@@ -35,9 +35,9 @@ def register(subparsers: argparse._SubParsersAction,
         description="Collect feedback from people and machines: run the web app, make projects "
                     "and accounts, group them in workspaces, import and export labels.")
     sub = label.add_subparsers(dest="label_command", metavar="ACTION", required=True)
+    _serve_parser(sub)
     _create_project_parser(sub, sampler)
-    for add in (_serve_parser, _add_user_parser, _workspace_parser, _import_parser,
-                _export_parser, _stats_parser):
+    for add in (_add_user_parser, _workspace_parser, _import_parser, _export_parser, _stats_parser):
         add(sub)
 
 

@@ -69,5 +69,5 @@ def create_project_from_policy(store: Store, name: str, path: str | os.PathLike,
     rows = [{"prompt": prompt, "responses": [{"text": t, "model": who} for t in got], "meta": meta}
             for prompt, got in zip(prompts, texts)]
     items = rows_to_items(rows, questions)
-    store.create_project(name, questions, **options)
-    return store.add_items(name, items)
+    store.create_project(name, questions, items=items, **options)  # one transaction
+    return len(items)

@@ -361,6 +361,15 @@ def list_scorers() -> list[str]:
     return sorted(_REGISTRY)
 
 
+class UnknownScorerError(KeyError):
+    """A scorer name that is not registered; the message lists the known ones."""
+
+    user_facing = True
+
+    def __str__(self) -> str:  # KeyError would print the message in quotes
+        return str(self.args[0])
+
+
 def get_scorer(spec: str | Scorer, **kwargs: Any) -> Scorer:
     """Build a gold scorer from its name, or a weighted sum from a short spec.
 
@@ -375,7 +384,7 @@ def get_scorer(spec: str | Scorer, **kwargs: Any) -> Scorer:
         The scorer.
 
     Raises:
-        KeyError: An unknown name, listing the known ones.
+        UnknownScorerError: An unknown name, listing the known ones (a ``KeyError``).
     """
     if not isinstance(spec, str):
         return spec
@@ -393,5 +402,6 @@ def get_scorer(spec: str | Scorer, **kwargs: Any) -> Scorer:
         return WeightedScorer(parts, name=spec)
     key = spec.lower()
     if key not in _REGISTRY:
-        raise KeyError(f"unknown gold scorer {spec!r}; known: {', '.join(list_scorers())}")
+        raise UnknownScorerError(f"unknown gold scorer {spec!r}; known: "
+                                 f"{', '.join(list_scorers())}")
     return _REGISTRY[key](**kwargs)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from tqdm.auto import tqdm
@@ -48,7 +48,7 @@ class BestOfNConfig:
     """Held-out prompts (only used to split a file of prompts)."""
     eval_fraction: float = 0.0
     """Share of --data held out when it is a file."""
-    split: str = "train"
+    prompt_set: Literal["train", "eval"] = "train"
     """Which prompts to use: train (rejection sampling) or eval (the inference baseline)."""
     output_dir: str = "runs/best-of-n"
     """Run folder: config.yaml, demonstrations.jsonl, eval.json."""
@@ -124,6 +124,7 @@ def best_of_n(
 
 def run_best_of_n(cfg: BestOfNConfig, reward_fn: RewardFn | None = None) -> Path:
     """Sample, select, write ``demonstrations.jsonl`` and ``eval.json``; returns the folder."""
+    cfglib.validate(cfg)
     seed_everything(cfg.seed)
     acc = make_accelerator(cfg.precision)
     autocast = torch.bfloat16 if acc.mixed_precision == "bf16" else None
@@ -132,7 +133,7 @@ def run_best_of_n(cfg: BestOfNConfig, reward_fn: RewardFn | None = None) -> Path
     cfglib.save_yaml(cfg, out / "config.yaml")
     tokenizer = load_tokenizer(cfg.model)
     train, held, system_prompt, task = load_prompts(cfg)  # type: ignore[arg-type]
-    prompts = train if cfg.split == "train" else held
+    prompts = train if cfg.prompt_set == "train" else held
     if cfg.max_prompts:
         prompts = prompts[: cfg.max_prompts]
     lm = load_causal_lm(cfg.model).to(acc.device)

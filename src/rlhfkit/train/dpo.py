@@ -50,9 +50,10 @@ from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
+from tqdm.auto import tqdm
 
 from rlhfkit import config as cfglib
 from rlhfkit.data.chat import encode_pair, pad
@@ -62,7 +63,7 @@ from rlhfkit.losses import dpo_loss, ipo_loss, kto_loss, preferred_ft_loss, unli
 from rlhfkit.models.loading import load_causal_lm, merge_and_save
 from rlhfkit.models.policy import SelectiveLM, sequence_logprobs
 from rlhfkit.train.inputs import LabelWeightOptions, stage_inputs, weigh_labels
-from rlhfkit.train.loop import Loop, Run, TrainConfig
+from rlhfkit.train.loop import Loop, Run, TrainConfig, held_out_summary
 from rlhfkit.train.sft import build_policy
 
 Tensor = torch.Tensor
@@ -74,7 +75,7 @@ LOSSES = ("dpo", "ipo", "kto", "pref-ft", "unlikelihood")
 class DPOOptions:
     """The objective of DPO and its relatives (offline ``rlhfkit dpo`` and ``online-dpo``)."""
 
-    loss: str = "dpo"
+    loss: Literal["dpo", "ipo", "kto", "pref-ft", "unlikelihood"] = "dpo"
     """dpo, ipo, kto, pref-ft (fine-tune on the chosen response) or unlikelihood."""
     beta: float = 0.1
     """KL strength: the implicit reward is beta * log(pi / pi_ref); IPO's target gap is 1/(2 beta)."""
@@ -328,6 +329,7 @@ def reference_logps(
     pad_id: int,
     batch_size: int = 16,
     accelerator: Any = None,
+    progress: bool = False,
 ) -> list[float]:
     """Summed response log-probs of each sequence under ``reference`` (a SelectiveLM).
 
@@ -342,7 +344,8 @@ def reference_logps(
     reference.eval()
     order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))[rank::world]
     results: list[tuple[int, float]] = []
-    for k in range(0, len(order), batch_size):
+    for k in tqdm(range(0, len(order), batch_size), desc="reference log-probs", unit="batch",
+                  disable=not progress, dynamic_ncols=True):
         idx = order[k:k + batch_size]
         ids, mask, target = pad_with_targets([sequences[i] for i in idx],
                                              [prompt_lens[i] for i in idx], pad_id)
@@ -375,6 +378,7 @@ def attach_reference_logps(
     accelerator: Any = None,
     cache_file: Path | None = None,
     identity: str = "",
+    progress: bool = False,
 ) -> None:
     """Fill ``ref_logps`` / ``kl_ref_logps`` of every group in one batched pass, no gradient.
 
@@ -391,7 +395,7 @@ def attach_reference_logps(
             values = saved["logps"].tolist()
     if values is None:
         values = reference_logps(reference, sequences, prompt_lens, pad_id, batch_size,
-                                 accelerator)
+                                 accelerator, progress)
         if cache_file is not None and (accelerator is None or accelerator.is_main_process):
             torch.save({"key": key, "logps": torch.tensor(values, dtype=torch.float64)},
                        cache_file)
@@ -530,6 +534,7 @@ def evaluate_preferences(
     cfg: DPOConfig,
     accelerator: Any = None,
     reduce: Callable[[dict[str, float]], dict[str, float]] | None = None,
+    progress: bool = False,
 ) -> dict[str, float]:
     """Held-out preference accuracy, margins and rewards, sharded over processes.
 
@@ -548,7 +553,8 @@ def evaluate_preferences(
     sums = dict.fromkeys(keys, 0.0)
     points: list[tuple[float, bool]] = []
     shard = groups[rank::world]
-    for k in range(0, len(shard), batch_size):
+    for k in tqdm(range(0, len(shard), batch_size), desc="held-out", unit="batch",
+                  disable=not progress, dynamic_ncols=True):
         batch = collate_groups(shard[k:k + batch_size], pad_id)
         batch = {n: v.to(device) if isinstance(v, Tensor) else v for n, v in batch.items()}
         with autocast():
@@ -700,7 +706,8 @@ def train_dpo(cfg: DPOConfig) -> Path:
         context = disabled_adapter(model) if cfg.lora else nullcontext()
     with context:
         attach_reference_logps(train_groups + eval_groups, reference, pad_id, cfg.ref_batch_size,
-                               accelerator, out / "reference_logps.pt", identity)
+                               accelerator, out / "reference_logps.pt", identity,
+                               progress=cfg.progress and run.is_main)
     del reference
 
     loop = Loop(run, model, train_groups, lambda b: collate_groups(b, pad_id),
@@ -725,7 +732,8 @@ def train_dpo(cfg: DPOConfig) -> Path:
 
     def evaluate() -> dict[str, float]:
         return evaluate_preferences(loop.model, eval_groups, pad_id, cfg.batch_size, cfg,
-                                    accelerator, loop.reduce_sums)
+                                    accelerator, loop.reduce_sums,
+                                    progress=cfg.progress and run.is_main)
 
     metrics = loop.run(step, evaluate if eval_groups else None)
     if accelerator.is_main_process:
@@ -735,8 +743,7 @@ def train_dpo(cfg: DPOConfig) -> Path:
         result.update({f"train_{k}": v for k, v in counts.items()})
         result.update({f"eval_{k}": v for k, v in eval_counts.items()})
         (out / "eval.json").write_text(json.dumps(result, indent=2))
-        acc = result.get("eval/rewards/accuracy")
-        print(f"[{cfg.loss}] saved policy to {out / 'model'}; held-out preference accuracy "
-              f"{acc if acc is None else f'{acc:.3f}'}; results in {out / 'eval.json'}")
+        print(f"[{cfg.loss}] saved policy to {out / 'model'}; {held_out_summary(result)}; "
+              f"results in {out / 'eval.json'}")
     accelerator.wait_for_everyone()
     return out / "model"

@@ -18,10 +18,11 @@ feedback store, the reward sources nothing of the tasks.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -173,6 +174,10 @@ def stage_inputs(cfg: Any, want: str, kinds: Sequence[str]) -> StageInputs:
     train, held = split_or_load(records, cfg.eval_data, cfg.eval_fraction, cfg.seed,
                                 lambda s, split: load_records(s, want, kinds, split=split),
                                 data=cfg.data, eval_split=cfg.eval_split)
+    if not held and os.environ.get("RANK", "0") == "0":  # said once, before training
+        print(f"[warning] no records held out of {cfg.data} (--eval-fraction "
+              f"{cfg.eval_fraction} left none out, and no --eval-data): this run will have no "
+              "held-out evaluation")
     return StageInputs(load_tokenizer(cfg.model), system_prompt_for(cfg.system_prompt, cfg.data),
                        train, held)
 
@@ -181,7 +186,7 @@ def stage_inputs(cfg: Any, want: str, kinds: Sequence[str]) -> StageInputs:
 class LabelWeightOptions:
     """Labels weighted by their annotators' reliability (``rlhfkit rm`` and ``rlhfkit dpo``)."""
 
-    weight_by: str = "none"
+    weight_by: Literal["none", "reliability"] = "none"
     """none, or reliability: weight each comparison (and ranking pair) by 1 - 2e, e = its annotator's estimated error rate from honeypots and agreement (docs/feedback.md)."""
     min_reliability: float = 0.0
     """With --weight-by reliability: also leave out the labels of annotators estimated to be right less often than this (0..1)."""
@@ -222,10 +227,7 @@ def load_prompts(cfg: Any) -> tuple[list[Any], list[Any], str | None, Task | Non
     system_prompt = system_prompt_for(cfg.system_prompt, cfg.data)
     if task is not None:
         return task.prompts("train"), task.prompts("eval"), system_prompt, task
-    # best-of-n's own --split picks its train or eval prompts; only configs with --eval-split
-    # (DataOptions, RL) mean a split of the data by --split.
-    data_split, eval_split = (cfg.split, cfg.eval_split) if hasattr(cfg, "eval_split") \
-        else (None, None)
+    data_split, eval_split = getattr(cfg, "split", None), getattr(cfg, "eval_split", None)
     records = load_records(cfg.data, "prompts", PROMPT_KINDS, split=data_split)
     train, held = split_or_load(records, cfg.eval_data, cfg.eval_fraction, cfg.seed,
                                 lambda s, split: load_records(s, "prompts", PROMPT_KINDS,

@@ -31,18 +31,20 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import random
 import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from tqdm.auto import tqdm
 
 from rlhfkit import config as cfglib
+from rlhfkit.evaluate.report import training_section, write_sections
 from rlhfkit.models.loading import DEFAULT_MODEL, quiet_library_progress_bars, resolve_precision
 
 StepFn = Callable[[torch.nn.Module, dict[str, Any]], tuple[torch.Tensor, dict[str, torch.Tensor]]]
@@ -69,7 +71,7 @@ class RunOptions:
 
     output_dir: str = "runs/run"
     """Run folder: config.yaml, metrics.jsonl, checkpoints/, model/."""
-    precision: str = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
     """fp32, bf16 (autocast, fp32 master weights), or auto: bf16 where the hardware has it."""
     seed: int = 0
     """Seed for data order, initialisation and sampling."""
@@ -86,7 +88,8 @@ class RunOptions:
     """Start again in an --output-dir that holds an earlier run (its metrics, trackers and
     checkpoints are deleted); without it (or --resume) such a folder is refused."""
     report_to: str = "tensorboard"
-    """Trackers besides metrics.jsonl, comma-separated: tensorboard, wandb, mlflow, trackio,
+    """Trackers besides metrics.jsonl, comma-separated: tensorboard, wandb, mlflow (into
+    output_dir/tb/mlflow.db unless MLFLOW_TRACKING_URI is set; the 'trackers' extra), trackio,
     comet_ml, aim, clearml, dvclive, swanlab, or none."""
     progress: bool = True
     """Show progress bars (also silences those of transformers and datasets when off)."""
@@ -100,7 +103,7 @@ class OptimOptions:
     """Peak learning rate of AdamW."""
     weight_decay: float = 0.0
     """AdamW weight decay."""
-    lr_scheduler: str = "cosine"
+    lr_scheduler: Literal["constant", "linear", "cosine"] = "cosine"
     """constant, linear or cosine decay after warm-up."""
     warmup_ratio: float = 0.05
     """Share of the steps spent warming the learning rate up linearly from 0."""
@@ -360,9 +363,16 @@ RUN_FILES = ("metrics.jsonl", "tb", "checkpoints", "samples.jsonl", "report.html
 """What a run leaves in its folder that a fresh run must not mix with (``--overwrite``)."""
 
 
-def claim_output_dir(out: Path, resume: bool, overwrite: bool) -> None:
-    """Refuse a folder that holds an earlier run unless resuming it or asked to overwrite it."""
-    used = [name for name in RUN_FILES if (out / name).exists()]
+def claim_output_dir(out: Path, resume: bool, overwrite: bool, extra: Sequence[str] = ()) -> None:
+    """Refuse a folder that holds an earlier run unless resuming it or asked to overwrite it.
+
+    Args:
+        out: The run folder.
+        resume: The run continues the one there.
+        overwrite: Delete what an earlier run left (``RUN_FILES`` and ``extra``).
+        extra: More names that mark a stage's earlier run (``rounds.jsonl``, ``round-1``...).
+    """
+    used = [name for name in (*RUN_FILES, *extra) if (out / name).exists()]
     if not used or resume:
         return
     if not overwrite:
@@ -407,6 +417,10 @@ class Run:
             self.out.mkdir(parents=True, exist_ok=True)
             cfglib.save_yaml(cfg, self.out / "config.yaml")
         acc.wait_for_everyone()
+        if "mlflow" in trackers:  # MLflow's default store is ./mlflow.db: keep it in the run
+            os.environ.setdefault("MLFLOW_TRACKING_URI",
+                                  f"sqlite:///{(self.out / 'tb' / 'mlflow.db').resolve()}")
+            (self.out / "tb").mkdir(parents=True, exist_ok=True)
         if trackers and accelerator is None:
             acc.init_trackers("rlhfkit", config=_flat_config(cfg))  # tensorboard: out/tb/rlhfkit
         self.metrics_log = MetricsLog(self.out, self.is_main, acc)
@@ -550,6 +564,21 @@ class Run:
             step = self.checkpoints.resume(self.stage)
             if step is not None:
                 self.step = step
+
+
+def held_out_summary(result: dict[str, Any]) -> str:
+    """The held-out figures of an ``eval.json`` in one phrase (never a bare None).
+
+    Counts and losses are left out when a rate is there; with nothing held out it says so and
+    what to set.
+    """
+    shown = {k[len("eval/"):]: v for k, v in result.items()
+             if k.startswith("eval/") and isinstance(v, int | float) and v == v}
+    if not shown or shown.get("pairs") == 0:
+        return ("no held-out evaluation (nothing was held out: give --eval-data, or an "
+                "--eval-fraction that leaves some prompts out)")
+    return "held-out " + ", ".join(f"{k} {v:.0f}" if float(v).is_integer() and abs(v) >= 1
+                                   else f"{k} {v:.3f}" for k, v in shown.items())
 
 
 def _flat_config(cfg: Any) -> dict[str, Any]:
@@ -712,4 +741,7 @@ class Loop:
             if (step + 1) % self.cfg.log_every == 0 or step + 1 == self.total_steps:
                 run.log(metrics, step + 1)
         run.close()
+        if run.is_main:
+            write_sections(run.out / "report.html", f"rlhfkit {self.stage}: {run.out}",
+                           [training_section(run.out, self.stage)])
         return {**last, **run.final_eval}

@@ -30,7 +30,7 @@ import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -180,7 +180,7 @@ class NashConfig(RLConfig):
 
     output_dir: str = "runs/nash"
     """Run folder: config.yaml, metrics.jsonl, samples.jsonl, checkpoints/, model/."""
-    baseline: str = "mean"
+    baseline: Literal["none", "mean"] = "mean"
     """Baseline of the REINFORCE step on the payoff: none or mean (batch mean return)."""
     gamma: float = 1.0
     """Discount factor."""
@@ -188,7 +188,7 @@ class NashConfig(RLConfig):
     """Weight each token by the rewards after it (else by the whole return)."""
     whiten_advantages: bool = False
     """Normalise advantages over the batch."""
-    generation_backend: str = "auto"
+    generation_backend: Literal["auto", "hf", "vllm"] = "auto"
     """Sampler of the policy's responses: hf, vllm or auto (see rlhfkit ppo --help); the
     opponent's token-level mixture of policy and reference always runs on transformers."""
     preference_model: str = "runs/preference/model"

@@ -36,7 +36,7 @@ from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import torch
 
@@ -103,7 +103,7 @@ class OnlineDPOConfig(TrainConfig, DPOOptions):
     """Noise of the simulated gold labeler (Plackett–Luce temperature, in gold-score units)."""
     judge_criteria: str = ""
     """What the AI judge is told "better" means (default: the task's description)."""
-    ref_policy: str = "previous"
+    ref_policy: Literal["previous", "sft"] = "previous"
     """Reference of each round: previous (the policy at the round's start) or sft (the start)."""
     max_new_tokens: int = 32
     """Longest sampled response in tokens."""
@@ -111,7 +111,7 @@ class OnlineDPOConfig(TrainConfig, DPOOptions):
     """Sampling temperature."""
     top_p: float = 1.0
     """Nucleus sampling threshold (1 = off)."""
-    generation_backend: str = "auto"
+    generation_backend: Literal["auto", "hf", "vllm"] = "auto"
     """Sampler: hf, vllm or auto (vLLM where installed and able to serve the model)."""
     eval_prompts: int = 32
     """Held-out prompts sampled once per round for the gold reward (0 = no gold evaluation)."""

@@ -30,7 +30,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -73,7 +73,7 @@ class ReinforceConfig(RLConfig, RewardOptions, UpdateOptions, PlacementOptions, 
     """Run folder: config.yaml, metrics.jsonl, samples.jsonl, checkpoints/, model/."""
     num_samples: int = 1
     """Responses per prompt."""
-    baseline: str = "mean"
+    baseline: Literal["none", "mean", "value"] = "mean"
     """Baseline: none, mean (batch mean return) or value (a learned value head)."""
     gamma: float = 1.0
     """Discount factor."""
@@ -118,12 +118,12 @@ class GRPOConfig(RLConfig, RewardOptions, UpdateOptions, PlacementOptions, Episo
     """Upper clip epsilon, DAPO's clip-higher (e.g. 0.28; 0 = the same as --clip-range)."""
     scale_advantages: bool = True
     """Divide by the group's standard deviation (off = Dr. GRPO's advantage)."""
-    loss_type: str = "bnpo"
+    loss_type: Literal["bnpo", "grpo", "dr_grpo", "dapo"] = "bnpo"
     """How per-token terms are averaged: bnpo (token mean over each mini-batch; the default:
     every token weighs the same, no length bias), grpo (per-response mean, then mean: Shao et
     al. eq. 3), dr_grpo (sum / (responses x --max-new-tokens): Liu et al. 2025), dapo (token
     mean over the whole generation batch, all mini-batches and processes: Yu et al. 2025)."""
-    importance_level: str = "token"
+    importance_level: Literal["token", "sequence"] = "token"
     """Importance ratio per token (PPO/GRPO) or per sequence (GSPO, Zheng et al. 2025)."""
 
 

@@ -24,6 +24,7 @@ import functools
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 
@@ -78,7 +79,7 @@ class PPOConfig(RLConfig, RewardOptions, UpdateOptions, PlacementOptions, Episod
     target_kl: float = 0.0
     """Stop a batch's update early once an epoch's mean per-token KL from the sampling policy
     to the updated one (the k3 estimate, policy/approx_kl_k3) exceeds this (0 = never)."""
-    critic: str = "policy"
+    critic: Literal["policy", "rm"] = "policy"
     """Value function: policy (a value head on the policy) or rm (a separate critic from the RM)."""
     ptx_coef: float = 0.0
     """PPO-ptx: weight gamma of the SFT loss on --ptx-data mixed into each update (0 = off)."""

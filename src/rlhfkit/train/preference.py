@@ -31,7 +31,7 @@ from rlhfkit.data.records import Record, RecordError, as_comparisons
 from rlhfkit.losses import preference_bce_loss
 from rlhfkit.models.preference import PreferenceModel, duels_from_comparisons, encode_duel
 from rlhfkit.train.inputs import stage_inputs
-from rlhfkit.train.loop import Loop, ModelOptions, Run, TrainConfig, TrainingError
+from rlhfkit.train.loop import Loop, ModelOptions, Run, TrainConfig, TrainingError, held_out_summary
 from rlhfkit.train.rm import build_reward_model
 
 
@@ -210,8 +210,7 @@ def train_preference(cfg: PreferenceConfig) -> Path:
         result.update({"train_pairs": counts["pairs"], "train_ties": counts["ties"],
                        "eval_ties": eval_counts["ties"], "steps": loop.total_steps})
         (out / "eval.json").write_text(json.dumps(result, indent=2))
-        acc = result.get("eval/preference_accuracy")
-        print(f"[preference] saved preference model to {out / 'model'}; held-out accuracy "
-              f"{acc if acc is None else f'{acc:.3f}'}; results in {out / 'eval.json'}")
+        print(f"[preference] saved preference model to {out / 'model'}; {held_out_summary(result)}; "
+              f"results in {out / 'eval.json'}")
     accelerator.wait_for_everyone()
     return out / "model"

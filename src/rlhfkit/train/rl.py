@@ -20,6 +20,7 @@ metric names documented in ``docs/rl.md``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import random
 import threading
@@ -27,18 +28,19 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
 from rlhfkit.evaluate.finegrained import fine_grained_section
 from rlhfkit.evaluate.metrics import kl_stats
+from rlhfkit.evaluate.overoptimisation import overoptimisation_section
 from rlhfkit.evaluate.report import write_sections
 from rlhfkit.models.loading import load_causal_lm, load_tokenizer, merge_and_save
 from rlhfkit.models.policy import SelectiveLM
 from rlhfkit.models.reward import RewardModel
-from rlhfkit.rewards.shaping import KLController
+from rlhfkit.rewards.shaping import KLController, sequence_rewards
 from rlhfkit.rewards.sources import RewardSource, RewardTerms, SourceContext, combine, scorer_source
 from rlhfkit.rollout import (
     GenerationBackend,
@@ -87,7 +89,7 @@ class RLConfig(RunOptions, OptimOptions, ModelOptions):
     --eval-split is given."""
     system_prompt: str | None = None
     """System message added to prompts that have none (default: the task's, else none)."""
-    lr_scheduler: str = "constant"
+    lr_scheduler: Literal["constant", "linear", "cosine"] = "constant"
     """constant, linear or cosine decay after warm-up."""
     warmup_ratio: float = 0.0
     """Share of the optimizer steps spent warming the learning rate up."""
@@ -110,15 +112,15 @@ class RLConfig(RunOptions, OptimOptions, ModelOptions):
     async_generation: bool = False
     """Sample the next batch while the trainer updates on this one (one update off-policy; the
     clipped ratio is taken against the engine's log-probs). Needs a vLLM backend."""
-    generation_backend: str = "auto"
+    generation_backend: Literal["auto", "hf", "vllm"] = "auto"
     """Sampler: hf (transformers generate), vllm (a vLLM engine in this process; the 'vllm'
     extra), or auto (vLLM where installed and it can serve the model, else hf, said in one line)."""
-    vllm_kv_cache_gb: float = 1.0
-    """vLLM: memory for the engine's KV cache on CPU, GiB."""
+    vllm_kv_cache_gb: float = 0.25
+    """vLLM: memory for the engine's KV cache, GiB (0.25 holds ~11k tokens of SmolLM2-135M)."""
     vllm_engines: str = ""
     """vLLM engines apart from the trainer: N (start N engine processes here) or HOST:PORT,...
     (engines started with rlhfkit engine); empty = one engine in the trainer's process."""
-    weight_sync: str = "gloo"
+    weight_sync: Literal["gloo", "nccl", "file"] = "gloo"
     """How weights reach engines apart: gloo (CPU) or nccl (GPU) broadcast, or file."""
     kl_coef: float = 0.05
     """beta: weight of the per-token KL penalty (in the reward, or in the loss for GRPO)."""
@@ -145,12 +147,15 @@ class RewardOptions:
     change after each segment), or several sources as name=SPEC,name=SPEC (fine-grained RLHF)."""
     rewards: str = ""
     """Weights of named reward sources, e.g. rel=0.3,fact=0.5,comp=0.3 (1 for a name not given)."""
-    segment_unit: str = "sentence"
+    segment_unit: Literal["sentence", "subsentence", "response"] = "sentence"
     """Segments of a response for per-segment rewards: sentence, subsentence or response."""
     normalize_reward: bool = True
     """Standardise RM scores with the mean/std saved at RM training."""
     reward_clip: float = 5.0
     """Clip (normalised) scores to [-clip, clip] (0 = off)."""
+    length_debias: bool = False
+    """Take the linear effect of response length out of the reward within each batch (the
+    score minus its least-squares line on length), so neither shorter nor longer answers pay."""
 
 
 @dataclass
@@ -170,7 +175,7 @@ class PlacementOptions:
     """--ray: GPUs each engine takes (0 on CPU; 0.5 puts two engines on one GPU)."""
     ray_cpus_per_worker: float = 1.0
     """--ray: CPUs each trainer process and each engine takes."""
-    ray_strategy: str = "PACK"
+    ray_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
     """--ray: placement of the bundles: PACK (as few nodes as fit) or SPREAD."""
 
 
@@ -247,6 +252,9 @@ class RLRun:
         lm = build_policy(cfg)
         self.value_kind = value
         self.model: nn.Module = PolicyWithValue(lm) if value == "policy" else SelectiveLM(lm)
+        head = Path(cfg.model) / "value_head.pt"
+        if value == "policy" and head.exists():  # a policy PPO trained before: its value head
+            self.model.value_head.load_state_dict(torch.load(head, weights_only=True))
         frozen = load_causal_lm(cfg.reference) if cfg.reference else None
         self.reference = ReferencePolicy(lm, frozen)
         self.reference.model.to(self.device)
@@ -482,8 +490,12 @@ class RLRun:
         backend = self.backend
         backend.sync(self.lm, self.policy_version)  # before the thread: the engine is idle
         prompts, seed, box = self.prompt_batch(step), self._seed(step), [None]
+        threads = torch.get_num_threads()
 
         def work() -> None:
+            # A new thread starts with OpenMP's default thread count, not the one the process
+            # set; vLLM's CPU attention refuses a mismatch ("thread_num (2 vs. 1)").
+            torch.set_num_threads(threads)
             try:
                 box[0] = sample(self.lm, self.tokenizer, prompts, self.sampling,
                                 self.system_prompt, backend=_Seeded(backend, seed),
@@ -504,8 +516,11 @@ class RLRun:
     def rewards(self, rollout: Rollout) -> RewardTerms:
         """Every reward source on the rollout: per-response sums and per-token placements."""
         self._scoring = rollout  # what a Python reward_fn receives as its third argument
-        return combine(self.sources, rollout, self.reward_clip or None,
-                       self.cfg.missing_eos_penalty)
+        terms = combine(self.sources, rollout, self.reward_clip or None,
+                        self.cfg.missing_eos_penalty)
+        if getattr(self.cfg, "length_debias", False):
+            terms = length_debiased(terms, rollout.response_mask)
+        return terms
 
     def gold_scores(self, rollout: Rollout) -> list[float] | None:
         """Gold-scorer values of the responses (evaluation only; never optimised)."""
@@ -638,8 +653,10 @@ class RLRun:
     def finish(self) -> Path:
         """Save the policy (LoRA merged) to ``output_dir/model`` and close the logs.
 
-        A run with several reward sources also writes ``report.html`` with each source's reward
-        curve, the KL and the length (:func:`rlhfkit.evaluate.finegrained.fine_grained_section`).
+        Also writes ``report.html``: gold and proxy reward against sqrt(KL) along training
+        (:func:`rlhfkit.evaluate.overoptimisation.overoptimisation_section`) and, with several
+        reward sources, each source's curve
+        (:func:`rlhfkit.evaluate.finegrained.fine_grained_section`).
         """
         if self.acc.is_main_process:
             merge_and_save(self.lm, self.tokenizer, self.out / "model",
@@ -648,9 +665,12 @@ class RLRun:
                 head = self.acc.unwrap_model(self.model).value_head
                 torch.save(head.state_dict(), self.out / "model" / "value_head.pt")
         self.run.close()
-        if self.acc.is_main_process and len(self.sources) > 1:
-            write_sections(self.out / "report.html", f"rlhfkit {self.stage}: fine-grained rewards",
-                           [fine_grained_section(self.out)])
+        if self.acc.is_main_process:
+            sections = [overoptimisation_section(self.out)]
+            if len(self.sources) > 1:
+                sections.append(fine_grained_section(self.out))
+            write_sections(self.out / "report.html", f"rlhfkit {self.stage}: {self.out}",
+                           [s for s in sections if s is not None])
         if self.acc.is_main_process:
             print(f"[{self.stage}] saved the policy to {self.out / 'model'}")
         self._wait_for_prefetch()
@@ -671,6 +691,23 @@ class RLRun:
         if not cap or engine is None:
             return None
         return torch.exp(mb.logprobs.float() - engine.float()).clamp(max=cap).detach()
+
+
+def length_debiased(terms: RewardTerms, response_mask: torch.Tensor) -> RewardTerms:
+    """The rewards minus their least-squares line on response length, over the batch.
+
+    With ``L`` the lengths and ``s`` the scores, ``b = cov(L, s) / var(L)`` and each score
+    becomes ``s - b (L - mean L)``: the batch's mean is kept, its trend with length removed.
+    The correction lands on each response's last token, where a holistic score sits.
+    """
+    lengths = response_mask.sum(-1).float().to(terms.scores.device)
+    x = lengths - lengths.mean()
+    scores = terms.scores.float()
+    slope = (x * (scores - scores.mean())).sum() / (x * x).sum().clamp(min=1e-8)
+    correction = -slope * x  # (B,)
+    dense = [*terms.dense, sequence_rewards(correction.cpu(), response_mask.cpu())]
+    return dataclasses.replace(terms, scores=scores + correction, dense=dense,
+                               weights=[*terms.weights, 1.0])
 
 
 class _Seeded:

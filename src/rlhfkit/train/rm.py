@@ -25,7 +25,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -42,7 +42,7 @@ from rlhfkit.losses import (
 from rlhfkit.models.loading import prepare_for_training
 from rlhfkit.models.reward import RewardModel
 from rlhfkit.train.inputs import LabelWeightOptions, stage_inputs, weigh_labels
-from rlhfkit.train.loop import Loop, ModelOptions, Run, TrainConfig
+from rlhfkit.train.loop import Loop, ModelOptions, Run, TrainConfig, held_out_summary
 
 
 @dataclass
@@ -66,7 +66,7 @@ class RMConfig(LabelWeightOptions, TrainConfig):
     """Train on tied pairs (target probability 1/2); otherwise skip them."""
     pairs_per_group: int = 8
     """Plain comparisons of one prompt batched together (their shared responses run once)."""
-    score_mode: str = "pairs"
+    score_mode: Literal["pairs", "regression"] = "pairs"
     """How score (Likert) records train: pairs (within a prompt, higher score chosen, margin =
     score gap) or regression (squared error to the standardised score)."""
 
@@ -385,8 +385,7 @@ def train_rm(cfg: RMConfig) -> Path:
                        "train_score_targets": counts["score_targets"],
                        "train_scores_unpaired": counts["score_unpaired"]})
         (out / "eval.json").write_text(json.dumps(result, indent=2))
-        acc = result.get("eval/rm_accuracy")
-        print(f"[rm] saved reward model to {out / 'model'}; held-out accuracy "
-              f"{acc if acc is None else f'{acc:.3f}'}; results in {out / 'eval.json'}")
+        print(f"[rm] saved reward model to {out / 'model'}; {held_out_summary(result)}; "
+              f"results in {out / 'eval.json'}")
     accelerator.wait_for_everyone()
     return out / "model"

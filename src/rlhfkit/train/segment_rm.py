@@ -21,7 +21,7 @@ import json
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -55,9 +55,9 @@ class SegmentRMConfig(TrainConfig):
     category: str = "relevance"
     """relevance (irrelevant/repetitive/incoherent spans), factuality (untruthful/unverifiable),
     or a comma-separated list of span categories."""
-    segment_unit: str = ""
+    segment_unit: Literal["", "sentence", "subsentence", "response"] = ""
     """sentence, subsentence or response; default subsentence for relevance, else sentence."""
-    reward: str = "sign"
+    reward: Literal["sign", "prob", "logodds"] = "sign"
     """Reward of a segment in RL: sign (+1 no error / -1 error), prob (1 - 2 p_error), logodds."""
     error_weight: float = 1.0
     """Loss weight of error segments (raise it when errors are rare)."""

@@ -1,0 +1,351 @@
+"""Iterative RLHF: collect feedback on the current policy, refit the reward model, RL again.
+
+A reward model trained once, on the SFT policy's samples, is exploited by RL in the region it
+never saw: the proxy reward rises while the gold reward stalls or falls (Gao et al. 2023). The
+loop of the lecture notes answers it by collecting feedback again on the new policy's outputs.
+``rlhfkit iterate`` runs that loop; each round ``r``:
+
+1. **sample** K responses to each of this round's prompts from the current policy (the SFT
+   policy in round 1), through the run's generation backend;
+2. **label** them: the task's simulated labeler (``--labeler task``), an AI judge
+   (``judge:MODEL``), or people in the feedback app (``app``: a project per round in
+   ``--feedback-db``, the stage waits for the labels);
+3. **reward model**: before refitting, the previous round's reward model is scored on these
+   new rankings (how well it judges the new policy's samples: the over-optimisation
+   diagnostic); then it is refitted on every ranking so far (``--rm-refit continue`` starts from
+   the previous model, ``scratch`` from the policy's backbone);
+4. **RL** from the current policy against the new reward model, with the KL to the SFT
+   reference (``--algo ppo|grpo|rloo|reinforce``);
+5. **evaluate** the new policy on held-out prompts: gold and proxy reward, KL to SFT, response
+   length, distinct-2.
+
+``rounds.jsonl`` gets one line per round, ``round-N/rankings.jsonl`` the round's labels (each
+with ``meta.round`` and ``meta.policy``: which policy wrote the responses), and ``round-N/rm``,
+``round-N/rl`` the stages' run folders. With ``--resume`` a stopped run goes on where it
+stopped: finished phases are kept, the stage that was running resumes from its checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from rlhfkit import config as cfglib
+from rlhfkit.data.chat import encode_pair, pad, to_messages
+from rlhfkit.data.io import read_records, write_records
+from rlhfkit.data.records import Ranking
+from rlhfkit.evaluate.metrics import rm_accuracy
+from rlhfkit.feedback.store import Store
+from rlhfkit.feedback.transfer import read_project_records
+from rlhfkit.models.judge import AIJudge
+from rlhfkit.models.loading import load_tokenizer
+from rlhfkit.models.reward import RewardModel
+from rlhfkit.rollout import generate_responses
+from rlhfkit.tasks import get_task
+from rlhfkit.train.evaluation import compare_with_sft
+from rlhfkit.train.loop import TrainingError, claim_output_dir
+from rlhfkit.train.pg import ALGORITHMS, train_pg
+from rlhfkit.train.ppo import PPOConfig, train_ppo
+from rlhfkit.train.rm import RMConfig, train_rm
+
+LABELERS = ("task", "app")
+"""Besides ``judge:MODEL``."""
+
+
+@dataclass
+class IterateConfig:
+    """Iterative RLHF rounds: sample from the policy, label, refit the RM, RL (``rlhfkit iterate``)."""
+
+    model: str = "runs/sft/model"
+    """The SFT policy: round 1 samples from it, and it is the KL reference of every round."""
+    reward_model: str = ""
+    """A reward model to start from (round 1 refits it); empty = round 1 trains one on the
+    policy's backbone."""
+    rankings: str = ""
+    """Rankings of the SFT policy's samples already made (round 1 then skips sampling and
+    labeling them); with --reward-model too, round 1 keeps that reward model as it is."""
+    task: str = "reviews"
+    """Built-in task: its train prompts (those without a demonstration), its labeler, its gold."""
+    output_dir: str = "runs/iterate"
+    """Run folder: config.yaml, rounds.jsonl, round-N/ (rankings.jsonl, rm/, rl/)."""
+    rounds: int = 3
+    """Rounds of sample, label, refit, RL."""
+    prompts_per_round: int = 96
+    """Prompts sampled and labeled in each round (the next ones each round, cycling)."""
+    rank_k: int = 4
+    """K responses per prompt, ranked (2..9)."""
+    labeler: str = "task"
+    """Who ranks: task (the task's simulated labeler), judge:MODEL (an AI judge), or app (people
+    in the feedback app, --feedback-db)."""
+    feedback_db: str = "sqlite:///feedback.db"
+    """--labeler app: the store; each round is a project named ITERATE-PROJECT-rN."""
+    feedback_project: str = "iterate"
+    """--labeler app: the prefix of the projects' names."""
+    feedback_timeout: float = 86400.0
+    """--labeler app: seconds to wait for a round's labels."""
+    rm_refit: Literal["continue", "scratch"] = "continue"
+    """continue (start each round from the last reward model) or scratch (from the backbone)."""
+    rm_steps: int = 48
+    """Reward-model optimizer steps per round."""
+    rm_learning_rate: float = 1e-4
+    """Reward-model learning rate."""
+    algo: str = "ppo"
+    """RL algorithm of each round: ppo, grpo, rloo or reinforce."""
+    rl_steps: int = 8
+    """RL rollout batches per round."""
+    rl_learning_rate: float = 1e-5
+    """RL learning rate."""
+    kl_coef: float = 0.05
+    """beta, the KL penalty to the SFT policy."""
+    kl_target: float = 0.0
+    """Adapt beta towards this KL per response (0 = fixed beta)."""
+    entropy_coef: float = 0.0
+    """Entropy bonus in the RL loss."""
+    length_debias: bool = False
+    """Take the linear effect of response length out of the reward within each batch."""
+    max_new_tokens: int = 24
+    """Longest response in tokens."""
+    eval_prompts: int = 64
+    """Held-out prompts of each round's evaluation."""
+    generation_backend: Literal["auto", "hf", "vllm"] = "auto"
+    """Sampler: hf, vllm or auto."""
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """fp32, bf16, or auto."""
+    lora: bool = False
+    """LoRA adapters instead of all weights (reward model and policy)."""
+    seed: int = 0
+    """Seed of every stage (round r uses seed + r where it samples)."""
+    resume: bool = False
+    """Go on from where a stopped run left off."""
+    overwrite: bool = False
+    """Start again in an output folder that holds an earlier run."""
+    progress: bool = True
+    """Show progress bars."""
+
+
+def check_options(cfg: IterateConfig) -> None:
+    """Clear errors for bad options, before any model loads."""
+    cfglib.validate(cfg)
+    if cfg.rounds < 1:
+        raise cfglib.ConfigError(f"--rounds must be at least 1, got {cfg.rounds}")
+    if cfg.algo != "ppo" and cfg.algo not in ALGORITHMS:
+        raise cfglib.ConfigError(f"--algo must be ppo or one of {', '.join(ALGORITHMS)}, "
+                                 f"got {cfg.algo!r}")
+    if cfg.labeler not in LABELERS and not cfg.labeler.startswith("judge:"):
+        raise cfglib.ConfigError(f"--labeler must be task, app or judge:MODEL, got {cfg.labeler!r}")
+    if not (Path(cfg.model) / "config.json").exists():
+        raise cfglib.ConfigError(f"--model {cfg.model}: not a model folder (no config.json)")
+
+
+# ---------------------------------------------------------------------------------------------
+# Labelers
+# ---------------------------------------------------------------------------------------------
+
+
+class StoreRanker:
+    """People rank the responses in the feedback app: a ``rank`` project per round.
+
+    The stage adds the round's items (``round`` is set by the caller; a project that exists
+    already, from a run that stopped while people were labeling, is waited on again) and waits
+    until every item has its labels, then reads them back as ranking records.
+    """
+
+    def __init__(self, db: str, prefix: str, timeout: float = 86400.0,
+                 poll_interval: float = 2.0) -> None:
+        self.db, self.prefix, self.timeout, self.poll = db, prefix, timeout, poll_interval
+        self.round = 1
+
+    def rank_batch(self, prompts: list[Any], responses: list[list[str]]) -> list[Ranking]:
+        """Put the round in the app, wait for every item's labels, return the rankings."""
+        name = f"{self.prefix}-r{self.round}"
+        store = Store(self.db)
+        try:
+            if name not in {p.name for p in store.list_projects()}:
+                store.create_project(name, ["rank"], items=[
+                    {"prompt": p, "responses": list(rs), "meta": {"iterate_round": self.round}}
+                    for p, rs in zip(prompts, responses)])
+            print(f"[iterate] waiting for the labels of project {name} in {self.db} "
+                  f"({len(prompts)} items)", flush=True)
+            deadline = time.monotonic() + self.timeout
+            while (done := store.progress(name))["complete_items"] < done["items"]:
+                if time.monotonic() > deadline:
+                    raise TrainingError(f"project {name}: not every item was labeled within "
+                                        f"{self.timeout:.0f} s; run again with --resume")
+                time.sleep(self.poll)
+        finally:
+            store.close()
+        records = read_project_records(f"{self.db}?project={name}")
+        return [r for r in records if isinstance(r, Ranking)]
+
+
+def make_labeler(cfg: IterateConfig, task: Any) -> Any:
+    """The ranker of ``--labeler``."""
+    if cfg.labeler == "task":
+        return task.labeler(seed=cfg.seed, temperature=getattr(task, "labeler_temperature", 0.1))
+    if cfg.labeler == "app":
+        return StoreRanker(cfg.feedback_db, cfg.feedback_project, cfg.feedback_timeout)
+    return AIJudge(cfg.labeler[len("judge:"):], criteria=task.description)
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------------------------
+
+
+def round_prompts(task: Any, cfg: IterateConfig, r: int) -> list[Any]:
+    """Round ``r``'s prompts: the next ``prompts_per_round`` train prompts without a demonstration."""
+    demo_prompts = {str(d.prompt) for d in task.demonstrations()}
+    pool = [p for p in task.prompts("train") if str(p) not in demo_prompts]
+    start = (r - 1) * cfg.prompts_per_round
+    return [pool[(start + i) % len(pool)] for i in range(min(cfg.prompts_per_round, len(pool)))]
+
+
+def label_round(cfg: IterateConfig, task: Any, labeler: Any, policy: Path, r: int,
+                path: Path) -> list[Ranking]:
+    """Phases 1-2: K samples per prompt from ``policy``, ranked; written to ``path``."""
+    if cfg.resume and path.exists():
+        return read_records(path)
+    prompts = round_prompts(task, cfg, r)
+    if hasattr(labeler, "round"):  # people in the app: one project per round
+        labeler.round = r
+    responses = generate_responses(str(policy), prompts, cfg.rank_k,
+                                   max_new_tokens=cfg.max_new_tokens, seed=cfg.seed + r,
+                                   system_prompt=task.system_prompt, progress=cfg.progress,
+                                   generation_backend=cfg.generation_backend)
+    rankings = labeler.rank_batch(prompts, responses)
+    # The conversation the policy saw (system message included), which the RM then reads as
+    # the RL stage gives it; and which policy wrote the responses.
+    rankings = [dataclasses.replace(x, prompt=to_messages(x.prompt, task.system_prompt),
+                                    meta={**x.meta, "round": r, "policy": str(policy)})
+                for x in rankings]
+    write_records(rankings, path)
+    return rankings
+
+
+@torch.no_grad()
+def rm_accuracy_on(rm_path: Path, rankings: list[Ranking], batch_size: int = 16) -> float:
+    """Share of the rankings' pairs (ties left out) the reward model orders as the labeler did."""
+    tok = load_tokenizer(str(rm_path))
+    rm = RewardModel.from_pretrained(str(rm_path), pad_token_id=tok.pad_token_id).eval()
+    chosen, rejected = [], []
+    for c in (c for r in rankings for c in r.to_comparisons() if not c.tie):
+        chosen.append((c.prompt, c.chosen))
+        rejected.append((c.prompt, c.rejected))
+    if not chosen:
+        return float("nan")
+
+    def score(pairs: list[tuple[Any, str]]) -> list[float]:
+        cache: dict[str, list[int]] = {}
+        ids = [encode_pair(tok, p, r, 256, None, cache).input_ids for p, r in pairs]
+        out: list[float] = []
+        for i in range(0, len(ids), batch_size):
+            input_ids, mask = pad(ids[i:i + batch_size], tok.pad_token_id)
+            out += rm(input_ids, mask).float().tolist()
+        return out
+
+    return rm_accuracy(score(chosen), score(rejected))
+
+
+def fit_reward_model(cfg: IterateConfig, data: Path, start: str, out: Path) -> Path:
+    """Phase 3: the reward model on every ranking so far, from ``start``."""
+    if cfg.resume and (out / "eval.json").exists():
+        return out / "model"
+    return train_rm(RMConfig(
+        model=start, data=str(data), output_dir=str(out), max_steps=cfg.rm_steps, batch_size=4,
+        learning_rate=cfg.rm_learning_rate, max_length=128, eval_fraction=0.15,
+        precision=cfg.precision, lora=cfg.lora, seed=cfg.seed, progress=cfg.progress,
+        resume=cfg.resume, overwrite=not cfg.resume, gradient_checkpointing=False))
+
+
+def run_rl_round(cfg: IterateConfig, policy: Path, rm: Path, out: Path) -> Path:
+    """Phase 4: RL from ``policy`` against ``rm``, KL to the SFT policy."""
+    if cfg.resume and (out / "model" / "config.json").exists():
+        return out / "model"
+    common = dict(model=str(policy), reference=cfg.model, reward_model=str(rm),
+                  data=f"task:{cfg.task}", output_dir=str(out), max_steps=cfg.rl_steps,
+                  max_new_tokens=cfg.max_new_tokens, kl_coef=cfg.kl_coef,
+                  kl_target=cfg.kl_target, entropy_coef=cfg.entropy_coef,
+                  length_debias=cfg.length_debias, learning_rate=cfg.rl_learning_rate,
+                  eval_prompts=16, precision=cfg.precision, lora=cfg.lora, seed=cfg.seed,
+                  progress=cfg.progress, generation_backend=cfg.generation_backend,
+                  resume=cfg.resume, overwrite=not cfg.resume, gradient_checkpointing=False)
+    if cfg.algo == "ppo":
+        return train_ppo(PPOConfig(batch_size=16, mini_batch_size=8, update_epochs=2, **common))
+    k = 1 if ALGORITHMS[cfg.algo].min_samples == 1 else 4
+    return train_pg(ALGORITHMS[cfg.algo].config(num_samples=k, batch_size=16 // k, **common))
+
+
+def run_iterate(cfg: IterateConfig) -> Path:
+    """Run the rounds; returns the final policy's folder."""
+    check_options(cfg)
+    out = Path(cfg.output_dir)
+    claim_output_dir(out, cfg.resume, cfg.overwrite, extra=("rounds.jsonl",))
+    out.mkdir(parents=True, exist_ok=True)
+    cfglib.save_yaml(cfg, out / "config.yaml")
+    task = get_task(cfg.task)
+    labeler = make_labeler(cfg, task)
+    done = _read_rounds(out) if cfg.resume else []
+    sft, policy = Path(cfg.model), Path(cfg.model)
+    rm_start = cfg.model
+    rm: Path | None = Path(cfg.reward_model) if cfg.reward_model else None
+    every: list[Ranking] = []
+    for r in range(1, cfg.rounds + 1):
+        folder = out / f"round-{r}"
+        folder.mkdir(exist_ok=True)
+        t0 = time.perf_counter()
+        given = r == 1 and bool(cfg.rankings)
+        rankings = read_records(cfg.rankings) if given else \
+            label_round(cfg, task, labeler, policy, r, folder / "rankings.jsonl")
+        every += rankings
+        line: dict[str, Any] = {"round": r, "policy": str(policy), "labels": len(rankings),
+                                "labels_total": len(every)}
+        if rm is not None:  # the last reward model on the new policy's samples
+            line["rm/accuracy_on_new_samples"] = rm_accuracy_on(rm, rankings)
+        write_records(every, folder / "rm-data.jsonl")
+        if given and rm is not None:  # round 1's reward model was trained on these already
+            line["rm/heldout_accuracy"] = _heldout_accuracy(rm.parent)
+        else:
+            start = str(rm) if (rm is not None and cfg.rm_refit == "continue") else rm_start
+            rm = fit_reward_model(cfg, folder / "rm-data.jsonl", start, folder / "rm")
+            line["rm/heldout_accuracy"] = _heldout_accuracy(folder / "rm")
+        policy = run_rl_round(cfg, policy, rm, folder / "rl")
+        line.update(compare_with_sft(cfg.task, sft, policy, rm, cfg.eval_prompts,
+                                     cfg.max_new_tokens, cfg.seed,
+                                     cfg.generation_backend)["summary"])
+        line["gap/proxy_minus_gold"] = line["reward/final"] - line["gold/final"]
+        line["round_s"] = time.perf_counter() - t0
+        if not any(d["round"] == r for d in done):
+            with open(out / "rounds.jsonl", "a") as f:
+                f.write(json.dumps(line) + "\n")
+        print(f"[iterate] round {r}: gold {line['gold/sft']:.3f} -> {line['gold/final']:.3f} "
+              f"(win rate {line['gold/win_rate']:.2f}, length-controlled "
+              f"{line['gold/lc_win_rate']:.2f}), KL {line['kl/final']:.2f}, length "
+              f"{line['length/final']:.1f} (SFT {line['length/sft']:.1f}), distinct-2 "
+              f"{line['distinct2/final']:.2f} (SFT {line['distinct2/sft']:.2f}), RM held-out "
+              f"{line['rm/heldout_accuracy']}", flush=True)
+    final_rankings = label_round(cfg, task, labeler, policy, cfg.rounds + 1,
+                                 out / "final-rankings.jsonl")
+    summary = {"final_policy": str(policy), "final_reward_model": str(rm),
+               "rm/accuracy_on_final_policy": rm_accuracy_on(rm, final_rankings)}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    print(f"[iterate] final policy {policy}; its reward model's accuracy on the final policy's "
+          f"samples: {summary['rm/accuracy_on_final_policy']:.3f}")
+    return policy
+
+
+def _heldout_accuracy(rm_run: Path) -> float | None:
+    """The held-out accuracy a reward-model run wrote to its eval.json (None if none)."""
+    path = rm_run / "eval.json"
+    return json.loads(path.read_text()).get("eval/rm_accuracy") if path.exists() else None
+
+
+def _read_rounds(out: Path) -> list[dict[str, Any]]:
+    path = out / "rounds.jsonl"
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] \
+        if path.exists() else []

@@ -226,3 +226,5 @@ def test_reinforce_raises_the_reward_of_two_turn_episodes(good_bad_sft, tmp_path
     first = sum(r["reward/score"] for r in train[:2]) / 2
     last = sum(r["reward/score"] for r in train[-2:]) / 2
     assert last > first + 0.3, (first, last)  # the reward of both turns, summed: 0..2
+    report = (out / "report.html").read_text()
+    assert "Verifiable rewards and episodes" in report and "episode/turns" in report

@@ -220,27 +220,34 @@ def write_report(
 
 def training_section(run_dir: str | Path, stage: str) -> Section:
     """A supervised run's curves: its loss and every other logged metric, against the step."""
-    import matplotlib  # heavy: only when a report is drawn
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from rlhfkit.evaluate.runs import read_metrics
 
     rows = read_metrics(run_dir)
     names = [k for k in dict.fromkeys(k for r in rows for k in r)
              if k != "step" and not k.startswith(("lr", "epoch", "perf/"))]
+    return curves_section(f"{stage}: training", rows, names,
+                          "Every metric in metrics.jsonl against the optimizer step (eval/ "
+                          "rows: the held-out evaluations).")
+
+
+def curves_section(title: str, rows: Sequence[dict[str, Any]], names: Sequence[str],
+                   text: str, x: str = "step") -> Section:
+    """One small plot per metric in ``names`` against ``x``, and a table of the last values."""
+    import matplotlib  # heavy: only when a report is drawn
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [n for n in names if any(n in r for r in rows)]
     if not names:
-        return Section(f"{stage}: training", "No metrics were logged.")
+        return Section(title, "No metrics were logged.")
     fig, axes = plt.subplots(1, len(names), figsize=(3.3 * len(names), 2.8), squeeze=False)
     for ax, name in zip(axes[0], names):
-        points = [(r["step"], r[name]) for r in rows if name in r]
+        points = [(r[x], r[name]) for r in rows if name in r and x in r]
         ax.plot([p[0] for p in points], [p[1] for p in points], "o-", ms=3)
         ax.set_title(name, fontsize=9)
-        ax.set_xlabel("step")
+        ax.set_xlabel(x)
         _compact_ticks(ax, "y")
     fig.tight_layout()
     last = {name: next((r[name] for r in reversed(rows) if name in r), "") for name in names}
-    return Section(f"{stage}: training", "Every metric in metrics.jsonl against the optimizer "
-                   "step (eval/ rows: the held-out evaluations).",
-                   [figure_html(fig, f"{stage} metrics"), table_html([last], names)])
+    return Section(title, text, [figure_html(fig, title), table_html([last], names)])

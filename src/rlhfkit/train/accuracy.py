@@ -15,7 +15,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -64,7 +64,7 @@ class AccuracyConfig:
     """Keep at most this many prompt tokens (the most recent)."""
     batch_size: int = 64
     """Sequences per generate call (Hugging Face backend)."""
-    generation_backend: str = "auto"
+    generation_backend: Literal["auto", "hf", "vllm"] = "auto"
     """Sampler: hf, vllm or auto (vLLM where installed and able to serve the model)."""
     environment: str = ""
     """Multi-turn episodes with this environment (calculator, clarify, py:FILE:FACTORY)."""
@@ -74,7 +74,7 @@ class AccuracyConfig:
     """Longest environment message in tokens."""
     system_prompt: str | None = None
     """System message (default: the task's)."""
-    precision: str = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
     """fp32, bf16 or auto."""
     seed: int = 0
     """Seed of the sampling."""
@@ -204,6 +204,7 @@ def make_sampler(generation_backend: str, model: str, lm: Any, tokenizer: Any, a
 
 def run_accuracy(cfg: AccuracyConfig) -> Path:
     """Sample, verify, write ``accuracy.json``; returns the folder."""
+    cfglib.validate(cfg)
     task = verifiable_task(cfg.data)
     ks = parse_ks(cfg.k, cfg.n)
     seed_everything(cfg.seed)

@@ -68,13 +68,13 @@ class BestOfNConfig:
     """Top-k sampling (0 = off)."""
     max_prompt_tokens: int = 128
     """Keep at most this many prompt tokens (the most recent)."""
-    generation_backend: str = "auto"
+    generation_backend: Literal["auto", "hf", "vllm"] = "auto"
     """Sampler: hf, vllm or auto (vLLM where installed and able to serve the model)."""
     system_prompt: str | None = None
     """System message added to prompts that have none (default: the task's, else none)."""
     gold: str = "task"
     """Gold scorer for evaluation only: task, a scorer spec, or none."""
-    precision: str = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
     """fp32, bf16, or auto."""
     seed: int = 0
     """Seed for sampling."""

@@ -36,7 +36,8 @@ from torch import nn
 from rlhfkit.evaluate.finegrained import fine_grained_section
 from rlhfkit.evaluate.metrics import kl_stats
 from rlhfkit.evaluate.overoptimisation import overoptimisation_section
-from rlhfkit.evaluate.report import write_sections
+from rlhfkit.evaluate.report import Section, curves_section, write_sections
+from rlhfkit.evaluate.runs import read_metrics
 from rlhfkit.models.loading import load_causal_lm, load_tokenizer, merge_and_save
 from rlhfkit.models.policy import SelectiveLM
 from rlhfkit.models.reward import RewardModel
@@ -669,6 +670,7 @@ class RLRun:
             sections = [overoptimisation_section(self.out)]
             if len(self.sources) > 1:
                 sections.append(fine_grained_section(self.out))
+            sections.append(rlvr_section(self.out))
             write_sections(self.out / "report.html", f"rlhfkit {self.stage}: {self.out}",
                            [s for s in sections if s is not None])
         if self.acc.is_main_process:
@@ -721,3 +723,23 @@ class _Seeded:
         ids = self.backend.generate(*args)
         self.last_logprobs = self.backend.last_logprobs
         return ids
+
+
+EPISODE_CURVES = ("gold/mean", "episode/turns", "episode/tool_calls", "episode/questions",
+                  "episode/env_tokens", "rlvr/signal_groups", "rlvr/kept_groups",
+                  "rlvr/truncated", "reward/overlong")
+"""Curves of verifiable and multi-turn runs (those a run logged are drawn)."""
+
+
+def rlvr_section(run_dir: Path) -> Section | None:
+    """Training accuracy, turns and tool calls per episode, DAPO's group counts, by step.
+
+    None for a run that logged none of them.
+    """
+    rows = read_metrics(run_dir)
+    if not any(k.startswith(("episode/", "rlvr/")) for r in rows for k in r):
+        return None
+    return curves_section("Verifiable rewards and episodes", rows, EPISODE_CURVES,
+                          "gold/mean: the share of sampled responses the verifier accepts (the "
+                          "training accuracy); episode/: per episode; rlvr/signal_groups: "
+                          "the share of groups whose rewards differ.")

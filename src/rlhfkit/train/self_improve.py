@@ -24,13 +24,14 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
 from rlhfkit import config as cfglib
 from rlhfkit.data.io import write_records
 from rlhfkit.data.records import Demonstration
+from rlhfkit.evaluate.report import curves_section, table_html, write_sections
 from rlhfkit.models.loading import load_causal_lm, load_tokenizer
 from rlhfkit.rollout import SamplingConfig
 from rlhfkit.stats import majority_vote
@@ -39,8 +40,6 @@ from rlhfkit.train.accuracy import Sampler, make_sampler, parse_ks, task_accurac
 from rlhfkit.train.inputs import system_prompt_for
 from rlhfkit.train.loop import make_accelerator, seed_everything
 from rlhfkit.train.sft import SFTConfig, train_sft
-
-MODES = ("majority", "star")
 
 
 @dataclass
@@ -53,7 +52,7 @@ class SelfImproveConfig:
     """A verifiable task whose responses end in one answer (task:arithmetic)."""
     output_dir: str = "runs/self-improve"
     """Run folder: rounds.jsonl, round-N/ (paths.jsonl, sft/), model/."""
-    mode: str = "majority"
+    mode: Literal["majority", "star"] = "majority"
     """majority (keep the paths that agree with the majority vote: no labels; Huang et al.
     2022) or star (keep the paths whose answer is the reference; Zelikman et al. 2022)."""
     rounds: int = 2
@@ -89,11 +88,11 @@ class SelfImproveConfig:
     """Responses per held-out problem (pass@1 is their mean; greedy is reported too)."""
     max_prompt_tokens: int = 128
     """Keep at most this many prompt tokens (the most recent)."""
-    generation_backend: str = "auto"
+    generation_backend: Literal["auto", "hf", "vllm"] = "auto"
     """Sampler: hf, vllm or auto (vLLM where installed and able to serve the model)."""
     system_prompt: str | None = None
     """System message (default: the task's)."""
-    precision: str = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
     """fp32, bf16 or auto."""
     seed: int = 0
     """Seed of sampling and fine-tuning."""
@@ -173,8 +172,7 @@ def _fine_tune(cfg: SelfImproveConfig, start: str, data: Path, out: Path,
 
 def run_self_improve(cfg: SelfImproveConfig) -> Path:
     """Run the rounds (see the module docstring); returns the last model's folder."""
-    if cfg.mode not in MODES:
-        raise cfglib.ConfigError(f"--mode must be majority or star, got {cfg.mode!r}")
+    cfglib.validate(cfg)
     if not 0.0 <= cfg.min_agreement <= 1.0:
         raise cfglib.ConfigError(f"--min-agreement must be in 0..1, got {cfg.min_agreement}")
     task = verifiable_task(cfg.data)
@@ -215,8 +213,23 @@ def run_self_improve(cfg: SelfImproveConfig) -> Path:
         log.flush()
         print(f"[self-improve] round {r}: {row}")
     log.close()
+    write_rounds_report(out, cfg)
     if Path(model) != out / "model":
         shutil.copytree(model, out / "model", dirs_exist_ok=True)
     if hasattr(sampler.backend, "close"):
         sampler.backend.close()
     return out / "model"
+
+
+def write_rounds_report(out: Path, cfg: SelfImproveConfig) -> Path:
+    """``report.html``: held-out accuracy and the kept paths per round (from rounds.jsonl)."""
+    rows = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
+    names = [k for k in dict.fromkeys(k for r in rows for k in r) if k != "round"]
+    text = (f"--mode {cfg.mode}: round 0 is the starting model; each round samples "
+            f"{cfg.samples} paths for {cfg.problems_per_round} train problems, keeps "
+            + ("those that agree with the majority vote (no reference is read to choose)"
+               if cfg.mode == "majority" else "those whose answer is the reference")
+            + f", fine-tunes and evaluates {cfg.eval_problems} held-out problems.")
+    section = curves_section("Self-improvement rounds", rows, names, text, x="round")
+    section.parts.append(table_html(rows, ["round", *names]))
+    return write_sections(out / "report.html", f"rlhfkit self-improve: {out}", [section])

@@ -283,3 +283,24 @@ def test_nan_on_one_process_stops_every_process_with_the_same_message(good_bad_p
     for rank in (0, 1):
         assert f"[rank{rank}]: rlhfkit.train.loop.TrainingError: [grpo] {message}" in proc.stderr, \
             proc.stderr[-3000:]
+
+
+def test_length_debiasing_removes_the_batch_trend_of_reward_on_length_by_hand():
+    """Lengths 1, 2, 3 with scores 1, 3, 2: mean length 2, x = (-1, 0, 1); slope
+    b = sum(x (s - 2)) / sum(x^2) = (1 + 0 + 0) / 2 = 0.5; s - b x = (1.5, 3, 1.5). The mean
+    (2) stays; the correction (+0.5, 0, -0.5) sits on each response's last token."""
+    from rlhfkit.rewards.shaping import place_rewards
+    from rlhfkit.rewards.sources import RewardTerms
+    from rlhfkit.train.rl import length_debiased
+
+    mask = torch.tensor([[1, 0, 0], [1, 1, 0], [1, 1, 1]])
+    scores = torch.tensor([1.0, 3.0, 2.0])
+    out = length_debiased(RewardTerms.holistic(scores, scores, mask), mask)
+    assert torch.allclose(out.scores, torch.tensor([1.5, 3.0, 1.5]))
+    assert out.weights == [1.0, 1.0]
+    dense = sum(w * place_rewards(d, mask) for w, d in zip(out.weights, out.dense))
+    assert torch.allclose(dense, torch.tensor([[1.5, 0, 0], [0, 3.0, 0], [0, 0, 1.5]]))
+    # equal lengths: no trend to remove
+    same = torch.ones(3, 2, dtype=torch.long)
+    flat = length_debiased(RewardTerms.holistic(scores, scores, same), same)
+    assert torch.allclose(flat.scores, scores)

@@ -48,23 +48,10 @@ def good_bad_sft(tmp_path_factory, tiny_lm) -> Path:
     """A tiny policy fine-tuned to answer with a random mix of "good" and "bad" (4 words).
 
     Its share of "good" sits near 0.5, so a reward on that share has room both ways. Used by
-    the verifiable-reward and episode tests (``tests/test_rl.py`` builds its own).
+    the verifiable-reward and episode tests; trained without a system prompt (``tests/test_rl.py``
+    trains the same with the task's).
     """
-    import random
+    from test_rl import train_good_bad_policy
 
-    from rlhfkit.data.io import write_records
-    from rlhfkit.data.records import Demonstration
-    from rlhfkit.tasks import get_task
-    from rlhfkit.train.sft import SFTConfig, train_sft
-
-    root = tmp_path_factory.mktemp("good-bad-sft")
-    rng = random.Random(0)
-    prompts = get_task("reviews").prompts("train")[:64]
-    demos = [Demonstration(prompt=p, response=" ".join(rng.choice(["good", "bad"])
-                                                        for _ in range(4))) for p in prompts]
-    write_records(demos, root / "demos.jsonl")
-    return train_sft(SFTConfig(
-        model=str(tiny_lm), data=str(root / "demos.jsonl"), output_dir=str(root / "sft"),
-        max_steps=24, batch_size=16, learning_rate=1e-2, precision="fp32", progress=False,
-        max_length=96, eval_fraction=0.0, warmup_ratio=0.0, lr_scheduler="constant",
-        report_to="none", gradient_checkpointing=False))
+    return train_good_bad_policy(tiny_lm, tmp_path_factory.mktemp("good-bad-sft"),
+                                 system_prompt=None)

@@ -34,7 +34,7 @@ def good_share(prompts, texts, rollout=None):
     return [sum(w == "good" for w in t.split()) / max(len(t.split()), 1) for t in texts]
 
 
-def train_good_bad_policy(model: Path, root: Path) -> Path:
+def train_good_bad_policy(model: Path, root: Path, system_prompt: str | None = SYSTEM) -> Path:
     """SFT of ``model`` on 64 answers that mix "good" and "bad" at random; ``root`` also
     holds ``demos.jsonl``, the demonstrations."""
     from rlhfkit.train.sft import SFTConfig, train_sft
@@ -47,7 +47,7 @@ def train_good_bad_policy(model: Path, root: Path) -> Path:
     return train_sft(SFTConfig(
         model=str(model), data=str(root / "demos.jsonl"), output_dir=str(root / "sft"),
         max_steps=24, batch_size=16, learning_rate=1e-2, precision="fp32", progress=False,
-        max_length=96, eval_fraction=0.0, system_prompt=SYSTEM, warmup_ratio=0.0,
+        max_length=96, eval_fraction=0.0, system_prompt=system_prompt, warmup_ratio=0.0,
         lr_scheduler="constant", report_to="none", gradient_checkpointing=False))
 
 

@@ -132,25 +132,18 @@ def make_problem(rng: random.Random, digits: int, ops: tuple[str, ...]) -> Probl
     lo, hi = 10 ** (digits - 1), 10 ** digits - 1
     op = rng.choice(ops)
     name, item, box = rng.choice(NAMES), rng.choice(ITEMS), rng.choice(CONTAINERS)
-    if op == "add":
-        a, b = rng.randint(lo, hi), rng.randint(lo, hi)
-        q = f"{name} has {a} {item}. {name} gets {b} more {item}. How many {item} does " \
-            f"{name} have now?"
-        vague = f"{name} has some {item}. {name} gets {b} more {item}. How many {item} " \
-                f"does {name} have now?"
-        detail, ask = f"{name} has {a} {item} at first.", f"How many {item} does {name} " \
-                                                          "have at first?"
-        return Problem(q, a, b, op, a + b, name, item, "", vague, detail, ask)
-    if op == "sub":
-        a, b = rng.randint(lo + 1, hi), 0
-        b = rng.randint(lo, a - 1) if a - 1 >= lo else lo
-        q = f"{name} has {a} {item} and gives {b} of them away. How many {item} does " \
-            f"{name} have left?"
-        vague = f"{name} has some {item} and gives {b} of them away. How many {item} " \
-                f"does {name} have left?"
-        detail, ask = f"{name} has {a} {item} at first.", f"How many {item} does {name} " \
-                                                          "have at first?"
-        return Problem(q, a, b, op, a - b, name, item, "", vague, detail, ask)
+    if op in ("add", "sub"):  # the same sentence frame: "NAME has A ITEM" + what happens
+        if op == "add":
+            a, b = rng.randint(lo, hi), rng.randint(lo, hi)
+            rest = f". {name} gets {b} more {item}. How many {item} does {name} have now?"
+        else:
+            a = rng.randint(lo + 1, hi)
+            b = rng.randint(lo, a - 1) if a - 1 >= lo else lo
+            rest = f" and gives {b} of them away. How many {item} does {name} have left?"
+        return Problem(f"{name} has {a} {item}{rest}", a, b, op, a + b if op == "add" else a - b,
+                       name, item, "", f"{name} has some {item}{rest}",
+                       f"{name} has {a} {item} at first.",
+                       f"How many {item} does {name} have at first?")
     a, b = rng.randint(lo, hi), rng.randint(2, 9)
     q = f"{name} has {b} {box} with {a} {item} in each. How many {item} does {name} have " \
         "in all?"

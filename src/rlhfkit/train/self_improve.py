@@ -190,6 +190,7 @@ def run_self_improve(cfg: SelfImproveConfig) -> Path:
                            max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size * 8)
     log = open(out / "rounds.jsonl", "w")
     row = {"round": 0, **_evaluate(cfg, task, sampler)}
+    rows = [row]
     log.write(json.dumps(row) + "\n")
     log.flush()
     print(f"[self-improve] round 0: {row}")
@@ -209,11 +210,12 @@ def run_self_improve(cfg: SelfImproveConfig) -> Path:
                                    folder / "paths.jsonl", folder / "sft", system_prompt))
             sampler.lm = load_causal_lm(model).to(acc.device).eval()
         row = {"round": r, **stats, **_evaluate(cfg, task, sampler)}
+        rows.append(row)
         log.write(json.dumps(row) + "\n")
         log.flush()
         print(f"[self-improve] round {r}: {row}")
     log.close()
-    write_rounds_report(out, cfg)
+    write_rounds_report(out, cfg, rows)
     if Path(model) != out / "model":
         shutil.copytree(model, out / "model", dirs_exist_ok=True)
     if hasattr(sampler.backend, "close"):
@@ -221,9 +223,8 @@ def run_self_improve(cfg: SelfImproveConfig) -> Path:
     return out / "model"
 
 
-def write_rounds_report(out: Path, cfg: SelfImproveConfig) -> Path:
-    """``report.html``: held-out accuracy and the kept paths per round (from rounds.jsonl)."""
-    rows = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
+def write_rounds_report(out: Path, cfg: SelfImproveConfig, rows: list[dict[str, Any]]) -> Path:
+    """``report.html``: held-out accuracy and the kept paths per round (the rounds.jsonl rows)."""
     names = [k for k in dict.fromkeys(k for r in rows for k in r) if k != "round"]
     text = (f"--mode {cfg.mode}: round 0 is the starting model; each round samples "
             f"{cfg.samples} paths for {cfg.problems_per_round} train problems, keeps "

@@ -57,6 +57,8 @@ FIGURES = [
     ("distinct2_ratio", "distinct-2 / SFT's", ">=", 0.9),
     ("rm/accuracy_on_final_policy",
      "final RM's accuracy against the labeler on final-policy samples", ">=", 0.80),
+    ("rm/labeler_ceiling_on_final_policy",
+     "the gold scorer's own accuracy against the labeler on the same samples", ">=", None),
     ("wall_minutes", "wall clock of the demo (min)", "<=", "backend"),
     ("gold/lc_win_rate", "length-controlled gold win rate vs SFT", ">=", None),
     ("length/final", "mean response length, final policy (tokens)", ">=", None),
@@ -90,7 +92,8 @@ def figures_of(summary: dict, wall_seconds: float) -> dict[str, float | None]:
                distinct2_ratio=ratio("distinct2/final", "distinct2/sft"),
                rm_heldout_accuracy=rm_eval.get("eval/rm_accuracy"),
                wall_minutes=wall_seconds / 60)
-    out.setdefault("rm/accuracy_on_final_policy", ev.get("rm/accuracy_on_final_policy"))
+    for key in ("rm/accuracy_on_final_policy", "rm/labeler_ceiling_on_final_policy"):
+        out.setdefault(key, ev.get(key))
     return out
 
 

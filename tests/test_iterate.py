@@ -53,11 +53,11 @@ def test_a_run_stopped_mid_round_resumes_to_the_same_policy(uninterrupted, tiny_
     real = iterate.run_rl_round
     calls = {"n": 0}
 
-    def stop_in_round_two(cfg, policy, rm, folder):
+    def stop_in_round_two(cfg, policy, rm, folder, *rest):
         calls["n"] += 1
         if calls["n"] == 2:
             raise KeyboardInterrupt  # the machine went away after round 2's reward model
-        return real(cfg, policy, rm, folder)
+        return real(cfg, policy, rm, folder, *rest)
 
     monkeypatch.setattr(iterate, "run_rl_round", stop_in_round_two)
     with pytest.raises(KeyboardInterrupt):
@@ -121,3 +121,41 @@ def test_people_in_the_app_rank_a_round(tiny_lm, tmp_path):
     for r in rankings:
         best = r.responses[r.ranks.index(min(r.ranks))]
         assert len(best) == max(len(x) for x in r.responses)
+
+
+def test_the_labeler_ceiling_is_the_gold_scorers_agreement_with_the_labeler():
+    from rlhfkit.data.records import Ranking
+    from rlhfkit.train.iterate import labeler_ceiling
+
+    def ranking(responses, ranks, gold):
+        return Ranking(prompt="p", responses=responses, ranks=ranks, meta={"gold_scores": gold})
+
+    rankings = [ranking(["a", "b", "c"], [0, 2, 1], [0.9, 0.1, 0.5]),  # 3 pairs, all agree
+                ranking(["x", "y"], [0, 1], [0.3, 0.6]),  # the labeler took the worse one
+                ranking(["p", "q"], [1, 0], [0.4, 0.4]),  # equal gold: one half
+                ranking(["s", "t"], [0, 0], [0.2, 0.8])]  # the labeler's tie: left out
+    assert labeler_ceiling(rankings) == pytest.approx((3 + 0 + 0.5) / 5)
+    assert labeler_ceiling([Ranking(prompt="p", responses=["a", "b"], ranks=[0, 1])]) is None
+
+
+def test_rm_accuracy_scores_each_response_once_and_agrees_with_pair_by_pair(uninterrupted):
+    import torch
+
+    from rlhfkit.data.chat import encode_pair
+    from rlhfkit.evaluate.metrics import rm_accuracy
+    from rlhfkit.models.loading import load_tokenizer
+    from rlhfkit.models.reward import RewardModel
+
+    _, out = uninterrupted
+    rm_path = out / "round-2" / "rm" / "model"
+    rankings = read_records(out / "round-2" / "rankings.jsonl")
+    tok = load_tokenizer(str(rm_path))
+    rm = RewardModel.from_pretrained(str(rm_path), pad_token_id=tok.pad_token_id).eval()
+    chosen, rejected = [], []
+    with torch.no_grad():
+        for c in (c for r in rankings for c in r.to_comparisons() if not c.tie):
+            for response, into in ((c.chosen, chosen), (c.rejected, rejected)):
+                ids = torch.tensor([encode_pair(tok, c.prompt, response, 256).input_ids])
+                into.append(float(rm(ids, torch.ones_like(ids))[0]))
+    expected = rm_accuracy(chosen, rejected)
+    assert iterate.rm_accuracy_on(rm_path, rankings) == pytest.approx(expected, abs=1e-9)

@@ -304,3 +304,20 @@ def test_length_debiasing_removes_the_batch_trend_of_reward_on_length_by_hand():
     same = torch.ones(3, 2, dtype=torch.long)
     flat = length_debiased(RewardTerms.holistic(scores, scores, same), same)
     assert torch.allclose(flat.scores, scores)
+
+
+def test_the_length_floor_takes_reward_from_short_responses_only_by_hand():
+    """Floor 4 tokens, penalty 2: lengths 1, 2, 4, 5 miss 3/4, 2/4, 0, 0 of the floor, so they
+    lose 1.5, 1.0, 0, 0; the loss sits on each response's last token."""
+    from rlhfkit.rewards.shaping import place_rewards
+    from rlhfkit.rewards.sources import RewardTerms
+    from rlhfkit.train.rl import length_floored
+
+    lengths = [1, 2, 4, 5]
+    mask = torch.tensor([[1] * n + [0] * (5 - n) for n in lengths])
+    scores = torch.tensor([1.0, 1.0, 1.0, -1.0])
+    out = length_floored(RewardTerms.holistic(scores, scores, mask), mask, 4.0, 2.0)
+    assert torch.allclose(out.scores, torch.tensor([-0.5, 0.0, 1.0, -1.0]))
+    dense = sum(w * place_rewards(d, mask) for w, d in zip(out.weights, out.dense))
+    assert torch.allclose(dense.sum(-1), out.scores)
+    assert dense[0, 0] == -0.5 and dense[1, 1] == 0.0 and dense[3, 4] == -1.0

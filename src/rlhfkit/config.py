@@ -157,6 +157,7 @@ BOUNDS: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "beta": (0, None, False, True), "label_smoothing": (0, 0.5, True, False),
     "eval_prompts": (0, None, True, True), "rank_k": (2, 9, True, True),
     "rounds": (0, None, True, True), "vllm_kv_cache_gb": (0, None, False, True),
+    "length_floor": (0, None, True, True), "length_floor_penalty": (0, None, True, True),
 }
 
 

@@ -24,7 +24,7 @@ from typing import Literal
 
 from rlhfkit import config as cfglib
 from rlhfkit.data.chat import to_messages
-from rlhfkit.data.io import write_records
+from rlhfkit.data.io import read_records, write_records
 from rlhfkit.evaluate.overoptimisation import overoptimisation_section
 from rlhfkit.evaluate.report import Section, table_html, write_report
 from rlhfkit.models.loading import DEFAULT_MODEL
@@ -34,7 +34,7 @@ from rlhfkit.rollout import (
 from rlhfkit.tasks import get_task
 from rlhfkit.train.dpo import DPOConfig, train_dpo
 from rlhfkit.train.evaluation import compare_with_sft
-from rlhfkit.train.iterate import IterateConfig, run_iterate
+from rlhfkit.train.iterate import IterateConfig, run_iterate, sft_mean_length
 from rlhfkit.train.pg import ALGORITHMS, train_pg
 from rlhfkit.train.ppo import PPOConfig, train_ppo
 from rlhfkit.train.rm import RMConfig, train_rm
@@ -75,7 +75,7 @@ class DemoConfig:
     """Step 3: ppo, grpo, rloo, reinforce, best-of-n, or dpo/ipo/kto in place of RM + RL; a
     comma-separated list (e.g. ppo,dpo) runs each from the same SFT policy and compares them."""
     rl_steps: int = 0
-    """RL rollout batches (0 = the preset's)."""
+    """RL rollout batches (0 = the preset's: 24 in one pass, 12 in each of several rounds)."""
     max_new_tokens: int = 24
     """Longest sampled response in tokens."""
     kl_coef: float = 0.05
@@ -102,11 +102,15 @@ class DemoConfig:
     --quick)."""
     round_prompts: int = 96
     """Prompts sampled and ranked in each round after the first."""
-    round_rm_steps: int = 32
+    round_rm_steps: int = 24
     """Reward-model steps of each round after the first (it continues from the last one)."""
     length_debias: bool = True
     """Take the linear effect of length out of the RL reward within each batch (on by default
     in the demo: its reward model, fitted on few rankings, rewards short stock praise)."""
+    length_floor: float = 0.9
+    """Keep RL's responses at least this share of the SFT samples' mean length: a shorter
+    response loses a share of its reward in proportion to what it misses (0 = off; needs
+    --rm-data samples, whose SFT samples give the mean)."""
     entropy_coef: float = 0.0
     """Entropy bonus in the RL loss."""
     kl_target: float = 0.0
@@ -122,7 +126,7 @@ def run_demo(cfg: DemoConfig) -> Path:
     data = f"task:{cfg.task}"
     sft_steps = cfg.sft_steps or (8 if cfg.quick else 32)
     on_samples = cfg.rm_data == "samples"
-    rm_steps = cfg.rm_steps or (12 if cfg.quick else 96 if on_samples else 48)
+    rm_steps = cfg.rm_steps or (12 if cfg.quick else 64 if on_samples else 48)
     rm_lr = cfg.rm_learning_rate or (1e-4 if on_samples else 2e-5)
     common = dict(precision=cfg.precision, lora=cfg.lora, seed=cfg.seed, progress=cfg.progress)
     timings: dict[str, float] = {}
@@ -133,7 +137,8 @@ def run_demo(cfg: DemoConfig) -> Path:
     else:
         policy = train_sft(SFTConfig(model=cfg.model, data=data, output_dir=str(out / "sft"),
                                      max_steps=sft_steps, batch_size=8, learning_rate=5e-5,
-                                     max_length=128, **common))
+                                     max_length=128, gradient_checkpointing=False,
+                                     **common))
     timings["sft_s"] = time.perf_counter() - t
 
     rm_data = data
@@ -145,7 +150,8 @@ def run_demo(cfg: DemoConfig) -> Path:
     t = time.perf_counter()
     reward_model = train_rm(RMConfig(model=str(policy), data=rm_data, output_dir=str(out / "rm"),
                                      max_steps=rm_steps, batch_size=4, learning_rate=rm_lr,
-                                     max_length=128, eval_fraction=0.15, **common))
+                                     max_length=128, eval_fraction=0.15,
+                                     gradient_checkpointing=False, **common))
     timings["rm_s"] = time.perf_counter() - t
     rm_eval = json.loads((out / "rm" / "eval.json").read_text())
 
@@ -165,8 +171,10 @@ def run_demo(cfg: DemoConfig) -> Path:
         evaluation = compare_with_sft(cfg.task, policy, final, judge, n_eval, cfg.max_new_tokens,
                                       cfg.seed, cfg.generation_backend, out_dir=rl_dir)
         if rounds_summary.exists():
-            evaluation["summary"]["rm/accuracy_on_final_policy"] = json.loads(
-                rounds_summary.read_text())["rm/accuracy_on_final_policy"]
+            rounds = json.loads(rounds_summary.read_text())
+            for key in ("rm/accuracy_on_final_policy", "rm/labeler_ceiling_on_final_policy"):
+                if rounds.get(key) is not None:
+                    evaluation["summary"][key] = rounds[key]
         eval_s = time.perf_counter() - t
         timings["rl_s"] += train_s
         timings["eval_s"] += eval_s
@@ -265,7 +273,7 @@ def run_rl(cfg: DemoConfig, policy: Path, reward_model: Path, out: Path,
     reference.
     """
     algo = algo or cfg.algo
-    steps = cfg.rl_steps or (6 if cfg.quick else 24)
+    steps = cfg.rl_steps or (6 if cfg.quick else 12 if rounds_of(cfg) > 1 else 24)
     data = f"task:{cfg.task}"
     if algo in DIRECT:
 
@@ -282,7 +290,8 @@ def run_rl(cfg: DemoConfig, policy: Path, reward_model: Path, out: Path,
               max_steps=steps, max_new_tokens=cfg.max_new_tokens, kl_coef=cfg.kl_coef,
               eval_prompts=8 if cfg.quick else 16, generation_backend=cfg.generation_backend,
               length_debias=cfg.length_debias, entropy_coef=cfg.entropy_coef,
-              kl_target=cfg.kl_target, **common)
+              kl_target=cfg.kl_target, length_floor=single_pass_floor(cfg, policy, preferences),
+              **common)
     if algo == "ppo":
 
         return train_ppo(PPOConfig(output_dir=str(out / "ppo"), batch_size=16,
@@ -298,6 +307,13 @@ def run_rl(cfg: DemoConfig, policy: Path, reward_model: Path, out: Path,
         return None, out / "best-of-n"
     raise ValueError(f"--algo must be ppo, grpo, rloo, reinforce, best-of-n, dpo, ipo or kto "
                      f"(or a comma-separated list), got {algo!r}")
+
+
+def single_pass_floor(cfg: DemoConfig, policy: Path, preferences: str | None) -> float:
+    """--length-floor in tokens for a single RL pass: its share of the SFT samples' mean."""
+    if not cfg.length_floor or cfg.rm_data != "samples" or not preferences:
+        return 0.0
+    return cfg.length_floor * sft_mean_length(str(policy), read_records(preferences))
 
 
 def rounds_of(cfg: DemoConfig) -> int:
@@ -319,6 +335,7 @@ def run_rounds(cfg: DemoConfig, policy: Path, reward_model: Path, out: Path, alg
         rm_learning_rate=cfg.rm_learning_rate or 1e-4, algo=algo, rl_steps=steps,
         rl_learning_rate=lr, kl_coef=cfg.kl_coef, kl_target=cfg.kl_target,
         entropy_coef=cfg.entropy_coef, length_debias=cfg.length_debias,
+        length_floor=cfg.length_floor if rankings else 0.0,
         max_new_tokens=cfg.max_new_tokens, eval_prompts=16 if cfg.quick else 32,
         generation_backend=cfg.generation_backend, precision=cfg.precision, lora=cfg.lora,
         seed=cfg.seed, progress=cfg.progress, overwrite=True))
@@ -330,6 +347,7 @@ def rounds_section(run: Path) -> Section:
     """The iterative rounds of one algorithm as a table (``rounds.jsonl``)."""
     rows = [json.loads(x) for x in (run / "rounds.jsonl").read_text().splitlines() if x.strip()]
     keys = ["round", "labels_total", "rm/heldout_accuracy", "rm/accuracy_on_new_samples",
+            "rm/labeler_ceiling",
             "gold/final", "reward/final", "gap/proxy_minus_gold", "gold/win_rate",
             "gold/lc_win_rate", "kl/final", "length/final", "distinct2/final"]
     table = [{k: r.get(k, "") for k in keys} for r in rows]
@@ -337,6 +355,8 @@ def rounds_section(run: Path) -> Section:
                    "Each round sampled the policy of the round before, had it ranked, refitted "
                    "the reward model on every ranking so far and ran RL again. "
                    "rm/accuracy_on_new_samples: the previous round's reward model on this "
-                   "round's samples (what over-optimisation erodes).", [table_html(table, keys)])
+                   "round's samples (what over-optimisation erodes); rm/labeler_ceiling: the "
+                   "gold scorer's own accuracy against the noisy labeler on the same pairs, "
+                   "the most any reward model can expect.", [table_html(table, keys)])
 
 

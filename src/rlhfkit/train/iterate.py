@@ -109,6 +109,12 @@ class IterateConfig:
     """Entropy bonus in the RL loss."""
     length_debias: bool = False
     """Take the linear effect of response length out of the reward within each batch."""
+    length_floor: float = 0.0
+    """Keep responses at least this share of the SFT policy's mean length (measured on round 1's
+    samples): a response below it loses --length-floor-penalty times the share it misses from
+    its reward (0 = off)."""
+    length_floor_penalty: float = 1.0
+    """What a response of no tokens would lose under --length-floor (normalised reward units)."""
     max_new_tokens: int = 24
     """Longest response in tokens."""
     eval_prompts: int = 64
@@ -230,26 +236,60 @@ def label_round(cfg: IterateConfig, task: Any, labeler: Any, policy: Path, r: in
 
 @torch.no_grad()
 def rm_accuracy_on(rm_path: Path, rankings: list[Ranking], batch_size: int = 16) -> float:
-    """Share of the rankings' pairs (ties left out) the reward model orders as the labeler did."""
+    """Share of the rankings' pairs (ties left out) the reward model orders as the labeler did.
+
+    Each distinct (prompt, response) is scored once, however many pairs it sits in (a ranking
+    of K gives C(K, 2) pairs over K responses).
+    """
     tok = load_tokenizer(str(rm_path))
     rm = RewardModel.from_pretrained(str(rm_path), pad_token_id=tok.pad_token_id).eval()
-    chosen, rejected = [], []
-    for c in (c for r in rankings for c in r.to_comparisons() if not c.tie):
-        chosen.append((c.prompt, c.chosen))
-        rejected.append((c.prompt, c.rejected))
-    if not chosen:
+    pairs = [(c.prompt, c.chosen, c.rejected)
+             for r in rankings for c in r.to_comparisons() if not c.tie]
+    if not pairs:
         return float("nan")
+    keys: dict[tuple[str, str], int] = {}
+    texts: list[tuple[Any, str]] = []
+    for prompt, *responses in pairs:
+        for response in responses:
+            key = (json.dumps(prompt, sort_keys=True, default=str), response)
+            if key not in keys:
+                keys[key] = len(texts)
+                texts.append((prompt, response))
+    cache: dict[str, list[int]] = {}
+    ids = [encode_pair(tok, p, r, 256, None, cache).input_ids for p, r in texts]
+    scores: list[float] = []
+    for i in range(0, len(ids), batch_size):
+        input_ids, mask = pad(ids[i:i + batch_size], tok.pad_token_id)
+        scores += rm(input_ids, mask).float().tolist()
 
-    def score(pairs: list[tuple[Any, str]]) -> list[float]:
-        cache: dict[str, list[int]] = {}
-        ids = [encode_pair(tok, p, r, 256, None, cache).input_ids for p, r in pairs]
-        out: list[float] = []
-        for i in range(0, len(ids), batch_size):
-            input_ids, mask = pad(ids[i:i + batch_size], tok.pad_token_id)
-            out += rm(input_ids, mask).float().tolist()
-        return out
+    def at(prompt: Any, response: str) -> float:
+        return scores[keys[(json.dumps(prompt, sort_keys=True, default=str), response)]]
 
-    return rm_accuracy(score(chosen), score(rejected))
+    return rm_accuracy([at(p, c) for p, c, _ in pairs], [at(p, r) for p, _, r in pairs])
+
+
+def labeler_ceiling(rankings: list[Ranking]) -> float | None:
+    """The gold scorer's accuracy against the labeler on the rankings' pairs (ties left out).
+
+    The simulated labeler ranks by the gold score with Plackett-Luce noise, so where the
+    responses' gold scores are close it often disagrees with them; no reward model can expect
+    more than this on the same pairs. Pairs with equal gold scores count one half (a perfect
+    reward model ties there and breaks the tie by chance). None when the rankings carry no
+    ``meta.gold_scores`` (people or a judge ranked them).
+    """
+    right = n = 0.0
+    for r in rankings:
+        gold = (r.meta or {}).get("gold_scores")
+        if not gold or len(gold) != len(r.responses):
+            return None
+        by_text = dict(zip(r.responses, gold))
+        for c in r.to_comparisons():
+            if c.tie:
+                continue
+            a, b = by_text[c.chosen], by_text[c.rejected]
+            right += 1.0 if a > b else 0.5 if a == b else 0.0
+            n += 1
+    return right / n if n else None
 
 
 def fit_reward_model(cfg: IterateConfig, data: Path, start: str, out: Path) -> Path:
@@ -263,15 +303,29 @@ def fit_reward_model(cfg: IterateConfig, data: Path, start: str, out: Path) -> P
         resume=cfg.resume, overwrite=not cfg.resume, gradient_checkpointing=False))
 
 
-def run_rl_round(cfg: IterateConfig, policy: Path, rm: Path, out: Path) -> Path:
-    """Phase 4: RL from ``policy`` against ``rm``, KL to the SFT policy."""
+def sft_mean_length(tokenizer_path: str, rankings: list[Ranking]) -> float:
+    """Mean length in tokens, EOS included, of the responses of (round 1's) rankings."""
+    tok = load_tokenizer(tokenizer_path)
+    lengths = [len(tok(x, add_special_tokens=False)["input_ids"]) + 1
+               for r in rankings for x in r.responses]
+    return sum(lengths) / max(len(lengths), 1)
+
+
+def run_rl_round(cfg: IterateConfig, policy: Path, rm: Path, out: Path,
+                 length_floor: float = 0.0) -> Path:
+    """Phase 4: RL from ``policy`` against ``rm``, KL to the SFT policy.
+
+    ``length_floor``: the floor in tokens (``cfg.length_floor`` times SFT's mean length).
+    """
     if cfg.resume and (out / "model" / "config.json").exists():
         return out / "model"
     common = dict(model=str(policy), reference=cfg.model, reward_model=str(rm),
                   data=f"task:{cfg.task}", output_dir=str(out), max_steps=cfg.rl_steps,
                   max_new_tokens=cfg.max_new_tokens, kl_coef=cfg.kl_coef,
                   kl_target=cfg.kl_target, entropy_coef=cfg.entropy_coef,
-                  length_debias=cfg.length_debias, learning_rate=cfg.rl_learning_rate,
+                  length_debias=cfg.length_debias, length_floor=length_floor,
+                  length_floor_penalty=cfg.length_floor_penalty,
+                  learning_rate=cfg.rl_learning_rate,
                   eval_prompts=16, precision=cfg.precision, lora=cfg.lora, seed=cfg.seed,
                   progress=cfg.progress, generation_backend=cfg.generation_backend,
                   resume=cfg.resume, overwrite=not cfg.resume, gradient_checkpointing=False)
@@ -305,8 +359,11 @@ def run_iterate(cfg: IterateConfig) -> Path:
         every += rankings
         line: dict[str, Any] = {"round": r, "policy": str(policy), "labels": len(rankings),
                                 "labels_total": len(every)}
-        if rm is not None:  # the last reward model on the new policy's samples
+        if rm is not None and not given:  # the last reward model on the new policy's samples
             line["rm/accuracy_on_new_samples"] = rm_accuracy_on(rm, rankings)
+        ceiling = labeler_ceiling(rankings)
+        if ceiling is not None:
+            line["rm/labeler_ceiling"] = ceiling
         write_records(every, folder / "rm-data.jsonl")
         if given and rm is not None:  # round 1's reward model was trained on these already
             line["rm/heldout_accuracy"] = _heldout_accuracy(rm.parent)
@@ -314,7 +371,11 @@ def run_iterate(cfg: IterateConfig) -> Path:
             start = str(rm) if (rm is not None and cfg.rm_refit == "continue") else rm_start
             rm = fit_reward_model(cfg, folder / "rm-data.jsonl", start, folder / "rm")
             line["rm/heldout_accuracy"] = _heldout_accuracy(folder / "rm")
-        policy = run_rl_round(cfg, policy, rm, folder / "rl")
+        if r == 1 and cfg.length_floor:
+            floor = cfg.length_floor * sft_mean_length(cfg.model, rankings)
+            print(f"[iterate] length floor: {floor:.1f} tokens ({cfg.length_floor:g} x the SFT "
+                  f"samples' mean)", flush=True)
+        policy = run_rl_round(cfg, policy, rm, folder / "rl", floor if cfg.length_floor else 0.0)
         line.update(compare_with_sft(cfg.task, sft, policy, rm, cfg.eval_prompts,
                                      cfg.max_new_tokens, cfg.seed,
                                      cfg.generation_backend)["summary"])
@@ -332,10 +393,13 @@ def run_iterate(cfg: IterateConfig) -> Path:
     final_rankings = label_round(cfg, task, labeler, policy, cfg.rounds + 1,
                                  out / "final-rankings.jsonl")
     summary = {"final_policy": str(policy), "final_reward_model": str(rm),
-               "rm/accuracy_on_final_policy": rm_accuracy_on(rm, final_rankings)}
+               "rm/accuracy_on_final_policy": rm_accuracy_on(rm, final_rankings),
+               "rm/labeler_ceiling_on_final_policy": labeler_ceiling(final_rankings)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(f"[iterate] final policy {policy}; its reward model's accuracy on the final policy's "
-          f"samples: {summary['rm/accuracy_on_final_policy']:.3f}")
+          f"samples: {summary['rm/accuracy_on_final_policy']:.3f}"
+          + ("" if summary["rm/labeler_ceiling_on_final_policy"] is None else
+             f" (the gold scorer itself: {summary['rm/labeler_ceiling_on_final_policy']:.3f})"))
     return policy
 
 

@@ -157,6 +157,12 @@ class RewardOptions:
     length_debias: bool = False
     """Take the linear effect of response length out of the reward within each batch (the
     score minus its least-squares line on length), so neither shorter nor longer answers pay."""
+    length_floor: float = 0.0
+    """Responses shorter than this many tokens (EOS included) lose --length-floor-penalty times
+    the share of the floor they miss from their reward, after --length-debias (0 = off)."""
+    length_floor_penalty: float = 1.0
+    """The reward a response of no tokens would lose under --length-floor, in the units of the
+    normalised score."""
 
 
 @dataclass
@@ -521,6 +527,9 @@ class RLRun:
                         self.cfg.missing_eos_penalty)
         if getattr(self.cfg, "length_debias", False):
             terms = length_debiased(terms, rollout.response_mask)
+        if getattr(self.cfg, "length_floor", 0.0):
+            terms = length_floored(terms, rollout.response_mask, self.cfg.length_floor,
+                                   self.cfg.length_floor_penalty)
         return terms
 
     def gold_scores(self, rollout: Rollout) -> list[float] | None:
@@ -709,6 +718,22 @@ def length_debiased(terms: RewardTerms, response_mask: torch.Tensor) -> RewardTe
     correction = -slope * x  # (B,)
     dense = [*terms.dense, sequence_rewards(correction.cpu(), response_mask.cpu())]
     return dataclasses.replace(terms, scores=scores + correction, dense=dense,
+                               weights=[*terms.weights, 1.0])
+
+
+def length_floored(terms: RewardTerms, response_mask: torch.Tensor, floor: float,
+                   penalty: float) -> RewardTerms:
+    """The rewards, less ``penalty * (floor - L) / floor`` for each response of length ``L < floor``.
+
+    A guard against the collapse to short answers that RL finds when its reward is easiest to
+    earn in a few words: the penalty grows linearly from 0 at the floor to ``penalty`` at no
+    tokens and lands on the response's last token. Responses at or above the floor are
+    untouched, so it does not pay to be longer than the floor.
+    """
+    lengths = response_mask.sum(-1).float().to(terms.scores.device)
+    correction = -penalty * (floor - lengths).clamp(min=0) / floor  # (B,)
+    dense = [*terms.dense, sequence_rewards(correction.cpu(), response_mask.cpu())]
+    return dataclasses.replace(terms, scores=terms.scores.float() + correction, dense=dense,
                                weights=[*terms.weights, 1.0])
 
 

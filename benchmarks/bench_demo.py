@@ -27,6 +27,7 @@ import argparse
 import datetime as dt
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -77,7 +78,11 @@ def backend_used(extra: list[str], log: str) -> str:
             return asked
     if "vLLM not used" in log:  # auto fell back, and said why
         return "hf"
-    return "vllm" if "Initializing a V1 LLM engine" in log else "hf"
+    # vLLM's own log lines carry "[file.py:line]" (its INFO lines may be silenced, its
+    # start-up warnings are not); with hf no vLLM module runs.
+    started = "Initializing a V1 LLM engine" in log or re.search(
+        r"\[(vllm|cpu_worker|arg_utils|gpu_model_runner|cpu_model_runner)\.py:\d+\]", log)
+    return "vllm" if started else "hf"
 
 
 def figures_of(summary: dict, wall_seconds: float) -> dict[str, float | None]:

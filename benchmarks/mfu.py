@@ -39,7 +39,7 @@ Per stage (``train_flops_per_token`` and ``rl_flops_per_token``):
 
 The peak is the measured bf16 matrix-product rate of the CPU for the run's torch thread count
 (``peak`` measures it: large square bf16 products, the best of several). The figures for this
-project's benchmark machine are in :data:`MEASURED_PEAK_TFLOPS`; elsewhere pass
+project's benchmark machines are in :data:`MEASURED_PEAKS`; elsewhere pass
 ``--peak-tflops`` to the benchmark scripts.
 """
 
@@ -54,10 +54,28 @@ import time
 from pathlib import Path
 from typing import Any
 
-MEASURED_PEAK_TFLOPS = {1: 0.39, 2: 0.71}
-"""bf16 matmul peak (TFLOP/s) by torch thread count, as measured on this project's 2-core
-benchmark machine (the figures of the MFU issue). On another CPU measure it (``peak``) and pass
-``--peak-tflops``."""
+MEASURED_PEAKS = {"AMD EPYC": {1: 0.39, 2: 0.71}, "Intel(R) Xeon(R)": {1: 0.814, 2: 1.399}}
+"""bf16 matmul peak (TFLOP/s) by CPU (a prefix of /proc/cpuinfo's model name) and torch thread
+count, as measured on the project's 2-core benchmark machines: the AMD EPYC without AMX of the
+MFU issue, and the Intel Xeon with AMX of the later ones. On another CPU measure it (``peak``) and
+pass ``--peak-tflops``."""
+
+
+def cpu_model() -> str:
+    """This machine's CPU model name ('' where /proc/cpuinfo does not say)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def measured_peaks(model: str | None = None) -> dict[int, float]:
+    """The measured peaks of this CPU (or of ``model``), by threads; empty if never measured."""
+    model = cpu_model() if model is None else model
+    return next((v for k, v in MEASURED_PEAKS.items() if model.startswith(k)), {})
 
 FORWARD = 2
 """Model FLOPs per parameter and token of a forward pass (a multiply and an add)."""
@@ -167,21 +185,24 @@ def rl_flops_per_token(n: int, epochs: int = 1, reward_model_n: int = 0,
 
 # ------------------------------------------------------------------------------ peak and MFU
 
-def peak_tflops(threads: int, override: float = 0.0) -> tuple[float | None, str]:
+def peak_tflops(threads: int, override: float = 0.0,
+                model: str | None = None) -> tuple[float | None, str]:
     """The peak to divide by, and where it comes from (said next to every MFU figure).
 
     Args:
         threads: The run's torch threads.
-        override: ``--peak-tflops`` (0 = :data:`MEASURED_PEAK_TFLOPS`).
+        override: ``--peak-tflops`` (0 = this CPU's entry in :data:`MEASURED_PEAKS`).
+        model: The CPU model name (default: this machine's).
     """
     if override:
         return override, f"{override:g} TFLOP/s (--peak-tflops)"
-    peak = MEASURED_PEAK_TFLOPS.get(threads)
+    model = cpu_model() if model is None else model
+    peak = measured_peaks(model).get(threads)
     if peak is None:
-        return None, (f"no measured peak for {threads} thread(s): pass --peak-tflops "
-                      "(python benchmarks/mfu.py peak measures it)")
+        return None, (f"no measured peak for {threads} thread(s) of {model or 'this CPU'}: pass "
+                      "--peak-tflops (python benchmarks/mfu.py peak measures it)")
     return peak, (f"{peak:g} TFLOP/s on {threads} thread(s), the bf16 matmul peak measured on "
-                  "the project's 2-core benchmark machine (another CPU: --peak-tflops)")
+                  f"this CPU ({model}; another CPU: --peak-tflops)")
 
 
 def mfu(tokens: float | None, flops_per_token: float, seconds: float,

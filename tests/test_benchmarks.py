@@ -65,8 +65,11 @@ def test_flops_and_mfu():
     assert mfu.rl_flops_per_token(100, reward_model_n=10, critic_n=10) == 1000 + 20 + 80
     assert mfu.mfu(1000, 6e9, 10.0, 1.2) == pytest.approx(0.5)
     assert mfu.mfu(None, 6e9, 10.0, 1.2) is None
-    assert mfu.peak_tflops(1)[0] == 0.39 and mfu.peak_tflops(2)[0] == 0.71
-    assert mfu.peak_tflops(3)[0] is None
+    amd, intel = "AMD EPYC 7B13", "Intel(R) Xeon(R) Processor"
+    assert mfu.peak_tflops(1, model=amd)[0] == 0.39 and mfu.peak_tflops(2, model=amd)[0] == 0.71
+    assert mfu.peak_tflops(2, model=intel)[0] == 1.399
+    assert mfu.peak_tflops(3, model=amd)[0] is None
+    assert mfu.peak_tflops(1, model="Some Other CPU")[0] is None
     assert mfu.peak_tflops(1, 2.0)[0] == 2.0
 
 
@@ -115,3 +118,12 @@ def test_demo_summary_mean_sd_and_targets():
               "versions": {"rlhfkit_commit": "x", "torch": "t", "transformers": "t"},
               "settings": {"demo_args": [], "max_load": 1.5}, "date": "d"}
     assert "0.850 ± 0.071 (n=2)" in bench_demo.table(result)
+
+
+def test_the_demo_benchmark_reads_the_backend_from_the_log():
+    warning = ("(MainProcess pid=1) WARNING 12-02 02:35:26 [vllm.py:1703] Enforce eager set, "
+               "disabling torch.compile")
+    assert bench_demo.backend_used([], f"[sft] saved\n{warning}\n") == "vllm"
+    assert bench_demo.backend_used([], "[sft] saved\n[rm] saved\n") == "hf"
+    assert bench_demo.backend_used([], f"{warning}\n[demo] vLLM not used: no engine\n") == "hf"
+    assert bench_demo.backend_used(["--generation-backend", "hf"], warning) == "hf"

@@ -138,6 +138,30 @@ def test_cut_turn_and_the_chat_turn_text(tokenizer):
     assert chat_turn_text(tokenizer, "hi", closed=False) == "<|im_end|>" + text
 
 
+def test_a_stop_string_that_ends_inside_a_token_still_makes_a_tool_call(tokenizer):
+    """SmolLM2 writes "</calc><result>" as "</", "calc", "><", ...: the turn's last token
+    carries the "<" of "<result>". The calculator must still see a call, and its message must
+    go on from what the policy already wrote ("result>5</result>", not "<<result>...")."""
+    from rlhfkit.train.episodes import split_at_stop
+
+    assert split_at_stop("<calc>2+3</calc><", ("</calc>",)) == ("<calc>2+3</calc>", "<")
+    assert split_at_stop("no call", ("</calc>",)) == ("no call", "")
+    task = get_task("arithmetic-tool")
+    prompt = task.prompts("eval")[0]
+    p = task.problem_of(prompt)
+    written = encode(tokenizer, f"<calc>{p.expression}</calc><result>")
+    assert "><" in [tokenizer.decode([t]) for t in written]  # the stop ends inside "><"
+    eos = tokenizer.eos_token_id
+    final = encode(tokenizer, f"\nAnswer: {p.answer}") + [eos]
+    backend = ScriptedBackend(tokenizer, [written, final])
+    rollout = run_episodes(torch.nn.Linear(1, 1), tokenizer, [prompt], CalculatorEnvironment(task),
+                           SamplingConfig(16, 1.0), task.system_prompt, backend, max_turns=3)
+    assert float(rollout.extras["tool_calls"][0]) == 1.0
+    assert rollout.extras["env_rewards"][0][-1][1] == 1.0
+    context = tokenizer.decode(backend.calls[1][0])
+    assert context.endswith(f"<calc>{p.expression}</calc><result>{p.answer}</result>")
+
+
 def test_the_calculator_answers_a_call_and_scores_the_final_answer():
     task = get_task("arithmetic-tool")
     prompt = task.prompts("eval")[0]

@@ -144,8 +144,26 @@ class _Episode:
         return [t for ids, _ in self.pieces for t in ids]
 
 
-def _answer(ep: _Episode, step: Step, how: str, tokenizer: Any, max_env_tokens: int) -> None:
-    """Record the environment's step after a turn; append its message unless the episode ends."""
+def split_at_stop(text: str, stop: Sequence[str]) -> tuple[str, str]:
+    """``text`` up to the end of its first stop string, and what follows it.
+
+    A stop string can end inside a token (SmolLM2 writes ``</calc><result>`` as ``</``, ``calc``,
+    ``><``, ...), so the turn's last token may carry the first characters of what comes next.
+    """
+    ends = [text.index(s) + len(s) for s in stop if s in text]
+    if not ends:
+        return text, ""
+    end = min(ends)
+    return text[:end], text[end:]
+
+
+def _answer(ep: _Episode, step: Step, how: str, tokenizer: Any, max_env_tokens: int,
+            spill: str = "") -> None:
+    """Record the environment's step after a turn; append its message unless the episode ends.
+
+    ``spill``: what the turn's last token wrote past its stop string; a tool message that
+    begins with it goes on from there (the policy already wrote those characters).
+    """
     ep.rewards.append((ep.length - 1, float(step.reward)))
     for key, value in step.info.items():
         ep.info[key] = ep.info.get(key, 0.0) + float(value)
@@ -154,6 +172,8 @@ def _answer(ep: _Episode, step: Step, how: str, tokenizer: Any, max_env_tokens: 
         return
     if step.role == "tool" and how == "stop":
         text = step.message or ""
+        if spill and text.startswith(spill):
+            text = text[len(spill):]
     else:
         text = chat_turn_text(tokenizer, step.message or "", closed=how == "eos")
     ep.pieces.append((encode(tokenizer, text)[:max_env_tokens], False))
@@ -204,10 +224,13 @@ def run_episodes(lm: nn.Module, tokenizer: Any, prompts: Sequence[Any],
             ep.turns += 1
             ep.ended = how != "length"
             text = tokenizer.decode([t for t in ids if t not in eos], skip_special_tokens=True)
+            spill = ""
+            if how == "stop":  # the environment reads the turn up to its stop string
+                text, spill = split_at_stop(text, stop)
             step = ep.state.step(text, ep.ended)
             if turn == max_turns - 1 and not step.done:
                 step = dataclasses.replace(step, done=True, message=None)
-            _answer(ep, step, how, tokenizer, max_env_tokens)
+            _answer(ep, step, how, tokenizer, max_env_tokens, spill)
     if base_seed is not None:
         backend.seed = base_seed
     rollout = layout_episodes(tokenizer, prompts, prompt_ids, [ep.pieces for ep in episodes],

@@ -78,7 +78,7 @@ class DemoConfig:
     """RL rollout batches (0 = the preset's: 24 in one pass, 12 in each of several rounds)."""
     max_new_tokens: int = 24
     """Longest sampled response in tokens."""
-    kl_coef: float = 0.1
+    kl_coef: float = 0.05
     """beta, the KL penalty to the SFT policy."""
     rl_learning_rate: float = 0.0
     """RL learning rate (0 = the preset's: 2e-5 with rounds, 1e-5 in one pass, 2e-4 with LoRA)."""

@@ -249,23 +249,23 @@ def rm_accuracy_on(rm_path: Path, rankings: list[Ranking], batch_size: int = 16)
         return float("nan")
     keys: dict[tuple[str, str], int] = {}
     texts: list[tuple[Any, str]] = []
-    for prompt, *responses in pairs:
-        for response in responses:
-            key = (json.dumps(prompt, sort_keys=True, default=str), response)
-            if key not in keys:
-                keys[key] = len(texts)
-                texts.append((prompt, response))
+
+    def index(prompt: Any, response: str) -> int:
+        key = (json.dumps(prompt, sort_keys=True, default=str), response)
+        if key not in keys:
+            keys[key] = len(texts)
+            texts.append((prompt, response))
+        return keys[key]
+
+    chosen = [index(p, c) for p, c, _ in pairs]
+    rejected = [index(p, r) for p, _, r in pairs]
     cache: dict[str, list[int]] = {}
     ids = [encode_pair(tok, p, r, 256, None, cache).input_ids for p, r in texts]
     scores: list[float] = []
     for i in range(0, len(ids), batch_size):
         input_ids, mask = pad(ids[i:i + batch_size], tok.pad_token_id)
         scores += rm(input_ids, mask).float().tolist()
-
-    def at(prompt: Any, response: str) -> float:
-        return scores[keys[(json.dumps(prompt, sort_keys=True, default=str), response)]]
-
-    return rm_accuracy([at(p, c) for p, c, _ in pairs], [at(p, r) for p, _, r in pairs])
+    return rm_accuracy([scores[i] for i in chosen], [scores[i] for i in rejected])
 
 
 def labeler_ceiling(rankings: list[Ranking]) -> float | None:
@@ -349,6 +349,7 @@ def run_iterate(cfg: IterateConfig) -> Path:
     rm_start = cfg.model
     rm: Path | None = Path(cfg.reward_model) if cfg.reward_model else None
     every: list[Ranking] = []
+    floor = 0.0  # --length-floor in tokens, set from round 1's (the SFT policy's) samples
     for r in range(1, cfg.rounds + 1):
         folder = out / f"round-{r}"
         folder.mkdir(exist_ok=True)
@@ -375,7 +376,7 @@ def run_iterate(cfg: IterateConfig) -> Path:
             floor = cfg.length_floor * sft_mean_length(cfg.model, rankings)
             print(f"[iterate] length floor: {floor:.1f} tokens ({cfg.length_floor:g} x the SFT "
                   f"samples' mean)", flush=True)
-        policy = run_rl_round(cfg, policy, rm, folder / "rl", floor if cfg.length_floor else 0.0)
+        policy = run_rl_round(cfg, policy, rm, folder / "rl", floor)
         line.update(compare_with_sft(cfg.task, sft, policy, rm, cfg.eval_prompts,
                                      cfg.max_new_tokens, cfg.seed,
                                      cfg.generation_backend)["summary"])

@@ -715,10 +715,7 @@ def length_debiased(terms: RewardTerms, response_mask: torch.Tensor) -> RewardTe
     x = lengths - lengths.mean()
     scores = terms.scores.float()
     slope = (x * (scores - scores.mean())).sum() / (x * x).sum().clamp(min=1e-8)
-    correction = -slope * x  # (B,)
-    dense = [*terms.dense, sequence_rewards(correction.cpu(), response_mask.cpu())]
-    return dataclasses.replace(terms, scores=scores + correction, dense=dense,
-                               weights=[*terms.weights, 1.0])
+    return with_correction(terms, -slope * x, response_mask)
 
 
 def length_floored(terms: RewardTerms, response_mask: torch.Tensor, floor: float,
@@ -731,7 +728,17 @@ def length_floored(terms: RewardTerms, response_mask: torch.Tensor, floor: float
     untouched, so it does not pay to be longer than the floor.
     """
     lengths = response_mask.sum(-1).float().to(terms.scores.device)
-    correction = -penalty * (floor - lengths).clamp(min=0) / floor  # (B,)
+    return with_correction(terms, -penalty * (floor - lengths).clamp(min=0) / floor,
+                           response_mask)
+
+
+def with_correction(terms: RewardTerms, correction: torch.Tensor,
+                    response_mask: torch.Tensor) -> RewardTerms:
+    """``terms`` with a (B,) correction added to the scores.
+
+    The correction also lands on each response's last token, as one more dense source of
+    weight 1.
+    """
     dense = [*terms.dense, sequence_rewards(correction.cpu(), response_mask.cpu())]
     return dataclasses.replace(terms, scores=terms.scores.float() + correction, dense=dense,
                                weights=[*terms.weights, 1.0])

@@ -92,6 +92,7 @@ def test_an_episode_is_laid_out_with_the_environment_tokens_masked(tokenizer, ep
     assert rollout.extras["env_rewards"] == [[(ends[0], 0.0), (ends[1], 0.5), (ends[2], 1.0)]]
     assert rollout.extras["turns"].tolist() == [3.0]
     assert rollout.extras["tool_calls"].tolist() == [1.0]
+    assert rollout.extras["message_roles"] == [["tool", "user"]]  # where each message went
     assert bool(rollout.ended[0])
     # what the environment and the backend saw
     assert env.episode.seen == [("<calc>2+3</calc>", True), ("ok then", True),

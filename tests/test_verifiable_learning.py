@@ -6,7 +6,9 @@
 - ``rlhfkit self-improve --mode majority`` raises held-out accuracy without labels on a toy
   verifiable task (the majority vote of 5 samples is right more often than one sample, and
   fine-tuning on the agreeing paths moves the policy towards it); ``--mode star`` keeps only
-  verified paths;
+  verified paths; with ``--environment`` the paths are tool-using episodes (a toy tool whose
+  answers agree, so the vote picks them and the policy learns to call it), and an environment
+  that answers in a new user turn is refused;
 - ``rlhfkit accuracy`` reports pass@k, and with ``--environment calculator`` the episode counts;
 - best-of-N and the online-DPO labeler take the same plug-in specs.
 """
@@ -21,6 +23,7 @@ from rlhfkit.cli.main import main
 from rlhfkit.data.io import read_records, write_records
 from rlhfkit.data.records import Demonstration
 from rlhfkit.tasks import get_task, register_task
+from rlhfkit.tasks.environment import Environment, Episode, Step
 from rlhfkit.tasks.verifiable import VerifiableTask
 
 REWARDS = '''
@@ -149,6 +152,103 @@ def test_star_keeps_only_the_paths_that_match_the_reference(mostly_right_policy,
     assert paths and all(p.response.split()[0] == "good" for p in paths)
     rounds = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
     assert rounds[1]["vote_accuracy"] == 1.0
+
+
+class LookupEpisode(Episode):
+    """A tool: a turn that ends in "?" is answered " good"; any other turn is the answer."""
+
+    def step(self, text, ended):
+        if text.endswith("?") and ended:
+            return Step(" good", role="tool", info={"tool_calls": 1})
+        return Step(done=True)
+
+
+class LookupEnvironment(Environment):
+    name = "toy-lookup"
+    stop = ("?",)
+
+    def start(self, prompt):
+        return LookupEpisode()
+
+
+class AskUserEnvironment(LookupEnvironment):
+    """The same, but the answer comes as a new user turn (which self-improve refuses)."""
+
+    def start(self, prompt):
+        episode = LookupEpisode()
+        episode.step = lambda text, ended: Step("good", role="user") if ended else Step(done=True)
+        return episode
+
+
+class ToolVoteToyTask(VoteToyTask):
+    """Every answer should be "good"; a path either asks the tool ("look?", answered " good")
+    or answers at once, wrongly, with one of four words. The answer is the first word after
+    the last "?" (the whole path without one)."""
+
+    name = "tool-vote-toy"
+    environments = {"toy-lookup": LookupEnvironment, "toy-ask-user": AskUserEnvironment}
+
+    def extract_answer(self, response):
+        words = response.rsplit("?", 1)[-1].split()
+        return words[0] if words else None
+
+    def demonstrations(self):
+        """40% ask the tool; the rest answer bad, poor, no or so (one token each)."""
+        rng = random.Random(0)
+        return [Demonstration(prompt=p, response="look? good" if rng.random() < 0.4
+                              else rng.choice(["bad", "poor", "no", "so"]))
+                for p in self.prompts("train")[:120]]
+
+
+register_task("tool-vote-toy", ToolVoteToyTask)
+
+
+@pytest.fixture(scope="module")
+def sometimes_asks_policy(tmp_path_factory, tiny_lm):
+    from rlhfkit.train.sft import SFTConfig, train_sft
+
+    root = tmp_path_factory.mktemp("tool-vote-toy")
+    return train_sft(SFTConfig(
+        model=str(tiny_lm), data="task:tool-vote-toy", output_dir=str(root / "sft"),
+        max_steps=100, batch_size=16, learning_rate=1e-2, precision="fp32", progress=False,
+        max_length=96, eval_fraction=0.0, warmup_ratio=0.0, lr_scheduler="constant",
+        report_to="none", gradient_checkpointing=False))
+
+
+def self_improve_with_tool(policy, out, environment="toy-lookup", rounds=2):
+    return main(["self-improve", "--model", str(policy), "--data", "task:tool-vote-toy",
+                 "--environment", environment, "--max-turns", "2", "--rounds", str(rounds),
+                 "--problems-per-round", "24", "--samples", "5", "--min-agreement", "0.4",
+                 "--max-paths", "1", "--learning-rate", "3e-3", "--epochs", "2",
+                 "--batch-size", "8", "--max-new-tokens", "4", "--eval-problems", "32",
+                 "--eval-samples", "4", "--generation-backend", "hf", "--precision", "fp32",
+                 "--output-dir", str(out)])
+
+
+def test_self_improvement_with_a_tool_votes_on_episodes_and_learns_to_call_it(
+        sometimes_asks_policy, tmp_path):
+    """The tool's paths agree with each other and the others scatter, so the vote picks the
+    tool's answer, fine-tuning on the agreeing episodes makes the policy call the tool more,
+    and held-out accuracy rises: no reference is read to choose the paths."""
+    out = tmp_path / "tool"
+    assert self_improve_with_tool(sometimes_asks_policy, out) == 0
+    rounds = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
+    start, end = rounds[0], rounds[-1]
+    assert 0.2 < start["eval/pass@1"] < 0.8, start  # room to improve
+    assert rounds[1]["vote_accuracy"] > start["eval/pass@1"] + 0.1, rounds
+    assert rounds[1]["kept_episode/tool_calls"] > rounds[1]["sampled_episode/tool_calls"]
+    assert end["eval/episode/tool_calls"] > start["eval/episode/tool_calls"] + 0.1, rounds
+    assert end["eval/pass@1"] > start["eval/pass@1"] + 0.1, rounds
+    paths = read_records(out / "round-1" / "paths.jsonl")
+    asked = [p.response for p in paths if "?" in p.response]
+    assert asked and all(r.startswith("look? good") for r in asked)  # the tool's words kept
+
+
+def test_self_improvement_refuses_an_environment_that_answers_in_a_user_turn(
+        sometimes_asks_policy, tmp_path, capsys):
+    code = self_improve_with_tool(sometimes_asks_policy, tmp_path / "user", "toy-ask-user", 1)
+    assert code == 1
+    assert "answered in a new user turn" in capsys.readouterr().err
 
 
 def test_accuracy_reports_pass_at_k_and_episode_counts(tiny_lm, tmp_path):

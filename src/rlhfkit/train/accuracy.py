@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -93,6 +93,9 @@ class Sampler:
     max_turns: int = 4
     max_env_tokens: int = 64
     batch_size: int = 64
+    last_roles: list[list[str]] = field(default_factory=list, repr=False)
+    """Per text of the last :meth:`texts` call, where each environment message went
+    (``tool`` or ``user``; empty without an environment)."""
 
     def rollout(self, prompts: Sequence[Any], sampling: SamplingConfig, seed: int = 0
                 ) -> list[Rollout]:
@@ -122,6 +125,8 @@ class Sampler:
         flat = [p for p in prompts for _ in range(n)]
         rollouts = self.rollout(flat, sampling, seed)
         texts = [t for r in rollouts for t in r.texts]
+        self.last_roles = [list(roles) for r in rollouts
+                           for roles in r.extras.get("message_roles", [[]] * len(r.texts))]
         counts: dict[str, list[float]] = {}
         for r in rollouts:
             for key, value in r.extras.items():

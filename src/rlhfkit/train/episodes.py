@@ -18,7 +18,9 @@ turn lands on that turn's last token (``extras["env_rewards"]``, read by the ``e
 source), so PPO and REINFORCE credit each turn's reward to the tokens before it, as they credit
 the rewards after each segment of fine-grained RLHF; GRPO and RLOO use the episode's sum.
 
-Extras per episode: ``turns`` (model turns), and each count the environment reports in
+Extras per episode: ``turns`` (model turns), ``message_roles`` (where each environment
+message went: ``tool``, inside the model's turn, or ``user``, a new turn of the chat
+template), and each count the environment reports in
 :attr:`rlhfkit.tasks.environment.Step.info` (``tool_calls``, ``questions``, ...).
 """
 
@@ -132,6 +134,8 @@ class _Episode:
     engine_logprobs: list[float] = dataclasses.field(default_factory=list)
     rewards: list[tuple[int, float]] = dataclasses.field(default_factory=list)
     info: dict[str, float] = dataclasses.field(default_factory=dict)
+    roles: list[str] = dataclasses.field(default_factory=list)
+    """Where each environment message went (``tool`` or ``user``), in order."""
     turns: int = 0
     ended: bool = False
     done: bool = False
@@ -174,8 +178,10 @@ def _answer(ep: _Episode, step: Step, how: str, tokenizer: Any, max_env_tokens: 
         text = step.message or ""
         if spill and text.startswith(spill):
             text = text[len(spill):]
+        ep.roles.append("tool")
     else:
         text = chat_turn_text(tokenizer, step.message or "", closed=how == "eos")
+        ep.roles.append("user")
     ep.pieces.append((encode(tokenizer, text)[:max_env_tokens], False))
 
 
@@ -242,6 +248,7 @@ def run_episodes(lm: nn.Module, tokenizer: Any, prompts: Sequence[Any],
 def _attach(rollout: Rollout, episodes: list[_Episode], with_engine: bool) -> None:
     """Per-episode rewards, counts and engine log-probs as the rollout's extras."""
     rollout.extras["env_rewards"] = [list(ep.rewards) for ep in episodes]
+    rollout.extras["message_roles"] = [list(ep.roles) for ep in episodes]
     rollout.extras["turns"] = torch.tensor([float(ep.turns) for ep in episodes])
     for key in sorted({k for ep in episodes for k in ep.info}):
         rollout.extras[key] = torch.tensor([ep.info.get(key, 0.0) for ep in episodes])

@@ -12,6 +12,13 @@ fine-tunes on the kept paths, and measures held-out accuracy:
   starting model on every path kept so far, as STaR does; by default a round continues from
   the previous round's model.
 
+With ``--environment`` (a tool the model may call inside its turn, e.g. ``calculator`` for
+``task:arithmetic-tool``) every path is an episode: the model's turns with the tool's answers
+between them, voted on and fine-tuned on as one transcript, the tool's messages included as
+the task's own demonstrations include them. The tool answers what the model asks it (the value
+of an expression); it never sees the reference. Environments that answer in a new user turn
+(``clarify``) are refused: their transcripts are conversations, not one response.
+
 The references are never used by ``majority`` to choose paths; they are read only to report
 how often the vote was right (``vote_accuracy``). Writes ``rounds.jsonl`` (round 0 = the
 starting model), ``round-N/paths.jsonl`` and ``round-N/sft/``, and the last model to
@@ -90,6 +97,13 @@ class SelfImproveConfig:
     """Keep at most this many prompt tokens (the most recent)."""
     generation_backend: Literal["auto", "hf", "vllm"] = "auto"
     """Sampler: hf, vllm or auto (vLLM where installed and able to serve the model)."""
+    environment: str = ""
+    """Each path an episode with this tool environment (calculator for task:arithmetic-tool,
+    or py:FILE:FACTORY); one whose messages come as user turns (clarify) is refused."""
+    max_turns: int = 4
+    """Most model turns per episode (--environment)."""
+    max_env_tokens: int = 64
+    """Longest environment message in tokens."""
     system_prompt: str | None = None
     """System message (default: the task's)."""
     precision: Literal["auto", "fp32", "bf16"] = "auto"
@@ -129,7 +143,9 @@ def collect_round(cfg: SelfImproveConfig, task: VerifiableTask, sampler: Sampler
                   prompts: list[Any], round_: int) -> tuple[list[Demonstration], dict[str, float]]:
     """Sample paths for ``prompts``, keep some; returns the kept paths and the round's counts."""
     sampling = SamplingConfig(cfg.max_new_tokens, cfg.temperature, cfg.top_p)
-    groups, _ = sampler.texts(prompts, cfg.samples, sampling, seed=cfg.seed * 7_919 + round_)
+    groups, counts = sampler.texts(prompts, cfg.samples, sampling,
+                                   seed=cfg.seed * 7_919 + round_)
+    _refuse_user_turns(cfg, sampler)
     demos: list[Demonstration] = []
     voted = right = 0
     for i, (prompt, paths) in enumerate(zip(prompts, groups)):
@@ -145,8 +161,27 @@ def collect_round(cfg: SelfImproveConfig, task: VerifiableTask, sampler: Sampler
                                 annotator=f"self-improve-{cfg.mode}",
                                 id=f"round{round_}-{i}-{j}") for j, p in enumerate(kept)]
     stats = {"kept_problems": voted / max(len(prompts), 1), "kept_paths": float(len(demos)),
-             "vote_accuracy": right / voted if voted else 0.0}
+             "vote_accuracy": right / voted if voted else 0.0,
+             **{f"sampled_episode/{k}": v for k, v in counts.items()}}
+    if cfg.environment:
+        stats["kept_episode/tool_calls"] = (
+            sum(_tool_calls(d.response, sampler) for d in demos) / len(demos) if demos else 0.0)
     return demos, stats
+
+
+def _refuse_user_turns(cfg: SelfImproveConfig, sampler: Sampler) -> None:
+    """An error if the last episodes had a message in a new user turn (see the module)."""
+    if any("user" in roles for roles in sampler.last_roles):
+        raise cfglib.ConfigError(
+            f"--environment {cfg.environment}: the environment answered in a new user turn; "
+            "self-improve fine-tunes on one response per path, so it takes tool environments "
+            "only (their messages stay inside the model's turn, as the calculator's do)")
+
+
+def _tool_calls(transcript: str, sampler: Sampler) -> int:
+    """How many times a kept transcript called the tool (its stop strings, counted)."""
+    stop = getattr(sampler.environment, "stop", ())
+    return sum(transcript.count(s) for s in stop)
 
 
 def _evaluate(cfg: SelfImproveConfig, task: VerifiableTask, sampler: Sampler) -> dict[str, float]:
@@ -157,7 +192,9 @@ def _evaluate(cfg: SelfImproveConfig, task: VerifiableTask, sampler: Sampler) ->
     ks = parse_ks(f"1,{cfg.eval_samples}", cfg.eval_samples)
     summary, _ = task_accuracy(sampler, task, prompts, cfg.eval_samples, ks, sampling,
                                greedy=True, seed=cfg.seed + 99)
-    return {f"eval/{k}": v for k, v in summary.items() if k.startswith(("pass", "greedy"))}
+    _refuse_user_turns(cfg, sampler)
+    return {f"eval/{k}": v for k, v in summary.items()
+            if k.startswith(("pass", "greedy", "episode"))}
 
 
 def _fine_tune(cfg: SelfImproveConfig, start: str, data: Path, out: Path,
@@ -187,7 +224,9 @@ def run_self_improve(cfg: SelfImproveConfig) -> Path:
     lm = load_causal_lm(cfg.model).to(acc.device).eval()
     sampler = make_sampler(cfg.generation_backend, cfg.model, lm, tokenizer, autocast,
                            system_prompt, seed=cfg.seed, max_prompt_tokens=cfg.max_prompt_tokens,
-                           max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size * 8)
+                           max_new_tokens=cfg.max_new_tokens, environment=cfg.environment,
+                           max_turns=cfg.max_turns, max_env_tokens=cfg.max_env_tokens,
+                           batch_size=cfg.batch_size * 8)
     log = open(out / "rounds.jsonl", "w")
     row = {"round": 0, **_evaluate(cfg, task, sampler)}
     rows = [row]
@@ -230,7 +269,10 @@ def write_rounds_report(out: Path, cfg: SelfImproveConfig, rows: list[dict[str, 
             f"{cfg.samples} paths for {cfg.problems_per_round} train problems, keeps "
             + ("those that agree with the majority vote (no reference is read to choose)"
                if cfg.mode == "majority" else "those whose answer is the reference")
-            + f", fine-tunes and evaluates {cfg.eval_problems} held-out problems.")
+            + f", fine-tunes and evaluates {cfg.eval_problems} held-out problems"
+            + (f"; each path is an episode with --environment {cfg.environment} (tool calls "
+               "per sampled, kept and evaluated episode are drawn with the accuracy)."
+               if cfg.environment else "."))
     section = curves_section("Self-improvement rounds", rows, names, text, x="round")
     section.parts.append(table_html(rows, ["round", *names]))
     return write_sections(out / "report.html", f"rlhfkit self-improve: {out}", [section])

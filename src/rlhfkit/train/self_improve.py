@@ -16,7 +16,7 @@ With ``--environment`` (a tool the model may call inside its turn, e.g. ``calcul
 ``task:arithmetic-tool``) every path is an episode: the model's turns with the tool's answers
 between them, voted on and fine-tuned on as one transcript, the tool's messages included as
 the task's own demonstrations include them. The tool answers what the model asks it (the value
-of an expression); it never sees the reference. Environments that answer in a new user turn
+of an expression); the episode's reward, which reads the reference, is not used. Environments that answer in a new user turn
 (``clarify``) are refused: their transcripts are conversations, not one response.
 
 The references are never used by ``majority`` to choose paths; they are read only to report

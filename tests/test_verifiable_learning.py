@@ -107,16 +107,21 @@ class VoteToyTask(VerifiableTask):
 register_task("vote-toy", VoteToyTask)
 
 
-@pytest.fixture(scope="module")
-def mostly_right_policy(tmp_path_factory, tiny_lm):
+def toy_policy(tmp_path_factory, tiny_lm, task: str, steps: int) -> Path:
+    """The tiny model fine-tuned on a toy task's demonstrations."""
     from rlhfkit.train.sft import SFTConfig, train_sft
 
-    root = tmp_path_factory.mktemp("vote-toy")
+    root = tmp_path_factory.mktemp(task)
     return train_sft(SFTConfig(
-        model=str(tiny_lm), data="task:vote-toy", output_dir=str(root / "sft"), max_steps=30,
+        model=str(tiny_lm), data=f"task:{task}", output_dir=str(root / "sft"), max_steps=steps,
         batch_size=16, learning_rate=1e-2, precision="fp32", progress=False, max_length=96,
         eval_fraction=0.0, warmup_ratio=0.0, lr_scheduler="constant", report_to="none",
         gradient_checkpointing=False))
+
+
+@pytest.fixture(scope="module")
+def mostly_right_policy(tmp_path_factory, tiny_lm):
+    return toy_policy(tmp_path_factory, tiny_lm, "vote-toy", 30)
 
 
 def self_improve(policy, out, mode, rounds=2):
@@ -205,14 +210,7 @@ register_task("tool-vote-toy", ToolVoteToyTask)
 
 @pytest.fixture(scope="module")
 def sometimes_asks_policy(tmp_path_factory, tiny_lm):
-    from rlhfkit.train.sft import SFTConfig, train_sft
-
-    root = tmp_path_factory.mktemp("tool-vote-toy")
-    return train_sft(SFTConfig(
-        model=str(tiny_lm), data="task:tool-vote-toy", output_dir=str(root / "sft"),
-        max_steps=100, batch_size=16, learning_rate=1e-2, precision="fp32", progress=False,
-        max_length=96, eval_fraction=0.0, warmup_ratio=0.0, lr_scheduler="constant",
-        report_to="none", gradient_checkpointing=False))
+    return toy_policy(tmp_path_factory, tiny_lm, "tool-vote-toy", 100)
 
 
 def self_improve_with_tool(policy, out, environment="toy-lookup", rounds=2):

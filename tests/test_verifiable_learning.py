@@ -176,13 +176,16 @@ class LookupEnvironment(Environment):
         return LookupEpisode()
 
 
-class AskUserEnvironment(LookupEnvironment):
-    """The same, but the answer comes as a new user turn (which self-improve refuses)."""
+class AskUserEpisode(Episode):
+    """Answers every ended turn with "good" as a new user turn (which self-improve refuses)."""
 
+    def step(self, text, ended):
+        return Step("good", role="user") if ended else Step(done=True)
+
+
+class AskUserEnvironment(LookupEnvironment):
     def start(self, prompt):
-        episode = LookupEpisode()
-        episode.step = lambda text, ended: Step("good", role="user") if ended else Step(done=True)
-        return episode
+        return AskUserEpisode()
 
 
 class ToolVoteToyTask(VoteToyTask):

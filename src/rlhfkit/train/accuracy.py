@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -93,9 +93,9 @@ class Sampler:
     max_turns: int = 4
     max_env_tokens: int = 64
     batch_size: int = 64
-    last_roles: list[list[str]] = field(default_factory=list, repr=False)
-    """Per text of the last :meth:`texts` call, where each environment message went
-    (``tool`` or ``user``; empty without an environment)."""
+    tool_messages_only: bool = False
+    """Refuse episodes in which the environment answered in a new user turn (their transcripts
+    are conversations, not one response to fine-tune on)."""
 
     def rollout(self, prompts: Sequence[Any], sampling: SamplingConfig, seed: int = 0
                 ) -> list[Rollout]:
@@ -113,27 +113,54 @@ class Sampler:
                                         sampling, self.system_prompt, self.backend,
                                         self.max_turns, self.max_prompt_tokens,
                                         self.max_env_tokens))
+                if self.tool_messages_only:
+                    self._refuse_user_turns(out[-1])
             else:
                 out.append(sample(self.lm, self.tokenizer, chunk, sampling, self.system_prompt,
                                   backend=self.backend,
                                   max_prompt_tokens=self.max_prompt_tokens))
         return out
 
-    def texts(self, prompts: Sequence[Any], n: int, sampling: SamplingConfig, seed: int = 0
-              ) -> tuple[list[list[str]], dict[str, float]]:
-        """``n`` response texts per prompt, and the mean of each episode count (if any)."""
+    def _refuse_user_turns(self, rollout: Rollout) -> None:
+        if any("user" in roles for roles in rollout.extras["message_roles"]):
+            name = self.environment.name or type(self.environment).__name__
+            raise cfglib.ConfigError(
+                f"--environment {name}: the environment answered in a new user turn; only "
+                "tool environments (their messages stay inside the model's turn, as the "
+                "calculator's do) give one response per path to fine-tune on")
+
+    def episodes(self, prompts: Sequence[Any], n: int, sampling: SamplingConfig, seed: int = 0
+                 ) -> tuple[list[list[str]], list[list[dict[str, float]]]]:
+        """``n`` response texts per prompt, and per text its episode's counts.
+
+        The counts are what the environment reported (``turns``, ``tool_calls``, ...); they are
+        empty without an environment.
+        """
         flat = [p for p in prompts for _ in range(n)]
         rollouts = self.rollout(flat, sampling, seed)
         texts = [t for r in rollouts for t in r.texts]
-        self.last_roles = [list(roles) for r in rollouts
-                           for roles in r.extras.get("message_roles", [[]] * len(r.texts))]
-        counts: dict[str, list[float]] = {}
+        counts: list[dict[str, float]] = []
         for r in rollouts:
-            for key, value in r.extras.items():
-                if torch.is_tensor(value) and value.dim() == 1:
-                    counts.setdefault(key, []).extend(value.float().tolist())
-        means = {k: sum(v) / len(v) for k, v in counts.items() if len(v) == len(texts)}
-        return [texts[j * n:(j + 1) * n] for j in range(len(prompts))], means
+            columns = {key: value.float().tolist() for key, value in r.extras.items()
+                       if torch.is_tensor(value) and value.dim() == 1}
+            counts += [{key: column[i] for key, column in columns.items()}
+                       for i in range(len(r.texts))]
+        return ([texts[j * n:(j + 1) * n] for j in range(len(prompts))],
+                [counts[j * n:(j + 1) * n] for j in range(len(prompts))])
+
+    def texts(self, prompts: Sequence[Any], n: int, sampling: SamplingConfig, seed: int = 0
+              ) -> tuple[list[list[str]], dict[str, float]]:
+        """``n`` response texts per prompt, and the mean of each episode count (if any)."""
+        groups, counts = self.episodes(prompts, n, sampling, seed)
+        return groups, mean_counts([c for group in counts for c in group])
+
+
+def mean_counts(counts: Sequence[dict[str, float]]) -> dict[str, float]:
+    """The mean of each count that every one of ``counts`` has."""
+    if not counts:
+        return {}
+    keys = [k for k in counts[0] if all(k in c for c in counts)]
+    return {k: sum(c[k] for c in counts) / len(counts) for k in keys}
 
 
 def _copies(prompts: Sequence[Any]) -> int:

@@ -16,8 +16,9 @@ With ``--environment`` (a tool the model may call inside its turn, e.g. ``calcul
 ``task:arithmetic-tool``) every path is an episode: the model's turns with the tool's answers
 between them, voted on and fine-tuned on as one transcript, the tool's messages included as
 the task's own demonstrations include them. The tool answers what the model asks it (the value
-of an expression); the episode's reward, which reads the reference, is not used. Environments that answer in a new user turn
-(``clarify``) are refused: their transcripts are conversations, not one response.
+of an expression); the episode's reward, which reads the reference, is not used. Environments
+that answer in a new user turn (``clarify``) are refused: their transcripts are conversations,
+not one response.
 
 The references are never used by ``majority`` to choose paths; they are read only to report
 how often the vote was right (``vote_accuracy``). Writes ``rounds.jsonl`` (round 0 = the
@@ -43,7 +44,14 @@ from rlhfkit.models.loading import load_causal_lm, load_tokenizer
 from rlhfkit.rollout import SamplingConfig
 from rlhfkit.stats import majority_vote
 from rlhfkit.tasks.verifiable import VerifiableTask
-from rlhfkit.train.accuracy import Sampler, make_sampler, parse_ks, task_accuracy, verifiable_task
+from rlhfkit.train.accuracy import (
+    Sampler,
+    make_sampler,
+    mean_counts,
+    parse_ks,
+    task_accuracy,
+    verifiable_task,
+)
 from rlhfkit.train.inputs import system_prompt_for
 from rlhfkit.train.loop import make_accelerator, seed_everything
 from rlhfkit.train.sft import SFTConfig, train_sft
@@ -143,16 +151,17 @@ def collect_round(cfg: SelfImproveConfig, task: VerifiableTask, sampler: Sampler
                   prompts: list[Any], round_: int) -> tuple[list[Demonstration], dict[str, float]]:
     """Sample paths for ``prompts``, keep some; returns the kept paths and the round's counts."""
     sampling = SamplingConfig(cfg.max_new_tokens, cfg.temperature, cfg.top_p)
-    groups, counts = sampler.texts(prompts, cfg.samples, sampling,
-                                   seed=cfg.seed * 7_919 + round_)
-    _refuse_user_turns(cfg, sampler)
+    groups, counts = sampler.episodes(prompts, cfg.samples, sampling,
+                                      seed=cfg.seed * 7_919 + round_)
     demos: list[Demonstration] = []
+    kept_counts: list[dict[str, float]] = []
     voted = right = 0
     for i, (prompt, paths) in enumerate(zip(prompts, groups)):
         kept, answer = keep_paths(task, prompt, paths, cfg.mode, cfg.min_agreement,
                                   cfg.max_paths)
         if not kept:
             continue
+        kept_counts += [counts[i][paths.index(p)] for p in kept]
         voted += 1
         reference = task.reference_of(prompt)  # read only to report the vote's accuracy
         right += reference is not None and task.verify(reference,
@@ -162,26 +171,10 @@ def collect_round(cfg: SelfImproveConfig, task: VerifiableTask, sampler: Sampler
                                 id=f"round{round_}-{i}-{j}") for j, p in enumerate(kept)]
     stats = {"kept_problems": voted / max(len(prompts), 1), "kept_paths": float(len(demos)),
              "vote_accuracy": right / voted if voted else 0.0,
-             **{f"sampled_episode/{k}": v for k, v in counts.items()}}
-    if cfg.environment:
-        stats["kept_episode/tool_calls"] = (
-            sum(_tool_calls(d.response, sampler) for d in demos) / len(demos) if demos else 0.0)
+             **{f"sampled_episode/{k}": v
+                for k, v in mean_counts([c for group in counts for c in group]).items()},
+             **{f"kept_episode/{k}": v for k, v in mean_counts(kept_counts).items()}}
     return demos, stats
-
-
-def _refuse_user_turns(cfg: SelfImproveConfig, sampler: Sampler) -> None:
-    """An error if the last episodes had a message in a new user turn (see the module)."""
-    if any("user" in roles for roles in sampler.last_roles):
-        raise cfglib.ConfigError(
-            f"--environment {cfg.environment}: the environment answered in a new user turn; "
-            "self-improve fine-tunes on one response per path, so it takes tool environments "
-            "only (their messages stay inside the model's turn, as the calculator's do)")
-
-
-def _tool_calls(transcript: str, sampler: Sampler) -> int:
-    """How many times a kept transcript called the tool (its stop strings, counted)."""
-    stop = getattr(sampler.environment, "stop", ())
-    return sum(transcript.count(s) for s in stop)
 
 
 def _evaluate(cfg: SelfImproveConfig, task: VerifiableTask, sampler: Sampler) -> dict[str, float]:
@@ -192,7 +185,6 @@ def _evaluate(cfg: SelfImproveConfig, task: VerifiableTask, sampler: Sampler) ->
     ks = parse_ks(f"1,{cfg.eval_samples}", cfg.eval_samples)
     summary, _ = task_accuracy(sampler, task, prompts, cfg.eval_samples, ks, sampling,
                                greedy=True, seed=cfg.seed + 99)
-    _refuse_user_turns(cfg, sampler)
     return {f"eval/{k}": v for k, v in summary.items()
             if k.startswith(("pass", "greedy", "episode"))}
 
@@ -227,6 +219,7 @@ def run_self_improve(cfg: SelfImproveConfig) -> Path:
                            max_new_tokens=cfg.max_new_tokens, environment=cfg.environment,
                            max_turns=cfg.max_turns, max_env_tokens=cfg.max_env_tokens,
                            batch_size=cfg.batch_size * 8)
+    sampler.tool_messages_only = True  # the transcripts are fine-tuned on as one response
     log = open(out / "rounds.jsonl", "w")
     row = {"round": 0, **_evaluate(cfg, task, sampler)}
     rows = [row]

@@ -129,11 +129,28 @@ def from_dict(cls: type, values: dict[str, Any], source: str = "config") -> Any:
             f"{source}: unknown key(s) {', '.join(unknown)} for {cls.__name__}; "
             f"known keys: {', '.join(sorted(names))}"
         )
+    defaults_for = getattr(cls, "defaults_for", None)
+    if defaults_for is not None:  # defaults that depend on another option (an RL algorithm's)
+        values = {**defaults_for(values), **values}
     kwargs = {k: _coerce(k, hints[k], v) for k, v in values.items()}
     return validate(cls(**kwargs))
 
 
-# Ranges of the options that share a name (and a meaning) across stages:
+def bounds(*, ge: float | None = None, gt: float | None = None, le: float | None = None,
+           lt: float | None = None) -> dict[str, Any]:
+    """Field metadata giving an option's range, checked by :func:`validate`.
+
+    ``x: float = field(default=0.1, metadata=bounds(ge=0, lt=1))`` declares ``0 <= x < 1``
+    next to the option itself.
+    """
+    if ge is not None and gt is not None or le is not None and lt is not None:
+        raise ValueError("give at most one lower (ge/gt) and one upper (le/lt) bound")
+    return {"bounds": (ge if gt is None else gt, le if lt is None else lt, gt is None,
+                       lt is None)}
+
+
+# Ranges of the options that share a name (and a meaning) across stages and are not yet
+# declared once with their bounds (``field(metadata=bounds(...))`` wins over this table):
 # name -> (low, high, low included, high included); None = unbounded.
 BOUNDS: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "learning_rate": (0, None, False, True), "weight_decay": (0, None, True, True),
@@ -162,7 +179,11 @@ BOUNDS: dict[str, tuple[float | None, float | None, bool, bool]] = {
 
 
 def validate(config: Any) -> Any:
-    """Check every field against its choices (``Literal`` types) and :data:`BOUNDS`.
+    """Check every field against its choices (``Literal`` types) and bounds, then ``check()``.
+
+    A field's bounds are those of its metadata (:func:`bounds`), else of :data:`BOUNDS`. A
+    config class may define ``check(self)`` for rules that tie options together; it raises
+    :class:`ConfigError` too.
 
     Returns:
         ``config``, unchanged.
@@ -180,13 +201,16 @@ def validate(config: Any) -> Any:
         if typing.get_origin(base) is typing.Literal and value not in typing.get_args(base):
             choices = ", ".join(repr(a) for a in typing.get_args(base))
             raise ConfigError(f"{flag} must be one of {choices}, got {value!r}")
-        bounds = BOUNDS.get(f.name)
-        if bounds is not None and isinstance(value, int | float) and not isinstance(value, bool):
-            low, high, low_in, high_in = bounds
+        rng = f.metadata.get("bounds") or BOUNDS.get(f.name)
+        if rng is not None and isinstance(value, int | float) and not isinstance(value, bool):
+            low, high, low_in, high_in = rng
             too_low = low is not None and (value < low or (value == low and not low_in))
             too_high = high is not None and (value > high or (value == high and not high_in))
             if too_low or too_high or value != value:  # NaN is never in range
-                raise ConfigError(f"{flag} must be {_range_text(bounds)}, got {value!r}")
+                raise ConfigError(f"{flag} must be {_range_text(rng)}, got {value!r}")
+    check = getattr(config, "check", None)
+    if callable(check):
+        check()
     return config
 
 
@@ -224,17 +248,32 @@ def save_yaml(config: Any, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
 
 
-def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
-    """Add ``--config`` and one ``--flag`` per field of ``cls`` to ``parser``."""
+def add_arguments(parser: argparse.ArgumentParser, cls: type,
+                  defaults: dict[str, Any] | None = None,
+                  hide: Sequence[str] = ()) -> None:
+    """Add ``--config`` and one ``--flag`` per field of ``cls`` to ``parser``.
+
+    Args:
+        parser: The command's parser.
+        cls: Its config class.
+        defaults: Defaults to show instead of the fields' own (a command's, e.g. one RL
+            algorithm's).
+        hide: Fields the command fixes or does not read: no flag.
+    """
     parser.add_argument("--config", metavar="FILE", help="YAML file with any of the keys below")
     docs = field_docs(cls)
     hints = _hints(cls)
     for f in dataclasses.fields(cls):
+        if f.name in hide:
+            continue
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else None  # type: ignore[misc]
         )
-        help_text = f"{docs.get(f.name, '')} [default: {default!r}]"
+        default = (defaults or {}).get(f.name, default)
+        rng = f.metadata.get("bounds") or BOUNDS.get(f.name)
+        limits = f"; {_range_text(rng)}" if rng else ""
+        help_text = f"{docs.get(f.name, '')} [default: {default!r}{limits}]"
         help_text = help_text.replace("%", "%%")  # argparse %-formats help strings
         base, _ = _base_type(hints[f.name])
         if base is bool:
@@ -265,14 +304,24 @@ def _metavar(name: str, base: Any) -> str:
     return "TEXT"
 
 
-def from_args(cls: type, args: argparse.Namespace) -> Any:
-    """Resolve a config: dataclass defaults, then the ``--config`` file, then flags."""
+def from_args(cls: type, args: argparse.Namespace, fixed: dict[str, Any] | None = None) -> Any:
+    """Resolve a config: dataclass defaults, then the ``--config`` file, then flags.
+
+    ``fixed`` are values the command itself sets (``rlhfkit grpo`` sets ``algo``); a file that
+    sets one of them to something else is refused.
+    """
     values: dict[str, Any] = {}
     if getattr(args, "config", None):
         values.update(load_yaml(args.config))
         source = args.config
     else:
         source = "config"
+    for key, value in (fixed or {}).items():
+        if key in values and values[key] != value:
+            raise ConfigError(f"{source}: {key}: {values[key]!r} does not go with this "
+                              f"command, which is {key} {value!r} (use rlhfkit rl --{key} "
+                              f"{values[key]} instead)")
+        values[key] = value
     for f in dataclasses.fields(cls):
         v = getattr(args, f.name, None)
         if v is not None:

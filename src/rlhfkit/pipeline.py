@@ -6,7 +6,7 @@ Stages run in order, each writing its own run folder under ``--output-dir``::
     rankings.jsonl  K responses per prompt sampled from the SFT policy, ranked by the task's
                     simulated labeler (``--rm-data task`` uses the task's written rankings)
     rm/             Step 2 on those K-rankings
-    ppo/            Step 3 (or grpo/, rloo/, reinforce/, best-of-n/, dpo/ with --algo)
+    ppo/            Step 3 (or ALGO/ with --algo: any RL algorithm, best-of-n/, dpo/)
     report.html     SFT vs final policy on held-out prompts, judged by the gold scorer (never
     summary.json    trained on), with plots over training
 
@@ -35,10 +35,9 @@ from rlhfkit.tasks import get_task
 from rlhfkit.train.dpo import DPOConfig, train_dpo
 from rlhfkit.train.evaluation import compare_with_sft
 from rlhfkit.train.iterate import IterateConfig, run_iterate, sft_mean_length
-from rlhfkit.train.pg import ALGORITHMS, train_pg
-from rlhfkit.train.ppo import PPOConfig, train_ppo
 from rlhfkit.train.rm import RMConfig, train_rm
 from rlhfkit.train.sft import SFTConfig, train_sft
+from rlhfkit.train.trainer import reward_algorithm, rl_config, train_rl
 
 
 @dataclass
@@ -72,8 +71,9 @@ class DemoConfig:
     progress: bool = True
     """Show progress bars."""
     algo: str = "ppo"
-    """Step 3: ppo, grpo, rloo, reinforce, best-of-n, or dpo/ipo/kto in place of RM + RL; a
-    comma-separated list (e.g. ppo,dpo) runs each from the same SFT policy and compares them."""
+    """Step 3: an RL algorithm (rlhfkit rl --help lists them; py:FILE.py:NAME for your own),
+    best-of-n, or dpo/ipo/kto in place of RM + RL; a comma-separated list (e.g. ppo,dpo) runs
+    each from the same SFT policy and compares them."""
     rl_steps: int = 0
     """RL rollout batches (0 = the preset's: 24 in one pass, 12 in each of several rounds)."""
     max_new_tokens: int = 24
@@ -219,6 +219,9 @@ def run_demo(cfg: DemoConfig) -> Path:
 def check_options(cfg: DemoConfig) -> None:
     """Raise a ConfigError for a bad option before any stage runs."""
     cfglib.validate(cfg)
+    for algo in (a.strip() for a in cfg.algo.split(",") if a.strip()):
+        if algo not in (*DIRECT, "best-of-n"):
+            reward_algorithm(algo)  # a registered RL algorithm, or py:FILE.py:NAME
     if cfg.sft_model and not (Path(cfg.sft_model) / "config.json").exists():
         raise cfglib.ConfigError(
             f"--sft-model: {cfg.sft_model} is not a model folder (no config.json)")
@@ -293,21 +296,11 @@ def run_rl(cfg: DemoConfig, policy: Path, reward_model: Path, out: Path,
               length_debias=cfg.length_debias, entropy_coef=cfg.entropy_coef,
               kl_target=cfg.kl_target, length_floor=single_pass_floor(cfg, policy, preferences),
               **common)
-    if algo == "ppo":
-
-        return train_ppo(PPOConfig(output_dir=str(out / "ppo"), batch_size=16,
-                                   mini_batch_size=8, update_epochs=2, learning_rate=lr,
-                                   **rl)), out / "ppo"
-
-    if algo in ALGORITHMS:
-        k = 1 if ALGORITHMS[algo].min_samples == 1 else 4
-        config = ALGORITHMS[algo].config(output_dir=str(out / algo), num_samples=k,
-                                         batch_size=16 // k, learning_rate=lr, **rl)
-        return train_pg(config), out / algo
     if algo == "best-of-n":
         return None, out / "best-of-n"
-    raise ValueError(f"--algo must be ppo, grpo, rloo, reinforce, best-of-n, dpo, ipo or kto "
-                     f"(or a comma-separated list), got {algo!r}")
+    name = reward_algorithm(algo).name  # its own defaults: batch, group size, epochs
+    return train_rl(rl_config(algo, output_dir=str(out / name), learning_rate=lr,
+                              **rl)), out / name
 
 
 def single_pass_floor(cfg: DemoConfig, policy: Path, preferences: str | None) -> float:

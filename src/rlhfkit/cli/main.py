@@ -14,11 +14,12 @@ import logging
 import os
 import sys
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from rlhfkit import __version__
 from rlhfkit import config as cfglib
+from rlhfkit.train.algorithms import ALGORITHMS, algorithm_specific_options
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,8 @@ class Command:
     """``module:ConfigClass``."""
     run: str
     """``module:function`` called with the resolved config."""
+    fixed: dict[str, Any] = field(default_factory=dict)
+    """Options the command sets itself (an RL algorithm's command: its ``algo``)."""
 
     def load(self, which: str) -> Any:
         """The config class (``which="config"``) or the run function (``"run"``)."""
@@ -56,15 +59,6 @@ COMMANDS: list[Command] = [
            "unlikelihood", "train.dpo", "DPOConfig", "train_dpo"),
     _stage("online-dpo", "Iterative DPO: sample K per prompt, label (gold, reward model or AI "
            "judge), train, repeat", "train.online_dpo", "OnlineDPOConfig", "train_online_dpo"),
-    _stage("ppo", "Step 3: PPO against a reward model with a KL penalty (InstructGPT)",
-           "train.ppo", "PPOConfig", "train_ppo"),
-    # The policy-gradient algorithms of rlhfkit.train.pg.ALGORITHMS (a test keeps them in step).
-    _stage("reinforce", "Step 3: REINFORCE with reward-to-go and a baseline", "train.pg",
-           "ReinforceConfig", "train_pg"),
-    _stage("rloo", "Step 3: REINFORCE leave-one-out over k samples per prompt", "train.pg",
-           "RLOOConfig", "train_pg"),
-    _stage("grpo", "Step 3: GRPO (group-normalised advantages, clipped ratio, KL loss)",
-           "train.pg", "GRPOConfig", "train_pg"),
     _stage("best-of-n", "Best-of-N sampling; rejection sampling into a new SFT dataset",
            "train.best_of_n", "BestOfNConfig", "run_best_of_n"),
     _stage("accuracy", "pass@1 / pass@k of a policy on a verifiable task's held-out problems "
@@ -93,6 +87,19 @@ COMMANDS: list[Command] = [
            "comparisons (Christiano et al. 2017)", "control.train", "ControlConfig",
            "train_control"),
 ]
+
+
+def rl_commands() -> list[Command]:
+    """``rl --algo NAME``, and one command per algorithm of the registry, with its defaults."""
+    config, run = "rlhfkit.train.trainer:TrainRLConfig", "rlhfkit.train.trainer:train_rl"
+    return [Command("rl", f"On-policy RL with any algorithm: --algo {'|'.join(ALGORITHMS)} "
+                    "or py:FILE.py:NAME (your own)", config, run),
+            *(Command(name, algo.help, config, run, {"algo": name})
+              for name, algo in ALGORITHMS.items())]
+
+
+_AT = next(i for i, c in enumerate(COMMANDS) if c.name == "best-of-n")
+COMMANDS[_AT:_AT] = rl_commands()  # Step 3 before best-of-n in the listing
 BY_NAME = {c.name: c for c in COMMANDS}
 LABEL_HELP = "the feedback web app and its store (rlhfkit label --help)"
 
@@ -116,7 +123,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     for c in COMMANDS:
         p = sub.add_parser(c.name, help=c.help, description=c.help, allow_abbrev=False)
         if command is None or command == c.name:
-            cfglib.add_arguments(p, c.load("config"))
+            cls = c.load("config")
+            defaults = cls.defaults_for(c.fixed) if c.fixed and hasattr(cls, "defaults_for") \
+                else None
+            cfglib.add_arguments(p, cls, defaults=defaults, hide=hidden_options(c))
             p.set_defaults(_command=c)
     if command in (None, "label"):
         from rlhfkit.cli.label import register_label
@@ -125,6 +135,15 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     else:
         sub.add_parser("label", help=LABEL_HELP, add_help=False)
     return parser
+
+
+def hidden_options(c: Command) -> list[str]:
+    """Options without a flag on ``c``: those it fixes, and an algorithm's unread ones."""
+    hidden = list(c.fixed)
+    if "algo" in c.fixed:
+        reads = ALGORITHMS[c.fixed["algo"]].reads
+        hidden += [n for n in algorithm_specific_options() if n not in reads]
+    return hidden
 
 
 def _command_of(argv: list[str]) -> str | None:
@@ -170,11 +189,12 @@ def run_stage(stage: Command, args: argparse.Namespace) -> int:
     """Resolve the config of ``stage`` from ``args`` and run it; errors become one line.
 
     An error meant for the user (its class has ``user_facing = True``: a bad option, record,
-    model or training state) or a missing file is printed as one line and gives exit status 1;
-    anything else is a bug and keeps its traceback.
+    model or training state) or a missing file is printed as one line; a bad option
+    (:class:`rlhfkit.config.ConfigError`) gives exit status 2, as argparse's own refusals do,
+    the others 1. Anything else is a bug and keeps its traceback.
     """
     try:
-        cfg = cfglib.from_args(stage.load("config"), args)
+        cfg = cfglib.from_args(stage.load("config"), args, fixed=stage.fixed)
         if os.environ.get("RANK", "0") == "0":  # once, not once per process
             print(f"[{stage.name}] config:\n" + _show_config(cfg))
         stage.load("run")(cfg)
@@ -182,7 +202,7 @@ def run_stage(stage: Command, args: argparse.Namespace) -> int:
         if not (getattr(err, "user_facing", False) or isinstance(err, FileNotFoundError)):
             raise
         print(f"rlhfkit {stage.name}: error: {err}", file=sys.stderr)
-        return 1
+        return 2 if isinstance(err, cfglib.ConfigError) else 1
     return 0
 
 

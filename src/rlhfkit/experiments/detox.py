@@ -51,7 +51,7 @@ from rlhfkit.models.policy import SelectiveLM
 from rlhfkit.rollout import HFBackend, ReferencePolicy, SamplingConfig, sample
 from rlhfkit.segments import split_segments
 from rlhfkit.tasks import get_task
-from rlhfkit.train.ppo import PPOConfig, train_ppo
+from rlhfkit.train.trainer import rl_config, train_rl
 from rlhfkit.train.sft import SFTConfig, train_sft
 
 METHODS = {"holistic": "scorer:non-toxic", "fine-grained": "segment-gain:non-toxic",
@@ -181,8 +181,8 @@ def train_sft_stage(cfg: DetoxConfig, out: Path) -> Path:
 
 def ppo_config(cfg: DetoxConfig, sft: Path, method: str, seed: int, run_dir: Path) -> Any:
     """The PPO config of one run: everything but the reward spec is shared by the methods."""
-    return PPOConfig(
-        model=str(sft), reward_model=METHODS[method], segment_unit=cfg.segment_unit,
+    return rl_config(
+        "ppo", model=str(sft), reward_model=METHODS[method], segment_unit=cfg.segment_unit,
         data="task:detox", gold="task", output_dir=str(run_dir), seed=seed,
         max_steps=cfg.ppo_steps, batch_size=cfg.batch_size,
         mini_batch_size=cfg.mini_batch_size, update_epochs=cfg.update_epochs,
@@ -205,7 +205,7 @@ def train_ppo_stage(cfg: DetoxConfig, sft: Path, method: str, seed: int, out: Pa
     if (run_dir / "metrics.jsonl").exists():  # an unfinished run: start it again, cleanly
         (run_dir / "metrics.jsonl").unlink()
         (run_dir / "samples.jsonl").unlink(missing_ok=True)
-    train_ppo(ppo_config(cfg, sft, method, seed, run_dir))
+    train_rl(ppo_config(cfg, sft, method, seed, run_dir))
     return run_dir
 
 

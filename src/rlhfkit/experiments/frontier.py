@@ -5,7 +5,7 @@ reaches for a given KL from the reference: a method whose points sit up and to t
 more reward for the same divergence. ``rlhfkit frontier`` trains, from one SFT policy and one
 reward model (and the rankings it learned from, for DPO/IPO), every method at every strength:
 
-- PPO, GRPO, RLOO: the KL coefficient beta (``--betas``);
+- the RL algorithms of the registry (PPO, GRPO, ...): the KL coefficient beta (``--betas``);
 - DPO, IPO: their beta (``--dpo-betas``);
 - best-of-N: N (``--best-of``), whose KL is the analytic ``log N - (N - 1) / N``.
 
@@ -27,10 +27,8 @@ from rlhfkit.evaluate.report import Section, figure_html, table_html, write_sect
 from rlhfkit.train.dpo import DPOConfig, train_dpo
 from rlhfkit.train.evaluation import compare_with_sft
 from rlhfkit.train.loop import claim_output_dir
-from rlhfkit.train.pg import ALGORITHMS, train_pg
-from rlhfkit.train.ppo import PPOConfig, train_ppo
+from rlhfkit.train.trainer import reward_algorithm, reward_algorithms, rl_config, train_rl
 
-RL = ("ppo", *ALGORITHMS)
 DIRECT = ("dpo", "ipo")
 
 
@@ -48,8 +46,9 @@ class FrontierConfig:
     """Built-in task: train prompts for RL, held-out prompts and the gold scorer for judging."""
     output_dir: str = "runs/frontier"
     """Run folder: config.yaml, points.jsonl, report.html, one folder per point."""
-    methods: str = "ppo,grpo,rloo,dpo,ipo,best-of-n"
-    """Methods to run: ppo, grpo, rloo, reinforce, dpo, ipo, best-of-n."""
+    methods: str = "rl,dpo,ipo,best-of-n"
+    """Methods to run: any RL algorithm (rlhfkit rl --help lists them; py:FILE.py:NAME for your
+    own), rl (every registered RL algorithm that optimises a reward), dpo, ipo, best-of-n."""
     betas: str = "0.02,0.05,0.2"
     """KL coefficients of the RL methods."""
     dpo_betas: str = "0.05,0.1,0.5"
@@ -85,17 +84,17 @@ class FrontierConfig:
 def grid(cfg: FrontierConfig) -> list[tuple[str, float]]:
     """Every (method, strength) point, with a clear error for an unknown method."""
     cfglib.validate(cfg)
-    methods = [m.strip() for m in cfg.methods.split(",") if m.strip()]
-    unknown = [m for m in methods if m not in (*RL, *DIRECT, "best-of-n")]
-    if unknown:
-        raise cfglib.ConfigError(f"--methods: unknown {', '.join(unknown)}; choose from "
-                                 f"{', '.join((*RL, *DIRECT, 'best-of-n'))}")
+    methods = []
+    for m in (m.strip() for m in cfg.methods.split(",") if m.strip()):
+        methods += reward_algorithms() if m == "rl" else [m]
     values = {"rl": cfglib.parse_floats(cfg.betas, "--betas"),
               "direct": cfglib.parse_floats(cfg.dpo_betas, "--dpo-betas"),
               "best-of-n": cfglib.parse_floats(cfg.best_of, "--best-of")}
     out = []
-    for m in methods:
-        kind = "rl" if m in RL else "direct" if m in DIRECT else "best-of-n"
+    for m in dict.fromkeys(methods):  # each once, in the order given
+        if m not in (*DIRECT, "best-of-n"):
+            reward_algorithm(m, "--methods")  # a clear error for an unknown method
+        kind = "direct" if m in DIRECT else m if m == "best-of-n" else "rl"
         out += [(m, v) for v in values[kind]]
     return out
 
@@ -116,10 +115,7 @@ def train_point(cfg: FrontierConfig, method: str, value: float, folder: Path) ->
               max_new_tokens=cfg.max_new_tokens, kl_coef=value, eval_prompts=0,
               learning_rate=cfg.rl_learning_rate, generation_backend=cfg.generation_backend,
               **common)
-    if method == "ppo":
-        return train_ppo(PPOConfig(batch_size=16, mini_batch_size=8, update_epochs=2, **rl))
-    k = 1 if ALGORITHMS[method].min_samples == 1 else 4
-    return train_pg(ALGORITHMS[method].config(num_samples=k, batch_size=16 // k, **rl))
+    return train_rl(rl_config(method, **rl))  # the algorithm's batch, group, epochs
 
 
 def pareto(points: list[dict[str, Any]]) -> list[bool]:

@@ -15,7 +15,7 @@ loop of the lecture notes answers it by collecting feedback again on the new pol
    diagnostic); then it is refitted on every ranking so far (``--rm-refit continue`` starts from
    the previous model, ``scratch`` from the policy's backbone);
 4. **RL** from the current policy against the new reward model, with the KL to the SFT
-   reference (``--algo ppo|grpo|rloo|reinforce``);
+   reference (``--algo``: any RL algorithm of the registry that optimises a reward);
 5. **evaluate** the new policy on held-out prompts: gold and proxy reward, KL to SFT, response
    length, distinct-2.
 
@@ -50,9 +50,8 @@ from rlhfkit.rollout import generate_responses
 from rlhfkit.tasks import get_task
 from rlhfkit.train.evaluation import compare_with_sft
 from rlhfkit.train.loop import TrainingError, claim_output_dir
-from rlhfkit.train.pg import ALGORITHMS, train_pg
-from rlhfkit.train.ppo import PPOConfig, train_ppo
 from rlhfkit.train.rm import RMConfig, train_rm
+from rlhfkit.train.trainer import reward_algorithm, rl_config, train_rl
 
 LABELERS = ("task", "app")
 """Besides ``judge:MODEL``."""
@@ -96,7 +95,7 @@ class IterateConfig:
     rm_learning_rate: float = 1e-4
     """Reward-model learning rate."""
     algo: str = "ppo"
-    """RL algorithm of each round: ppo, grpo, rloo or reinforce."""
+    """RL algorithm of each round (rlhfkit rl --help lists them; py:FILE.py:NAME for your own)."""
     rl_steps: int = 8
     """RL rollout batches per round."""
     rl_learning_rate: float = 1e-5
@@ -140,9 +139,7 @@ def check_options(cfg: IterateConfig) -> None:
     cfglib.validate(cfg)
     if cfg.rounds < 1:
         raise cfglib.ConfigError(f"--rounds must be at least 1, got {cfg.rounds}")
-    if cfg.algo != "ppo" and cfg.algo not in ALGORITHMS:
-        raise cfglib.ConfigError(f"--algo must be ppo or one of {', '.join(ALGORITHMS)}, "
-                                 f"got {cfg.algo!r}")
+    reward_algorithm(cfg.algo)
     if cfg.labeler not in LABELERS and not cfg.labeler.startswith("judge:"):
         raise cfglib.ConfigError(f"--labeler must be task, app or judge:MODEL, got {cfg.labeler!r}")
     if not (Path(cfg.model) / "config.json").exists():
@@ -329,10 +326,7 @@ def run_rl_round(cfg: IterateConfig, policy: Path, rm: Path, out: Path,
                   eval_prompts=16, precision=cfg.precision, lora=cfg.lora, seed=cfg.seed,
                   progress=cfg.progress, generation_backend=cfg.generation_backend,
                   resume=cfg.resume, overwrite=not cfg.resume, gradient_checkpointing=False)
-    if cfg.algo == "ppo":
-        return train_ppo(PPOConfig(batch_size=16, mini_batch_size=8, update_epochs=2, **common))
-    k = 1 if ALGORITHMS[cfg.algo].min_samples == 1 else 4
-    return train_pg(ALGORITHMS[cfg.algo].config(num_samples=k, batch_size=16 // k, **common))
+    return train_rl(rl_config(cfg.algo, **common))  # the algorithm's batch, group, epochs
 
 
 def run_iterate(cfg: IterateConfig) -> Path:

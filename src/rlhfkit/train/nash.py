@@ -19,9 +19,14 @@ algorithm in a few lines and is what the unit tests check:
 - :func:`exploitability` measures how far a policy is from the Nash equilibrium:
   ``max_y P(y > pi) - 1/2``, zero exactly at a Nash equilibrium of the unregularised game.
 
-It also holds Nash-MD for language models (:func:`train_nash`, ``rlhfkit nash``; the pairwise
-preference model it plays with is trained by ``rlhfkit preference``, :mod:`rlhfkit.train.preference`)
-and the run's report section (:func:`nash_section`).
+It also holds what Nash-MD for language models adds to the one RL loop (``rlhfkit nash``, the
+``nash`` entry of :mod:`rlhfkit.train.algorithms`): the opponent sampler (:func:`sample_mixture`),
+the payoff from a pairwise preference model trained by ``rlhfkit preference``
+(:func:`preference_model_fn`), the run that scores and evaluates with them (:class:`NashRun`),
+and the run's report section (:func:`nash_section`). Each step: (1) sample y ~ pi and
+y' ~ pi_mix for the same prompts; (2) payoff ``P(y > y') - 1/2``; (3) REINFORCE on the payoff
+with the per-token KL to the reference in the reward and the batch-mean baseline
+(``--baseline``).
 """
 
 from __future__ import annotations
@@ -30,33 +35,30 @@ import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
+from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
 
+from rlhfkit.config import ConfigError, bounds
 from rlhfkit.data.chat import pad
-from rlhfkit.evaluate.report import Section, figure_html, table_html, write_sections
+from rlhfkit.evaluate.report import Section, figure_html, table_html
 from rlhfkit.evaluate.runs import read_metrics
-from rlhfkit.losses import (
-    entropy_from_logits,
-    masked_mean,
-    nash_md_step,
-    reinforce_loss,
-)
+from rlhfkit.losses import nash_md_step
 from rlhfkit.models.loading import ModelLoadError
 from rlhfkit.models.preference import PreferenceModel, collate_duels
 from rlhfkit.rewards.sources import RewardTerms
 from rlhfkit.rollout import (
+    Rollout,
+    SamplingConfig,
     cache_kwarg,
     encode_prompts,
     eos_ids_of,
-    forward_response,
     output_cache,
     sample,
 )
 from rlhfkit.stats import bradley_terry
-from rlhfkit.train.pg import reinforce_advantages
-from rlhfkit.train.rl import RLConfig, RLRun
+from rlhfkit.train.rl import RLRun
 
 Tensor = torch.Tensor
 
@@ -175,25 +177,12 @@ PreferenceFn = Callable[[Sequence[Any], Sequence[str], Sequence[str]], Sequence[
 
 
 @dataclass
-class NashConfig(RLConfig):
-    """Nash-MD against a pairwise preference model (``rlhfkit nash``)."""
+class NashOptions:
+    """Nash-MD's opponent and payoff (``rlhfkit nash``)."""
 
-    output_dir: str = "runs/nash"
-    """Run folder: config.yaml, metrics.jsonl, samples.jsonl, checkpoints/, model/."""
-    baseline: Literal["none", "mean"] = "mean"
-    """Baseline of the REINFORCE step on the payoff: none or mean (batch mean return)."""
-    gamma: float = 1.0
-    """Discount factor."""
-    reward_to_go: bool = True
-    """Weight each token by the rewards after it (else by the whole return)."""
-    whiten_advantages: bool = False
-    """Normalise advantages over the batch."""
-    generation_backend: Literal["auto", "hf", "vllm"] = "auto"
-    """Sampler of the policy's responses: hf, vllm or auto (see rlhfkit ppo --help); the
-    opponent's token-level mixture of policy and reference always runs on transformers."""
     preference_model: str = "runs/preference/model"
     """Folder of a pairwise preference model (rlhfkit.models.preference)."""
-    mixture_beta: float = 0.125
+    mixture_beta: float = field(default=0.125, metadata=bounds(ge=0, le=1))
     """beta = eta * tau: weight of the reference's logits in the opponent's token-level mixture."""
 
 
@@ -201,13 +190,13 @@ class NashConfig(RLConfig):
 def sample_mixture(policy_lm: torch.nn.Module,
                    reference: Callable[[], contextlib.AbstractContextManager[torch.nn.Module]],
                    tokenizer: Any, prompt_ids: list[list[int]], beta: float,
-                   max_new_tokens: int, temperature: float = 1.0,
-                   use_cache: bool = True) -> list[str]:
+                   sampling: SamplingConfig, use_cache: bool = True) -> list[str]:
     """Sample from the token-level geometric mixture of policy and reference.
 
     At each step the next token is drawn from
     ``softmax(((1 - beta) * logits_policy + beta * logits_ref) / temperature)``, the practical
-    approximation of pi_mix in Munos et al. (2023), §7.
+    approximation of pi_mix in Munos et al. (2023), §7, cut to the run's top-k and top-p as the
+    policy's own samples are (the same transformers warpers ``generate`` applies).
 
     Args:
         policy_lm: The policy's causal LM.
@@ -217,8 +206,7 @@ def sample_mixture(policy_lm: torch.nn.Module,
         tokenizer: The tokenizer.
         prompt_ids: Prompt token ids, one list per sample.
         beta: Weight of the reference logits (eta * tau).
-        max_new_tokens: Length limit.
-        temperature: Sampling temperature.
+        sampling: Length limit, temperature, top-p and top-k of the run.
         use_cache: Keep a KV cache per model, so each step feeds one new token (the plain
             version, ``False``, re-runs both models on the whole sequence at every token).
 
@@ -249,12 +237,16 @@ def sample_mixture(policy_lm: torch.nn.Module,
             caches[which] = output_cache(out)
         return out.logits[:, -1].float()
 
-    for _ in range(max_new_tokens):
+    warpers = [w for w in (TopKLogitsWarper(sampling.top_k) if sampling.top_k else None,
+                           TopPLogitsWarper(sampling.top_p) if sampling.top_p < 1 else None) if w]
+    for _ in range(sampling.max_new_tokens):
         logits = last_logits(policy_lm, 0)  # (B, V)
         with reference() as ref:
             ref_logits = last_logits(ref.lm, 1)  # (B, V)
-        mixed = (1 - beta) * logits + beta * ref_logits  # (B, V)
-        token = torch.multinomial(torch.softmax(mixed / temperature, -1), 1)[:, 0]  # (B,)
+        mixed = ((1 - beta) * logits + beta * ref_logits) / sampling.temperature  # (B, V)
+        for warp in warpers:
+            mixed = warp(ids, mixed)
+        token = torch.multinomial(torch.softmax(mixed, -1), 1)[:, 0]  # (B,)
         token = torch.where(done, torch.full_like(token, tokenizer.pad_token_id), token)
         new.append(token)
         ids = torch.cat([ids, token[:, None]], 1)
@@ -306,16 +298,62 @@ def preference_model_fn(path: str, tokenizer: Any, device: torch.device,
 
 
 class NashRun(RLRun):
-    """:class:`RLRun` whose evaluation plays the policy against the reference.
+    """:class:`RLRun` of Nash-MD: each batch is scored against an opponent, evaluation against
+    the reference.
 
-    ``prefer`` (set after construction) is the preference function; evaluation samples one
-    response per held-out prompt from the policy and compares it with one sample of the
-    reference, drawn once and kept (the reference does not change), so the curve of
-    ``eval/win_rate`` is not blurred by fresh reference noise at every evaluation.
+    Scoring (:meth:`score`) samples one opponent response per prompt from the token-level
+    mixture of policy and reference and takes the payoff ``P(y > y') - 1/2`` from the
+    preference function. Evaluation samples one response per held-out prompt from the policy
+    and compares it with one sample of the reference, drawn once and kept (the reference does
+    not change), so the curve of ``eval/win_rate`` is not blurred by fresh reference noise.
+
+    Args:
+        cfg: The run's options (with :class:`NashOptions`).
+        stage: Stage name for logs.
+        preference_fn: The payoff; default: the model of ``--preference-model``.
+        **kwargs: The rest of :class:`RLRun`'s arguments.
     """
 
-    prefer: PreferenceFn | None = None
     _reference_eval: tuple[list[str], list[float] | None] | None = None
+
+    def __init__(self, cfg: Any, stage: str, preference_fn: PreferenceFn | None = None,
+                 **kwargs: Any) -> None:
+        if cfg.async_generation:
+            raise ConfigError("nash samples its opponents with transformers each step: "
+                              "--async-generation is not available")
+        if cfg.baseline not in ("none", "mean"):
+            raise ConfigError(f"--baseline must be none or mean for Nash-MD, got "
+                              f"{cfg.baseline!r}")
+        if preference_fn is None:  # fail before loading the policy
+            check_preference_model_path(cfg.preference_model)
+        # The payoff comes from the preference model, not from a scalar reward model.
+        kwargs["reward_fn"] = lambda p, t, r: [0.0] * len(t)
+        super().__init__(cfg, stage, **kwargs)
+        self.prefer = preference_fn or preference_model_fn(
+            cfg.preference_model, self.tokenizer, self.device, system_prompt=self.system_prompt)
+
+    @torch.no_grad()
+    def score(self, rollout: Rollout) -> tuple[RewardTerms, dict[str, float]]:
+        """The payoff of each response against an opponent from the mixture.
+
+        ``reward/preference`` is the mean ``P(y > y')``.
+        """
+        cfg = self.cfg
+        prompt_ids = encode_prompts(self.tokenizer, rollout.prompts, self.system_prompt,
+                                    cfg.max_prompt_tokens)
+        was_training = self.lm.training
+        self.lm.eval()
+        opponents = sample_mixture(self.lm, self.reference.active, self.tokenizer, prompt_ids,
+                                   cfg.mixture_beta, self.sampling)
+        self.lm.train(was_training)
+        raw = torch.as_tensor(list(self.prefer(rollout.prompts, rollout.texts, opponents)),
+                              dtype=torch.float32, device=self.device)  # (B,)
+        terms = RewardTerms.holistic(raw, raw - 0.5, rollout.response_mask)
+        return terms, {"reward/preference": float(raw.mean())}
+
+    def report_sections(self) -> list[Section]:
+        """The Nash-MD section (:func:`nash_section`) first, then the shared ones."""
+        return [nash_section(self.out), *super().report_sections()]
 
     @torch.no_grad()
     def reference_samples(self, prompts: list[Any]) -> tuple[list[str], list[float] | None]:
@@ -366,70 +404,6 @@ class NashRun(RLRun):
 def win_share(a: float, b: float) -> float:
     """1 if ``a`` beats ``b``, 1/2 for a tie, else 0."""
     return 1.0 if a > b else 0.5 if a == b else 0.0
-
-
-def train_nash(cfg: NashConfig, preference_fn: PreferenceFn | None = None) -> Path:
-    """Nash-MD for an LM (Munos et al. 2023, §7); returns the folder of the saved policy.
-
-    Each step: (1) sample y ~ pi and y' ~ pi_mix for the same prompts; (2) payoff
-    ``P(y > y') - 1/2``; (3) REINFORCE on the payoff with the per-token KL to the reference in
-    the reward and the batch-mean baseline (``--baseline``); (4) log ``reward/preference``
-    (mean P(y > y')). Evaluations (:meth:`NashRun.evaluate`) play the policy against the
-    reference on held-out prompts; at the end ``report.html`` shows both (:func:`nash_section`).
-    """
-    if not 0.0 <= cfg.mixture_beta <= 1.0:
-        raise ValueError(f"--mixture-beta must be in [0, 1], got {cfg.mixture_beta}")
-    if cfg.async_generation:
-        raise ValueError("nash samples its opponents with transformers each step: "
-                         "--async-generation is not available")
-    if cfg.baseline not in ("none", "mean"):
-        raise ValueError(f"--baseline must be none or mean for Nash-MD, got {cfg.baseline!r}")
-    if preference_fn is None:  # fail before loading the policy
-        check_preference_model_path(cfg.preference_model)
-    # The payoff is computed here from the preference model, not from a scalar reward model.
-    run = NashRun(cfg, "nash", reward_fn=lambda p, t, r: [0.0] * len(t))
-    prefer = preference_fn or preference_model_fn(cfg.preference_model, run.tokenizer,
-                                                  run.device, system_prompt=run.system_prompt)
-    run.prefer = prefer
-    temperature = cfg.temperature or 1.0
-    for step in run.steps():
-        run.start_step()
-        # 1. rollouts: y from the policy, y' from the mixture ---------------------------
-        prompts = run.prompt_batch(step)
-        rollout = run.rollout(prompts)
-        prompt_ids = encode_prompts(run.tokenizer, prompts, run.system_prompt,
-                                    cfg.max_prompt_tokens)
-        was_training = run.lm.training
-        run.lm.eval()
-        opponents = sample_mixture(run.lm, run.reference.active, run.tokenizer, prompt_ids,
-                                   cfg.mixture_beta, cfg.max_new_tokens, temperature)
-        run.lm.train(was_training)
-        # 2. payoff P(y > y') and 3. advantages ------------------------------------------
-        raw = torch.as_tensor(list(prefer(rollout.prompts, rollout.texts, opponents)),
-                              dtype=torch.float32, device=run.device)  # (B,)
-        terms = RewardTerms.holistic(raw, raw - 0.5, rollout.response_mask)
-        adv, returns, rewards = reinforce_advantages(cfg, run, rollout, terms)
-        # 4. update ---------------------------------------------------------------------
-        with run.acc.autocast():
-            out = forward_response(run.model, rollout, temperature)
-            loss_pg = masked_mean(reinforce_loss(out["logprobs"], adv), rollout.response_mask)
-            entropy = entropy_from_logits(out["logits"])
-            loss = loss_pg - cfg.entropy_coef * entropy.mean()
-        run.backward(loss)
-        grad_norm = run.optimizer_step()
-        # 5. log ------------------------------------------------------------------------
-        metrics, kl_seq = run.rollout_metrics(rollout, terms, rewards)
-        metrics.update({"reward/preference": float(raw.mean()),
-                        "loss/policy": float(loss_pg.detach()),
-                        "policy/entropy": float(entropy.detach().mean()), "grad_norm": grad_norm})
-        run.end_step(metrics, rollout, kl_seq)
-    # run.steps() has saved the policy and closed metrics.jsonl.
-    if run.acc.is_main_process:
-        report = write_sections(run.out / "report.html", f"Nash-MD run: {run.out}",
-                                [nash_section(run.out)])
-        print(f"[nash] saved the policy to {run.out / 'model'}; report in {report}")
-    run.acc.wait_for_everyone()
-    return run.out / "model"
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,12 +1,12 @@
-"""What the RL trainers (PPO, REINFORCE, RLOO, GRPO) share: config, models, rewards, logging.
+"""The state of one RL run: options, models, rewards, rollouts, logging.
 
-An RL step is not a supervised step: the batch is sampled from the policy itself. Each
-algorithm therefore writes its own visible loop (``train/ppo.py``, ``train/pg.py``)::
+An RL step is not a supervised step: the batch is sampled from the policy itself. The one loop
+of every algorithm (:func:`rlhfkit.train.trainer.train_rl`) reads::
 
     for step in run.steps():                 # progress bar, resume, checkpoints
-        rollout = run.rollout(run.prompt_batch(step))     # sample + log-probs (+ values)
-        scores = run.scores(rollout)                      # RM (normalised) + penalties
-        ... rewards -> advantages -> losses ...
+        rollout = run.train_rollout(step)                 # sample + log-probs (+ values)
+        terms, extra = run.score(rollout)                 # RM (normalised) + penalties
+        ... rewards -> advantages -> losses (the algorithm's entry) ...
         run.backward(loss); run.optimizer_step()          # NaN guard, clipping, schedule
         run.end_step(metrics)                             # adaptive KL, metrics.jsonl
 
@@ -26,12 +26,14 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from torch import nn
+
+from rlhfkit.config import bounds
 
 from rlhfkit.evaluate.finegrained import fine_grained_section
 from rlhfkit.evaluate.metrics import kl_stats
@@ -195,7 +197,16 @@ class UpdateOptions:
     update_epochs: int = 1
     """Passes over each rollout batch."""
     clip_range: float = 0.2
-    """Ratio clip epsilon (REINFORCE and RLOO use it only when an update reuses samples)."""
+    """Ratio clip epsilon (the REINFORCE loss uses it only when an update reuses samples)."""
+    target_kl: float = field(default=0.0, metadata=bounds(ge=0))
+    """Stop a batch's update early once an epoch's mean per-token KL from the sampling policy
+    to the updated one (the k3 estimate, policy/approx_kl_k3) exceeds this (0 = never)."""
+    ptx_coef: float = field(default=0.0, metadata=bounds(ge=0))
+    """PPO-ptx: weight gamma of the SFT loss on --ptx-data mixed into each update (0 = off)."""
+    ptx_data: str | None = None
+    """Demonstrations for PPO-ptx (default: --data when it is task:NAME)."""
+    max_length: int = 256
+    """PPO-ptx: longest demonstration in tokens (prompt + response)."""
     tis_cap: float = 0.0
     """Truncated importance sampling (Yao et al. 2025): weight each token's policy loss by
     min(pi_trainer / pi_engine, cap) at sampling time, correcting the vLLM engine's numerical
@@ -427,7 +438,7 @@ class RLRun:
         separate critic's values.
         """
         scorer = self.acc.unwrap_model(self.model)
-        t = self.cfg.temperature or 1.0
+        t = self.cfg.temperature
         with self._autocast():
             scorer.eval()
             if not policy_logprobs:
@@ -489,7 +500,7 @@ class RLRun:
             with self._autocast():
                 rollout.extras["values"] = forward_response(
                     self.acc.unwrap_model(self.model), rollout,
-                    self.cfg.temperature or 1.0)["values"].detach()
+                    self.cfg.temperature)["values"].detach()
         return rollout
 
     def _prefetch(self, step: int) -> None:
@@ -518,6 +529,14 @@ class RLRun:
     def _wait_for_prefetch(self) -> None:
         if self._pending is not None:
             self._pending[1].join()
+
+    def score(self, rollout: Rollout) -> tuple[RewardTerms, dict[str, float]]:
+        """The reward terms of a training rollout, and metrics of the scoring itself.
+
+        Every reward source (:meth:`rewards`); a run class of an algorithm with another payoff
+        overrides it (Nash-MD's preference against an opponent).
+        """
+        return self.rewards(rollout), {}
 
     @torch.no_grad()
     def rewards(self, rollout: Rollout) -> RewardTerms:
@@ -676,12 +695,8 @@ class RLRun:
                 torch.save(head.state_dict(), self.out / "model" / "value_head.pt")
         self.run.close()
         if self.acc.is_main_process:
-            sections = [overoptimisation_section(self.out)]
-            if len(self.sources) > 1:
-                sections.append(fine_grained_section(self.out))
-            sections.append(rlvr_section(self.out))
             write_sections(self.out / "report.html", f"rlhfkit {self.stage}: {self.out}",
-                           [s for s in sections if s is not None])
+                           [s for s in self.report_sections() if s is not None])
         if self.acc.is_main_process:
             print(f"[{self.stage}] saved the policy to {self.out / 'model'}")
         self._wait_for_prefetch()
@@ -689,6 +704,14 @@ class RLRun:
             self._backend.close()
         self.acc.wait_for_everyone()
         return self.out / "model"
+
+    def report_sections(self) -> list[Section | None]:
+        """The sections of ``report.html`` (None for one with nothing to show)."""
+        sections = [overoptimisation_section(self.out)]
+        if len(self.sources) > 1:
+            sections.append(fine_grained_section(self.out))
+        sections.append(rlvr_section(self.out))
+        return sections
 
     def tis_weights(self, mb: Rollout) -> torch.Tensor | None:
         """(B, R) truncated importance weights ``min(pi_trainer / pi_engine, cap)``, or None.

@@ -192,20 +192,15 @@ def run_rlhfkit(s: Settings, clock, workdir: str) -> dict:
                   progress=False, report_to="none", temperature=1.0, top_k=0, top_p=1.0,
                   generation_backend=s.generation_backend,
                   async_generation=s.async_generation, vllm_engines=s.vllm_engines)
+    from rlhfkit.train.trainer import rl_config, train_rl
+
+    if s.algo == "ppo":
+        options = dict(reward_model=s.reward_model, critic="rm", normalize_reward=False,
+                       mini_batch_size=s.prompts_per_step, update_epochs=s.ppo_epochs)
+    else:
+        options = dict(reward_model="scorer:sentiment", num_samples=s.group_size)
     try:
-        if s.algo == "ppo":
-            from rlhfkit.train.ppo import PPOConfig, train_ppo
-
-            train_ppo(PPOConfig(reward_model=s.reward_model, critic="rm",
-                                batch_size=s.prompts_per_step,
-                                mini_batch_size=s.prompts_per_step, update_epochs=s.ppo_epochs,
-                                normalize_reward=False, **common))
-        else:
-            from rlhfkit.train.pg import ALGORITHMS, train_pg
-
-            train_pg(ALGORITHMS[s.algo].config(reward_model="scorer:sentiment",
-                              batch_size=s.prompts_per_step, num_samples=s.group_size,
-                              **common))
+        train_rl(rl_config(s.algo, batch_size=s.prompts_per_step, **options, **common))
     except Finished:
         pass
     return {**counted, "calls": calls,
@@ -243,17 +238,10 @@ def run_engine(s: Settings, clock, workdir: str) -> dict:
     from rlhfkit.rollout import SamplingConfig, encode_prompts, eos_ids_of
     from rlhfkit.train.inputs import load_prompts
     from rlhfkit.train.rl import RLRun
+    from rlhfkit.train.trainer import rl_config
 
-    if s.algo == "ppo":
-        from rlhfkit.train.ppo import PPOConfig
-
-        cfg, k = PPOConfig(model=s.model, batch_size=s.prompts_per_step), 1
-    else:
-        from rlhfkit.train.pg import ALGORITHMS
-
-        cfg = ALGORITHMS[s.algo].config(model=s.model, batch_size=s.prompts_per_step,
-                                        num_samples=s.group_size)
-        k = s.group_size
+    k = 1 if s.algo == "ppo" else s.group_size
+    cfg = rl_config(s.algo, model=s.model, batch_size=s.prompts_per_step, num_samples=k)
     cfg.data, cfg.seed, cfg.max_new_tokens = "task:reviews", s.seed, s.max_new_tokens
     cfg.temperature, cfg.top_k, cfg.top_p = 1.0, 0, 1.0
     train, _, system, _ = load_prompts(cfg)

@@ -107,10 +107,10 @@ def main() -> None:
     from rlhfkit.models.loading import load_tokenizer
     from rlhfkit.tasks import get_task
     from rlhfkit.testing import make_tiny_lm
-    from rlhfkit.train.ppo import PPOConfig, train_ppo
     from rlhfkit.train.rm import RMConfig, train_rm
     from rlhfkit.train.segment_rm import SegmentRMConfig, train_segment_rm
     from rlhfkit.train.sft import SFTConfig, train_sft
+    from rlhfkit.train.trainer import rl_config, train_rl
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -188,7 +188,7 @@ def main() -> None:
         folder = out / name
         if not (folder / "model" / "config.json").exists():
             t = time.time()
-            train_ppo(PPOConfig(**common(
+            train_rl(rl_config("ppo", **common(
                 model=str(sft), output_dir=str(folder), data="task:factqa", reward_model=spec,
                 rewards=f"rel={w:g},fact={args.fact:g},comp={args.comp:g}",
                 max_steps=args.ppo_steps, batch_size=args.batch_size, mini_batch_size=8,

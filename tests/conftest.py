@@ -44,6 +44,15 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(scope="session")
+def good_bad_policy(tmp_path_factory, tiny_lm) -> Path:
+    """The same fine-tuned policy with the reviews task's system prompt (the RL tests' policy);
+    its run root also holds ``demos.jsonl``, the demonstrations."""
+    from test_rl import train_good_bad_policy
+
+    return train_good_bad_policy(tiny_lm, tmp_path_factory.mktemp("good-bad"))
+
+
+@pytest.fixture(scope="session")
 def good_bad_sft(tmp_path_factory, tiny_lm) -> Path:
     """A tiny policy fine-tuned to answer with a random mix of "good" and "bad" (4 words).
 

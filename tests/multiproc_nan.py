@@ -8,8 +8,8 @@ import sys
 
 import torch
 
-from rlhfkit.train import pg
-from rlhfkit.train.pg import GRPOConfig, train_pg
+from rlhfkit.train import estimators
+from rlhfkit.train.trainer import rl_config, train_rl
 
 
 def good_share(prompts, texts, rollout=None):
@@ -18,7 +18,7 @@ def good_share(prompts, texts, rollout=None):
 
 if __name__ == "__main__":
     model, out = sys.argv[1], sys.argv[2]
-    grpo_loss = pg.grpo_loss
+    grpo_loss = estimators.grpo_loss
     calls = {"n": 0}
 
     def poisoned(*args, **kwargs):
@@ -28,7 +28,8 @@ if __name__ == "__main__":
             loss = loss * float("nan")
         return loss, diag
 
-    pg.grpo_loss = poisoned
-    train_pg(GRPOConfig(model=model, output_dir=out, max_steps=3, batch_size=1, num_samples=2,
-                        max_new_tokens=3, precision="fp32", progress=False, eval_prompts=0,
-                        report_to="none", gradient_checkpointing=False), reward_fn=good_share)
+    estimators.grpo_loss = poisoned
+    train_rl(rl_config("grpo", model=model, output_dir=out, max_steps=3, batch_size=1,
+                       num_samples=2, max_new_tokens=3, precision="fp32", progress=False,
+                       eval_prompts=0, report_to="none", gradient_checkpointing=False),
+             reward_fn=good_share)

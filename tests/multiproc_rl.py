@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from rlhfkit.train import rl
-from rlhfkit.train.pg import GRPOConfig, train_pg
+from rlhfkit.train.trainer import rl_config, train_rl
 
 
 def good_share(prompts, texts, rollout=None):
@@ -46,7 +46,7 @@ if __name__ == "__main__":
     rl.RLRun.rollout_metrics = spy_rollout_metrics
     rl.RLRun.finish = spy_finish
     out.mkdir(parents=True, exist_ok=True)
-    train_pg(GRPOConfig(model=model, output_dir=str(out), max_steps=3, batch_size=2,
+    train_rl(rl_config("grpo", model=model, output_dir=str(out), max_steps=3, batch_size=2,
                       num_samples=4, max_new_tokens=6, learning_rate=2e-3, precision="fp32",
                       progress=False, eval_prompts=8, kl_coef=0.04, reward_clip=0.0,
                       system_prompt=system, report_to="none", gradient_checkpointing=False),

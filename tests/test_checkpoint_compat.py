@@ -52,13 +52,13 @@ def run_stage(stage: str, model: Path, out: Path) -> Path:
 
         train_sft(SFTConfig(batch_size=4, max_length=64, **common))
     elif stage == "ppo":
-        from rlhfkit.train.ppo import PPOConfig, train_ppo
+        from rlhfkit.train.trainer import rl_config, train_rl
 
-        train_ppo(PPOConfig(batch_size=4, mini_batch_size=2, **rl))
+        train_rl(rl_config("ppo", batch_size=4, mini_batch_size=2, **rl))
     else:
-        from rlhfkit.train.pg import GRPOConfig, train_pg
+        from rlhfkit.train.trainer import rl_config, train_rl
 
-        train_pg(GRPOConfig(batch_size=2, num_samples=2, **rl))
+        train_rl(rl_config("grpo", batch_size=2, num_samples=2, **rl))
     return out / "checkpoints" / "step-0000001"
 
 

@@ -21,7 +21,8 @@ from functools import cache
 
 import pytest
 
-from rlhfkit.cli.main import COMMANDS
+from rlhfkit.cli.main import COMMANDS, hidden_options
+from rlhfkit.train.algorithms import ALGORITHMS
 
 
 @cache
@@ -271,34 +272,62 @@ def _table(module: str, name: str) -> list[ast.AST]:
     return []
 
 
-def entry_points(command) -> list[tuple[str, ast.AST]]:
-    """The run function, and for a policy-gradient algorithm its table entry's functions.
+def algorithms_of(command) -> list:
+    """The registry entries an RL command can run: its own, or all of them for ``rl``."""
+    if "algo" in command.fixed:
+        return [ALGORITHMS[command.fixed["algo"]]]
+    return list(ALGORITHMS.values()) if command.run.endswith(":train_rl") else []
 
-    ``rlhfkit.train.pg.train_pg`` calls ``algo.advantages`` and ``algo.loss`` through the
-    :data:`~rlhfkit.train.pg.ALGORITHMS` entry of the command: those are followed as given.
-    """
-    from rlhfkit.train.pg import ALGORITHMS
 
-    module, _, fn_name = command.run.partition(":")
-    points = [(module, _top(module, fn_name))]
-    if command.name in ALGORITHMS:
-        algo = ALGORITHMS[command.name]
-        for fn in (algo.advantages, algo.loss):
-            points.append((fn.__module__, _top(fn.__module__, fn.__name__)))
-    return points
+class Recorder:
+    """Stands in for a config and records the options read off it (an entry's ``value``)."""
+
+    def __init__(self) -> None:
+        self.names: set[str] = set()
+
+    def __getattr__(self, name: str):
+        self.names.add(name)
+        return None
 
 
 def fields_read(command) -> set[str]:
+    """What the run function reads, and for an RL command what its algorithms read.
+
+    ``train_rl`` runs an algorithm through its registry entry: its estimator and policy loss
+    get the config as ``batch.cfg`` / ``update.cfg``, its run class (``algo.run_type()``) and
+    its ``value`` function get it directly. Those are followed as given.
+    """
     reads = Reads()
-    for module, fn in entry_points(command):
-        reads.function(module, fn, {fn.args.args[0].arg: {()}})
+    module, _, fn_name = command.run.partition(":")
+    fn = _top(module, fn_name)
+    names = {fn.args.args[0].arg: {()}}
+    algorithms = algorithms_of(command)
+    if algorithms:  # train_rl's ``run`` is made by the entry's run class: it holds run.cfg
+        names["run"] = {("cfg",)}
+    reads.function(module, fn, names)
+    for algo in algorithms:
+        for f in (algo.advantage_fn(), algo.loss_fn()):
+            node = _top(f.__module__, f.__name__)
+            reads.function(f.__module__, node, {node.args.args[0].arg: {("cfg",)}})
+        run_cls = algo.run_type()
+        cls_node = _top(run_cls.__module__, run_cls.__name__)
+        for mod, klass in _class_chain(run_cls.__module__, cls_node):  # super().__init__ too
+            init = next((n for n in klass.body if isinstance(n, ast.FunctionDef)
+                         and n.name == "__init__"), None)
+            if init is not None:
+                reads.function(mod, init, {"cfg": {()}}, (run_cls.__module__, cls_node))
+        reads.hold((run_cls.__module__, cls_node), {("cfg",)})  # its methods read self.cfg
+        recorder = Recorder()
+        algo.value(recorder)
+        reads.fields |= recorder.names
     return reads.fields
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: c.name)
 def test_every_option_of_a_command_is_read_by_it(command):
     cls = command.load("config")
-    unread = sorted({f.name for f in dataclasses.fields(cls)} - fields_read(command))
+    shown = {f.name for f in dataclasses.fields(cls)} - set(hidden_options(command))
+    unread = sorted(shown - fields_read(command))
     assert not unread, (f"rlhfkit {command.name} shows options its code never reads: "
                         f"{', '.join(unread)}")
 

@@ -231,18 +231,18 @@ def make_env():
 
 
 def test_reinforce_raises_the_reward_of_two_turn_episodes(good_bad_sft, tmp_path):
-    from rlhfkit.train.pg import ALGORITHMS, train_pg
+    from rlhfkit.train.trainer import rl_config, train_rl
 
     env = tmp_path / "good_env.py"
     env.write_text(Path(__file__).read_text())  # this module: make_env is the factory
     out = tmp_path / "reinforce"
-    cfg = ALGORITHMS["reinforce"].config(
+    cfg = rl_config("reinforce",
         model=str(good_bad_sft), output_dir=str(out), data="task:reviews", max_steps=8,
         batch_size=8, max_new_tokens=5, learning_rate=2e-3, precision="fp32", progress=False,
         eval_prompts=8, kl_coef=0.01, reward_clip=0.0, report_to="none",
         gradient_checkpointing=False, environment=f"py:{env}:make_env", max_turns=2,
         reward_model="env", gold="none", generation_backend="hf")
-    train_pg(cfg)
+    train_rl(cfg)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in rows if "reward/score" in r]
     # a turn cut at --max-new-tokens ends its episode; the others get the follow-up

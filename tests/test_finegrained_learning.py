@@ -88,10 +88,10 @@ def test_segment_rm_accuracy_rises(segment_rm):
 def test_ppo_with_a_segment_source_raises_its_reward(toy, segment_rm):
     """PPO against the segment RM (a +-1 reward after each sentence) and a holistic scorer:
     the per-segment reward rises, the KL stays bounded, and report.html shows both sources."""
-    from rlhfkit.train.ppo import PPOConfig, train_ppo
+    from rlhfkit.train.trainer import rl_config, train_rl
 
     out = toy / "ppo"
-    train_ppo(PPOConfig(
+    train_rl(rl_config("ppo",
         model=str(toy / "sft" / "model"), output_dir=str(out), data="task:reviews",
         reward_model=f"fact={segment_rm / 'model'},sent=scorer:sentiment",
         rewards="fact=1,sent=0.5", max_steps=5, batch_size=8, mini_batch_size=4,

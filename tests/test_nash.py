@@ -158,6 +158,7 @@ def test_sample_mixture_beta_one_is_the_reference(tiny_lm, tokenizer):
 
     from transformers import AutoModelForCausalLM
 
+    from rlhfkit.rollout import SamplingConfig
     from rlhfkit.train.nash import sample_mixture
 
     ref = AutoModelForCausalLM.from_pretrained(str(tiny_lm)).eval()
@@ -170,9 +171,9 @@ def test_sample_mixture_beta_one_is_the_reference(tiny_lm, tokenizer):
 
     prompts = [tokenizer.encode("Hello"), tokenizer.encode("Hi there, friend")]
     torch.manual_seed(0)
-    a = sample_mixture(other, reference, tokenizer, prompts, 1.0, 3)
+    a = sample_mixture(other, reference, tokenizer, prompts, 1.0, SamplingConfig(3))
     torch.manual_seed(0)
-    b = sample_mixture(ref, reference, tokenizer, prompts, 1.0, 3)
+    b = sample_mixture(ref, reference, tokenizer, prompts, 1.0, SamplingConfig(3))
     assert a == b and len(a) == 2
 
 
@@ -185,7 +186,7 @@ def test_sample_mixture_kv_cache_matches_the_plain_version(tiny_lm, tokenizer):
 
     from transformers import AutoModelForCausalLM
 
-    from rlhfkit.rollout import eos_ids_of
+    from rlhfkit.rollout import SamplingConfig, eos_ids_of
     from rlhfkit.train.nash import sample_mixture
 
     ref = AutoModelForCausalLM.from_pretrained(str(tiny_lm)).eval()
@@ -216,8 +217,8 @@ def test_sample_mixture_kv_cache_matches_the_plain_version(tiny_lm, tokenizer):
     outs = []
     for use_cache in (True, False):
         torch.manual_seed(0)
-        outs.append(sample_mixture(policy, reference, tokenizer, prompts, 0.3, 12,
-                                   use_cache=use_cache))
+        outs.append(sample_mixture(policy, reference, tokenizer, prompts, 0.3,
+                                   SamplingConfig(12), use_cache=use_cache))
     assert outs[0] == outs[1]
     lengths = {len(tokenizer.encode(t)) for t in outs[0]}
     assert len(lengths) > 1, outs[0]  # rows did end at different steps
@@ -248,7 +249,7 @@ def test_nash_section_from_a_metrics_file(tmp_path):
 
 
 # The SFT "good"/"bad" policy of the RL tests (a session fixture, trained once).
-from test_rl import SYSTEM, good_bad_policy, good_share  # noqa: E402, F401
+from test_rl import SYSTEM, good_share  # noqa: E402
 
 
 def test_nash_md_lm_learns_from_a_preference(tmp_path, good_bad_policy):  # noqa: F811
@@ -257,11 +258,11 @@ def test_nash_md_lm_learns_from_a_preference(tmp_path, good_bad_policy):  # noqa
     from rlhfkit.models.loading import load_causal_lm, load_tokenizer
     from rlhfkit.rollout import SamplingConfig, sample
     from rlhfkit.tasks import get_task
-    from rlhfkit.train.nash import NashConfig, train_nash
+    from rlhfkit.train.trainer import rl_config, train_rl
     def prefer(prompts, ys, ys_opp):
         return [0.5 + (a - b) / 2 for a, b in zip(good_share(prompts, ys), good_share(prompts, ys_opp))]
 
-    out = train_nash(NashConfig(
+    out = train_rl(rl_config("nash",
         model=str(good_bad_policy), output_dir=str(tmp_path / "nash"), max_steps=5, batch_size=8,
         max_new_tokens=5, learning_rate=4e-3, precision="fp32", progress=False, eval_prompts=16,
         eval_every=5, kl_coef=0.01, system_prompt=SYSTEM, report_to="none",
@@ -285,5 +286,8 @@ def test_nash_md_lm_learns_from_a_preference(tmp_path, good_bad_policy):  # noqa
     assert evals[0]["eval/gold_ref"] == evals[1]["eval/gold_ref"]
     assert evals[1]["eval/win_rate"] > evals[0]["eval/win_rate"] + 0.02, evals
     report = (tmp_path / "nash" / "report.html").read_text()
-    assert "<h2>Nash learning from human feedback</h2>" in report
-    assert report.count("data:image/png;base64,") == 2
+    # The Nash-MD section (its run and the tabular picture: two figures) comes first, then the
+    # sections every RL run has (over-optimisation: two more).
+    assert report.index("<h2>Nash learning from human feedback</h2>") < \
+        report.index("<h2>Over-optimisation</h2>")
+    assert report.count("data:image/png;base64,") == 4

@@ -51,12 +51,6 @@ def train_good_bad_policy(model: Path, root: Path, system_prompt: str | None = S
         lr_scheduler="constant", report_to="none", gradient_checkpointing=False))
 
 
-@pytest.fixture(scope="session")
-def good_bad_policy(tmp_path_factory, tiny_lm):
-    """SFT policy folder; its run root also holds ``demos.jsonl``, the demonstrations."""
-    return train_good_bad_policy(tiny_lm, tmp_path_factory.mktemp("good-bad"))
-
-
 def demos_of(policy: Path) -> Path:
     return policy.parent.parent / "demos.jsonl"
 
@@ -85,17 +79,16 @@ PG_EXTRA = {
 
 def run_named(name: str, policy: Path, out: Path) -> Path:
     """Train the run called ``name``; returns its run folder."""
-    from rlhfkit.train.pg import ALGORITHMS, train_pg
-    from rlhfkit.train.ppo import PPOConfig, train_ppo
+    from rlhfkit.train.trainer import rl_config, train_rl
 
     if name == "ppo":
-        train_ppo(PPOConfig(**ppo_kwargs(policy, out)), reward_fn=good_share)
+        train_rl(rl_config("ppo", **ppo_kwargs(policy, out)), reward_fn=good_share)
     elif name == "ppo-ptx":
-        train_ppo(PPOConfig(**ppo_kwargs(policy, out, ptx_coef=1.0,
+        train_rl(rl_config("ppo", **ppo_kwargs(policy, out, ptx_coef=1.0,
                                          ptx_data=str(demos_of(policy)))),
                   reward_fn=good_share)
     else:
-        train_pg(ALGORITHMS[name].config(**rl_common(policy, out, **PG_EXTRA[name])),
+        train_rl(rl_config(name, **rl_common(policy, out, **PG_EXTRA[name])),
                  reward_fn=good_share)
     return out
 
@@ -179,8 +172,8 @@ def test_policy_gradient_methods_learn(rl_runs, algo):
 def test_ppo_with_a_critic_initialised_from_the_reward_model(good_bad_policy, tmp_path):
     """--critic rm: a reward model trained to prefer "good" words is both the reward and the
     critic's starting point; the policy learns against it and the critic's weights move."""
-    from rlhfkit.train.ppo import PPOConfig, train_ppo
     from rlhfkit.train.rm import RMConfig, train_rm
+    from rlhfkit.train.trainer import rl_config, train_rl
 
     rng = random.Random(1)
 
@@ -199,7 +192,7 @@ def test_ppo_with_a_critic_initialised_from_the_reward_model(good_bad_policy, tm
                            eval_fraction=0.0, system_prompt=SYSTEM, warmup_ratio=0.0,
                            lr_scheduler="constant", report_to="none", gradient_checkpointing=False))
     out = tmp_path / "ppo"
-    train_ppo(PPOConfig(**ppo_kwargs(good_bad_policy, out, critic="rm", reward_model=str(rm),
+    train_rl(rl_config("ppo", **ppo_kwargs(good_bad_policy, out, critic="rm", reward_model=str(rm),
                                      max_steps=4, save_every=2, reward_clip=5.0)))
     train, evals = read_metrics(out)
     assert evals[-1]["eval/reward"] > train[0]["reward/score"] + 0.3, (train, evals)

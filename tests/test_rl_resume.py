@@ -20,7 +20,7 @@ def n_words(prompts, texts, rollout=None):
 
 
 def ppo_cfg(tiny_lm: Path, out: Path, **kw):
-    from rlhfkit.train.ppo import PPOConfig
+    from rlhfkit.train.trainer import rl_config
 
     base = dict(model=str(tiny_lm), output_dir=str(out), max_steps=4, batch_size=4,
                 mini_batch_size=2, update_epochs=2, max_new_tokens=3, learning_rate=1e-3,
@@ -28,20 +28,20 @@ def ppo_cfg(tiny_lm: Path, out: Path, **kw):
                 system_prompt=get_task("reviews").system_prompt, report_to="none",
                 gradient_checkpointing=False)
     base.update(kw)
-    return PPOConfig(**base)
+    return rl_config("ppo", **base)
 
 
 def test_resumed_ppo_matches_uninterrupted_run(tiny_lm, tmp_path):
-    from rlhfkit.train.ppo import train_ppo
+    from rlhfkit.train.trainer import train_rl
 
-    full = train_ppo(ppo_cfg(tiny_lm, tmp_path / "full", save_every=2), reward_fn=n_words)
+    full = train_rl(ppo_cfg(tiny_lm, tmp_path / "full", save_every=2), reward_fn=n_words)
     checkpoint = tmp_path / "full" / "checkpoints" / "step-0000002"
     assert checkpoint.exists()
     # A run that "stopped" after step 2: a new folder holding only that checkpoint, resumed.
     part = tmp_path / "part"
     (part / "checkpoints").mkdir(parents=True)
     os.symlink(checkpoint, part / "checkpoints" / checkpoint.name)
-    resumed = train_ppo(ppo_cfg(tiny_lm, part, resume=True), reward_fn=n_words)
+    resumed = train_rl(ppo_cfg(tiny_lm, part, resume=True), reward_fn=n_words)
     a, b = load_file(str(full / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
     assert a.keys() == b.keys()
     worst = max((a[k] - b[k]).abs().max().item() for k in a)

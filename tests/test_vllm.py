@@ -134,11 +134,11 @@ def wide_good_bad_policy(tmp_path_factory, wide_lm):
 def test_grpo_on_the_vllm_backend_learns(wide_good_bad_policy, tmp_path):
     """The tiny-model GRPO test of test_rl.py, sampling on vLLM: the reward rises, the KL
     stays bounded, and the trainer logs the gap to the engine's log-probs."""
-    from rlhfkit.train.pg import GRPOConfig, train_pg
+    from rlhfkit.train.trainer import rl_config, train_rl
     from test_rl import assert_learned, good_share, read_metrics, rl_common
 
     out = tmp_path / "grpo-vllm"
-    train_pg(GRPOConfig(**rl_common(wide_good_bad_policy, out, num_samples=4, batch_size=2,
+    train_rl(rl_config("grpo", **rl_common(wide_good_bad_policy, out, num_samples=4, batch_size=2,
                                     kl_coef=0.04, generation_backend="vllm", tis_cap=2.0)),
              reward_fn=good_share)
     assert_learned(out, min_gain=0.1)
@@ -175,8 +175,8 @@ def test_two_engine_processes_share_the_prompts_and_follow_the_weights(wide_lm, 
 def test_async_generation_overlaps_and_still_learns(wide_good_bad_policy, tmp_path):
     """--async-generation: batch s + 1 is sampled while the trainer updates on batch s; the
     update's ratio is taken against the engine's log-probs; GRPO still learns."""
-    from rlhfkit.train.pg import GRPOConfig, train_pg
     from rlhfkit.train.rl import RLRun
+    from rlhfkit.train.trainer import rl_config, train_rl
     from test_rl import assert_learned, good_share, read_metrics, rl_common
 
     sampled_with: list[tuple[int, int]] = []  # (step being prefetched, policy version then)
@@ -189,7 +189,7 @@ def test_async_generation_overlaps_and_still_learns(wide_good_bad_policy, tmp_pa
     RLRun._prefetch = spy
     try:
         out = tmp_path / "grpo-async"
-        train_pg(GRPOConfig(**rl_common(wide_good_bad_policy, out, num_samples=4, batch_size=2,
+        train_rl(rl_config("grpo", **rl_common(wide_good_bad_policy, out, num_samples=4, batch_size=2,
                                         kl_coef=0.04, generation_backend="vllm",
                                         async_generation=True)), reward_fn=good_share)
     finally:
@@ -203,11 +203,11 @@ def test_async_generation_overlaps_and_still_learns(wide_good_bad_policy, tmp_pa
 
 def test_async_generation_on_transformers_is_refused(tiny_lm, tmp_path):
     from rlhfkit.train.loop import TrainingError
-    from rlhfkit.train.pg import GRPOConfig, train_pg
+    from rlhfkit.train.trainer import rl_config, train_rl
     from test_rl import good_share, rl_common
 
     with pytest.raises(TrainingError, match="needs a vLLM backend"):
-        train_pg(GRPOConfig(**rl_common(tiny_lm, tmp_path / "x", num_samples=2,
+        train_rl(rl_config("grpo", **rl_common(tiny_lm, tmp_path / "x", num_samples=2,
                                         batch_size=2, generation_backend="hf",
                                         async_generation=True, max_steps=1)),
                  reward_fn=good_share)
@@ -220,13 +220,13 @@ def test_grpo_on_a_local_ray_cluster_with_one_trainer_and_one_engine_actor(wide_
     actor runs GRPO against it, syncing weights over gloo; the run finishes and saves."""
     import ray
 
-    from rlhfkit.train.pg import GRPOConfig, train_pg
+    from rlhfkit.train.trainer import rl_config, train_rl
     from test_rl import read_metrics, rl_common
 
     out = tmp_path / "grpo-ray"
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        saved = train_pg(GRPOConfig(**rl_common(
+        saved = train_rl(rl_config("grpo", **rl_common(
             wide_good_bad_policy, out, num_samples=2, batch_size=2, max_steps=2, eval_prompts=2,
             reward_model="scorer:sentiment", ray="auto", ray_trainers=1, ray_engines=1)))
     finally:

@@ -32,12 +32,13 @@ from rlhfkit.rollout import (
     generate_responses,
 )
 from rlhfkit.tasks import get_task
+from rlhfkit.train.algorithms import reward_algorithm
 from rlhfkit.train.dpo import DPOConfig, train_dpo
 from rlhfkit.train.evaluation import compare_with_sft
 from rlhfkit.train.iterate import IterateConfig, run_iterate, sft_mean_length
 from rlhfkit.train.rm import RMConfig, train_rm
 from rlhfkit.train.sft import SFTConfig, train_sft
-from rlhfkit.train.trainer import reward_algorithm, rl_config, train_rl
+from rlhfkit.train.trainer import rl_config, train_rl
 
 
 @dataclass

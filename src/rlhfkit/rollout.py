@@ -118,7 +118,7 @@ class GenerationBackend(Protocol):
 class HFBackend:
     """Batched sampling with transformers' ``generate``: left padding and a KV cache.
 
-    When every prompt comes k times in a row (k samples per prompt, as RLOO and GRPO ask for),
+    When every prompt comes k times in a row (k samples per prompt, as the group baselines ask for),
     the prompts are run through the model once each and their KV cache is repeated k times
     before decoding, instead of prefilling every copy (``share_prompts``).
 
@@ -287,6 +287,32 @@ class Rollout:
             else:
                 values[f.name] = v
         return Rollout(**values)
+
+    def trimmed(self) -> Rollout:
+        """The same rows without the columns that are padding in every one of them.
+
+        A micro-batch of short sequences then runs a forward as narrow as its longest: the
+        leading prompt columns no row uses and the trailing response columns after every
+        row's end go (positions count real tokens, so no token's position changes). Per-token
+        (B, R) tensors, ``extras`` included, lose the same response columns.
+        """
+        width, resp = self.prompt_width, self.response_mask.shape[1]
+        used = self.attention_mask[:, :width].bool().any(0)
+        first = int(used.int().argmax()) if bool(used.any()) else width
+        ends = self.response_mask.bool().any(0).nonzero()
+        keep = int(ends.max()) + 1 if ends.numel() else 0
+        if first == 0 and keep == resp:
+            return self
+
+        def cut(x: Any) -> Any:
+            if not torch.is_tensor(x) or x.dim() != 2:
+                return x
+            if x.shape[1] == width + resp:
+                return x[:, first:width + keep]
+            return x[:, :keep] if x.shape[1] == resp else x
+
+        values = {f.name: cut(getattr(self, f.name)) for f in fields(self) if f.name != "extras"}
+        return Rollout(**values, extras={k: cut(v) for k, v in self.extras.items()})
 
     def to(self, device: torch.device | str) -> Rollout:
         """The same rollout with every tensor on ``device``."""

@@ -67,16 +67,13 @@ COMMANDS: list[Command] = [
     _stage("self-improve", "Self-improvement without labels: sample k reasoning paths, keep "
            "those that agree with the majority vote (or match the reference: STaR), fine-tune, "
            "repeat", "train.self_improve", "SelfImproveConfig", "run_self_improve"),
-    _stage("nash", "Nash-MD: play against a mixture of the policy and the reference, payoff "
-           "from a pairwise preference model (Munos et al. 2023)", "train.nash", "NashConfig",
-           "train_nash"),
     _stage("engine", "A vLLM generation engine for RL stages on other processes or machines "
            "(--vllm-engines HOST:PORT; the auth key in RLHFKIT_ENGINE_KEY)", "engines.remote",
            "EngineConfig", "serve_engine"),
     _stage("iterate", "Iterative RLHF: sample from the current policy, label, refit the reward "
            "model, RL again, for several rounds", "train.iterate", "IterateConfig", "run_iterate"),
-    _stage("frontier", "The reward-KL frontier: gold reward against KL to SFT for PPO, GRPO, "
-           "RLOO, DPO, IPO and best-of-N over a sweep of strengths", "experiments.frontier",
+    _stage("frontier", "The reward-KL frontier: gold reward against KL to SFT for the RL "
+           "algorithms, DPO, IPO and best-of-N over a sweep of strengths", "experiments.frontier",
            "FrontierConfig", "run_frontier"),
     _stage("demo", "Run the whole loop on the default model and write a report", "pipeline",
            "DemoConfig", "run_demo"),
@@ -101,6 +98,7 @@ def rl_commands() -> list[Command]:
 _AT = next(i for i, c in enumerate(COMMANDS) if c.name == "best-of-n")
 COMMANDS[_AT:_AT] = rl_commands()  # Step 3 before best-of-n in the listing
 BY_NAME = {c.name: c for c in COMMANDS}
+assert len(BY_NAME) == len(COMMANDS), "two commands of one name"
 LABEL_HELP = "the feedback web app and its store (rlhfkit label --help)"
 
 

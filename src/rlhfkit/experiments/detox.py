@@ -51,8 +51,8 @@ from rlhfkit.models.policy import SelectiveLM
 from rlhfkit.rollout import HFBackend, ReferencePolicy, SamplingConfig, sample
 from rlhfkit.segments import split_segments
 from rlhfkit.tasks import get_task
-from rlhfkit.train.trainer import rl_config, train_rl
 from rlhfkit.train.sft import SFTConfig, train_sft
+from rlhfkit.train.trainer import rl_config, train_rl
 
 METHODS = {"holistic": "scorer:non-toxic", "fine-grained": "segment-gain:non-toxic",
            "fine-grained-wu": "segment-gain:toxicity:-1"}

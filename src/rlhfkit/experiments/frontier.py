@@ -24,10 +24,11 @@ from typing import Any, Literal
 
 from rlhfkit import config as cfglib
 from rlhfkit.evaluate.report import Section, figure_html, table_html, write_sections
+from rlhfkit.train.algorithms import reward_algorithm, reward_algorithms
 from rlhfkit.train.dpo import DPOConfig, train_dpo
 from rlhfkit.train.evaluation import compare_with_sft
 from rlhfkit.train.loop import claim_output_dir
-from rlhfkit.train.trainer import reward_algorithm, reward_algorithms, rl_config, train_rl
+from rlhfkit.train.trainer import rl_config, train_rl
 
 DIRECT = ("dpo", "ipo")
 

@@ -375,7 +375,7 @@ class FactQATask(Task):
         k: Answers per ranking (2..9).
         labeler_temperature: Bradley–Terry temperature of the completeness ranker, in
             completeness units ([0, 1]).
-        miss_rate: Chance the span labeler overlooks an error (a segment left unmarked).
+        miss_rate: Chance the span labeler misses an error (a segment left unmarked).
         false_rate: Chance it marks a correct sub-sentence as irrelevant.
         seed: Seed for the villages, the split, the answers and the labelers.
     """

@@ -128,6 +128,15 @@ def no_value(cfg: Any) -> str | None:
     return None
 
 
+def token_average(cfg: Any) -> str:
+    """A loss that is a mean over the tokens of its batch (a masked mean)."""
+    return "token"
+
+
+GRPO_AVERAGES = {"bnpo": "token", "grpo": "sequence", "dr_grpo": "sequence", "dapo": "sum"}
+"""How each ``--loss-type`` of GRPO averages over the batch it is given."""
+
+
 @dataclass(frozen=True)
 class Algorithm:
     """One on-policy RL algorithm: an advantage estimator, a policy loss and what they need.
@@ -150,6 +159,10 @@ class Algorithm:
     """True: ``-beta * k1`` is part of every token's reward (PPO, REINFORCE, RLOO); False: the
     loss holds the KL term itself (GRPO)."""
     value: ValueFn = no_value
+    loss_average: Callable[[Any], str] = token_average
+    """``(options) -> "token" | "sequence" | "sum"``: how the policy loss averages over the
+    batch it is given (a token mean, a mean of per-sequence values, or a sum over a fixed
+    normaliser), so that micro-batches weigh into exactly the mini-batch's loss."""
     payoff: str = "reward"
     """What it optimises: reward (the run's reward sources: a reward model, a scorer, a
     plug-in) or preference (a pairwise preference model, Nash-MD)."""
@@ -271,9 +284,13 @@ def algorithm_specific_options() -> list[str]:
 
 
 def reward_algorithms() -> list[str]:
-    """The registered algorithms that optimise the run's reward sources (the demo's, iterate's
-    and the frontier's choices)."""
-    return [name for name, a in ALGORITHMS.items() if a.payoff == "reward"]
+    """The built-in algorithms that optimise the run's reward sources.
+
+    They are the choices of the demo, of iterate and of the frontier (which take a user's
+    algorithm as ``py:FILE.py:NAME`` too).
+    """
+    return [name for name, a in ALGORITHMS.items()
+            if a.payoff == "reward" and a.source == "rlhfkit"]
 
 
 def reward_algorithm(spec: str, option: str = "--algo") -> Algorithm:
@@ -282,7 +299,7 @@ def reward_algorithm(spec: str, option: str = "--algo") -> Algorithm:
     Raises:
         ConfigError: For an unknown name, or an algorithm with another payoff (Nash-MD).
     """
-    algo = get_algorithm(spec)
+    algo = get_algorithm(spec, option)
     if algo.payoff != "reward":
         raise ConfigError(f"{option} {spec}: {algo.name} plays against a {algo.payoff} model, "
                           f"which this command does not train; choose one of "
@@ -295,7 +312,7 @@ def reward_algorithm(spec: str, option: str = "--algo") -> Algorithm:
 # ---------------------------------------------------------------------------------------------
 
 
-def get_algorithm(spec: str) -> Algorithm:
+def get_algorithm(spec: str, option: str = "--algo") -> Algorithm:
     """The algorithm of ``--algo``: a registered name or ``py:FILE.py:NAME``.
 
     ``py:FILE.py:NAME`` imports FILE.py (once), then takes, in this order, the algorithm it
@@ -310,14 +327,14 @@ def get_algorithm(spec: str) -> Algorithm:
     spec = spec.strip()
     if not spec.startswith("py:"):
         if spec not in ALGORITHMS:
-            raise ConfigError(f"--algo: no algorithm named {spec!r}; the algorithms are "
+            raise ConfigError(f"{option}: no algorithm named {spec!r}; the algorithms are "
                               f"{', '.join(ALGORITHMS)}, or py:FILE.py:NAME for your own")
         return ALGORITHMS[spec]
     path_text, sep, name = spec[3:].rpartition(":")
     if not sep or not path_text or not name:
-        raise ConfigError(f"--algo {spec!r}: expected py:FILE.py:NAME")
+        raise ConfigError(f"{option} {spec!r}: expected py:FILE.py:NAME")
     path = Path(path_text).expanduser().resolve()
-    _import_file(path, spec)
+    _import_file(path, spec, option)
     key = str(path)
     registered_here = {k for k, v in _REGISTERED_FROM.items() if Path(v).resolve() == path}
     if f"algorithm:{name}" in registered_here:
@@ -329,33 +346,33 @@ def get_algorithm(spec: str) -> Algorithm:
                          min_samples=2, kl_in_reward=False, defaults=ALGORITHMS["grpo"].defaults,
                          source=key)
     names = sorted(k.partition(":")[2] for k in registered_here)
-    raise ConfigError(f"--algo {spec!r}: {path_text} registers no algorithm, advantage "
+    raise ConfigError(f"{option} {spec!r}: {path_text} registers no algorithm, advantage "
                       f"estimator or policy loss named {name!r}"
                       + (f" (it registers {', '.join(names)})" if names else
                          " (it registers nothing: use register_algorithm, register_advantage "
                          "or register_policy_loss from rlhfkit.train.algorithms)"))
 
 
-def _import_file(path: Path, spec: str) -> None:
+def _import_file(path: Path, spec: str, option: str) -> None:
     """Run a user's algorithm file once (its decorators fill the registry)."""
     if not path.is_file():
-        raise ConfigError(f"--algo {spec!r}: no file {path}")
+        raise ConfigError(f"{option} {spec!r}: no file {path}")
     module_name = "rlhfkit_user_algo_" + hashlib.sha1(str(path).encode()).hexdigest()[:12]
     if module_name in sys.modules:
         return
     loader_spec = importlib.util.spec_from_file_location(module_name, path)
     if loader_spec is None or loader_spec.loader is None:
-        raise ConfigError(f"--algo {spec!r}: {path} is not a Python file")
+        raise ConfigError(f"{option} {spec!r}: {path} is not a Python file")
     module = importlib.util.module_from_spec(loader_spec)
     sys.modules[module_name] = module
     try:
         loader_spec.loader.exec_module(module)
     except ConfigError as err:
         del sys.modules[module_name]
-        raise ConfigError(f"--algo {spec!r}: {err}") from None
+        raise ConfigError(f"{option} {spec!r}: {err}") from None
     except Exception as err:  # noqa: BLE001 - the user's code: one line naming the file
         del sys.modules[module_name]
-        raise ConfigError(f"--algo {spec!r}: importing {path} failed: "
+        raise ConfigError(f"{option} {spec!r}: importing {path} failed: "
                           f"{type(err).__name__}: {err}") from err
 
 
@@ -415,7 +432,7 @@ register_algorithm(
 register_algorithm(
     "grpo", advantages="grpo", loss="grpo", min_samples=2, kl_in_reward=False,
     help="Step 3: GRPO (group-normalised advantages, clipped ratio, KL loss)",
-    defaults={**GROUPS, "kl_coef": 0.04},
+    defaults={**GROUPS, "kl_coef": 0.04}, loss_average=lambda cfg: GRPO_AVERAGES[cfg.loss_type],
     reads=("clip_range_high", "scale_advantages", "loss_type", "importance_level", *DAPO))
 register_algorithm(
     "nash", advantages="reinforce", loss="reinforce", run_class="rlhfkit.train.nash:NashRun",

@@ -16,7 +16,7 @@ policy loss, the KL penalty and the KL metrics only ever see the policy's own to
 attention mask keeps the environment's tokens in every later token's context. The reward of a
 turn lands on that turn's last token (``extras["env_rewards"]``, read by the ``env`` reward
 source), so PPO and REINFORCE credit each turn's reward to the tokens before it, as they credit
-the rewards after each segment of fine-grained RLHF; GRPO and RLOO use the episode's sum.
+the rewards after each segment of fine-grained RLHF; the group baselines use the episode's sum.
 
 Extras per episode: ``turns`` (model turns), ``message_roles`` (where each environment
 message went: ``tool``, inside the model's turn, or ``user``, a new turn of the chat

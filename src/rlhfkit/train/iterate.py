@@ -48,10 +48,11 @@ from rlhfkit.models.loading import load_tokenizer
 from rlhfkit.models.reward import RewardModel
 from rlhfkit.rollout import generate_responses
 from rlhfkit.tasks import get_task
+from rlhfkit.train.algorithms import reward_algorithm
 from rlhfkit.train.evaluation import compare_with_sft
 from rlhfkit.train.loop import TrainingError, claim_output_dir
 from rlhfkit.train.rm import RMConfig, train_rm
-from rlhfkit.train.trainer import reward_algorithm, rl_config, train_rl
+from rlhfkit.train.trainer import rl_config, train_rl
 
 LABELERS = ("task", "app")
 """Besides ``judge:MODEL``."""

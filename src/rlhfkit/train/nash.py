@@ -298,14 +298,14 @@ def preference_model_fn(path: str, tokenizer: Any, device: torch.device,
 
 
 class NashRun(RLRun):
-    """:class:`RLRun` of Nash-MD: each batch is scored against an opponent, evaluation against
-    the reference.
+    """:class:`RLRun` of Nash-MD: each batch is scored against an opponent.
 
     Scoring (:meth:`score`) samples one opponent response per prompt from the token-level
     mixture of policy and reference and takes the payoff ``P(y > y') - 1/2`` from the
     preference function. Evaluation samples one response per held-out prompt from the policy
     and compares it with one sample of the reference, drawn once and kept (the reference does
-    not change), so the curve of ``eval/win_rate`` is not blurred by fresh reference noise.
+    not change), so the curve of ``eval/win_rate`` is not blurred by fresh reference noise at
+    every evaluation.
 
     Args:
         cfg: The run's options (with :class:`NashOptions`).

@@ -118,6 +118,13 @@ class OnlineDPOConfig(TrainConfig, DPOOptions):
     epochs: float = 1.0
     """Passes over each round's new groups (ignored when --max-steps > 0: steps per round)."""
 
+    def check(self) -> None:
+        """Rules between options, checked before any model loads."""
+        if self.temperature <= 0:
+            raise cfglib.ConfigError("--temperature must be > 0 for online DPO: at 0 every "
+                                     "response to a prompt is the same and no pair is left "
+                                     "to label")
+
 
 class Labeler(Protocol):
     """Anything that ranks K responses per prompt (SimulatedLabeler, AIJudge, a reward model)."""

@@ -34,7 +34,6 @@ import torch
 from torch import nn
 
 from rlhfkit.config import bounds
-
 from rlhfkit.evaluate.finegrained import fine_grained_section
 from rlhfkit.evaluate.metrics import kl_stats
 from rlhfkit.evaluate.overoptimisation import overoptimisation_section
@@ -60,6 +59,7 @@ from rlhfkit.rollout import (
 from rlhfkit.train.episodes import build_environment, episode_budget, episode_metrics, run_episodes
 from rlhfkit.train.inputs import build_gold, load_prompts, reward_sources
 from rlhfkit.train.loop import ModelOptions, OptimOptions, Run, RunOptions, TrainingError
+from rlhfkit.train.microbatch import plan_by_size, plan_by_tokens
 from rlhfkit.train.sft import build_policy
 
 RewardFn = Callable[[list[Any], list[str], Rollout], Sequence[float]]
@@ -207,6 +207,14 @@ class UpdateOptions:
     """Demonstrations for PPO-ptx (default: --data when it is task:NAME)."""
     max_length: int = 256
     """PPO-ptx: longest demonstration in tokens (prompt + response)."""
+    micro_batch_size: int = field(default=0, metadata=bounds(ge=0))
+    """Sequences per forward/backward: each mini-batch's gradients accumulate over its
+    micro-batches into one optimizer step, the loss unchanged; the reference, old-policy,
+    value and reward passes use the same cut (0 = a mini-batch at once)."""
+    micro_batch_tokens: int = field(default=0, metadata=bounds(ge=0))
+    """Tokens (prompt + response) per forward/backward at most: dynamic micro-batches, short
+    sequences together and a long one alone, each as narrow as its longest sequence (wins over
+    --micro-batch-size; 0 = off)."""
     tis_cap: float = 0.0
     """Truncated importance sampling (Yao et al. 2025): weight each token's policy loss by
     min(pi_trainer / pi_engine, cap) at sampling time, correcting the vLLM engine's numerical
@@ -244,7 +252,7 @@ class RLRun:
         value: ``None`` (no value function), ``"policy"`` (a value head on the policy) or
             ``"critic"`` (a separate critic initialised from the reward model).
         reward_fn: A programmatic reward used instead of ``cfg.reward_model``.
-        samples_per_prompt: Responses sampled per prompt (k for RLOO/GRPO).
+        samples_per_prompt: Responses sampled per prompt (the group of a group baseline).
         reward_sources: Reward sources used instead of ``cfg.reward_model`` (fine-grained
             rewards from Python; see :mod:`rlhfkit.rewards.sources`).
         updates_per_step: Optimizer steps per rollout batch (the schedule's unit).
@@ -439,27 +447,88 @@ class RLRun:
         """
         scorer = self.acc.unwrap_model(self.model)
         t = self.cfg.temperature
+        chunks = self.micro_batches(rollout, default_size=16)
         with self._autocast():
             scorer.eval()
             if not policy_logprobs:
                 pass
             elif self.value_kind == "policy":
-                parts = [forward_response(scorer, rollout.select(range(i, min(i + 16,
-                         len(rollout)))), t) for i in range(0, len(rollout), 16)]
-                rollout.logprobs = torch.cat([p["logprobs"] for p in parts])
-                rollout.extras["values"] = torch.cat([p["values"] for p in parts])
+                def policy(mb: Rollout) -> dict[str, torch.Tensor]:
+                    out = forward_response(scorer, mb, t)
+                    return {"logprobs": out["logprobs"], "values": out["values"]}
+
+                parts = self.in_micro_batches(rollout, chunks, policy)
+                rollout.logprobs, rollout.extras["values"] = parts["logprobs"], parts["values"]
             else:
-                rollout.logprobs = response_logprobs(scorer, rollout, t)
+                rollout.logprobs = self.in_micro_batches(
+                    rollout, chunks, lambda mb: {"lp": response_logprobs(scorer, mb, t, len(mb))}
+                )["lp"]
             scorer.train()
-            rollout.ref_logprobs = self.reference.logprobs(rollout, t)
+            rollout.ref_logprobs = self.in_micro_batches(
+                rollout, chunks,
+                lambda mb: {"lp": self.reference.logprobs(mb, t, len(mb))})["lp"]
             if self.value_kind == "critic" and with_values:
                 critic = self.acc.unwrap_model(self.critic)
                 critic.eval()
-                v = critic(rollout.input_ids, rollout.attention_mask, rollout.target_mask,
-                           rollout.position_ids)
-                rollout.extras["values"] = scatter_tokens(v, rollout.response_mask)
+
+                def values(mb: Rollout) -> dict[str, torch.Tensor]:
+                    v = critic(mb.input_ids, mb.attention_mask, mb.target_mask, mb.position_ids)
+                    return {"v": scatter_tokens(v, mb.response_mask)}
+
+                rollout.extras["values"] = self.in_micro_batches(
+                    rollout, self.micro_batches(rollout), values)["v"]
                 critic.train()
         return rollout
+
+    # ------------------------------------------------------------------ micro-batches
+    @property
+    def micro_batching(self) -> bool:
+        """True with --micro-batch-size or --micro-batch-tokens."""
+        return bool(self.cfg.micro_batch_size or self.cfg.micro_batch_tokens)
+
+    def micro_batches(self, rollout: Rollout, default_size: int = 0,
+                      same_count: bool = False) -> list[list[int]]:
+        """This process's micro-batches of ``rollout``, as lists of row indices.
+
+        ``--micro-batch-tokens``: at most that many tokens (prompt + response) each, short
+        sequences together and long ones alone (:func:`rlhfkit.train.microbatch.plan_by_tokens`);
+        else ``--micro-batch-size`` sequences each; else chunks of ``default_size`` (0: all at
+        once). With ``same_count`` every process gets as many as the one with the most (empty
+        lists pad the others): each backward pass is a collective.
+        """
+        cfg, n = self.cfg, len(rollout)
+        if cfg.micro_batch_tokens:
+            lengths = rollout.attention_mask.sum(-1).tolist()
+            plan = plan_by_tokens(lengths, cfg.micro_batch_tokens).rank(0)
+        else:
+            plan = plan_by_size(n, cfg.micro_batch_size or default_size or max(n, 1))
+        if same_count and self.world > 1:
+            count = torch.tensor(float(len(plan)), device=self.device)
+            torch.distributed.all_reduce(count, op=torch.distributed.ReduceOp.MAX)
+            plan += [[] for _ in range(int(count) - len(plan))]
+        return plan
+
+    def in_micro_batches(self, rollout: Rollout, plan: list[list[int]],
+                         fn: Callable[[Rollout], dict[str, torch.Tensor]]
+                         ) -> dict[str, torch.Tensor]:
+        """``fn`` on each micro-batch of ``plan``, its (b, R) outputs put back in row order.
+
+        With micro-batching on, each micro-batch is trimmed to its own width first
+        (:meth:`rlhfkit.rollout.Rollout.trimmed`).
+        """
+        width = rollout.response_mask.shape[1]
+        out: dict[str, torch.Tensor] = {}
+        for rows in plan:
+            if not rows:
+                continue
+            mb = rollout.select(rows)
+            if self.micro_batching:
+                mb = mb.trimmed()
+            for key, part in fn(mb).items():
+                if key not in out:
+                    out[key] = part.new_zeros((len(rollout), width))
+                out[key][torch.as_tensor(rows, device=part.device), :part.shape[1]] = part
+        return out
 
     # ------------------------------------------------------------------ overlapped generation
     @property

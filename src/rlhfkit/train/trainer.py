@@ -13,13 +13,14 @@ One step = one rollout batch, in labelled phases::
     5. log        reward/…, kl/…, loss/…, policy/…, gold/… (docs/rl.md); the engine syncs on
                   the next sample
 
-PPO (Ouyang et al. 2022, eq. 2) is the entry with GAE and a value function; REINFORCE, RLOO,
-GRPO and Nash-MD differ only in their entries. :func:`train_rl` is what every RL command calls
+PPO (Ouyang et al. 2022, eq. 2) is the entry with GAE and a value function; the policy-gradient
+algorithms with their baselines and Nash-MD differ from it only in their entries. :func:`train_rl` is what every RL command calls
 (``rlhfkit rl --algo NAME``, ``rlhfkit ppo``, ``rlhfkit grpo``, ...).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import os
@@ -42,18 +43,17 @@ from rlhfkit.rollout import Rollout, forward_response, scatter_tokens
 from rlhfkit.train.algorithms import (
     ALGORITHMS,
     AdvantageInputs,
-    algorithm_specific_options,
     Advantages,
     Algorithm,
     Update,
+    algorithm_specific_options,
     checked_advantages,
     checked_loss,
     get_algorithm,
-    reward_algorithm,
-    reward_algorithms,
 )
 from rlhfkit.train.episodes import EpisodeOptions
 from rlhfkit.train.inputs import load_records
+from rlhfkit.train.microbatch import Normaliser
 from rlhfkit.train.nash import NashOptions
 from rlhfkit.train.rl import (
     PlacementOptions,
@@ -72,7 +72,7 @@ class AlgorithmOptions:
     """The options of the advantage estimators and policy losses (each read by some entries)."""
 
     num_samples: int = field(default=1, metadata=bounds(ge=1))
-    """Responses per prompt (k; the group of RLOO and GRPO)."""
+    """Responses per prompt (k; the group of the group baselines)."""
     baseline: Literal["none", "mean", "value"] = "mean"
     """REINFORCE's baseline: none, mean (batch mean return) or value (a learned value head)."""
     gamma: float = field(default=1.0, metadata=bounds(ge=0, le=1))
@@ -109,8 +109,8 @@ class TrainRLConfig(RLConfig, RewardOptions, UpdateOptions, PlacementOptions, Ep
     """On-policy RL with any registered algorithm (``rlhfkit rl --algo NAME``)."""
 
     algo: str = "ppo"
-    """The algorithm: ppo, reinforce, rloo, grpo, nash (rlhfkit.train.algorithms), or your own
-    as py:FILE.py:NAME (docs/custom-algorithm.md)."""
+    """The algorithm: a name of the registry (rlhfkit.train.algorithms; rlhfkit --help lists
+    them), or your own as py:FILE.py:NAME (docs/custom-algorithm.md)."""
 
     @classmethod
     def defaults_for(cls, values: dict[str, Any]) -> dict[str, Any]:
@@ -164,17 +164,21 @@ class UpdatePlan:
     mini_batch_size: int
     """Responses per optimizer step."""
     n_mini_batches: int
+    on_policy: bool
+    """One update on the whole batch, sampled by the very weights being updated (the ratio
+    is exactly 1, its gradient the policy gradient)."""
     single_pass: bool
-    """One update on the whole batch, sampled by the very weights being updated: the
-    log-probs "at sampling time" are those of the training forward pass, so no separate
-    no-grad pass is needed (the ratio is exactly 1, its gradient the policy gradient)."""
+    """On-policy and no micro-batches: the log-probs "at sampling time" are those of the
+    training forward pass, so no separate no-grad pass is needed."""
 
-    @classmethod
-    def of(cls, cfg: TrainRLConfig) -> UpdatePlan:
-        size = cfg.batch_size * cfg.num_samples
-        mb = cfg.mini_batch_size or size
-        return cls(size, mb, -(-size // mb),
-                   cfg.update_epochs == 1 and mb >= size and not cfg.async_generation)
+
+def update_plan(cfg: TrainRLConfig) -> UpdatePlan:
+    """The plan of ``cfg``'s batch, mini-batch and epoch options."""
+    size = cfg.batch_size * cfg.num_samples
+    mb = cfg.mini_batch_size or size
+    on_policy = cfg.update_epochs == 1 and mb >= size and not cfg.async_generation
+    micro = bool(cfg.micro_batch_size or cfg.micro_batch_tokens)
+    return UpdatePlan(size, mb, -(-size // mb), on_policy, on_policy and not micro)
 
 
 def train_rl(cfg: TrainRLConfig, reward_fn: RewardFn | None = None,
@@ -190,7 +194,7 @@ def train_rl(cfg: TrainRLConfig, reward_fn: RewardFn | None = None,
     if cfg.ray:  # the same function, as trainer actors next to engine actors on Ray
         return Path(run_on_ray(functools.partial(train_rl, reward_fn=reward_fn,
                                                  preference_fn=preference_fn), cfg))
-    plan = UpdatePlan.of(cfg)
+    plan = update_plan(cfg)
     extra = {"preference_fn": preference_fn} if preference_fn is not None else {}
     run = algo.run_type()(cfg, algo.name, value=algo.value(cfg), reward_fn=reward_fn,
                          samples_per_prompt=cfg.num_samples,
@@ -287,23 +291,14 @@ def update_policy(algo: Algorithm, run: RLRun, plan: UpdatePlan, rollout: Rollou
     n_updates, stopped_early = 0, 0.0
     for _epoch in range(cfg.update_epochs):
         epoch_kl, epoch_n = 0.0, 0
-        perm = (list(range(len(rollout))) if plan.single_pass
+        perm = (list(range(len(rollout))) if plan.on_policy
                 else torch.randperm(len(rollout)).tolist())
         for start in range(0, len(perm), plan.mini_batch_size):
-            mb = rollout if plan.single_pass else rollout.select(
+            mb = rollout if plan.on_policy else rollout.select(
                 perm[start:start + plan.mini_batch_size])
-            with run.acc.autocast():
-                out = first if first is not None else forward_response(run.model, mb,
-                                                                        cfg.temperature)
-                loss, metrics = mini_batch_loss(algo, run, mb, out, plan.single_pass,
-                                                normalizer)
-                if ptx:
-                    loss_ptx = ptx_loss(run, ptx, rng, plan.mini_batch_size)
-                    loss = loss + cfg.ptx_coef * loss_ptx
-                    metrics["loss/ptx"] = loss_ptx
-            run.backward(loss)
+            metrics = accumulate_gradients(algo, run, mb, first, plan, normalizer,
+                                           ptx_batch(run, ptx, rng, plan.mini_batch_size))
             metrics["grad_norm"] = run.optimizer_step()
-            metrics["loss/total"] = loss
             n_updates += 1
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach() if torch.is_tensor(v) else v)
@@ -318,9 +313,65 @@ def update_policy(algo: Algorithm, run: RLRun, plan: UpdatePlan, rollout: Rollou
     return means
 
 
+def accumulate_gradients(algo: Algorithm, run: RLRun, mb: Rollout,
+                         first: dict[str, torch.Tensor] | None, plan: UpdatePlan,
+                         normalizer: float, ptx: dict[str, torch.Tensor] | None
+                         ) -> dict[str, Any]:
+    """Forward and backward of one mini-batch, micro-batch by micro-batch; its metrics.
+
+    Each micro-batch's loss is weighted by its share of the mini-batch (its tokens, or its
+    sequences, over the mini-batch's: :class:`rlhfkit.train.microbatch.Normaliser`), so the
+    accumulated gradient is that of the mini-batch's loss, whatever the cut. Under several
+    processes only the last backward all-reduces the gradients.
+    """
+    cfg = run.cfg
+    micro = [list(range(len(mb)))] if first is not None else run.micro_batches(mb,
+                                                                              same_count=True)
+    kind = algo.loss_average(cfg)
+    loss_mask = mb.extras.get("loss_mask", mb.response_mask)
+    norm = (Normaliser.tokens(loss_mask) if kind == "token" else
+            Normaliser.sequences(loss_mask) if kind == "sequence" else Normaliser.constant(1.0))
+    entropy_norm = Normaliser.tokens(mb.response_mask)
+    totals: dict[str, Any] = {}
+    for i, rows in enumerate(micro):
+        sub = mb if len(micro) == 1 else mb.select(rows or [0])  # [0]: a rank's padding
+        if run.micro_batching:
+            sub = sub.trimmed()
+        sub_mask = sub.extras.get("loss_mask", sub.response_mask)
+        weight = norm.scale(sub_mask) if rows else 0.0
+        entropy_weight = entropy_norm.scale(sub.response_mask) if rows else 0.0
+        with gradient_sync(run, i == len(micro) - 1), run.acc.autocast():
+            out = first if first is not None else forward_response(run.model, sub,
+                                                                    cfg.temperature)
+            loss, metrics = mini_batch_loss(algo, run, sub, out, plan.on_policy, normalizer)
+            entropy = metrics.pop("policy/entropy")
+            total = weight * loss - cfg.entropy_coef * entropy_weight * entropy
+            if ptx is not None and i == 0:  # PPO-ptx: once per mini-batch, its own mean
+                loss_ptx = ptx_loss(run, ptx)
+                total = total + cfg.ptx_coef * loss_ptx
+                totals["loss/ptx"] = loss_ptx.detach()
+        run.backward(total)
+        for k, v in metrics.items():
+            totals[k] = totals.get(k, 0.0) + weight * (v.detach() if torch.is_tensor(v) else v)
+        totals["policy/entropy"] = totals.get("policy/entropy", 0.0) + \
+            entropy_weight * entropy.detach()
+        totals["loss/total"] = totals.get("loss/total", 0.0) + total.detach()
+    return totals
+
+
+def gradient_sync(run: RLRun, last: bool) -> contextlib.AbstractContextManager:
+    """Under several processes, hold back the gradient all-reduce until the last micro-batch."""
+    stack = contextlib.ExitStack()
+    if not last and run.world > 1:
+        for model in (run.model, run.critic):
+            if model is not None:
+                stack.enter_context(run.acc.no_sync(model))
+    return stack
+
+
 def mini_batch_loss(algo: Algorithm, run: RLRun, mb: Rollout, out: dict[str, torch.Tensor],
                     on_policy: bool, normalizer: float) -> tuple[torch.Tensor, dict[str, Any]]:
-    """The algorithm's policy loss on one mini-batch, minus the entropy bonus."""
+    """The algorithm's policy loss on one (micro-)batch; ``policy/entropy`` among its metrics."""
     cfg = run.cfg
     values = out.get("values")
     if run.critic is not None:  # a separate critic: its values now, with gradient
@@ -335,7 +386,7 @@ def mini_batch_loss(algo: Algorithm, run: RLRun, mb: Rollout, out: dict[str, tor
         token_weights=run.tis_weights(mb))
     loss, metrics = checked_loss(algo, update)
     entropy = entropy_from_logits(out["logits"])  # (N,)
-    return loss - cfg.entropy_coef * entropy.mean(), {**metrics, "policy/entropy": entropy.mean()}
+    return loss, {**metrics, "policy/entropy": entropy.mean()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -349,11 +400,18 @@ def ptx_items(run: RLRun, cfg: TrainRLConfig) -> list[Encoded]:
     return encode_demonstrations(run.tokenizer, records, cfg.max_length, run.system_prompt)
 
 
-def ptx_loss(run: RLRun, items: list[Encoded], rng: random.Random, n: int) -> torch.Tensor:
-    """Mean token NLL of ``n`` random demonstrations (the PPO-ptx term, Ouyang et al. eq. 2)."""
+def ptx_batch(run: RLRun, items: list[Encoded], rng: random.Random, n: int
+              ) -> dict[str, torch.Tensor] | None:
+    """``n`` random demonstrations for one mini-batch's PPO-ptx term, or None (off)."""
+    if not items:
+        return None
     batch = collate_padded(rng.sample(items, min(n, len(items))), run.tokenizer.pad_token_id)
-    ids, mask, tmask = (batch[k].to(run.device) for k in
-                        ("input_ids", "attention_mask", "target_mask"))
+    return {k: batch[k].to(run.device) for k in ("input_ids", "attention_mask", "target_mask")}
+
+
+def ptx_loss(run: RLRun, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean token NLL of the demonstrations (the PPO-ptx term, Ouyang et al. 2022, eq. 2)."""
+    ids, mask, tmask = batch["input_ids"], batch["attention_mask"], batch["target_mask"]
     out = run.model(ids, mask, tmask)
     logits = out[0] if isinstance(out, tuple) else out
     return token_nll(logits, targets_of(ids, tmask)).mean()

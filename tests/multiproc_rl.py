@@ -4,9 +4,14 @@ Besides the run folder, every process writes ``rank{N}.json``: the prompts it sa
 step, its own (local) ``reward/score`` per step, its torch seed, and a checksum of its policy
 weights at the end, so the test can check how the global batch was split and that the
 processes stayed in sync.
+
+With a fourth argument ``micro`` the processes cut their mini-batches differently: rank 0 into
+micro-batches of 3 sequences (3 of them), rank 1 into one by tokens, padded to 3 (an empty
+micro-batch's backward carries no gradient): the weights must come out as without the cut.
 """
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -22,6 +27,10 @@ def good_share(prompts, texts, rollout=None):
 
 if __name__ == "__main__":
     model, out, system = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
+    micro: dict = {}
+    if sys.argv[4:] == ["micro"]:
+        micro = ({"micro_batch_size": 3} if os.environ["RANK"] == "0"
+                 else {"micro_batch_tokens": 100_000})
     record: dict = {"prompts": [], "local_score": []}
     prompt_batch, rollout_metrics, finish = (rl.RLRun.prompt_batch, rl.RLRun.rollout_metrics,
                                              rl.RLRun.finish)
@@ -49,5 +58,6 @@ if __name__ == "__main__":
     train_rl(rl_config("grpo", model=model, output_dir=str(out), max_steps=3, batch_size=2,
                       num_samples=4, max_new_tokens=6, learning_rate=2e-3, precision="fp32",
                       progress=False, eval_prompts=8, kl_coef=0.04, reward_clip=0.0,
-                      system_prompt=system, report_to="none", gradient_checkpointing=False),
+                      system_prompt=system, report_to="none", gradient_checkpointing=False,
+                      **micro),
              reward_fn=good_share)

@@ -238,6 +238,17 @@ def test_two_processes_split_the_global_batch_and_log_once(good_bad_policy, rl_r
     assert ranks[0]["seed"] != ranks[1]["seed"]
     assert ranks[0]["weights"] == pytest.approx(ranks[1]["weights"], rel=1e-9)
     assert (out / "model" / "config.json").exists()
+    # The same run with each process cutting its mini-batches its own way (rank 0: three
+    # micro-batches; rank 1: one, padded to three): the same losses and the same weights.
+    cut = tmp_path / "two-micro"
+    cmd = [*cmd[:6], "29542", *cmd[7:9], str(cut), SYSTEM, "micro"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    micro = [json.loads((cut / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert micro[0]["weights"] == pytest.approx(micro[1]["weights"], rel=1e-9)
+    assert micro[0]["weights"] == pytest.approx(ranks[0]["weights"], rel=1e-6)
+    for a, b in zip(read_metrics(cut)[0], train):
+        assert a["loss/total"] == pytest.approx(b["loss/total"], abs=1e-5)
 
 
 def test_best_of_n_selects_and_writes_demonstrations(good_bad_policy, tmp_path):

@@ -23,17 +23,18 @@ import torch
 from torch import nn
 
 from rlhfkit import losses
-from rlhfkit.train import microbatch
-from rlhfkit.train.microbatch import (
+from rlhfkit.engines.buckets import (
     Bucket,
-    Normaliser,
+    pack,
     parameter_specs,
     plan_buckets,
-    plan_by_size,
-    plan_by_tokens,
+    plan_for,
     tied_names,
     total_bytes,
+    unpack,
 )
+from rlhfkit.train import microbatch
+from rlhfkit.train.microbatch import Normaliser, plan_by_size, plan_by_tokens
 
 # --------------------------------------------------------------------------------------------
 # plans
@@ -440,3 +441,17 @@ def test_a_tie_to_a_later_or_missing_name_is_refused():
     with pytest.raises(ValueError):
         plan_buckets(specs, 0, torch.bfloat16)
     assert isinstance(plan_buckets(specs, 64, torch.bfloat16)[0], Bucket)
+
+
+def test_a_packed_bucket_unpacks_to_the_cast_tensors():
+    """bf16 weights and an int buffer through one flat buffer: each comes back as sent (the
+    float ones cast to bf16), in its own shape, from a bucket plan of the pairs given."""
+    named = [("w", torch.randn(3, 5)), ("b", torch.randn(5)), ("steps", torch.arange(4)),
+             ("scale", torch.tensor(2.5))]
+    buckets, tensors = plan_for(named, 1 << 20, torch.bfloat16)
+    assert len(buckets) == 1
+    back = dict(unpack(buckets[0], pack(buckets[0], tensors)))
+    assert back.keys() == tensors.keys()
+    for name, t in tensors.items():
+        want = t.to(torch.bfloat16) if t.is_floating_point() else t
+        assert back[name].dtype == want.dtype and torch.equal(back[name], want), name

@@ -609,7 +609,8 @@ def place_token_values(values: Sequence[Sequence[float]], response_mask: torch.T
 
 def make_backend(kind: str, model: str, autocast: torch.dtype | None = None, seed: int = 0,
                  max_model_len: int = 1024, kv_cache_gb: float = 0.25,
-                 log: Any = print, engines: str = "", weight_sync: str = "gloo"
+                 log: Any = print, engines: str = "", weight_sync: str = "gloo",
+                 sync_bucket_mb: float = 256.0, engine_timeout: float = 600.0
                  ) -> GenerationBackend:
     """The generation backend of ``--generation-backend``: ``hf``, ``vllm`` or ``auto``.
 
@@ -627,6 +628,8 @@ def make_backend(kind: str, model: str, autocast: torch.dtype | None = None, see
         engines: ``""``: one engine in this process; ``N``: N engine processes started here;
             ``HOST:PORT,...``: engines already running (``rlhfkit engine``).
         weight_sync: How weights reach engines apart: ``gloo``, ``nccl`` or ``file``.
+        sync_bucket_mb: Size of one weight-sync bucket (engines apart), MiB.
+        engine_timeout: Seconds an engine apart may take to answer before the run stops.
     """
     if kind not in BACKENDS:
         raise ConfigError(f"--generation-backend must be one of {', '.join(BACKENDS)}, got {kind!r}")
@@ -643,15 +646,17 @@ def make_backend(kind: str, model: str, autocast: torch.dtype | None = None, see
     if engines:
         if engines.isdigit():
             clients, _ = start_local_engines(int(engines), path, dtype, max_model_len,
-                                             kv_cache_gb, seed, log)
+                                             kv_cache_gb, seed, log, engine_timeout)
         else:
             key = os.environ.get(KEY_ENV)
             if not key:
                 raise ConfigError(f"--vllm-engines {engines}: set {KEY_ENV} to the engines' key")
-            clients = [EngineClient(a.strip(), key) for a in engines.split(",") if a.strip()]
+            clients = [EngineClient(a.strip(), key, timeout_s=engine_timeout)
+                       for a in engines.split(",") if a.strip()]
         # The address engines reach this process at for the weight broadcast (set by --ray).
         host = os.environ.get("RLHFKIT_TRAINER_HOST", "127.0.0.1")
-        return RemoteBackend(clients, checkpoint_weights, sync=weight_sync, channel_host=host)
+        return RemoteBackend(clients, checkpoint_weights, sync=weight_sync, channel_host=host,
+                             bucket_mb=sync_bucket_mb, timeout_s=engine_timeout)
     engine = VLLMEngine(path, dtype=dtype, seed=seed, max_model_len=max_model_len,
                         kv_cache_gb=kv_cache_gb)
     return VLLMBackend(engine, checkpoint_weights)

@@ -35,6 +35,7 @@ from typing import Any, Literal
 import torch
 
 from rlhfkit.data.chat import repeats
+from rlhfkit.engines.buckets import pack, plan_for, total_bytes, unpack
 from rlhfkit.engines.vllm import VLLMEngine
 
 KEY_ENV = "RLHFKIT_ENGINE_KEY"
@@ -154,11 +155,10 @@ def _answer(engine: Any, conn: Connection) -> str:
             elif command == "join":
                 channel = WeightChannel(*args)
                 result = None
-            elif command == "receive":
-                names, shapes, dtypes, version = args
-                tensors = ((n, channel.broadcast(torch.empty(s, dtype=getattr(torch, d),
-                                                             device=channel.device)))
-                           for n, s, d in zip(names, shapes, dtypes))
+            elif command == "receive":  # one broadcast per bucket, unpacked as it arrives
+                buckets, version = args
+                tensors = (pair for b in buckets for pair in unpack(b, channel.broadcast(
+                    torch.empty(b.nbytes, dtype=torch.uint8, device=channel.device))))
                 engine.load_weights(tensors, version)
                 result = None
             elif command == "load_file":
@@ -169,6 +169,8 @@ def _answer(engine: Any, conn: Connection) -> str:
                 result = None
             elif command == "ping":
                 result = engine.model_path
+            elif command == "dtype":
+                result = str(engine.dtype).removeprefix("torch.")
             else:
                 raise ValueError(f"unknown command {command!r}")
             conn.send(("ok", result))
@@ -182,11 +184,20 @@ def _answer(engine: Any, conn: Connection) -> str:
 
 
 class EngineClient:
-    """A connection to one engine: send a command now, collect its answer later."""
+    """A connection to one engine: send a command now, collect its answer later.
 
-    def __init__(self, address: str, key: str, connect_timeout_s: float = 600.0) -> None:
+    Args:
+        address: ``HOST:PORT`` of the engine.
+        key: The engines' auth key.
+        connect_timeout_s: How long to wait for the engine to answer at all.
+        timeout_s: How long any one answer may take (``--engine-timeout``): an engine that has
+            died or hangs is then a :class:`RemoteEngineError`, never a silent wait.
+    """
+
+    def __init__(self, address: str, key: str, connect_timeout_s: float = 600.0,
+                 timeout_s: float = 600.0) -> None:
         host, _, port = address.rpartition(":")
-        self.address = address
+        self.address, self.timeout_s = address, timeout_s
         deadline = time.monotonic() + connect_timeout_s
         while True:
             try:
@@ -207,6 +218,11 @@ class EngineClient:
     def result(self) -> Any:
         """The answer of the command sent last (raises :class:`RemoteEngineError` on failure)."""
         try:
+            if not self.conn.poll(self.timeout_s):
+                raise RemoteEngineError(
+                    f"engine {self.address} did not answer within {self.timeout_s:g} s "
+                    "(--engine-timeout); if it died, the run can go on from its last checkpoint "
+                    "with --resume once the engine is back")
             status, value = self.conn.recv()
         except (OSError, EOFError) as err:
             raise RemoteEngineError(self._gone(err)) from None
@@ -237,11 +253,18 @@ class RemoteBackend:
     """
 
     def __init__(self, clients: Sequence[EngineClient], weights: Any, sync: str = "gloo",
-                 sync_dir: str | Path = "/dev/shm", channel_host: str = "127.0.0.1") -> None:
+                 sync_dir: str | Path = "/dev/shm", channel_host: str = "127.0.0.1",
+                 bucket_mb: float = 256.0, timeout_s: float = 600.0) -> None:
         if sync not in ("gloo", "nccl", "file"):
             raise ValueError(f"--weight-sync must be gloo, nccl or file, got {sync!r}")
         self.clients, self.weights, self.sync_mode = list(clients), weights, sync
         self.sync_dir, self.channel_host = Path(sync_dir), channel_host
+        self.bucket_bytes, self.timeout_s = max(1, int(bucket_mb * 2**20)), timeout_s
+        self.dtype = getattr(torch, self.clients[0].call("dtype")) if self.clients else \
+            torch.bfloat16
+        """The engines' weight dtype: tensors are cast to it before they are sent."""
+        self.last_sync: dict[str, float] = {}
+        """``seconds`` and ``megabytes`` of the latest sync (logged as ``sync/...``)."""
         self.channel: WeightChannel | None = None
         self.version: int | None = 0
         self.seed: int | None = None
@@ -253,31 +276,38 @@ class RemoteBackend:
         if self.channel is None:
             port, world = free_port(), 1 + len(self.clients)
             for rank, client in enumerate(self.clients, start=1):
-                client.send("join", self.channel_host, port, rank, world, self.sync_mode)
-            self.channel = WeightChannel(self.channel_host, port, 0, world, self.sync_mode)
+                client.send("join", self.channel_host, port, rank, world, self.sync_mode,
+                            self.timeout_s)
+            self.channel = WeightChannel(self.channel_host, port, 0, world, self.sync_mode,
+                                         timeout_s=self.timeout_s)
             for client in self.clients:
                 client.result()
         return self.channel
 
     def sync(self, model: torch.nn.Module, version: int) -> bool:
-        """Send the policy's weights to every engine unless they hold this version already."""
+        """Send the policy's weights to every engine unless they hold this version already.
+
+        Broadcast: the weights go in buckets of ``--sync-bucket-mb`` (one flat buffer each,
+        cast to the engines' dtype, each tied weight once); the engines unpack each bucket as
+        it arrives. ``last_sync`` holds the time and megabytes sent.
+        """
         if self.version == version and self._synced_model == id(model):
             return False
-        named = list(self.weights(model))
+        start = time.perf_counter()
+        buckets, tensors = plan_for(self.weights(model), self.bucket_bytes, self.dtype)
         if self.sync_mode == "file":
-            self._sync_file(named, version)
+            self._sync_file(tensors.items(), version)
         else:
             channel = self._open_channel()
             device = "cuda" if self.sync_mode == "nccl" else "cpu"
-            names = [n for n, _ in named]
-            shapes = [list(t.shape) for _, t in named]
-            dtypes = [str(t.dtype).removeprefix("torch.") for _, t in named]
             for client in self.clients:
-                client.send("receive", names, shapes, dtypes, version)
-            for _, tensor in named:
-                channel.broadcast(tensor.detach().to(device).contiguous())
+                client.send("receive", buckets, version)
+            for bucket in buckets:
+                channel.broadcast(pack(bucket, tensors, device))
             for client in self.clients:
                 client.result()
+        self.last_sync = {"seconds": time.perf_counter() - start,
+                          "megabytes": total_bytes(buckets) / 2**20, "buckets": len(buckets)}
         self.version, self._synced_model = version, id(model)
         return True
 
@@ -343,7 +373,8 @@ class _Sampling:
 
 
 def start_local_engines(n: int, model: str, dtype: str = "bfloat16", max_model_len: int = 1024,
-                        kv_cache_gb: float = 0.25, seed: int = 0, log: Any = print
+                        kv_cache_gb: float = 0.25, seed: int = 0, log: Any = print,
+                        timeout_s: float = 600.0
                         ) -> tuple[list[EngineClient], list[subprocess.Popen]]:
     """Start ``n`` engine processes on this machine and connect to them."""
     key = os.environ.setdefault(KEY_ENV, secrets.token_hex(16))
@@ -360,7 +391,7 @@ def start_local_engines(n: int, model: str, dtype: str = "bfloat16", max_model_l
     clients = []
     for address, proc in zip(addresses, procs):
         try:
-            clients.append(EngineClient(address, key))
+            clients.append(EngineClient(address, key, timeout_s=timeout_s))
         except RemoteEngineError:
             if proc.poll() is not None:
                 raise RemoteEngineError(f"the engine at {address} exited with status "

@@ -22,6 +22,7 @@ import gc
 import importlib.util
 import json
 import os
+import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -202,12 +203,27 @@ class VLLMBackend:
         self.seed: int | None = None
         """Set by the caller before a rollout to make it reproducible (e.g. from the step)."""
         self._synced_model: int | None = None
+        self.last_sync: dict[str, float] = {}
+        """``seconds`` and ``megabytes`` of the latest sync (logged as ``sync/...``)."""
 
     def sync(self, model: torch.nn.Module, version: int) -> bool:
-        """Copy the policy's weights into the engine unless it holds this version already."""
+        """Copy the policy's weights into the engine unless it holds this version already.
+
+        ``last_sync`` holds the time it took and the megabytes copied (in the engine's dtype).
+        """
         if self.engine.version == version and self._synced_model == id(model):
             return False
-        self.engine.load_weights(self.weights(model), version)
+        start, sent = time.perf_counter(), [0]
+        size = torch.empty((), dtype=self.engine.dtype).element_size()
+
+        def counted() -> Iterable[tuple[str, torch.Tensor]]:
+            for name, tensor in self.weights(model):
+                sent[0] += tensor.numel() * (size if tensor.is_floating_point()
+                                             else tensor.element_size())
+                yield name, tensor
+
+        self.engine.load_weights(counted(), version)
+        self.last_sync = {"seconds": time.perf_counter() - start, "megabytes": sent[0] / 2**20}
         self._synced_model = id(model)
         return True
 

@@ -361,14 +361,31 @@ def checkpoint_weights(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tens
     For a peft model each adapted layer's weight is ``W + scale * B @ A`` (peft's own
     ``get_delta_weight``), its adapter tensors are left out, and the names lose peft's
     ``base_model.model.`` and ``.base_layer`` parts: what ``save_pretrained`` of the merged
-    model would write, without building that model. Wrappers (DDP, ``SelectiveLM.lm``) must be
-    taken off by the caller; detached tensors are yielded one at a time.
+    model would write, without building that model. A tensor that shares its memory with one
+    already given (tied embeddings: ``lm_head.weight`` under ``tie_word_embeddings``) is left
+    out, so a weight sync sends it once and the engine ties it again. A sharded (FSDP2)
+    parameter is gathered whole with ``DTensor.full_tensor()``, one parameter at a time (every
+    process takes part). Wrappers (DDP, ``SelectiveLM.lm``) must be taken off by the caller;
+    detached tensors are yielded one at a time.
     """
     while hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
         model = model.module
+    seen: set[tuple[int, tuple[int, ...], torch.dtype]] = set()
+
+    def once(name: str, tensor: torch.Tensor) -> Iterator[tuple[str, torch.Tensor]]:
+        local = tensor.to_local() if hasattr(tensor, "to_local") else tensor  # a DTensor's shard
+        key = (local.untyped_storage().data_ptr() + local.storage_offset() * local.element_size(),
+               tuple(tensor.shape), tensor.dtype)
+        if local.numel() and key in seen:
+            return
+        seen.add(key)
+        if hasattr(tensor, "full_tensor"):  # a sharded parameter: gather the whole of it
+            tensor = tensor.full_tensor()
+        yield name, tensor.detach()
+
     if not hasattr(model, "get_base_model"):
         for name, tensor in model.state_dict().items():
-            yield name, tensor.detach()
+            yield from once(name, tensor)
         return
     base = model.get_base_model()
     for name, tensor in base.state_dict().items():
@@ -381,4 +398,4 @@ def checkpoint_weights(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tens
                 tensor = tensor + sum(module.get_delta_weight(a) for a in module.active_adapters
                                       if a in getattr(module, "lora_A", {}))
             name = f"{owner}.{leaf}"
-        yield name, tensor.detach()
+        yield from once(name, tensor)

@@ -125,6 +125,12 @@ class RLConfig(RunOptions, OptimOptions, ModelOptions):
     (engines started with rlhfkit engine); empty = one engine in the trainer's process."""
     weight_sync: Literal["gloo", "nccl", "file"] = "gloo"
     """How weights reach engines apart: gloo (CPU) or nccl (GPU) broadcast, or file."""
+    sync_bucket_mb: float = field(default=256.0, metadata=bounds(gt=0))
+    """Weights reach engines apart in buckets of this many MiB (one flat buffer each, in the
+    engine's dtype, each tied weight once)."""
+    engine_timeout: float = field(default=600.0, metadata=bounds(gt=0))
+    """Seconds an engine apart may take to answer (a sample, a weight sync) before the run
+    stops with an error naming it."""
     kl_coef: float = 0.05
     """beta: weight of the per-token KL penalty (in the reward, or in the loss for GRPO)."""
     kl_target: float = 0.0
@@ -382,7 +388,8 @@ class RLRun:
                 max_model_len=cfg.max_prompt_tokens + episode_budget(cfg) + 1,
                 kv_cache_gb=cfg.vllm_kv_cache_gb,
                 log=print if self.acc.is_main_process else (lambda *a: None),
-                engines=engines, weight_sync=cfg.weight_sync)
+                engines=engines, weight_sync=cfg.weight_sync,
+                sync_bucket_mb=cfg.sync_bucket_mb, engine_timeout=cfg.engine_timeout)
         return self._backend
 
     # ------------------------------------------------------------------ data
@@ -700,6 +707,9 @@ class RLRun:
         }
         if rewards is not None:
             m["reward/total"] = float(rewards.sum(-1).mean())
+        synced = getattr(self._backend, "last_sync", None)
+        if synced:  # the latest weight sync into the engine(s)
+            m.update({f"sync/{k}": float(v) for k, v in synced.items()})
         engine = rollout.extras.get("engine_logprobs")
         if engine is not None:  # the trainer's log-probs against the engine's, per token
             gap = (rollout.logprobs.float() - engine.float()).abs()[rollout.response_mask.bool()]

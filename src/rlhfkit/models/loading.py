@@ -372,16 +372,23 @@ def checkpoint_weights(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tens
         model = model.module
     seen: set[tuple[int, tuple[int, ...], torch.dtype]] = set()
 
-    def once(name: str, tensor: torch.Tensor) -> Iterator[tuple[str, torch.Tensor]]:
+    def once(name: str, tensor: torch.Tensor, value: torch.Tensor | None = None
+             ) -> Iterator[tuple[str, torch.Tensor]]:
+        """``(name, value or tensor)`` unless ``tensor``'s memory was given already.
+
+        The key is the module's own tensor (alive as long as the model), never a temporary
+        such as a merged LoRA weight, whose freed memory the next one may reuse.
+        """
         local = tensor.to_local() if hasattr(tensor, "to_local") else tensor  # a DTensor's shard
         key = (local.untyped_storage().data_ptr() + local.storage_offset() * local.element_size(),
                tuple(tensor.shape), tensor.dtype)
         if local.numel() and key in seen:
             return
         seen.add(key)
-        if hasattr(tensor, "full_tensor"):  # a sharded parameter: gather the whole of it
-            tensor = tensor.full_tensor()
-        yield name, tensor.detach()
+        out = tensor if value is None else value
+        if hasattr(out, "full_tensor"):  # a sharded parameter: gather the whole of it
+            out = out.full_tensor()
+        yield name, out.detach()
 
     if not hasattr(model, "get_base_model"):
         for name, tensor in model.state_dict().items():
@@ -391,11 +398,12 @@ def checkpoint_weights(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tens
     for name, tensor in base.state_dict().items():
         if ".lora_" in name or "lora_embedding" in name:
             continue
+        value = None
         if ".base_layer." in name:
             owner, _, leaf = name.rpartition(".base_layer.")
             module = base.get_submodule(owner)
             if leaf == "weight" and getattr(module, "merged", False) is False:
-                tensor = tensor + sum(module.get_delta_weight(a) for a in module.active_adapters
-                                      if a in getattr(module, "lora_A", {}))
+                value = tensor + sum(module.get_delta_weight(a) for a in module.active_adapters
+                                     if a in getattr(module, "lora_A", {}))
             name = f"{owner}.{leaf}"
-        yield from once(name, tensor)
+        yield from once(name, tensor, value)

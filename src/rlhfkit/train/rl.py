@@ -678,6 +678,8 @@ class RLRun:
         elapsed = time.perf_counter() - self._step_t0
         metrics["perf/step_s"] = elapsed
         metrics["perf/samples_per_s"] = n * self.world / max(elapsed, 1e-9)
+        if self.device.type == "cuda":  # this process's peak so far (GPU checks read it)
+            metrics["perf/gpu_peak_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
         self._last = metrics
         self.run.log(metrics, self.step + 1)
         if self.acc.is_main_process:

@@ -178,31 +178,48 @@ def test_two_engine_processes_share_the_prompts_and_follow_the_weights(wide_lm, 
 
 def test_async_generation_overlaps_and_still_learns(wide_good_bad_policy, tmp_path):
     """--async-generation: batch s + 1 is sampled while the trainer updates on batch s; the
-    update's ratio is taken against the engine's log-probs; GRPO still learns."""
+    update takes the trainer's own log-probs at its current weights (the proximal policy) for
+    the ratio and the KL, and weights each token by min(pi_prox / pi_engine, 2); GRPO still
+    learns. (Before, the "old" log-probs were the engine's: the weights were exactly 1, the gap
+    read 0 and the KL mixed the engine's log-probs with the reference's.)"""
     from rlhfkit.train.rl import RLRun
     from rlhfkit.train.trainer import rl_config, train_rl
     from test_rl import assert_learned, good_share, read_metrics, rl_common
 
     sampled_with: list[tuple[int, int]] = []  # (step being prefetched, policy version then)
-    prefetch = RLRun._prefetch
+    seen: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+    prefetch, metrics_of = RLRun._prefetch, RLRun.rollout_metrics
 
     def spy(self, step):
         sampled_with.append((step, self.policy_version))
         return prefetch(self, step)
 
-    RLRun._prefetch = spy
+    def spy_metrics(self, rollout, *args, **kwargs):
+        seen.append((rollout.logprobs.clone(), rollout.extras["engine_logprobs"].clone(),
+                     rollout.response_mask.clone()))
+        return metrics_of(self, rollout, *args, **kwargs)
+
+    RLRun._prefetch, RLRun.rollout_metrics = spy, spy_metrics
     try:
         out = tmp_path / "grpo-async"
-        train_rl(rl_config("grpo", **rl_common(wide_good_bad_policy, out, num_samples=4, batch_size=2,
-                                        kl_coef=0.04, generation_backend="vllm",
-                                        async_generation=True)), reward_fn=good_share)
+        train_rl(rl_config("grpo", **rl_common(wide_good_bad_policy, out, num_samples=4,
+                                               batch_size=2, kl_coef=0.04,
+                                               generation_backend="vllm",
+                                               async_generation=True)), reward_fn=good_share)
     finally:
-        RLRun._prefetch = prefetch
+        RLRun._prefetch, RLRun.rollout_metrics = prefetch, metrics_of
     # batch s + 1 was sampled with the weights before update s: s updates behind, not s + 1
     assert sampled_with == [(s + 1, s) for s in range(4)]
     assert_learned(out, min_gain=0.1)
     train, _ = read_metrics(out)
-    assert all(r["policy/clipfrac"] >= 0.0 for r in train)
+    assert [r["rollout/staleness"] for r in train] == [0.0, 1.0, 1.0, 1.0, 1.0]
+    for row, (trainer, engine, mask) in zip(train[1:], seen[1:len(train)]):
+        # one update behind: the trainer's log-probs are its own, not the engine's
+        assert not torch.equal(trainer[mask], engine[mask])
+        assert row["rollout/logprob_gap_mean"] > 1e-4
+        weights = (trainer - engine)[mask].exp().clamp(max=2.0)
+        assert row["rollout/tis_mean"] == pytest.approx(float(weights.mean()), rel=1e-5)
+        assert row["rollout/tis_mean"] != pytest.approx(1.0, abs=1e-4)
 
 
 def test_async_generation_on_transformers_is_refused(tiny_lm, tmp_path):

@@ -63,6 +63,8 @@ from rlhfkit.train.microbatch import plan_by_size, plan_by_tokens
 from rlhfkit.train.sft import build_policy
 
 RewardFn = Callable[[list[Any], list[str], Rollout], Sequence[float]]
+ASYNC_TIS_CAP = 2.0
+"""The cap of the importance weights under --async-generation when --tis-cap is 0."""
 """A programmatic reward: ``(prompts, response texts, rollout) -> one score per response``."""
 
 
@@ -328,6 +330,14 @@ class RLRun:
         self._backend: GenerationBackend | None = None
         self._pending: tuple[int, threading.Thread, list] | None = None
         """The batch being sampled in the background (--async-generation)."""
+        self._sampled_version = self._next_sampled_version = 0
+        self.staleness = 0
+        """Policy versions between the weights that sampled this batch and the update's."""
+        if (self.off_policy or getattr(cfg, "tis_cap", 0.0)) and (cfg.top_p < 1 or cfg.top_k):
+            raise TrainingError("--async-generation and --tis-cap compare the engine's log-probs "
+                                "with the trainer's, which under --top-p/--top-k are not those "
+                                "of the same distribution (the engine's are renormalised over "
+                                "the kept tokens): sample with --top-p 1 --top-k 0")
         self.policy_version = 0
         """Optimizer steps taken by this process (a generation engine syncs when it changes)."""
         self._last: dict[str, float] = {}
@@ -548,9 +558,12 @@ class RLRun:
         """The rollout of training step ``step``.
 
         Plain: sampled now. With ``--async-generation`` the batch of step ``s + 1`` is sampled
-        in the background while the trainer updates on step ``s`` (one update off-policy): its
-        "old" log-probs are the engine's, the sampling policy's, so the clipped ratio of the
-        update is taken against the policy that sampled (decoupled PPO, as in PipelineRL/AReaL).
+        in the background while the trainer updates on step ``s``, so it comes from the
+        weights one update behind. Decoupled PPO (Hilton et al. 2021; as AReaL and PipelineRL
+        run it): the trainer recomputes the log-probs at its current weights (the proximal
+        policy; its "old" log-probs, which the ratio is clipped against, and the KL's), and
+        each token's loss is weighted by ``min(pi_prox / pi_engine, --tis-cap)``, the
+        importance of the proximal policy to the one that sampled (:meth:`tis_weights`).
         """
         if not self.off_policy:
             return self.rollout(self.prompt_batch(step), policy_logprobs=policy_logprobs)
@@ -566,23 +579,22 @@ class RLRun:
             if isinstance(pending[2][0], BaseException):
                 raise pending[2][0]
             rollout = pending[2][0]
+            self._sampled_version = self._next_sampled_version
         else:  # the first step (or the first after a resume): nothing was prefetched
             rollout = self.sample_responses(self.prompt_batch(step), self._seed(step))
+            self._sampled_version = self.policy_version
+        sampled_with = self._sampled_version
         if step + 1 < self.total_steps:
             self._prefetch(step + 1)
-        rollout = self.score_rollout(rollout, policy_logprobs=False)
-        rollout.logprobs = rollout.extras["engine_logprobs"]
-        if self.value_kind == "policy":  # values at the current weights (the value target)
-            with self._autocast():
-                rollout.extras["values"] = forward_response(
-                    self.acc.unwrap_model(self.model), rollout,
-                    self.cfg.temperature)["values"].detach()
-        return rollout
+        self.staleness = self.policy_version - sampled_with
+        # The proximal policy: log-probs (and values) at the trainer's weights now.
+        return self.score_rollout(rollout)
 
     def _prefetch(self, step: int) -> None:
         """Start sampling the batch of ``step`` in a thread, with the current weights."""
         backend = self.backend
         backend.sync(self.lm, self.policy_version)  # before the thread: the engine is idle
+        self._next_sampled_version = self.policy_version
         prompts, seed, box = self.prompt_batch(step), self._seed(step), [None]
         threads = torch.get_num_threads()
 
@@ -714,9 +726,17 @@ class RLRun:
             m.update({f"sync/{k}": float(v) for k, v in synced.items()})
         engine = rollout.extras.get("engine_logprobs")
         if engine is not None:  # the trainer's log-probs against the engine's, per token
-            gap = (rollout.logprobs.float() - engine.float()).abs()[rollout.response_mask.bool()]
+            tokens = rollout.response_mask.bool()
+            diff = (rollout.logprobs.float() - engine.float())[tokens]
+            gap = diff.abs()
             m["rollout/logprob_gap_mean"] = float(gap.mean()) if gap.numel() else 0.0
             m["rollout/logprob_gap_max"] = float(gap.max()) if gap.numel() else 0.0
+            if self.tis_cap and diff.numel():  # the importance weights the loss uses
+                ratio = diff.exp()
+                m["rollout/tis_mean"] = float(ratio.clamp(max=self.tis_cap).mean())
+                m["rollout/tis_clipped"] = float((ratio > self.tis_cap).float().mean())
+        if self.off_policy:
+            m["rollout/staleness"] = float(self.staleness)
         for name, values in terms.by_source.items():
             m[f"reward/{name}"] = float(values.mean())
         m.update(episode_metrics(rollout))
@@ -801,11 +821,17 @@ class RLRun:
         trainer computes (other kernels, bf16); weighting each token's policy loss by the
         capped ratio at sampling time corrects for it. Needs ``--tis-cap`` and engine log-probs.
         """
-        cap = getattr(self.cfg, "tis_cap", 0.0)
+        cap = self.tis_cap
         engine = mb.extras.get("engine_logprobs")
         if not cap or engine is None:
             return None
         return torch.exp(mb.logprobs.float() - engine.float()).clamp(max=cap).detach()
+
+    @property
+    def tis_cap(self) -> float:
+        """``--tis-cap``; under ``--async-generation`` 0 stands for the default cap, 2."""
+        cap = getattr(self.cfg, "tis_cap", 0.0)
+        return cap or (ASYNC_TIS_CAP if self.off_policy else 0.0)
 
 
 def length_debiased(terms: RewardTerms, response_mask: torch.Tensor) -> RewardTerms:

@@ -36,7 +36,7 @@ import torch
 
 from rlhfkit.data.chat import repeats
 from rlhfkit.engines.buckets import pack, plan_for, total_bytes, unpack
-from rlhfkit.engines.vllm import VLLMEngine
+from rlhfkit.engines.vllm import VLLMEngine, engine_visible_devices
 
 KEY_ENV = "RLHFKIT_ENGINE_KEY"
 """The environment variable that holds the engines' auth key (the trainer and every engine)."""
@@ -376,16 +376,28 @@ def start_local_engines(n: int, model: str, dtype: str = "bfloat16", max_model_l
                         kv_cache_gb: float = 0.25, seed: int = 0, log: Any = print,
                         timeout_s: float = 600.0
                         ) -> tuple[list[EngineClient], list[subprocess.Popen]]:
-    """Start ``n`` engine processes on this machine and connect to them."""
+    """Start ``n`` engine processes on this machine and connect to them.
+
+    On a machine with GPUs each engine sees its own (``CUDA_VISIBLE_DEVICES``): the trainer's
+    processes keep the first ones, and each trainer process's engines take the next
+    (:func:`rlhfkit.engines.vllm.engine_visible_devices`).
+    """
     key = os.environ.setdefault(KEY_ENV, secrets.token_hex(16))
     procs, addresses = [], []
     atexit.register(_stop, procs)  # a trainer that dies does not leave engines behind
+    trainers = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    devices = engine_visible_devices(trainers * n, 1, gpus, trainers if gpus else 0)
     for i in range(n):
         port = free_port()
         cmd = [sys.executable, "-m", "rlhfkit.cli", "engine", "--model", model, "--port", str(port),
                "--dtype", dtype, "--max-model-len", str(max_model_len),
                "--kv-cache-gb", str(kv_cache_gb), "--seed", str(seed + i)]
-        procs.append(subprocess.Popen(cmd, env={**os.environ, KEY_ENV: key}))
+        env = {**os.environ, KEY_ENV: key}
+        if gpus:
+            env["CUDA_VISIBLE_DEVICES"] = devices[local * n + i]
+        procs.append(subprocess.Popen(cmd, env=env))
         addresses.append(f"127.0.0.1:{port}")
     log(f"[generation] started {n} vLLM engine process(es) at {', '.join(addresses)}")
     clients = []

@@ -61,6 +61,83 @@ def engine_problem(model_path: str | Path) -> str | None:
     return None
 
 
+def engine_arguments(*, device: str, dtype: str = "bfloat16", seed: int = 0,
+                     max_model_len: int = 1024, kv_cache_gb: float = 0.25,
+                     gpu_memory_utilization: float = 0.3, tensor_parallel_size: int = 1,
+                     sleep_level: int = 0, cuda_graphs: bool | None = None,
+                     chunked_prefill: bool | None = None,
+                     external_launcher: bool = False) -> dict[str, Any]:
+    """The keyword arguments of ``vllm.LLM`` for an engine on ``device`` (``cpu`` or ``cuda``).
+
+    On CPU: eager mode (no CUDA graphs), chunked prefill off (a request whose prefill is cut
+    across steps makes vLLM 0.32 rewind its seeded sampler by an offset, which CPU generators
+    do not have: "CPU Generator does not use offset"), and a KV cache of ``kv_cache_gb`` GiB;
+    one process per engine, no sleep mode (it frees GPU memory). On CUDA: CUDA graphs and
+    chunked prefill on unless turned off, the KV cache from ``gpu_memory_utilization``,
+    ``tensor_parallel_size`` GPUs per engine, vLLM's sleep mode for ``sleep_level`` 1 or 2
+    (an engine colocated with the trainer sleeps while it updates), and with
+    ``external_launcher`` the engine runs inside each ``torchrun`` process (vLLM's
+    ``external_launcher`` executor: every ``tensor_parallel_size`` consecutive ranks share one
+    engine, each rank driving its own GPU).
+
+    Raises:
+        ValueError: For a setting the device cannot take.
+    """
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"engine device must be cpu or cuda, got {device!r}")
+    if tensor_parallel_size < 1:
+        raise ValueError(f"--vllm-tensor-parallel-size must be >= 1, got {tensor_parallel_size}")
+    if sleep_level not in (0, 1, 2):
+        raise ValueError(f"--vllm-sleep must be 0, 1 or 2, got {sleep_level}")
+    if not 0 < gpu_memory_utilization <= 1:
+        raise ValueError(f"--vllm-gpu-memory-utilization must be in (0, 1], got "
+                         f"{gpu_memory_utilization}")
+    args: dict[str, Any] = dict(
+        dtype=dtype, seed=seed, max_model_len=max_model_len, enable_prefix_caching=True,
+        logprobs_mode="processed_logprobs", max_num_batched_tokens=max(8192, max_model_len),
+        gpu_memory_utilization=gpu_memory_utilization)
+    if device == "cpu":
+        for name, value in (("--vllm-tensor-parallel-size", tensor_parallel_size > 1),
+                            ("--vllm-sleep", sleep_level > 0), ("CUDA graphs", cuda_graphs),
+                            ("the external launcher", external_launcher)):
+            if value:
+                raise ValueError(f"{name} needs CUDA: vLLM engines on CPU run one process, "
+                                 "eagerly, without sleep mode")
+        return {**args, "enforce_eager": True, "enable_chunked_prefill": False,
+                "kv_cache_memory_bytes": int(kv_cache_gb * 2**30)}
+    args.update(enforce_eager=cuda_graphs is False,
+                enable_chunked_prefill=chunked_prefill is not False,
+                tensor_parallel_size=tensor_parallel_size)
+    if sleep_level:
+        args["enable_sleep_mode"] = True
+    if external_launcher:
+        args["distributed_executor_backend"] = "external_launcher"
+    return args
+
+
+def engine_visible_devices(engines: int, tensor_parallel_size: int, gpus: int,
+                           trainer_gpus: int = 0) -> list[str]:
+    """``CUDA_VISIBLE_DEVICES`` of each engine process started on this machine.
+
+    The trainer's processes keep GPUs ``0 .. trainer_gpus - 1``; engine ``e`` gets the next
+    ``tensor_parallel_size`` GPUs after them. With no GPU (``gpus == 0``) every engine gets
+    ``""`` (CPU).
+
+    Raises:
+        ValueError: When the engines need more GPUs than the machine has.
+    """
+    if gpus == 0:
+        return [""] * engines
+    need = trainer_gpus + engines * tensor_parallel_size
+    if need > gpus:
+        raise ValueError(f"{engines} engine(s) of {tensor_parallel_size} GPU(s) after "
+                         f"{trainer_gpus} trainer GPU(s) need {need} GPUs; this machine has "
+                         f"{gpus}")
+    first = trainer_gpus
+    return [",".join(str(first + e * tensor_parallel_size + i)
+                     for i in range(tensor_parallel_size)) for e in range(engines)]
+
+
 _OPEN: set[int] = set()
 """Ids of this process's open engines (see :meth:`VLLMEngine.close`)."""
 
@@ -92,16 +169,10 @@ class VLLMEngine:
         threads = torch.get_num_threads()
         from vllm import LLM  # an optional extra: imported only when an engine is made
 
-        # Chunked prefill off: on CPU, a request whose prefill is cut across steps makes vLLM
-        # 0.32 rewind its seeded sampler by an offset, which CPU generators do not have
-        # ("CPU Generator does not use offset"); whole prompts per step avoid that.
-        self.llm = LLM(str(model_path), dtype=dtype, seed=seed, enforce_eager=True,
-                       max_model_len=max_model_len, enable_prefix_caching=True,
-                       logprobs_mode="processed_logprobs",
-                       gpu_memory_utilization=gpu_memory_utilization,
-                       enable_chunked_prefill=False,
-                       max_num_batched_tokens=max(8192, max_model_len),
-                       kv_cache_memory_bytes=int(kv_cache_gb * 2**30))
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.llm = LLM(str(model_path), **engine_arguments(
+            device=device, dtype=dtype, seed=seed, max_model_len=max_model_len,
+            kv_cache_gb=kv_cache_gb, gpu_memory_utilization=gpu_memory_utilization))
         torch.set_num_threads(threads)  # vLLM may lower the process's torch threads
         _OPEN.add(id(self))
         self.model_path = str(model_path)

@@ -1,0 +1,65 @@
+"""The engine's vLLM arguments and GPU assignment are pure functions: each case checked here.
+
+These decide what a GPU run gets (CUDA graphs, chunked prefill, tensor parallelism, sleep mode,
+the external launcher, which GPUs an engine process sees); on this CPU only the ``cpu`` case
+runs for real (tests/test_vllm.py), so each ``cuda`` case is pinned down here.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from rlhfkit.engines.vllm import engine_arguments, engine_visible_devices
+
+
+def test_on_cpu_the_engine_is_eager_without_chunked_prefill_and_with_its_own_kv_cache():
+    args = engine_arguments(device="cpu", kv_cache_gb=0.5, max_model_len=2048)
+    assert args["enforce_eager"] is True and args["enable_chunked_prefill"] is False
+    assert args["kv_cache_memory_bytes"] == 2**29
+    assert args["max_num_batched_tokens"] == 8192 and args["max_model_len"] == 2048
+    assert "tensor_parallel_size" not in args and "enable_sleep_mode" not in args
+    assert args["logprobs_mode"] == "processed_logprobs" and args["enable_prefix_caching"]
+
+
+def test_on_cuda_graphs_and_chunked_prefill_are_on_and_memory_is_a_share():
+    args = engine_arguments(device="cuda", gpu_memory_utilization=0.5)
+    assert args["enforce_eager"] is False and args["enable_chunked_prefill"] is True
+    assert args["gpu_memory_utilization"] == 0.5 and "kv_cache_memory_bytes" not in args
+    assert args["tensor_parallel_size"] == 1
+    assert "enable_sleep_mode" not in args and "distributed_executor_backend" not in args
+
+
+def test_cuda_options_each_reach_their_argument():
+    args = engine_arguments(device="cuda", tensor_parallel_size=4, sleep_level=2,
+                            cuda_graphs=False, chunked_prefill=False, external_launcher=True)
+    assert args["tensor_parallel_size"] == 4 and args["enable_sleep_mode"] is True
+    assert args["enforce_eager"] is True and args["enable_chunked_prefill"] is False
+    assert args["distributed_executor_backend"] == "external_launcher"
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"tensor_parallel_size": 2}, "--vllm-tensor-parallel-size needs CUDA"),
+    ({"sleep_level": 1}, "--vllm-sleep needs CUDA"),
+    ({"external_launcher": True}, "the external launcher needs CUDA"),
+])
+def test_gpu_only_settings_are_refused_on_cpu(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        engine_arguments(device="cpu", **kwargs)
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"sleep_level": 3}, "--vllm-sleep must be 0, 1 or 2"),
+    ({"gpu_memory_utilization": 0.0}, r"must be in \(0, 1\]"),
+    ({"tensor_parallel_size": 0}, "must be >= 1"),
+])
+def test_bad_values_are_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        engine_arguments(device="cuda", **kwargs)
+
+
+def test_engine_processes_get_the_gpus_after_the_trainers():
+    assert engine_visible_devices(2, 1, gpus=4, trainer_gpus=2) == ["2", "3"]
+    assert engine_visible_devices(2, 2, gpus=8, trainer_gpus=4) == ["4,5", "6,7"]
+    assert engine_visible_devices(3, 1, gpus=0) == ["", "", ""]  # CPU
+    with pytest.raises(ValueError, match="need 9 GPUs; this machine has 8"):
+        engine_visible_devices(3, 2, gpus=8, trainer_gpus=3)

@@ -61,6 +61,10 @@ class _TrainerActor:
 
         return ray.util.get_node_ip_address()
 
+    def free_port(self) -> int:
+        """A port free on this actor's node (rank 0's: the rendezvous listens there)."""
+        return free_port()
+
     def train(self, fn: Callable[[Any], Any], cfg: Any, env: dict[str, str]) -> str:
         os.environ.update(env)
         return str(fn(cfg))
@@ -107,7 +111,7 @@ def run_on_ray(fn: Callable[[Any], Any], cfg: Any, log: Any = print) -> Any:
         f"{cfg.ray_trainers} trainer process(es)")
     trainers = [placed(_TrainerActor, t, tg) for t in range(cfg.ray_trainers)]
     master = ray.get(trainers[0].node.remote())
-    port = free_port()
+    port = ray.get(trainers[0].free_port.remote())  # free where rank 0 listens, not here
     worker_cfg = dataclasses.replace(cfg, ray="", vllm_engines=",".join(addresses),
                                      generation_backend="vllm")
     runs = []

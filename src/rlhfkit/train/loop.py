@@ -46,6 +46,8 @@ from tqdm.auto import tqdm
 from rlhfkit import config as cfglib
 from rlhfkit.evaluate.report import training_section, write_sections
 from rlhfkit.models.loading import DEFAULT_MODEL, quiet_library_progress_bars, resolve_precision
+from rlhfkit.train.sharding import FSDPOptions as FSDPOptions  # re-exported: an option group
+from rlhfkit.train.sharding import load_sharded, save_sharded, shard_model, unsharded_copy
 
 StepFn = Callable[[torch.nn.Module, dict[str, Any]], tuple[torch.Tensor, dict[str, torch.Tensor]]]
 
@@ -324,15 +326,25 @@ class MetricsLog:
 
 
 class Checkpoints:
-    """``step-NNNNNNN`` folders under ``root``: accelerate state plus the step, for exact resume."""
+    """``step-NNNNNNN`` folders under ``root``: accelerate state plus the step, for exact resume.
+
+    Under ``--fsdp`` (:attr:`sharded` set by :meth:`Run.prepare`) the models and the optimizer
+    are not accelerate's: their state goes to ``sharded/``, a ``torch.distributed.checkpoint``
+    folder that every process writes its own shards to; accelerate's part then holds the
+    schedule, the registered state and the RNG.
+    """
 
     def __init__(self, accelerator: Any, root: Path, keep: int) -> None:
         self.acc, self.root, self.keep = accelerator, root, keep
+        self.sharded: tuple[list[torch.nn.Module], torch.optim.Optimizer] | None = None
+        """The sharded models and their optimizer (``--fsdp``), else None."""
 
     def save(self, step: int) -> Path:
         """Write model, optimizer, registered objects and RNG state; keep the newest ``keep``."""
         path = self.root / f"step-{step:07d}"
         self.acc.save_state(str(path))
+        if self.sharded is not None:
+            save_sharded(path / "sharded", *self.sharded)
         if self.acc.is_main_process:
             (path / "loop_state.json").write_text(json.dumps({"step": step}))
             for old in sorted(self.root.glob("step-*"))[: -self.keep]:
@@ -352,7 +364,14 @@ class Checkpoints:
             if self.acc.is_main_process:
                 print(f"[{stage}] --resume: no checkpoint in {self.root}; starting from scratch")
             return None
+        written_sharded = (path / "sharded").is_dir()
+        if written_sharded != (self.sharded is not None):
+            how = "with --fsdp" if written_sharded else "without --fsdp (or on one process)"
+            raise TrainingError(f"[{stage}] --resume: {path} was written {how}; resume it the "
+                                f"same way")
         self.acc.load_state(str(path))
+        if self.sharded is not None:
+            load_sharded(path / "sharded", *self.sharded)
         step = json.loads((path / "loop_state.json").read_text())["step"]
         if self.acc.is_main_process:
             print(f"[{stage}] resumed from {path} at step {step}")
@@ -425,6 +444,13 @@ class Run:
             acc.init_trackers("rlhfkit", config=_flat_config(cfg))  # tensorboard: out/tb/rlhfkit
         self.metrics_log = MetricsLog(self.out, self.is_main, acc)
         self.checkpoints = Checkpoints(acc, self.out / "checkpoints", cfg.keep_checkpoints)
+        self.sharded = bool(getattr(cfg, "fsdp", False)) and self.world > 1
+        """Models are sharded with FSDP2 (``--fsdp`` on several processes) instead of DDP."""
+        if getattr(cfg, "fsdp", False) and self.world == 1 and self.is_main:
+            print(f"[{stage}] --fsdp on one process: nothing to shard, training unsharded")
+        if self.sharded and acc.distributed_type.name in ("FSDP", "DEEPSPEED"):
+            raise cfglib.ConfigError(f"--fsdp shards the models itself; launch without "
+                                     f"accelerate's {acc.distributed_type.name} configuration")
         self.step = 0
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler: Any = None
@@ -437,9 +463,13 @@ class Run:
                 total_updates: int, state: Sequence[Any] = ()) -> list[torch.nn.Module]:
         """Make the optimizer and schedule, wrap ``models`` for the processes, register state.
 
+        Models are wrapped by accelerate (DDP), or under ``--fsdp`` on several processes
+        sharded in place with FSDP2 (:meth:`shard`), the optimizer then being built over the
+        shards and checkpointed with ``torch.distributed.checkpoint``.
+
         Args:
-            models: Modules to wrap (DDP / FSDP), in order.
-            params: The parameters the optimizer updates.
+            models: Modules to wrap, in order.
+            params: The parameters the optimizer updates (inside ``models``).
             total_updates: Optimizer steps of the whole run (the schedule's length).
             state: More objects with ``state_dict``/``load_state_dict`` to checkpoint (after
                 the schedule, in order: the order is the checkpoint format).
@@ -450,10 +480,16 @@ class Run:
         cfg = self.cfg
         if not params:
             raise TrainingError(f"{self.stage}: the model has no trainable parameters")
+        if self.sharded:  # the optimizer must see the shards, so it is built after sharding
+            params = self.shard(models, params)
         optimizer = make_optimizer(params, cfg.learning_rate, cfg.weight_decay)
         scheduler = build_scheduler(optimizer, cfg.lr_scheduler,
                                     int(cfg.warmup_ratio * total_updates), total_updates)
-        *wrapped, self.optimizer = self.accelerator.prepare(*models, optimizer)
+        if self.sharded:
+            wrapped, self.optimizer = list(models), optimizer
+            self.checkpoints.sharded = (wrapped, optimizer)
+        else:
+            *wrapped, self.optimizer = self.accelerator.prepare(*models, optimizer)
         # The schedule is a function of the optimizer step, which is the same on every process;
         # accelerate's prepared scheduler would advance once per process. Keep ours, checkpointed.
         self.scheduler = scheduler
@@ -461,6 +497,39 @@ class Run:
         for obj in state:
             self.accelerator.register_for_checkpointing(obj)
         return wrapped
+
+    def shard(self, models: Sequence[torch.nn.Module], params: Sequence[torch.nn.Parameter]
+              ) -> list[torch.nn.Parameter]:
+        """Shard ``models`` in place with FSDP2 (``--fsdp``); returns the shards of ``params``.
+
+        ``fully_shard`` replaces every parameter by a ``DTensor`` shard under the same name, so
+        the optimizer's parameters are found again by name.
+        """
+        from torch.distributed.device_mesh import init_device_mesh
+
+        wanted = {id(p) for p in params}
+        names: dict[int, tuple[int, str]] = {}
+        for i, model in enumerate(models):
+            for name, p in model.named_parameters():
+                if id(p) in wanted:
+                    names.setdefault(id(p), (i, name))
+        if len(names) != len(wanted):
+            raise TrainingError(f"{self.stage}: --fsdp needs every trained parameter inside "
+                                f"one of the models it shards")
+        mesh = init_device_mesh(self.device.type, (self.world,))
+        for model in models:
+            shard_model(model, self.cfg, mesh)
+        return [models[i].get_parameter(name) for i, name in names.values()]
+
+    def export_copy(self, module: torch.nn.Module, build: Callable[[], torch.nn.Module]
+                    ) -> torch.nn.Module | None:
+        """The trained ``module`` as a plain module to save from the main process.
+
+        Unsharded, that is ``module`` itself. Under ``--fsdp`` every process must call: the
+        weights are gathered (``DTensor.full_tensor()``) and loaded into ``build()`` on the
+        main process, which gets the copy; the others get None.
+        """
+        return unsharded_copy(module, build) if self.sharded else module
 
     # ------------------------------------------------------------------ updates
     def stop_if_nonfinite(self, nonfinite: bool | float, hint: str = "") -> None:
@@ -699,7 +768,7 @@ class Loop:
                     loss_sum, metric_sums = step_fn(self.model, batch)
                 if not torch.isfinite(loss_sum.detach()):
                     nonfinite = 1.0
-                # DDP averages gradients over processes, hence the factor ``world``.
+                # DDP and FSDP average gradients over processes, hence the factor ``world``.
                 acc.backward(loss_sum * (self.world / global_units))
             sums["loss"] = sums.get("loss", 0.0) + float(loss_sum.detach())
             for name, value in metric_sums.items():

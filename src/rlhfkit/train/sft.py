@@ -21,11 +21,11 @@ from rlhfkit.losses import token_nll
 from rlhfkit.models.loading import load_causal_lm, merge_and_save, prepare_for_training
 from rlhfkit.models.policy import SelectiveLM, targets_of
 from rlhfkit.train.inputs import stage_inputs
-from rlhfkit.train.loop import Loop, ModelOptions, Run, TrainConfig
+from rlhfkit.train.loop import FSDPOptions, Loop, ModelOptions, Run, TrainConfig
 
 
 @dataclass
-class SFTConfig(TrainConfig):
+class SFTConfig(FSDPOptions, TrainConfig):
     """Supervised fine-tuning (``rlhfkit sft``)."""
 
     output_dir: str = "runs/sft"
@@ -128,15 +128,23 @@ def sft_step(model: torch.nn.Module, batch: dict[str, Any]) -> tuple[torch.Tenso
 
 @torch.no_grad()
 def evaluate_sft(loop: Loop, items: list[Encoded], pad_id: int, batch_size: int) -> dict[str, float]:
-    """Held-out token NLL and perplexity, sharded over processes."""
+    """Held-out token NLL and perplexity, sharded over processes.
+
+    Under ``--fsdp`` every forward is a collective, so every process runs the same number of
+    batches: one whose share ran out runs a batch it then ignores.
+    """
     model = loop.model
     model.eval()
     nll_sum, count = 0.0, 0.0
     shard = items[loop.rank::loop.world]
-    for k in range(0, len(shard), batch_size):
-        batch = collate_padded(shard[k:k + batch_size], pad_id)
+    rounds = math.ceil(math.ceil(len(items) / loop.world) / batch_size)  # the most of any rank
+    for k in range(0, rounds * batch_size if loop.run_.sharded else len(shard), batch_size):
+        part = shard[k:k + batch_size]
+        batch = collate_padded(part or items[:1], pad_id)
         with loop.accelerator.autocast():
             logits = model(batch["input_ids"], batch["attention_mask"], batch["target_mask"])
+        if not part:
+            continue
         nll_sum += float(token_nll(logits, targets_of(batch["input_ids"],
                                                       batch["target_mask"])).sum())
         count += batch["num_units"]
@@ -174,9 +182,10 @@ def train_sft(cfg: SFTConfig) -> Path:
     evaluate = (lambda: evaluate_sft(loop, eval_items, pad_id, cfg.batch_size)) \
         if eval_items else None
     metrics = loop.run(sft_step, evaluate)
+    policy = run.export_copy(run.accelerator.unwrap_model(loop.model).lm,
+                             lambda: build_policy(cfg))  # --fsdp: gathered, on the main process
     if run.is_main:
-        merge_and_save(run.accelerator.unwrap_model(loop.model).lm, tokenizer, run.out / "model",
-                       adapter_dir=run.out / "adapter")
+        merge_and_save(policy, tokenizer, run.out / "model", adapter_dir=run.out / "adapter")
         print(f"[sft] saved policy to {run.out / 'model'}; final metrics: "
               + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if not k.startswith("_")))
     run.accelerator.wait_for_everyone()

@@ -19,7 +19,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent / "src" / "rlhfkit"
 
 FLOORS = {
-    1: ["__init__", "config", "losses", "segments", "testing", "data", "stats"],
+    0: ["config"],
+    1: ["__init__", "options", "losses", "segments", "testing", "data", "stats"],
     2: ["models", "feedback", "evaluate", "engines"],
     3: ["rollout", "rewards", "tasks", "control"],
     4: ["train"],

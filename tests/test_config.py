@@ -1,9 +1,12 @@
 import argparse
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, field
 
 import pytest
 
 from rlhfkit import config as cfglib
+from rlhfkit.options import OptimOptions, SamplingOptions
+from rlhfkit.train.loop import TrainConfig
 from rlhfkit.train.sft import SFTConfig
 
 
@@ -32,7 +35,7 @@ def parse(argv, cls=Toy):
 def test_field_docstrings_become_help():
     docs = cfglib.field_docs(SFTConfig)
     assert docs["packing"].startswith("Pack several demonstrations")
-    assert docs["learning_rate"] == "Peak learning rate of AdamW."  # overridden in the subclass
+    assert docs["learning_rate"] == "Peak learning rate of AdamW."  # the group's (OptimOptions)
     assert "batch_size" in docs  # inherited from TrainConfig
     p = argparse.ArgumentParser()
     cfglib.add_arguments(p, Toy)
@@ -65,3 +68,78 @@ def test_save_and_reload(tmp_path):
     cfglib.save_yaml(cfg, tmp_path / "config.yaml")
     again = cfglib.from_dict(SFTConfig, cfglib.load_yaml(tmp_path / "config.yaml"))
     assert again == cfg
+
+
+@dataclass
+class Group:
+    rate: float = field(default=0.5, metadata=cfglib.bounds(gt=0, le=1))
+    """A rate."""
+    name: str = "a"
+    """The name."""
+    steps: int = 3
+    """How many steps."""
+
+
+def test_stage_defaults_change_only_the_default():
+    @cfglib.stage_defaults(rate=0.25, steps=7)
+    @dataclass
+    class Stage(Group):
+        own: bool = False
+        """An option of the stage only."""
+
+    assert (Stage().rate, Stage().steps, Stage().name) == (0.25, 7, "a")
+    assert (Group().rate, Group().steps) == (0.5, 3)  # the group keeps its defaults
+    rate = {f.name: f for f in dataclasses.fields(Stage)}["rate"]
+    assert rate.default == 0.25 and rate.metadata["bounds"] == (0, 1, False, True)
+    assert cfglib.field_docs(Stage)["rate"] == "A rate."
+    assert Stage(rate=0.9).rate == 0.9
+    with pytest.raises(cfglib.ConfigError, match="--rate must be > 0 and <= 1"):
+        cfglib.from_dict(Stage, {"rate": 2})
+
+    @dataclass
+    class Later(Stage):  # a subclass inherits the stage's defaults
+        pass
+
+    assert (Later().rate, Later().steps) == (0.25, 7)
+
+
+def test_stage_defaults_refuse_options_the_class_does_not_inherit():
+    with pytest.raises(TypeError, match="does not have: nope"):
+        @cfglib.stage_defaults(nope=1)
+        @dataclass
+        class Stage(Group):
+            pass
+    with pytest.raises(TypeError, match="declares own itself"):
+        @cfglib.stage_defaults(own=True)
+        @dataclass
+        class Other(Group):
+            own: bool = False
+    with pytest.raises(TypeError, match="above @dataclass"):
+        @cfglib.stage_defaults(rate=0.1)
+        class Plain(Group):
+            pass
+
+
+def test_only_takes_part_of_a_group():
+    part = cfglib.only(Group, "steps", "rate")
+    assert [f.name for f in dataclasses.fields(part)] == ["steps", "rate"]
+    assert part().rate == 0.5 and cfglib.field_docs(part) == {"steps": "How many steps.",
+                                                              "rate": "A rate."}
+
+    @cfglib.stage_defaults(steps=1)
+    @dataclass
+    class Stage(part):
+        pass
+
+    assert Stage().steps == 1 and part().steps == 3
+    assert cfglib.only(Group, "steps", "rate") is part
+    with pytest.raises(TypeError, match="unknown: nope"):
+        cfglib.only(Group, "nope")
+    p = argparse.ArgumentParser()
+    cfglib.add_arguments(p, cfglib.only(SamplingOptions, "top_p"))
+    assert "Nucleus sampling" in p.format_help() and "> 0 and <= 1" in p.format_help()
+
+
+def test_supervised_stages_keep_their_defaults():
+    assert SFTConfig().learning_rate == 5e-5 and TrainConfig().learning_rate == 1e-5
+    assert OptimOptions().learning_rate == 1e-5 and SFTConfig().output_dir == "runs/sft"

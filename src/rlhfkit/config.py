@@ -2,12 +2,18 @@
 
 A field's docstring (the string literal written under it, as in cleanrl) becomes its ``--help``
 text. The resolved configuration is printed at start and saved as ``config.yaml`` in the run folder.
+
+Every option is declared once, in an option group (:mod:`rlhfkit.options` holds those several
+stages share): its type, default, range (:func:`bounds`) and help sit together. A stage config
+composes the groups it uses side by side, takes part of a group with :func:`only`, gives an
+inherited option another default with :func:`stage_defaults`, and declares only its own options.
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import copy
 import dataclasses
 import functools
 import inspect
@@ -31,10 +37,17 @@ class ConfigError(ValueError):
 
 @functools.cache
 def field_docs(cls: type) -> dict[str, str]:
-    """Return ``{field: docstring}`` for a dataclass, from the string under each field."""
+    """Return ``{field: docstring}`` for a dataclass, from the string under each field.
+
+    The classes of the MRO are read base first, so a field's text is that of the class that
+    declares it (an option group); :func:`stage_defaults` keeps it.
+    """
     docs: dict[str, str] = {}
     for klass in reversed(cls.__mro__):
         if not dataclasses.is_dataclass(klass):
+            continue
+        if "__field_docs__" in klass.__dict__:  # a part of a group (:func:`only`): no source
+            docs.update(klass.__dict__["__field_docs__"])
             continue
         try:
             source = textwrap.dedent(inspect.getsource(klass))
@@ -147,6 +160,85 @@ def bounds(*, ge: float | None = None, gt: float | None = None, le: float | None
         raise ValueError("give at most one lower (ge/gt) and one upper (le/lt) bound")
     return {"bounds": (ge if gt is None else gt, le if lt is None else lt, gt is None,
                        lt is None)}
+
+
+def stage_defaults(**defaults: Any) -> Any:
+    """Class decorator: other defaults for options a stage config inherits from its groups.
+
+    ``@stage_defaults(output_dir="runs/sft", learning_rate=5e-5)`` above ``@dataclass``
+    changes the defaults of those inherited fields for this class (and its subclasses) only;
+    their type, range (metadata) and help (found by :func:`field_docs` in the group that
+    declares them) stay the group's. An option the class does not have, or declares itself
+    (give its default there), is refused with :class:`TypeError` when the class is defined.
+    """
+    def apply(cls: type) -> type:
+        fields = cls.__dict__.get("__dataclass_fields__")
+        if fields is None:
+            raise TypeError(f"{cls.__name__}: put @stage_defaults above @dataclass")
+        unknown = sorted(set(defaults) - set(fields))
+        if unknown:
+            raise TypeError(f"{cls.__name__}: @stage_defaults for option(s) it does not have: "
+                            f"{', '.join(unknown)}")
+        own = sorted(set(defaults) & set(cls.__dict__.get("__annotations__", {})))
+        if own:
+            raise TypeError(f"{cls.__name__} declares {', '.join(own)} itself: give the "
+                            f"default there, not in @stage_defaults")
+        for name, value in defaults.items():
+            if fields[name].default_factory is not dataclasses.MISSING:
+                raise TypeError(f"{cls.__name__}: {name} has a default factory; "
+                                f"@stage_defaults sets plain defaults only")
+            changed = copy.copy(fields[name])  # the group's Field is shared: copy, then change
+            changed.default = value
+            fields[name] = changed
+            setattr(cls, name, value)
+        # ``__init__`` was written by @dataclass with the old defaults: give it the new ones.
+        init = cls.__dict__["__init__"]
+        code = init.__code__
+        names = code.co_varnames[1:code.co_argcount]  # after self
+        if init.__defaults__:
+            named = names[len(names) - len(init.__defaults__):]
+            init.__defaults__ = tuple(defaults.get(n, d) for n, d in
+                                      zip(named, init.__defaults__))
+        if init.__kwdefaults__:
+            init.__kwdefaults__ = {n: defaults.get(n, d) for n, d in init.__kwdefaults__.items()}
+        return cls
+
+    return apply
+
+
+@functools.cache
+def only(group: type, *names: str) -> type:
+    """The options ``names`` of the option group ``group``, as a group of their own.
+
+    A stage that uses some options of a group composes ``only(Group, "a", "b")`` in place of
+    ``Group``, so it shows no option it never reads while every option stays declared once:
+    the fields (type, default, range) and their help are the group's. The result is a plain
+    dataclass, one class deep, with the fields in the order given.
+    """
+    if not dataclasses.is_dataclass(group):
+        raise TypeError(f"only(): {group!r} is not an option group (a dataclass)")
+    fields = {f.name: f for f in dataclasses.fields(group)}
+    unknown = [n for n in names if n not in fields]
+    if unknown or not names or len(set(names)) != len(names):
+        raise TypeError(f"only({group.__name__}, ...): give distinct options of the group; "
+                        f"unknown: {', '.join(unknown) or '-'}; it has {', '.join(fields)}")
+    hints = typing.get_type_hints(group)
+    docs = field_docs(group)
+    namespace: dict[str, Any] = {
+        "__module__": group.__module__,
+        "__qualname__": f"{group.__qualname__}[{','.join(names)}]",
+        "__doc__": f"{group.__name__}: {', '.join(names)}.",
+        "__annotations__": {n: hints[n] for n in names},
+        "__field_docs__": {n: docs[n] for n in names if n in docs},
+    }
+    for n in names:
+        f = fields[n]
+        namespace[n] = dataclasses.field(default=f.default, default_factory=f.default_factory,
+                                         init=f.init, repr=f.repr, hash=f.hash,
+                                         compare=f.compare, metadata=f.metadata,
+                                         kw_only=f.kw_only)
+    part = type(f"{group.__name__}[{','.join(names)}]", (), namespace)
+    return dataclasses.dataclass(part)
 
 
 # Ranges of the options that share a name (and a meaning) across stages and are not yet

@@ -1,6 +1,9 @@
 import argparse
+import ast
+import collections
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -8,6 +11,8 @@ from rlhfkit import config as cfglib
 from rlhfkit.options import OptimOptions, SamplingOptions
 from rlhfkit.train.loop import TrainConfig
 from rlhfkit.train.sft import SFTConfig
+
+SRC = Path(__file__).resolve().parent.parent / "src" / "rlhfkit"
 
 
 @dataclass
@@ -143,3 +148,33 @@ def test_only_takes_part_of_a_group():
 def test_supervised_stages_keep_their_defaults():
     assert SFTConfig().learning_rate == 5e-5 and TrainConfig().learning_rate == 1e-5
     assert OptimOptions().learning_rate == 1e-5 and SFTConfig().output_dir == "runs/sft"
+
+
+# Names still declared in two option dataclasses, and why: each pair is two different options.
+DECLARED_TWICE = {
+    "learning_rate": "control: the Gymnasium agent's, None = the environment's preset",
+    "gamma": "control: the Gymnasium agent's, None = the environment's preset",
+    "update_epochs": "control: the Gymnasium agent's, None = the environment's preset",
+    "entropy_coef": "control: the Gymnasium agent's, None = the environment's preset",
+    "batch_size": "training items per micro-batch, prompts per rollout batch, sequences per "
+                  "generate call",
+    "labeler": "online-dpo, iterate and control take different labelers",
+    "segment_unit": "segment-rm's may be empty (its default depends on --category)",
+    "length_floor": "tokens in RL; a share of the SFT policy's mean length in demo/iterate",
+    "feedback_project": "control's project (None: control-ENV); iterate's prefix of projects",
+    "methods": "frontier's and detox's lists of what they compare",
+}
+
+
+def test_every_option_is_declared_once():
+    where = collections.defaultdict(list)
+    for path in sorted(SRC.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef) and node.name.endswith(("Config", "Options")):
+                for st in node.body:
+                    if isinstance(st, ast.AnnAssign) and isinstance(st.target, ast.Name):
+                        where[st.target.id].append(f"{path.relative_to(SRC)}:{node.name}")
+    twice = {name: places for name, places in where.items() if len(places) > 1}
+    unexplained = {n: p for n, p in twice.items() if n not in DECLARED_TWICE}
+    assert not unexplained, f"declare these options once, in a group (rlhfkit/options.py): " \
+                            f"{unexplained}"

@@ -241,41 +241,11 @@ def only(group: type, *names: str) -> type:
     return dataclasses.dataclass(part)
 
 
-# Ranges of the options that share a name (and a meaning) across stages and are not yet
-# declared once with their bounds (``field(metadata=bounds(...))`` wins over this table):
-# name -> (low, high, low included, high included); None = unbounded.
-BOUNDS: dict[str, tuple[float | None, float | None, bool, bool]] = {
-    "learning_rate": (0, None, False, True), "weight_decay": (0, None, True, True),
-    "warmup_ratio": (0, 1, True, False), "max_grad_norm": (0, None, True, True),
-    "epochs": (0, None, False, True), "max_steps": (0, None, True, True),
-    "batch_size": (1, None, True, True), "grad_accum": (1, None, True, True),
-    "mini_batch_size": (0, None, True, True), "update_epochs": (1, None, True, True),
-    "max_length": (8, None, True, True), "max_new_tokens": (1, None, True, True),
-    "max_prompt_tokens": (1, None, True, True), "eval_fraction": (0, 1, True, False),
-    "eval_every": (0, None, True, True), "save_every": (0, None, True, True),
-    "log_every": (1, None, True, True), "keep_checkpoints": (1, None, True, True),
-    "lora_r": (1, None, True, True), "lora_alpha": (0, None, False, True),
-    "lora_dropout": (0, 1, True, False), "temperature": (0, None, True, True),
-    "top_p": (0, 1, False, True), "top_k": (0, None, True, True),
-    "kl_coef": (0, None, True, True), "kl_target": (0, None, True, True),
-    "kl_horizon": (1, None, True, True), "entropy_coef": (0, None, True, True),
-    "num_samples": (1, None, True, True), "clip_range": (0, 1, False, True),
-    "clip_range_high": (0, None, True, True), "gamma": (0, 1, True, True),
-    "lam": (0, 1, True, True), "vf_coef": (0, None, True, True),
-    "reward_clip": (0, None, True, True), "tis_cap": (0, None, True, True),
-    "beta": (0, None, False, True), "label_smoothing": (0, 0.5, True, False),
-    "eval_prompts": (0, None, True, True), "rank_k": (2, 9, True, True),
-    "rounds": (0, None, True, True), "vllm_kv_cache_gb": (0, None, False, True),
-    "length_floor": (0, None, True, True), "length_floor_penalty": (0, None, True, True),
-}
-
-
 def validate(config: Any) -> Any:
     """Check every field against its choices (``Literal`` types) and bounds, then ``check()``.
 
-    A field's bounds are those of its metadata (:func:`bounds`), else of :data:`BOUNDS`. A
-    config class may define ``check(self)`` for rules that tie options together; it raises
-    :class:`ConfigError` too.
+    A field's bounds are those of its metadata (:func:`bounds`). A config class may define
+    ``check(self)`` for rules that tie options together; it raises :class:`ConfigError` too.
 
     Returns:
         ``config``, unchanged.
@@ -293,7 +263,7 @@ def validate(config: Any) -> Any:
         if typing.get_origin(base) is typing.Literal and value not in typing.get_args(base):
             choices = ", ".join(repr(a) for a in typing.get_args(base))
             raise ConfigError(f"{flag} must be one of {choices}, got {value!r}")
-        rng = f.metadata.get("bounds") or BOUNDS.get(f.name)
+        rng = f.metadata.get("bounds")
         if rng is not None and isinstance(value, int | float) and not isinstance(value, bool):
             low, high, low_in, high_in = rng
             too_low = low is not None and (value < low or (value == low and not low_in))
@@ -363,7 +333,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type,
             f.default_factory() if f.default_factory is not dataclasses.MISSING else None  # type: ignore[misc]
         )
         default = (defaults or {}).get(f.name, default)
-        rng = f.metadata.get("bounds") or BOUNDS.get(f.name)
+        rng = f.metadata.get("bounds")
         limits = f"; {_range_text(rng)}" if rng else ""
         help_text = f"{docs.get(f.name, '')} [default: {default!r}{limits}]"
         help_text = help_text.replace("%", "%%")  # argparse %-formats help strings

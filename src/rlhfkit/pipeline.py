@@ -23,11 +23,21 @@ from pathlib import Path
 from typing import Literal
 
 from rlhfkit import config as cfglib
+from rlhfkit.config import only
 from rlhfkit.data.chat import to_messages
 from rlhfkit.data.io import read_records, write_records
 from rlhfkit.evaluate.overoptimisation import overoptimisation_section
 from rlhfkit.evaluate.report import Section, table_html, write_report
-from rlhfkit.models.loading import DEFAULT_MODEL
+from rlhfkit.options import (
+    EvalOptions,
+    GenerationOptions,
+    KLOptions,
+    ModelOptions,
+    RewardOptions,
+    RoundsOptions,
+    RunOptions,
+    SamplingOptions,
+)
 from rlhfkit.rollout import (
     generate_responses,
 )
@@ -38,84 +48,37 @@ from rlhfkit.train.evaluation import compare_with_sft
 from rlhfkit.train.iterate import IterateConfig, run_iterate, sft_mean_length
 from rlhfkit.train.rm import RMConfig, train_rm
 from rlhfkit.train.sft import SFTConfig, train_sft
-from rlhfkit.train.trainer import rl_config, train_rl
+from rlhfkit.train.trainer import AlgorithmOptions, rl_config, train_rl
 
 
+@cfglib.stage_defaults(output_dir="runs/demo", max_new_tokens=24, eval_prompts=0,
+                       length_debias=True, length_floor=0.9, sft_steps=0, rm_steps=0,
+                       rm_learning_rate=0.0, rl_steps=0, rl_learning_rate=0.0, rounds=0)
 @dataclass
-class DemoConfig:
+class DemoConfig(only(RunOptions, "output_dir", "precision", "seed", "progress"),
+                 only(GenerationOptions, "generation_backend"), only(EvalOptions, "eval_prompts"),
+                 only(SamplingOptions, "max_new_tokens"), only(RewardOptions, "length_debias"),
+                 only(KLOptions, "kl_coef", "kl_target", "entropy_coef"),
+                 only(AlgorithmOptions, "algo"),
+                 only(RoundsOptions, "task", "sft_model", "sft_steps", "rm_steps",
+                      "rm_learning_rate", "rank_k", "rl_steps", "rl_learning_rate", "rounds",
+                      "length_floor"),
+                 only(ModelOptions, "model", "lora")):
     """The whole loop on one command (``rlhfkit demo``)."""
 
-    model: str = DEFAULT_MODEL
-    """Starting model: a HF id, a local folder, a .gguf file, or the alias smollm2-135m."""
-    task: str = "reviews"
-    """Built-in task that supplies prompts, demonstrations and the gold labeler."""
-    output_dir: str = "runs/demo"
-    """Folder for the run; each stage writes a sub-folder."""
-    sft_model: str = ""
-    """An SFT policy folder to start from instead of training one (e.g. another demo's
-    sft/model)."""
     quick: bool = False
     """Small settings that finish in a few minutes on a 2-core CPU."""
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
-    """fp32, bf16, or auto (bf16 where the hardware has it)."""
-    lora: bool = False
-    """Train LoRA adapters instead of all weights."""
-    seed: int = 0
-    """Seed for every stage."""
-    sft_steps: int = 0
-    """SFT optimizer steps (0 = the preset's)."""
-    rm_steps: int = 0
-    """Reward-model optimizer steps (0 = the preset's)."""
-    rm_learning_rate: float = 0.0
-    """Reward-model learning rate (0 = the preset's: 1e-4 on policy samples, 2e-5 on the
-    task's rankings)."""
-    progress: bool = True
-    """Show progress bars."""
-    algo: str = "ppo"
-    """Step 3: an RL algorithm (rlhfkit rl --help lists them; py:FILE.py:NAME for your own),
-    best-of-n, or dpo/ipo/kto in place of RM + RL; a comma-separated list (e.g. ppo,dpo) runs
-    each from the same SFT policy and compares them."""
-    rl_steps: int = 0
-    """RL rollout batches (0 = the preset's: 24 in one pass, 12 in each of several rounds)."""
-    max_new_tokens: int = 24
-    """Longest sampled response in tokens."""
-    kl_coef: float = 0.05
-    """beta, the KL penalty to the SFT policy."""
-    rl_learning_rate: float = 0.0
-    """RL learning rate (0 = the preset's: 2e-5 with rounds, 1e-5 in one pass, 2e-4 with LoRA)."""
-    eval_prompts: int = 0
-    """Held-out prompts for the final evaluation (0 = the preset's)."""
     rm_data: Literal["samples", "task"] = "samples"
     """What the reward model learns from: samples (K responses per prompt from the SFT policy,
     ranked by the simulated labeler, as InstructGPT's labelers ranked the policy's outputs) or
     task (the task's own written rankings)."""
-    rank_k: int = 4
-    """K: responses sampled and ranked per prompt with --rm-data samples (2..9)."""
     rank_prompts: int = 0
     """Prompts to sample and rank with --rm-data samples (0 = the preset's: every train prompt
     without a demonstration, 64 with --quick)."""
-    generation_backend: Literal["auto", "hf", "vllm"] = "auto"
-    """Sampler of every stage that samples: hf, vllm or auto (vLLM where installed)."""
-    rounds: int = 0
-    """Rounds of iterative RLHF for RL algorithms (docs/iterate.md): each round samples the
-    current policy, has it ranked, refits the reward model on all rankings so far, and runs RL
-    again from the current policy; 1 = the classic single pass; 0 = the preset's (3, or 1 with
-    --quick)."""
     round_prompts: int = 96
     """Prompts sampled and ranked in each round after the first."""
     round_rm_steps: int = 24
     """Reward-model steps of each round after the first (it continues from the last one)."""
-    length_debias: bool = True
-    """Take the linear effect of length out of the RL reward within each batch (on by default
-    in the demo: its reward model, fitted on few rankings, rewards short stock praise)."""
-    length_floor: float = 0.9
-    """Keep RL's responses at least this share of the SFT samples' mean length: a shorter
-    response loses a share of its reward in proportion to what it misses (0 = off; needs
-    --rm-data samples, whose SFT samples give the mean)."""
-    entropy_coef: float = 0.0
-    """Entropy bonus in the RL loss."""
-    kl_target: float = 0.0
-    """Adapt beta towards this KL per response in nats (0 = fixed --kl-coef)."""
 
 
 def run_demo(cfg: DemoConfig) -> Path:

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from rlhfkit.config import ConfigError
+from rlhfkit.config import ConfigError, only
 from rlhfkit.data.chat import encode, pad, prompt_text, repeats
 from rlhfkit.engines.remote import KEY_ENV, EngineClient, RemoteBackend, start_local_engines
 from rlhfkit.engines.vllm import VLLMBackend, VLLMEngine, engine_problem
@@ -48,6 +48,7 @@ from rlhfkit.models.loading import (
     resolve_precision,
 )
 from rlhfkit.models.policy import SelectiveLM
+from rlhfkit.options import SamplingOptions
 
 
 def cache_kwarg(model: nn.Module, method: str = "forward") -> str:
@@ -85,17 +86,9 @@ def output_cache(out: Any) -> Any:
 
 
 @dataclass
-class SamplingConfig:
-    """How responses are sampled."""
+class SamplingConfig(only(SamplingOptions, "max_new_tokens", "temperature", "top_p", "top_k")):
+    """How responses are sampled: the sampling options (declared in ``options.py``), and stops."""
 
-    max_new_tokens: int = 32
-    """Longest response in tokens."""
-    temperature: float = 1.0
-    """Softmax temperature (0 = greedy)."""
-    top_p: float = 1.0
-    """Nucleus sampling: keep the smallest set of tokens with this much probability (1 = off)."""
-    top_k: int = 0
-    """Keep only the k most likely tokens (0 = off)."""
     stop: tuple[str, ...] = ()
     """Strings that end a response (cut after the first one; the response counts as ended)."""
 

@@ -33,7 +33,7 @@ import math
 import threading
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -41,14 +41,17 @@ import numpy as np
 import torch
 
 from rlhfkit import config as cfglib
+from rlhfkit.config import bounds, only
 from rlhfkit.control.agent import ActorCritic, PPOHyper, ReturnScaler, gae, ppo_update
 from rlhfkit.control.labelers import OracleLabeler
 from rlhfkit.control.learner import AsyncRewardLearner, RewardLearner
 from rlhfkit.control.reward import RewardEnsemble, Segments
+from rlhfkit.options import FeedbackOptions, RunOptions
 
 
+@cfglib.stage_defaults(output_dir="runs/control")
 @dataclass
-class ControlConfig:
+class ControlConfig(only(RunOptions, "output_dir", "seed"), FeedbackOptions):
     """Preference-based RL for control (``rlhfkit control``).
 
     Fields left at ``None`` take the environment's preset (:data:`ENV_PRESETS`), else the
@@ -61,25 +64,21 @@ class ControlConfig:
     """Label budget: comparisons the labeler is asked for over the whole run."""
     total_steps: int | None = None
     """Environment steps for each agent (None: the env's preset; CartPole 100k)."""
-    output_dir: str = "runs/control"
-    """Run folder: config.yaml, metrics.jsonl, learning_curve.png, report.html."""
-    seed: int = 0
-    """Seed of the environments, networks and query sampling."""
     num_envs: int | None = None
     """Environments stepped side by side (None: preset)."""
     rollout_steps: int | None = None
     """Steps per environment between PPO updates (None: preset)."""
-    learning_rate: float | None = None
+    learning_rate: float | None = field(default=None, metadata=bounds(gt=0))
     """Adam learning rate of the policy and value networks (None: preset)."""
-    gamma: float | None = None
+    gamma: float | None = field(default=None, metadata=bounds(ge=0, le=1))
     """PPO discount (None: preset; 0.99 for CartPole, 0.9 for Pendulum)."""
     gae_lambda: float | None = None
     """GAE lambda (None: preset)."""
-    update_epochs: int | None = None
+    update_epochs: int | None = field(default=None, metadata=bounds(ge=1))
     """PPO epochs over each rollout (None: preset)."""
     minibatches: int | None = None
     """Mini-batches per PPO epoch (None: preset)."""
-    entropy_coef: float | None = None
+    entropy_coef: float | None = field(default=None, metadata=bounds(ge=0))
     """Entropy bonus of the PPO loss (None: preset)."""
     log_std_init: float | None = None
     """Initial log standard deviation of a continuous (Gaussian) policy (None: preset)."""
@@ -108,8 +107,6 @@ class ControlConfig:
     labeler: Literal["oracle", "app"] = "oracle"
     """Who compares segments: the synthetic oracle, or people in the feedback app (the pairs
     are shown there as animations; serve it with `rlhfkit label serve --db FEEDBACK_DB`)."""
-    feedback_db: str = "sqlite:///feedback.db"
-    """Feedback store URL the app labeler writes the pairs to and reads the answers from."""
     feedback_project: str | None = None
     """Feedback project of the pairs (None: control-ENV); created if missing."""
     feedback_prompt: str | None = None

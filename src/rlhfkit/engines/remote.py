@@ -34,9 +34,11 @@ from typing import Any, Literal
 
 import torch
 
+from rlhfkit.config import only, stage_defaults
 from rlhfkit.data.chat import repeats
 from rlhfkit.engines.buckets import pack, plan_for, total_bytes, unpack
 from rlhfkit.engines.vllm import VLLMEngine, engine_visible_devices
+from rlhfkit.options import ModelOptions, RunOptions
 
 KEY_ENV = "RLHFKIT_ENGINE_KEY"
 """The environment variable that holds the engines' auth key (the trainer and every engine)."""
@@ -103,12 +105,11 @@ def free_port() -> int:
 # ---------------------------------------------------------------------------------------------
 
 
+@stage_defaults(model="runs/sft/model")
 @dataclass
-class EngineConfig:
+class EngineConfig(only(RunOptions, "seed"), only(ModelOptions, "model")):
     """A generation engine for RL stages on other processes or machines (``rlhfkit engine``)."""
 
-    model: str = "runs/sft/model"
-    """The policy's starting weights: a HF model folder this machine can read."""
     host: str = "127.0.0.1"
     """Interface to listen on (0.0.0.0 for trainers on other machines)."""
     port: int = 7100
@@ -119,8 +120,6 @@ class EngineConfig:
     """Longest prompt + response in tokens."""
     kv_cache_gb: float = 0.25
     """Memory for the KV cache, GiB."""
-    seed: int = 0
-    """The engine's sampling seed."""
 
 
 def serve_engine(cfg: EngineConfig) -> None:

@@ -35,9 +35,10 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from rlhfkit import config as cfglib
+from rlhfkit.config import only
 from rlhfkit.evaluate.metrics import (
     avg_max_toxicity,
     distinct_n_per_prompt,
@@ -48,9 +49,20 @@ from rlhfkit.evaluate.report import Section, figure_html, table_html, write_sect
 from rlhfkit.feedback.gold import ToxicityScorer
 from rlhfkit.models.loading import load_causal_lm, load_tokenizer, resolve_precision
 from rlhfkit.models.policy import SelectiveLM
+from rlhfkit.options import (
+    EvalOptions,
+    KLOptions,
+    ModelOptions,
+    OptimOptions,
+    RewardOptions,
+    RoundsOptions,
+    RunOptions,
+    SamplingOptions,
+)
 from rlhfkit.rollout import HFBackend, ReferencePolicy, SamplingConfig, sample
 from rlhfkit.segments import split_segments
 from rlhfkit.tasks import get_task
+from rlhfkit.train.rl import UpdateOptions
 from rlhfkit.train.sft import SFTConfig, train_sft
 from rlhfkit.train.trainer import rl_config, train_rl
 
@@ -71,18 +83,19 @@ TABLE_KEYS = ("avg_max_toxicity", "toxicity_probability", "mean_toxicity", "perp
 """Final-evaluation metrics, in table order (see :func:`evaluate_policy`)."""
 
 
+@cfglib.stage_defaults(output_dir="runs/detox", eval_every=3, learning_rate=2e-5, mini_batch_size=8,
+                       update_epochs=2, max_new_tokens=48)
 @dataclass
-class DetoxConfig:
+class DetoxConfig(only(RunOptions, "output_dir", "precision", "eval_every", "progress"),
+                  only(EvalOptions, "eval_prompts"),
+                  only(SamplingOptions, "max_new_tokens", "samples_per_prompt"),
+                  only(RewardOptions, "segment_unit"),
+                  only(KLOptions, "kl_coef", "kl_target", "kl_horizon"),
+                  only(UpdateOptions, "batch_size", "mini_batch_size", "update_epochs"),
+                  only(OptimOptions, "learning_rate"), only(RoundsOptions, "sft_model", "sft_steps"),
+                  only(ModelOptions, "model")):
     """Holistic vs fine-grained RLHF for detoxification (``rlhfkit detox``)."""
 
-    model: str = "smollm2-135m"
-    """Starting model: a HF id, a local folder, a .gguf file, or the alias smollm2-135m."""
-    output_dir: str = "runs/detox"
-    """Folder for the experiment; each stage writes a sub-folder."""
-    sft_model: str = ""
-    """An SFT policy folder to start from instead of training one (e.g. another run's sft/model)."""
-    sft_steps: int = 32
-    """SFT optimizer steps on the task's demonstrations."""
     sft_batch_size: int = 8
     """SFT batch size."""
     sft_learning_rate: float = 5e-5
@@ -94,41 +107,13 @@ class DetoxConfig:
     """PPO seeds, comma-separated (each method runs once per seed)."""
     ppo_steps: int = 12
     """PPO rollout batches per run."""
-    batch_size: int = 16
-    """Prompts per rollout batch (one sample each)."""
-    mini_batch_size: int = 8
-    """Samples per PPO optimizer step."""
-    update_epochs: int = 2
-    """PPO epochs over each rollout batch."""
-    learning_rate: float = 2e-5
-    """PPO learning rate."""
-    max_new_tokens: int = 48
-    """Longest sampled response in tokens (training and evaluation)."""
-    kl_coef: float = 0.05
-    """beta, the per-token KL penalty to the SFT policy (the starting value with --kl-target)."""
-    kl_target: float = 0.0
-    """If > 0, both methods adapt beta towards this KL per response, nats (Ziegler et al.)."""
-    kl_horizon: int = 10000
-    """Samples over which the adaptive KL controller corrects an error."""
-    segment_unit: Literal["sentence", "subsentence", "response"] = "sentence"
-    """Segments of the fine-grained reward: sentence or subsentence."""
-    eval_every: int = 3
-    """Held-out evaluation every this many rollout batches (the learning curves)."""
     curve_prompts: int = 24
     """Held-out prompts (one sample each) at each learning-curve evaluation."""
-    eval_prompts: int = 32
-    """Held-out prompts of the final evaluation."""
-    samples_per_prompt: int = 4
-    """k: samples per held-out prompt for average max toxicity (Gehman et al. use 25)."""
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
-    """fp32, bf16, or auto (bf16 where the hardware has it)."""
     reuse: bool = True
     """Reuse stages already finished in --output-dir (a model folder or evaluation file), so an
     interrupted experiment continues where it stopped."""
     report_only: bool = False
     """Rebuild table.md, the plots and report.html from results.json; train nothing."""
-    progress: bool = True
-    """Show progress bars."""
 
 
 def method_names(cfg: DetoxConfig) -> list[str]:

@@ -20,10 +20,19 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from rlhfkit import config as cfglib
+from rlhfkit.config import only
 from rlhfkit.evaluate.report import Section, figure_html, table_html, write_sections
+from rlhfkit.options import (
+    EvalOptions,
+    GenerationOptions,
+    RewardOptions,
+    RoundsOptions,
+    RunOptions,
+    SamplingOptions,
+)
 from rlhfkit.train.algorithms import reward_algorithm, reward_algorithms
 from rlhfkit.train.dpo import DPOConfig, train_dpo
 from rlhfkit.train.evaluation import compare_with_sft
@@ -33,20 +42,19 @@ from rlhfkit.train.trainer import rl_config, train_rl
 DIRECT = ("dpo", "ipo")
 
 
+@cfglib.stage_defaults(output_dir="runs/frontier", reward_model="runs/demo/rm/model",
+                       sft_model="runs/demo/sft/model", max_new_tokens=24, eval_prompts=64)
 @dataclass
-class FrontierConfig:
+class FrontierConfig(only(RunOptions, "output_dir", "precision", "seed", "resume", "overwrite",
+                          "progress"),
+                     only(GenerationOptions, "generation_backend"),
+                     only(SamplingOptions, "max_new_tokens"), only(EvalOptions, "eval_prompts"),
+                     only(RewardOptions, "reward_model"),
+                     only(RoundsOptions, "task", "sft_model", "rl_steps", "rl_learning_rate")):
     """Gold reward against KL for each method and strength (``rlhfkit frontier``)."""
 
-    sft_model: str = "runs/demo/sft/model"
-    """The SFT policy every point starts from (and the KL reference)."""
-    reward_model: str = "runs/demo/rm/model"
-    """The reward model the RL methods and best-of-N optimise."""
     preferences: str = "runs/demo/rankings.jsonl"
     """The rankings DPO and IPO learn from (those the reward model learned from)."""
-    task: str = "reviews"
-    """Built-in task: train prompts for RL, held-out prompts and the gold scorer for judging."""
-    output_dir: str = "runs/frontier"
-    """Run folder: config.yaml, points.jsonl, report.html, one folder per point."""
     methods: str = "rl,dpo,ipo,best-of-n"
     """Methods to run: any RL algorithm (rlhfkit rl --help lists them; py:FILE.py:NAME for your
     own), rl (every registered RL algorithm that optimises a reward), dpo, ipo, best-of-n."""
@@ -56,30 +64,10 @@ class FrontierConfig:
     """beta of DPO and IPO."""
     best_of: str = "1,2,4,8,16"
     """N of best-of-N."""
-    rl_steps: int = 16
-    """Rollout batches of each RL point."""
     dpo_steps: int = 48
     """Optimizer steps of each DPO/IPO point."""
-    rl_learning_rate: float = 1e-5
-    """RL learning rate."""
     dpo_learning_rate: float = 5e-6
     """DPO/IPO learning rate."""
-    eval_prompts: int = 64
-    """Held-out prompts every point is judged on."""
-    max_new_tokens: int = 24
-    """Longest response in tokens."""
-    generation_backend: Literal["auto", "hf", "vllm"] = "auto"
-    """Sampler: hf, vllm or auto."""
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
-    """fp32, bf16, or auto."""
-    seed: int = 0
-    """Seed of every point."""
-    resume: bool = False
-    """Keep the points already in points.jsonl."""
-    overwrite: bool = False
-    """Start again in a folder that holds an earlier frontier."""
-    progress: bool = True
-    """Show progress bars."""
 
 
 def grid(cfg: FrontierConfig) -> list[tuple[str, float]]:

@@ -24,9 +24,9 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-log = logging.getLogger(__name__)
+from rlhfkit.options import DEFAULT_MODEL as DEFAULT_MODEL  # re-exported: declared with --model
 
-DEFAULT_MODEL = "smollm2-135m"
+log = logging.getLogger(__name__)
 
 # alias -> (package that ships the GGUF, file name pattern)
 ALIASES: dict[str, tuple[str, str]] = {

@@ -21,10 +21,12 @@ from typing import Any
 
 import torch
 
+from rlhfkit.config import only, stage_defaults
 from rlhfkit.data.chat import encode_pair, pad
 from rlhfkit.data.records import Comparison
 from rlhfkit.losses import antisymmetric_logit, preference_bce_loss
 from rlhfkit.models.reward import RewardModel
+from rlhfkit.options import DataOptions, OptimOptions, RunOptions
 
 
 def duel_text(response_a: str, response_b: str) -> str:
@@ -133,20 +135,15 @@ def collate_duels(tokenizer: Any, duels: Sequence[Duel], max_length: int,
             "labels": labels}
 
 
+@stage_defaults(learning_rate=1e-4, epochs=1, max_length=512)
 @dataclass
-class PreferenceFitConfig:
-    """Plain training of a pairwise preference model (Python API)."""
+class PreferenceFitConfig(only(RunOptions, "seed"),
+                          only(DataOptions, "epochs", "batch_size", "max_length"),
+                          only(OptimOptions, "learning_rate")):
+    """Plain training of a pairwise preference model (Python API).
 
-    learning_rate: float = 1e-4
-    """AdamW learning rate."""
-    epochs: int = 1
-    """Passes over the duels."""
-    batch_size: int = 8
-    """Duels per step (each is run in both orders, so 2x sequences)."""
-    max_length: int = 512
-    """Upper bound on prompt + both responses, in tokens."""
-    seed: int = 0
-    """Shuffling seed."""
+    Whole passes (``epochs``) of ``batch_size`` duels per step, each run in both orders.
+    """
 
 
 def fit_preference_model(model: PreferenceModel, tokenizer: Any, duels: Sequence[Duel],

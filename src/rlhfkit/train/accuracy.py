@@ -15,17 +15,25 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
 from rlhfkit import config as cfglib
+from rlhfkit.config import only
 from rlhfkit.models.loading import load_causal_lm, load_tokenizer
+from rlhfkit.options import (
+    DataOptions,
+    GenerationOptions,
+    ModelOptions,
+    RunOptions,
+    SamplingOptions,
+)
 from rlhfkit.rollout import Rollout, SamplingConfig, make_backend, sample
 from rlhfkit.stats import pass_at_k
 from rlhfkit.tasks.environment import Environment
 from rlhfkit.tasks.verifiable import VerifiableTask
-from rlhfkit.train.episodes import build_environment, episode_budget, run_episodes
+from rlhfkit.train.episodes import EpisodeOptions, build_environment, episode_budget, run_episodes
 from rlhfkit.train.inputs import system_prompt_for, task_of
 from rlhfkit.train.loop import make_accelerator, seed_everything
 
@@ -34,50 +42,22 @@ ENGINE_CHUNK = 64
 Generator does not use offset", seen here with 24 prompts x 4 samples; 16 x 4 passed)."""
 
 
+@cfglib.stage_defaults(output_dir="runs/accuracy", model="runs/sft/model", data="task:arithmetic",
+                       split="eval", n=8, batch_size=64, max_new_tokens=48)
 @dataclass
-class AccuracyConfig:
+class AccuracyConfig(only(RunOptions, "output_dir", "precision", "seed"), EpisodeOptions,
+                     only(GenerationOptions, "generation_backend"),
+                     only(SamplingOptions, "n", "batch_size", "max_new_tokens", "temperature",
+                          "top_p", "max_prompt_tokens"),
+                     only(DataOptions, "data", "split", "system_prompt"), only(ModelOptions, "model")):
     """pass@1 / pass@k of a policy on a verifiable task (``rlhfkit accuracy``)."""
 
-    model: str = "runs/sft/model"
-    """The policy to evaluate."""
-    data: str = "task:arithmetic"
-    """A verifiable task: task:arithmetic, task:constraints, task:arithmetic-tool, ..."""
-    split: str = "eval"
-    """Which problems: eval (held out) or train."""
-    output_dir: str = "runs/accuracy"
-    """Folder for accuracy.json and samples.jsonl."""
     max_problems: int = 200
     """Evaluate at most this many problems (0 = all)."""
-    n: int = 8
-    """Responses sampled per problem."""
     k: str = "1,4,8"
     """The k of pass@k to report (each at most --n)."""
     greedy: bool = True
     """Also report the accuracy of one greedy response per problem."""
-    max_new_tokens: int = 48
-    """Longest response (per turn with --environment) in tokens."""
-    temperature: float = 1.0
-    """Sampling temperature of the n responses."""
-    top_p: float = 1.0
-    """Nucleus sampling threshold (1 = off)."""
-    max_prompt_tokens: int = 128
-    """Keep at most this many prompt tokens (the most recent)."""
-    batch_size: int = 64
-    """Sequences per generate call (Hugging Face backend)."""
-    generation_backend: Literal["auto", "hf", "vllm"] = "auto"
-    """Sampler: hf, vllm or auto (vLLM where installed and able to serve the model)."""
-    environment: str = ""
-    """Multi-turn episodes with this environment (calculator, clarify, py:FILE:FACTORY)."""
-    max_turns: int = 4
-    """Most model turns per episode (--environment)."""
-    max_env_tokens: int = 64
-    """Longest environment message in tokens."""
-    system_prompt: str | None = None
-    """System message (default: the task's)."""
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
-    """fp32, bf16 or auto."""
-    seed: int = 0
-    """Seed of the sampling."""
 
 
 @dataclass
@@ -245,7 +225,7 @@ def run_accuracy(cfg: AccuracyConfig) -> Path:
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     cfglib.save_yaml(cfg, out / "config.yaml")
-    prompts = task.prompts(cfg.split)
+    prompts = task.prompts(cfg.split or "train")  # --split none: the default, train
     prompts = prompts[:cfg.max_problems] if cfg.max_problems else prompts
     tokenizer = load_tokenizer(cfg.model)
     lm = load_causal_lm(cfg.model).to(acc.device).eval()

@@ -21,9 +21,19 @@ import torch
 from tqdm.auto import tqdm
 
 from rlhfkit import config as cfglib
+from rlhfkit.config import only
 from rlhfkit.data.io import write_records
 from rlhfkit.data.records import Demonstration
 from rlhfkit.models.loading import load_causal_lm, load_tokenizer
+from rlhfkit.options import (
+    DataOptions,
+    EvalOptions,
+    GenerationOptions,
+    ModelOptions,
+    RewardOptions,
+    RunOptions,
+    SamplingOptions,
+)
 from rlhfkit.rewards.sources import SourceContext, combine
 from rlhfkit.rollout import SamplingConfig, make_backend, sample
 from rlhfkit.train.inputs import build_gold, load_prompts, reward_sources
@@ -31,55 +41,20 @@ from rlhfkit.train.loop import make_accelerator, seed_everything
 from rlhfkit.train.rl import RewardFn
 
 
+@cfglib.stage_defaults(output_dir="runs/best-of-n", model="runs/sft/model", eval_fraction=0.0)
 @dataclass
-class BestOfNConfig:
+class BestOfNConfig(only(RunOptions, "output_dir", "precision", "seed", "progress"),
+                    only(EvalOptions, "gold"), only(GenerationOptions, "generation_backend"),
+                    only(SamplingOptions, "n", "batch_size", "max_new_tokens", "temperature",
+                         "top_p", "top_k", "max_prompt_tokens"),
+                    only(DataOptions, "data", "eval_data", "eval_fraction", "system_prompt"),
+                    only(RewardOptions, "reward_model", "rewards"), only(ModelOptions, "model")):
     """Best-of-N sampling and rejection sampling (``rlhfkit best-of-n``)."""
 
-    model: str = "runs/sft/model"
-    """The policy to sample from."""
-    reward_model: str = "runs/rm/model"
-    """Reward-model folder, scorer:SPEC for a programmatic reward, or several sources as
-    name=SPEC,name=SPEC (their weighted sum is the score; see rlhfkit ppo --help)."""
-    rewards: str = ""
-    """Weights of named reward sources, e.g. rm=1,len=0.1 (1 for a name not given)."""
-    data: str = "task:reviews"
-    """Prompts: task:NAME or a file of records with a prompt field."""
-    eval_data: str | None = None
-    """Held-out prompts (only used to split a file of prompts)."""
-    eval_fraction: float = 0.0
-    """Share of --data held out when it is a file."""
     prompt_set: Literal["train", "eval"] = "train"
     """Which prompts to use: train (rejection sampling) or eval (the inference baseline)."""
-    output_dir: str = "runs/best-of-n"
-    """Run folder: config.yaml, demonstrations.jsonl, eval.json."""
-    n: int = 4
-    """Samples per prompt."""
     max_prompts: int = 0
     """Use at most this many prompts (0 = all)."""
-    batch_size: int = 16
-    """Sequences sampled per generate call."""
-    max_new_tokens: int = 32
-    """Longest response in tokens."""
-    temperature: float = 1.0
-    """Sampling temperature."""
-    top_p: float = 1.0
-    """Nucleus sampling threshold (1 = off)."""
-    top_k: int = 0
-    """Top-k sampling (0 = off)."""
-    max_prompt_tokens: int = 128
-    """Keep at most this many prompt tokens (the most recent)."""
-    generation_backend: Literal["auto", "hf", "vllm"] = "auto"
-    """Sampler: hf, vllm or auto (vLLM where installed and able to serve the model)."""
-    system_prompt: str | None = None
-    """System message added to prompts that have none (default: the task's, else none)."""
-    gold: str = "task"
-    """Gold scorer for evaluation only: task, a scorer spec, or none."""
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
-    """fp32, bf16, or auto."""
-    seed: int = 0
-    """Seed for sampling."""
-    progress: bool = True
-    """Show a progress bar."""
 
 
 def best_of_n(

@@ -56,12 +56,14 @@ import torch
 from tqdm.auto import tqdm
 
 from rlhfkit import config as cfglib
+from rlhfkit.config import only
 from rlhfkit.data.chat import encode_pair, pad
 from rlhfkit.data.records import BinaryFeedback, Record, ScoreFeedback, as_comparisons, score_pairs
 from rlhfkit.data.splits import prompt_key
 from rlhfkit.losses import dpo_loss, ipo_loss, kto_loss, preferred_ft_loss, unlikelihood_loss
 from rlhfkit.models.loading import load_causal_lm, merge_and_save
 from rlhfkit.models.policy import SelectiveLM, sequence_logprobs
+from rlhfkit.options import KLOptions
 from rlhfkit.train.inputs import LabelWeightOptions, stage_inputs, weigh_labels
 from rlhfkit.train.loop import Loop, Run, TrainConfig, held_out_summary
 from rlhfkit.train.sft import build_policy
@@ -77,9 +79,9 @@ class DPOOptions:
 
     loss: Literal["dpo", "ipo", "kto", "pref-ft", "unlikelihood"] = "dpo"
     """dpo, ipo, kto, pref-ft (fine-tune on the chosen response) or unlikelihood."""
-    beta: float = 0.1
+    beta: float = field(default=0.1, metadata=cfglib.bounds(gt=0))
     """KL strength: the implicit reward is beta * log(pi / pi_ref); IPO's target gap is 1/(2 beta)."""
-    label_smoothing: float = 0.0
+    label_smoothing: float = field(default=0.0, metadata=cfglib.bounds(ge=0, lt=0.5))
     """DPO only: assumed probability that a label is flipped (conservative DPO), in [0, 0.5)."""
     unlikelihood_alpha: float = 1.0
     """Unlikelihood only: weight of the -log(1 - p) term on rejected tokens."""
@@ -87,23 +89,15 @@ class DPOOptions:
     """KTO only: lambda_D, the weight of desirable examples."""
     undesirable_weight: float = 1.0
     """KTO only: lambda_U, the weight of undesirable examples."""
-    reference: str | None = None
-    """Reference policy (HF id, folder or .gguf); default: --model (its base under --lora)."""
     ref_batch_size: int = 16
     """Sequences per forward pass while computing the reference log-probs."""
 
 
+@cfglib.stage_defaults(output_dir="runs/dpo", learning_rate=5e-6, batch_size=4)
 @dataclass
-class DPOConfig(LabelWeightOptions, TrainConfig, DPOOptions):
+class DPOConfig(only(LabelWeightOptions, "weight_by", "min_reliability"), TrainConfig, DPOOptions,
+                only(KLOptions, "reference")):
     """Direct preference optimisation (``rlhfkit dpo``)."""
-
-    output_dir: str = "runs/dpo"
-    """Run folder: config.yaml, metrics.jsonl, eval.json, reference_logps.pt, checkpoints/,
-    model/ (and adapter/ with --lora)."""
-    learning_rate: float = 5e-6
-    """Peak learning rate of AdamW."""
-    batch_size: int = 4
-    """Groups per micro-batch: a ranking with all its pairs, one comparison, or one KTO example."""
 
 
 # --------------------------------------------------------------------------------------------

@@ -184,12 +184,17 @@ def stage_inputs(cfg: Any, want: str, kinds: Sequence[str]) -> StageInputs:
 
 @dataclass
 class LabelWeightOptions:
-    """Labels weighted by their annotators' reliability (``rlhfkit rm`` and ``rlhfkit dpo``)."""
+    """Which labels train and how much each weighs (``rlhfkit rm``, ``dpo``, ``preference``).
+
+    By the annotator's reliability (rm, dpo); ties kept or skipped (rm, preference).
+    """
 
     weight_by: Literal["none", "reliability"] = "none"
     """none, or reliability: weight each comparison (and ranking pair) by 1 - 2e, e = its annotator's estimated error rate from honeypots and agreement (docs/feedback.md)."""
     min_reliability: float = 0.0
     """With --weight-by reliability: also leave out the labels of annotators estimated to be right less often than this (0..1)."""
+    train_on_ties: bool = True
+    """Train on tied pairs (target probability 1/2); otherwise skip them."""
 
 
 def weigh_labels(cfg: Any, train: list[Record], held: list[Record]) -> tuple[list[Record], list[dict]]:

@@ -37,6 +37,7 @@ from typing import Any, Literal
 import torch
 
 from rlhfkit import config as cfglib
+from rlhfkit.config import only
 from rlhfkit.data.chat import encode_pair, pad, to_messages
 from rlhfkit.data.io import read_records, write_records
 from rlhfkit.data.records import Ranking
@@ -46,93 +47,55 @@ from rlhfkit.feedback.transfer import read_project_records
 from rlhfkit.models.judge import AIJudge
 from rlhfkit.models.loading import load_tokenizer
 from rlhfkit.models.reward import RewardModel
+from rlhfkit.options import (
+    EvalOptions,
+    FeedbackOptions,
+    GenerationOptions,
+    KLOptions,
+    ModelOptions,
+    RewardOptions,
+    RoundsOptions,
+    RunOptions,
+    SamplingOptions,
+)
 from rlhfkit.rollout import generate_responses
 from rlhfkit.tasks import get_task
 from rlhfkit.train.algorithms import reward_algorithm
 from rlhfkit.train.evaluation import compare_with_sft
 from rlhfkit.train.loop import TrainingError, claim_output_dir
 from rlhfkit.train.rm import RMConfig, train_rm
-from rlhfkit.train.trainer import rl_config, train_rl
+from rlhfkit.train.trainer import AlgorithmOptions, rl_config, train_rl
 
 LABELERS = ("task", "app")
 """Besides ``judge:MODEL``."""
 
 
+@cfglib.stage_defaults(output_dir="runs/iterate", model="runs/sft/model", reward_model="",
+                       max_new_tokens=24, eval_prompts=64, prompts_per_round=96, rl_steps=8)
 @dataclass
-class IterateConfig:
+class IterateConfig(only(RunOptions, "output_dir", "precision", "seed", "resume", "overwrite",
+                         "progress"),
+                    only(GenerationOptions, "generation_backend"), only(EvalOptions, "eval_prompts"),
+                    only(SamplingOptions, "max_new_tokens"), only(ModelOptions, "model", "lora"),
+                    only(KLOptions, "kl_coef", "kl_target", "entropy_coef"),
+                    only(RewardOptions, "reward_model", "length_debias", "length_floor_penalty"),
+                    only(AlgorithmOptions, "algo"), FeedbackOptions,
+                    only(RoundsOptions, "task", "rounds", "prompts_per_round", "rank_k", "rm_steps",
+                         "rm_learning_rate", "rl_steps", "rl_learning_rate", "length_floor")):
     """Iterative RLHF rounds: sample from the policy, label, refit the RM, RL (``rlhfkit iterate``)."""
 
-    model: str = "runs/sft/model"
-    """The SFT policy: round 1 samples from it, and it is the KL reference of every round."""
-    reward_model: str = ""
-    """A reward model to start from (round 1 refits it); empty = round 1 trains one on the
-    policy's backbone."""
     rankings: str = ""
     """Rankings of the SFT policy's samples already made (round 1 then skips sampling and
     labeling them); with --reward-model too, round 1 keeps that reward model as it is."""
-    task: str = "reviews"
-    """Built-in task: its train prompts (those without a demonstration), its labeler, its gold."""
-    output_dir: str = "runs/iterate"
-    """Run folder: config.yaml, rounds.jsonl, round-N/ (rankings.jsonl, rm/, rl/)."""
-    rounds: int = 3
-    """Rounds of sample, label, refit, RL."""
-    prompts_per_round: int = 96
-    """Prompts sampled and labeled in each round (the next ones each round, cycling)."""
-    rank_k: int = 4
-    """K responses per prompt, ranked (2..9)."""
     labeler: str = "task"
     """Who ranks: task (the task's simulated labeler), judge:MODEL (an AI judge), or app (people
     in the feedback app, --feedback-db)."""
-    feedback_db: str = "sqlite:///feedback.db"
-    """--labeler app: the store; each round is a project named ITERATE-PROJECT-rN."""
     feedback_project: str = "iterate"
     """--labeler app: the prefix of the projects' names."""
     feedback_timeout: float = 86400.0
     """--labeler app: seconds to wait for a round's labels."""
     rm_refit: Literal["continue", "scratch"] = "continue"
     """continue (start each round from the last reward model) or scratch (from the backbone)."""
-    rm_steps: int = 48
-    """Reward-model optimizer steps per round."""
-    rm_learning_rate: float = 1e-4
-    """Reward-model learning rate."""
-    algo: str = "ppo"
-    """RL algorithm of each round (rlhfkit rl --help lists them; py:FILE.py:NAME for your own)."""
-    rl_steps: int = 8
-    """RL rollout batches per round."""
-    rl_learning_rate: float = 1e-5
-    """RL learning rate."""
-    kl_coef: float = 0.05
-    """beta, the KL penalty to the SFT policy."""
-    kl_target: float = 0.0
-    """Adapt beta towards this KL per response (0 = fixed beta)."""
-    entropy_coef: float = 0.0
-    """Entropy bonus in the RL loss."""
-    length_debias: bool = False
-    """Take the linear effect of response length out of the reward within each batch."""
-    length_floor: float = 0.0
-    """Keep responses at least this share of the SFT policy's mean length (measured on round 1's
-    samples): a response below it loses --length-floor-penalty times the share it misses from
-    its reward (0 = off)."""
-    length_floor_penalty: float = 1.0
-    """What a response of no tokens would lose under --length-floor (normalised reward units)."""
-    max_new_tokens: int = 24
-    """Longest response in tokens."""
-    eval_prompts: int = 64
-    """Held-out prompts of each round's evaluation."""
-    generation_backend: Literal["auto", "hf", "vllm"] = "auto"
-    """Sampler: hf, vllm or auto."""
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
-    """fp32, bf16, or auto."""
-    lora: bool = False
-    """LoRA adapters instead of all weights (reward model and policy)."""
-    seed: int = 0
-    """Seed of every stage (round r uses seed + r where it samples)."""
-    resume: bool = False
-    """Go on from where a stopped run left off."""
-    overwrite: bool = False
-    """Start again in an output folder that holds an earlier run."""
-    progress: bool = True
-    """Show progress bars."""
 
 
 def check_options(cfg: IterateConfig) -> None:

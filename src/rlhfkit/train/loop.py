@@ -38,14 +38,15 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
 from rlhfkit import config as cfglib
 from rlhfkit.evaluate.report import training_section, write_sections
-from rlhfkit.models.loading import DEFAULT_MODEL, quiet_library_progress_bars, resolve_precision
+from rlhfkit.models.loading import quiet_library_progress_bars, resolve_precision
+from rlhfkit.options import DataOptions, ModelOptions, OptimOptions, RunOptions  # re-exported
 from rlhfkit.train.sharding import FSDPOptions as FSDPOptions  # re-exported: an option group
 from rlhfkit.train.sharding import load_sharded, save_sharded, shard_model, unsharded_copy
 
@@ -63,109 +64,9 @@ class TrainingError(RuntimeError):
 
 
 # ---------------------------------------------------------------------------------------------
-# Options, in groups: each group is read by one part of the plumbing
+# Options: the groups live in rlhfkit/options.py (each option declared once); a supervised stage
+# composes them all
 # ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class RunOptions:
-    """The run folder, processes, logging and checkpoints (read by :class:`Run`)."""
-
-    output_dir: str = "runs/run"
-    """Run folder: config.yaml, metrics.jsonl, checkpoints/, model/."""
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
-    """fp32, bf16 (autocast, fp32 master weights), or auto: bf16 where the hardware has it."""
-    seed: int = 0
-    """Seed for data order, initialisation and sampling."""
-    eval_every: int = 0
-    """Evaluate before training and every this many steps (0 = only at the end)."""
-    save_every: int = 0
-    """Write a resumable checkpoint every this many steps (0 = none; the final model is always
-    saved in model/)."""
-    keep_checkpoints: int = 2
-    """How many recent checkpoints to keep."""
-    resume: bool = False
-    """Continue from the newest checkpoint in --output-dir."""
-    overwrite: bool = False
-    """Start again in an --output-dir that holds an earlier run (its metrics, trackers and
-    checkpoints are deleted); without it (or --resume) such a folder is refused."""
-    report_to: str = "tensorboard"
-    """Trackers besides metrics.jsonl, comma-separated: tensorboard, wandb, mlflow (into
-    output_dir/tb/mlflow.db unless MLFLOW_TRACKING_URI is set; the 'trackers' extra), trackio,
-    comet_ml, aim, clearml, dvclive, swanlab, or none."""
-    progress: bool = True
-    """Show progress bars (also silences those of transformers and datasets when off)."""
-
-
-@dataclass
-class OptimOptions:
-    """AdamW and its schedule (read by :meth:`Run.prepare` and :meth:`Run.optimizer_step`)."""
-
-    learning_rate: float = 1e-5
-    """Peak learning rate of AdamW."""
-    weight_decay: float = 0.0
-    """AdamW weight decay."""
-    lr_scheduler: Literal["constant", "linear", "cosine"] = "cosine"
-    """constant, linear or cosine decay after warm-up."""
-    warmup_ratio: float = 0.05
-    """Share of the steps spent warming the learning rate up linearly from 0."""
-    max_grad_norm: float = 1.0
-    """Clip the global gradient norm to this (0 = no clipping)."""
-
-
-@dataclass
-class ModelOptions:
-    """The model to train and how (read by the stages' ``build_*`` functions)."""
-
-    model: str = DEFAULT_MODEL
-    """Model to start from: a HF id, a local folder, a .gguf file, or the alias smollm2-135m."""
-    lora: bool = False
-    """Train LoRA adapters instead of all weights; the run saves the adapter (output_dir/adapter,
-    for PeftModel.from_pretrained) and the merged model (output_dir/model)."""
-    lora_r: int = 16
-    """LoRA rank."""
-    lora_alpha: int = 32
-    """LoRA scaling numerator (the update is scaled by alpha / r)."""
-    lora_dropout: float = 0.0
-    """Dropout on the LoRA input."""
-    gradient_checkpointing: bool = True
-    """Recompute activations in the backward pass: ~10% less peak memory for ~18% less speed
-    (SmolLM2-135M on CPU); the default, as in TRL. --no-gradient-checkpointing for speed."""
-
-
-@dataclass
-class DataOptions:
-    """Records and batching of a supervised stage (read by ``stage_inputs`` and :class:`Loop`)."""
-
-    data: str = "task:reviews"
-    """Training records: a JSONL/JSON/CSV/TSV/Parquet file (.gz too), a HF datasets folder, a
-    dataset id or folder for datasets.load_dataset, db:URL, or task:NAME."""
-    split: str | None = None
-    """Split of --data to train on (a dataset id, a folder with splits); default: its only
-    split, or train."""
-    eval_data: str | None = None
-    """Held-out records; default: --eval-split of --data, else a share of it (--eval-fraction)."""
-    eval_split: str | None = None
-    """Split held out for evaluation (e.g. test): of --eval-data if given, else of --data."""
-    eval_fraction: float = 0.1
-    """Share of --data held out for evaluation when neither --eval-data nor --eval-split is
-    given."""
-    system_prompt: str | None = None
-    """System message added to prompts that have none (default: the task's, else none)."""
-    max_length: int = 256
-    """Longest sequence in tokens (prompt + response); longer ones are truncated."""
-    epochs: float = 1.0
-    """Passes over the training data (may be fractional); ignored when --max-steps > 0."""
-    max_steps: int = 0
-    """Number of optimizer steps; 0 means derive from --epochs."""
-    batch_size: int = 8
-    """Micro-batch size per process."""
-    grad_accum: int = 1
-    """Micro-batches accumulated per optimizer step."""
-    group_by_length: bool = True
-    """Batch items of similar length together to waste less compute on padding."""
-    log_every: int = 1
-    """Write metrics every this many steps."""
 
 
 @dataclass

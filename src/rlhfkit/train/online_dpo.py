@@ -41,6 +41,7 @@ from typing import Any, Literal, Protocol
 import torch
 
 from rlhfkit import config as cfglib
+from rlhfkit.config import only, stage_defaults
 from rlhfkit.data.chat import encode, encode_pair, pad
 from rlhfkit.data.io import write_records
 from rlhfkit.data.records import Ranking
@@ -48,6 +49,13 @@ from rlhfkit.models.judge import AIJudge
 from rlhfkit.models.loading import load_causal_lm, load_tokenizer, merge_and_save
 from rlhfkit.models.policy import SelectiveLM
 from rlhfkit.models.reward import RewardModel
+from rlhfkit.options import (
+    EvalOptions,
+    GenerationOptions,
+    KLOptions,
+    RoundsOptions,
+    SamplingOptions,
+)
 from rlhfkit.rewards.sources import SourceContext, combine
 from rlhfkit.rollout import (
     SamplingConfig,
@@ -78,24 +86,15 @@ from rlhfkit.train.inputs import (
 from rlhfkit.train.loop import Loop, Run, TrainConfig
 
 
+@stage_defaults(output_dir="runs/online_dpo", learning_rate=5e-6, batch_size=4)
 @dataclass
-class OnlineDPOConfig(TrainConfig, DPOOptions):
+class OnlineDPOConfig(TrainConfig, DPOOptions, only(KLOptions, "reference"),
+                      only(SamplingOptions, "max_new_tokens", "temperature", "top_p",
+                           "samples_per_prompt"),
+                      only(GenerationOptions, "generation_backend"), only(EvalOptions, "eval_prompts"),
+                      only(RoundsOptions, "rounds", "prompts_per_round")):
     """Online / iterative DPO (``rlhfkit online-dpo``)."""
 
-    output_dir: str = "runs/online_dpo"
-    """Run folder: config.yaml, rounds.jsonl, round-N/ (labels.jsonl, metrics.jsonl), model/."""
-    learning_rate: float = 5e-6
-    """Peak learning rate of AdamW."""
-    batch_size: int = 4
-    """Groups per micro-batch: a ranking with all its pairs, or one KTO example."""
-    data: str = "task:reviews"
-    """Prompts: task:NAME, or a file of prompt records."""
-    rounds: int = 3
-    """Sample-label-train rounds."""
-    prompts_per_round: int = 32
-    """Prompts sampled in each round (cycling through the shuffled prompts)."""
-    samples_per_prompt: int = 4
-    """K responses per prompt; their distinct ones are ranked, giving up to C(K, 2) pairs."""
     labeler: str = "gold"
     """gold (the task's simulated labeler), rm:FOLDER (a reward model), judge:MODEL (AI judge),
     or reward:SPEC (any --reward-model spec: py:FILE:FUNCTION, http://URL, task:NAME, ...)."""
@@ -105,18 +104,6 @@ class OnlineDPOConfig(TrainConfig, DPOOptions):
     """What the AI judge is told "better" means (default: the task's description)."""
     ref_policy: Literal["previous", "sft"] = "previous"
     """Reference of each round: previous (the policy at the round's start) or sft (the start)."""
-    max_new_tokens: int = 32
-    """Longest sampled response in tokens."""
-    temperature: float = 1.0
-    """Sampling temperature."""
-    top_p: float = 1.0
-    """Nucleus sampling threshold (1 = off)."""
-    generation_backend: Literal["auto", "hf", "vllm"] = "auto"
-    """Sampler: hf, vllm or auto (vLLM where installed and able to serve the model)."""
-    eval_prompts: int = 32
-    """Held-out prompts sampled once per round for the gold reward (0 = no gold evaluation)."""
-    epochs: float = 1.0
-    """Passes over each round's new groups (ignored when --max-steps > 0: steps per round)."""
 
     def check(self) -> None:
         """Rules between options, checked before any model loads."""

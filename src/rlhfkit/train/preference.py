@@ -26,29 +26,20 @@ from typing import Any
 
 import torch
 
+from rlhfkit.config import only, stage_defaults
 from rlhfkit.data.chat import pad
 from rlhfkit.data.records import Record, RecordError, as_comparisons
 from rlhfkit.losses import preference_bce_loss
 from rlhfkit.models.preference import PreferenceModel, duels_from_comparisons, encode_duel
-from rlhfkit.train.inputs import stage_inputs
+from rlhfkit.train.inputs import LabelWeightOptions, stage_inputs
 from rlhfkit.train.loop import Loop, ModelOptions, Run, TrainConfig, TrainingError, held_out_summary
 from rlhfkit.train.rm import build_reward_model
 
 
+@stage_defaults(output_dir="runs/preference", learning_rate=2e-5, batch_size=4, max_length=512)
 @dataclass
-class PreferenceConfig(TrainConfig):
+class PreferenceConfig(only(LabelWeightOptions, "train_on_ties"), TrainConfig):
     """Pairwise preference model P(y > y' | x) for Nash-MD (``rlhfkit preference``)."""
-
-    output_dir: str = "runs/preference"
-    """Run folder: config.yaml, metrics.jsonl, eval.json, checkpoints/, model/."""
-    learning_rate: float = 2e-5
-    """Peak learning rate of AdamW."""
-    batch_size: int = 4
-    """Duels per micro-batch (each runs in both orders: twice as many sequences)."""
-    max_length: int = 512
-    """Longest duel in tokens (prompt + both responses); the prompt is cut first."""
-    train_on_ties: bool = True
-    """Train on tied pairs (target 1/2); otherwise skip them."""
 
 
 @dataclass

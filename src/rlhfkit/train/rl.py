@@ -33,7 +33,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from rlhfkit.config import bounds
+from rlhfkit.config import bounds, only, stage_defaults
 from rlhfkit.evaluate.finegrained import fine_grained_section
 from rlhfkit.evaluate.metrics import kl_stats
 from rlhfkit.evaluate.overoptimisation import overoptimisation_section
@@ -42,6 +42,17 @@ from rlhfkit.evaluate.runs import read_metrics
 from rlhfkit.models.loading import load_causal_lm, load_tokenizer, merge_and_save
 from rlhfkit.models.policy import SelectiveLM
 from rlhfkit.models.reward import RewardModel
+from rlhfkit.options import (
+    DataOptions,
+    EvalOptions,
+    GenerationOptions,
+    KLOptions,
+    ModelOptions,
+    OptimOptions,
+    RunOptions,
+    SamplingOptions,
+)
+from rlhfkit.options import RewardOptions as RewardOptions  # re-exported: an RL option group
 from rlhfkit.rewards.shaping import KLController, sequence_rewards
 from rlhfkit.rewards.sources import RewardSource, RewardTerms, SourceContext, combine, scorer_source
 from rlhfkit.rollout import (
@@ -58,7 +69,7 @@ from rlhfkit.rollout import (
 )
 from rlhfkit.train.episodes import build_environment, episode_budget, episode_metrics, run_episodes
 from rlhfkit.train.inputs import build_gold, load_prompts, reward_sources
-from rlhfkit.train.loop import ModelOptions, OptimOptions, Run, RunOptions, TrainingError
+from rlhfkit.train.loop import Run, TrainingError
 from rlhfkit.train.microbatch import plan_by_size, plan_by_tokens
 from rlhfkit.train.sft import build_policy
 
@@ -68,111 +79,19 @@ ASYNC_TIS_CAP = 2.0
 """A programmatic reward: ``(prompts, response texts, rollout) -> one score per response``."""
 
 
+@stage_defaults(output_dir="runs/rl", model="runs/sft/model", lr_scheduler="constant",
+                warmup_ratio=0.0, max_steps=20)
 @dataclass
-class RLConfig(RunOptions, OptimOptions, ModelOptions):
+class RLConfig(RunOptions, OptimOptions, ModelOptions,
+               only(DataOptions, "data", "split", "eval_data", "eval_split", "eval_fraction",
+                    "system_prompt", "epochs", "max_steps", "max_length"),
+               only(SamplingOptions, "max_new_tokens", "temperature", "top_p", "top_k",
+                    "max_prompt_tokens"),
+               GenerationOptions, KLOptions, EvalOptions):
     """Options every RL stage shares (``max_steps`` counts rollout batches)."""
 
-    output_dir: str = "runs/rl"
-    """Run folder: config.yaml, metrics.jsonl, samples.jsonl, checkpoints/, model/."""
-    model: str = "runs/sft/model"
-    """The policy to start from (usually the SFT model); also the reference by default."""
-    reference: str | None = None
-    """Reference policy for the KL penalty (default: the starting policy)."""
-    data: str = "task:reviews"
-    """Prompts: task:NAME (its train prompts), a file of records with a prompt field, or a
-    dataset id / folder for datasets.load_dataset."""
-    split: str | None = None
-    """Split of --data to take prompts from, for data with splits (default: its only split,
-    or train)."""
-    eval_data: str | None = None
-    """Held-out prompts; default: --eval-split of --data, else a split of --data (a task's
-    eval prompts for task:NAME)."""
-    eval_split: str | None = None
-    """Split of held-out prompts: of --eval-data if given, else of --data."""
-    eval_fraction: float = 0.1
-    """Share of a --data file's prompts held out for evaluation when neither --eval-data nor
-    --eval-split is given."""
-    system_prompt: str | None = None
-    """System message added to prompts that have none (default: the task's, else none)."""
-    lr_scheduler: Literal["constant", "linear", "cosine"] = "constant"
-    """constant, linear or cosine decay after warm-up."""
-    warmup_ratio: float = 0.0
-    """Share of the optimizer steps spent warming the learning rate up."""
-    batch_size: int = 16
-    """Prompts per rollout batch."""
-    epochs: float = 1.0
-    """Passes over the prompts; used only when --max-steps is 0."""
-    max_steps: int = 20
-    """Rollout batches (0 = --epochs passes over the prompts)."""
-    max_new_tokens: int = 32
-    """Longest response in tokens."""
-    temperature: float = 1.0
-    """Sampling temperature (log-probs are computed at the same temperature)."""
-    top_p: float = 1.0
-    """Nucleus sampling threshold (1 = off)."""
-    top_k: int = 0
-    """Top-k sampling (0 = off)."""
-    max_prompt_tokens: int = 128
-    """Keep at most this many prompt tokens (the most recent)."""
-    async_generation: bool = False
-    """Sample the next batch while the trainer updates on this one (one update off-policy; the
-    clipped ratio is taken against the engine's log-probs). Needs a vLLM backend."""
-    generation_backend: Literal["auto", "hf", "vllm"] = "auto"
-    """Sampler: hf (transformers generate), vllm (a vLLM engine in this process; the 'vllm'
-    extra), or auto (vLLM where installed and it can serve the model, else hf, said in one line)."""
-    vllm_kv_cache_gb: float = 0.25
-    """vLLM: memory for the engine's KV cache, GiB (0.25 holds ~11k tokens of SmolLM2-135M)."""
-    vllm_engines: str = ""
-    """vLLM engines apart from the trainer: N (start N engine processes here) or HOST:PORT,...
-    (engines started with rlhfkit engine); empty = one engine in the trainer's process."""
-    weight_sync: Literal["gloo", "nccl", "file"] = "gloo"
-    """How weights reach engines apart: gloo (CPU) or nccl (GPU) broadcast, or file."""
-    sync_bucket_mb: float = field(default=256.0, metadata=bounds(gt=0))
-    """Weights reach engines apart in buckets of this many MiB (one flat buffer each, in the
-    engine's dtype, each tied weight once)."""
-    engine_timeout: float = field(default=600.0, metadata=bounds(gt=0))
-    """Seconds an engine apart may take to answer (a sample, a weight sync) before the run
-    stops with an error naming it."""
-    kl_coef: float = 0.05
-    """beta: weight of the per-token KL penalty (in the reward, or in the loss for GRPO)."""
-    kl_target: float = 0.0
-    """Adapt beta towards this KL per response in nats (Ziegler et al. 2019); 0 = fixed beta."""
-    kl_horizon: int = 10000
-    """Samples over which the adaptive KL controller corrects an error."""
-    entropy_coef: float = 0.0
-    """Weight of the entropy bonus in the loss."""
     missing_eos_penalty: float = 0.0
     """Added to the score of a response that never ended (use a negative value; 0 = off)."""
-    gold: str = "task"
-    """Gold scorer for evaluation only: task (the task's), a scorer spec, or none."""
-    eval_prompts: int = 32
-    """Held-out prompts sampled at each evaluation."""
-
-
-@dataclass
-class RewardOptions:
-    """Where the reward of an RL stage comes from (read by :class:`RLRun`)."""
-
-    reward_model: str = "runs/rm/model"
-    """Reward-model folder, scorer:SPEC (e.g. scorer:sentiment), segment-gain:SPEC (a scorer's
-    change after each segment), or several sources as name=SPEC,name=SPEC (fine-grained RLHF)."""
-    rewards: str = ""
-    """Weights of named reward sources, e.g. rel=0.3,fact=0.5,comp=0.3 (1 for a name not given)."""
-    segment_unit: Literal["sentence", "subsentence", "response"] = "sentence"
-    """Segments of a response for per-segment rewards: sentence, subsentence or response."""
-    normalize_reward: bool = True
-    """Standardise RM scores with the mean/std saved at RM training."""
-    reward_clip: float = 5.0
-    """Clip (normalised) scores to [-clip, clip] (0 = off)."""
-    length_debias: bool = False
-    """Take the linear effect of response length out of the reward within each batch (the
-    score minus its least-squares line on length), so neither shorter nor longer answers pay."""
-    length_floor: float = 0.0
-    """Responses shorter than this many tokens (EOS included) lose --length-floor-penalty times
-    the share of the floor they miss from their reward, after --length-debias (0 = off)."""
-    length_floor_penalty: float = 1.0
-    """The reward a response of no tokens would lose under --length-floor, in the units of the
-    normalised score."""
 
 
 @dataclass
@@ -198,13 +117,15 @@ class PlacementOptions:
 
 @dataclass
 class UpdateOptions:
-    """How each rollout batch is reused for updates (PPO and the policy-gradient table)."""
+    """The rollout batch, and how it is reused for updates (PPO and the policy-gradient table)."""
 
-    mini_batch_size: int = 0
+    batch_size: int = field(default=16, metadata=bounds(ge=1))
+    """Prompts per rollout batch."""
+    mini_batch_size: int = field(default=0, metadata=bounds(ge=0))
     """Samples per optimizer step inside an update (0 = the whole rollout batch)."""
-    update_epochs: int = 1
+    update_epochs: int = field(default=1, metadata=bounds(ge=1))
     """Passes over each rollout batch."""
-    clip_range: float = 0.2
+    clip_range: float = field(default=0.2, metadata=bounds(gt=0, le=1))
     """Ratio clip epsilon (the REINFORCE loss uses it only when an update reuses samples)."""
     target_kl: float = field(default=0.0, metadata=bounds(ge=0))
     """Stop a batch's update early once an epoch's mean per-token KL from the sampling policy
@@ -213,8 +134,6 @@ class UpdateOptions:
     """PPO-ptx: weight gamma of the SFT loss on --ptx-data mixed into each update (0 = off)."""
     ptx_data: str | None = None
     """Demonstrations for PPO-ptx (default: --data when it is task:NAME)."""
-    max_length: int = 256
-    """PPO-ptx: longest demonstration in tokens (prompt + response)."""
     micro_batch_size: int = field(default=0, metadata=bounds(ge=0))
     """Sequences per forward/backward: each mini-batch's gradients accumulate over its
     micro-batches into one optimizer step, the loss unchanged; the reference, old-policy,
@@ -223,7 +142,7 @@ class UpdateOptions:
     """Tokens (prompt + response) per forward/backward at most: dynamic micro-batches, short
     sequences together and a long one alone, each as narrow as its longest sequence (wins over
     --micro-batch-size; 0 = off)."""
-    tis_cap: float = 0.0
+    tis_cap: float = field(default=0.0, metadata=bounds(ge=0))
     """Truncated importance sampling (Yao et al. 2025): weight each token's policy loss by
     min(pi_trainer / pi_engine, cap) at sampling time, correcting the vLLM engine's numerical
     gap (0 = off; it needs the vLLM backend, e.g. 2)."""

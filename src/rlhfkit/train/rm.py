@@ -45,25 +45,15 @@ from rlhfkit.train.inputs import LabelWeightOptions, stage_inputs, weigh_labels
 from rlhfkit.train.loop import Loop, ModelOptions, Run, TrainConfig, held_out_summary
 
 
+@cfglib.stage_defaults(output_dir="runs/rm", learning_rate=2e-5, batch_size=4)
 @dataclass
 class RMConfig(LabelWeightOptions, TrainConfig):
     """Reward-model training (``rlhfkit rm``)."""
 
-    output_dir: str = "runs/rm"
-    """Run folder: config.yaml, metrics.jsonl, eval.json, checkpoints/, model/ (and adapter/
-    with --lora)."""
-    learning_rate: float = 2e-5
-    """Peak learning rate of AdamW."""
-    batch_size: int = 4
-    """Groups (a ranking, or up to --pairs-per-group comparisons of one prompt) per micro-batch."""
-    epochs: float = 1.0
-    """Passes over the groups."""
     center_rewards: float = 0.0
     """Weight of the (r_c + r_r)^2 penalty that keeps rewards centred (0 = off)."""
     use_margin: bool = True
     """Use the comparisons' margins, when given, in the Bradley–Terry loss."""
-    train_on_ties: bool = True
-    """Train on tied pairs (target probability 1/2); otherwise skip them."""
     pairs_per_group: int = 8
     """Plain comparisons of one prompt batched together (their shared responses run once)."""
     score_mode: Literal["pairs", "regression"] = "pairs"

@@ -44,14 +44,12 @@ from rlhfkit.train.inputs import load_span_records, split_or_load, system_prompt
 from rlhfkit.train.loop import Loop, Run, TrainConfig
 
 
+@cfglib.stage_defaults(output_dir="runs/segment-rm", data="task:factqa", learning_rate=2e-5,
+                       max_length=512)
 @dataclass
 class SegmentRMConfig(TrainConfig):
     """A per-segment reward model from span feedback (``rlhfkit segment-rm``)."""
 
-    output_dir: str = "runs/segment-rm"
-    """Run folder: config.yaml, metrics.jsonl, eval.json, checkpoints/, model/."""
-    data: str = "task:factqa"
-    """Span-feedback records: a JSONL/JSON/CSV/Parquet file, db:URL, or task:NAME."""
     category: str = "relevance"
     """relevance (irrelevant/repetitive/incoherent spans), factuality (untruthful/unverifiable),
     or a comma-separated list of span categories."""
@@ -61,13 +59,6 @@ class SegmentRMConfig(TrainConfig):
     """Reward of a segment in RL: sign (+1 no error / -1 error), prob (1 - 2 p_error), logodds."""
     error_weight: float = 1.0
     """Loss weight of error segments (raise it when errors are rare)."""
-    learning_rate: float = 2e-5
-    """Peak learning rate of AdamW."""
-    batch_size: int = 8
-    """Responses (each with all its segments) per micro-batch."""
-    max_length: int = 512
-    """Longest prompt + response in tokens; a response cut by it is skipped (its last
-    segments would have no end token)."""
 
 
 @dataclass

@@ -37,10 +37,20 @@ from typing import Any, Literal
 import torch
 
 from rlhfkit import config as cfglib
+from rlhfkit.config import only
 from rlhfkit.data.io import write_records
 from rlhfkit.data.records import Demonstration
 from rlhfkit.evaluate.report import curves_section, table_html, write_sections
 from rlhfkit.models.loading import load_causal_lm, load_tokenizer
+from rlhfkit.options import (
+    DataOptions,
+    GenerationOptions,
+    ModelOptions,
+    OptimOptions,
+    RoundsOptions,
+    RunOptions,
+    SamplingOptions,
+)
 from rlhfkit.rollout import SamplingConfig
 from rlhfkit.stats import majority_vote
 from rlhfkit.tasks.verifiable import VerifiableTask
@@ -52,26 +62,29 @@ from rlhfkit.train.accuracy import (
     task_accuracy,
     verifiable_task,
 )
+from rlhfkit.train.episodes import EpisodeOptions
 from rlhfkit.train.inputs import system_prompt_for
 from rlhfkit.train.loop import make_accelerator, seed_everything
 from rlhfkit.train.sft import SFTConfig, train_sft
 
 
+@cfglib.stage_defaults(output_dir="runs/self-improve", model="runs/sft/model", data="task:arithmetic",
+                       progress=False, learning_rate=5e-5, max_length=160, max_new_tokens=48,
+                       rounds=2)
 @dataclass
-class SelfImproveConfig:
+class SelfImproveConfig(only(RunOptions, "output_dir", "precision", "seed", "progress"),
+                        EpisodeOptions, only(GenerationOptions, "generation_backend"),
+                        only(SamplingOptions, "max_new_tokens", "temperature", "top_p",
+                             "max_prompt_tokens"),
+                        only(OptimOptions, "learning_rate"),
+                        only(DataOptions, "data", "system_prompt", "epochs", "batch_size",
+                             "max_length"),
+                        only(RoundsOptions, "rounds"), only(ModelOptions, "model")):
     """Self-improvement rounds: sample, keep (majority vote or reference), fine-tune, evaluate."""
 
-    model: str = "runs/sft/model"
-    """The policy to start from."""
-    data: str = "task:arithmetic"
-    """A verifiable task whose responses end in one answer (task:arithmetic)."""
-    output_dir: str = "runs/self-improve"
-    """Run folder: rounds.jsonl, round-N/ (paths.jsonl, sft/), model/."""
     mode: Literal["majority", "star"] = "majority"
     """majority (keep the paths that agree with the majority vote: no labels; Huang et al.
     2022) or star (keep the paths whose answer is the reference; Zelikman et al. 2022)."""
-    rounds: int = 2
-    """Sample-keep-train rounds."""
     problems_per_round: int = 64
     """Train problems sampled in each round (the next slice each round)."""
     samples: int = 8
@@ -83,43 +96,10 @@ class SelfImproveConfig:
     from_base: bool = False
     """Fine-tune the starting model each round on all paths kept so far (STaR) instead of
     continuing from the last round's model."""
-    max_new_tokens: int = 48
-    """Longest sampled path in tokens."""
-    temperature: float = 1.0
-    """Sampling temperature of the paths."""
-    top_p: float = 1.0
-    """Nucleus sampling threshold (1 = off)."""
-    learning_rate: float = 5e-5
-    """Peak learning rate of each round's fine-tuning."""
-    epochs: float = 1.0
-    """Passes over each round's kept paths."""
-    batch_size: int = 8
-    """Fine-tuning micro-batch size (also the sequences per generate call, x8, on hf)."""
-    max_length: int = 160
-    """Longest fine-tuning sequence (prompt + path) in tokens."""
     eval_problems: int = 200
     """Held-out problems evaluated after each round (0 = no evaluation)."""
     eval_samples: int = 4
     """Responses per held-out problem (pass@1 is their mean; greedy is reported too)."""
-    max_prompt_tokens: int = 128
-    """Keep at most this many prompt tokens (the most recent)."""
-    generation_backend: Literal["auto", "hf", "vllm"] = "auto"
-    """Sampler: hf, vllm or auto (vLLM where installed and able to serve the model)."""
-    environment: str = ""
-    """Each path an episode with this tool environment (calculator for task:arithmetic-tool,
-    or py:FILE:FACTORY); one whose messages come as user turns (clarify) is refused."""
-    max_turns: int = 4
-    """Most model turns per episode (--environment)."""
-    max_env_tokens: int = 64
-    """Longest environment message in tokens."""
-    system_prompt: str | None = None
-    """System message (default: the task's)."""
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
-    """fp32, bf16 or auto."""
-    seed: int = 0
-    """Seed of sampling and fine-tuning."""
-    progress: bool = False
-    """Show the fine-tuning progress bars."""
 
 
 def keep_paths(task: VerifiableTask, prompt: Any, paths: list[str], mode: str,

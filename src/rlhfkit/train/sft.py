@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from rlhfkit.config import stage_defaults
 from rlhfkit.data.chat import Encoded, encode_pair, pad
 from rlhfkit.data.records import Demonstration
 from rlhfkit.losses import token_nll
@@ -24,16 +25,11 @@ from rlhfkit.train.inputs import stage_inputs
 from rlhfkit.train.loop import FSDPOptions, Loop, ModelOptions, Run, TrainConfig
 
 
+@stage_defaults(output_dir="runs/sft", learning_rate=5e-5, epochs=2.0)
 @dataclass
 class SFTConfig(FSDPOptions, TrainConfig):
     """Supervised fine-tuning (``rlhfkit sft``)."""
 
-    output_dir: str = "runs/sft"
-    """Run folder: config.yaml, metrics.jsonl, checkpoints/, model/ (and adapter/ with --lora)."""
-    learning_rate: float = 5e-5
-    """Peak learning rate of AdamW."""
-    epochs: float = 2.0
-    """Passes over the demonstrations."""
     packing: bool = False
     """Pack several demonstrations into each row of --max-length tokens (no padding)."""
 

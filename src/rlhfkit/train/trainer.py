@@ -69,8 +69,13 @@ from rlhfkit.train.sft import collate_padded, encode_demonstrations
 
 @dataclass
 class AlgorithmOptions:
-    """The options of the advantage estimators and policy losses (each read by some entries)."""
+    """The algorithm, and the options of the estimators and policy losses (each read by some)."""
 
+    algo: str = "ppo"
+    """The RL algorithm: a name of the registry (rlhfkit.train.algorithms; rlhfkit --help lists
+    them), or your own as py:FILE.py:NAME (docs/custom-algorithm.md). The demo also takes
+    best-of-n, or dpo/ipo/kto in place of RM + RL, or a comma-separated list (e.g. ppo,dpo)
+    that runs each from the same SFT policy and compares them."""
     num_samples: int = field(default=1, metadata=bounds(ge=1))
     """Responses per prompt (k; the group of the group baselines)."""
     baseline: Literal["none", "mean", "value"] = "mean"
@@ -107,10 +112,6 @@ class AlgorithmOptions:
 class TrainRLConfig(RLConfig, RewardOptions, UpdateOptions, PlacementOptions, EpisodeOptions,
                     RLVROptions, AlgorithmOptions, NashOptions):
     """On-policy RL with any registered algorithm (``rlhfkit rl --algo NAME``)."""
-
-    algo: str = "ppo"
-    """The algorithm: a name of the registry (rlhfkit.train.algorithms; rlhfkit --help lists
-    them), or your own as py:FILE.py:NAME (docs/custom-algorithm.md)."""
 
     @classmethod
     def defaults_for(cls, values: dict[str, Any]) -> dict[str, Any]:

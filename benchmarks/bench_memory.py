@@ -69,7 +69,7 @@ def part_micro(args: argparse.Namespace, out: Path) -> dict:
     """Peak RSS of GRPO for three cuts of the same 64-response batch."""
     model = args.model or "smollm2-135m"
     prompts, k = (4, 4) if args.quick else (16, 4)
-    common = ["rlhfkit", "grpo", "--model", model, "--reward-model", "scorer:sentiment",
+    common = [sys.executable, "-m", "rlhfkit.cli", "grpo", "--model", model, "--reward-model", "scorer:sentiment",
               "--batch-size", str(prompts), "--num-samples", str(k), "--max-steps",
               "1" if args.quick else "2", "--max-new-tokens", "8" if args.quick else "32",
               "--generation-backend", "hf", "--eval-prompts", "0", "--report-to", "none",

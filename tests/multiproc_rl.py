@@ -8,6 +8,8 @@ processes stayed in sync.
 With a fourth argument ``micro`` the processes cut their mini-batches differently: rank 0 into
 micro-batches of 3 sequences (3 of them), rank 1 into one by tokens, padded to 3 (an empty
 micro-batch's backward carries no gradient): the weights must come out as without the cut.
+With ``fsdp`` the policy and the reference are sharded with FSDP2 (``--fsdp``) instead of
+replicated (DDP): the same samples, losses and weights.
 """
 
 import json
@@ -31,6 +33,8 @@ if __name__ == "__main__":
     if sys.argv[4:] == ["micro"]:
         micro = ({"micro_batch_size": 3} if os.environ["RANK"] == "0"
                  else {"micro_batch_tokens": 100_000})
+    elif sys.argv[4:] == ["fsdp"]:
+        micro = {"fsdp": True}
     record: dict = {"prompts": [], "local_score": []}
     prompt_batch, rollout_metrics, finish = (rl.RLRun.prompt_batch, rl.RLRun.rollout_metrics,
                                              rl.RLRun.finish)
@@ -47,7 +51,9 @@ if __name__ == "__main__":
 
     def spy_finish(self):
         record["seed"] = torch.initial_seed()
-        record["weights"] = sum(float(p.double().abs().sum()) for p in self.lm.parameters())
+        whole = [p.full_tensor() if hasattr(p, "full_tensor") else p  # FSDP2: gather
+                 for p in self.lm.parameters()]
+        record["weights"] = sum(float(p.double().abs().sum()) for p in whole)
         (out / f"rank{self.rank}.json").write_text(json.dumps(record))
         return finish(self)
 

@@ -249,6 +249,19 @@ def test_two_processes_split_the_global_batch_and_log_once(good_bad_policy, rl_r
     assert micro[0]["weights"] == pytest.approx(ranks[0]["weights"], rel=1e-6)
     for a, b in zip(read_metrics(cut)[0], train):
         assert a["loss/total"] == pytest.approx(b["loss/total"], abs=1e-5)
+    # The same run sharded with FSDP2 (policy and reference; sampling in step on the shards):
+    # the same rewards, losses and final weights as replicated, and a whole model saved.
+    sharded = tmp_path / "two-fsdp"
+    cmd = [*cmd[:6], "29543", *cmd[7:9], str(sharded), SYSTEM, "fsdp"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    fsdp = [json.loads((sharded / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert fsdp[0]["weights"] == pytest.approx(ranks[0]["weights"], rel=1e-6)
+    for a, b in zip(read_metrics(sharded)[0], train):
+        assert a["reward/score"] == pytest.approx(b["reward/score"], abs=1e-6)
+        assert a["loss/total"] == pytest.approx(b["loss/total"], abs=1e-5)
+    saved = load_file(str(sharded / "model" / "model.safetensors"))
+    assert all(not k.startswith("_fsdp") for k in saved) and len(saved) > 5
 
 
 def test_best_of_n_selects_and_writes_demonstrations(good_bad_policy, tmp_path):

@@ -124,6 +124,9 @@ class HFBackend:
     def __init__(self, autocast: torch.dtype | None = None, share_prompts: bool = True) -> None:
         self.autocast = autocast
         self.share_prompts = share_prompts
+        self.synced = False
+        """Decode in step with the other processes (``synced_gpus``) and on the model itself:
+        set for a sharded (FSDP2) model, whose every forward is a collective."""
         self._copy: nn.Module | None = None
         self._copy_of: int | None = None
 
@@ -139,7 +142,7 @@ class HFBackend:
         """
         if self.autocast is None:
             return model, contextlib.nullcontext()
-        if device.type != "cpu":
+        if device.type != "cpu" or self.synced:  # a sharded model is not copied
             return model, torch.autocast(device.type, dtype=self.autocast)
         if self._copy is None or self._copy_of != id(model):
             self._copy = copy.deepcopy(model)
@@ -191,6 +194,8 @@ class HFBackend:
             if k > 1 and ids.shape[1] > 1:
                 cache = self._prefill(decoder, ids[::k].to(device), mask[::k].to(device), k)
                 extra[cache_kwarg(decoder, "generate")] = cache
+            if self.synced:
+                extra["synced_gpus"] = True
             out = decoder.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
                                    generation_config=gen_cfg, **extra)
         model.train(was_training)

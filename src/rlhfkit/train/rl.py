@@ -72,6 +72,7 @@ from rlhfkit.train.inputs import build_gold, load_prompts, reward_sources
 from rlhfkit.train.loop import Run, TrainingError
 from rlhfkit.train.microbatch import plan_by_size, plan_by_tokens
 from rlhfkit.train.sft import build_policy
+from rlhfkit.train.sharding import shard_model
 
 RewardFn = Callable[[list[Any], list[str], Rollout], Sequence[float]]
 ASYNC_TIS_CAP = 2.0
@@ -246,6 +247,10 @@ class RLRun:
         self.model = wrapped[0]
         if self.critic is not None:
             self.critic = wrapped[1]
+        if run.sharded:
+            if not self.reference.shared:  # --fsdp: the frozen reference too
+                shard_model(self.reference.model, cfg, frozen=True)
+            self._first_forward()
         self._backend: GenerationBackend | None = None
         self._pending: tuple[int, threading.Thread, list] | None = None
         """The batch being sampled in the background (--async-generation)."""
@@ -302,9 +307,18 @@ class RLRun:
         """
         if self._backend is None:
             cfg = self.cfg
-            if cfg.generation_backend != "hf" and self.acc.distributed_type.name == "FSDP":
-                raise TrainingError("syncing vLLM engines from FSDP shards is not supported yet: "
-                                    "use --generation-backend hf under FSDP (docs/rl.md)")
+            kind = cfg.generation_backend
+            if kind != "hf" and self.acc.distributed_type.name == "FSDP":
+                raise TrainingError("accelerate's FSDP: vLLM engines are synced from rlhfkit's "
+                                    "own --fsdp only; use --fsdp, or --generation-backend hf")
+            if kind == "vllm" and self.run.sharded:
+                raise TrainingError("--fsdp with --generation-backend vllm: syncing engines "
+                                    "from the shards is written (each parameter gathered "
+                                    "whole) but not yet tested; use --generation-backend hf")
+            if kind == "auto" and self.run.sharded:
+                kind = "hf"
+                if self.acc.is_main_process:
+                    print("[generation] Hugging Face generate on the shards (--fsdp)")
             engines = cfg.vllm_engines
             if engines and not engines.isdigit() and self.world > 1:
                 addresses = [a for a in engines.split(",") if a.strip()]
@@ -312,13 +326,16 @@ class RLRun:
                     raise TrainingError(f"{len(addresses)} engine(s) for {self.world} trainer "
                                         "processes: give each process at least one")
                 engines = ",".join(addresses[self.rank::self.world])
-            self._backend = make_backend(
-                cfg.generation_backend, cfg.model, self.autocast, seed=cfg.seed + self.rank,
+            self._backend = backend = make_backend(
+                kind, cfg.model, self.autocast, seed=cfg.seed + self.rank,
                 max_model_len=cfg.max_prompt_tokens + episode_budget(cfg) + 1,
                 kv_cache_gb=cfg.vllm_kv_cache_gb,
                 log=print if self.acc.is_main_process else (lambda *a: None),
                 engines=engines, weight_sync=cfg.weight_sync,
                 sync_bucket_mb=cfg.sync_bucket_mb, engine_timeout=cfg.engine_timeout)
+            if self.run.sharded and hasattr(backend, "synced"):
+                # every forward of a sharded model is a collective: decode in step
+                backend.synced = True
         return self._backend
 
     # ------------------------------------------------------------------ data
@@ -343,6 +360,39 @@ class RLRun:
         if hasattr(backend, "sync"):  # an engine with its own weights: bring them up to date
             backend.sync(self.lm, self.policy_version)
             backend.seed = seed
+        with self.gathered():
+            return self._sample(prompts, backend)
+
+    @torch.no_grad()
+    def _first_forward(self) -> None:
+        """One forward through the sharded policy's root (two tokens), on every process.
+
+        FSDP2 sets its units up at the first forward of the root; sampling calls the LM inside
+        it, which would set the blocks up as roots of their own instead.
+        """
+        ids = torch.zeros(1, 2, dtype=torch.long, device=self.device)
+        ones = torch.ones_like(ids)
+        self.model(ids, ones, ones.bool() & torch.tensor([[False, True]], device=self.device),
+                   (ones.cumsum(-1) - 1))
+
+    @contextlib.contextmanager
+    def gathered(self) -> Iterator[None]:
+        """Under ``--fsdp``, the policy's root parameters gathered for sampling.
+
+        Sampling calls the LM itself, past the root's own gathering hook; the blocks gather
+        theirs as they run.
+        """
+        root = self.acc.unwrap_model(self.model)
+        if not self.run.sharded:
+            yield
+            return
+        root.unshard()
+        try:
+            yield
+        finally:
+            root.reshard()
+
+    def _sample(self, prompts: list[Any], backend: GenerationBackend) -> Rollout:
         if self.environment is not None:  # multi-turn episodes (train/episodes.py)
             cfg = self.cfg
             return run_episodes(self.lm, self.tokenizer, prompts, self.environment, self.sampling,
@@ -383,7 +433,7 @@ class RLRun:
         """
         scorer = self.acc.unwrap_model(self.model)
         t = self.cfg.temperature
-        chunks = self.micro_batches(rollout, default_size=16)
+        chunks = self.micro_batches(rollout, default_size=16, same_count=self.run.sharded)
         with self._autocast():
             scorer.eval()
             if not policy_logprobs:
@@ -412,7 +462,8 @@ class RLRun:
                     return {"v": scatter_tokens(v, mb.response_mask)}
 
                 rollout.extras["values"] = self.in_micro_batches(
-                    rollout, self.micro_batches(rollout), values)["v"]
+                    rollout, self.micro_batches(rollout, same_count=self.run.sharded),
+                    values)["v"]
                 critic.train()
         return rollout
 
@@ -456,6 +507,8 @@ class RLRun:
         out: dict[str, torch.Tensor] = {}
         for rows in plan:
             if not rows:
+                if self.run.sharded:  # a forward is a collective: run one, keep nothing
+                    fn(rollout.select([0]))
                 continue
             mb = rollout.select(rows)
             if self.micro_batching:
@@ -670,7 +723,7 @@ class RLRun:
         prompts = self.eval_prompts[: self.cfg.eval_prompts]
         if not prompts:
             return {}
-        local = prompts[self.rank::self.world]  # each process samples its share
+        local = self.eval_share(prompts)
         sums = dict.fromkeys(["eval/reward", "eval/kl", "eval/length"]
                              + (["eval/gold"] if self.gold is not None else []), 0.0)
         if local:
@@ -683,6 +736,18 @@ class RLRun:
             if gold is not None:
                 sums["eval/gold"] = float(sum(gold))
         return self.reduce_mean(sums, len(local))
+
+    def eval_share(self, prompts: list[Any]) -> list[Any]:
+        """This process's share of held-out prompts (each samples its own).
+
+        Under ``--fsdp`` every forward is a collective, so every process needs as many
+        prompts: the short shares are not evened out here but refused, naming the fix.
+        """
+        local = prompts[self.rank::self.world]
+        if self.run.sharded and len(prompts) % self.world:
+            raise TrainingError(f"--fsdp: --eval-prompts {len(prompts)} must be a multiple of "
+                                f"the {self.world} processes (each evaluates as many)")
+        return local
 
     def reduce_mean(self, sums: dict[str, float], n: int) -> dict[str, float]:
         """Mean over all processes of per-sample sums (``n`` samples on this process)."""
@@ -707,12 +772,14 @@ class RLRun:
         reward sources, each source's curve
         (:func:`rlhfkit.evaluate.finegrained.fine_grained_section`).
         """
+        # Under --fsdp every process gathers; the main process gets the whole model.
+        policy = self.run.export_copy(self.acc.unwrap_model(self.model),
+                                      lambda: self._unsharded_policy())
         if self.acc.is_main_process:
-            merge_and_save(self.lm, self.tokenizer, self.out / "model",
+            merge_and_save(policy.lm, self.tokenizer, self.out / "model",
                            adapter_dir=self.out / "adapter")
             if self.value_kind == "policy":
-                head = self.acc.unwrap_model(self.model).value_head
-                torch.save(head.state_dict(), self.out / "model" / "value_head.pt")
+                torch.save(policy.value_head.state_dict(), self.out / "model" / "value_head.pt")
         self.run.close()
         if self.acc.is_main_process:
             write_sections(self.out / "report.html", f"rlhfkit {self.stage}: {self.out}",
@@ -724,6 +791,11 @@ class RLRun:
             self._backend.close()
         self.acc.wait_for_everyone()
         return self.out / "model"
+
+    def _unsharded_policy(self) -> nn.Module:
+        """A fresh policy module of this run's kind, to load gathered weights into."""
+        lm = build_policy(self.cfg)
+        return PolicyWithValue(lm) if self.value_kind == "policy" else SelectiveLM(lm)
 
     def report_sections(self) -> list[Section | None]:
         """The sections of ``report.html`` (None for one with nothing to show)."""

@@ -65,6 +65,7 @@ from rlhfkit.train.rl import (
 )
 from rlhfkit.train.rlvr import RLVROptions, check_rlvr, dynamic_batch, loss_mask, overlong_source
 from rlhfkit.train.sft import collate_padded, encode_demonstrations
+from rlhfkit.train.sharding import FSDPOptions
 
 
 @dataclass
@@ -110,7 +111,7 @@ class AlgorithmOptions:
 
 @dataclass
 class TrainRLConfig(RLConfig, RewardOptions, UpdateOptions, PlacementOptions, EpisodeOptions,
-                    RLVROptions, AlgorithmOptions, NashOptions):
+                    RLVROptions, AlgorithmOptions, NashOptions, FSDPOptions):
     """On-policy RL with any registered algorithm (``rlhfkit rl --algo NAME``)."""
 
     @classmethod
@@ -361,9 +362,12 @@ def accumulate_gradients(algo: Algorithm, run: RLRun, mb: Rollout,
 
 
 def gradient_sync(run: RLRun, last: bool) -> contextlib.AbstractContextManager:
-    """Under several processes, hold back the gradient all-reduce until the last micro-batch."""
+    """Under several processes, hold back the gradient all-reduce until the last micro-batch.
+
+    (DDP only: FSDP2 reduce-scatters each micro-batch's gradients as it goes.)
+    """
     stack = contextlib.ExitStack()
-    if not last and run.world > 1:
+    if not last and run.world > 1 and not run.run.sharded:
         for model in (run.model, run.critic):
             if model is not None:
                 stack.enter_context(run.acc.no_sync(model))

@@ -240,22 +240,22 @@ def test_two_processes_split_the_global_batch_and_log_once(good_bad_policy, rl_r
     assert (out / "model" / "config.json").exists()
     # The same run with each process cutting its mini-batches its own way (rank 0: three
     # micro-batches; rank 1: one, padded to three): the same losses and the same weights.
-    cut = tmp_path / "two-micro"
-    cmd = [*cmd[:6], "29542", *cmd[7:9], str(cut), SYSTEM, "micro"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    micro = [json.loads((cut / f"rank{r}.json").read_text()) for r in (0, 1)]
+    def variant(name: str, port: str) -> tuple[Path, list[dict]]:
+        """The same two-process run with ``multiproc_rl.py``'s variant ``name``."""
+        folder = tmp_path / f"two-{name}"
+        proc = subprocess.run([*cmd[:6], port, *cmd[7:9], str(folder), SYSTEM, name],
+                              capture_output=True, text=True, env=env, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return folder, [json.loads((folder / f"rank{r}.json").read_text()) for r in (0, 1)]
+
+    cut, micro = variant("micro", "29542")
     assert micro[0]["weights"] == pytest.approx(micro[1]["weights"], rel=1e-9)
     assert micro[0]["weights"] == pytest.approx(ranks[0]["weights"], rel=1e-6)
     for a, b in zip(read_metrics(cut)[0], train):
         assert a["loss/total"] == pytest.approx(b["loss/total"], abs=1e-5)
     # The same run sharded with FSDP2 (policy and reference; sampling in step on the shards):
     # the same rewards, losses and final weights as replicated, and a whole model saved.
-    sharded = tmp_path / "two-fsdp"
-    cmd = [*cmd[:6], "29543", *cmd[7:9], str(sharded), SYSTEM, "fsdp"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    fsdp = [json.loads((sharded / f"rank{r}.json").read_text()) for r in (0, 1)]
+    sharded, fsdp = variant("fsdp", "29543")
     assert fsdp[0]["weights"] == pytest.approx(ranks[0]["weights"], rel=1e-6)
     for a, b in zip(read_metrics(sharded)[0], train):
         assert a["reward/score"] == pytest.approx(b["reward/score"], abs=1e-6)

@@ -216,24 +216,25 @@ def _check_arity(fn: Callable, what: str, name: str, takes: str) -> None:
                           f"signature is ({params})") from None
 
 
-def register_advantage(name: str) -> Callable[[AdvantageFn], AdvantageFn]:
-    """Decorator: register ``fn(batch: AdvantageInputs) -> Advantages`` as ``name``."""
-    def wrap(fn: AdvantageFn) -> AdvantageFn:
-        _check_arity(fn, "advantage estimator", name, "an AdvantageInputs")
-        ADVANTAGES[name] = fn
-        _REGISTERED_FROM[f"advantage:{name}"] = _caller_file()
+def _registrar(table: dict[str, Callable], key: str, what: str, takes: str,
+               name: str) -> Callable[[Callable], Callable]:
+    """A decorator that checks a function takes one argument and files it in ``table``."""
+    def wrap(fn: Callable) -> Callable:
+        _check_arity(fn, what, name, takes)
+        table[name] = fn
+        _REGISTERED_FROM[f"{key}:{name}"] = _caller_file()
         return fn
     return wrap
+
+
+def register_advantage(name: str) -> Callable[[AdvantageFn], AdvantageFn]:
+    """Decorator: register ``fn(batch: AdvantageInputs) -> Advantages`` as ``name``."""
+    return _registrar(ADVANTAGES, "advantage", "advantage estimator", "an AdvantageInputs", name)
 
 
 def register_policy_loss(name: str) -> Callable[[LossFn], LossFn]:
     """Decorator: register ``fn(update: Update) -> (loss, metrics)`` as ``name``."""
-    def wrap(fn: LossFn) -> LossFn:
-        _check_arity(fn, "policy loss", name, "an Update")
-        POLICY_LOSSES[name] = fn
-        _REGISTERED_FROM[f"loss:{name}"] = _caller_file()
-        return fn
-    return wrap
+    return _registrar(POLICY_LOSSES, "loss", "policy loss", "an Update", name)
 
 
 def register_algorithm(name: str, *, advantages: str | AdvantageFn, loss: str | LossFn,

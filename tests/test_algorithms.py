@@ -20,6 +20,8 @@ from rlhfkit.train.estimators import reinforce_objective
 from rlhfkit.train.trainer import TrainRLConfig, rl_config
 
 EXAMPLE = Path(__file__).parent.parent / "examples" / "custom_algorithm.py"
+CPU_ONLY = pytest.mark.skipif(torch.cuda.is_available(), reason="a refusal on machines "
+                              "without CUDA")
 
 
 def test_every_algorithm_of_the_registry_is_a_command_running_the_one_loop():
@@ -80,6 +82,11 @@ def test_reinforce_on_reused_samples_weights_tokens_by_the_clipped_ratio():
     ("ppo", {"kl_coef": -1.0}, "--kl-coef must be >= 0, got -1.0"),
     ("nash", {"mixture_beta": 1.5}, "--mixture-beta must be >= 0 and <= 1, got 1.5"),
     ("ppo", {"gamma": 2.0}, "--gamma must be >= 0 and <= 1, got 2.0"),
+    pytest.param("grpo", {"vllm_sleep": 1}, "--vllm-sleep needs CUDA", marks=CPU_ONLY),
+    pytest.param("grpo", {"vllm_tensor_parallel_size": 2},
+                 "--vllm-tensor-parallel-size needs CUDA", marks=CPU_ONLY),
+    ("grpo", {"vllm_gpu_memory_utilization": 1.5}, "--vllm-gpu-memory-utilization must be > 0 "
+                                                   "and <= 1"),
 ])
 def test_bad_options_are_one_sentence_before_anything_loads(algo, values, message):
     with pytest.raises(ConfigError, match="^" + message.replace("(", r"\(").replace(")", r"\)")

@@ -63,3 +63,41 @@ def test_engine_processes_get_the_gpus_after_the_trainers():
     assert engine_visible_devices(3, 1, gpus=0) == ["", "", ""]  # CPU
     with pytest.raises(ValueError, match="need 9 GPUs; this machine has 8"):
         engine_visible_devices(3, 2, gpus=8, trainer_gpus=3)
+
+
+def test_a_sleeping_engine_wakes_before_the_next_sync():
+    """--vllm-sleep: the engine sleeps after a rollout (until the trainer's update is done) and
+    wakes before its weights are synced again; level 0 never sleeps. vLLM's ``LLM`` is a
+    stand-in that records the calls (sleep mode itself needs CUDA)."""
+    import torch
+
+    from rlhfkit.engines.vllm import VLLMBackend, VLLMEngine
+
+    calls = []
+
+    class LLM:
+        def sleep(self, level):
+            calls.append(("sleep", level))
+
+        def wake_up(self):
+            calls.append(("wake",))
+
+        def collective_rpc(self, *args, **kwargs):
+            calls.append(("weights",))
+
+        def reset_prefix_cache(self):
+            pass
+
+    engine = VLLMEngine.__new__(VLLMEngine)
+    engine.llm, engine.sleep_level, engine.asleep = LLM(), 2, False
+    engine.dtype, engine.tied, engine.version = torch.float32, False, 0
+    backend = VLLMBackend(engine, lambda model: iter([("w", torch.zeros(2))]))
+    model = torch.nn.Linear(2, 2)
+    backend.sync(model, 1)
+    backend.sleep()
+    backend.sleep()  # already asleep: once
+    backend.sync(model, 2)
+    assert calls == [("weights",), ("sleep", 2), ("wake",), ("weights",)]
+    engine.sleep_level, calls[:] = 0, []
+    backend.sleep()
+    assert calls == []

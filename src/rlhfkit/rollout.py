@@ -608,8 +608,9 @@ def place_token_values(values: Sequence[Sequence[float]], response_mask: torch.T
 def make_backend(kind: str, model: str, autocast: torch.dtype | None = None, seed: int = 0,
                  max_model_len: int = 1024, kv_cache_gb: float = 0.25,
                  log: Any = print, engines: str = "", weight_sync: str = "gloo",
-                 sync_bucket_mb: float = 256.0, engine_timeout: float = 600.0
-                 ) -> GenerationBackend:
+                 sync_bucket_mb: float = 256.0, engine_timeout: float = 600.0,
+                 gpu_memory_utilization: float = 0.3, tensor_parallel_size: int = 1,
+                 sleep_level: int = 0) -> GenerationBackend:
     """The generation backend of ``--generation-backend``: ``hf``, ``vllm`` or ``auto``.
 
     ``auto`` takes vLLM when it is installed and can serve the model here, else Hugging Face
@@ -628,6 +629,9 @@ def make_backend(kind: str, model: str, autocast: torch.dtype | None = None, see
         weight_sync: How weights reach engines apart: ``gloo``, ``nccl`` or ``file``.
         sync_bucket_mb: Size of one weight-sync bucket (engines apart), MiB.
         engine_timeout: Seconds an engine apart may take to answer before the run stops.
+        gpu_memory_utilization: The in-process engine's share of GPU memory (CUDA).
+        tensor_parallel_size: GPUs of the in-process engine (CUDA).
+        sleep_level: vLLM sleep level of the in-process engine between rollouts (CUDA; 0 off).
     """
     if kind not in BACKENDS:
         raise ConfigError(f"--generation-backend must be one of {', '.join(BACKENDS)}, got {kind!r}")
@@ -655,8 +659,12 @@ def make_backend(kind: str, model: str, autocast: torch.dtype | None = None, see
         host = os.environ.get("RLHFKIT_TRAINER_HOST", "127.0.0.1")
         return RemoteBackend(clients, checkpoint_weights, sync=weight_sync, channel_host=host,
                              bucket_mb=sync_bucket_mb, timeout_s=engine_timeout)
-    engine = VLLMEngine(path, dtype=dtype, seed=seed, max_model_len=max_model_len,
-                        kv_cache_gb=kv_cache_gb)
+    try:
+        engine = VLLMEngine(path, dtype=dtype, seed=seed, max_model_len=max_model_len,
+                            kv_cache_gb=kv_cache_gb, gpu_memory_utilization=gpu_memory_utilization,
+                            tensor_parallel_size=tensor_parallel_size, sleep_level=sleep_level)
+    except ValueError as err:  # a setting this device cannot take (engine_arguments)
+        raise ConfigError(str(err)) from None
     return VLLMBackend(engine, checkpoint_weights)
 
 

@@ -157,7 +157,8 @@ class VLLMEngine:
 
     def __init__(self, model_path: str | Path, dtype: str = "bfloat16", seed: int = 0,
                  max_model_len: int = 1024, kv_cache_gb: float = 0.25,
-                 gpu_memory_utilization: float = 0.3) -> None:
+                 gpu_memory_utilization: float = 0.3, tensor_parallel_size: int = 1,
+                 sleep_level: int = 0) -> None:
         problem = engine_problem(model_path)
         if problem is not None:
             raise RuntimeError(problem)
@@ -170,9 +171,14 @@ class VLLMEngine:
         from vllm import LLM  # an optional extra: imported only when an engine is made
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.llm = LLM(str(model_path), **engine_arguments(
+        arguments = engine_arguments(
             device=device, dtype=dtype, seed=seed, max_model_len=max_model_len,
-            kv_cache_gb=kv_cache_gb, gpu_memory_utilization=gpu_memory_utilization))
+            kv_cache_gb=kv_cache_gb, gpu_memory_utilization=gpu_memory_utilization,
+            tensor_parallel_size=tensor_parallel_size, sleep_level=sleep_level)
+        self.sleep_level = sleep_level
+        """vLLM sleep level between rollouts (0: the engine stays awake)."""
+        self.asleep = False
+        self.llm = LLM(str(model_path), **arguments)
         torch.set_num_threads(threads)  # vLLM may lower the process's torch threads
         _OPEN.add(id(self))
         self.model_path = str(model_path)
@@ -233,6 +239,18 @@ class VLLMEngine:
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": cast})
         self.llm.reset_prefix_cache()  # cached prompt states belong to the old weights
         self.version = version
+
+    def sleep(self) -> None:
+        """Free GPU memory while the trainer updates (vLLM's sleep mode, ``sleep_level``)."""
+        if self.sleep_level and not self.asleep:
+            self.llm.sleep(level=self.sleep_level)
+            self.asleep = True
+
+    def wake(self) -> None:
+        """Take the GPU memory back before the next weight sync and rollout."""
+        if self.asleep:
+            self.llm.wake_up()
+            self.asleep = False
 
     def close(self) -> None:
         """Free the engine (its weights and KV cache) now, not at the next garbage collection.
@@ -303,6 +321,7 @@ class VLLMBackend:
 
         ``last_sync`` holds the time it took and the megabytes copied (in the engine's dtype).
         """
+        self.engine.wake()  # a sleeping engine (--vllm-sleep) first takes its memory back
         if self.engine.version == version and self._synced_model == id(model):
             return False
         start, sent = time.perf_counter(), [0]
@@ -330,6 +349,10 @@ class VLLMBackend:
         pairs = self.engine.generate(prompt_ids, sampling, eos_token_ids, k=k, seed=self.seed)
         self.last_logprobs = [lps for _, lps in pairs]
         return [ids for ids, _ in pairs]
+
+    def sleep(self) -> None:
+        """Let the engine sleep while the trainer updates (``--vllm-sleep``; else nothing)."""
+        self.engine.sleep()
 
     def close(self) -> None:
         """Free the engine."""

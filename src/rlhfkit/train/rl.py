@@ -332,7 +332,9 @@ class RLRun:
                 kv_cache_gb=cfg.vllm_kv_cache_gb,
                 log=print if self.acc.is_main_process else (lambda *a: None),
                 engines=engines, weight_sync=cfg.weight_sync,
-                sync_bucket_mb=cfg.sync_bucket_mb, engine_timeout=cfg.engine_timeout)
+                sync_bucket_mb=cfg.sync_bucket_mb, engine_timeout=cfg.engine_timeout,
+                gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
+                tensor_parallel_size=cfg.vllm_tensor_parallel_size, sleep_level=cfg.vllm_sleep)
             if self.run.sharded and hasattr(backend, "synced"):
                 # every forward of a sharded model is a collective: decode in step
                 backend.synced = True
@@ -401,6 +403,11 @@ class RLRun:
         return sample(self.lm, self.tokenizer, prompts, self.sampling, self.system_prompt,
                       backend=backend, scorer=None, max_prompt_tokens=self.cfg.max_prompt_tokens,
                       autocast=self.autocast)
+
+    def engine_sleep(self) -> None:
+        """Put an in-process engine to sleep until its next sync (``--vllm-sleep``)."""
+        if self._backend is not None and hasattr(self._backend, "sleep"):
+            self._backend.sleep()
 
     def _seed(self, step: int, evaluation: bool = False) -> int:
         """The engine's seed for a rollout, a function of the step.

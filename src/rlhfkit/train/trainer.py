@@ -129,6 +129,15 @@ class TrainRLConfig(RLConfig, RewardOptions, UpdateOptions, PlacementOptions, Ep
         if self.temperature <= 0:
             raise ConfigError("--temperature must be > 0 for RL: at 0 every sample of a prompt "
                               "is the same and the log-probs are not those of the sampler")
+        gpu_only = [f"--{n.replace('_', '-')}" for n, on in (
+            ("vllm_sleep", self.vllm_sleep), ("vllm_tensor_parallel_size",
+                                               self.vllm_tensor_parallel_size > 1)) if on]
+        if gpu_only and not torch.cuda.is_available():
+            raise ConfigError(f"{', '.join(gpu_only)} needs CUDA: vLLM engines on CPU run one "
+                              "process, eagerly, without sleep mode")
+        if self.vllm_sleep and self.async_generation:
+            raise ConfigError("--vllm-sleep does not combine with --async-generation: the engine "
+                              "samples while the trainer updates")
         if self.loss_type not in GRPO_LOSS_TYPES:  # the Literal and the losses kept in step
             raise ConfigError(f"--loss-type must be one of {', '.join(GRPO_LOSS_TYPES)}")
         if algo.source == "rlhfkit":
@@ -229,6 +238,7 @@ def train_rl(cfg: TrainRLConfig, reward_fn: RewardFn | None = None,
                 run.end_step({**logged, **metrics, "rlvr/skipped": 1.0}, rollout, kl_seq)
                 continue
         first = policy_pass(run, rollout) if plan.single_pass else None
+        run.engine_sleep()  # --vllm-sleep: the engine frees its memory while the trainer updates
         # 3. advantages -----------------------------------------------------------------
         adv, rewards = advantages_of(algo, run, rollout, terms)
         # 4. update ---------------------------------------------------------------------

@@ -19,7 +19,7 @@ weights, bf16 autocast for training), the same prompts (the reviews task's train
 with its system message, through the chat template), the same group size, the same
 generation length (``--max-new-tokens``, stopping early at end-of-turn), sampling at
 temperature 1 with no top-k/top-p, the same KL coefficient, learning rate and reward: VADER
-sentiment of the response (``rlhfkit.feedback.gold.SentimentScorer``, called by both), so no
+sentiment of the response (``rlhfkit.rewards.gold.SentimentScorer``, called by both), so no
 reward model differs. PPO needs a reward *model* in TRL, so for PPO both sides score with the
 same sequence-classification folder (SmolLM2 with a fixed, seeded random head) and TRL's
 separate value model is matched by ``--critic rm`` in rlhfkit.
@@ -107,7 +107,7 @@ class Finished(Exception):
 
 def vader():
     """The shared reward: VADER compound sentiment of the response, in [-1, 1]."""
-    from rlhfkit.feedback.gold import SentimentScorer
+    from rlhfkit.rewards.gold import SentimentScorer
 
     return SentimentScorer()
 

@@ -21,11 +21,11 @@ ROOT = Path(__file__).resolve().parent.parent / "src" / "rlhfkit"
 FLOORS = {
     0: ["config"],
     1: ["__init__", "options", "losses", "segments", "testing", "data", "stats"],
-    2: ["models", "feedback", "evaluate", "engines"],
-    3: ["rollout", "rewards", "tasks", "control"],
-    4: ["train"],
-    5: ["pipeline", "experiments"],
-    6: ["cli"],
+    2: ["rewards", "evaluate", "engines"],
+    3: ["models", "feedback"],
+    4: ["rollout", "tasks", "control"],
+    5: ["train"],
+    6: ["pipeline", "experiments", "cli"],
 }
 FLOOR_OF = {unit: floor for floor, units in FLOORS.items() for unit in units}
 

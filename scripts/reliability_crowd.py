@@ -82,10 +82,10 @@ def label_crowd(store, project: str, seed: int) -> None:
 def run_seed(seed: int, args, out: Path, tiny: Path | None) -> dict:
     from rlhfkit.data import records as R
     from rlhfkit.data.io import write_records
-    from rlhfkit.feedback.gold import get_scorer
     from rlhfkit.feedback.reliability import estimate_reliability
     from rlhfkit.feedback.store import Store
     from rlhfkit.feedback.transfer import project_records
+    from rlhfkit.rewards.gold import get_scorer
     from rlhfkit.train.rm import RMConfig, train_rm
 
     rng = random.Random(seed)
@@ -138,7 +138,7 @@ def _drawn_flip(records, who: str) -> float | None:
     Read from the SimulatedLabeler's own ``flipped`` flag is not possible through the store, so
     it is recomputed: a label is against gold when the chosen response has the lower VADER score.
     """
-    from rlhfkit.feedback.gold import get_scorer
+    from rlhfkit.rewards.gold import get_scorer
 
     scorer = get_scorer("sentiment")
     mine = [r for r in records if r.annotator == who and not r.tie]

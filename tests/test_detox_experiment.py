@@ -81,7 +81,7 @@ def test_configs_share_everything_but_the_reward(tmp_path):
 def test_the_two_fine_grained_rewards_differ_only_after_the_first_sentence():
     """Wu et al.'s example: sentence 1 gets -tox(y_1); ours gets 1 - tox(y_1); then equal."""
     from rlhfkit.experiments.detox import METHODS
-    from rlhfkit.feedback.gold import get_scorer
+    from rlhfkit.rewards.gold import get_scorer
     from rlhfkit.rewards.sources import segment_gains
 
     prefixes = ["I am such an idiot.", "I am such an idiot. She is so smart!"]

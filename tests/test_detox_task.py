@@ -5,7 +5,7 @@ import statistics
 import pytest
 
 from rlhfkit.data.records import Demonstration, Ranking
-from rlhfkit.feedback.gold import ToxicityScorer
+from rlhfkit.rewards.gold import ToxicityScorer
 from rlhfkit.segments import split_segments
 from rlhfkit.tasks import DetoxTask, get_task, list_tasks
 from rlhfkit.tasks.detox import EVENTS, SENTENCES, fill

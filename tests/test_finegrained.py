@@ -150,7 +150,9 @@ def test_source_loads_from_folder_and_places_rewards_at_segment_ends(tiny_segmen
     sentence, at the token that completes it (the last one at the EOS), equal to -logit
     (``logodds``) of the model run on the training encoding of the same text."""
     from rlhfkit.data.chat import encode_pair
-    from rlhfkit.rewards.sources import SourceContext, build_sources
+    from rlhfkit.models.reward import reward_model_source
+    from rlhfkit.rewards.registry import build_sources
+    from rlhfkit.rewards.sources import SourceContext
     from rlhfkit.rollout import build_rollout, encode_prompts, eos_ids_of
     from rlhfkit.segments import response_segments
 
@@ -165,7 +167,8 @@ def test_source_loads_from_folder_and_places_rewards_at_segment_ends(tiny_segmen
     rollout = build_rollout(tokenizer, prompts, prompt_ids, responses, eos_ids_of(tokenizer))
     assert rollout.texts == texts
     ctx = SourceContext(tokenizer, torch.device("cpu"), segment_unit="sentence")
-    (source,) = build_sources(f"rel={tiny_segment_rm}", "rel=0.3", ctx)
+    (source,) = build_sources(f"rel={tiny_segment_rm}", "rel=0.3", ctx,
+                              folder=reward_model_source)
     assert source.name == "rel" and source.weight == 0.3 and source.stats is None
     dense = source.fn(rollout)
     segs = response_segments(tokenizer, rollout.response_ids, texts, "sentence")

@@ -2,7 +2,7 @@
 
 import pytest
 
-from rlhfkit.feedback.gold import (
+from rlhfkit.rewards.gold import (
     KeywordScorer,
     LengthScorer,
     SentimentScorer,

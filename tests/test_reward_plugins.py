@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from rlhfkit.rewards.plugins import PluginError, RewardFunctionError, load_object
-from rlhfkit.rewards.sources import SourceContext, build_sources, combine
+from rlhfkit.rewards.registry import build_sources
+from rlhfkit.rewards.sources import SourceContext, combine
 from rlhfkit.tasks import get_task
 from rlhfkit.train.inputs import reward_sources
 

@@ -5,15 +5,9 @@ import math
 import pytest
 import torch
 
+from rlhfkit.config import parse_weights, split_named
 from rlhfkit.rewards.shaping import place_rewards, token_rewards
-from rlhfkit.rewards.sources import (
-    RewardSource,
-    RewardTerms,
-    combine,
-    parse_weights,
-    segment_gains,
-    split_named,
-)
+from rlhfkit.rewards.sources import RewardSource, RewardTerms, combine, segment_gains
 from rlhfkit.segments import response_segments, segment_end_tokens, split_segments
 
 

@@ -5,7 +5,7 @@ import statistics
 import pytest
 
 from rlhfkit.data.records import Comparison, Demonstration, Ranking
-from rlhfkit.feedback.gold import SentimentScorer
+from rlhfkit.rewards.gold import SentimentScorer
 from rlhfkit.tasks import ReviewsTask, Task, get_task, list_tasks
 
 

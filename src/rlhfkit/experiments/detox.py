@@ -46,7 +46,6 @@ from rlhfkit.evaluate.metrics import (
     toxicity_probability,
 )
 from rlhfkit.evaluate.report import Section, figure_html, table_html, write_sections
-from rlhfkit.feedback.gold import ToxicityScorer
 from rlhfkit.models.loading import load_causal_lm, load_tokenizer, resolve_precision
 from rlhfkit.models.policy import SelectiveLM
 from rlhfkit.options import (
@@ -59,6 +58,7 @@ from rlhfkit.options import (
     RunOptions,
     SamplingOptions,
 )
+from rlhfkit.rewards.gold import ToxicityScorer
 from rlhfkit.rollout import HFBackend, ReferencePolicy, SamplingConfig, sample
 from rlhfkit.segments import split_segments
 from rlhfkit.tasks import get_task

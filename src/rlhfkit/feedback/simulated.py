@@ -37,7 +37,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from rlhfkit.data.records import BinaryFeedback, Comparison, Ranking, ScoreFeedback
-from rlhfkit.feedback.gold import Scorer, get_scorer
+from rlhfkit.rewards.gold import Scorer, get_scorer
 
 __all__ = ["SimulatedLabeler", "sigmoid"]
 
@@ -60,7 +60,7 @@ class SimulatedLabeler:
     """Turn a gold scorer into noisy human-like feedback records.
 
     Args:
-        scorer: A gold scorer, or a name for :func:`rlhfkit.feedback.gold.get_scorer`.
+        scorer: A gold scorer, or a name for :func:`rlhfkit.rewards.gold.get_scorer`.
         temperature: Noise scale in the scorer's units; 0 means noiseless. For VADER sentiment
             (range [-1, 1]) 0.1 makes a pair 0.2 apart come out right ~88% of the time.
         flip_rate: Probability of reporting the opposite of the drawn binary or pairwise label.

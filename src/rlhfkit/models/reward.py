@@ -13,11 +13,18 @@ last real token of each right-padded row, which is where rlhfkit reads it.
 
 Reward statistics from training (mean and std over the training responses) are saved in the
 config as ``rlhfkit_reward_mean`` / ``rlhfkit_reward_std`` so RL can normalise rewards later.
+
+The RL stages read a reward model through :func:`reward_model_source` (a folder of ``rlhfkit rm``
+or ``rlhfkit segment-rm`` as a :class:`~rlhfkit.rewards.sources.RewardSource`, handed to
+:func:`rlhfkit.rewards.registry.build_sources` by :mod:`rlhfkit.train.inputs`) and
+:func:`rm_scores` (one score per sampled response).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +33,9 @@ from torch import nn
 from transformers import AutoModelForSequenceClassification
 
 from rlhfkit.models.loading import ModelLoadError, resolve, save_adapter
+from rlhfkit.models.segment_reward import is_segment_rm, segment_rm_source
+from rlhfkit.rewards.shaping import DenseRewards, sequence_rewards
+from rlhfkit.rewards.sources import RewardSource, Rollout, SourceContext
 
 
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -176,3 +186,45 @@ def _scoring_tokenizer(tokenizer: Any) -> Any:
     else:
         tokenizer.pad_token = token
     return tokenizer
+
+
+# ---------------------------------------------------------------------------------------
+# As a reward source of the RL stages
+# ---------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def rm_scores(rm: RewardModel, rollout: Rollout, autocast: Callable | None = None,
+              batch_size: int = 16) -> torch.Tensor:
+    """(B,) reward-model scores of prompt + response, read at the last real token.
+
+    The RM sees exactly the ids the policy sampled (prompt from the chat template, response up
+    to and including its end-of-turn token), i.e. what it was trained on.
+    """
+    out = []
+    for i in range(0, len(rollout), batch_size):
+        chunk = rollout.select(range(i, min(i + batch_size, len(rollout))))
+        with autocast() if autocast else contextlib.nullcontext():
+            out.append(rm(chunk.input_ids, chunk.attention_mask).float())
+    return torch.cat(out)
+
+
+def reward_model_source(name: str, path: str, ctx: SourceContext) -> RewardSource:
+    """The reward source of a reward-model folder, holistic or per segment.
+
+    A holistic folder (``rlhfkit rm``) gives one score per response, normalised by its saved
+    stats; a segment folder (``rlhfkit segment-rm``, marked so in its config) a reward after
+    each segment (:func:`rlhfkit.models.segment_reward.segment_rm_source`). This is the
+    ``folder`` factory of :func:`rlhfkit.rewards.registry.build_sources`.
+    """
+    if is_segment_rm(path):
+        return segment_rm_source(name, path, ctx)
+    rm = RewardModel.from_pretrained(path, pad_token_id=ctx.tokenizer.pad_token_id)
+    rm.eval().requires_grad_(False).to(ctx.device)
+
+    def fn(rollout: Rollout) -> DenseRewards:
+        scores = rm_scores(rm, rollout, ctx.autocast)
+        return sequence_rewards(scores.cpu(), rollout.response_mask.cpu())
+
+    stats = rm.reward_stats if ctx.normalize_reward else None
+    return RewardSource(name, fn, stats=stats, model=rm, path=path)

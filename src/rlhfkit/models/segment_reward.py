@@ -29,13 +29,15 @@ The reward of segment j (``reward`` in the saved config):
 
 A saved segment reward model marks itself in its ``config.json`` (``rlhfkit_reward_type:
 "segment"``, the unit, the category and its span categories, the reward kind), so
-``--reward-model rel=runs/rm-rel/model`` loads it as a per-segment source.
+``--reward-model rel=runs/rm-rel/model`` loads it as a per-segment source
+(:func:`segment_rm_source`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,7 +45,9 @@ import torch
 from torch import nn
 
 from rlhfkit.models.loading import ModelLoadError, merge_and_save, resolve
-from rlhfkit.segments import UNITS
+from rlhfkit.rewards.shaping import DenseRewards
+from rlhfkit.rewards.sources import RewardSource, Rollout, SourceContext
+from rlhfkit.segments import UNITS, response_segments
 
 if TYPE_CHECKING:
     from rlhfkit.data.records import Span
@@ -246,3 +250,61 @@ def is_segment_rm(path: str | Path) -> bool:
         return json.loads(config.read_text()).get("rlhfkit_reward_type") == "segment"
     except (OSError, json.JSONDecodeError):
         return False
+
+
+# ---------------------------------------------------------------------------------------
+# As a reward source of the RL stages
+# ---------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def rollout_segment_logits(model: SegmentRewardModel, tokenizer: Any, rollout: Rollout,
+                           unit: str, autocast: Callable | None = None, batch_size: int = 16
+                           ) -> list[list[tuple[int, float]]]:
+    """``(segment-end token index, error logit)`` for every segment of every response.
+
+    The model reads exactly the ids the policy sampled (prompt from the chat template, response
+    up to its end-of-turn token), with the rollout's position ids for the left padding.
+    """
+    segs = response_segments(tokenizer, rollout.response_ids, rollout.texts, unit)
+    width = rollout.prompt_width
+    device = rollout.input_ids.device
+    out: list[list[tuple[int, float]]] = []
+    for start in range(0, len(rollout), batch_size):
+        chunk = range(start, min(start + batch_size, len(rollout)))
+        rows = [b - start for b in chunk for _ in segs[b]]
+        toks = [tok for b in chunk for _, tok in segs[b]]
+        with autocast() if autocast else contextlib.nullcontext():
+            logits = model(rollout.input_ids[start:chunk.stop],
+                           rollout.attention_mask[start:chunk.stop],
+                           torch.tensor(rows, device=device),
+                           torch.tensor([width + t for t in toks], device=device),
+                           rollout.position_ids[start:chunk.stop]).float().cpu().tolist()
+        i = 0
+        for b in chunk:
+            out.append([(tok, logits[i + j]) for j, (_, tok) in enumerate(segs[b])])
+            i += len(segs[b])
+    return out
+
+
+def segment_rm_source(name: str, path: str, ctx: SourceContext) -> RewardSource:
+    """A per-segment reward source from a segment reward-model folder.
+
+    Each segment's reward (``sign``/``prob``/``logodds`` of its error logit, as saved in the
+    folder) goes on its last token. The rewards are not standardised: they are already on a
+    fixed scale, and ``--rewards`` weighs them. The source has no ``path``, so ``--critic rm``
+    starts the critic from a holistic reward model instead.
+    """
+    model = SegmentRewardModel.from_pretrained(path, pad_token_id=ctx.tokenizer.pad_token_id)
+    model.eval().requires_grad_(False).to(ctx.device)
+    unit, kind = model.unit, model.reward_kind
+
+    def fn(rollout: Rollout) -> DenseRewards:
+        per_response = rollout_segment_logits(model, ctx.tokenizer, rollout, unit, ctx.autocast)
+        out = []
+        for items in per_response:
+            rewards = segment_rewards(torch.tensor([z for _, z in items]), kind).tolist()
+            out.append([(tok, r) for (tok, _), r in zip(items, rewards)])
+        return out
+
+    return RewardSource(name, fn, model=model)

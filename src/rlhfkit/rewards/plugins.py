@@ -50,7 +50,7 @@ from typing import Any
 import torch
 
 from rlhfkit.rewards.shaping import DenseRewards, sequence_rewards
-from rlhfkit.rewards.sources import RewardSource, SourceContext, register_reward_source
+from rlhfkit.rewards.sources import RewardSource, SourceContext
 
 __all__ = ["PluginError", "RewardFunctionError", "call_reward_function", "env_source",
            "http_source", "load_object", "python_source", "remote_rewards"]
@@ -322,6 +322,11 @@ def http_source(name: str, spec: str, ctx: SourceContext, scheme: str = "http") 
     return RewardSource(name, score)
 
 
+def https_source(name: str, spec: str, ctx: SourceContext) -> RewardSource:
+    """``--reward-model https://HOST:PORT/PATH[#options]``: :func:`http_source` over TLS."""
+    return http_source(name, spec, ctx, scheme="https")
+
+
 # ---------------------------------------------------------------------------------------
 # Environments
 # ---------------------------------------------------------------------------------------
@@ -338,9 +343,3 @@ def env_source(name: str, spec: str, ctx: SourceContext) -> RewardSource:
         return [list(row) for row in rewards]
 
     return RewardSource(name, score)
-
-
-register_reward_source("py", python_source)
-register_reward_source("http", http_source)
-register_reward_source("https", lambda n, s, c: http_source(n, s, c, scheme="https"))
-register_reward_source("env", env_source)

@@ -1,4 +1,4 @@
-"""Where the RL stages' rewards come from: reward models, scorers, rewards after each segment.
+"""What a reward source is, the sources built on a scorer, and how a rollout's sources combine.
 
 A :class:`RewardSource` turns a rollout into :data:`rlhfkit.rewards.shaping.DenseRewards`: for
 each response, ``(token position, score)`` pairs. A holistic reward model gives one pair per
@@ -7,28 +7,16 @@ response, on its last token; a fine-grained source gives one after each segment 
 
     r_t = sum_k w_k * sum_j 1(t = T_j^k) * R_k(x, y, j)  -  beta * KL_t,
 
-which is :func:`rlhfkit.rewards.shaping.token_rewards`. On the command line::
+which is :func:`rlhfkit.rewards.shaping.token_rewards`; :func:`combine` gives each source's
+normalised, clipped scores and their weighted sum.
 
-    --reward-model runs/rm/model                          # one source
-    --reward-model rel=runs/rm-rel/model,comp=runs/rm-comp/model --rewards rel=0.3,comp=0.5
+The sources defined here need no model: :func:`scorer_source` (one score per response from a
+scorer such as the gold scorers of :mod:`rlhfkit.rewards.gold`) and :func:`segment_gain_source`
+(the same scorer read after each segment). Sources from outside the package are in
+:mod:`rlhfkit.rewards.plugins`, the ones that read a trained reward model next to the model
+(:func:`rlhfkit.models.reward.reward_model_source`), and :mod:`rlhfkit.rewards.registry` builds
+any of them from a ``--reward-model`` spec.
 
-A source spec is one of
-
-* a reward-model folder (``rlhfkit rm``): one score per response;
-* a segment reward-model folder (``rlhfkit segment-rm``): a reward after each segment, +-1 as
-  its classifier finds no error / an error (:mod:`rlhfkit.models.segment_reward`);
-* ``scorer:SPEC``: a programmatic scorer from :func:`rlhfkit.feedback.gold.get_scorer`, one
-  score per response (e.g. ``scorer:non-toxic``);
-* ``segment-gain:SPEC``: the same scorer read on the growing prefix of the response, the
-  reward after segment j being ``s(y_1..j) - s(y_1..j-1)`` (and ``s(y_1)`` after the first),
-  so the rewards of a response sum to its holistic score. With ``non-toxic`` this is the drop
-  in toxicity after each sentence, the fine-grained detoxification reward of Wu et al.;
-* any prefix added with :func:`register_reward_source`, or given to :func:`build_sources` by
-  the level above (``rlhfkit.train.inputs`` adds the built-in tasks' sources, such as
-  ``factqa-gold:ASPECT``).
-
-A factory builds a source from its spec and a :class:`SourceContext` (the tokenizer, device and
-precision of the run, and the few options a source reads), never from the RL run itself.
 A rollout here is anything with the attributes of :class:`rlhfkit.rollout.Rollout` that a
 source reads (``prompts``, ``texts``, ``response_ids``, ``response_mask``, ``input_ids``,
 ``attention_mask``, ``position_ids``, ``prompt_width``, ``ended``, ``select``).
@@ -37,18 +25,12 @@ source reads (``prompts``, ``texts``, ``response_ids``, ``response_mask``, ``inp
 from __future__ import annotations
 
 import contextlib
-import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from rlhfkit.config import parse_weights, split_named
-from rlhfkit.feedback.gold import get_scorer
-from rlhfkit.models.reward import RewardModel
-from rlhfkit.models.segment_reward import SegmentRewardModel, is_segment_rm, segment_rewards
 from rlhfkit.rewards.shaping import DenseRewards, sequence_rewards
 from rlhfkit.segments import response_segments
 
@@ -120,11 +102,6 @@ class RewardTerms:
         return all(len(items) <= 1 for source in self.dense for items in source)
 
 
-# ---------------------------------------------------------------------------------------
-# Built-in sources
-# ---------------------------------------------------------------------------------------
-
-
 @dataclass
 class SourceContext:
     """What a source factory may use: the run's tokenizer, device and precision, two options.
@@ -148,19 +125,6 @@ class SourceContext:
     references: Callable[[list[Any]], list[Any]] | None = None
 
 
-Factory = Callable[[str, str, SourceContext], RewardSource]
-"""``(name, spec after the prefix, context) -> RewardSource``."""
-
-_FACTORIES: dict[str, Factory] = {}
-
-
-def register_reward_source(prefix: str, factory: Factory) -> None:
-    """Make ``--reward-model PREFIX:SPEC`` build a source with ``factory(name, SPEC, context)``."""
-    if not re.fullmatch(r"[a-z][a-z0-9-]*", prefix):
-        raise ValueError(f"bad reward-source prefix {prefix!r}: lowercase letters, digits, '-'")
-    _FACTORIES[prefix] = factory
-
-
 def scorer_source(name: str, scorer: Callable[[list[Any], list[str]], Sequence[float]]
                   ) -> RewardSource:
     """A holistic source from ``scorer(prompts, responses) -> one score each``."""
@@ -171,10 +135,6 @@ def scorer_source(name: str, scorer: Callable[[list[Any], list[str]], Sequence[f
         return sequence_rewards(scores, rollout.response_mask.cpu())
 
     return RewardSource(name, fn)
-
-
-def _scorer(name: str, spec: str, ctx: SourceContext) -> RewardSource:
-    return scorer_source(name, get_scorer(spec))
 
 
 def segment_gains(prefix_scores: Sequence[float]) -> list[float]:
@@ -205,148 +165,6 @@ def segment_gain_source(name: str, scorer: Callable[[list[Any], list[str]], Sequ
         return out
 
     return RewardSource(name, fn)
-
-
-def _segment_gain(name: str, spec: str, ctx: SourceContext) -> RewardSource:
-    return segment_gain_source(name, get_scorer(spec), ctx.tokenizer, ctx.segment_unit)
-
-
-def _autocast(ctx: SourceContext) -> contextlib.AbstractContextManager:
-    return ctx.autocast() if ctx.autocast else contextlib.nullcontext()
-
-
-@torch.no_grad()
-def rm_scores(rm: RewardModel, rollout: Rollout, autocast: Callable | None = None,
-              batch_size: int = 16) -> torch.Tensor:
-    """(B,) reward-model scores of prompt + response, read at the last real token.
-
-    The RM sees exactly the ids the policy sampled (prompt from the chat template, response up
-    to and including its end-of-turn token), i.e. what it was trained on.
-    """
-    out = []
-    for i in range(0, len(rollout), batch_size):
-        chunk = rollout.select(range(i, min(i + batch_size, len(rollout))))
-        with autocast() if autocast else contextlib.nullcontext():
-            out.append(rm(chunk.input_ids, chunk.attention_mask).float())
-    return torch.cat(out)
-
-
-@torch.no_grad()
-def rollout_segment_logits(model: SegmentRewardModel, tokenizer: Any, rollout: Rollout,
-                           unit: str, autocast: Callable | None = None, batch_size: int = 16
-                           ) -> list[list[tuple[int, float]]]:
-    """``(segment-end token index, error logit)`` for every segment of every response.
-
-    The model reads exactly the ids the policy sampled (prompt from the chat template, response
-    up to its end-of-turn token), with the rollout's position ids for the left padding.
-    """
-    segs = response_segments(tokenizer, rollout.response_ids, rollout.texts, unit)
-    width = rollout.prompt_width
-    device = rollout.input_ids.device
-    out: list[list[tuple[int, float]]] = []
-    for start in range(0, len(rollout), batch_size):
-        chunk = range(start, min(start + batch_size, len(rollout)))
-        rows = [b - start for b in chunk for _ in segs[b]]
-        toks = [tok for b in chunk for _, tok in segs[b]]
-        with autocast() if autocast else contextlib.nullcontext():
-            logits = model(rollout.input_ids[start:chunk.stop],
-                           rollout.attention_mask[start:chunk.stop],
-                           torch.tensor(rows, device=device),
-                           torch.tensor([width + t for t in toks], device=device),
-                           rollout.position_ids[start:chunk.stop]).float().cpu().tolist()
-        i = 0
-        for b in chunk:
-            out.append([(tok, logits[i + j]) for j, (_, tok) in enumerate(segs[b])])
-            i += len(segs[b])
-    return out
-
-
-def segment_rm_source(name: str, path: str, ctx: SourceContext) -> RewardSource:
-    """A per-segment reward source from a segment reward-model folder.
-
-    Each segment's reward (``sign``/``prob``/``logodds`` of its error logit, as saved in the
-    folder) goes on its last token. The rewards are not standardised: they are already on a
-    fixed scale, and ``--rewards`` weighs them. The source has no ``path``, so ``--critic rm``
-    starts the critic from a holistic reward model instead.
-    """
-    model = SegmentRewardModel.from_pretrained(path, pad_token_id=ctx.tokenizer.pad_token_id)
-    model.eval().requires_grad_(False).to(ctx.device)
-    unit, kind = model.unit, model.reward_kind
-
-    def fn(rollout: Rollout) -> DenseRewards:
-        per_response = rollout_segment_logits(model, ctx.tokenizer, rollout, unit, ctx.autocast)
-        out = []
-        for items in per_response:
-            rewards = segment_rewards(torch.tensor([z for _, z in items]), kind).tolist()
-            out.append([(tok, r) for (tok, _), r in zip(items, rewards)])
-        return out
-
-    return RewardSource(name, fn, model=model)
-
-
-def reward_model_source(name: str, path: str, ctx: SourceContext,
-                        prefixes: Sequence[str] = ()) -> RewardSource:
-    """A source from a reward-model folder, holistic or per segment.
-
-    A holistic folder (``rlhfkit rm``) gives one score per response, normalised by its saved
-    stats; a segment folder (``rlhfkit segment-rm``, marked so in its config) a reward after
-    each segment.
-    """
-    if not Path(path).exists():
-        raise FileNotFoundError(
-            f"reward source {name!r}: {path} does not exist; give a reward-model folder "
-            f"(from rlhfkit rm or rlhfkit segment-rm) or a prefixed spec "
-            f"({', '.join(f'{p}:SPEC' for p in prefixes)})")
-    if is_segment_rm(path):
-        return segment_rm_source(name, path, ctx)
-    rm = RewardModel.from_pretrained(path, pad_token_id=ctx.tokenizer.pad_token_id)
-    rm.eval().requires_grad_(False).to(ctx.device)
-
-    def fn(rollout: Rollout) -> DenseRewards:
-        scores = rm_scores(rm, rollout, ctx.autocast)
-        return sequence_rewards(scores.cpu(), rollout.response_mask.cpu())
-
-    stats = rm.reward_stats if ctx.normalize_reward else None
-    return RewardSource(name, fn, stats=stats, model=rm, path=path)
-
-
-register_reward_source("scorer", _scorer)
-register_reward_source("segment-gain", _segment_gain)
-
-
-def build_source(name: str, spec: str, ctx: SourceContext,
-                 extra: Mapping[str, Factory] | None = None) -> RewardSource:
-    """The source for one spec: a known ``prefix:`` or else a reward-model folder.
-
-    Args:
-        name: The source's name.
-        spec: Its spec (``scorer:sentiment``, a folder, ...).
-        ctx: What the factory may use.
-        extra: Prefixes known to this call only (the tasks' sources, given by the caller).
-    """
-    factories = {**_FACTORIES, **(extra or {})}
-    prefix, colon, rest = spec.partition(":")
-    if colon and prefix in factories:
-        return factories[prefix](name, rest, ctx)
-    if not colon and spec in factories and not Path(spec).exists():  # a bare prefix: "env"
-        return factories[spec](name, "", ctx)
-    return reward_model_source(name, spec, ctx, sorted(factories))
-
-
-def build_sources(spec: str, weights: str, ctx: SourceContext,
-                  extra: Mapping[str, Factory] | None = None) -> list[RewardSource]:
-    """All sources of ``--reward-model`` with the weights of ``--rewards``."""
-    named = split_named(spec)
-    names = [n or "reward" for n, _ in named]
-    if weights.strip() and named[0][0] is None:
-        raise ValueError("--rewards needs named sources: --reward-model name=SPEC,name=SPEC")
-    w = parse_weights(weights, names)
-    sources = []
-    for name, (_, s) in zip(names, named):
-        source = build_source(name, s, ctx, extra)
-        source.weight = w[name]
-        sources.append(source)
-    return sources
 
 
 def combine(sources: Sequence[RewardSource], rollout: Rollout, clip: float | None = None,

@@ -6,8 +6,8 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 from rlhfkit.data.records import Comparison, Demonstration, PromptRecord, Ranking
-from rlhfkit.feedback.gold import Scorer
 from rlhfkit.feedback.simulated import SimulatedLabeler
+from rlhfkit.rewards.gold import Scorer
 
 __all__ = ["Task"]
 

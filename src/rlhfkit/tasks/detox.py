@@ -7,7 +7,7 @@ the toxicity of what it writes. Here:
 - a prompt asks about an everyday mishap, e.g. "What happened when the printer jammed before
   your big meeting?"; the answer is a little story of three or four short sentences;
 - the gold labeler is the offensive-language probability of ``alt-profanity-check`` (a linear
-  SVM over words, :class:`rlhfkit.feedback.gold.ToxicityScorer`). Scorers in rlhfkit are
+  SVM over words, :class:`rlhfkit.rewards.gold.ToxicityScorer`). Scorers in rlhfkit are
   higher-is-better, so :meth:`DetoxTask.gold_scorer` returns the *non-toxicity*
   ``1 - p(offensive)``; toxicity is one minus the gold score;
 - demonstrations are such stories in which each sentence, independently, swears with
@@ -31,7 +31,7 @@ import random
 from functools import cached_property
 
 from rlhfkit.data.records import Demonstration, Ranking
-from rlhfkit.feedback.gold import Scorer, ToxicityScorer
+from rlhfkit.rewards.gold import Scorer, ToxicityScorer
 from rlhfkit.tasks.base import Task, check_split
 
 __all__ = ["DetoxTask"]

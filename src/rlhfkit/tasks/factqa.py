@@ -42,8 +42,8 @@ from itertools import combinations
 from typing import Any
 
 from rlhfkit.data.records import Demonstration, Ranking, Span, SpanFeedback
-from rlhfkit.feedback.gold import prompt_text
 from rlhfkit.feedback.simulated import SimulatedLabeler
+from rlhfkit.rewards.gold import prompt_text
 from rlhfkit.segments import response_segments, split_segments
 from rlhfkit.tasks.base import Task, check_split
 
@@ -636,5 +636,5 @@ class SpanLabeler:
 
 
 # The task's own reward sources, keyed by their --reward-model prefix (read by
-# rlhfkit.train.inputs, which hands them to rlhfkit.rewards.sources.build_sources).
+# rlhfkit.train.inputs, which hands them to rlhfkit.rewards.registry.build_sources).
 FactQATask.reward_sources = {"factqa-gold": gold_source}

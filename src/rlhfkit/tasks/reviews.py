@@ -24,7 +24,7 @@ import random
 from functools import cached_property
 
 from rlhfkit.data.records import Demonstration, Ranking
-from rlhfkit.feedback.gold import Scorer, SentimentScorer
+from rlhfkit.rewards.gold import Scorer, SentimentScorer
 from rlhfkit.tasks.base import Task, check_split
 
 __all__ = ["ReviewsTask"]

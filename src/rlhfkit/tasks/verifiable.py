@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from rlhfkit.feedback.gold import prompt_text
+from rlhfkit.rewards.gold import prompt_text
 from rlhfkit.tasks.base import Task
 
 __all__ = ["VerifiableTask", "VerifierScorer"]

@@ -16,8 +16,7 @@ import torch
 from rlhfkit.evaluate.metrics import distinct_n, length_controlled_win_rate, win_rate
 from rlhfkit.models.loading import load_causal_lm, load_tokenizer
 from rlhfkit.models.policy import SelectiveLM
-from rlhfkit.models.reward import RewardModel
-from rlhfkit.rewards.sources import rm_scores
+from rlhfkit.models.reward import RewardModel, rm_scores
 from rlhfkit.rollout import ReferencePolicy, SamplingConfig, make_backend, sample
 from rlhfkit.tasks import get_task
 from rlhfkit.train.best_of_n import best_of_n

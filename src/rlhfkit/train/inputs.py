@@ -8,11 +8,11 @@ Every stage names its inputs with short specs, and they are all resolved here:
 | ``--data db:URL?project=P`` | the labels of a feedback store (:mod:`rlhfkit.feedback.transfer`) |
 | ``--data FILE`` | a JSONL/JSON/CSV/TSV/Parquet file (text ones may be gzipped), a HF datasets folder, or a dataset id / folder for ``datasets.load_dataset``; ``--split``/``--eval-split`` pick splits (:mod:`rlhfkit.data.io`) |
 | ``--model``, ``--reference`` | a HF id or folder, a .gguf file, an alias (:mod:`rlhfkit.models.loading`) |
-| ``--reward-model`` | reward sources (:mod:`rlhfkit.rewards.sources`, :mod:`rlhfkit.rewards.plugins`), plus the tasks' own and ``task:NAME`` (a task's verifier or gold scorer) |
+| ``--reward-model`` | reward sources (:mod:`rlhfkit.rewards.registry`), reward-model folders (:mod:`rlhfkit.models.reward`), plus the tasks' own and ``task:NAME`` (a task's verifier or gold scorer) |
 | ``--gold`` | the scorer used for evaluation only (``task``, a scorer spec, ``none``) |
 
 so the layers below never need to know about each other: the data readers know nothing of the
-feedback store, the reward sources nothing of the tasks.
+feedback store, the reward sources nothing of the tasks or of the trained reward models.
 """
 
 from __future__ import annotations
@@ -30,12 +30,14 @@ from rlhfkit.config import ConfigError
 from rlhfkit.data import io as data_io
 from rlhfkit.data.records import Record, RecordError, SpanFeedback, from_dict
 from rlhfkit.data.splits import prompt_key, split_records
-from rlhfkit.feedback.gold import get_scorer
 from rlhfkit.feedback.reliability import estimate_reliability, reliability_table, weight_records
 from rlhfkit.feedback.store import StoreError
 from rlhfkit.feedback.transfer import read_project_records
 from rlhfkit.models.loading import load_tokenizer
-from rlhfkit.rewards.sources import RewardSource, SourceContext, build_sources, scorer_source
+from rlhfkit.models.reward import reward_model_source
+from rlhfkit.rewards.gold import get_scorer
+from rlhfkit.rewards.registry import build_sources
+from rlhfkit.rewards.sources import RewardSource, SourceContext, scorer_source
 from rlhfkit.tasks import Task, get_task, task_reward_sources
 from rlhfkit.tasks.verifiable import VerifiableTask
 
@@ -255,14 +257,15 @@ def reward_sources(spec: str, weights: str, ctx: SourceContext,
     """The sources of ``--reward-model`` (with the tasks' own prefixes) weighted by ``--rewards``.
 
     ``task:NAME`` is a built-in task's verifier or gold scorer as a reward (one score per
-    response). With ``task`` (the task of ``--data``), sources that check answers (``py:``,
-    ``http:``) get its reference answers unless ``ctx`` has references already.
+    response); a folder is a reward model (:func:`rlhfkit.models.reward.reward_model_source`).
+    With ``task`` (the task of ``--data``), sources that check answers (``py:``, ``http:``) get
+    its reference answers unless ``ctx`` has references already.
     """
     extra = {prefix: _task_factory(factory) for prefix, factory in task_reward_sources().items()}
     extra["task"] = _task_gold_source
     if ctx.references is None and isinstance(task, VerifiableTask):
         ctx = dataclasses.replace(ctx, references=task.references)
-    return build_sources(spec, weights, ctx, extra)
+    return build_sources(spec, weights, ctx, extra, folder=reward_model_source)
 
 
 def _task_gold_source(name: str, spec: str, ctx: SourceContext) -> RewardSource:

@@ -7,6 +7,7 @@ import torch
 
 from rlhfkit.evaluate.metrics import (
     avg_max_toxicity,
+    best_of_n_kl,
     bradley_terry_ratings,
     distinct_n,
     distinct_n_per_prompt,
@@ -56,6 +57,12 @@ def test_rm_accuracy_ties_count_wrong():
     assert rm_accuracy([1.0, 2.0, 3.0], [0.0, 2.0, 4.0]) == pytest.approx(1 / 3)
     assert rm_accuracy([0.0, 0.0], [0.0, 0.0]) == 0.0
     assert rm_accuracy([], []) == 0.0
+
+
+def test_best_of_n_kl_by_hand():
+    """log n - (n - 1) / n: 0 for n = 1; log 4 - 3/4 for n = 4."""
+    assert best_of_n_kl(1) == 0.0
+    assert best_of_n_kl(4) == pytest.approx(math.log(4) - 0.75)
 
 
 def test_bradley_terry_two_players_by_hand():

@@ -43,8 +43,8 @@ from rlhfkit.rollout import (
 )
 from rlhfkit.tasks import get_task
 from rlhfkit.train.algorithms import reward_algorithm
+from rlhfkit.train.comparison import compare_with_sft
 from rlhfkit.train.dpo import DPOConfig, train_dpo
-from rlhfkit.train.evaluation import compare_with_sft
 from rlhfkit.train.iterate import IterateConfig, run_iterate, sft_mean_length
 from rlhfkit.train.rm import RMConfig, train_rm
 from rlhfkit.train.sft import SFTConfig, train_sft

@@ -1,7 +1,7 @@
 """Bradley–Terry strengths from pairwise results, and the estimators of verifiable tasks.
 
 The second part (at the end) holds ``pass@k`` (Chen et al. 2021) and the majority vote of
-self-consistency (Wang et al. 2022), for :mod:`rlhfkit.train.accuracy` and
+self-consistency (Wang et al. 2022), for :mod:`rlhfkit.evaluate.accuracy` and
 ``rlhfkit self-improve``.
 
 The arena's ratings (:mod:`rlhfkit.feedback.arena`), the league ratings of

@@ -18,6 +18,7 @@ from rlhfkit.stats import bradley_terry
 
 __all__ = [
     "avg_max_toxicity",
+    "best_of_n_kl",
     "bradley_terry_ratings",
     "distinct_n",
     "distinct_n_per_prompt",
@@ -174,6 +175,16 @@ def rm_accuracy(chosen_scores: Sequence[float], rejected_scores: Sequence[float]
         return 0.0
     right = sum(c > r for c, r in zip(chosen_scores, rejected_scores))
     return right / len(chosen_scores)
+
+
+def best_of_n_kl(n: int) -> float:
+    """The KL of best-of-n sampling to the policy it samples from, in nats: ``log n - (n - 1) / n``.
+
+    Best-of-n has no per-token log-probs to measure its KL with; this is the analytic value
+    (an upper bound, Beirami et al. 2024, "Theoretical guarantees on the best-of-n alignment
+    policy"), 0 for n = 1.
+    """
+    return math.log(n) - (n - 1) / n
 
 
 def bradley_terry_ratings(

@@ -9,7 +9,7 @@ reward model (and the rankings it learned from, for DPO/IPO), every method at ev
 - DPO, IPO: their beta (``--dpo-betas``);
 - best-of-N: N (``--best-of``), whose KL is the analytic ``log N - (N - 1) / N``.
 
-Each point is judged by :func:`rlhfkit.train.evaluation.compare_with_sft` on the same held-out
+Each point is judged by :func:`rlhfkit.train.comparison.compare_with_sft` on the same held-out
 prompts and written to ``points.jsonl``; ``report.html`` plots gold against KL and marks the
 points on the Pareto front (no other point has both more gold and less KL). ``--resume`` keeps
 the points already measured.
@@ -34,8 +34,8 @@ from rlhfkit.options import (
     SamplingOptions,
 )
 from rlhfkit.train.algorithms import reward_algorithm, reward_algorithms
+from rlhfkit.train.comparison import compare_with_sft
 from rlhfkit.train.dpo import DPOConfig, train_dpo
-from rlhfkit.train.evaluation import compare_with_sft
 from rlhfkit.train.loop import claim_output_dir
 from rlhfkit.train.trainer import rl_config, train_rl
 

@@ -1,11 +1,11 @@
 """Accuracy on a verifiable task: pass@1 and pass@k on held-out problems (``rlhfkit accuracy``).
 
-For each problem, n responses are sampled and checked by the task's verifier; with c of them
-correct, pass@k is estimated without bias as ``1 - C(n - c, k) / C(n, k)`` (Chen et al. 2021)
-and averaged over problems. ``greedy`` is the share solved by one greedy response. With
-``--environment`` each response is a multi-turn episode (a calculator, a simulated user) and its
-transcript is checked; the counts the environment reports (tool calls, questions, turns) are
-averaged too. Writes ``accuracy.json`` and ``samples.jsonl`` (one sample per problem).
+For each problem, n responses are sampled (and one greedy response) and checked by the task's
+verifier; :mod:`rlhfkit.evaluate.accuracy` turns the checks into pass@k (the unbiased estimator
+of Chen et al. 2021), the greedy share and the mean score. With ``--environment`` each response
+is a multi-turn episode (a calculator, a simulated user) and its transcript is checked; the
+counts the environment reports (tool calls, questions, turns) are averaged too. Writes
+``accuracy.json`` and ``samples.jsonl`` (one sample per problem).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import torch
 
 from rlhfkit import config as cfglib
 from rlhfkit.config import only
+from rlhfkit.evaluate.accuracy import mean_counts, pass_at_ks, solved_share
 from rlhfkit.models.loading import load_causal_lm, load_tokenizer
 from rlhfkit.options import (
     DataOptions,
@@ -30,7 +31,6 @@ from rlhfkit.options import (
     SamplingOptions,
 )
 from rlhfkit.rollout import Rollout, SamplingConfig, make_backend, sample
-from rlhfkit.stats import pass_at_k
 from rlhfkit.tasks.environment import Environment
 from rlhfkit.tasks.verifiable import VerifiableTask
 from rlhfkit.train.episodes import EpisodeOptions, build_environment, episode_budget, run_episodes
@@ -135,14 +135,6 @@ class Sampler:
         return groups, mean_counts([c for group in counts for c in group])
 
 
-def mean_counts(counts: Sequence[dict[str, float]]) -> dict[str, float]:
-    """The mean of each count that every one of ``counts`` has."""
-    if not counts:
-        return {}
-    keys = [k for k in counts[0] if all(k in c for c in counts)]
-    return {k: sum(c[k] for c in counts) / len(counts) for k in keys}
-
-
 def _copies(prompts: Sequence[Any]) -> int:
     k = 1
     while k < len(prompts) and prompts[k] == prompts[0]:
@@ -155,26 +147,13 @@ def task_accuracy(sampler: Sampler, task: VerifiableTask, prompts: Sequence[Any]
                   seed: int = 0) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """pass@k for each k, greedy accuracy, and one sample per problem (see the module)."""
     groups, counts = sampler.texts(prompts, n, sampling, seed)
-    refs = task.references(prompts)
-    correct = [[task.verify(ref, t) >= 1.0 if ref is not None else False for t in texts]
-               for ref, texts in zip(refs, groups)]
-    out: dict[str, float] = {"problems": float(len(prompts)), "n": float(n)}
-    for k in ks:
-        out[f"pass@{k}"] = sum(pass_at_k(n, sum(c), k) for c in correct) / max(len(correct), 1)
-    answers = [task.extract_answer(t) for texts in groups for t in texts]
-    if any(a is not None for a in answers):
-        out["answered"] = sum(a is not None for a in answers) / len(answers)
-    out["score"] = sum(task.verify(ref, t) for ref, texts in zip(refs, groups) for t in texts
-                       if ref is not None) / max(sum(len(g) for g in groups), 1)
+    out, samples = pass_at_ks(task, prompts, groups, n, ks)
     out.update({f"episode/{k}": v for k, v in counts.items()})
     if greedy:
         greedy_sampling = SamplingConfig(sampling.max_new_tokens, 0.0, 1.0, 0, sampling.stop)
         g_texts, g_counts = sampler.texts(prompts, 1, greedy_sampling, seed)
-        out["greedy"] = sum(task.verify(ref, g[0]) >= 1.0 for ref, g in zip(refs, g_texts)
-                            if ref is not None) / max(len(prompts), 1)
+        out["greedy"] = solved_share(task, prompts, [g[0] for g in g_texts])
         out.update({f"greedy_episode/{k}": v for k, v in g_counts.items()})
-    samples = [{"prompt": p, "reference": ref, "response": texts[0], "correct": c[0]}
-               for p, ref, texts, c in zip(prompts, refs, groups, correct)]
     return out, samples
 
 

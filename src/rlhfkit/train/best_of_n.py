@@ -24,6 +24,7 @@ from rlhfkit import config as cfglib
 from rlhfkit.config import only
 from rlhfkit.data.io import write_records
 from rlhfkit.data.records import Demonstration
+from rlhfkit.evaluate.best_of_n import best_of_n_summary, pick_best
 from rlhfkit.models.loading import load_causal_lm, load_tokenizer
 from rlhfkit.options import (
     DataOptions,
@@ -71,7 +72,7 @@ def best_of_n(
     max_prompt_tokens: int | None = None,
     backend: Any = None,
 ) -> list[dict[str, Any]]:
-    """For each prompt, sample ``n`` responses and keep the highest-scoring one.
+    """For each prompt, sample ``n`` responses and keep the highest-scoring one (:func:`pick_best`).
 
     Returns:
         One dict per prompt: ``prompt``, ``best`` (text), ``best_score``, ``first`` (the first
@@ -88,13 +89,7 @@ def best_of_n(
                          backend=backend)
         texts += rollout.texts
         scores += [float(s) for s in score(rollout.prompts, rollout.texts, rollout)]
-    out = []
-    for j, prompt in enumerate(prompts):
-        group = scores[j * n:(j + 1) * n]
-        best = max(range(n), key=lambda i: group[i])
-        out.append({"prompt": prompt, "best": texts[j * n + best], "best_score": group[best],
-                    "first": texts[j * n], "scores": group})
-    return out
+    return pick_best(prompts, texts, scores, n)
 
 
 def run_best_of_n(cfg: BestOfNConfig, reward_fn: RewardFn | None = None) -> Path:
@@ -126,19 +121,7 @@ def run_best_of_n(cfg: BestOfNConfig, reward_fn: RewardFn | None = None) -> Path
     write_records([Demonstration(prompt=r["prompt"], response=r["best"],
                                  source="ai", annotator="best-of-n", id=f"bon-{i}")
                    for i, r in enumerate(results)], out / "demonstrations.jsonl")
-    summary: dict[str, float] = {
-        "n": cfg.n, "prompts": len(results),
-        "reward/best": sum(r["best_score"] for r in results) / len(results),
-        "reward/first": sum(r["scores"][0] for r in results) / len(results),
-    }
-    gold = build_gold(cfg.gold, task)
-    if gold is not None:
-        ps = [r["prompt"] for r in results]
-        g_best = gold(ps, [r["best"] for r in results])
-        g_first = gold(ps, [r["first"] for r in results])
-        summary["gold/best"] = sum(g_best) / len(g_best)
-        summary["gold/first"] = sum(g_first) / len(g_first)
-        summary["gold/win_rate"] = sum(b > f for b, f in zip(g_best, g_first)) / len(g_best)
+    summary = best_of_n_summary(results, cfg.n, build_gold(cfg.gold, task))
     (out / "eval.json").write_text(json.dumps(summary, indent=2))
     print(f"[best-of-n] {len(results)} prompts x {cfg.n} samples; RM reward "
           f"{summary['reward/first']:.3f} -> {summary['reward/best']:.3f}; "

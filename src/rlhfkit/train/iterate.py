@@ -61,7 +61,7 @@ from rlhfkit.options import (
 from rlhfkit.rollout import generate_responses
 from rlhfkit.tasks import get_task
 from rlhfkit.train.algorithms import reward_algorithm
-from rlhfkit.train.evaluation import compare_with_sft
+from rlhfkit.train.comparison import compare_with_sft
 from rlhfkit.train.loop import TrainingError, claim_output_dir
 from rlhfkit.train.rm import RMConfig, train_rm
 from rlhfkit.train.trainer import AlgorithmOptions, rl_config, train_rl

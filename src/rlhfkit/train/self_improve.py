@@ -40,6 +40,7 @@ from rlhfkit import config as cfglib
 from rlhfkit.config import only
 from rlhfkit.data.io import write_records
 from rlhfkit.data.records import Demonstration
+from rlhfkit.evaluate.accuracy import mean_counts
 from rlhfkit.evaluate.report import curves_section, table_html, write_sections
 from rlhfkit.models.loading import load_causal_lm, load_tokenizer
 from rlhfkit.options import (
@@ -54,14 +55,7 @@ from rlhfkit.options import (
 from rlhfkit.rollout import SamplingConfig
 from rlhfkit.stats import majority_vote
 from rlhfkit.tasks.verifiable import VerifiableTask
-from rlhfkit.train.accuracy import (
-    Sampler,
-    make_sampler,
-    mean_counts,
-    parse_ks,
-    task_accuracy,
-    verifiable_task,
-)
+from rlhfkit.train.accuracy import Sampler, make_sampler, parse_ks, task_accuracy, verifiable_task
 from rlhfkit.train.episodes import EpisodeOptions
 from rlhfkit.train.inputs import system_prompt_for
 from rlhfkit.train.loop import make_accelerator, seed_everything

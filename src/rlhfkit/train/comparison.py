@@ -1,30 +1,25 @@
-"""Judging a policy against the SFT policy it started from, on a task's held-out prompts.
+"""Sampling a policy and the SFT policy it started from on a task's held-out prompts.
 
-The demo, the iterative rounds and the reward-KL frontier all measure a trained policy the
-same way: one sample per held-out prompt from each policy, the task's gold scorer on both, the
-proxy reward model on both, the per-response KL to the SFT policy (k1, recomputed by the
-trainer), the win rate raw and with the length effect regressed out, length and distinct-2.
+One response per held-out prompt from each policy (or best-of-N from SFT by the reward model),
+scored by the task's gold scorer and the proxy reward model, with the per-response KL to the SFT
+policy (k1, recomputed by the trainer); :func:`rlhfkit.evaluate.comparison.compare` makes the
+summary. The demo, the iterative rounds and the reward-KL frontier judge their policies so.
 """
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import torch
 
-from rlhfkit.evaluate.metrics import distinct_n, length_controlled_win_rate, win_rate
+from rlhfkit.evaluate.comparison import Responses, compare
+from rlhfkit.evaluate.metrics import best_of_n_kl
 from rlhfkit.models.loading import load_causal_lm, load_tokenizer
 from rlhfkit.models.policy import SelectiveLM
 from rlhfkit.models.reward import RewardModel, rm_scores
 from rlhfkit.rollout import ReferencePolicy, SamplingConfig, make_backend, sample
 from rlhfkit.tasks import get_task
 from rlhfkit.train.best_of_n import best_of_n
-
-
-def best_of_n_kl(n: int) -> float:
-    """KL(best-of-n || base) bound in nats: ``log n - (n - 1) / n``."""
-    return math.log(n) - (n - 1) / n
 
 
 def compare_with_sft(task_name: str, sft: Path, final: Path | None, reward_model: Path,
@@ -69,9 +64,7 @@ def compare_with_sft(task_name: str, sft: Path, final: Path | None, reward_model
                            sampling, task.system_prompt, backend=backend)
         after_texts = [r["best"] for r in picked]
         after = None
-        # Best-of-n has no per-token log-probs to measure; its KL to the sampling policy is
-        # at most log n - (n - 1) / n nats (Beirami et al. 2024), the usual analytic value.
-        kl_final = best_of_n_kl(best_of)
+        kl_final = best_of_n_kl(best_of)  # no per-token log-probs: the analytic value
         rm_after = [r["best_score"] for r in picked]
     else:
         lm = load_causal_lm(str(final)).eval()
@@ -87,25 +80,9 @@ def compare_with_sft(task_name: str, sft: Path, final: Path | None, reward_model
     if hasattr(backend, "close"):
         backend.close()
     rm_before = rm_scores(rm, before).tolist()
-    g_before, g_after = gold(prompts, before.texts), gold(prompts, after_texts)
-    wr = win_rate(g_after, g_before)
-    n = len(prompts)
     len_after = (after.response_lengths.float().tolist() if after is not None
                  else [len(tok.encode(t)) for t in after_texts])
-    lc = length_controlled_win_rate(g_after, g_before, len_after,
-                                    before.response_lengths.float().tolist())
-    summary = {
-        "prompts": n,
-        "gold/sft": sum(g_before) / n, "gold/final": sum(g_after) / n,
-        "reward/sft": sum(rm_before) / n, "reward/final": sum(rm_after) / n,
-        "gold/win_rate": wr["win"], "gold/tie_rate": wr["tie"],
-        "gold/win_rate_ties_half": wr["win"] + wr["tie"] / 2,
-        "gold/lc_win_rate": lc["lc_win_rate"],
-        "kl/final": kl_final,
-        "length/sft": float(before.response_lengths.float().mean()),
-        "length/final": sum(len_after) / n,
-        "distinct2/sft": distinct_n(before.texts, 2), "distinct2/final": distinct_n(after_texts, 2),
-    }
-    samples = [{"prompt": p, "before": b, "after": a, "gold_before": gb, "gold_after": ga}
-               for p, b, a, gb, ga in zip(prompts, before.texts, after_texts, g_before, g_after)]
-    return {"summary": summary, "samples": samples}
+    sft_side = Responses(before.texts, gold(prompts, before.texts), rm_before,
+                         before.response_lengths.float().tolist())
+    final_side = Responses(after_texts, gold(prompts, after_texts), rm_after, len_after)
+    return compare(prompts, sft_side, final_side, kl_final)

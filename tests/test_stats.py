@@ -1,8 +1,7 @@
-"""The one Bradley–Terry fit: by hand, against choix, and its bootstrap; the metrics reader."""
+"""The one Bradley–Terry fit: by hand, against choix, and its bootstrap."""
 
 from __future__ import annotations
 
-import json
 import math
 import random
 
@@ -112,19 +111,3 @@ def test_bootstrap_is_scipy_percentile_over_games():
         assert got[m]["low"] < got[m]["rating"] < got[m]["high"]
     one = bootstrap_bradley_terry([("a", "b", 1)])
     assert one["a"]["low"] == one["a"]["rating"] == one["a"]["high"]
-
-
-def test_read_metrics(tmp_path):
-    from rlhfkit.evaluate.runs import read_metrics
-
-    assert read_metrics(tmp_path) == []
-    with pytest.raises(FileNotFoundError, match="no metrics.jsonl"):
-        read_metrics(tmp_path, required=True)
-    rows = [{"step": 1, "loss": 0.5}, {"step": 2, "loss": 0.25}]
-    text = "".join(json.dumps(r) + "\n" for r in rows)
-    (tmp_path / "metrics.jsonl").write_text(text + '\n{"step": 3, "lo')  # killed mid-line
-    assert read_metrics(tmp_path) == rows
-    assert read_metrics(tmp_path / "metrics.jsonl") == rows
-    (tmp_path / "metrics.jsonl").write_text('{"step": 1\n' + text)
-    with pytest.raises(ValueError, match="metrics.jsonl, line 1: invalid JSON"):
-        read_metrics(tmp_path)

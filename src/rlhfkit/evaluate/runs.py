@@ -1,8 +1,11 @@
-"""Reading a run folder's logs: the one reader of ``metrics.jsonl``.
+"""Reading a run folder's outputs: its logs (``metrics.jsonl``, ``rounds.jsonl``) and summaries.
 
 Every stage writes ``metrics.jsonl`` through :class:`rlhfkit.train.loop.MetricsLog`, one JSON
-object per line with its ``step``. The report sections (fine-grained rewards, Nash-MD, control)
-read it back with :func:`read_metrics`.
+object per line with its ``step``; the stages that run in rounds (iterate, online DPO,
+self-improvement, the demo's PPO rounds) add one line per round to ``rounds.jsonl``; and a
+stage's results are one JSON object in a file (``eval.json``, ``summary.json``,
+``accuracy.json``). The report sections (fine-grained rewards, Nash-MD, control) and the tests
+read them back with :func:`read_metrics`, :func:`read_rounds` and :func:`read_json`.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-__all__ = ["read_metrics"]
+__all__ = ["read_json", "read_metrics", "read_rounds"]
 
 
 def read_metrics(run_dir: str | Path, *, required: bool = False) -> list[dict[str, Any]]:
@@ -31,12 +34,39 @@ def read_metrics(run_dir: str | Path, *, required: bool = False) -> list[dict[st
         FileNotFoundError: ``required`` and there is no ``metrics.jsonl``.
         ValueError: a line other than the last is not a JSON object (names the file and line).
     """
+    return _read_lines(_in_run(run_dir, "metrics.jsonl"), required)
+
+
+def read_rounds(run_dir: str | Path, *, required: bool = False) -> list[dict[str, Any]]:
+    """The rows of ``run_dir/rounds.jsonl``, one per finished round (read as :func:`read_metrics`)."""
+    return _read_lines(_in_run(run_dir, "rounds.jsonl"), required)
+
+
+def read_json(run_dir: str | Path, name: str = "eval.json") -> Any:
+    """The JSON object a run wrote to ``run_dir/name`` (``eval.json``, ``summary.json``, ...).
+
+    Raises:
+        FileNotFoundError: there is no such file (names it).
+        ValueError: it is not valid JSON (names the file).
+    """
+    path = _in_run(run_dir, name)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no {name} in this run folder")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: invalid JSON ({err.msg}, line {err.lineno})") from None
+
+
+def _in_run(run_dir: str | Path, name: str) -> Path:
     path = Path(run_dir)
-    if path.is_dir() or path.name != "metrics.jsonl":
-        path = path / "metrics.jsonl"
+    return path if path.name == name and not path.is_dir() else path / name
+
+
+def _read_lines(path: Path, required: bool) -> list[dict[str, Any]]:
     if not path.exists():
         if required:
-            raise FileNotFoundError(f"{path}: no metrics.jsonl in this run folder")
+            raise FileNotFoundError(f"{path}: no {path.name} in this run folder")
         return []
     lines = path.read_text(encoding="utf-8").splitlines()
     rows = []

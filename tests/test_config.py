@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from rlhfkit import config as cfglib
+from rlhfkit.config import parse_weights, split_named
 from rlhfkit.options import OptimOptions, SamplingOptions
 from rlhfkit.train.loop import TrainConfig
 from rlhfkit.train.sft import SFTConfig
@@ -178,3 +179,24 @@ def test_every_option_is_declared_once():
     unexplained = {n: p for n, p in twice.items() if n not in DECLARED_TWICE}
     assert not unexplained, f"declare these options once, in a group (rlhfkit/options.py): " \
                             f"{unexplained}"
+
+
+def test_split_named_keeps_commas_inside_a_spec():
+    assert split_named("runs/rm/model") == [(None, "runs/rm/model")]
+    assert split_named("scorer:sentiment:1,toxicity:-1") == [(None,
+                                                               "scorer:sentiment:1,toxicity:-1")]
+    assert split_named("rel=runs/a, comp=scorer:sentiment:1,toxicity:-1") == [
+        ("rel", "runs/a"), ("comp", "scorer:sentiment:1,toxicity:-1")]
+    with pytest.raises(ValueError, match="used twice"):
+        split_named("a=x,a=y")
+
+
+def test_parse_weights_defaults_and_errors():
+    assert parse_weights("rel=0.3,comp=0.5", ["rel", "fact", "comp"]) == {
+        "rel": 0.3, "fact": 1.0, "comp": 0.5}
+    with pytest.raises(ValueError, match="no reward source named 'tox'"):
+        parse_weights("tox=1", ["rel"])
+    with pytest.raises(ValueError, match="must be a number"):
+        parse_weights("rel=high", ["rel"])
+    with pytest.raises(ValueError, match="name=weight"):
+        parse_weights("rel", ["rel"])

@@ -1,16 +1,7 @@
 """The demo with DPO in place of RM + RL, and two algorithms compared in one report."""
 
-import json
 
-import pytest
-
-from rlhfkit.testing import make_tiny_lm
-
-
-@pytest.fixture(scope="module")
-def smallest_lm(tmp_path_factory, tokenizer):
-    return make_tiny_lm(tmp_path_factory.mktemp("smallest-lm-dpo"), tokenizer, hidden=16,
-                        layers=1)
+from rlhfkit.evaluate.runs import read_json
 
 
 def test_demo_compares_ppo_and_dpo(smallest_lm, tmp_path):
@@ -19,7 +10,7 @@ def test_demo_compares_ppo_and_dpo(smallest_lm, tmp_path):
     out = run_demo(DemoConfig(model=str(smallest_lm), output_dir=str(tmp_path), quick=True,
                               precision="fp32", sft_steps=2, rm_steps=2, rl_steps=1,
                               max_new_tokens=2, eval_prompts=2, algo="ppo,dpo", progress=False))
-    summary = json.loads((out / "summary.json").read_text())
+    summary = read_json(out, "summary.json")
     assert set(summary["eval_by_algo"]) == {"ppo", "dpo"}
     for algo in ("ppo", "dpo"):
         ev = summary["eval_by_algo"][algo]

@@ -5,16 +5,10 @@ it runs the smallest settings that still pass through every stage: a one-layer m
 16 (the vocabulary projection dominates every forward pass), one RL batch, two new tokens.
 """
 
-import json
 
 import pytest
 
-from rlhfkit.testing import make_tiny_lm
-
-
-@pytest.fixture(scope="module")
-def smallest_lm(tmp_path_factory, tokenizer):
-    return make_tiny_lm(tmp_path_factory.mktemp("smallest-lm"), tokenizer, hidden=16, layers=1)
+from rlhfkit.evaluate.runs import read_json, read_rounds
 
 
 @pytest.mark.parametrize("algo", ["ppo"])
@@ -25,7 +19,7 @@ def test_demo_runs_end_to_end_and_writes_a_report(smallest_lm, tmp_path, algo):
                               precision="fp32", sft_steps=2, rm_steps=2, rl_steps=1,
                               max_new_tokens=2, eval_prompts=2, algo=algo, progress=False,
                               rank_prompts=8))
-    summary = json.loads((out / "summary.json").read_text())
+    summary = read_json(out, "summary.json")
     ev = summary["eval"]
     for key in ("gold/win_rate", "gold/sft", "gold/final", "kl/final", "reward/final"):
         assert key in ev
@@ -59,7 +53,7 @@ def test_demo_dpo_learns_from_the_reward_models_preferences(smallest_lm, tmp_pat
     dpo_cfg = yaml.safe_load((out / "dpo" / "config.yaml").read_text())
     assert dpo_cfg["data"] == rm_cfg["data"] == "task:reviews"
     assert (out / "dpo" / "model" / "config.json").exists()
-    assert "rank_s" not in json.loads((out / "summary.json").read_text())["timings"]
+    assert "rank_s" not in read_json(out, "summary.json")["timings"]
 
 
 def test_demo_with_best_of_n_reports_its_analytic_kl(smallest_lm, tmp_path):
@@ -69,7 +63,7 @@ def test_demo_with_best_of_n_reports_its_analytic_kl(smallest_lm, tmp_path):
     out = run_demo(DemoConfig(model=str(smallest_lm), output_dir=str(tmp_path), quick=True,
                               precision="fp32", sft_steps=1, rm_steps=1, max_new_tokens=2,
                               eval_prompts=2, algo="best-of-n", progress=False, rm_data="task"))
-    ev = json.loads((out / "summary.json").read_text())["eval"]
+    ev = read_json(out, "summary.json")["eval"]
     assert ev["kl/final"] == pytest.approx(best_of_n_kl(4))
     assert 0 < ev["length/final"] <= 2
 
@@ -99,10 +93,10 @@ def test_demo_with_rounds_refits_on_the_new_policy_and_reports_each_round(smalle
                               max_new_tokens=2, eval_prompts=2, progress=False, rank_prompts=8,
                               rounds=2, round_prompts=4, round_rm_steps=1,
                               generation_backend="hf"))
-    rounds = [json.loads(x) for x in (out / "ppo" / "rounds.jsonl").read_text().splitlines()]
+    rounds = read_rounds(out / "ppo")
     assert [r["round"] for r in rounds] == [1, 2]
     assert rounds[1]["policy"] == str(out / "ppo" / "round-1" / "rl" / "model")
-    ev = json.loads((out / "summary.json").read_text())["eval"]
+    ev = read_json(out, "summary.json")["eval"]
     assert "gold/lc_win_rate" in ev and "rm/accuracy_on_final_policy" in ev
     html = (out / "report.html").read_text()
     assert "Iterative rounds" in html and "Over-optimisation" in html

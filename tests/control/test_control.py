@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
@@ -20,16 +19,10 @@ from rlhfkit.control.reward import (
     select_queries,
     train_reward_model,
 )
+from rlhfkit.evaluate.runs import read_metrics
 from rlhfkit.losses import segment_preference_loss
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny MLPs: threads only contend on a shared machine (126 s -> a few s for the RM test)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _segments(obs: list[list[float]], rewards: list[list[float]] | None = None) -> Segments:
@@ -182,7 +175,7 @@ def test_agent_on_learned_reward_beats_random_policy(tmp_path):
     final = rows[-1]
     assert final["labels"] == 100
     assert final["true_return"] > max(3 * random_return, 60), (random_return, final)
-    logged = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    logged = read_metrics(tmp_path)
     assert {"labels", "true_return", "predicted_return"} <= set(logged[-1])
     assert logged[-1]["predicted_return"] is not None
     assert (tmp_path / "learning_curve.png").exists()
@@ -198,8 +191,7 @@ def test_cli_control_stage(tmp_path):
                "--reward-update-every", "512", "--reward-epochs", "2", "--no-plot",
                "--output-dir", str(tmp_path)])
     assert rc == 0
-    sources = {json.loads(x)["reward_source"]
-               for x in (tmp_path / "metrics.jsonl").read_text().splitlines()}
+    sources = {row["reward_source"] for row in read_metrics(tmp_path)}
     assert sources == {"learned", "true"}
 
 

@@ -20,17 +20,12 @@ pytest.importorskip("pygame")
 from rlhfkit.control.agent import ReturnScaler  # noqa: E402
 from rlhfkit.control.labelers import mu_of_answer  # noqa: E402
 from rlhfkit.control.reward import RewardEnsemble, Segments  # noqa: E402
+from rlhfkit.evaluate.runs import read_metrics
 
 PASSWORD = "annotator-password-1"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny MLPs: threads only contend on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _random_cartpole_segments(n: int, seed: int = 0, length: int = 25) -> tuple[Segments, Segments]:
@@ -260,7 +255,7 @@ def test_control_run_learns_from_labels_answered_in_the_app(tmp_path):
                                        for it in items]
     assert [[c["true_return_1"], c["true_return_2"]] for c in used] == [
         it.meta["true_returns"] for it in items]
-    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    rows = read_metrics(tmp_path / "run")
     assert rows[-1]["labels"] == 8 and rows[-1]["reward/fits"] >= 2
     report = (tmp_path / "run" / "report.html").read_text()
     assert "Preference-based RL for control" in report and report.count("<img") >= 2

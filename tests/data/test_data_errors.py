@@ -16,8 +16,8 @@ import warnings
 from pathlib import Path
 
 import pytest
-
 from malformed_corpus import build_corpus
+
 from rlhfkit.data.io import RecordWarning, read_records
 from rlhfkit.data.records import Comparison, RecordError
 

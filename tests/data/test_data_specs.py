@@ -12,6 +12,7 @@ import pytest
 
 from rlhfkit.data.io import read_records
 from rlhfkit.data.records import Comparison, RecordError
+from rlhfkit.evaluate.runs import read_json
 
 
 def _pairs(n: int, tag: str) -> list[dict]:
@@ -110,7 +111,7 @@ def test_rm_trains_on_split_and_evaluates_on_eval_split(tiny_lm, tmp_path):
                "--eval-split", "test", "--output-dir", str(out), "--max-steps", "2",
                "--batch-size", "2", "--precision", "fp32", "--no-progress", "--report-to", "none"])
     assert rc == 0
-    result = json.loads((out / "eval.json").read_text())
+    result = read_json(out)
     assert result["train_pairs"] == 8 and result["eval/pairs"] == 3
 
 

@@ -2,7 +2,7 @@
 
 These decide what a GPU run gets (CUDA graphs, chunked prefill, tensor parallelism, sleep mode,
 the external launcher, which GPUs an engine process sees); on this CPU only the ``cpu`` case
-runs for real (tests/test_vllm.py), so each ``cuda`` case is pinned down here.
+runs for real (tests/engines/test_vllm.py), so each ``cuda`` case is pinned down here.
 """
 
 from __future__ import annotations

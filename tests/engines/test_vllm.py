@@ -130,7 +130,7 @@ def test_auto_keeps_transformers_for_a_model_vllm_cannot_serve_here(tiny_lm, cap
 @pytest.fixture(scope="module")
 def wide_good_bad_policy(tmp_path_factory, wide_lm):
     """The RL tests' "good"/"bad" SFT policy, on the wide-head tiny model."""
-    from test_rl import train_good_bad_policy
+    from good_bad import train_good_bad_policy
 
     return train_good_bad_policy(wide_lm, tmp_path_factory.mktemp("wide-good-bad"))
 
@@ -138,15 +138,15 @@ def wide_good_bad_policy(tmp_path_factory, wide_lm):
 def test_grpo_on_the_vllm_backend_learns(wide_good_bad_policy, tmp_path):
     """The tiny-model GRPO test of test_rl.py, sampling on vLLM: the reward rises, the KL
     stays bounded, and the trainer logs the gap to the engine's log-probs."""
+    from good_bad import assert_learned, good_share, rl_common, rl_metrics
     from rlhfkit.train.trainer import rl_config, train_rl
-    from test_rl import assert_learned, good_share, read_metrics, rl_common
 
     out = tmp_path / "grpo-vllm"
     train_rl(rl_config("grpo", **rl_common(wide_good_bad_policy, out, num_samples=4, batch_size=2,
                                     kl_coef=0.04, generation_backend="vllm", tis_cap=2.0)),
              reward_fn=good_share)
     assert_learned(out, min_gain=0.1)
-    train, _ = read_metrics(out)
+    train, _ = rl_metrics(out)
     assert all(r["rollout/logprob_gap_max"] < 1e-3 for r in train)  # fp32 on both sides
 
 
@@ -182,9 +182,9 @@ def test_async_generation_overlaps_and_still_learns(wide_good_bad_policy, tmp_pa
     the ratio and the KL, and weights each token by min(pi_prox / pi_engine, 2); GRPO still
     learns. (Before, the "old" log-probs were the engine's: the weights were exactly 1, the gap
     read 0 and the KL mixed the engine's log-probs with the reference's.)"""
+    from good_bad import assert_learned, good_share, rl_common, rl_metrics
     from rlhfkit.train.rl import RLRun
     from rlhfkit.train.trainer import rl_config, train_rl
-    from test_rl import assert_learned, good_share, read_metrics, rl_common
 
     sampled_with: list[tuple[int, int]] = []  # (step being prefetched, policy version then)
     seen: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
@@ -211,7 +211,7 @@ def test_async_generation_overlaps_and_still_learns(wide_good_bad_policy, tmp_pa
     # batch s + 1 was sampled with the weights before update s: s updates behind, not s + 1
     assert sampled_with == [(s + 1, s) for s in range(4)]
     assert_learned(out, min_gain=0.1)
-    train, _ = read_metrics(out)
+    train, _ = rl_metrics(out)
     assert [r["rollout/staleness"] for r in train] == [0.0, 1.0, 1.0, 1.0, 1.0]
     for row, (trainer, engine, mask) in zip(train[1:], seen[1:len(train)]):
         # one update behind: the trainer's log-probs are its own, not the engine's
@@ -223,9 +223,9 @@ def test_async_generation_overlaps_and_still_learns(wide_good_bad_policy, tmp_pa
 
 
 def test_async_generation_on_transformers_is_refused(tiny_lm, tmp_path):
+    from good_bad import good_share, rl_common
     from rlhfkit.train.loop import TrainingError
     from rlhfkit.train.trainer import rl_config, train_rl
-    from test_rl import good_share, rl_common
 
     with pytest.raises(TrainingError, match="needs a vLLM backend"):
         train_rl(rl_config("grpo", **rl_common(tiny_lm, tmp_path / "x", num_samples=2,
@@ -241,8 +241,8 @@ def test_grpo_on_a_local_ray_cluster_with_one_trainer_and_one_engine_actor(wide_
     actor runs GRPO against it, syncing weights over gloo; the run finishes and saves."""
     import ray
 
+    from good_bad import rl_common, rl_metrics
     from rlhfkit.train.trainer import rl_config, train_rl
-    from test_rl import read_metrics, rl_common
 
     out = tmp_path / "grpo-ray"
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
@@ -253,7 +253,7 @@ def test_grpo_on_a_local_ray_cluster_with_one_trainer_and_one_engine_actor(wide_
     finally:
         ray.shutdown()
     assert saved == out / "model" and (saved / "config.json").exists()
-    train, _ = read_metrics(out)
+    train, _ = rl_metrics(out)
     assert len(train) == 2
     assert all(r["rollout/logprob_gap_max"] < 1e-3 for r in train)  # weights reached the engine
 

@@ -17,12 +17,6 @@ from rlhfkit.experiments.detox import (
     run_detox,
     summarise,
 )
-from rlhfkit.testing import make_tiny_lm
-
-
-@pytest.fixture(scope="module")
-def smallest_lm(tmp_path_factory, tokenizer):
-    return make_tiny_lm(tmp_path_factory.mktemp("smallest-lm"), tokenizer, hidden=16, layers=1)
 
 
 def tiny_config(model, out, **kw):

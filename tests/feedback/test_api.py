@@ -1,13 +1,17 @@
 """The JSON API on both stores (SQLite and PostgreSQL): projects, queue, every question type,
-idempotent submits, overlap, locks, honeypots, visibility, export."""
+idempotent submits, overlap, locks, honeypots, visibility, export; and input that must be
+refused (span offsets past the text, lone surrogates, unbounded integers, items their question
+type cannot use) without breaking the project."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
+from fastapi.testclient import TestClient
 
 from conftest import PASSWORD, Browserish
+from rlhfkit.feedback.server import create_app
 
 PAIR = {"prompt": "Name a colour.", "responses": [{"text": "Red.", "model": "policy-A"},
                                                   {"text": "Blue.", "model": "policy-B"}]}
@@ -320,3 +324,147 @@ def test_openapi_documents_the_api(app):
               "/api/projects/{project}/items/{item_id}/labels", "/api/projects/{project}/export"):
         assert p in paths
     assert "/login" not in paths  # pages are not part of the API
+
+
+# Span offsets are code points (the browser side: test_browser.py) --------------------------------
+
+
+def test_span_offsets_are_code_points_end_to_end(admin, alice):
+    text = "😀😀hello world"
+    create(admin, "emoji", ["spans"], [{"prompt": "p", "responses": [text]}])
+    task = alice.get("/api/projects/emoji/next").json()
+    r = alice.post_json(f"/api/projects/emoji/items/{task['item_id']}/labels",
+                        {"answers": {"spans": {"spans": [{"start": 2, "end": 7, "category": "irrelevant"}]}},
+                         "submission_key": task["submission_key"]})
+    assert r.status_code == 201, r.text
+    (rec,) = [json.loads(x) for x in admin.get("/api/projects/emoji/export").text.splitlines()]
+    span = rec["spans"][0]
+    assert text[span["start"]:span["end"]] == "hello"
+    # a span past the last code point (UTF-16 would allow 15) is refused
+    create(admin, "emoji2", ["spans"], [{"prompt": "p", "responses": [text]}])
+    task = alice.get("/api/projects/emoji2/next").json()
+    r = alice.post_json(f"/api/projects/emoji2/items/{task['item_id']}/labels",
+                        {"answers": {"spans": {"spans": [{"start": 7, "end": 15, "category": "irrelevant"}]}},
+                         "submission_key": task["submission_key"]})
+    assert r.status_code == 422 and "0..13 characters" in r.json()["detail"]
+
+
+# One bad string cannot break a project -----------------------------------------------------------
+
+LONE = "x\ud800y"
+
+
+def test_lone_surrogate_answer_is_refused_and_nothing_breaks(store, admin, alice):
+    create(admin, "w", ["demonstration"], [{"prompt": "Say hi."}, {"prompt": "Say bye."}])
+    task = alice.get("/api/projects/w/next").json()
+    body = json.dumps({"answers": {"demonstration": {"text": LONE}},
+                       "submission_key": task["submission_key"]})  # JSON carries it as \ud800
+    r = alice.c.post(f"/api/projects/w/items/{task['item_id']}/labels", content=body,
+                     headers={"Content-Type": "application/json", "X-CSRF-Token": alice.csrf})
+    assert r.status_code == 422 and "lone surrogate" in r.json()["detail"], r.text
+    assert "demonstration" in r.json()["detail"] and store.labels("w") == []
+    r = alice.post_json(f"/api/projects/w/items/{task['item_id']}/labels",
+                        {"answers": {"demonstration": {"text": "Hi!"}}, "submission_key": task["submission_key"]})
+    assert r.status_code == 201
+    assert alice.get("/api/projects/w/labels").status_code == 200
+    assert admin.get("/api/projects/w/export").status_code == 200
+
+
+@pytest.mark.parametrize("item", [
+    {"prompt": LONE, "responses": ["ok"]},
+    {"prompt": "ok", "responses": [LONE]},
+    {"prompt": [{"role": "user", "content": LONE}], "responses": ["ok"]},
+    {"prompt": "ok", "responses": ["ok"], "meta": {"note": LONE}},
+    {"prompt": "ok", "responses": ["ok"], "meta": {LONE: 1}},
+    {"prompt": "ok", "responses": ["ok"], "id": LONE},
+    {"prompt": "ok\x00", "responses": ["ok"]},
+])
+def test_items_with_bad_text_are_refused(store, admin, item):
+    create(admin, "b", ["binary"], [])
+    r = admin.c.post("/api/projects/b/items", content=json.dumps({"items": [item]}),
+                     headers={"Content-Type": "application/json", "X-CSRF-Token": admin.csrf})
+    assert r.status_code == 422 and "item 0" in r.json()["detail"], r.text
+    assert store.items("b") == []
+
+
+def test_other_texts_are_checked_too(store, admin):
+    for field, body in (("guidelines", {"name": "g", "questions": ["binary"], "guidelines": LONE}),
+                        ("categories", {"name": "c", "questions": ["spans"], "categories": [LONE]})):
+        r = admin.c.post("/api/projects", content=json.dumps(body),
+                         headers={"Content-Type": "application/json", "X-CSRF-Token": admin.csrf})
+        assert r.status_code == 422 and field in r.json()["detail"], r.text
+        with pytest.raises(Exception, match="lone surrogate"):  # the store's own check
+            store.create_project(body["name"], body["questions"],
+                                 **{k: v for k, v in body.items() if k == field})
+    r = TestClient(create_app(store)).post("/api/login", content=json.dumps(
+        {"username": "alice", "password": LONE}), headers={"Content-Type": "application/json"})
+    assert r.status_code in (401, 422), r.text
+
+
+# Integers are bounded ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("item_id", [2**31, 2**63, 10**30, -1])
+def test_huge_item_ids_in_the_path(admin, alice, item_id):
+    create(admin, "p", ["binary"], [ONE])
+    for method, path, body in (
+            ("POST", f"/api/projects/p/items/{item_id}/labels",
+             {"answers": {"binary": {"value": "up"}}, "submission_key": "k" * 16}),
+            ("POST", f"/api/projects/p/items/{item_id}/release", {})):
+        r = alice.c.request(method, path, json=body, headers={"X-CSRF-Token": alice.csrf})
+        assert r.status_code in (404, 422) and "item_id" in r.text, (item_id, r.status_code, r.text)
+
+
+@pytest.mark.parametrize("field,value", [("lock_seconds", 1e20), ("gold_every", 1e20),
+                                         ("lock_seconds", 10**12), ("overlap", 10**12),
+                                         ("gold_every", 2**40)])
+def test_project_settings_have_upper_bounds(store, admin, alice, field, value):
+    r = admin.post_json("/api/projects", {"name": "big", "questions": ["binary"], field: value,
+                                          "items": [ONE]})
+    assert r.status_code == 422 and field in r.json()["detail"], r.text
+    with pytest.raises(Exception, match=field):
+        store.create_project("big2", ["binary"], **{field: int(value)})
+
+
+def test_time_ms_is_bounded(admin, alice):
+    create(admin, "t", ["binary"], [ONE])
+    task = alice.get("/api/projects/t/next").json()
+    r = alice.post_json(f"/api/projects/t/items/{task['item_id']}/labels",
+                        {"answers": {"binary": {"value": "up"}}, "submission_key": "k" * 16, "time_ms": 10**30})
+    assert r.status_code == 422 and "time_ms" in r.text
+
+
+# Items are validated by their question type ------------------------------------------------------
+
+
+@pytest.mark.parametrize("questions,item,message", [
+    (["binary"], {"prompt": "p", "responses": [""]}, "responses[0] is empty"),
+    (["likert"], {"prompt": "p", "responses": ["   "]}, "responses[0] is empty"),
+    (["pairwise"], {"prompt": "p", "responses": ["same", "same"]}, "same text"),
+    (["rank"], {"prompt": "p", "responses": ["a", "b", "a"]}, "same text"),
+    (["likert"], {"prompt": "p", "responses": ["r"], "gold": {"likert": {"score": "high"}}}, "likert"),
+    (["likert"], {"prompt": "p", "responses": ["r"], "gold": {"likert": {"score": 9}}}, "1..7"),
+    (["binary"], {"prompt": "p", "responses": ["r"], "gold": {"binary": {"value": True}}}, "'up' or 'down'"),
+    (["pairwise"], {"prompt": "p", "responses": ["a", "b"], "gold": {"pairwise": {"choice": 2}}}, "choice"),
+    (["rank"], {"prompt": "p", "responses": ["a", "b"], "gold": {"rank": {"ranks": [0, 5]}}}, "0..1"),
+    (["binary"], {"prompt": "p", "responses": ["r"], "gold": {"binary": "up"}}, "JSON object"),
+    (["binary"], {"prompt": [{"role": "", "content": "hi"}], "responses": ["r"]}, "role"),
+])
+def test_items_that_would_break_export_or_stats_are_refused(store, admin, questions, item, message):
+    r = admin.post_json("/api/projects", {"name": "v", "questions": questions, "items": [item]})
+    assert r.status_code == 422 and message in r.json()["detail"], r.text
+    with pytest.raises(Exception, match="no project named"):
+        store.project("v")  # the project and its items are one request: nothing half-made
+
+
+def test_a_valid_honeypot_still_grades(admin, alice):
+    gold = {"prompt": "p", "responses": ["r"], "gold": {"likert": {"score": 5}}}
+    create(admin, "h", ["likert"], [ONE, gold], gold_every=1)
+    while (r := alice.get("/api/projects/h/next")).status_code == 200:
+        t = r.json()
+        alice.post_json(f"/api/projects/h/items/{t['item_id']}/labels",
+                        {"answers": {"likert": {"score": 4}}, "submission_key": t["submission_key"]})
+    stats = admin.get("/api/projects/h/stats")
+    assert stats.status_code == 200 and stats.json()["annotators"][0]["gold_accuracy"] == 1.0
+    assert admin.get("/admin/p/h").status_code == 200
+    assert admin.get("/api/projects/h/export?include_gold=true").status_code == 200

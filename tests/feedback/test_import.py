@@ -1,11 +1,15 @@
-"""Labels from another tool (or an earlier export) into a project, and back out unchanged."""
+"""Labels from another tool (or an earlier export) into a project, and back out unchanged;
+item files that are not what they claim are refused, and a re-labelled export keeps its new
+provenance."""
 
 from __future__ import annotations
 
+import io
 import json
 
 import pytest
 
+from conftest import PASSWORD
 from rlhfkit.cli.main import main
 from rlhfkit.data import records as R
 from rlhfkit.data.io import read_records, write_records
@@ -153,3 +157,68 @@ def test_import_errors_name_the_record(sqlite_store, tmp_path, capsys):
     assert main(["label", "import", "--db", s.url, "--project", "m1", "--labels", str(src),
                  "--kind", "binary,score,span"]) == 0
     assert Store(s.url).project("m1").questions == ["binary", "likert", "spans"]
+
+
+PAIR = {"prompt": "Name a colour.", "responses": ["Red.", "Blue."]}
+
+
+# Provenance keys cannot be overwritten by an item's meta -----------------------------------------
+
+
+def test_relabelling_an_export_keeps_the_new_provenance(sqlite_store, tmp_path):
+    from rlhfkit.data.io import read_records, write_records
+    from rlhfkit.feedback.transfer import create_project_from_file, export_project
+
+    s = sqlite_store
+    ann = s.create_user("ann", PASSWORD)
+    s.create_project("first", ["pairwise"])
+    s.add_items("first", [dict(PAIR, prompt=f"q{i}") for i in range(3)])
+    while (t := s.next_task(ann, "first")) is not None:
+        s.submit(ann, "first", t.item_id, {"pairwise": {"choice": "left"}}, t.submission_key)
+    old = tmp_path / "first.jsonl"
+    export_project(s.url, "first", old)
+    old_records = read_records(old)
+    # re-label the exported dataset in a second project (with padding items to shift the ids)
+    s.create_project("second", ["pairwise"])
+    s.add_items("second", [dict(PAIR, prompt=f"pad{i}") for i in range(5)])
+    pad = tmp_path / "pad.jsonl"
+    write_records(old_records, pad)
+    create_project_from_file(s, "third", pad, ["pairwise"])
+    bob = s.create_user("bob", PASSWORD)
+    while (t := s.next_task(bob, "third")) is not None:
+        s.submit(bob, "third", t.item_id, {"pairwise": {"choice": "right"}}, t.submission_key)
+    new = tmp_path / "third.jsonl"
+    export_project(s.url, "third", new)
+    labels = {lab["id"]: lab for lab in s.labels("third")}
+    items = {it.id for it in s.items("third")}
+    for r in read_records(new):
+        assert r.meta["project"] == "third" and r.annotator == "bob"
+        assert r.meta["label_id"] in labels and r.meta["item_id"] in items
+        assert r.meta["order"] == labels[r.meta["label_id"]]["order"]
+        # what the old record said is kept, under its own key
+        assert r.meta["item_meta"]["project"] == "first"
+
+
+# Uploads that are not what they claim get a 4xx naming the problem -------------------------------
+
+
+@pytest.mark.parametrize("filename,data,message", [
+    ("items.parquet", b"PAR1 this is not parquet at all", "Parquet"),
+    ("items.jsonl", '{"prompt": "caf\xe9"}\n'.encode("latin-1"), "UTF-8"),
+    ("items.csv", "prompt,response\ncaf\xe9,ok\n".encode("latin-1"), "UTF-8"),
+    ("items.txt", b"\xff\xfeh\x00i\x00", "UTF-8"),
+    ("items.json", b"{not json", "JSON"),
+    ("items.json", b'{"a": 1}', "list"),
+    ("items.jsonl", b'[1, 2]\n', "object"),
+    ("items.csv", b'prompt,responses\np,"[1, 2"\n', "responses"),
+])
+def test_bad_uploads_are_4xx_naming_the_problem(store, admin, filename, data, message):
+    page = admin.get("/admin").text
+    from conftest import csrf_of
+
+    r = admin.c.post("/admin/projects", data={"name": "up", "questions": ["binary"],
+                                              "csrf_token": csrf_of(page)},
+                     files={"file": (filename, io.BytesIO(data))}, follow_redirects=False)
+    assert 400 <= r.status_code < 500 and message in r.text, (r.status_code, r.text[-500:])
+    with pytest.raises(Exception, match="no project named"):
+        store.project("up")

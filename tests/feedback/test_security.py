@@ -1,7 +1,9 @@
-"""Security of the feedback app: sessions, roles, CSRF, escaping, payload limits, SQL."""
+"""Security of the feedback app: sessions, roles, CSRF, escaping, payload limits, SQL; logout and
+password changes end sessions, login throttling, the signing secret outside the database."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pytest
@@ -271,3 +273,145 @@ def test_secure_cookie_flags(store, project):
     r = TestClient(app).post("/api/login", json={"username": "alice", "password": PASSWORD})
     cookie = r.headers["set-cookie"].lower()
     assert "httponly" in cookie and "secure" in cookie and "samesite=lax" in cookie
+
+
+def bearer(token):
+    return {"Authorization": f"Bearer {token}"}
+
+
+# Logout ends the session -------------------------------------------------------------------------
+
+
+def test_api_logout_revokes_the_token_as_header_and_cookie(app, store):
+    c = TestClient(app)
+    token = c.post("/api/login", json={"username": "alice", "password": PASSWORD}).json()["token"]
+    assert TestClient(app).get("/api/me", headers=bearer(token)).status_code == 200
+    assert TestClient(app).post("/api/logout", json={}, headers=bearer(token)).status_code == 200
+    assert TestClient(app).get("/api/me", headers=bearer(token)).status_code == 401
+    stolen = TestClient(app)
+    stolen.cookies.set("rk_session", token)
+    assert stolen.get("/api/me").status_code == 401
+    assert stolen.get("/api/projects").status_code == 401
+
+
+def test_page_logout_revokes_the_cookie_value(app, store, admin):
+    token = admin.c.cookies.get("rk_session")
+    r = admin.c.post("/logout", data={"csrf_token": admin.csrf}, follow_redirects=False)
+    assert r.status_code == 303
+    replay = TestClient(app)  # the cookie value someone copied before the logout
+    replay.cookies.set("rk_session", token)
+    assert replay.get("/api/me").status_code == 401
+    r = replay.post("/api/projects", json={"name": "x", "questions": ["binary"]}, headers=bearer(token))
+    assert r.status_code == 401 and store.list_projects() == []
+
+
+def test_password_change_and_other_sessions(app, store):
+    tokens = [TestClient(app).post("/api/login", json={"username": "bob", "password": PASSWORD}).json()["token"]
+              for _ in range(2)]
+    TestClient(app).post("/api/logout", json={}, headers=bearer(tokens[0]))
+    assert TestClient(app).get("/api/me", headers=bearer(tokens[1])).status_code == 200  # only that one
+    store.set_password(store.user_by_name("bob").id, "another-password-1")
+    assert TestClient(app).get("/api/me", headers=bearer(tokens[1])).status_code == 401
+
+
+# Login throttling and constant work --------------------------------------------------------------
+
+
+def test_wrong_passwords_are_throttled_per_account(app, store):
+    clock = [1000.0]
+    app = create_app(store, clock=lambda: clock[0])
+    c = TestClient(app)
+    codes = [c.post("/api/login", json={"username": "alice", "password": f"wrong-{i}-pw"}).status_code
+             for i in range(60)]
+    assert codes[:5] == [401] * 5 and set(codes[5:]) == {429}
+    r = c.post("/api/login", json={"username": "alice", "password": PASSWORD})
+    assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1
+    assert "try again in" in r.json()["detail"]
+    # the throttle is per account: bob is not locked out
+    assert c.post("/api/login", json={"username": "bob", "password": PASSWORD}).status_code == 200
+    clock[0] += int(r.headers["retry-after"])  # after the wait, the right password works
+    assert c.post("/api/login", json={"username": "alice", "password": PASSWORD}).status_code == 200
+    # and the page form answers 429 too
+    from conftest import csrf_of
+
+    for _ in range(6):
+        page = c.get("/login").text
+        r = c.post("/login", data={"username": "bob", "password": "nope-nope", "csrf_token": csrf_of(page)})
+    assert r.status_code == 429 and "Too many failed logins" in r.text
+
+
+def test_wrong_passwords_are_throttled_per_address(app, store):
+    clock = [1000.0]
+    app = create_app(store, clock=lambda: clock[0])
+    c = TestClient(app)
+    codes = [c.post("/api/login", json={"username": f"nobody{i}", "password": "wrong-password"}).status_code
+             for i in range(40)]
+    assert codes[:20] == [401] * 20 and set(codes[20:]) == {429}
+
+
+def test_unknown_and_passwordless_accounts_cost_one_full_hash(app, store, monkeypatch):
+    store.create_user("nopw")  # an invited account that has not set a password
+    inactive = store.create_user("gone", "password-123")
+    from sqlalchemy import update
+
+    from rlhfkit.feedback.store import User
+    with store.tx(write=True) as s:
+        s.execute(update(User).where(User.id == inactive.id).values(active=False))
+    store._users.clear()
+    calls = []
+    real = hashlib.scrypt
+
+    def counting(*a, **kw):
+        calls.append(kw["n"])
+        return real(*a, **kw)
+
+    monkeypatch.setattr(hashlib, "scrypt", counting)
+    for name in ("alice", "nobody", "nopw", "gone"):
+        calls.clear()
+        assert store.authenticate(name, "wrong-password") is None
+        assert calls == [security.SCRYPT_N], (name, calls)
+
+
+# Secret outside the database, proxy headers, membership (see test_workspaces.py) -----------------
+
+
+def test_secret_from_a_file_is_not_in_the_database(store, tmp_path, monkeypatch):
+    store.create_user("alice", PASSWORD)
+    secret_file = tmp_path / "secret"
+    secret_file.write_text("s" * 48 + "\n")
+    app = create_app(store, secret_file=secret_file)
+    c = TestClient(app)
+    token = c.post("/api/login", json={"username": "alice", "password": PASSWORD}).json()["token"]
+    assert c.get("/api/me", headers=bearer(token)).status_code == 200
+    from sqlalchemy import select
+
+    from rlhfkit.feedback.store import SessionRow, Setting
+    with store.tx() as s:
+        assert s.get(Setting, "secret") is None  # nothing in the DB signs sessions
+        hashes = list(s.scalars(select(SessionRow.token_hash)))
+    assert hashes and all(h != token and h not in token for h in hashes)
+    # a session row copied from the database is no use without the key
+    with pytest.raises(ValueError, match="at least 32"):
+        create_app(store, secret="short")
+    monkeypatch.setenv("RLHFKIT_SECRET", "e" * 40)
+    other = TestClient(create_app(store))  # another key: the token's signature fails
+    assert other.get("/api/me", headers=bearer(token)).status_code == 401
+
+
+def test_forwarded_proto_is_trusted_only_with_trust_proxy(app, store):
+    def cookie_flags(app, headers):
+        r = TestClient(app).post("/api/login", json={"username": "alice", "password": PASSWORD},
+                                 headers=headers)
+        return r.headers["set-cookie"].lower()
+
+    spoof = {"X-Forwarded-Proto": "https", "X-Forwarded-For": "203.0.113.9"}
+    assert "secure" not in cookie_flags(create_app(store), spoof)
+    assert "secure" in cookie_flags(create_app(store, trust_proxy=True), spoof)
+    # the throttle's address is the client's, not what a header claims
+    clock = [0.0]
+    app = create_app(store, clock=lambda: clock[0])
+    c = TestClient(app)
+    for i in range(25):
+        c.post("/api/login", json={"username": f"x{i}", "password": "wrong-password"},
+               headers={"X-Forwarded-For": f"198.51.100.{i}"})
+    assert c.post("/api/login", json={"username": "alice", "password": PASSWORD}).status_code == 429

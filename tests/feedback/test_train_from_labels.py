@@ -4,18 +4,18 @@ Two annotators (simulated labelers with their own accounts) label pairwise, rank
 demonstration projects over the HTTP API; then ``rlhfkit label export`` writes records, and
 ``rlhfkit rm`` / ``rlhfkit sft`` train on the export file and straight from the store
 (``--data db:sqlite:///…?project=NAME``). A tiny random model and two optimizer steps: this
-checks the plumbing end to end, not learning (tests/test_rm.py and tests/test_sft.py do that).
+checks the plumbing end to end, not learning (tests/train/test_rm.py and tests/train/test_sft.py do that).
 """
 
 from __future__ import annotations
 
-import json
 import math
 
 from conftest import PASSWORD
 from rlhfkit.cli.main import main
 from rlhfkit.data import records as R
 from rlhfkit.data.io import read_records
+from rlhfkit.evaluate.runs import read_json, read_metrics
 from rlhfkit.feedback.client import FeedbackClient, label_project, labeler_answerer
 from rlhfkit.feedback.simulated import SimulatedLabeler
 
@@ -53,7 +53,7 @@ def test_label_export_and_train_reward_model_and_policy(live, tiny_lm, tmp_path,
     run = tmp_path / "rm-file"
     assert main(["rm", "--model", str(tiny_lm), "--data", str(export), "--output-dir", str(run), *TRAIN]) == 0
     assert (run / "model").is_dir() and (run / "model" / "config.json").exists()
-    result = json.loads((run / "eval.json").read_text())
+    result = read_json(run)
     assert 0 < result["train_pairs"] <= 24 and 0.0 <= result["eval/rm_accuracy"] <= 1.0
 
     # 2. a reward model straight from the store: rankings of K = 3 (3 pairs each)
@@ -61,7 +61,7 @@ def test_label_export_and_train_reward_model_and_policy(live, tiny_lm, tmp_path,
     assert main(["rm", "--model", str(tiny_lm), "--data", f"db:{db}?project=ranks",
                  "--output-dir", str(run), *TRAIN]) == 0
     assert (run / "model").is_dir()
-    result = json.loads((run / "eval.json").read_text())
+    result = read_json(run)
     # 8 items x 2 annotators = 16 rankings of 3, minus those of held-out prompts
     assert result["train_pairs"] % 3 == 0 and 0 < result["train_pairs"] < 16 * 3
     assert "db:sqlite:////" in (run / "config.yaml").read_text()
@@ -71,7 +71,7 @@ def test_label_export_and_train_reward_model_and_policy(live, tiny_lm, tmp_path,
     assert main(["sft", "--model", str(tiny_lm), "--data", f"db:{db}?project=demos",
                  "--output-dir", str(run), *TRAIN]) == 0
     assert (run / "model" / "model.safetensors").exists()
-    steps = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    steps = read_metrics(run)
     losses = [v for s in steps for k, v in s.items() if k.startswith("loss")]
     assert losses and all(math.isfinite(v) for v in losses)
 

@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+from rlhfkit.evaluate.runs import read_metrics
 from rlhfkit.models import loading
 
 
@@ -77,7 +78,7 @@ def test_default_model_sft_step_in_bf16(tmp_path):
     train_sft(SFTConfig(output_dir=str(tmp_path), max_steps=4, batch_size=4, max_length=96,
                         learning_rate=1e-4, warmup_ratio=0.0, eval_fraction=0.0,
                         progress=False, precision="bf16"))
-    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    lines = read_metrics(tmp_path)
     assert lines[-1]["loss/sft"] < lines[0]["loss/sft"]
 
 

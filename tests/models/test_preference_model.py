@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from rlhfkit.data.records import Comparison
+from rlhfkit.evaluate.runs import read_metrics
 from rlhfkit.models.preference import (
     PreferenceFitConfig,
     PreferenceModel,
@@ -58,7 +59,6 @@ def test_preference_model_learns(model, tokenizer):
 
 def test_nash_from_the_command_line(model, tokenizer, tiny_lm, tmp_path):
     """``rlhfkit nash`` runs end to end with a saved preference model (one tiny step)."""
-    import json
 
     from rlhfkit.cli.main import main
 
@@ -68,7 +68,6 @@ def test_nash_from_the_command_line(model, tokenizer, tiny_lm, tmp_path):
                  "--max-new-tokens", "3", "--precision", "fp32", "--eval-prompts", "0",
                  "--no-progress", "--report-to", "none"])
     assert code == 0
-    line = (tmp_path / "nash" / "metrics.jsonl").read_text().splitlines()[-1]
-    assert 0.0 <= json.loads(line)["reward/preference"] <= 1.0
+    assert 0.0 <= read_metrics(tmp_path / "nash")[-1]["reward/preference"] <= 1.0
     assert (tmp_path / "nash" / "model").is_dir()
     assert "Nash learning from human feedback" in (tmp_path / "nash" / "report.html").read_text()

@@ -192,8 +192,8 @@ def test_a_missing_file_or_name_is_one_sentence(tmp_path):
 
 
 def test_an_estimator_of_the_wrong_shape_fails_with_its_name(tmp_path, good_bad_policy):
+    from good_bad import good_share, rl_common
     from rlhfkit.train.trainer import train_rl
-    from test_rl import good_share, rl_common
 
     path = _user_file(tmp_path, "@register_advantage('flat')\ndef f(b):\n"
                                 "    return b.scores\n")
@@ -207,7 +207,7 @@ def test_an_estimator_of_the_wrong_shape_fails_with_its_name(tmp_path, good_bad_
 def test_the_example_algorithm_trains_from_the_cli_and_learns(good_bad_policy, tmp_path):
     """``rlhfkit rl --algo py:examples/custom_algorithm.py:loo_median`` on the tiny policy: the
     share of "good" words (a py: reward) rises while the KL stays bounded."""
-    from test_rl import SYSTEM, assert_learned
+    from good_bad import SYSTEM, assert_learned
 
     reward = tmp_path / "reward.py"
     reward.write_text("def good(completions):\n    return [sum(w == 'good' for w in t.split())"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import random
 
 import pytest
@@ -11,6 +10,7 @@ from transformers import AutoModelForCausalLM
 
 from rlhfkit.data.io import write_records
 from rlhfkit.data.records import BinaryFeedback, Comparison, Ranking
+from rlhfkit.evaluate.runs import read_json, read_metrics
 from rlhfkit.losses import dpo_loss
 from rlhfkit.models.loading import apply_lora
 from rlhfkit.models.policy import SelectiveLM
@@ -34,14 +34,7 @@ SYSTEM = "Continue."
 # ------------------------------------------------------------------------------ helpers
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These models are tiny; on shared, busy cores one intra-op thread is several times faster
-    than two that wait on each other at every op."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def plain_logps(lm: torch.nn.Module, ids: list[int], prompt_len: int) -> float:
@@ -80,7 +73,7 @@ def run(tiny_lm, pref_files, tmp_path, **overrides):
     opts.update(overrides)
     cfg = DPOConfig(**opts)
     out = train_dpo(cfg)
-    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    lines = read_metrics(tmp_path / "run")
     return cfg, out, lines
 
 
@@ -233,7 +226,7 @@ def test_each_loss_raises_heldout_margin_and_accuracy(tiny_lm, pref_files, tmp_p
         names = {"rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracy",
                  "logps/chosen", "logps/rejected"}
         assert names <= set(train[-1])
-    result = json.loads((tmp_path / "run" / "eval.json").read_text())
+    result = read_json(tmp_path / "run")
     assert result["eval/rewards/accuracy"] == last["eval/rewards/accuracy"]
     assert (out / "model.safetensors").exists()
 
@@ -255,7 +248,7 @@ def test_cli_dpo(tiny_lm, pref_files, tmp_path):
                "--precision", "fp32", "--no-progress", "--system-prompt", SYSTEM])
     assert rc == 0
     assert (tmp_path / "cli" / "model" / "model.safetensors").exists()
-    assert "eval/rewards/accuracy" in json.loads((tmp_path / "cli" / "eval.json").read_text())
+    assert "eval/rewards/accuracy" in read_json(tmp_path / "cli")
 
 
 def test_resume_matches_uninterrupted_run(tiny_lm, pref_files, tmp_path):
@@ -287,7 +280,7 @@ def test_kto_on_thumbs_up_down_records(tiny_lm, pref_files, tmp_path):
                         learning_rate=2e-3, data=str(pref_files / "binary.jsonl"))
     train = [x for x in lines if "loss/kto" in x]
     assert len(train) == 4 and all("kto/kl" in x and x["kto/kl"] >= 0 for x in train)
-    result = json.loads((tmp_path / "run" / "eval.json").read_text())
+    result = read_json(tmp_path / "run")
     assert result["train_desirable"] + result["train_undesirable"] == 64
     assert result["train_undecided"] == 0 and result["eval/pairs"] > 0
 

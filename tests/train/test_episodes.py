@@ -7,13 +7,13 @@ see the environment's tokens. A tiny model then learns, with REINFORCE on the en
 per-turn rewards, to say "good" in both turns of a two-turn episode.
 """
 
-import json
 from pathlib import Path
 
 import pytest
 import torch
 
 from rlhfkit.data.chat import encode
+from rlhfkit.evaluate.runs import read_metrics
 from rlhfkit.losses import grpo_loss, kl_penalty
 from rlhfkit.models.loading import load_causal_lm
 from rlhfkit.models.policy import SelectiveLM
@@ -243,7 +243,7 @@ def test_reinforce_raises_the_reward_of_two_turn_episodes(good_bad_sft, tmp_path
         gradient_checkpointing=False, environment=f"py:{env}:make_env", max_turns=2,
         reward_model="env", gold="none", generation_backend="hf")
     train_rl(cfg)
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = read_metrics(out)
     train = [r for r in rows if "reward/score" in r]
     # a turn cut at --max-new-tokens ends its episode; the others get the follow-up
     assert all(1.5 <= r["episode/turns"] <= 2.0 for r in train)

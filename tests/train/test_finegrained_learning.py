@@ -17,6 +17,7 @@ import pytest
 from rlhfkit.cli.main import main
 from rlhfkit.data.io import write_records
 from rlhfkit.data.records import Comparison, Demonstration, Span, SpanFeedback
+from rlhfkit.evaluate.runs import read_json, read_metrics
 from rlhfkit.tasks import get_task
 
 SYSTEM = "Answer in a few short sentences."
@@ -71,7 +72,7 @@ def segment_rm(toy):
 
 
 def rows(out):
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return read_metrics(out)
 
 
 def test_segment_rm_accuracy_rises(segment_rm):
@@ -79,7 +80,7 @@ def test_segment_rm_accuracy_rises(segment_rm):
     first, last = evals[0], evals[-1]
     assert first["step"] == 0 and first["eval/segment_accuracy"] < 0.7
     assert last["eval/segment_accuracy"] > 0.9 and last["eval/segment_f1"] > 0.9
-    result = json.loads((segment_rm / "eval.json").read_text())
+    result = read_json(segment_rm)
     assert result["segment_unit"] == "sentence" and result["category"] == "factuality"
     assert result["eval/segment_accuracy"] == last["eval/segment_accuracy"]
     assert all("loss/segment_rm" in r for r in rows(segment_rm) if "lr" in r)
@@ -119,7 +120,7 @@ def test_cli_segment_rm_end_to_end_and_errors(toy, tmp_path, capsys):
     assert config["rlhfkit_reward_type"] == "segment"
     assert config["rlhfkit_span_categories"] == ["untruthful"]
     assert config["rlhfkit_segment_reward"] == "prob"
-    assert "eval/segment_f1" in json.loads((out / "eval.json").read_text())
+    assert "eval/segment_f1" in read_json(out)
     # a category no span has: the error names the file, the field and what is there
     assert main(["segment-rm", "--model", str(toy / "sft" / "model"), "--data",
                  str(toy / "spans.jsonl"), "--category", "relevance", "--output-dir",
@@ -146,3 +147,32 @@ def test_cli_segment_rm_end_to_end_and_errors(toy, tmp_path, capsys):
         main(["segment-rm", "--segment-unit", "paragraph", "--output-dir", str(tmp_path / "bad3")])
     assert stop.value.code == 2 and "--segment-unit: invalid choice" in capsys.readouterr().err
     assert not (tmp_path / "bad3").exists()
+
+
+# ---------------------------------------------------------------------------------------
+# Training items
+# ---------------------------------------------------------------------------------------
+
+
+def test_build_items_puts_labels_on_the_tokens_that_end_segments(tokenizer):
+    from rlhfkit.train.segment_rm import build_items, collate_segments
+
+    response = "It is old. I hope this helps. It lies on the river Tull."
+    record = SpanFeedback(prompt="Where is it?", response=response,
+                          spans=[Span(11, 29, "irrelevant")])
+    items, counts = build_items([record], tokenizer, "sentence", ("irrelevant",), 512)
+    assert counts == {"responses": 1, "segments": 3, "errors": 1, "skipped": 0}
+    (item,) = items
+    assert item.labels == [0, 1, 0]
+    ends = ["It is old.", "It is old. I hope this helps.", response]
+    for pos, want in zip(item.positions, ends):
+        start = item.positions[0] - len(tokenizer(ends[0], add_special_tokens=False)
+                                         ["input_ids"]) + 1
+        got = tokenizer.decode(item.input_ids[start:pos + 1], skip_special_tokens=True)
+        assert got.strip() == want
+    assert tokenizer.convert_ids_to_tokens(item.input_ids[item.positions[-1]]) == "<|im_end|>"
+    _, short = build_items([record], tokenizer, "sentence", ("irrelevant",), 24)
+    assert short["skipped"] == 1  # the response would be cut: its last segments have no end
+    batch = collate_segments(items + items, tokenizer.pad_token_id)
+    assert batch["rows"].tolist() == [0, 0, 0, 1, 1, 1]
+    assert batch["labels"].tolist() == [0, 1, 0, 0, 1, 0] and batch["num_units"] == 6

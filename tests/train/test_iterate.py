@@ -3,13 +3,12 @@ and a run stopped mid-round and resumed ends where an uninterrupted one does."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 from safetensors.torch import load_file
 
 from rlhfkit.config import ConfigError
 from rlhfkit.data.io import read_records
+from rlhfkit.evaluate.runs import read_json, read_rounds
 from rlhfkit.train import iterate
 from rlhfkit.train.iterate import IterateConfig, run_iterate
 
@@ -30,7 +29,7 @@ def uninterrupted(tiny_lm, tmp_path_factory):
 
 def test_each_round_learns_from_the_policy_that_came_before(uninterrupted, tiny_lm):
     final, out = uninterrupted
-    rounds = [json.loads(x) for x in (out / "rounds.jsonl").read_text().splitlines()]
+    rounds = read_rounds(out)
     assert [r["round"] for r in rounds] == [1, 2]
     assert rounds[0]["policy"] == str(tiny_lm) and rounds[1]["policy"] == str(
         out / "round-1" / "rl" / "model")
@@ -41,7 +40,7 @@ def test_each_round_learns_from_the_policy_that_came_before(uninterrupted, tiny_
     for key in ("gold/lc_win_rate", "length/final", "distinct2/final", "kl/final",
                 "gap/proxy_minus_gold"):
         assert key in rounds[1]
-    summary = json.loads((out / "summary.json").read_text())
+    summary = read_json(out, "summary.json")
     assert final == out / "round-2" / "rl" / "model" and summary["final_policy"] == str(final)
     assert 0.0 <= summary["rm/accuracy_on_final_policy"] <= 1.0
 
@@ -66,8 +65,7 @@ def test_a_run_stopped_mid_round_resumes_to_the_same_policy(uninterrupted, tiny_
     resumed = run_iterate(settings(tiny_lm, out, resume=True))
     a, b = load_file(str(final / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
     assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
-    lines = (out / "rounds.jsonl").read_text().splitlines()
-    assert [json.loads(x)["round"] for x in lines] == [1, 2]
+    assert [row["round"] for row in read_rounds(out)] == [1, 2]
 
 
 def test_bad_options_are_refused_before_anything_loads(tiny_lm, tmp_path):

@@ -1,4 +1,4 @@
-"""The shared loop: exact resume, process-count invariance, the NaN guard, data order."""
+"""The shared loop: exact resume, process-count invariance, the NaN guard, data order, trackers."""
 
 import os
 import subprocess
@@ -9,6 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from rlhfkit.evaluate.runs import read_metrics
 from rlhfkit.train.loop import TrainingError, build_scheduler, epoch_order
 from rlhfkit.train.sft import SFTConfig, train_sft
 
@@ -43,8 +44,7 @@ def test_resume_matches_uninterrupted_run(tiny_lm, tmp_path):
                part / "checkpoints" / "step-0000003")
     resumed = train_sft(sft_cfg(tiny_lm, part, resume=True))
     assert_same(weights(full), weights(resumed), atol=0.0)
-    steps = [line for line in (part / "metrics.jsonl").read_text().splitlines()]
-    assert len(steps) == 3  # only steps 4..6 were run again
+    assert len(read_metrics(part)) == 3  # only steps 4..6 were run again
 
 
 def test_nan_guard_stops_with_a_clear_message(tmp_path):
@@ -114,5 +114,32 @@ def test_two_processes_match_one(tiny_lm, tmp_path):
     two = tmp_path / "two" / "model"
     assert_same(weights(one), weights(two), atol=2e-5)
     # Metrics are written once, by the main process.
-    lines = (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()
-    assert len(lines) == 6
+    assert len(read_metrics(tmp_path / "two")) == 6
+
+
+def test_report_to_tensorboard_and_mlflow(tiny_lm, tmp_path):
+    """--report-to tensorboard,mlflow: an event file in tb/rlhfkit and an MLflow run in
+    tb/mlflow.db holding the same loss curve as metrics.jsonl."""
+    import os
+
+    import mlflow
+
+    from rlhfkit.train.sft import SFTConfig, train_sft
+
+    out = tmp_path / "run"
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    try:
+        train_sft(SFTConfig(model=str(tiny_lm), output_dir=str(out), max_steps=2, batch_size=4,
+                            max_length=64, progress=False, precision="fp32",
+                            report_to="tensorboard,mlflow"))
+        uri = os.environ["MLFLOW_TRACKING_URI"]
+    finally:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    assert uri == f"sqlite:///{(out / 'tb' / 'mlflow.db').resolve()}"
+    assert list((out / "tb" / "rlhfkit").glob("events.out.tfevents.*"))
+    client = mlflow.tracking.MlflowClient(tracking_uri=uri)
+    (experiment,) = [e for e in client.search_experiments() if e.name == "rlhfkit"]
+    (run,) = client.search_runs([experiment.experiment_id])
+    logged = [m.value for m in client.get_metric_history(run.info.run_id, "loss/sft")]
+    ours = [row["loss/sft"] for row in read_metrics(out) if "loss/sft" in row]
+    assert logged == pytest.approx(ours)

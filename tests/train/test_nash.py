@@ -14,6 +14,7 @@ import math
 import pytest
 import torch
 
+from rlhfkit.evaluate.runs import read_metrics
 from rlhfkit.losses import antisymmetric_logit, geometric_mixture, nash_md_step, preference_bce_loss
 from rlhfkit.train.nash import (
     check_preference,
@@ -249,7 +250,7 @@ def test_nash_section_from_a_metrics_file(tmp_path):
 
 
 # The SFT "good"/"bad" policy of the RL tests (a session fixture, trained once).
-from test_rl import SYSTEM, good_share  # noqa: E402
+from good_bad import SYSTEM, good_share  # noqa: E402
 
 
 def test_nash_md_lm_learns_from_a_preference(tmp_path, good_bad_policy):  # noqa: F811
@@ -278,7 +279,7 @@ def test_nash_md_lm_learns_from_a_preference(tmp_path, good_bad_policy):  # noqa
 
     before, after = share(good_bad_policy), share(out)
     assert after > before + 0.1, (before, after)
-    metrics = [json.loads(line) for line in (tmp_path / "nash" / "metrics.jsonl").open()]
+    metrics = read_metrics(tmp_path / "nash")
     assert any("reward/preference" in m for m in metrics)
     # Held out, against one fixed reference sample per prompt (drawn once: the same gold).
     evals = [m for m in metrics if "eval/win_rate" in m]

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
 from rlhfkit.data.io import read_records
+from rlhfkit.evaluate.runs import read_rounds
 from rlhfkit.models.loading import apply_lora, load_tokenizer
 from rlhfkit.models.policy import SelectiveLM
 from rlhfkit.models.reward import RewardModel
@@ -20,14 +19,7 @@ from rlhfkit.train.online_dpo import (
     train_online_dpo,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models on shared, busy cores: one intra-op thread is several times faster."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def config(tiny_lm, tmp_path, **overrides) -> OnlineDPOConfig:
@@ -40,7 +32,7 @@ def config(tiny_lm, tmp_path, **overrides) -> OnlineDPOConfig:
 
 
 def rounds_of(tmp_path) -> list[dict]:
-    return [json.loads(x) for x in (tmp_path / "online" / "rounds.jsonl").read_text().splitlines()]
+    return read_rounds(tmp_path / "online")
 
 
 def test_two_rounds_with_the_gold_labeler(tiny_lm, tmp_path):

@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 from rlhfkit.cli.main import main
 from rlhfkit.data.io import write_records
 from rlhfkit.data.records import BinaryFeedback, Comparison, Ranking
+from rlhfkit.evaluate.runs import read_json, read_metrics
 from rlhfkit.train.preference import (
     PreferenceConfig,
     build_duels,
@@ -86,9 +87,9 @@ def test_preference_stage_learns_from_the_command_line(tiny_lm, tmp_path):
                           "--epochs", "4", "--learning-rate", "1e-2", "--warmup-ratio", "0",
                           "--eval-every", "8"))
     assert code == 0
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = read_metrics(out)
     evals = [r for r in rows if "eval/preference_loss" in r]
-    result = json.loads((out / "eval.json").read_text())
+    result = read_json(out)
     assert evals[0]["step"] == 0 and result["eval/pairs"] == 20 and result["train_pairs"] == 44
     assert result["eval/preference_loss"] < evals[0]["eval/preference_loss"] - 0.1, evals
     assert result["eval/preference_accuracy"] >= 0.9, evals
@@ -113,7 +114,7 @@ def test_preference_stage_resume_matches_an_uninterrupted_run(tiny_lm, tmp_path)
     a, b = load_file(str(full / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
     assert a.keys() == b.keys()
     assert max((a[k] - b[k]).abs().max().item() for k in a) == 0.0
-    steps = [json.loads(x)["step"] for x in (part / "metrics.jsonl").read_text().splitlines()]
+    steps = [row["step"] for row in read_metrics(part)]
     assert steps == [3, 4]  # only the steps after the checkpoint ran again
 
 

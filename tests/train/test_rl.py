@@ -1,9 +1,7 @@
 """Tiny-model RL runs: each algorithm raises a programmatic reward while the KL stays bounded.
 
-The policy is a tiny random Llama fine-tuned (SFT, a few seconds) to answer with a random mix of
-the words "good" and "bad"; the reward is the share of "good" words. The SFT policy sits near
-0.5, so every algorithm has room to improve and the signal is strong enough to see in a few
-rollout batches.
+The policy is the good/bad policy of ``tests/good_bad.py``: a tiny random Llama that answers
+with a random mix of "good" and "bad", rewarded by the share of "good".
 
 The fine-tuned policy is trained once per session, and each RL run once per module (``rl_runs``):
 the PPO run is both the learning test and the baseline the PPO-ptx test compares with, the GRPO
@@ -22,46 +20,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from good_bad import SYSTEM, assert_learned, demos_of, good_share, rl_common, rl_metrics
 from rlhfkit.data.io import read_records, write_records
 from rlhfkit.data.records import Comparison, Demonstration
+from rlhfkit.evaluate.runs import read_json
 from rlhfkit.tasks import get_task
 
 HERE = Path(__file__).parent
-SYSTEM = get_task("reviews").system_prompt
-
-
-def good_share(prompts, texts, rollout=None):
-    return [sum(w == "good" for w in t.split()) / max(len(t.split()), 1) for t in texts]
-
-
-def train_good_bad_policy(model: Path, root: Path, system_prompt: str | None = SYSTEM) -> Path:
-    """SFT of ``model`` on 64 answers that mix "good" and "bad" at random; ``root`` also
-    holds ``demos.jsonl``, the demonstrations."""
-    from rlhfkit.train.sft import SFTConfig, train_sft
-
-    rng = random.Random(0)
-    prompts = get_task("reviews").prompts("train")[:64]
-    demos = [Demonstration(prompt=p, response=" ".join(rng.choice(["good", "bad"])
-                                                        for _ in range(4))) for p in prompts]
-    write_records(demos, root / "demos.jsonl")
-    return train_sft(SFTConfig(
-        model=str(model), data=str(root / "demos.jsonl"), output_dir=str(root / "sft"),
-        max_steps=24, batch_size=16, learning_rate=1e-2, precision="fp32", progress=False,
-        max_length=96, eval_fraction=0.0, system_prompt=system_prompt, warmup_ratio=0.0,
-        lr_scheduler="constant", report_to="none", gradient_checkpointing=False))
-
-
-def demos_of(policy: Path) -> Path:
-    return policy.parent.parent / "demos.jsonl"
-
-
-def rl_common(policy, out, **kw):
-    base = dict(model=str(policy), output_dir=str(out), max_steps=5, batch_size=8,
-                max_new_tokens=6, learning_rate=2e-3, precision="fp32", progress=False,
-                eval_prompts=8, kl_coef=0.01, reward_clip=0.0, system_prompt=SYSTEM,
-                report_to="none", gradient_checkpointing=False)
-    base.update(kw)
-    return base
 
 
 def ppo_kwargs(policy, out, **kw):
@@ -107,27 +72,10 @@ def rl_runs(good_bad_policy, tmp_path_factory):
     return get
 
 
-def read_metrics(out):
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    train = [r for r in rows if "reward/score" in r]
-    evals = [r for r in rows if "eval/reward" in r]
-    return train, evals
-
-
-def assert_learned(out, min_gain=0.15, max_kl=10.0):
-    train, evals = read_metrics(out)
-    first = train[0]["reward/score"]
-    final = evals[-1]["eval/reward"]
-    assert final > first + min_gain, (first, final)
-    assert evals[-1]["eval/kl"] < max_kl
-    assert all(r["kl/seq"] < max_kl for r in train)
-    assert (out / "model" / "config.json").exists()
-
-
 def test_ppo_learns_with_bounded_kl(rl_runs):
     out = rl_runs("ppo")
     assert_learned(out)
-    train, _ = read_metrics(out)
+    train, _ = rl_metrics(out)
     for key in ("loss/policy", "loss/value", "policy/entropy", "policy/approx_kl_k3",
                 "policy/clipfrac", "value/clipfrac", "kl/coef", "gold/mean", "response/length"):
         assert key in train[-1], key
@@ -160,7 +108,7 @@ def test_ppo_ptx_keeps_the_demonstrations_likely(rl_runs, good_bad_policy):
     nll_ptx = demo_nll(ptx / "model", demos)
     assert nll_plain > nll_sft, (nll_sft, nll_plain)  # otherwise the comparison shows nothing
     assert nll_ptx < nll_plain - 0.05, (nll_sft, nll_plain, nll_ptx)
-    train, _ = read_metrics(ptx)
+    train, _ = rl_metrics(ptx)
     assert all("loss/ptx" in r for r in train)
 
 
@@ -194,7 +142,7 @@ def test_ppo_with_a_critic_initialised_from_the_reward_model(good_bad_policy, tm
     out = tmp_path / "ppo"
     train_rl(rl_config("ppo", **ppo_kwargs(good_bad_policy, out, critic="rm", reward_model=str(rm),
                                      max_steps=4, save_every=2, reward_clip=5.0)))
-    train, evals = read_metrics(out)
+    train, evals = rl_metrics(out)
     assert evals[-1]["eval/reward"] > train[0]["reward/score"] + 0.3, (train, evals)
     assert all(r["kl/seq"] < 10 for r in train)
     # accelerate saves the second prepared model (the critic) as model_1: it trained.
@@ -218,9 +166,9 @@ def test_two_processes_split_the_global_batch_and_log_once(good_bad_policy, rl_r
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
-    train, evals = read_metrics(out)
+    train, evals = rl_metrics(out)
     assert len(train) == 3 and len(evals) == 1
-    one_process = read_metrics(rl_runs("grpo"))[0]
+    one_process = rl_metrics(rl_runs("grpo"))[0]
     assert set(train[0]) == set(one_process[0])
     # The global batch: what one process with batch 4 would take at the same step.
     from rlhfkit.train.rl import RLRun
@@ -251,13 +199,13 @@ def test_two_processes_split_the_global_batch_and_log_once(good_bad_policy, rl_r
     cut, micro = variant("micro", "29542")
     assert micro[0]["weights"] == pytest.approx(micro[1]["weights"], rel=1e-9)
     assert micro[0]["weights"] == pytest.approx(ranks[0]["weights"], rel=1e-6)
-    for a, b in zip(read_metrics(cut)[0], train):
+    for a, b in zip(rl_metrics(cut)[0], train):
         assert a["loss/total"] == pytest.approx(b["loss/total"], abs=1e-5)
     # The same run sharded with FSDP2 (policy and reference; sampling in step on the shards):
     # the same rewards, losses and final weights as replicated, and a whole model saved.
     sharded, fsdp = variant("fsdp", "29543")
     assert fsdp[0]["weights"] == pytest.approx(ranks[0]["weights"], rel=1e-6)
-    for a, b in zip(read_metrics(sharded)[0], train):
+    for a, b in zip(rl_metrics(sharded)[0], train):
         assert a["reward/score"] == pytest.approx(b["reward/score"], abs=1e-6)
         assert a["loss/total"] == pytest.approx(b["loss/total"], abs=1e-5)
     saved = load_file(str(sharded / "model" / "model.safetensors"))
@@ -271,7 +219,7 @@ def test_best_of_n_selects_and_writes_demonstrations(good_bad_policy, tmp_path):
                                       n=4, max_prompts=8, max_new_tokens=6, precision="fp32",
                                       progress=False, system_prompt=SYSTEM),
                         reward_fn=good_share)
-    summary = json.loads((out / "eval.json").read_text())
+    summary = read_json(out)
     assert summary["reward/best"] >= summary["reward/first"]
     assert summary["reward/best"] > 0.7
     demos = read_records(out / "demonstrations.jsonl")

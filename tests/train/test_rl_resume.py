@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from rlhfkit.evaluate.runs import read_metrics
 from rlhfkit.tasks import get_task
 
 
@@ -50,6 +51,5 @@ def test_resumed_ppo_matches_uninterrupted_run(tiny_lm, tmp_path):
     head_b = torch.load(resumed / "value_head.pt")
     assert all(torch.allclose(head_a[k], head_b[k], atol=1e-6) for k in head_a)
     # The resumed run trained only steps 3 and 4 (plus the final evaluation row).
-    steps = [line for line in (part / "metrics.jsonl").read_text().splitlines()
-             if '"reward/score"' in line]
+    steps = [row for row in read_metrics(part) if "reward/score" in row]
     assert len(steps) == 2

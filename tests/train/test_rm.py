@@ -1,13 +1,13 @@
 """Reward models: K-wise batching by hand, reading position, save/load, and learning."""
 
 import itertools
-import json
 import math
 
 import torch
 from transformers import AutoModelForSequenceClassification
 
 from rlhfkit.data.records import Comparison, Ranking
+from rlhfkit.evaluate.runs import read_json, read_metrics
 from rlhfkit.losses import bradley_terry_loss
 from rlhfkit.models.reward import RewardModel, last_token_index
 from rlhfkit.train.rm import RMConfig, build_groups, collate_groups, rm_losses, train_rm
@@ -74,9 +74,9 @@ def test_rm_learns_and_saves(tiny_lm, tmp_path):
                    learning_rate=1e-3, warmup_ratio=0.0, eval_every=10, progress=False,
                    precision="fp32")
     out = train_rm(cfg)
-    lines = [json.loads(x) for x in (tmp_path / "rm" / "metrics.jsonl").read_text().splitlines()]
+    lines = read_metrics(tmp_path / "rm")
     accs = [x["eval/rm_accuracy"] for x in lines if "eval/rm_accuracy" in x]
-    result = json.loads((tmp_path / "rm" / "eval.json").read_text())
+    result = read_json(tmp_path / "rm")
     # A random head starts near chance; after training the held-out accuracy is well above it.
     assert accs[0] < 0.7 and result["eval/rm_accuracy"] >= 0.85, (accs, result)
     assert result["eval/rm_accuracy"] == accs[-1]
@@ -103,7 +103,7 @@ def test_rm_learns_from_binary_feedback(tiny_lm, tmp_path):
                    learning_rate=3e-3, warmup_ratio=0.0, eval_fraction=0.0, progress=False,
                    precision="fp32")
     train_rm(cfg)
-    lines = [json.loads(x) for x in (tmp_path / "rm" / "metrics.jsonl").read_text().splitlines()]
+    lines = read_metrics(tmp_path / "rm")
     first, last = lines[:5], lines[-5:]
     assert sum(x["loss/rm"] for x in last) / 5 < sum(x["loss/rm"] for x in first) / 5 - 0.1
     assert sum(x["rewards/binary_accuracy"] for x in last) / 5 >= 0.9

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import json
 import math
 
 import pytest
@@ -11,6 +10,7 @@ import torch
 
 from rlhfkit.data.io import write_records
 from rlhfkit.data.records import ScoreFeedback, score_pairs
+from rlhfkit.evaluate.runs import read_json, read_metrics
 from rlhfkit.losses import score_regression_loss
 from rlhfkit.tasks import get_task
 
@@ -67,9 +67,9 @@ def _rm(tiny_lm, score_files, tmp_path, **kw):
                 progress=False, precision="fp32", report_to="none")
     cfg = RMConfig(**{**opts, **kw})
     out = train_rm(cfg)
-    lines = [json.loads(x) for x in (tmp_path / "rm" / "metrics.jsonl").read_text().splitlines()]
+    lines = read_metrics(tmp_path / "rm")
     evals = [x for x in lines if any(k.startswith("eval/") for k in x)]
-    return out, evals, json.loads((tmp_path / "rm" / "eval.json").read_text())
+    return out, evals, read_json(tmp_path / "rm")
 
 
 def test_rm_learns_from_scores_as_pairs(tiny_lm, score_files, tmp_path):
@@ -123,13 +123,13 @@ def test_dpo_learns_from_scores_as_pairs(tiny_lm, score_files, tmp_path):
                     max_steps=12, batch_size=4, learning_rate=1e-3, warmup_ratio=0.0,
                     eval_every=12, progress=False, precision="fp32", report_to="none")
     train_dpo(cfg)
-    lines = [json.loads(x) for x in (tmp_path / "dpo" / "metrics.jsonl").read_text().splitlines()]
+    lines = read_metrics(tmp_path / "dpo")
     evals = [x for x in lines if "eval/rewards/accuracy" in x]
     first, last = evals[0], evals[-1]
     assert abs(first["eval/rewards/margins"]) < 1e-3
     assert last["eval/rewards/margins"] > first["eval/rewards/margins"] + 0.05, (first, last)
     assert last["eval/rewards/accuracy"] > max(0.55, first["eval/rewards/accuracy"]), (first, last)
-    result = json.loads((tmp_path / "dpo" / "eval.json").read_text())
+    result = read_json(tmp_path / "dpo")
     assert result["train_score_pairs"] == 144
 
 

@@ -1,11 +1,11 @@
 """SFT: the fast paths agree with plain computations, and a tiny model learns."""
 
-import json
 
 import torch
 from transformers import AutoModelForCausalLM
 
 from rlhfkit.data.records import Demonstration
+from rlhfkit.evaluate.runs import read_metrics
 from rlhfkit.models.policy import SelectiveLM, targets_of
 from rlhfkit.train.sft import (
     SFTConfig,
@@ -59,7 +59,7 @@ def test_sft_learns_on_builtin_task(tiny_lm, tmp_path):
                     batch_size=8, learning_rate=2e-3, warmup_ratio=0.0, eval_every=12,
                     progress=False, precision="fp32")
     out = train_sft(cfg)
-    lines = [json.loads(x) for x in (tmp_path / "sft" / "metrics.jsonl").read_text().splitlines()]
+    lines = read_metrics(tmp_path / "sft")
     train = [x["loss/sft"] for x in lines if "loss/sft" in x]
     evals = [x["eval/sft_nll"] for x in lines if "eval/sft_nll" in x]
     assert len(train) == 24 and len(evals) == 3  # before, at step 12, at the end
@@ -75,7 +75,7 @@ def test_sft_bf16_trains(tiny_lm, tmp_path):
                     batch_size=8, learning_rate=2e-3, warmup_ratio=0.0, progress=False,
                     precision="bf16", eval_fraction=0.0)
     train_sft(cfg)
-    lines = [json.loads(x) for x in (tmp_path / "bf16" / "metrics.jsonl").read_text().splitlines()]
+    lines = read_metrics(tmp_path / "bf16")
     losses = [x["loss/sft"] for x in lines]
     assert losses[-1] < losses[0] - 0.5
 
@@ -85,7 +85,7 @@ def test_sft_lora_trains_and_merges(tiny_lm, tmp_path):
                     batch_size=8, learning_rate=1e-2, warmup_ratio=0.0, progress=False,
                     precision="fp32", lora=True, lora_r=4, eval_fraction=0.0)
     out = train_sft(cfg)
-    lines = [json.loads(x) for x in (tmp_path / "lora" / "metrics.jsonl").read_text().splitlines()]
+    lines = read_metrics(tmp_path / "lora")
     assert lines[-1]["loss/sft"] < lines[0]["loss/sft"]
     merged = AutoModelForCausalLM.from_pretrained(out)  # a plain HF folder, adapters merged in
     base = AutoModelForCausalLM.from_pretrained(tiny_lm)

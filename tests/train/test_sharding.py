@@ -18,6 +18,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from rlhfkit.evaluate.runs import read_metrics
 from rlhfkit.train.sft import SFTConfig, train_sft
 from rlhfkit.train.sharding import FSDPOptions, decoder_blocks, wrap_plan
 
@@ -53,7 +54,7 @@ def one_process(tiny_lm, out: Path, **kw) -> Path:
 
 def metrics(out: Path, kind: str = "loss/sft") -> list[dict]:
     """The rows of metrics.jsonl that hold ``kind`` (training steps, or ``eval/sft_nll``)."""
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = read_metrics(out)
     return [r for r in rows if kind in r]
 
 

@@ -40,7 +40,7 @@ CASES = {  # one run each; the variants change only options the loss reads
 
 
 def setup_run(name, good_bad_policy, tmp_path):
-    from test_rl import SYSTEM, demos_of, good_share
+    from good_bad import SYSTEM, demos_of, good_share
 
     algo_name, extra, _ = CASES[name]
     if "ptx_coef" in extra:

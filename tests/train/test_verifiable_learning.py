@@ -13,7 +13,6 @@
 - best-of-N and the online-DPO labeler take the same plug-in specs.
 """
 
-import json
 import random
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import pytest
 from rlhfkit.cli.main import main
 from rlhfkit.data.io import read_records, write_records
 from rlhfkit.data.records import Demonstration
+from rlhfkit.evaluate.runs import read_json, read_metrics, read_rounds
 from rlhfkit.tasks import get_task, register_task
 from rlhfkit.tasks.environment import Environment, Episode, Step
 from rlhfkit.tasks.verifiable import VerifiableTask
@@ -36,7 +36,7 @@ def words(completions):
 
 
 def metrics_of(out: Path) -> list[dict]:
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = read_metrics(out)
     return [r for r in rows if "reward/score" in r]
 
 
@@ -137,7 +137,7 @@ def test_self_improvement_by_majority_vote_raises_accuracy_without_labels(
         mostly_right_policy, tmp_path):
     out = tmp_path / "majority"
     assert self_improve(mostly_right_policy, out, "majority") == 0
-    rounds = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
+    rounds = read_rounds(out)
     assert [r["round"] for r in rounds] == [0, 1, 2]
     assert 0.4 < rounds[0]["eval/pass@1"] < 0.95  # room to improve
     # the vote is right more often than one sample is: what self-consistency relies on
@@ -155,7 +155,7 @@ def test_star_keeps_only_the_paths_that_match_the_reference(mostly_right_policy,
     assert self_improve(mostly_right_policy, out, "star", rounds=1) == 0
     paths = read_records(out / "round-1" / "paths.jsonl")
     assert paths and all(p.response.split()[0] == "good" for p in paths)
-    rounds = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
+    rounds = read_rounds(out)
     assert rounds[1]["vote_accuracy"] == 1.0
 
 
@@ -239,7 +239,7 @@ def test_self_improvement_with_a_tool_votes_on_episodes_and_learns_to_call_it(
     and held-out accuracy rises: no reference is read to choose the paths."""
     out = tmp_path / "tool"
     assert self_improve_with_tool(sometimes_asks_policy, out) == 0
-    rounds = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
+    rounds = read_rounds(out)
     start, end = rounds[0], rounds[-1]
     assert 0.2 < start["eval/pass@1"] < 0.8, start  # room to improve
     assert rounds[1]["vote_accuracy"] > start["eval/pass@1"] + 0.1, rounds
@@ -268,7 +268,7 @@ def test_accuracy_reports_pass_at_k_and_episode_counts(tiny_lm, tmp_path):
                  "--environment", "calculator", "--max-turns", "2", "--max-problems", "4",
                  "--n", "2", "--k", "1,2", "--max-new-tokens", "6", "--generation-backend",
                  "hf", "--precision", "fp32", "--output-dir", str(out)]) == 0
-    summary = json.loads((out / "accuracy.json").read_text())
+    summary = read_json(out, "accuracy.json")
     assert summary["problems"] == 4 and 0 <= summary["pass@1"] <= summary["pass@2"] <= 1
     assert 1 <= summary["episode/turns"] <= 2 and "greedy" in summary
     assert len((out / "samples.jsonl").read_text().splitlines()) == 4
@@ -287,7 +287,7 @@ def test_best_of_n_and_the_online_dpo_labeler_take_plugin_specs(good_bad_sft, tm
                  f"py:{plugin}:good_share", "--n", "4", "--max-prompts", "6",
                  "--max-new-tokens", "6", "--precision", "fp32", "--no-progress",
                  "--generation-backend", "hf", "--gold", "none", "--output-dir", str(out)]) == 0
-    summary = json.loads((out / "eval.json").read_text())
+    summary = read_json(out)
     assert summary["reward/best"] >= summary["reward/first"]
     labeler = RewardLabeler(f"py:{plugin}:words", load_tokenizer(str(good_bad_sft)), None, None)
     (ranking,) = labeler.rank_batch(["p"], [["one", "one two three", "one two"]])

@@ -2,7 +2,7 @@
 
 Lists of numbers or texts in, numbers (or a small dict) out; only :func:`kl_stats` and
 :func:`perplexity` touch torch. Each metric's formula is in its docstring and worked through
-by hand in ``tests/test_metrics.py``.
+by hand in ``tests/evaluate/test_metrics.py``.
 """
 
 from __future__ import annotations

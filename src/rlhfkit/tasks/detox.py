@@ -20,7 +20,7 @@ the toxicity of what it writes. Here:
   gold scorer directly, as Wu et al. do with Perspective).
 
 Everything comes from the phrase lists below with a fixed seed: no files, no network.
-Every sentence template is checked in ``tests/test_detox_task.py``: a swearing one scores at
+Every sentence template is checked in ``tests/tasks/test_detox_task.py``: a swearing one scores at
 least 0.5 alone, a clean one below 0.2.
 """
 

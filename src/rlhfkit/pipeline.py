@@ -28,6 +28,7 @@ from rlhfkit.data.chat import to_messages
 from rlhfkit.data.io import read_records, write_records
 from rlhfkit.evaluate.overoptimisation import overoptimisation_section
 from rlhfkit.evaluate.report import Section, table_html, write_report
+from rlhfkit.memory import StageMeter
 from rlhfkit.options import (
     EvalOptions,
     GenerationOptions,
@@ -93,57 +94,34 @@ def run_demo(cfg: DemoConfig) -> Path:
     rm_steps = cfg.rm_steps or (12 if cfg.quick else 64 if on_samples else 48)
     rm_lr = cfg.rm_learning_rate or (1e-4 if on_samples else 2e-5)
     common = dict(precision=cfg.precision, lora=cfg.lora, seed=cfg.seed, progress=cfg.progress)
-    timings: dict[str, float] = {}
+    meter = StageMeter()  # each stage's seconds and peak RSS: timings.json, the report
 
-    t = time.perf_counter()
-    if cfg.sft_model:
-        policy = Path(cfg.sft_model)
-    else:
-        policy = train_sft(SFTConfig(model=cfg.model, data=data, output_dir=str(out / "sft"),
-                                     max_steps=sft_steps, batch_size=8, learning_rate=5e-5,
-                                     max_length=128, gradient_checkpointing=False,
-                                     **common))
-    timings["sft_s"] = time.perf_counter() - t
-
+    with meter.stage("sft"):
+        if cfg.sft_model:
+            policy = Path(cfg.sft_model)
+        else:
+            policy = train_sft(SFTConfig(model=cfg.model, data=data, output_dir=str(out / "sft"),
+                                         max_steps=sft_steps, batch_size=8, learning_rate=5e-5,
+                                         max_length=128, gradient_checkpointing=False,
+                                         **common))
     rm_data = data
     if on_samples:
-        t = time.perf_counter()
-        rm_data = str(rank_policy_samples(cfg, policy, out / "rankings.jsonl"))
-        timings["rank_s"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    reward_model = train_rm(RMConfig(model=str(policy), data=rm_data, output_dir=str(out / "rm"),
-                                     max_steps=rm_steps, batch_size=4, learning_rate=rm_lr,
-                                     max_length=128, eval_fraction=0.15,
-                                     gradient_checkpointing=False, **common))
-    timings["rm_s"] = time.perf_counter() - t
+        with meter.stage("rank"):
+            rm_data = str(rank_policy_samples(cfg, policy, out / "rankings.jsonl"))
+    with meter.stage("rm"):
+        reward_model = train_rm(RMConfig(
+            model=str(policy), data=rm_data, output_dir=str(out / "rm"), max_steps=rm_steps,
+            batch_size=4, learning_rate=rm_lr, max_length=128, eval_fraction=0.15,
+            gradient_checkpointing=False, **common))
     rm_eval = json.loads((out / "rm" / "eval.json").read_text())
 
     algos = [a.strip() for a in cfg.algo.split(",") if a.strip()]
-    n_eval = cfg.eval_prompts or (16 if cfg.quick else 64)
-    results: dict[str, dict] = {}
-    timings["rl_s"] = timings["eval_s"] = 0.0
-    for algo in algos:  # each from the same SFT policy, judged on the same held-out prompts
-        t = time.perf_counter()
-        final, rl_dir = run_rl(cfg, policy, reward_model, out, common, algo, rm_data)
-        train_s = time.perf_counter() - t
-        t = time.perf_counter()
-        rounds_summary = out / algo / "summary.json"
-        judge = reward_model
-        if rounds_of(cfg) > 1 and rounds_summary.exists():  # judged by the last round's RM
-            judge = Path(json.loads(rounds_summary.read_text())["final_reward_model"])
-        evaluation = compare_with_sft(cfg.task, policy, final, judge, n_eval, cfg.max_new_tokens,
-                                      cfg.seed, cfg.generation_backend, out_dir=rl_dir)
-        if rounds_summary.exists():
-            rounds = json.loads(rounds_summary.read_text())
-            for key in ("rm/accuracy_on_final_policy", "rm/labeler_ceiling_on_final_policy"):
-                if rounds.get(key) is not None:
-                    evaluation["summary"][key] = rounds[key]
-        eval_s = time.perf_counter() - t
-        timings["rl_s"] += train_s
-        timings["eval_s"] += eval_s
-        results[algo] = {"final": final, "dir": rl_dir, "train_s": train_s, "eval_s": eval_s,
-                         **evaluation}
+    results = {algo: run_and_judge(cfg, algo, policy, reward_model, out, common, rm_data, meter)
+               for algo in algos}  # each from the same SFT policy, judged on the same prompts
+    timings = {f"{name}_s": seconds for name, seconds in meter.seconds().items()}
+    timings.setdefault("rl_s", 0.0)
+    timings.setdefault("eval_s", 0.0)
+    write_timings(meter, out, algos)
     first = results[algos[0]]
     summary = {"policy": str(policy), "reward_model": str(reward_model),
                "final_policy": str(first["final"]), "rm_eval": rm_eval, "timings": timings,
@@ -163,6 +141,7 @@ def run_demo(cfg: DemoConfig) -> Path:
                   for a, r in results.items()] if len(results) > 1 else []
     sections = [rounds_section(out / a) for a in results if (out / a / "rounds.jsonl").exists()]
     sections.append(overoptimisation_section(rl_dir))
+    sections.append(timings_section(out))
     write_report(out / "report.html", f"rlhfkit demo: {cfg.task}, {cfg.algo}", head, rows,
                  first["samples"][:12], comparison, [x for x in sections if x is not None])
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -178,6 +157,59 @@ def run_demo(cfg: DemoConfig) -> Path:
     print(f"[demo] summary:       {out / 'summary.json'}")
     print(f"[demo] report:        {out / 'report.html'}")
     return out
+
+
+def run_and_judge(cfg: DemoConfig, algo: str, policy: Path, reward_model: Path, out: Path,
+                  common: dict, rm_data: str, meter: StageMeter) -> dict:
+    """Step 3 with ``algo`` (stage ``rl``), then its policy against SFT (stage ``eval``)."""
+    with meter.stage("rl"):
+        t = time.perf_counter()
+        final, rl_dir = run_rl(cfg, policy, reward_model, out, common, algo, rm_data)
+        train_s = time.perf_counter() - t
+    with meter.stage("eval"):
+        t = time.perf_counter()
+        rounds_summary = out / algo / "summary.json"
+        judge = reward_model
+        if rounds_of(cfg) > 1 and rounds_summary.exists():  # judged by the last round's RM
+            judge = Path(json.loads(rounds_summary.read_text())["final_reward_model"])
+        n_eval = cfg.eval_prompts or (16 if cfg.quick else 64)
+        evaluation = compare_with_sft(cfg.task, policy, final, judge, n_eval, cfg.max_new_tokens,
+                                      cfg.seed, cfg.generation_backend, out_dir=rl_dir)
+        if rounds_summary.exists():
+            rounds = json.loads(rounds_summary.read_text())
+            for key in ("rm/accuracy_on_final_policy", "rm/labeler_ceiling_on_final_policy"):
+                if rounds.get(key) is not None:
+                    evaluation["summary"][key] = rounds[key]
+        eval_s = time.perf_counter() - t
+    return {"final": final, "dir": rl_dir, "train_s": train_s, "eval_s": eval_s, **evaluation}
+
+
+def write_timings(meter: StageMeter, out: Path, algos: list[str]) -> Path:
+    """``timings.json``: the demo's stages, with each algorithm's rounds (iterate's stages)."""
+    table = meter.as_dict()
+    rounds = {a: json.loads((out / a / "timings.json").read_text())["stages"]
+              for a in algos if (out / a / "timings.json").exists()}
+    if rounds:
+        table["rounds"] = rounds
+    path = out / "timings.json"
+    path.write_text(json.dumps(table, indent=2))
+    return path
+
+
+def timings_section(out: Path) -> Section:
+    """Seconds and peak memory of every stage (``timings.json``) as a table."""
+    table = json.loads((out / "timings.json").read_text())
+    rows = [{"stage": name, **rec} for name, rec in table["stages"].items()]
+    for algo, stages in table.get("rounds", {}).items():
+        rows += [{"stage": f"{algo}: {name}", **rec} for name, rec in stages.items()]
+    keys = ["stage", "seconds", "peak_rss_gib", "rss_after_gib", "live_gib"]
+    return Section("Time and memory by stage",
+                   f"Wall-clock seconds and peak resident set (GiB) of each stage; the whole "
+                   f"demo took {table['total_s']:.0f} s and peaked at "
+                   f"{table['peak_rss_gib']:.2f} GiB. live_gib: the tensors alive after the "
+                   f"stage's first optimizer step (models, optimizer state, engine); the rest of "
+                   f"the peak is activations and allocator slack. An algorithm's rounds are "
+                   f"stages within its rl stage.", [table_html(rows, keys)])
 
 
 def check_options(cfg: DemoConfig) -> None:

@@ -44,6 +44,7 @@ from rlhfkit.data.records import Ranking
 from rlhfkit.evaluate.metrics import rm_accuracy
 from rlhfkit.feedback.store import Store
 from rlhfkit.feedback.transfer import read_project_records
+from rlhfkit.memory import StageMeter
 from rlhfkit.models.judge import AIJudge
 from rlhfkit.models.loading import load_tokenizer
 from rlhfkit.models.reward import RewardModel
@@ -308,13 +309,15 @@ def run_iterate(cfg: IterateConfig) -> Path:
     rm: Path | None = Path(cfg.reward_model) if cfg.reward_model else None
     every: list[Ranking] = []
     floor = 0.0  # --length-floor in tokens, set from round 1's (the SFT policy's) samples
+    meter = StageMeter()  # seconds and peak RSS of each round's phases: timings.json
     for r in range(1, cfg.rounds + 1):
         folder = out / f"round-{r}"
         folder.mkdir(exist_ok=True)
         t0 = time.perf_counter()
         given = r == 1 and bool(cfg.rankings)
-        rankings = read_records(cfg.rankings) if given else \
-            label_round(cfg, task, labeler, policy, r, folder / "rankings.jsonl")
+        with meter.stage(f"round-{r}/label"):
+            rankings = read_records(cfg.rankings) if given else \
+                label_round(cfg, task, labeler, policy, r, folder / "rankings.jsonl")
         every += rankings
         line: dict[str, Any] = {"round": r, "policy": str(policy), "labels": len(rankings),
                                 "labels_total": len(every)}
@@ -328,16 +331,19 @@ def run_iterate(cfg: IterateConfig) -> Path:
             line["rm/heldout_accuracy"] = _heldout_accuracy(rm.parent)
         else:
             start = str(rm) if (rm is not None and cfg.rm_refit == "continue") else rm_start
-            rm = fit_reward_model(cfg, folder / "rm-data.jsonl", start, folder / "rm")
+            with meter.stage(f"round-{r}/rm"):
+                rm = fit_reward_model(cfg, folder / "rm-data.jsonl", start, folder / "rm")
             line["rm/heldout_accuracy"] = _heldout_accuracy(folder / "rm")
         if r == 1 and cfg.length_floor:
             floor = cfg.length_floor * sft_mean_length(cfg.model, rankings)
             print(f"[iterate] length floor: {floor:.1f} tokens ({cfg.length_floor:g} x the SFT "
                   f"samples' mean)", flush=True)
-        policy = run_rl_round(cfg, policy, rm, folder / "rl", floor)
-        line.update(compare_with_sft(cfg.task, sft, policy, rm, cfg.eval_prompts,
-                                     cfg.max_new_tokens, cfg.seed,
-                                     cfg.generation_backend)["summary"])
+        with meter.stage(f"round-{r}/rl"):
+            policy = run_rl_round(cfg, policy, rm, folder / "rl", floor)
+        with meter.stage(f"round-{r}/eval"):
+            line.update(compare_with_sft(cfg.task, sft, policy, rm, cfg.eval_prompts,
+                                         cfg.max_new_tokens, cfg.seed,
+                                         cfg.generation_backend)["summary"])
         line["gap/proxy_minus_gold"] = line["reward/final"] - line["gold/final"]
         line["round_s"] = time.perf_counter() - t0
         if not any(d["round"] == r for d in done):
@@ -349,8 +355,10 @@ def run_iterate(cfg: IterateConfig) -> Path:
               f"{line['length/final']:.1f} (SFT {line['length/sft']:.1f}), distinct-2 "
               f"{line['distinct2/final']:.2f} (SFT {line['distinct2/sft']:.2f}), RM held-out "
               f"{line['rm/heldout_accuracy']}", flush=True)
-    final_rankings = label_round(cfg, task, labeler, policy, cfg.rounds + 1,
-                                 out / "final-rankings.jsonl")
+    with meter.stage("final/label"):
+        final_rankings = label_round(cfg, task, labeler, policy, cfg.rounds + 1,
+                                     out / "final-rankings.jsonl")
+    meter.write(out / "timings.json")
     summary = {"final_policy": str(policy), "final_reward_model": str(rm),
                "rm/accuracy_on_final_policy": rm_accuracy_on(rm, final_rankings),
                "rm/labeler_ceiling_on_final_policy": labeler_ceiling(final_rankings)}

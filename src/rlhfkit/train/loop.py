@@ -29,12 +29,15 @@ many at start).
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import math
 import os
 import random
 import shutil
+import sys
 import time
+import types
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +48,7 @@ from tqdm.auto import tqdm
 
 from rlhfkit import config as cfglib
 from rlhfkit.evaluate.report import training_section, write_sections
+from rlhfkit.memory import GIB, note_live
 from rlhfkit.models.loading import quiet_library_progress_bars, resolve_precision
 from rlhfkit.options import DataOptions, ModelOptions, OptimOptions, RunOptions  # re-exported
 from rlhfkit.train.sharding import FSDPOptions as FSDPOptions  # re-exported: an option group
@@ -182,6 +186,45 @@ def reduce_sums(accelerator: Any, values: dict[str, float | torch.Tensor]) -> di
     if accelerator.num_processes > 1:
         t = accelerator.reduce(t, reduction="sum")
     return dict(zip(keys, t.tolist()))
+
+
+def reachable_tensor_gib(*roots: Any) -> float:
+    """GiB of the distinct host-memory tensor storages reachable from ``roots`` (gradients too).
+
+    Follows references between objects (attributes, containers, closures) but not into modules,
+    classes or functions' globals, so it measures what a trainer holds: its models, their
+    gradients, the optimizer state, a frozen reference, reward models, an in-process engine's
+    weights and KV cache. (A scan of ``gc.get_objects()`` would miss what vLLM has frozen.)
+    """
+    stop = {id(m.__dict__) for m in list(sys.modules.values()) if hasattr(m, "__dict__")}
+    seen: set[int] = set()
+    storages: dict[int, int] = {}
+    todo = list(roots)
+    while todo:
+        obj = todo.pop()
+        if id(obj) in seen or id(obj) in stop or isinstance(obj, type | types.ModuleType):
+            continue
+        seen.add(id(obj))
+        if torch.is_tensor(obj):
+            for t in (obj, obj.grad):
+                try:
+                    if t is not None and not t.is_meta and t.device.type == "cpu":
+                        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+                except (RuntimeError, NotImplementedError):  # no real storage (fake tensors)
+                    pass
+        elif isinstance(obj, types.FunctionType):
+            todo.extend(c.cell_contents for c in obj.__closure__ or () if _filled(c))
+        else:
+            todo.extend(gc.get_referents(obj))
+    return sum(storages.values()) / GIB
+
+
+def _filled(cell: Any) -> bool:
+    try:
+        cell.cell_contents  # noqa: B018
+    except ValueError:  # an empty cell
+        return False
+    return True
 
 
 def seed_everything(seed: int) -> None:
@@ -323,6 +366,9 @@ class Run:
     def __init__(self, cfg: Any, stage: str, seed_per_process: bool = False,
                  accelerator: Any = None) -> None:
         self.cfg, self.stage = cfg, stage
+        self._noted_live = False
+        self.live_roots: list[Any] = []
+        """What the stage holds beyond this run (its RL state, a reference): memory.note_live."""
         if not cfg.progress:  # also the bars transformers and datasets draw while loading
             quiet_library_progress_bars()
         trackers = trackers_of(cfg.report_to)
@@ -465,6 +511,9 @@ class Run:
                 raise TrainingError(f"[{self.stage}] non-finite gradient norm at step "
                                     f"{self.step + 1}; nothing was updated")
         self.optimizer.step()
+        if not self._noted_live:  # the fullest moment: weights, gradients, optimizer state
+            self._noted_live = True
+            note_live(lambda: reachable_tensor_gib(self, *self.live_roots))
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return norm
@@ -583,6 +632,7 @@ class Loop:
         lengths: Sequence[int] | None = None,
     ) -> None:
         self.run_ = run
+        run.live_roots.append(self)
         cfg = self.cfg = run.cfg
         self.stage, self.items, self.collate = run.stage, items, collate
         self.accelerator, self.world, self.rank = run.accelerator, run.world, run.rank

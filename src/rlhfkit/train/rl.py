@@ -33,6 +33,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from rlhfkit import memory
 from rlhfkit.config import bounds, only, stage_defaults
 from rlhfkit.evaluate.finegrained import fine_grained_section
 from rlhfkit.evaluate.metrics import kl_stats
@@ -196,6 +197,7 @@ class RLRun:
         # batch). Weights still start equal everywhere (loaded, zero-initialised, or broadcast
         # from process 0 when wrapped for data parallelism).
         self.run = run = Run(cfg, stage, seed_per_process=True)
+        run.live_roots.append(self)  # the reference, rewards and engine count as live memory
         self.acc = acc = run.accelerator
         self.device, self.world, self.rank, self.out = run.device, run.world, run.rank, run.out
         self.autocast = torch.bfloat16 if acc.mixed_precision == "bf16" else None
@@ -652,7 +654,8 @@ class RLRun:
         self.finish()
 
     def start_step(self) -> None:
-        """Mark the start of a step (for perf/step_s)."""
+        """Mark the start of a step (for perf/step_s); hand the last step's freed memory back."""
+        memory.trim()
         self._step_t0 = time.perf_counter()
 
     def end_step(self, metrics: dict[str, float], rollout: Rollout,

@@ -1,0 +1,118 @@
+"""Stage meters, and memory a stage leaves behind: engines, model copies, the runs that held them."""
+
+from __future__ import annotations
+
+import gc
+import importlib.util
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from rlhfkit import memory
+from rlhfkit.memory import GIB, StageMeter
+from rlhfkit.models.loading import load_causal_lm
+from rlhfkit.train.rl import RLRun
+from rlhfkit.train.trainer import rl_config, train_rl
+
+LINUX = sys.platform.startswith("linux")
+
+
+@pytest.mark.skipif(not LINUX, reason="the peak window and malloc_trim are Linux's")
+def test_a_stage_peak_is_its_own_and_an_inner_stage_hands_its_peak_out():
+    meter = StageMeter()
+    with meter.stage("small"):
+        small = np.ones(2**24)  # 128 MiB
+        del small
+    with meter.stage("outer"):
+        with meter.stage("inner"):
+            big = np.ones(2**26)  # 512 MiB, inside the inner stage only
+            del big
+    rec = meter.stages
+    assert not rec["small"].peak_is_lifetime
+    # The small stage ran before the big allocation; a lifetime peak would include neither.
+    assert rec["inner"].peak_rss_gib - rec["small"].peak_rss_gib > 0.3
+    # The inner stage reset the window, but the outer stage still reports the inner's peak.
+    assert rec["outer"].peak_rss_gib >= rec["inner"].peak_rss_gib
+    assert rec["outer"].rss_after_gib < rec["inner"].peak_rss_gib - 0.3  # released after
+    table = meter.as_dict()
+    assert table["peak_rss_gib"] == max(r.peak_rss_gib for r in rec.values())
+    assert set(table["stages"]) == {"small", "outer", "inner"}
+
+
+def test_a_repeated_stage_adds_its_seconds_and_keeps_the_larger_peak():
+    meter = StageMeter()
+    meter._add("eval", memory.StageRecord(1.0, 2.0, 1.0, None))
+    meter._add("eval", memory.StageRecord(0.5, 1.5, 0.9, 3.0))
+    assert meter.stages["eval"] == memory.StageRecord(1.5, 2.0, 0.9, 3.0)
+
+
+def test_note_live_counts_only_inside_a_stage():
+    calls = []
+    memory.note_live(lambda: calls.append(1) or 1.0)
+    assert calls == []  # no stage open: the (slow) counter is not called
+    meter = StageMeter()
+    with meter.stage("train"):
+        memory.note_live(lambda: 2.0)
+        memory.note_live(lambda: 1.5)
+    assert meter.stages["train"].live_gib == 2.0
+
+
+def test_an_rl_run_is_freed_when_it_ends_and_reports_what_it_held(tiny_lm, tmp_path):
+    meter = StageMeter()
+    with meter.stage("rl"):
+        train_rl(rl_config("ppo", model=str(tiny_lm), reward_model="task:reviews",
+                           data="task:reviews", output_dir=str(tmp_path / "rl"), max_steps=1,
+                           batch_size=2, max_new_tokens=4, eval_prompts=0, precision="fp32",
+                           generation_backend="hf"))
+    gc.collect()
+    assert [o for o in gc.get_objects() if isinstance(o, RLRun)] == []
+    live = meter.stages["rl"].live_gib
+    # At least the policy's weights, gradients and Adam's two moments, and the reference (fp32).
+    n = sum(p.numel() for p in load_causal_lm(str(tiny_lm)).parameters())
+    assert live is not None and live * GIB >= 5 * 4 * n
+
+
+ENGINE_SCRIPT = textwrap.dedent("""
+    import gc, json, sys, weakref
+    import torch
+    from rlhfkit.rollout import SamplingConfig, make_backend, sample
+    from rlhfkit.models.loading import load_causal_lm, load_tokenizer
+
+    path = sys.argv[1]
+    tokenizer = load_tokenizer(path)
+
+    def one_round(seed):
+        lm = load_causal_lm(path)  # a model the stage holds while its engine starts
+        held = weakref.ref(lm)
+        backend = make_backend("vllm", path, None, seed=seed, max_model_len=128)
+        sample(lm, tokenizer, ["Hello there"], SamplingConfig(max_new_tokens=4), backend=backend)
+        backend.close()
+        return held
+
+    held = [one_round(seed) for seed in range(2)]
+    gc.collect()
+    layers = [o for o in gc.get_objects() if isinstance(o, torch.nn.Module)
+              and type(o).__module__.startswith("vllm.")]
+    print(json.dumps({"held": [h() is not None for h in held], "vllm_layers": len(layers)}))
+""")
+
+
+@pytest.mark.skipif(not importlib.util.find_spec("vllm"),
+                    reason="needs the vllm extra")
+def test_closed_engines_leave_neither_their_layers_nor_the_callers_models_behind(tmp_path,
+                                                                                tokenizer):
+    """Both leaks, in a fresh process (vLLM's first import is what pinned the caller's frames):
+    vLLM kept each closed engine's layers in its reload records, and the traceback of an optional
+    import it failed held every frame on the stack of the first engine, with the stage's model."""
+    from rlhfkit.testing import make_tiny_lm
+
+    path = make_tiny_lm(tmp_path / "lm", tokenizer, heads=1)
+    done = subprocess.run([sys.executable, "-c", ENGINE_SCRIPT, str(path)], capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    assert found == {"held": [False, False], "vllm_layers": 0}

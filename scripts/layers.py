@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent / "src" / "rlhfkit"
 
 FLOORS = {
     0: ["config"],
-    1: ["__init__", "options", "losses", "segments", "testing", "data", "stats"],
+    1: ["__init__", "options", "losses", "segments", "testing", "data", "stats", "memory"],
     2: ["rewards", "evaluate", "engines"],
     3: ["models", "feedback"],
     4: ["rollout", "tasks", "control"],

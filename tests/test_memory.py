@@ -61,7 +61,7 @@ def test_note_live_counts_only_inside_a_stage():
     assert meter.stages["train"].live_gib == 2.0
 
 
-def test_an_rl_run_is_freed_when_it_ends_and_reports_what_it_held(tiny_lm, tmp_path):
+def test_an_rl_run_is_freed_when_it_ends_and_reports_its_phases_and_what_it_held(tiny_lm, tmp_path):
     meter = StageMeter()
     with meter.stage("rl"):
         train_rl(rl_config("ppo", model=str(tiny_lm), reward_model="task:reviews",
@@ -70,6 +70,9 @@ def test_an_rl_run_is_freed_when_it_ends_and_reports_what_it_held(tiny_lm, tmp_p
                            generation_backend="hf"))
     gc.collect()
     assert [o for o in gc.get_objects() if isinstance(o, RLRun)] == []
+    line = json.loads((tmp_path / "rl" / "metrics.jsonl").read_text().splitlines()[0])
+    phases = [line[f"time/{p}_s"] for p in ("sample", "passes", "reward", "update")]
+    assert all(p > 0 for p in phases) and sum(phases) <= line["perf/step_s"]
     live = meter.stages["rl"].live_gib
     # At least the policy's weights, gradients and Adam's two moments, and the reference (fp32).
     n = sum(p.numel() for p in load_causal_lm(str(tiny_lm)).parameters())

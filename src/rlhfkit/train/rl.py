@@ -268,6 +268,8 @@ class RLRun:
         """Optimizer steps taken by this process (a generation engine syncs when it changes)."""
         self._last: dict[str, float] = {}
         self._step_t0 = time.perf_counter()
+        self._phase_s: dict[str, float] = {}
+        """Seconds of this step's phases (:meth:`timed`), logged as time/PHASE_s."""
 
     def _sources(self, given: Sequence[RewardSource] | None,
                  reward_fn: RewardFn | None) -> list[RewardSource]:
@@ -429,8 +431,10 @@ class RLRun:
         training forward pass anyway (:func:`rlhfkit.train.pg.train_pg`).
         """
         self._wait_for_prefetch()  # one engine: never two rollouts on it at once
-        rollout = self.sample_responses(prompts, self._seed(self.step, not with_values))
-        return self.score_rollout(rollout, with_values, policy_logprobs)
+        with self.timed("sample"):
+            rollout = self.sample_responses(prompts, self._seed(self.step, not with_values))
+        with self.timed("passes"):
+            return self.score_rollout(rollout, with_values, policy_logprobs)
 
     @torch.no_grad()
     def score_rollout(self, rollout: Rollout, with_values: bool = True,
@@ -556,20 +560,23 @@ class RLRun:
                                 "vllm): the engine's log-probs are the sampling policy's")
         pending, self._pending = self._pending, None
         if pending is not None and pending[0] == step:
-            pending[1].join()
+            with self.timed("sample"):  # only what the update did not hide
+                pending[1].join()
             if isinstance(pending[2][0], BaseException):
                 raise pending[2][0]
             rollout = pending[2][0]
             self._sampled_version = self._next_sampled_version
         else:  # the first step (or the first after a resume): nothing was prefetched
-            rollout = self.sample_responses(self.prompt_batch(step), self._seed(step))
+            with self.timed("sample"):
+                rollout = self.sample_responses(self.prompt_batch(step), self._seed(step))
             self._sampled_version = self.policy_version
         sampled_with = self._sampled_version
         if step + 1 < self.total_steps:
             self._prefetch(step + 1)
         self.staleness = self.policy_version - sampled_with
         # The proximal policy: log-probs (and values) at the trainer's weights now.
-        return self.score_rollout(rollout)
+        with self.timed("passes"):
+            return self.score_rollout(rollout)
 
     def _prefetch(self, step: int) -> None:
         """Start sampling the batch of ``step`` in a thread, with the current weights."""
@@ -657,6 +664,16 @@ class RLRun:
         """Mark the start of a step (for perf/step_s); hand the last step's freed memory back."""
         memory.trim()
         self._step_t0 = time.perf_counter()
+        self._phase_s = {}
+
+    @contextlib.contextmanager
+    def timed(self, phase: str) -> Iterator[None]:
+        """Add the block's seconds to ``time/PHASE_s`` of this step's metrics."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._phase_s[phase] = self._phase_s.get(phase, 0.0) + time.perf_counter() - start
 
     def end_step(self, metrics: dict[str, float], rollout: Rollout,
                  kl_seq: torch.Tensor) -> None:
@@ -672,6 +689,9 @@ class RLRun:
         elapsed = time.perf_counter() - self._step_t0
         metrics["perf/step_s"] = elapsed
         metrics["perf/samples_per_s"] = n * self.world / max(elapsed, 1e-9)
+        # Where the step went: sampling (weight sync included), the trainer's passes over the
+        # rollout (policy, reference, critic), the rewards, the update (see docs/iterate.md).
+        metrics.update({f"time/{k}_s": v for k, v in self._phase_s.items()})
         if self.device.type == "cuda":  # this process's peak so far (GPU checks read it)
             metrics["perf/gpu_peak_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
         self._last = metrics

@@ -224,7 +224,8 @@ def train_rl(cfg: TrainRLConfig, reward_fn: RewardFn | None = None,
         # 1. sample (k consecutive responses per prompt) --------------------------------
         rollout = run.train_rollout(step, policy_logprobs=not plan.single_pass)
         # 2. score (and DAPO's dynamic sampling: only groups whose rewards differ) -------
-        terms, metrics = run.score(rollout)
+        with run.timed("reward"):
+            terms, metrics = run.score(rollout)
         if cfg.dynamic_sampling != "off":
             full = (rollout, terms)
             rollout, terms, rlvr = dynamic_batch(cfg, run, step, rollout, terms,
@@ -237,13 +238,15 @@ def train_rl(cfg: TrainRLConfig, reward_fn: RewardFn | None = None,
                 logged, kl_seq = run.rollout_metrics(rollout, terms)
                 run.end_step({**logged, **metrics, "rlvr/skipped": 1.0}, rollout, kl_seq)
                 continue
-        first = policy_pass(run, rollout) if plan.single_pass else None
+        with run.timed("update"):  # the single pass is the update's forward
+            first = policy_pass(run, rollout) if plan.single_pass else None
         run.engine_sleep()  # --vllm-sleep: the engine frees its memory while the trainer updates
         # 3. advantages -----------------------------------------------------------------
         adv, rewards = advantages_of(algo, run, rollout, terms)
         # 4. update ---------------------------------------------------------------------
         rng = random.Random(f"ptx/{cfg.seed}/{run.rank}/{step}")  # resumable PPO-ptx draws
-        metrics.update(update_policy(algo, run, plan, rollout, first, ptx, rng))
+        with run.timed("update"):
+            metrics.update(update_policy(algo, run, plan, rollout, first, ptx, rng))
         # 5. log ------------------------------------------------------------------------
         logged, kl_seq = run.rollout_metrics(rollout, terms, rewards)
         if "values" in rollout.extras:

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from rlhfkit import memory
+from rlhfkit.evaluate.runs import read_metrics
 from rlhfkit.memory import GIB, StageMeter
 from rlhfkit.models.loading import load_causal_lm
 from rlhfkit.train.rl import RLRun
@@ -70,7 +71,7 @@ def test_an_rl_run_is_freed_when_it_ends_and_reports_its_phases_and_what_it_held
                            generation_backend="hf"))
     gc.collect()
     assert [o for o in gc.get_objects() if isinstance(o, RLRun)] == []
-    line = json.loads((tmp_path / "rl" / "metrics.jsonl").read_text().splitlines()[0])
+    line = read_metrics(tmp_path / "rl", required=True)[0]
     phases = [line[f"time/{p}_s"] for p in ("sample", "passes", "reward", "update")]
     assert all(p > 0 for p in phases) and sum(phases) <= line["perf/step_s"]
     live = meter.stages["rl"].live_gib

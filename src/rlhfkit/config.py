@@ -132,10 +132,15 @@ def from_dict(cls: type, values: dict[str, Any], source: str = "config") -> Any:
     """Build a config of type ``cls`` from a mapping, with a clear error for unknown keys.
 
     The result is checked by :func:`validate` (choices and ranges), so a bad value stops
-    here, before any model loads.
+    here, before any model loads. A key that ``cls.retired`` (a class attribute, ``{key: what
+    to use instead}``) names is refused with that sentence.
     """
     hints = _hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
+    for key, instead in getattr(cls, "retired", {}).items():  # gone: say what replaces it
+        if key in values and key not in names:
+            where = f"--{key.replace('_', '-')}" if source == "config" else f"{source}: {key}"
+            raise ConfigError(f"{where} is no longer an option: {instead}")
     unknown = sorted(set(values) - names)
     if unknown:
         raise ConfigError(
@@ -323,6 +328,9 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type,
         hide: Fields the command fixes or does not read: no flag.
     """
     parser.add_argument("--config", metavar="FILE", help="YAML file with any of the keys below")
+    for name in getattr(cls, "retired", {}):  # a flag that is gone: refused by from_dict
+        parser.add_argument("--" + name.replace("_", "-"), dest=f"_retired_{name}",
+                            default=None, help=argparse.SUPPRESS)
     docs = field_docs(cls)
     hints = _hints(cls)
     for f in dataclasses.fields(cls):
@@ -388,6 +396,10 @@ def from_args(cls: type, args: argparse.Namespace, fixed: dict[str, Any] | None 
         v = getattr(args, f.name, None)
         if v is not None:
             values[f.name] = v
+    for name in getattr(cls, "retired", {}):
+        if getattr(args, f"_retired_{name}", None) is not None:
+            values[name] = getattr(args, f"_retired_{name}")
+            source = "config"  # named by its flag
     return from_dict(cls, values, source=source)
 
 

@@ -616,6 +616,30 @@ def grpo_advantages(scores: Tensor, scale: bool = True, eps: float = 1e-4) -> Te
     return centred / (scores.std(-1, keepdim=True) + eps)
 
 
+def best_worst_signs(scores: Tensor) -> Tensor:
+    """Online preference pairs: +1 on each group's best response, -1 on its worst, 0 elsewhere.
+
+    The pair of a group of K sampled responses is its highest-scored one (chosen) against its
+    lowest-scored one (rejected), as online DPO picks them from a reward model's or a labeler's
+    scores (Guo et al. 2024; Xiong et al. 2024 take the best and worst of K). Among equal
+    scores the first response counts. A group whose scores are all equal (a tie, or K copies
+    of one response) gives no pair: its row is all 0.
+
+    Args:
+        scores: (G, K) one score per response, higher is better, K >= 2.
+
+    Returns:
+        (G, K) float: +1 at the chosen response, -1 at the rejected one, 0 elsewhere.
+    """
+    if scores.ndim != 2 or scores.shape[-1] < 2:
+        raise ValueError(f"best_worst_signs needs (G, K >= 2) scores, got {tuple(scores.shape)}")
+    signs = torch.zeros_like(scores, dtype=torch.float32)
+    signs.scatter_(1, scores.argmax(-1, keepdim=True), 1.0)
+    signs.scatter_(1, scores.argmin(-1, keepdim=True), -1.0)
+    has_pair = scores.max(-1).values > scores.min(-1).values  # (G,)
+    return signs * has_pair[:, None]
+
+
 def groups_with_signal(scores: Tensor, tol: float = 1e-6) -> Tensor:
     """(P,) True for the groups whose K scores are not all equal (DAPO's dynamic sampling).
 

@@ -455,3 +455,26 @@ def test_a_packed_bucket_unpacks_to_the_cast_tensors():
     for name, t in tensors.items():
         want = t.to(torch.bfloat16) if t.is_floating_point() else t
         assert back[name].dtype == want.dtype and torch.equal(back[name], want), name
+
+
+def test_group_plans_by_hand():
+    from rlhfkit.train.microbatch import (
+        expand_groups,
+        group_lengths,
+        group_units,
+        shuffled_groups,
+    )
+
+    assert group_lengths([3, 4, 1, 1, 5, 5], 2) == [7, 2, 10]
+    assert expand_groups([[0, 2], [1]], 2) == [[0, 1, 4, 5], [2, 3]]
+    torch.manual_seed(1)
+    expected = torch.randperm(6).tolist()
+    torch.manual_seed(1)
+    assert shuffled_groups(6) == expected  # one row a group: the draw of randperm itself
+    torch.manual_seed(1)
+    order = shuffled_groups(6, 3)
+    assert order in ([0, 1, 2, 3, 4, 5], [3, 4, 5, 0, 1, 2])
+    with pytest.raises(ValueError, match="whole groups"):
+        shuffled_groups(5, 2)
+    adv = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 0.0], [0.0, 0.0], [0.0, -1.0], [2.0, 0.0]])
+    assert group_units(adv, 2)[:, 0].tolist() == [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]

@@ -204,6 +204,57 @@ def plan_by_tokens(lengths: Sequence[int], max_tokens: int, world: int = 1) -> M
 
 
 # --------------------------------------------------------------------------------------------
+# Groups that a loss couples (online DPO's chosen and rejected responses)
+# --------------------------------------------------------------------------------------------
+# A batch holds groups of ``group`` consecutive rows (the K responses to one prompt). When the
+# loss couples the rows of a group (a pairwise loss), every cut of the batch, into mini-batches
+# or micro-batches, must put whole groups on one side: the plans below cut a batch of groups
+# and give back the rows, each group's rows together and in order.
+
+
+def _check_groups(n: int, group: int) -> int:
+    if group < 1:
+        raise ValueError(f"group must be >= 1, got {group}")
+    if n % group:
+        raise ValueError(f"{n} rows are not whole groups of {group}")
+    return n // group
+
+
+def shuffled_groups(n: int, group: int = 1) -> list[int]:
+    """The ``n`` rows in a random order of whole groups (each group's rows stay in order).
+
+    With ``group = 1`` this is ``torch.randperm(n)``, the same draw from the same generator.
+    """
+    order = torch.randperm(_check_groups(n, group)).tolist()
+    return [g * group + j for g in order for j in range(group)]
+
+
+def group_lengths(lengths: Sequence[int], group: int) -> list[int]:
+    """Tokens of each group: the sum of its rows' lengths."""
+    n = _check_groups(len(lengths), group)
+    return [sum(int(x) for x in lengths[g * group:(g + 1) * group]) for g in range(n)]
+
+
+def expand_groups(plan: list[list[int]], group: int) -> list[list[int]]:
+    """A plan over groups as a plan over their rows (group ``g`` is rows ``g*group ..``)."""
+    return [[g * group + j for g in part for j in range(group)] for part in plan]
+
+
+def group_units(advantages: Tensor, group: int) -> Tensor:
+    """(b, 1) 1.0 on the first row of each group whose advantages are not all 0, else 0.
+
+    The units of a loss averaged over the groups that carry a signal (online DPO's pairs): as a
+    mask, :meth:`Normaliser.tokens` counts them and :meth:`Normaliser.scale` gives a
+    micro-batch of whole groups its share of them.
+    """
+    n = _check_groups(advantages.shape[0], group)
+    signal = (advantages.reshape(n, -1) != 0).any(-1)  # (G,)
+    units = torch.zeros(advantages.shape[0], 1, device=advantages.device)
+    units[::group, 0] = signal.float()
+    return units
+
+
+# --------------------------------------------------------------------------------------------
 # Loss normalisers
 # --------------------------------------------------------------------------------------------
 

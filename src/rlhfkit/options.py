@@ -135,14 +135,14 @@ class DataOptions:
     """Longest training sequence in tokens (prompt + response; prompt + both responses for a
     duel; for RL, a PPO-ptx demonstration); longer ones are cut (segment-rm skips them)."""
     epochs: float = field(default=1.0, metadata=bounds(gt=0))
-    """Passes over the training data (may be fractional; RL: over the prompts; online-dpo and
-    self-improve: over each round's new data); ignored when --max-steps > 0."""
+    """Passes over the training data (may be fractional; RL: over the prompts; self-improve:
+    over each round's new data); ignored when --max-steps > 0."""
     max_steps: int = field(default=0, metadata=bounds(ge=0))
-    """Optimizer steps (RL: rollout batches; online-dpo: per round); 0 = derive from --epochs."""
+    """Optimizer steps (RL: rollout batches); 0 = derive from --epochs."""
     batch_size: int = field(default=8, metadata=bounds(ge=1))
     """Training items per micro-batch and process: demonstrations (sft, self-improve), groups
-    (rm: a ranking, or up to --pairs-per-group comparisons of one prompt; dpo, online-dpo: a
-    ranking with all its pairs, one comparison, or one KTO example), duels (preference; each
+    (rm: a ranking, or up to --pairs-per-group comparisons of one prompt; dpo: a ranking with
+    all its pairs, one comparison, or one KTO example), duels (preference; each
     runs in both orders) or responses with all their segments (segment-rm)."""
     grad_accum: int = field(default=1, metadata=bounds(ge=1))
     """Micro-batches accumulated per optimizer step."""
@@ -175,9 +175,8 @@ class SamplingOptions:
     n: int = 4
     """Responses sampled per prompt: best-of-n's N, accuracy's n of pass@k."""
     samples_per_prompt: int = 4
-    """K responses sampled per prompt: online-dpo ranks their distinct ones (up to C(K, 2)
-    pairs); detox scores them for the average max toxicity of each held-out prompt (Gehman et
-    al. use 25)."""
+    """K responses sampled per prompt: detox scores them for the average max toxicity of each
+    held-out prompt (Gehman et al. use 25)."""
     batch_size: int = field(default=16, metadata=bounds(ge=1))
     """Sequences sampled per generate call (Hugging Face backend)."""
 
@@ -278,7 +277,7 @@ class EvalOptions:
 
 
 # ---------------------------------------------------------------------------------------------
-# The commands that chain stages: rounds (demo, iterate, online-dpo, self-improve), frontier
+# The commands that chain stages: rounds (demo, iterate, self-improve), frontier
 # ---------------------------------------------------------------------------------------------
 
 

@@ -1,8 +1,8 @@
 """Micro-batches in the one RL loop: the gradient of a mini-batch does not depend on the cut.
 
 For every built-in policy loss (PPO with its value loss, with and without PPO-ptx, REINFORCE
-with a learned baseline, RLOO, GRPO under each ``--loss-type``, GSPO), one rollout of a tiny
-policy is scored,
+with a learned baseline, RLOO, GRPO under each ``--loss-type``, GSPO, online DPO under each
+pairwise ``--loss`` and reference), one rollout of a tiny policy is scored,
 its advantages computed, and the mini-batch's gradient accumulated three ways: the whole
 mini-batch in one forward, ``--micro-batch-size 3`` (uneven chunks: 3 + 3 + 2), and
 ``--micro-batch-tokens`` (dynamic micro-batches trimmed to their own width). The entropy bonus
@@ -36,6 +36,10 @@ CASES = {  # one run each; the variants change only options the loss reads
     "rloo": ("rloo", {}, [{}]),
     "grpo": ("grpo", {}, [{"loss_type": t} for t in ("bnpo", "grpo", "dr_grpo", "dapo")]
              + [{"importance_level": "sequence"}]),
+    # 4 groups of 3: a micro-batch holds whole groups (the pair of each)
+    "online-dpo": ("online-dpo", {"num_samples": 3, "batch_size": 4, "mini_batch_size": 12},
+                   [{"loss": loss} for loss in ("dpo", "ipo", "unlikelihood")]
+                   + [{"ref_policy": "previous"}]),
 }
 
 
@@ -131,3 +135,32 @@ def test_a_trimmed_micro_batch_keeps_every_real_token(good_bad_policy, tmp_path)
     assert cut.texts == sub.texts
     width = cut.response_mask.shape[1]
     torch.testing.assert_close(cut.extras["advantages"], sub.extras["advantages"][:, :width])
+
+
+def test_no_cut_of_online_dpo_s_batch_separates_a_pair(good_bad_policy, tmp_path):
+    """Micro-batches by size (smaller than a group, or between groups), by tokens, and shuffled
+    mini-batches: every part is whole groups of 3, each group's rows together and in order."""
+    from rlhfkit.train.microbatch import shuffled_groups
+
+    cfg, algo, run, rollout = setup_run("online-dpo", good_bad_policy, tmp_path)
+    signs = rollout.extras["advantages"].sum(-1).sign().view(-1, 3)
+    assert ((signs == 1).sum(-1) == (signs == -1).sum(-1)).all()
+    assert int((signs == 1).sum()) >= 2  # the batch has pairs to keep together
+
+    def whole_groups(part):
+        groups = [part[i:i + 3] for i in range(0, len(part), 3)]
+        return len(part) % 3 == 0 and all(g == list(range(g[0], g[0] + 3)) and g[0] % 3 == 0
+                                          for g in groups)
+
+    lengths = rollout.attention_mask.sum(-1)
+    for micro in ({"micro_batch_size": 1}, {"micro_batch_size": 4}, {"micro_batch_size": 7},
+                  {"micro_batch_tokens": int(lengths.max())}):
+        run.cfg = dataclasses.replace(cfg, **micro)
+        plan = run.micro_batches(rollout, same_count=True, group=3)
+        assert sorted(i for part in plan for i in part) == list(range(12)), micro
+        assert len(plan) > 1 and all(whole_groups(part) for part in plan), (micro, plan)
+    run.cfg = cfg
+    torch.manual_seed(0)
+    perm = shuffled_groups(12, 3)
+    assert perm != list(range(12)) and sorted(perm) == list(range(12))
+    assert all(whole_groups(sorted(perm[i:i + 6])) for i in (0, 6))

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from rlhfkit.cli.main import main
-from rlhfkit.data.io import read_records, write_records
+from rlhfkit.data.io import read_records
 from rlhfkit.data.records import Demonstration
 from rlhfkit.evaluate.runs import read_json, read_metrics, read_rounds
 from rlhfkit.tasks import get_task, register_task
@@ -277,9 +277,6 @@ def test_accuracy_reports_pass_at_k_and_episode_counts(tiny_lm, tmp_path):
 
 
 def test_best_of_n_and_the_online_dpo_labeler_take_plugin_specs(good_bad_sft, tmp_path):
-    from rlhfkit.models.loading import load_tokenizer
-    from rlhfkit.train.online_dpo import RewardLabeler
-
     plugin = tmp_path / "rewards.py"
     plugin.write_text(REWARDS)
     out = tmp_path / "bon"
@@ -289,8 +286,13 @@ def test_best_of_n_and_the_online_dpo_labeler_take_plugin_specs(good_bad_sft, tm
                  "--generation-backend", "hf", "--gold", "none", "--output-dir", str(out)]) == 0
     summary = read_json(out)
     assert summary["reward/best"] >= summary["reward/first"]
-    labeler = RewardLabeler(f"py:{plugin}:words", load_tokenizer(str(good_bad_sft)), None, None)
-    (ranking,) = labeler.rank_batch(["p"], [["one", "one two three", "one two"]])
-    assert ranking.scores == [1.0, 3.0, 2.0] and ranking.annotator.startswith("reward:py:")
-    demos = [Demonstration(prompt="p", response="x")]
-    write_records(demos, tmp_path / "d.jsonl")  # (the labeler needs no data of its own)
+    out = tmp_path / "online"  # reward:SPEC labels with the loop's reward source
+    assert main(["online-dpo", "--model", str(good_bad_sft), "--labeler",
+                 f"reward:py:{plugin}:words", "--max-steps", "1", "--batch-size", "2",
+                 "--num-samples", "4", "--max-new-tokens", "6", "--eval-prompts", "0",
+                 "--precision", "fp32", "--no-progress", "--generation-backend", "hf",
+                 "--gold", "none", "--output-dir", str(out)]) == 0
+    labels = read_records(out / "labels.jsonl")
+    assert labels and all(x.annotator.startswith("reward:py:") for x in labels)
+    for ranking in labels:
+        assert ranking.scores == [float(len(r.split())) for r in ranking.responses]

@@ -57,8 +57,6 @@ COMMANDS: list[Command] = [
            "rankings (for Nash-MD)", "train.preference", "PreferenceConfig", "train_preference"),
     _stage("dpo", "Train the policy directly on preferences: DPO, IPO, KTO, preferred-FT, "
            "unlikelihood", "train.dpo", "DPOConfig", "train_dpo"),
-    _stage("online-dpo", "Iterative DPO: sample K per prompt, label (gold, reward model or AI "
-           "judge), train, repeat", "train.online_dpo", "OnlineDPOConfig", "train_online_dpo"),
     _stage("best-of-n", "Best-of-N sampling; rejection sampling into a new SFT dataset",
            "train.best_of_n", "BestOfNConfig", "run_best_of_n"),
     _stage("accuracy", "pass@1 / pass@k of a policy on a verifiable task's held-out problems "

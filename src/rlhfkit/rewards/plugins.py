@@ -1,7 +1,7 @@
 r"""Reward sources from outside the package: a Python function, a remote scorer, an environment.
 
 Three ``--reward-model`` specs, usable alone or in ``name=SPEC`` lists weighted by ``--rewards``
-(so also in ``rlhfkit best-of-n`` and ``rlhfkit online-dpo``)::
+(so also in ``rlhfkit best-of-n`` and ``rlhfkit online-dpo --labeler reward:SPEC``)::
 
     --reward-model py:my_rewards.py:exact_match          # a function in a file
     --reward-model py:mypackage.rewards:judge            # ... or in an importable module

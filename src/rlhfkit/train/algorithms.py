@@ -1,8 +1,8 @@
 """The RL algorithms as entries of one registry: an advantage estimator and a policy loss each.
 
 Every on-policy algorithm rlhfkit trains (PPO, REINFORCE, RLOO, GRPO and its variants,
-Nash-MD) runs in the one loop of :mod:`rlhfkit.train.trainer`; what tells them apart is an
-:class:`Algorithm` here:
+Nash-MD, online DPO/IPO) runs in the one loop of :mod:`rlhfkit.train.trainer`; what tells them
+apart is an :class:`Algorithm` here:
 
 - an **advantage estimator** ``fn(batch: AdvantageInputs) -> Advantages``: from the rollout's
   per-token rewards (or sequence scores), the response mask and, for PPO, the old values, the
@@ -11,8 +11,9 @@ Nash-MD) runs in the one loop of :mod:`rlhfkit.train.trainer`; what tells them a
   mini-batch (the maths itself lives in :mod:`rlhfkit.losses`);
 - what the algorithm needs beyond that: a value function (a head on the policy or a critic
   from the reward model), the KL to the reference in the reward or in the loss, samples per
-  prompt, a run class with its own scoring and evaluation (Nash-MD's opponent), and the
-  defaults and options of its command.
+  prompt, a run class with its own scoring and evaluation (Nash-MD's opponent, online DPO's
+  labeler), whether its loss couples the responses of a group (online DPO's pairs: the batch
+  is then cut between groups only), and the defaults and options of its command.
 
 A new estimator or loss is one decorated function (:func:`register_advantage`,
 :func:`register_policy_loss`), an algorithm one :func:`register_algorithm` call. A user's own
@@ -114,6 +115,10 @@ class Update:
     """(b, R) the value function's estimates at sampling time, or None."""
     token_weights: Tensor | None = None
     """(b, R) truncated importance weights to the sampling engine (``--tis-cap``), or None."""
+    group_size: int = 1
+    """Responses per group (``--num-samples``). For an algorithm with ``group_loss`` the rows
+    come in whole groups, each group's rows consecutive and in order: ``view(-1, group_size)``
+    is one row per prompt."""
 
 
 AdvantageFn = Callable[[AdvantageInputs], Advantages]
@@ -160,12 +165,21 @@ class Algorithm:
     loss holds the KL term itself (GRPO)."""
     value: ValueFn = no_value
     loss_average: Callable[[Any], str] = token_average
-    """``(options) -> "token" | "sequence" | "sum"``: how the policy loss averages over the
-    batch it is given (a token mean, a mean of per-sequence values, or a sum over a fixed
-    normaliser), so that micro-batches weigh into exactly the mini-batch's loss."""
+    """``(options) -> "token" | "sequence" | "group" | "sum"``: how the policy loss averages
+    over the batch it is given (a token mean, a mean of per-sequence values, a mean over the
+    groups whose advantages are not all 0, or a sum over a fixed normaliser), so that
+    micro-batches weigh into exactly the mini-batch's loss."""
+    group_loss: bool = False
+    """True when the loss couples the responses of a group (online DPO's chosen and rejected
+    pair): mini-batches and micro-batches then hold whole groups, each group's rows in order,
+    and ``--mini-batch-size`` must be a multiple of ``--num-samples``."""
+    check: str | Callable[[Any], None] | None = None
+    """Rules between this algorithm's options, run with the others before any model loads:
+    ``fn(options)`` raising ConfigError, or ``module:function``."""
     payoff: str = "reward"
     """What it optimises: reward (the run's reward sources: a reward model, a scorer, a
-    plug-in) or preference (a pairwise preference model, Nash-MD)."""
+    plug-in), preference (a pairwise preference model, Nash-MD) or labeler (the picks of a
+    labeler, online DPO)."""
     run_class: str | type[RLRun] = "rlhfkit.train.rl:RLRun"
     """The run: how a batch is scored and evaluated (``rlhfkit.train.nash:NashRun`` plays an
     opponent)."""
@@ -183,6 +197,16 @@ class Algorithm:
     def loss_fn(self) -> LossFn:
         """The policy loss itself."""
         return _lookup(POLICY_LOSSES, self.loss, "policy loss")
+
+    def check_options(self, cfg: Any) -> None:
+        """This algorithm's own rules between options (``check``), if it has any."""
+        if self.check is None:
+            return
+        fn = self.check
+        if isinstance(fn, str):
+            module, _, attr = fn.partition(":")
+            fn = getattr(importlib.import_module(module), attr)
+        fn(cfg)
 
     def run_type(self) -> type[RLRun]:
         """The run class."""
@@ -302,8 +326,8 @@ def reward_algorithm(spec: str, option: str = "--algo") -> Algorithm:
     """
     algo = get_algorithm(spec, option)
     if algo.payoff != "reward":
-        raise ConfigError(f"{option} {spec}: {algo.name} plays against a {algo.payoff} model, "
-                          f"which this command does not train; choose one of "
+        raise ConfigError(f"{option} {spec}: {algo.name} learns from a {algo.payoff} "
+                          f"model, not from the reward model this command trains; choose one of "
                           f"{', '.join(reward_algorithms())} (or py:FILE.py:NAME)")
     return algo
 
@@ -420,24 +444,37 @@ register_algorithm(
     value=lambda cfg: "policy" if cfg.critic == "policy" else "critic",
     defaults={"batch_size": 16, "mini_batch_size": 8, "update_epochs": 2,
               "whiten_advantages": True},
-    reads=("gamma", "lam", "whiten_advantages", "vf_coef", "clip_range_value", "critic"))
+    reads=("gamma", "lam", "whiten_advantages", "vf_coef", "clip_range_value", "critic",
+           "clip_range"))
 register_algorithm(
     "reinforce", advantages="reinforce", loss="reinforce",
     help="Step 3: REINFORCE with reward-to-go and a baseline",
     value=lambda cfg: "policy" if cfg.baseline == "value" else None,
-    reads=(*RETURNS, "vf_coef"))
+    reads=(*RETURNS, "vf_coef", "clip_range"))
 register_algorithm(
     "rloo", advantages="leave_one_out", loss="reinforce", min_samples=2,
     help="Step 3: REINFORCE leave-one-out over k samples per prompt",
-    defaults=GROUPS, reads=("whiten_advantages", *DAPO))
+    defaults=GROUPS, reads=("whiten_advantages", "clip_range", *DAPO))
 register_algorithm(
     "grpo", advantages="grpo", loss="grpo", min_samples=2, kl_in_reward=False,
     help="Step 3: GRPO (group-normalised advantages, clipped ratio, KL loss)",
     defaults={**GROUPS, "kl_coef": 0.04}, loss_average=lambda cfg: GRPO_AVERAGES[cfg.loss_type],
-    reads=("clip_range_high", "scale_advantages", "loss_type", "importance_level", *DAPO))
+    reads=("clip_range", "clip_range_high", "scale_advantages", "loss_type",
+           "importance_level", *DAPO))
 register_algorithm(
     "nash", advantages="reinforce", loss="reinforce", run_class="rlhfkit.train.nash:NashRun",
     payoff="preference",
     help="Nash-MD: play against a mixture of the policy and the reference, payoff from a "
          "pairwise preference model (Munos et al. 2023)",
-    reads=(*RETURNS, "preference_model", "mixture_beta"))
+    reads=(*RETURNS, "clip_range", "preference_model", "mixture_beta"))
+register_algorithm(
+    "online-dpo", advantages="best_worst", loss="pairwise", min_samples=2, kl_in_reward=False,
+    group_loss=True, loss_average=lambda cfg: "group", payoff="labeler",
+    run_class="rlhfkit.train.online_dpo:OnlineDPORun",
+    check="rlhfkit.train.online_dpo:check_online_dpo",
+    help="Online DPO/IPO: K samples per prompt, a labeler (gold, reward model, AI judge) picks "
+         "the best and worst, the pairwise --loss on them against the reference",
+    defaults={**GROUPS, "batch_size": 8, "learning_rate": 5e-6, "normalize_reward": False,
+              "reward_clip": 0.0},
+    reads=("loss", "beta", "label_smoothing", "unlikelihood_alpha", "labeler",
+           "labeler_temperature", "judge_criteria", "ref_policy"))

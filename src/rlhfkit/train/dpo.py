@@ -455,6 +455,11 @@ PAIRWISE_LOSSES: dict[str, PairLoss] = {
 """Loss name -> per-pair loss (P,) of a :class:`PairBatch`; add a variant with one entry."""
 
 
+def pairwise_losses(pairs: PairBatch, cfg: Any) -> Tensor:
+    """(P,) the loss of ``cfg.loss`` on each pair (offline DPO's step and online DPO's loss)."""
+    return PAIRWISE_LOSSES[cfg.loss](pairs, cfg)[0]
+
+
 def pair_metrics(p: PairBatch, weight: Tensor, beta: float) -> dict[str, Tensor]:
     """Weighted sums of the implicit-reward metrics (the loop divides by the total weight)."""
     chosen = beta * (p.chosen_logps - p.ref_chosen_logps).detach()  # (P,)
@@ -477,7 +482,7 @@ def pairwise_step(
     token_logps, seq_logps = sequence_logprobs(model, batch["input_ids"],
                                                batch["attention_mask"], batch["target_mask"])
     pairs = pair_batch(token_logps, seq_logps, batch)
-    loss, _ = PAIRWISE_LOSSES[cfg.loss](pairs, cfg)  # (P,)
+    loss = pairwise_losses(pairs, cfg)  # (P,)
     weight = batch["pair_weight"].to(loss.device)
     return (weight * loss).sum(), pair_metrics(pairs, weight, cfg.beta)
 

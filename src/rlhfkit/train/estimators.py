@@ -14,10 +14,12 @@ import torch
 
 from rlhfkit.losses import (
     baseline_advantages,
+    best_worst_signs,
     discounted_returns,
     gae,
     grpo_advantages,
     grpo_loss,
+    kl_penalty,
     masked_mean,
     ppo_policy_loss,
     ppo_value_loss,
@@ -32,6 +34,7 @@ from rlhfkit.train.algorithms import (
     register_advantage,
     register_policy_loss,
 )
+from rlhfkit.train.dpo import PairBatch, pair_metrics, pairwise_losses
 
 Tensor = torch.Tensor
 
@@ -82,6 +85,17 @@ def group_advantages(b: AdvantageInputs) -> Advantages:
     """GRPO: ``(score - group mean) / group std``; the KL is a loss term, not a reward."""
     adv = grpo_advantages(b.scores.view(-1, b.group_size), b.cfg.scale_advantages)
     return Advantages(adv.view(-1)[:, None] * b.response_mask)
+
+
+@register_advantage("best_worst")
+def best_worst_advantages(b: AdvantageInputs) -> Advantages:
+    """Online DPO: +1 on each group's best-scored response, -1 on its worst, 0 elsewhere.
+
+    The signs mark the pair the pairwise loss reads (:func:`rlhfkit.losses.best_worst_signs`);
+    a group whose scores all tie has no pair and all 0.
+    """
+    signs = best_worst_signs(b.scores.view(-1, b.group_size).float())  # (P, k)
+    return Advantages(signs.view(-1)[:, None].to(b.response_mask.device) * b.response_mask)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -147,3 +161,37 @@ def ppo_objective(u: Update) -> tuple[Tensor, dict[str, Tensor]]:
         "policy/approx_kl_k2": masked_mean(diag["approx_kl_k2"], mask),
         "policy/clipfrac": masked_mean(diag["clipped"], mask),
         "value/clipfrac": masked_mean(vdiag["clipped"], mask)}
+
+
+@register_policy_loss("pairwise")
+def pairwise_objective(u: Update) -> tuple[Tensor, dict[str, Tensor]]:
+    """The pairwise ``--loss`` of offline DPO (dpo, ipo, pref-ft, unlikelihood) on each group's pair.
+
+    The rows come in whole groups of ``u.group_size``; the advantages' sign marks the chosen
+    (+) and rejected (-) response of a group (:func:`best_worst_advantages`). The sequence
+    log-probs are the sums over the loss mask of the policy's token log-probs; the reference's
+    are the reference policy's (``--ref-policy sft``) or those of the policy that sampled the
+    batch (``--ref-policy previous``, the old log-probs). The loss is the mean over the pairs of
+    the batch (0 with no pair); the implicit-reward metrics are their means too.
+    """
+    cfg, k = u.cfg, u.group_size
+    mask = u.mask.to(u.logprobs.dtype)
+    ref = u.old_logprobs if cfg.ref_policy == "previous" else u.ref_logprobs
+    signs = u.advantages.sum(-1).sign().view(-1, k)  # (P, k)
+    has_pair = (signs.max(-1).values > 0) & (signs.min(-1).values < 0)
+    first = torch.arange(signs.shape[0], device=signs.device) * k
+    c = (first + signs.argmax(-1))[has_pair]
+    r = (first + signs.argmin(-1))[has_pair]
+    logps = (u.logprobs * mask).sum(-1)  # (b,)
+    ref_logps = (ref.to(mask.dtype) * mask).sum(-1).detach()
+    lengths = mask.sum(-1)
+    bool_mask = mask.bool()
+    pairs = PairBatch(logps[c], logps[r], ref_logps[c], ref_logps[r], lengths[c], lengths[r],
+                      u.logprobs[c], bool_mask[c], u.logprobs[r], bool_mask[r])
+    n = max(int(c.numel()), 1)  # no pair: a loss of 0 (with its graph) and metrics of 0
+    per_pair = pairwise_losses(pairs, cfg)  # (pairs,)
+    loss = per_pair.sum() / n
+    weight = torch.full_like(per_pair, 1.0 / n)
+    moved = kl_penalty(u.old_logprobs, u.logprobs.detach(), "k3")  # from the sampling policy
+    return loss, {"loss/policy": loss, **pair_metrics(pairs, weight, cfg.beta),
+                  "policy/approx_kl_k3": masked_mean(moved, u.mask)}

@@ -71,7 +71,12 @@ from rlhfkit.rollout import (
 from rlhfkit.train.episodes import build_environment, episode_budget, episode_metrics, run_episodes
 from rlhfkit.train.inputs import build_gold, load_prompts, reward_sources
 from rlhfkit.train.loop import Run, TrainingError
-from rlhfkit.train.microbatch import plan_by_size, plan_by_tokens
+from rlhfkit.train.microbatch import (
+    expand_groups,
+    group_lengths,
+    plan_by_size,
+    plan_by_tokens,
+)
 from rlhfkit.train.sft import build_policy
 from rlhfkit.train.sharding import shard_model
 
@@ -487,21 +492,28 @@ class RLRun:
         return bool(self.cfg.micro_batch_size or self.cfg.micro_batch_tokens)
 
     def micro_batches(self, rollout: Rollout, default_size: int = 0,
-                      same_count: bool = False) -> list[list[int]]:
+                      same_count: bool = False, group: int = 1) -> list[list[int]]:
         """This process's micro-batches of ``rollout``, as lists of row indices.
 
         ``--micro-batch-tokens``: at most that many tokens (prompt + response) each, short
         sequences together and long ones alone (:func:`rlhfkit.train.microbatch.plan_by_tokens`);
         else ``--micro-batch-size`` sequences each; else chunks of ``default_size`` (0: all at
-        once). With ``same_count`` every process gets as many as the one with the most (empty
-        lists pad the others): each backward pass is a collective.
+        once). With ``group > 1`` the rows are groups of ``group`` consecutive ones that are
+        never split (a loss that couples them): the plan is made over whole groups (a group's
+        tokens are its rows'; at least one group per micro-batch, so a micro-batch may exceed
+        the size or budget by up to a group) and each group's rows come out together, in order.
+        With ``same_count`` every process gets as many as the one with the most (empty lists
+        pad the others): each backward pass is a collective.
         """
-        cfg, n = self.cfg, len(rollout)
+        cfg, n = self.cfg, len(rollout) // group
         if cfg.micro_batch_tokens:
-            lengths = rollout.attention_mask.sum(-1).tolist()
+            lengths = group_lengths(rollout.attention_mask.sum(-1).tolist(), group)
             plan = plan_by_tokens(lengths, cfg.micro_batch_tokens).rank(0)
         else:
-            plan = plan_by_size(n, cfg.micro_batch_size or default_size or max(n, 1))
+            size = cfg.micro_batch_size or default_size or max(len(rollout), 1)
+            plan = plan_by_size(n, max(1, size // group))
+        if group > 1:
+            plan = expand_groups(plan, group)
         if same_count and self.world > 1:
             count = torch.tensor(float(len(plan)), device=self.device)
             torch.distributed.all_reduce(count, op=torch.distributed.ReduceOp.MAX)

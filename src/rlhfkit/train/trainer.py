@@ -14,7 +14,9 @@ One step = one rollout batch, in labelled phases::
                   the next sample
 
 PPO (Ouyang et al. 2022, eq. 2) is the entry with GAE and a value function; the policy-gradient
-algorithms with their baselines and Nash-MD differ from it only in their entries. :func:`train_rl` is what every RL command calls
+algorithms with their baselines, Nash-MD and online DPO differ from it only in their entries
+(online DPO's loss couples a group's best and worst response, so its batches are cut between
+groups only). :func:`train_rl` is what every RL command calls
 (``rlhfkit rl --algo NAME``, ``rlhfkit ppo``, ``rlhfkit grpo``, ...).
 """
 
@@ -27,12 +29,12 @@ import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 
 from rlhfkit import config as cfglib
-from rlhfkit.config import ConfigError, bounds
+from rlhfkit.config import ConfigError, bounds, only
 from rlhfkit.data.chat import Encoded
 from rlhfkit.engines.placement import run_on_ray
 from rlhfkit.losses import GRPO_LOSS_TYPES, entropy_from_logits, masked_mean, token_nll
@@ -51,10 +53,12 @@ from rlhfkit.train.algorithms import (
     checked_loss,
     get_algorithm,
 )
+from rlhfkit.train.dpo import DPOOptions
 from rlhfkit.train.episodes import EpisodeOptions
 from rlhfkit.train.inputs import load_records
-from rlhfkit.train.microbatch import Normaliser
+from rlhfkit.train.microbatch import Normaliser, group_units, shuffled_groups
 from rlhfkit.train.nash import NashOptions
+from rlhfkit.train.online_dpo import RETIRED_OPTIONS, OnlineDPOOptions
 from rlhfkit.train.rl import (
     PlacementOptions,
     RewardFn,
@@ -111,8 +115,13 @@ class AlgorithmOptions:
 
 @dataclass
 class TrainRLConfig(RLConfig, RewardOptions, UpdateOptions, PlacementOptions, EpisodeOptions,
-                    RLVROptions, AlgorithmOptions, NashOptions, FSDPOptions):
+                    RLVROptions, AlgorithmOptions, NashOptions, OnlineDPOOptions,
+                    only(DPOOptions, "loss", "beta", "label_smoothing", "unlikelihood_alpha"),
+                    FSDPOptions):
     """On-policy RL with any registered algorithm (``rlhfkit rl --algo NAME``)."""
+
+    retired: ClassVar[dict[str, str]] = RETIRED_OPTIONS
+    """Options that are gone, and what to use instead (one line each, exit code 2)."""
 
     @classmethod
     def defaults_for(cls, values: dict[str, Any]) -> dict[str, Any]:
@@ -142,6 +151,12 @@ class TrainRLConfig(RLConfig, RewardOptions, UpdateOptions, PlacementOptions, Ep
             raise ConfigError(f"--loss-type must be one of {', '.join(GRPO_LOSS_TYPES)}")
         if algo.source == "rlhfkit":
             refuse_unread_options(self, algo)
+        if algo.group_loss and self.mini_batch_size % self.num_samples:
+            raise ConfigError(f"--mini-batch-size must be a multiple of --num-samples "
+                              f"({self.num_samples}) for {algo.name}: its loss couples the "
+                              f"responses of a group, so a mini-batch holds whole groups; got "
+                              f"{self.mini_batch_size}")
+        algo.check_options(self)
         check_rlvr(self, int(os.environ.get("WORLD_SIZE", "1")))
 
 
@@ -299,6 +314,7 @@ def update_policy(algo: Algorithm, run: RLRun, plan: UpdatePlan, rollout: Rollou
                   rng: random.Random) -> dict[str, float]:
     """``--update-epochs`` passes over mini-batches, one optimizer step each; mean metrics."""
     cfg = run.cfg
+    group = cfg.num_samples if algo.group_loss else 1  # a group loss: whole groups only
     mask = rollout.extras.get("loss_mask", rollout.response_mask)
     tokens = run.run.reduce_sums({"t": float(mask.sum())})["t"]
     normalizer = tokens / (plan.n_mini_batches * run.world)
@@ -307,7 +323,7 @@ def update_policy(algo: Algorithm, run: RLRun, plan: UpdatePlan, rollout: Rollou
     for _epoch in range(cfg.update_epochs):
         epoch_kl, epoch_n = 0.0, 0
         perm = (list(range(len(rollout))) if plan.on_policy
-                else torch.randperm(len(rollout)).tolist())
+                else shuffled_groups(len(rollout), group))
         for start in range(0, len(perm), plan.mini_batch_size):
             mb = rollout if plan.on_policy else rollout.select(
                 perm[start:start + plan.mini_batch_size])
@@ -340,20 +356,26 @@ def accumulate_gradients(algo: Algorithm, run: RLRun, mb: Rollout,
     processes only the last backward all-reduces the gradients.
     """
     cfg = run.cfg
-    micro = [list(range(len(mb)))] if first is not None else run.micro_batches(mb,
-                                                                              same_count=True)
+    group = cfg.num_samples if algo.group_loss else 1  # micro-batches of whole groups
+    micro = [list(range(len(mb)))] if first is not None else run.micro_batches(
+        mb, same_count=True, group=group)
     kind = algo.loss_average(cfg)
-    loss_mask = mb.extras.get("loss_mask", mb.response_mask)
-    norm = (Normaliser.tokens(loss_mask) if kind == "token" else
-            Normaliser.sequences(loss_mask) if kind == "sequence" else Normaliser.constant(1.0))
+
+    def units(part: Rollout) -> torch.Tensor:  # what the loss averages over, as a mask
+        if kind == "group":
+            return group_units(part.extras["advantages"], group)
+        return part.extras.get("loss_mask", part.response_mask)
+
+    norm = (Normaliser.tokens(units(mb)) if kind in ("token", "group") else
+            Normaliser.sequences(units(mb)) if kind == "sequence" else Normaliser.constant(1.0))
     entropy_norm = Normaliser.tokens(mb.response_mask)
     totals: dict[str, Any] = {}
     for i, rows in enumerate(micro):
-        sub = mb if len(micro) == 1 else mb.select(rows or [0])  # [0]: a rank's padding
+        # a rank's padding: any one group, weighted 0
+        sub = mb if len(micro) == 1 else mb.select(rows or list(range(group)))
         if run.micro_batching:
             sub = sub.trimmed()
-        sub_mask = sub.extras.get("loss_mask", sub.response_mask)
-        weight = norm.scale(sub_mask) if rows else 0.0
+        weight = norm.scale(units(sub)) if rows else 0.0
         entropy_weight = entropy_norm.scale(sub.response_mask) if rows else 0.0
         with gradient_sync(run, i == len(micro) - 1), run.acc.autocast():
             out = first if first is not None else forward_response(run.model, sub,
@@ -401,7 +423,7 @@ def mini_batch_loss(algo: Algorithm, run: RLRun, mb: Rollout, out: dict[str, tor
         mask=mb.extras.get("loss_mask", mb.response_mask),  # --overlong-filter drops some
         on_policy=on_policy, kl_coef=run.kl_ctl.value, normalizer=normalizer, cfg=cfg,
         returns=mb.extras.get("returns"), values=values, old_values=mb.extras.get("values"),
-        token_weights=run.tis_weights(mb))
+        token_weights=run.tis_weights(mb), group_size=cfg.num_samples)
     loss, metrics = checked_loss(algo, update)
     entropy = entropy_from_logits(out["logits"])  # (N,)
     return loss, {**metrics, "policy/entropy": entropy.mean()}

@@ -6,11 +6,12 @@ model, rounds of RL, evaluation) grows by each stage's leftovers. Measured on th
 (135M parameters, fp32 AdamW): no tensor was alive after it, yet the process held 2.25 GiB, and
 0.67 GiB after ``malloc_trim(0)``. :func:`release` does that trim, after a garbage collection.
 
-:class:`StageMeter` times a stage and measures the peak resident set (RSS) *within* it: Linux
-lets a process reset its high-water mark (``/proc/self/clear_refs``, value 5) and read it back
-(``VmHWM`` in ``/proc/self/status``). Elsewhere the peak is the process's lifetime peak
-(``getrusage``), which the table says. Engines in other processes are not counted: the demo's
-engine runs in this one.
+:class:`StageMeter` times a stage and measures the peak resident set (RSS) *within* it, by
+reading this process's RSS every 20 ms in a background thread (``/proc/self/statm``; a stage's
+peak is the largest reading while it was open). It does not reset the kernel's high-water mark,
+so ``/usr/bin/time -v`` and ``getrusage`` still see the process's true peak. Where there is no
+``/proc`` the peak is the process's lifetime peak (``getrusage``), which the table says. Engines
+in other processes are not counted: the demo's engine runs in this one.
 
 Nothing here imports torch: a trainer that wants the live-tensor figure of its stage passes a
 counter of its own to :func:`note_live`.
@@ -21,11 +22,13 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import gc
+import itertools
 import json
 import os
 import re
 import resource
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -38,21 +41,22 @@ __all__ = ["StageMeter", "StageRecord", "note_live", "peak_rss_gib", "release", 
 GIB = 2**30
 
 _STATUS = Path("/proc/self/status")
-_CLEAR_REFS = Path("/proc/self/clear_refs")
+_STATM = Path("/proc/self/statm")
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+SAMPLE_EVERY_S = 0.02
+"""How often the stage meter reads the resident set."""
 
 
 def rss_gib() -> float:
     """This process's resident set now, GiB (0.0 where the system does not say)."""
     try:
-        text = _STATUS.read_text()
-    except OSError:
+        return int(_STATM.read_text().split()[1]) * _PAGE / GIB
+    except (OSError, IndexError, ValueError):
         return 0.0
-    found = re.search(r"^VmRSS:\s+(\d+) kB", text, re.MULTILINE)
-    return int(found.group(1)) * 1024 / GIB if found else 0.0
 
 
 def peak_rss_gib() -> float:
-    """The peak resident set since the last :func:`reset_peak` (else since start), GiB."""
+    """The process's peak resident set so far, GiB (``VmHWM``, else ``getrusage``)."""
     try:
         found = re.search(r"^VmHWM:\s+(\d+) kB", _STATUS.read_text(), re.MULTILINE)
     except OSError:
@@ -63,13 +67,42 @@ def peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / GIB
 
 
-def reset_peak() -> bool:
-    """Start a new peak-RSS window; False where the system keeps one lifetime peak only."""
-    try:
-        _CLEAR_REFS.write_text("5")
-    except OSError:
-        return False
-    return True
+class _Sampler:
+    """One daemon thread that reads the RSS every ``SAMPLE_EVERY_S`` while stages are open."""
+
+    def __init__(self) -> None:
+        self.peaks: dict[int, float] = {}  # open stage (its number) -> largest reading
+        self.numbers = itertools.count()
+        self.lock = threading.Lock()
+        self.thread: threading.Thread | None = None
+
+    def open(self) -> int:
+        with self.lock:
+            key = next(self.numbers)
+            self.peaks[key] = rss_gib()
+            if self.thread is None or not self.thread.is_alive():
+                self.thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+                self.thread.start()
+        return key
+
+    def close(self, key: int) -> float:
+        with self.lock:
+            return max(self.peaks.pop(key), rss_gib())
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(SAMPLE_EVERY_S)
+            now = rss_gib()
+            with self.lock:
+                if not self.peaks:
+                    self.thread = None
+                    return
+                for key, peak in self.peaks.items():
+                    if now > peak:
+                        self.peaks[key] = now
+
+
+_SAMPLER = _Sampler()
 
 
 def _libc() -> Any:
@@ -112,7 +145,7 @@ class StageRecord:
 
     seconds: float
     peak_rss_gib: float
-    """Peak resident set within the stage (``peak_is_lifetime``: of the process so far)."""
+    """Peak resident set within the stage, sampled (``peak_is_lifetime``: of the process)."""
     rss_after_gib: float
     """Resident set after the stage, once its memory was released."""
     live_gib: float | None = None
@@ -142,40 +175,36 @@ class StageMeter:
     ``with meter.stage("sft"): ...`` releases memory, resets the peak, runs the stage, then
     records its seconds, peak RSS and RSS after release. A stage that runs again (``eval``
     once per algorithm) adds its seconds and keeps the larger peak. Stages may nest, also across
-    meters (iterate's rounds inside the demo's RL stage): an inner stage hands its peak to the
-    stages open around it.
+    meters (iterate's rounds inside the demo's RL stage): each open stage sees every reading.
     """
 
     stages: dict[str, StageRecord] = field(default_factory=dict)
     current: str | None = None
     live: float | None = None
-    inner_peak: float = 0.0
-    """The largest peak of stages metered inside the open one (each resets the window)."""
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
         """Measure the block as stage ``name``."""
-        before = peak_rss_gib()
-        for outer in _ACTIVE:  # the window this stage's reset is about to close
-            outer.inner_peak = max(outer.inner_peak, before)
+        sampled = _STATM.exists()
         release()
-        windowed = reset_peak()
-        self.current, self.live, self.inner_peak = name, None, 0.0
+        key = _SAMPLER.open() if sampled else 0
+        outer = (self.current, self.live)  # a stage of this meter already open around this one
+        self.current, self.live = name, None
         _ACTIVE.append(self)
         start = time.perf_counter()
         try:
             yield
         finally:
             seconds = time.perf_counter() - start
-            peak = max(peak_rss_gib(), self.inner_peak)
+            peak = _SAMPLER.close(key) if sampled else peak_rss_gib()
             _ACTIVE.remove(self)
-            for outer in _ACTIVE:  # a stage within theirs: its reset hid this peak from them
-                outer.inner_peak = max(outer.inner_peak, peak)
-                if self.live is not None:
-                    outer.live = self.live if outer.live is None else max(outer.live, self.live)
-            self.current = None
+            live = self.live
+            self.current, self.live = outer
+            for meter in _ACTIVE:  # the stages open around this one held these tensors too
+                if live is not None:
+                    meter.live = live if meter.live is None else max(meter.live, live)
             after = release()
-            self._add(name, StageRecord(seconds, peak, after, self.live, not windowed))
+            self._add(name, StageRecord(seconds, peak, after, live, not sampled))
 
     def _add(self, name: str, rec: StageRecord) -> None:
         old = self.stages.get(name)

@@ -28,6 +28,7 @@ from rlhfkit.data.chat import to_messages
 from rlhfkit.data.io import read_records, write_records
 from rlhfkit.evaluate.overoptimisation import overoptimisation_section
 from rlhfkit.evaluate.report import Section, table_html, write_report
+from rlhfkit.evaluate.runs import read_json, read_metrics, read_rounds
 from rlhfkit.memory import StageMeter
 from rlhfkit.options import (
     EvalOptions,
@@ -113,7 +114,7 @@ def run_demo(cfg: DemoConfig) -> Path:
             model=str(policy), data=rm_data, output_dir=str(out / "rm"), max_steps=rm_steps,
             batch_size=4, learning_rate=rm_lr, max_length=128, eval_fraction=0.15,
             gradient_checkpointing=False, **common))
-    rm_eval = json.loads((out / "rm" / "eval.json").read_text())
+    rm_eval = read_json(out / "rm")
 
     algos = [a.strip() for a in cfg.algo.split(",") if a.strip()]
     results = {algo: run_and_judge(cfg, algo, policy, reward_model, out, common, rm_data, meter)
@@ -130,11 +131,9 @@ def run_demo(cfg: DemoConfig) -> Path:
                "timings_by_algo": {a: {"train_s": r["train_s"], "eval_s": r["eval_s"]}
                                    for a, r in results.items()}}
 
-    rows = []
     rl_dir = next((r["dir"] for r in results.values() if (r["dir"] / "metrics.jsonl").exists()
                    and r["final"] is not None and algo_is_rl(r["dir"].name)), first["dir"])
-    if (rl_dir / "metrics.jsonl").exists():
-        rows = [json.loads(x) for x in (rl_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = read_metrics(rl_dir)
     head = {**first["summary"], "rm_heldout_accuracy": rm_eval.get("eval/rm_accuracy"),
             "wall_time_s": sum(timings.values())}
     comparison = [{"algorithm": a, **{k: r["summary"][k] for k in COMPARE_KEYS}}
@@ -171,12 +170,12 @@ def run_and_judge(cfg: DemoConfig, algo: str, policy: Path, reward_model: Path, 
         rounds_summary = out / algo / "summary.json"
         judge = reward_model
         if rounds_of(cfg) > 1 and rounds_summary.exists():  # judged by the last round's RM
-            judge = Path(json.loads(rounds_summary.read_text())["final_reward_model"])
+            judge = Path(read_json(out / algo, "summary.json")["final_reward_model"])
         n_eval = cfg.eval_prompts or (16 if cfg.quick else 64)
         evaluation = compare_with_sft(cfg.task, policy, final, judge, n_eval, cfg.max_new_tokens,
                                       cfg.seed, cfg.generation_backend, out_dir=rl_dir)
         if rounds_summary.exists():
-            rounds = json.loads(rounds_summary.read_text())
+            rounds = read_json(out / algo, "summary.json")
             for key in ("rm/accuracy_on_final_policy", "rm/labeler_ceiling_on_final_policy"):
                 if rounds.get(key) is not None:
                     evaluation["summary"][key] = rounds[key]
@@ -187,7 +186,7 @@ def run_and_judge(cfg: DemoConfig, algo: str, policy: Path, reward_model: Path, 
 def write_timings(meter: StageMeter, out: Path, algos: list[str]) -> Path:
     """``timings.json``: the demo's stages, with each algorithm's rounds (iterate's stages)."""
     table = meter.as_dict()
-    rounds = {a: json.loads((out / a / "timings.json").read_text())["stages"]
+    rounds = {a: read_json(out / a, "timings.json")["stages"]
               for a in algos if (out / a / "timings.json").exists()}
     if rounds:
         table["rounds"] = rounds
@@ -198,7 +197,7 @@ def write_timings(meter: StageMeter, out: Path, algos: list[str]) -> Path:
 
 def timings_section(out: Path) -> Section:
     """Seconds and peak memory of every stage (``timings.json``) as a table."""
-    table = json.loads((out / "timings.json").read_text())
+    table = read_json(out, "timings.json")
     rows = [{"stage": name, **rec} for name, rec in table["stages"].items()]
     for algo, stages in table.get("rounds", {}).items():
         rows += [{"stage": f"{algo}: {name}", **rec} for name, rec in stages.items()]
@@ -335,7 +334,7 @@ def run_rounds(cfg: DemoConfig, policy: Path, reward_model: Path, out: Path, alg
 
 def rounds_section(run: Path) -> Section:
     """The iterative rounds of one algorithm as a table (``rounds.jsonl``)."""
-    rows = [json.loads(x) for x in (run / "rounds.jsonl").read_text().splitlines() if x.strip()]
+    rows = read_rounds(run)
     keys = ["round", "labels_total", "rm/heldout_accuracy", "rm/accuracy_on_new_samples",
             "rm/labeler_ceiling",
             "gold/final", "reward/final", "gap/proxy_minus_gold", "gold/win_rate",

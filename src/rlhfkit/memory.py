@@ -123,8 +123,7 @@ def release() -> float:
     A no-op beyond the collection where the C library has no ``malloc_trim`` (musl, macOS).
     """
     gc.collect()
-    if _LIBC is not None:
-        _LIBC.malloc_trim(0)
+    trim()
     return rss_gib()
 
 
@@ -162,7 +161,7 @@ def note_live(count: Callable[[], float]) -> None:
     ``count`` is called only while a :class:`StageMeter` stage is open, so a trainer can call
     this at its fullest moment (after its first optimizer step) at no cost otherwise.
     """
-    if _ACTIVE and _ACTIVE[-1].current is not None:
+    if _ACTIVE:
         stage = _ACTIVE[-1]
         value = count()
         stage.live = value if stage.live is None else max(stage.live, value)
@@ -172,15 +171,15 @@ def note_live(count: Callable[[], float]) -> None:
 class StageMeter:
     """Times stages and their peak memory; :meth:`write` saves them as JSON.
 
-    ``with meter.stage("sft"): ...`` releases memory, resets the peak, runs the stage, then
-    records its seconds, peak RSS and RSS after release. A stage that runs again (``eval``
+    ``with meter.stage("sft"): ...`` releases memory, runs the stage while the RSS is sampled,
+    then records its seconds, peak RSS and RSS after release. A stage that runs again (``eval``
     once per algorithm) adds its seconds and keeps the larger peak. Stages may nest, also across
     meters (iterate's rounds inside the demo's RL stage): each open stage sees every reading.
     """
 
     stages: dict[str, StageRecord] = field(default_factory=dict)
-    current: str | None = None
     live: float | None = None
+    """The live-tensor figure of the innermost open stage of this meter (:func:`note_live`)."""
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
@@ -188,8 +187,8 @@ class StageMeter:
         sampled = _STATM.exists()
         release()
         key = _SAMPLER.open() if sampled else 0
-        outer = (self.current, self.live)  # a stage of this meter already open around this one
-        self.current, self.live = name, None
+        outer = self.live  # of a stage of this meter already open around this one
+        self.live = None
         _ACTIVE.append(self)
         start = time.perf_counter()
         try:
@@ -199,7 +198,7 @@ class StageMeter:
             peak = _SAMPLER.close(key) if sampled else peak_rss_gib()
             _ACTIVE.remove(self)
             live = self.live
-            self.current, self.live = outer
+            self.live = outer
             for meter in _ACTIVE:  # the stages open around this one held these tensors too
                 if live is not None:
                     meter.live = live if meter.live is None else max(meter.live, live)

@@ -212,19 +212,11 @@ def reachable_tensor_gib(*roots: Any) -> float:
                         storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
                 except (RuntimeError, NotImplementedError):  # no real storage (fake tensors)
                     pass
-        elif isinstance(obj, types.FunctionType):
-            todo.extend(c.cell_contents for c in obj.__closure__ or () if _filled(c))
+        elif isinstance(obj, types.FunctionType):  # its closure's cells, not its globals
+            todo.extend(obj.__closure__ or ())
         else:
             todo.extend(gc.get_referents(obj))
     return sum(storages.values()) / GIB
-
-
-def _filled(cell: Any) -> bool:
-    try:
-        cell.cell_contents  # noqa: B018
-    except ValueError:  # an empty cell
-        return False
-    return True
 
 
 def seed_everything(seed: int) -> None:

@@ -14,8 +14,9 @@ Invariants, checked after every request:
 
 At the end of each example every project is exported with ``rlhfkit label export`` and read
 back: one record per stored label and question (honeypots aside), naming the label it came
-from. Once per run, the preference records collected so far train a reward model with
-``rlhfkit rm --data`` (a tiny model, one step), so everything the API stored is trainable.
+from. Every example starts with two annotators' choices on two pairs; after the SQLite run, the
+preference records of all its examples train a reward model with ``rlhfkit rm --data`` (a tiny
+model, one step), so everything the API stored is trainable.
 
 20 examples of 30 steps on SQLite and 5 of 25 on PostgreSQL took 49 s here, both stores and the
 tiny model included (with the whole suite running beside it on two busy cores, 25 SQLite
@@ -57,7 +58,7 @@ JSON = st.recursive(st.none() | st.booleans() | NUMBER | ANY_TEXT,
                     max_leaves=8)
 ITEM_IDS = st.integers(1, 40).map(str) | st.sampled_from(["0", "-1", "2147483648", str(2**63), "1e3", "x"])
 PREFERENCE_KINDS = ("comparison", "ranking", "binary")
-STATE: dict = {"records": [], "rm_runs": 0, "requests": 0}
+STATE: dict = {"records": [], "requests": 0}
 
 
 def seg(value: str) -> str:
@@ -190,6 +191,24 @@ class APIMachine(RuleBasedStateMachine):
                                                          "overlap": 2, "items": items})
         assert r.status_code == 201, r.text
         return "start"
+
+    @initialize(data=st.data())
+    def some_preferences(self, data):
+        """Two annotators each choose a side on two pairs, so every example stores preference
+        labels for the reward model trained at the end (a random walk alone may store none)."""
+        items = [{"prompt": f"pair {STATE['requests']}.{i}: " + data.draw(SAFE_TEXT), "responses": data.draw(
+            st.lists(SAFE_TEXT, min_size=2, max_size=2, unique=True))} for i in range(2)]
+        r = self.call("admin", "POST", "/api/projects", {"name": "prefs", "questions": ["pairwise"],
+                                                         "overlap": 2, "items": items})
+        assert r.status_code == 201, r.text
+        for who in ("ann", "bob"):
+            for _ in items:
+                t = self.call(who, "GET", "/api/projects/prefs/next").json()
+                choice = data.draw(st.sampled_from(["left", "right"]))
+                r = self.call(who, "POST", f"/api/projects/prefs/items/{t['item_id']}/labels",
+                              {"answers": {"pairwise": {"choice": choice}},
+                               "submission_key": t["submission_key"]})
+                assert r.status_code == 201, r.text
 
     # -- projects and items -----------------------------------------------------------------
 
@@ -346,22 +365,20 @@ class APIMachine(RuleBasedStateMachine):
             label_ids = {lab.id for lab, _, _ in rows}
             assert all(r.meta["label_id"] in label_ids and r.meta["project"] == p.name for r in records)
             STATE["records"].extend(r for r in records if r.kind in PREFERENCE_KINDS)
-        tiny = type(self).TINY_LM
-        if tiny is not None and STATE["rm_runs"] == 0 and len(STATE["records"]) >= 8:
-            self.train_rm(tiny, out)
 
-    def train_rm(self, tiny: Path, out: Path) -> None:
-        from rlhfkit.cli import main
-        from rlhfkit.data.io import write_records
 
-        data = out / "preferences.jsonl"
-        write_records(STATE["records"], data)
-        run = out / "rm"
-        assert main(["rm", "--model", str(tiny), "--data", str(data), "--output-dir", str(run),
-                     "--max-steps", "1", "--batch-size", "4", "--max-length", "48",
-                     "--eval-fraction", "0", "--no-progress", "--precision", "fp32"]) == 0
-        assert (run / "model" / "config.json").exists()
-        STATE["rm_runs"] += 1
+def train_rm(tiny: Path, out: Path) -> None:
+    """One reward-model step on every preference record the examples exported."""
+    from rlhfkit.cli import main
+    from rlhfkit.data.io import write_records
+
+    data = out / "preferences.jsonl"
+    write_records(STATE["records"], data)
+    run = out / "rm"
+    assert main(["rm", "--model", str(tiny), "--data", str(data), "--output-dir", str(run),
+                 "--max-steps", "1", "--batch-size", "4", "--max-length", "48",
+                 "--eval-fraction", "0", "--no-progress", "--precision", "fp32"]) == 0
+    assert (run / "model" / "config.json").exists()
 
 
 SETTINGS = {"sqlite": settings(max_examples=int(os.environ.get("RLHFKIT_PROPERTY_EXAMPLES", 20)), stateful_step_count=30, deadline=None,
@@ -377,6 +394,7 @@ def test_api_never_errors_and_refusals_store_nothing(kind, tmp_path_factory, tin
     from hypothesis.stateful import run_state_machine_as_test
 
     work = tmp_path_factory.mktemp(f"props-{kind}")
+    STATE["records"].clear()
     schemas = []
     if kind == "sqlite":
         def url_factory():
@@ -400,4 +418,5 @@ def test_api_never_errors_and_refusals_store_nothing(kind, tmp_path_factory, tin
         for schema in schemas:
             _pg_admin(f"DROP SCHEMA {schema} CASCADE")
     if kind == "sqlite":
-        assert STATE["rm_runs"] == 1, "no example stored enough preference labels to train on"
+        assert len(STATE["records"]) >= 8, "the examples exported fewer preference records than they stored"
+        train_rm(tiny_lm, work)

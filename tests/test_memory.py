@@ -26,6 +26,7 @@ LINUX = sys.platform.startswith("linux")
 @pytest.mark.skipif(not LINUX, reason="the resident set is read from /proc")
 def test_a_stage_peak_is_its_own_and_the_stages_around_it_see_it():
     meter = StageMeter()
+    memory.release()  # what a stage before would have done on closing (a stage only trims)
     with meter.stage("small"):
         small = np.ones(2**24)  # 128 MiB
         time.sleep(0.1)
@@ -104,7 +105,7 @@ ENGINE_SCRIPT = textwrap.dedent("""
         backend.close()
         return held
 
-    held = [one_round(seed) for seed in range(2)]
+    held = [one_round(0)]  # both leaks show on the first engine; a second costs 7 s more
     gc.collect()
     layers = [o for o in gc.get_objects() if isinstance(o, torch.nn.Module)
               and type(o).__module__.startswith("vllm.")]
@@ -126,4 +127,4 @@ def test_closed_engines_leave_neither_their_layers_nor_the_callers_models_behind
                           text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     found = json.loads(done.stdout.strip().splitlines()[-1])
-    assert found == {"held": [False, False], "vllm_layers": 0}
+    assert found == {"held": [False], "vllm_layers": 0}

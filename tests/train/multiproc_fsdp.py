@@ -1,8 +1,13 @@
 """Run by test_sharding.py under torchrun: SFT with --fsdp, and a frozen sharded model.
 
-    multiproc_fsdp.py sft OUT JSON     # train_sft(SFTConfig(fsdp=True, **JSON)); each process
-                                       # also saves the gathered weights as OUT/gathered-rankR.pt
-    multiproc_fsdp.py frozen MODEL OUT # a frozen sharded copy gives the unsharded logits
+    multiproc_fsdp.py JOBS_JSON
+
+runs each job of the list in turn in the same two processes (one launch: each start of two
+processes that import torch and transformers costs seconds):
+
+    {"sft": OUT, "kwargs": {...}}     # train_sft(SFTConfig(fsdp=True, **kwargs)); each process
+                                      # also saves the gathered weights as OUT/gathered-rankR.pt
+    {"frozen": MODEL, "out": OUT}     # a frozen sharded copy gives the unsharded logits
 """
 
 import json
@@ -27,7 +32,10 @@ def sft(out: Path, kwargs: dict) -> None:
         return export_copy(self, module, build)
 
     loop.Run.export_copy = spy
-    train_sft(SFTConfig(output_dir=str(out), fsdp=True, **kwargs))
+    try:
+        train_sft(SFTConfig(output_dir=str(out), fsdp=True, **kwargs))
+    finally:
+        loop.Run.export_copy = export_copy
 
 
 def frozen(model: str, out: Path) -> None:
@@ -36,7 +44,8 @@ def frozen(model: str, out: Path) -> None:
     from rlhfkit.models.loading import load_causal_lm
     from rlhfkit.train.sharding import shard_model
 
-    dist.init_process_group("gloo")
+    if not dist.is_initialized():
+        dist.init_process_group("gloo")
     plain = load_causal_lm(model, dtype=torch.float32).eval()
     sharded = shard_model(load_causal_lm(model, dtype=torch.float32).eval(),
                           SimpleNamespace(fsdp_offload=False, fsdp_reshard_after_forward=False),
@@ -48,11 +57,11 @@ def frozen(model: str, out: Path) -> None:
               "local_params": sum(p.to_local().numel() for p in sharded.parameters()),
               "params": sum(p.numel() for p in plain.parameters())}
     (out / f"frozen-rank{dist.get_rank()}.json").write_text(json.dumps(record))
-    dist.destroy_process_group()
 
 
 if __name__ == "__main__":
-    if sys.argv[1] == "sft":
-        sft(Path(sys.argv[2]), json.loads(sys.argv[3]))
-    else:
-        frozen(sys.argv[2], Path(sys.argv[3]))
+    for job in json.loads(sys.argv[1]):
+        if "sft" in job:
+            sft(Path(job["sft"]), job["kwargs"])
+        else:
+            frozen(job["frozen"], Path(job["out"]))

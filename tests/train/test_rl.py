@@ -161,7 +161,7 @@ def test_two_processes_split_the_global_batch_and_log_once(good_bad_policy, rl_r
     out = tmp_path / "two"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
            "--master_port", "29541", str(HERE / "multiproc_rl.py"), str(good_bad_policy),
-           str(out), SYSTEM]
+           str(out), SYSTEM, "plain", "micro", "fsdp"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -188,22 +188,19 @@ def test_two_processes_split_the_global_batch_and_log_once(good_bad_policy, rl_r
     assert (out / "model" / "config.json").exists()
     # The same run with each process cutting its mini-batches its own way (rank 0: three
     # micro-batches; rank 1: one, padded to three): the same losses and the same weights.
-    def variant(name: str, port: str) -> tuple[Path, list[dict]]:
-        """The same two-process run with ``multiproc_rl.py``'s variant ``name``."""
+    def variant(name: str) -> tuple[Path, list[dict]]:
+        """The same two-process run with ``multiproc_rl.py``'s variant ``name`` (same launch)."""
         folder = tmp_path / f"two-{name}"
-        proc = subprocess.run([*cmd[:6], port, *cmd[7:9], str(folder), SYSTEM, name],
-                              capture_output=True, text=True, env=env, timeout=600)
-        assert proc.returncode == 0, proc.stderr[-3000:]
         return folder, [json.loads((folder / f"rank{r}.json").read_text()) for r in (0, 1)]
 
-    cut, micro = variant("micro", "29542")
+    cut, micro = variant("micro")
     assert micro[0]["weights"] == pytest.approx(micro[1]["weights"], rel=1e-9)
     assert micro[0]["weights"] == pytest.approx(ranks[0]["weights"], rel=1e-6)
     for a, b in zip(rl_metrics(cut)[0], train):
         assert a["loss/total"] == pytest.approx(b["loss/total"], abs=1e-5)
     # The same run sharded with FSDP2 (policy and reference; sampling in step on the shards):
     # the same rewards, losses and final weights as replicated, and a whole model saved.
-    sharded, fsdp = variant("fsdp", "29543")
+    sharded, fsdp = variant("fsdp")
     assert fsdp[0]["weights"] == pytest.approx(ranks[0]["weights"], rel=1e-6)
     for a, b in zip(rl_metrics(sharded)[0], train):
         assert a["reward/score"] == pytest.approx(b["reward/score"], abs=1e-6)

@@ -32,9 +32,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def torchrun(*args: str) -> None:
+def torchrun(jobs: list[dict]) -> None:
+    """``multiproc_fsdp.py``'s jobs, in turn, in one launch of two processes."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_port", str(free_port()), str(HERE / "multiproc_fsdp.py"), *args]
+           "--master_port", str(free_port()), str(HERE / "multiproc_fsdp.py"), json.dumps(jobs)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -140,13 +141,31 @@ def test_resuming_across_backends_is_refused(tmp_path):
 # ---------------------------------------------------------------------------------------------
 
 
+LORA = dict(lora=True, lora_r=4, learning_rate=1e-2, max_steps=4)
+
+
 @pytest.fixture(scope="module")
 def runs(tiny_lm, tmp_path_factory) -> SimpleNamespace:
-    """The 1-process reference and the 2-process --fsdp run (checkpoint at step 3)."""
+    """The 1-process references, and every 2-process job in one launch: the --fsdp run
+    (checkpoint at step 3), a run resumed from that checkpoint, offload without resharding,
+    LoRA, and the frozen sharded model."""
     root = tmp_path_factory.mktemp("fsdp")
     one = one_process(tiny_lm, root / "one")
-    torchrun("sft", str(root / "two"), json.dumps(sft_kwargs(tiny_lm, save_every=3)))
-    return SimpleNamespace(root=root, one=one.parent, two=root / "two")
+    one_lora = one_process(tiny_lm, root / "one-lora", **LORA)
+    part = root / "part"  # a run that "stopped" after step 3 of the run "two"
+    (part / "checkpoints").mkdir(parents=True)
+    os.symlink(root / "two" / "checkpoints" / "step-0000003",
+               part / "checkpoints" / "step-0000003")
+    torchrun([
+        {"sft": str(root / "two"), "kwargs": sft_kwargs(tiny_lm, save_every=3)},
+        {"sft": str(part), "kwargs": sft_kwargs(tiny_lm, resume=True)},
+        {"sft": str(root / "offload"), "kwargs": sft_kwargs(
+            tiny_lm, fsdp_offload=True, fsdp_reshard_after_forward=False, eval_every=3)},
+        {"sft": str(root / "lora"), "kwargs": sft_kwargs(tiny_lm, **LORA)},
+        {"frozen": str(tiny_lm), "out": str(root)},
+    ])
+    return SimpleNamespace(root=root, one=one.parent, two=root / "two", part=part,
+                           one_lora=one_lora)
 
 
 @pytest.mark.multiproc
@@ -167,11 +186,8 @@ def test_fsdp_on_two_processes_matches_one_process(runs, tiny_lm):
 
 
 @pytest.mark.multiproc
-def test_fsdp_resume_is_bit_identical(runs, tiny_lm):
-    part = runs.root / "part"
-    (part / "checkpoints").mkdir(parents=True)
-    os.symlink(runs.two / "checkpoints" / "step-0000003", part / "checkpoints" / "step-0000003")
-    torchrun("sft", str(part), json.dumps(sft_kwargs(tiny_lm, resume=True)))
+def test_fsdp_resume_is_bit_identical(runs):
+    part = runs.part
     assert worst(weights(runs.two / "model"), weights(part / "model")) == 0.0
     resumed, full = metrics(part), metrics(runs.two)
     assert [m["step"] for m in resumed] == [4, 5, 6]
@@ -192,33 +208,28 @@ def test_fsdp_export_is_the_gathered_weights(runs):
 
 
 @pytest.mark.multiproc
-def test_fsdp_offload_and_no_reshard_train_the_same(runs, tiny_lm):
+def test_fsdp_offload_and_no_reshard_train_the_same(runs):
     """CPU offload and keeping gathered weights change where weights sit, not the arithmetic;
     evaluating between steps (weights left gathered by a no-grad forward) changes nothing."""
     out = runs.root / "offload"
-    torchrun("sft", str(out), json.dumps(sft_kwargs(
-        tiny_lm, fsdp_offload=True, fsdp_reshard_after_forward=False, eval_every=3)))
     assert worst(weights(runs.two / "model"), weights(out / "model")) == 0.0
     assert [m["step"] for m in metrics(out, "eval/sft_nll")] == [0, 3, 6]
 
 
 @pytest.mark.multiproc
-def test_fsdp_with_lora_matches_one_process(tiny_lm, tmp_path):
-    lora = dict(lora=True, lora_r=4, learning_rate=1e-2, max_steps=4)
-    one = one_process(tiny_lm, tmp_path / "one", **lora)
-    torchrun("sft", str(tmp_path / "two"), json.dumps(sft_kwargs(tiny_lm, **lora)))
-    for a, b in zip(metrics(one.parent), metrics(tmp_path / "two"), strict=True):
+def test_fsdp_with_lora_matches_one_process(runs):
+    one, two = runs.one_lora, runs.root / "lora"
+    for a, b in zip(metrics(one.parent), metrics(two), strict=True):
         assert b["loss/sft"] == pytest.approx(a["loss/sft"], rel=5e-7)  # seen: <= 3.7e-7 of 10.7
     # Seen: 1.05e-5 at lr 1e-2; DDP on 2 processes is as far from 1 process (FSDP-DDP: 1.1e-7).
-    assert worst(weights(one), weights(tmp_path / "two" / "model")) <= 3e-5
-    assert (tmp_path / "two" / "adapter" / "adapter_model.safetensors").exists()
+    assert worst(weights(one), weights(two / "model")) <= 3e-5
+    assert (two / "adapter" / "adapter_model.safetensors").exists()
 
 
 @pytest.mark.multiproc
-def test_frozen_sharded_model_gives_the_unsharded_logits(tiny_lm, tmp_path):
-    torchrun("frozen", str(tiny_lm), str(tmp_path))
+def test_frozen_sharded_model_gives_the_unsharded_logits(runs):
     for rank in (0, 1):
-        record = json.loads((tmp_path / f"frozen-rank{rank}.json").read_text())
+        record = json.loads((runs.root / f"frozen-rank{rank}.json").read_text())
         assert record["diff"] <= 1e-5  # seen: 0.0
         assert not record["requires_grad"]
         assert record["local_params"] < 0.6 * record["params"]  # each process holds about half

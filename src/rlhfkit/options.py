@@ -152,6 +152,22 @@ class DataOptions:
     """Write metrics every this many steps."""
 
 
+@dataclass
+class MicroBatchOptions:
+    """How the sequences of one optimizer step are cut into forwards (the gradient unchanged)."""
+
+    micro_batch_size: int = field(default=0, metadata=bounds(ge=0))
+    """Sequences per forward/backward: each mini-batch's gradients accumulate over its
+    micro-batches into one optimizer step, the loss unchanged; the reference, old-policy,
+    value and reward passes use the same cut (0 = a mini-batch at once)."""
+    micro_batch_tokens: int = field(default=0, metadata=bounds(ge=0))
+    """Tokens per forward/backward at most: dynamic micro-batches, short sequences together and
+    a long one alone (never cut), balanced over processes. RL: prompt + response tokens of a
+    rollout's sequences (wins over --micro-batch-size). Supervised stages: the items of each
+    optimizer step (batch size x accumulation per process) are re-cut by their tokens (all of a
+    group's or duel's sequences), so the accumulation no longer fixes the forwards; 0 = off."""
+
+
 # ---------------------------------------------------------------------------------------------
 # Sampling and the generation engine
 # ---------------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """The shared loop: exact resume, process-count invariance, the NaN guard, data order, trackers."""
 
+import json
 import os
 import subprocess
 import sys
@@ -115,6 +116,15 @@ def test_two_processes_match_one(tiny_lm, tmp_path):
     assert_same(weights(one), weights(two), atol=2e-5)
     # Metrics are written once, by the main process.
     assert len(read_metrics(tmp_path / "two")) == 6
+    # Cut by tokens over both processes instead (at most 120 tokens: two short items or one
+    # long one per micro-batch, each process running as many as the other): the same run.
+    plans = [json.loads((tmp_path / "two-tokens" / f"plans-rank{r}.json").read_text())
+             for r in (0, 1)]
+    assert plans[0] == plans[1] and {len(step) for step in plans[0]} == {2, 4}, plans
+    assert_same(weights(one), weights(tmp_path / "two-tokens" / "model"), atol=5e-5)
+    for a, b in zip(read_metrics(tmp_path / "one"), read_metrics(tmp_path / "two-tokens"),
+                    strict=True):
+        assert b["loss/sft"] == pytest.approx(a["loss/sft"], rel=1e-5)
 
 
 def test_report_to_tensorboard_and_mlflow(tiny_lm, tmp_path):

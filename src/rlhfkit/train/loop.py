@@ -50,7 +50,14 @@ from rlhfkit import config as cfglib
 from rlhfkit.evaluate.report import training_section, write_sections
 from rlhfkit.memory import GIB, note_live
 from rlhfkit.models.loading import quiet_library_progress_bars, resolve_precision
-from rlhfkit.options import DataOptions, ModelOptions, OptimOptions, RunOptions  # re-exported
+from rlhfkit.options import (  # re-exported
+    DataOptions,
+    MicroBatchOptions,
+    ModelOptions,
+    OptimOptions,
+    RunOptions,
+)
+from rlhfkit.train.microbatch import plan_by_tokens
 from rlhfkit.train.sharding import FSDPOptions as FSDPOptions  # re-exported: an option group
 from rlhfkit.train.sharding import load_sharded, save_sharded, shard_model, unsharded_copy
 
@@ -74,7 +81,8 @@ class TrainingError(RuntimeError):
 
 
 @dataclass
-class TrainConfig(RunOptions, OptimOptions, DataOptions, ModelOptions):
+class TrainConfig(RunOptions, OptimOptions, DataOptions, ModelOptions,
+                  cfglib.only(MicroBatchOptions, "micro_batch_tokens")):
     """Options every supervised stage shares (SFT, reward models, DPO, preference models)."""
 
 
@@ -659,10 +667,22 @@ class Loop:
             }
         return self._orders[epoch]
 
-    def micro_batches(self, step: int) -> list[dict[str, Any]]:
-        """The collated micro-batches this process runs at optimizer step ``step``."""
+    def micro_batches(self, step: int) -> list[dict[str, Any] | None]:
+        """The collated micro-batches this process runs at optimizer step ``step``.
+
+        With ``--micro-batch-tokens`` the step's global batch is cut by tokens over all
+        processes (:func:`rlhfkit.train.microbatch.plan_by_tokens`); ``None`` stands for an
+        empty micro-batch, which a process with fewer items than the others runs as a forward
+        and backward that changes nothing (each backward is a collective).
+        """
         epoch, b = divmod(step, self.steps_per_epoch)
         order = self._order(epoch)
+        budget = getattr(self.cfg, "micro_batch_tokens", 0)
+        if budget:
+            chosen = order[b * self.global_batch:(b + 1) * self.global_batch]
+            plan = plan_by_tokens([self.lengths[i] for i in chosen], budget, self.world)
+            return [self.collate([self.items[chosen[j]] for j in rows]) if rows else None
+                    for rows in plan.rank(self.rank)]
         per_rank = self.cfg.batch_size * self.cfg.grad_accum
         start = b * self.global_batch + self.rank * per_rank
         local = order[start:start + per_rank]
@@ -674,8 +694,10 @@ class Loop:
         """One line on the batching, for the stage's start message."""
         note = (f"; {self.left_over} items sit out each epoch (a different {self.left_over} "
                 f"each time)" if self.left_over else "")
+        budget = getattr(self.cfg, "micro_batch_tokens", 0)
+        cut = f"; micro-batches of at most {budget} tokens" if budget else ""
         return (f"{self.total_steps} steps of {self.global_batch} ({self.cfg.batch_size} x "
-                f"{self.cfg.grad_accum} accumulation x {self.world} process(es)){note}")
+                f"{self.cfg.grad_accum} accumulation x {self.world} process(es)){cut}{note}")
 
     # ------------------------------------------------------------------ helpers for stages
     def log(self, metrics: dict[str, float], step: int | None = None) -> None:
@@ -695,9 +717,9 @@ class Loop:
         """One optimizer step over this step's global batch; returns averaged metrics."""
         acc = self.accelerator
         batches = self.micro_batches(self.step)
-        local_units = sum(float(b["num_units"]) for b in batches)
-        totals = self.reduce_sums({"units": local_units,
-                                   "tokens": sum(float(b.get("num_tokens", 0)) for b in batches)})
+        real = [b for b in batches if b is not None]
+        totals = self.reduce_sums({"units": sum(float(b["num_units"]) for b in real),
+                                   "tokens": sum(float(b.get("num_tokens", 0)) for b in real)})
         global_units = max(totals["units"], 1e-12)
         sums: dict[str, float] = {}
         nonfinite = 0.0
@@ -706,6 +728,12 @@ class Loop:
             last = k == len(batches) - 1
             ctx = acc.no_sync(self.model) if (self.world > 1 and not last) else \
                 contextlib.nullcontext()
+            if batch is None:  # an empty micro-batch: one item's backward, times zero
+                with ctx:
+                    with acc.autocast():
+                        loss_sum, _ = step_fn(self.model, self._stand_in())
+                    acc.backward(loss_sum * 0.0)
+                continue
             with ctx:
                 with acc.autocast():
                     loss_sum, metric_sums = step_fn(self.model, batch)
@@ -728,6 +756,10 @@ class Loop:
         metrics["lr"] = self.run_.lr
         metrics["_tokens"] = totals["tokens"]
         return metrics
+
+    def _stand_in(self) -> dict[str, Any]:
+        """A one-item batch for an empty micro-batch's forward (its loss is multiplied by 0)."""
+        return self.collate([self.items[0]])
 
     def run(
         self,

@@ -141,14 +141,6 @@ class UpdateOptions:
     """PPO-ptx: weight gamma of the SFT loss on --ptx-data mixed into each update (0 = off)."""
     ptx_data: str | None = None
     """Demonstrations for PPO-ptx (default: --data when it is task:NAME)."""
-    micro_batch_size: int = field(default=0, metadata=bounds(ge=0))
-    """Sequences per forward/backward: each mini-batch's gradients accumulate over its
-    micro-batches into one optimizer step, the loss unchanged; the reference, old-policy,
-    value and reward passes use the same cut (0 = a mini-batch at once)."""
-    micro_batch_tokens: int = field(default=0, metadata=bounds(ge=0))
-    """Tokens (prompt + response) per forward/backward at most: dynamic micro-batches, short
-    sequences together and a long one alone, each as narrow as its longest sequence (wins over
-    --micro-batch-size; 0 = off)."""
     tis_cap: float = field(default=0.0, metadata=bounds(ge=0))
     """Truncated importance sampling (Yao et al. 2025): weight each token's policy loss by
     min(pi_trainer / pi_engine, cap) at sampling time, correcting the vLLM engine's numerical

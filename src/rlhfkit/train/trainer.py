@@ -39,6 +39,7 @@ from rlhfkit.data.chat import Encoded
 from rlhfkit.engines.placement import run_on_ray
 from rlhfkit.losses import GRPO_LOSS_TYPES, entropy_from_logits, masked_mean, token_nll
 from rlhfkit.models.policy import targets_of
+from rlhfkit.options import MicroBatchOptions
 from rlhfkit.rewards.shaping import token_rewards
 from rlhfkit.rewards.sources import RewardTerms
 from rlhfkit.rollout import Rollout, forward_response, scatter_tokens
@@ -114,8 +115,8 @@ class AlgorithmOptions:
 
 
 @dataclass
-class TrainRLConfig(RLConfig, RewardOptions, UpdateOptions, PlacementOptions, EpisodeOptions,
-                    RLVROptions, AlgorithmOptions, NashOptions, OnlineDPOOptions,
+class TrainRLConfig(RLConfig, RewardOptions, UpdateOptions, MicroBatchOptions, PlacementOptions,
+                    EpisodeOptions, RLVROptions, AlgorithmOptions, NashOptions, OnlineDPOOptions,
                     only(DPOOptions, "loss", "beta", "label_smoothing", "unlikelihood_alpha"),
                     FSDPOptions):
     """On-policy RL with any registered algorithm (``rlhfkit rl --algo NAME``)."""

@@ -10,7 +10,8 @@ The arguments after the first three name the variants to run (default: ``plain``
 micro-batches of 3 sequences (3 of them), rank 1 into one by tokens, padded to 3 (an empty
 micro-batch's backward carries no gradient): the weights must come out as without the cut.
 With ``fsdp`` the policy and the reference are sharded with FSDP2 (``--fsdp``) instead of
-replicated (DDP): the same samples, losses and weights.
+replicated (DDP): the same samples, losses and weights; it saves a sharded checkpoint after
+step 2, and ``fsdp-resume`` resumes from it (its folder's checkpoints hold only that one).
 """
 
 import json
@@ -34,7 +35,9 @@ def run(model: str, out: Path, system: str, variant: str) -> None:
         micro = ({"micro_batch_size": 3} if os.environ["RANK"] == "0"
                  else {"micro_batch_tokens": 100_000})
     elif variant == "fsdp":
-        micro = {"fsdp": True}
+        micro = {"fsdp": True, "save_every": 2}  # a sharded checkpoint after step 2
+    elif variant == "fsdp-resume":  # OUT/checkpoints holds only the fsdp run's step 2
+        micro = {"fsdp": True, "resume": True}
     record: dict = {"prompts": [], "local_score": []}
     prompt_batch, rollout_metrics, finish = (rl.RLRun.prompt_batch, rl.RLRun.rollout_metrics,
                                              rl.RLRun.finish)

@@ -161,7 +161,11 @@ def test_two_processes_split_the_global_batch_and_log_once(good_bad_policy, rl_r
     out = tmp_path / "two"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
            "--master_port", "29541", str(HERE / "multiproc_rl.py"), str(good_bad_policy),
-           str(out), SYSTEM, "plain", "micro", "fsdp"]
+           str(out), SYSTEM, "plain", "micro", "fsdp", "fsdp-resume"]
+    # A run that "stopped" after step 2 of the sharded run: its folder holds only that checkpoint.
+    (tmp_path / "two-fsdp-resume" / "checkpoints").mkdir(parents=True)
+    os.symlink(tmp_path / "two-fsdp" / "checkpoints" / "step-0000002",
+               tmp_path / "two-fsdp-resume" / "checkpoints" / "step-0000002")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -207,6 +211,14 @@ def test_two_processes_split_the_global_batch_and_log_once(good_bad_policy, rl_r
         assert a["loss/total"] == pytest.approx(b["loss/total"], abs=1e-5)
     saved = load_file(str(sharded / "model" / "model.safetensors"))
     assert all(not k.startswith("_fsdp") for k in saved) and len(saved) > 5
+    # Resumed from the sharded checkpoint of step 2: step 3 again, and the same weights.
+    resumed, again = variant("fsdp-resume")
+    assert [r["step"] for r in rl_metrics(resumed)[0]] == [3]
+    assert rl_metrics(resumed)[0][0]["loss/total"] == rl_metrics(sharded)[0][2]["loss/total"]
+    assert again[0]["weights"] == fsdp[0]["weights"]
+    assert load_file(str(resumed / "model" / "model.safetensors")).keys() == saved.keys()
+    assert all((load_file(str(resumed / "model" / "model.safetensors"))[k] == v).all()
+               for k, v in saved.items())
 
 
 def test_best_of_n_selects_and_writes_demonstrations(good_bad_policy, tmp_path):

@@ -77,6 +77,7 @@ def test_an_rl_run_is_freed_when_it_ends_and_reports_its_phases_and_what_it_held
                            data="task:reviews", output_dir=str(tmp_path / "rl"), max_steps=1,
                            batch_size=2, max_new_tokens=4, eval_prompts=0, precision="fp32",
                            generation_backend="hf"))
+    gc.unfreeze()  # conftest froze what was alive before this test: get_objects skips it
     gc.collect()
     assert [o for o in gc.get_objects() if isinstance(o, RLRun)] == []
     line = read_metrics(tmp_path / "rl", required=True)[0]

@@ -213,12 +213,12 @@ def test_two_processes_split_the_global_batch_and_log_once(good_bad_policy, rl_r
     assert all(not k.startswith("_fsdp") for k in saved) and len(saved) > 5
     # Resumed from the sharded checkpoint of step 2: step 3 again, and the same weights.
     resumed, again = variant("fsdp-resume")
-    assert [r["step"] for r in rl_metrics(resumed)[0]] == [3]
-    assert rl_metrics(resumed)[0][0]["loss/total"] == rl_metrics(sharded)[0][2]["loss/total"]
+    (step_3,) = rl_metrics(resumed)[0]
+    assert step_3["step"] == 3
+    assert step_3["loss/total"] == rl_metrics(sharded)[0][2]["loss/total"]
     assert again[0]["weights"] == fsdp[0]["weights"]
-    assert load_file(str(resumed / "model" / "model.safetensors")).keys() == saved.keys()
-    assert all((load_file(str(resumed / "model" / "model.safetensors"))[k] == v).all()
-               for k, v in saved.items())
+    final = load_file(str(resumed / "model" / "model.safetensors"))
+    assert final.keys() == saved.keys() and all((final[k] == v).all() for k, v in saved.items())
 
 
 def test_best_of_n_selects_and_writes_demonstrations(good_bad_policy, tmp_path):

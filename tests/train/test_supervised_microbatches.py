@@ -31,8 +31,7 @@ STAGES = {  # stage: (config, train, its loss key, extra options)
 
 
 def weights(out) -> dict[str, torch.Tensor]:
-    path = out / "model.safetensors"
-    return load_file(str(path))
+    return load_file(str(out / "model.safetensors"))
 
 
 @pytest.mark.parametrize("stage", sorted(STAGES))
@@ -54,9 +53,10 @@ def test_micro_batches_by_tokens_train_as_the_fixed_cut(stage, tiny_lm, tmp_path
         write_records(get_task("reviews", n_demos=0, n_ranked=16, k=3).rankings(), data)
 
     def run(name, **kw):
-        cfg = make(model=str(tiny_lm), data=data, output_dir=str(tmp_path / name), max_steps=3, batch_size=4,
-                   grad_accum=2, learning_rate=1e-3, warmup_ratio=0.0, progress=False,
-                   precision="fp32", eval_fraction=0.0, report_to="none", seed=3, **extra, **kw)
+        cfg = make(model=str(tiny_lm), data=data, output_dir=str(tmp_path / name), max_steps=3,
+                   batch_size=4, grad_accum=2, learning_rate=1e-3, warmup_ratio=0.0,
+                   progress=False, precision="fp32", eval_fraction=0.0, report_to="none", seed=3,
+                   **extra, **kw)
         return train(cfg), read_metrics(tmp_path / name)
 
     fixed_out, fixed = run("fixed")

@@ -677,7 +677,7 @@ class Loop:
         """
         epoch, b = divmod(step, self.steps_per_epoch)
         order = self._order(epoch)
-        budget = getattr(self.cfg, "micro_batch_tokens", 0)
+        budget = self.cfg.micro_batch_tokens
         if budget:
             chosen = order[b * self.global_batch:(b + 1) * self.global_batch]
             plan = plan_by_tokens([self.lengths[i] for i in chosen], budget, self.world)
@@ -694,7 +694,7 @@ class Loop:
         """One line on the batching, for the stage's start message."""
         note = (f"; {self.left_over} items sit out each epoch (a different {self.left_over} "
                 f"each time)" if self.left_over else "")
-        budget = getattr(self.cfg, "micro_batch_tokens", 0)
+        budget = self.cfg.micro_batch_tokens
         cut = f"; micro-batches of at most {budget} tokens" if budget else ""
         return (f"{self.total_steps} steps of {self.global_batch} ({self.cfg.batch_size} x "
                 f"{self.cfg.grad_accum} accumulation x {self.world} process(es)){cut}{note}")
@@ -728,15 +728,14 @@ class Loop:
             last = k == len(batches) - 1
             ctx = acc.no_sync(self.model) if (self.world > 1 and not last) else \
                 contextlib.nullcontext()
-            if batch is None:  # an empty micro-batch: one item's backward, times zero
-                with ctx:
-                    with acc.autocast():
-                        loss_sum, _ = step_fn(self.model, self._stand_in())
-                    acc.backward(loss_sum * 0.0)
-                continue
+            empty = batch is None  # this process has fewer items: one item's backward, times 0
             with ctx:
                 with acc.autocast():
-                    loss_sum, metric_sums = step_fn(self.model, batch)
+                    loss_sum, metric_sums = step_fn(
+                        self.model, self.collate([self.items[0]]) if empty else batch)
+                if empty:
+                    acc.backward(loss_sum * 0.0)
+                    continue
                 if not torch.isfinite(loss_sum.detach()):
                     nonfinite = 1.0
                 # DDP and FSDP average gradients over processes, hence the factor ``world``.
@@ -756,10 +755,6 @@ class Loop:
         metrics["lr"] = self.run_.lr
         metrics["_tokens"] = totals["tokens"]
         return metrics
-
-    def _stand_in(self) -> dict[str, Any]:
-        """A one-item batch for an empty micro-batch's forward (its loss is multiplied by 0)."""
-        return self.collate([self.items[0]])
 
     def run(
         self,

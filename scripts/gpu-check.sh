@@ -44,8 +44,12 @@ if [ "$gpus" -ge 2 ]; then
     $py -m torch.distributed.run --nproc_per_node 2 -m rlhfkit.cli grpo "${common[@]}" \
         --generation-backend hf --fsdp --micro-batch-tokens 16384 \
         --output-dir "$out/grpo-fsdp-2gpu"
+    echo "== 4. GRPO, 2 processes, FSDP2, a vLLM engine in each synced from the shards"
+    $py -m torch.distributed.run --nproc_per_node 2 -m rlhfkit.cli grpo "${common[@]}" \
+        --generation-backend vllm --fsdp --micro-batch-tokens 16384 \
+        --output-dir "$out/grpo-fsdp-vllm-2gpu"
 else
-    echo "== 3. skipped: one GPU (FSDP2 needs two)"
+    echo "== 3, 4. skipped: one GPU (FSDP2 needs two)"
 fi
 
 $py - "$out" <<'EOF'

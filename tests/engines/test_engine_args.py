@@ -101,3 +101,21 @@ def test_a_sleeping_engine_wakes_before_the_next_sync():
     engine.sleep_level, calls[:] = 0, []
     backend.sleep()
     assert calls == []
+
+
+def test_each_torchrun_process_drives_its_own_gpu_engine(monkeypatch):
+    """In-process engines under torchrun on GPUs take vLLM's external launcher (each on the
+    GPU of its LOCAL_RANK); on CPU or in one process the default executor stays."""
+    import torch.distributed as dist
+
+    from rlhfkit.engines.vllm import external_launcher_here
+
+    assert not external_launcher_here("cuda", 1)  # no process group: one process
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_world_size", lambda group=None: 4)
+    assert external_launcher_here("cuda", 1)
+    assert not external_launcher_here("cpu", 1)  # vLLM's CPU engines: one process each
+    with pytest.raises(ValueError, match="--vllm-engines"):
+        external_launcher_here("cuda", 2)
+    monkeypatch.setattr(dist, "get_world_size", lambda group=None: 1)
+    assert not external_launcher_here("cuda", 1)

@@ -176,6 +176,53 @@ def test_two_engine_processes_share_the_prompts_and_follow_the_weights(wide_lm, 
         backend.close()
 
 
+@pytest.mark.multiproc
+def test_engines_synced_from_fsdp_shards_sample_what_the_gathered_policy_does(
+        wide_good_bad_policy, tmp_path):
+    """GRPO on 2 processes, each sampling on its own vLLM engine, with the policy and the
+    reference sharded by FSDP2 (``--fsdp``): every engine is synced from the shards (each
+    parameter gathered whole), so the run samples, scores and trains as the replicated (DDP)
+    run does; at the end each engine, synced to the final weights, answers greedily what
+    transformers answers on the gathered weights."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from good_bad import SYSTEM as RL_SYSTEM
+    from good_bad import rl_metrics
+
+    script = Path(__file__).parents[1] / "train" / "multiproc_rl.py"
+    out = tmp_path / "two"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_port", "29547", str(script), str(wide_good_bad_policy), str(out),
+           RL_SYSTEM, "vllm", "fsdp-vllm"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = {}
+    for name in ("vllm", "fsdp-vllm"):
+        folder = tmp_path / f"two-{name}"
+        ranks = [json.loads((folder / f"rank{r}.json").read_text()) for r in (0, 1)]
+        for rank in ranks:
+            assert rank["versions"] == [3, 3]  # the engine holds the weights of step 3
+            assert rank["engine_greedy"] == rank["hf_greedy"], name
+            # The engine's log-probs of those tokens are the final weights' (seen: 6.7e-5),
+            # not the starting ones' (seen: 0.44): the greedy text alone barely moved.
+            assert rank["gap"]["final"] < 1e-3 < 0.05 < rank["gap"]["start"], rank["gap"]
+            assert rank["sync"]["megabytes"] > 0
+        assert ranks[0]["weights"] == pytest.approx(ranks[1]["weights"], rel=1e-9)
+        runs[name] = (rl_metrics(folder)[0], ranks)
+    (ddp, ddp_ranks), (fsdp, fsdp_ranks) = runs["vllm"], runs["fsdp-vllm"]
+    assert len(fsdp) == 3 and all(r["sync/megabytes"] > 0 for r in fsdp)
+    # Every step sampled on the weights the trainer held (fp32 on both sides; seen 4.1e-5).
+    assert all(r["rollout/logprob_gap_max"] < 1e-3 for r in fsdp)
+    for a, b in zip(fsdp, ddp):  # the same samples: the engines held the same weights
+        assert a["reward/score"] == pytest.approx(b["reward/score"], abs=1e-6)
+        assert a["loss/total"] == pytest.approx(b["loss/total"], abs=1e-5)
+    assert fsdp_ranks[0]["weights"] == pytest.approx(ddp_ranks[0]["weights"], rel=1e-6)
+
+
 def test_async_generation_overlaps_and_still_learns(wide_good_bad_policy, tmp_path):
     """--async-generation: batch s + 1 is sampled while the trainer updates on batch s; the
     update takes the trainer's own log-probs at its current weights (the proximal policy) for

@@ -12,6 +12,10 @@ micro-batch's backward carries no gradient): the weights must come out as withou
 With ``fsdp`` the policy and the reference are sharded with FSDP2 (``--fsdp``) instead of
 replicated (DDP): the same samples, losses and weights; it saves a sharded checkpoint after
 step 2, and ``fsdp-resume`` resumes from it (its folder's checkpoints hold only that one).
+``vllm`` samples on an engine in each process (the model must suit vLLM's CPU attention), and
+``fsdp-vllm`` does so with the policy sharded: each engine is synced from the shards. Both
+record, at the end, the greedy responses of their engine synced to the final weights and those
+of transformers on the gathered final weights.
 """
 
 import json
@@ -29,6 +33,39 @@ def good_share(prompts, texts, rollout=None):
     return [sum(w == "good" for w in t.split()) / max(len(t.split()), 1) for t in texts]
 
 
+def greedy_pair(run: rl.RLRun, model: str) -> dict:
+    """Greedy responses of the run's engine synced to the final weights, and of transformers.
+
+    The sync gathers every sharded parameter (each process takes part); transformers runs on
+    a plain copy loaded with the gathered weights.
+    """
+    from rlhfkit.models.loading import load_causal_lm
+    from rlhfkit.models.policy import SelectiveLM
+    from rlhfkit.rollout import HFBackend, SamplingConfig, response_logprobs, sample
+    from rlhfkit.train.sharding import full_state_dict
+
+    greedy = SamplingConfig(max_new_tokens=8, temperature=0.0)
+    prompts = ["Tell me about a film.", "Hello there", "What did you think of the ending?"]
+    run.backend.sync(run.lm, run.policy_version)  # the final evaluation synced it already
+    engine = sample(run.lm, run.tokenizer, prompts, greedy, run.system_prompt,
+                    backend=run.backend)
+    state = (full_state_dict(run.lm, all_ranks=True) if run.run.sharded
+             else {k: v.detach().clone() for k, v in run.lm.state_dict().items()})
+    plain = load_causal_lm(model, dtype=torch.float32).eval()
+    plain.load_state_dict(state)
+    hf = sample(plain, run.tokenizer, prompts, greedy, run.system_prompt, backend=HFBackend(None))
+    # What the engine said of its tokens, against the final and the starting weights.
+    said, mask = engine.extras["engine_logprobs"], engine.response_mask
+    gaps = {}
+    for name, lm in (("final", plain), ("start", load_causal_lm(model, dtype=torch.float32))):
+        with torch.no_grad():
+            lps = response_logprobs(SelectiveLM(lm.eval()), engine, 1.0)
+        gaps[name] = float(((said - lps).abs() * mask).max())
+    return {"versions": [run.backend.engine.version, run.policy_version],
+            "engine_greedy": engine.response_ids, "hf_greedy": hf.response_ids,
+            "gap": gaps, "sync": run.backend.last_sync}
+
+
 def run(model: str, out: Path, system: str, variant: str) -> None:
     micro: dict = {}
     if variant == "micro":
@@ -38,6 +75,8 @@ def run(model: str, out: Path, system: str, variant: str) -> None:
         micro = {"fsdp": True, "save_every": 2}  # a sharded checkpoint after step 2
     elif variant == "fsdp-resume":  # OUT/checkpoints holds only the fsdp run's step 2
         micro = {"fsdp": True, "resume": True}
+    elif variant in ("vllm", "fsdp-vllm"):
+        micro = {"generation_backend": "vllm", "fsdp": variant == "fsdp-vllm"}
     record: dict = {"prompts": [], "local_score": []}
     prompt_batch, rollout_metrics, finish = (rl.RLRun.prompt_batch, rl.RLRun.rollout_metrics,
                                              rl.RLRun.finish)
@@ -57,6 +96,8 @@ def run(model: str, out: Path, system: str, variant: str) -> None:
         whole = [p.full_tensor() if hasattr(p, "full_tensor") else p  # FSDP2: gather
                  for p in self.lm.parameters()]
         record["weights"] = sum(float(p.double().abs().sum()) for p in whole)
+        if self.cfg.generation_backend == "vllm":
+            record.update(greedy_pair(self, model))
         (out / f"rank{self.rank}.json").write_text(json.dumps(record))
         return finish(self)
 

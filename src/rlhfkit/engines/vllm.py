@@ -139,6 +139,29 @@ def engine_visible_devices(engines: int, tensor_parallel_size: int, gpus: int,
                      for i in range(tensor_parallel_size)) for e in range(engines)]
 
 
+def external_launcher_here(device: str, tensor_parallel_size: int) -> bool:
+    """Whether this process's in-process engine runs on vLLM's ``external_launcher`` executor.
+
+    Under ``torchrun`` on GPUs each trainer process drives its own engine on its own GPU
+    (``LOCAL_RANK``); vLLM's default executor would put every one of them on GPU 0. On CPU,
+    or in a single process, the default executor is kept.
+
+    Raises:
+        ValueError: For engines of several GPUs under ``torchrun``: the ranks of one engine
+            would have to sample the same prompts, and each trainer process samples its own.
+    """
+    import torch.distributed as dist
+
+    if device != "cuda" or not (dist.is_available() and dist.is_initialized()) \
+            or dist.get_world_size() == 1:
+        return False
+    if tensor_parallel_size > 1:
+        raise ValueError("--vllm-tensor-parallel-size > 1 with an engine in each trainer "
+                         "process is not built (each process samples its own prompts); "
+                         "start the engines apart with --vllm-engines N")
+    return True
+
+
 _OPEN: set[int] = set()
 """Ids of this process's open engines (see :meth:`VLLMEngine.close`)."""
 
@@ -172,10 +195,14 @@ class VLLMEngine:
         LLM = import_vllm().LLM  # an optional extra: imported only when an engine is made
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.in_trainer_group = torch.distributed.is_available() and \
+            torch.distributed.is_initialized()
+        """The process group was there before the engine (torchrun): it is the trainer's."""
         arguments = engine_arguments(
             device=device, dtype=dtype, seed=seed, max_model_len=max_model_len,
             kv_cache_gb=kv_cache_gb, gpu_memory_utilization=gpu_memory_utilization,
-            tensor_parallel_size=tensor_parallel_size, sleep_level=sleep_level)
+            tensor_parallel_size=tensor_parallel_size, sleep_level=sleep_level,
+            external_launcher=external_launcher_here(device, tensor_parallel_size))
         self.sleep_level = sleep_level
         """vLLM sleep level between rollouts (0: the engine stays awake)."""
         self.asleep = False
@@ -258,14 +285,16 @@ class VLLMEngine:
         """Free the engine (its weights and KV cache) now, not at the next garbage collection.
 
         vLLM's shutdown also tears down the process's parallel groups, which every in-process
-        engine shares; while another engine of this process is open, only this one's objects
-        are released.
+        engine shares, and the default process group with them; while another engine of this
+        process is open, or when the process group is the trainer's (under ``torchrun``), only
+        this engine's own objects are released.
         """
         if not hasattr(self, "llm"):
             return
         _OPEN.discard(id(self))
         client = getattr(self.llm.llm_engine, "engine_core", None)
-        if not _OPEN and client is not None and hasattr(client, "shutdown"):
+        if (not _OPEN and not self.in_trainer_group and client is not None
+                and hasattr(client, "shutdown")):
             client.shutdown()
         elif client is not None:
             # The in-process client shuts its core down when collected (a weakref finalizer):

@@ -312,10 +312,6 @@ class RLRun:
             if kind != "hf" and self.acc.distributed_type.name == "FSDP":
                 raise TrainingError("accelerate's FSDP: vLLM engines are synced from rlhfkit's "
                                     "own --fsdp only; use --fsdp, or --generation-backend hf")
-            if kind == "vllm" and self.run.sharded:
-                raise TrainingError("--fsdp with --generation-backend vllm: syncing engines "
-                                    "from the shards is written (each parameter gathered "
-                                    "whole) but not yet tested; use --generation-backend hf")
             if kind == "auto" and self.run.sharded:
                 kind = "hf"
                 if self.acc.is_main_process:
@@ -361,9 +357,12 @@ class RLRun:
         """Sample on the backend, its engine (if any) synced to the policy first."""
         backend = self.backend
         if hasattr(backend, "sync"):  # an engine with its own weights: bring them up to date
+            # Under --fsdp every process takes part: each parameter is gathered whole once
+            # (checkpoint_weights), then cast and loaded into this process's engine.
             backend.sync(self.lm, self.policy_version)
             backend.seed = seed
-        with self.gathered():
+            return self._sample(prompts, backend)
+        with self.gathered():  # transformers samples from the policy itself
             return self._sample(prompts, backend)
 
     @torch.no_grad()

@@ -9,6 +9,8 @@ The arguments after the first three name the variants to run (default: ``plain``
 ``micro`` the processes cut their mini-batches differently: rank 0 into
 micro-batches of 3 sequences (3 of them), rank 1 into one by tokens, padded to 3 (an empty
 micro-batch's backward carries no gradient): the weights must come out as without the cut.
+``ppo`` and ``fsdp-ppo`` train PPO with rewards from the reward model in ``RLHFKIT_TEST_RM`` and
+a critic started from it, replicated and sharded (policy, reference, critic and reward model).
 With ``fsdp`` the policy and the reference are sharded with FSDP2 (``--fsdp``) instead of
 replicated (DDP): the same samples, losses and weights; it saves a sharded checkpoint after
 step 2, and ``fsdp-resume`` resumes from it (its folder's checkpoints hold only that one).
@@ -77,6 +79,8 @@ def run(model: str, out: Path, system: str, variant: str) -> None:
         micro = {"fsdp": True, "resume": True}
     elif variant in ("vllm", "fsdp-vllm"):
         micro = {"generation_backend": "vllm", "fsdp": variant == "fsdp-vllm"}
+    elif variant in ("ppo", "fsdp-ppo"):  # rewards from the reward model, a critic from it
+        micro = {"fsdp": variant == "fsdp-ppo"}
     record: dict = {"prompts": [], "local_score": []}
     prompt_batch, rollout_metrics, finish = (rl.RLRun.prompt_batch, rl.RLRun.rollout_metrics,
                                              rl.RLRun.finish)
@@ -96,6 +100,15 @@ def run(model: str, out: Path, system: str, variant: str) -> None:
         whole = [p.full_tensor() if hasattr(p, "full_tensor") else p  # FSDP2: gather
                  for p in self.lm.parameters()]
         record["weights"] = sum(float(p.double().abs().sum()) for p in whole)
+        from rlhfkit.train.sharding import is_sharded
+
+        record["sharded"] = {"policy": is_sharded(self.model), "reference": is_sharded(
+            self.reference.model), "reward models": [is_sharded(s.model) for s in self.sources
+                                                     if s.model is not None]}
+        if self.critic is not None:
+            record["sharded"]["critic"] = is_sharded(self.critic)
+            record["critic"] = sum(float((p.full_tensor() if hasattr(p, "full_tensor") else p)
+                                         .double().abs().sum()) for p in self.critic.parameters())
         if self.cfg.generation_backend == "vllm":
             record.update(greedy_pair(self, model))
         (out / f"rank{self.rank}.json").write_text(json.dumps(record))
@@ -106,12 +119,16 @@ def run(model: str, out: Path, system: str, variant: str) -> None:
     rl.RLRun.finish = spy_finish
     out.mkdir(parents=True, exist_ok=True)
     try:
-        train_rl(rl_config("grpo", model=model, output_dir=str(out), max_steps=3, batch_size=2,
-                          num_samples=4, max_new_tokens=6, learning_rate=2e-3, precision="fp32",
-                          progress=False, eval_prompts=8, kl_coef=0.04, reward_clip=0.0,
-                          system_prompt=system, report_to="none", gradient_checkpointing=False,
-                          **micro),
-                 reward_fn=good_share)
+        common = dict(model=model, output_dir=str(out), max_steps=3, max_new_tokens=6,
+                      learning_rate=2e-3, precision="fp32", progress=False, eval_prompts=8,
+                      system_prompt=system, report_to="none", gradient_checkpointing=False)
+        if variant.endswith("ppo"):  # the reward model's folder comes in RLHFKIT_TEST_RM
+            train_rl(rl_config("ppo", **common, batch_size=4, mini_batch_size=4,
+                               update_epochs=2, critic="rm", kl_coef=0.05, reward_clip=5.0,
+                               reward_model=os.environ["RLHFKIT_TEST_RM"], **micro))
+        else:
+            train_rl(rl_config("grpo", **common, batch_size=2, num_samples=4, kl_coef=0.04,
+                               reward_clip=0.0, **micro), reward_fn=good_share)
     finally:
         rl.RLRun.prompt_batch, rl.RLRun.rollout_metrics, rl.RLRun.finish = (
             prompt_batch, rollout_metrics, finish)

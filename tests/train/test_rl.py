@@ -153,23 +153,42 @@ def test_ppo_with_a_critic_initialised_from_the_reward_model(good_bad_policy, tm
     assert train[-1]["loss/value"] < train[0]["loss/value"]
 
 
+@pytest.fixture(scope="module")
+def two_process_runs(good_bad_policy, tmp_path_factory) -> Path:
+    """The folder of ``multiproc_rl.py``'s variants, all run in one launch of 2 processes:
+    ``two`` (GRPO, replicated), ``two-micro``, ``two-fsdp``, ``two-fsdp-resume``, ``two-ppo``
+    and ``two-fsdp-ppo`` (PPO on a reward model, with a critic started from it)."""
+    from rlhfkit.models.loading import load_tokenizer
+    from rlhfkit.models.reward import RewardModel
+
+    root = tmp_path_factory.mktemp("two-process")
+    rm = root / "rm"  # a reward model with a fresh head: PPO here checks agreement, not learning
+    RewardModel.from_pretrained(str(good_bad_policy)).save(rm, load_tokenizer(str(good_bad_policy)))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_port", "29541", str(HERE / "multiproc_rl.py"), str(good_bad_policy),
+           str(root / "two"), SYSTEM, "plain", "micro", "fsdp", "fsdp-resume", "ppo", "fsdp-ppo"]
+    # A run that "stopped" after step 2 of the sharded run: its folder holds only that checkpoint.
+    (root / "two-fsdp-resume" / "checkpoints").mkdir(parents=True)
+    os.symlink(root / "two-fsdp" / "checkpoints" / "step-0000002",
+               root / "two-fsdp-resume" / "checkpoints" / "step-0000002")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "RLHFKIT_TEST_RM": str(rm)}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return root
+
+
+def two_process_variant(root: Path, name: str) -> tuple[Path, list[dict]]:
+    """The run folder of ``multiproc_rl.py``'s variant ``name`` and its two ranks' records."""
+    folder = root / ("two" if name == "plain" else f"two-{name}")
+    return folder, [json.loads((folder / f"rank{r}.json").read_text()) for r in (0, 1)]
+
+
 @pytest.mark.multiproc
-def test_two_processes_split_the_global_batch_and_log_once(good_bad_policy, rl_runs, tmp_path):
+def test_two_processes_split_the_global_batch_and_log_once(two_process_runs, rl_runs):
     """GRPO on 2 processes x 2 prompts x 4 samples: together they take the prompts one process
     with 4 prompts would; they sample with different seeds, stay in sync, and the main
     process writes one metrics row per step with the global means and the usual names."""
-    out = tmp_path / "two"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_port", "29541", str(HERE / "multiproc_rl.py"), str(good_bad_policy),
-           str(out), SYSTEM, "plain", "micro", "fsdp", "fsdp-resume"]
-    # A run that "stopped" after step 2 of the sharded run: its folder holds only that checkpoint.
-    (tmp_path / "two-fsdp-resume" / "checkpoints").mkdir(parents=True)
-    os.symlink(tmp_path / "two-fsdp" / "checkpoints" / "step-0000002",
-               tmp_path / "two-fsdp-resume" / "checkpoints" / "step-0000002")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+    out, ranks = two_process_variant(two_process_runs, "plain")
     train, evals = rl_metrics(out)
     assert len(train) == 3 and len(evals) == 1
     one_process = rl_metrics(rl_runs("grpo"))[0]
@@ -193,9 +212,7 @@ def test_two_processes_split_the_global_batch_and_log_once(good_bad_policy, rl_r
     # The same run with each process cutting its mini-batches its own way (rank 0: three
     # micro-batches; rank 1: one, padded to three): the same losses and the same weights.
     def variant(name: str) -> tuple[Path, list[dict]]:
-        """The same two-process run with ``multiproc_rl.py``'s variant ``name`` (same launch)."""
-        folder = tmp_path / f"two-{name}"
-        return folder, [json.loads((folder / f"rank{r}.json").read_text()) for r in (0, 1)]
+        return two_process_variant(two_process_runs, name)
 
     cut, micro = variant("micro")
     assert micro[0]["weights"] == pytest.approx(micro[1]["weights"], rel=1e-9)
@@ -219,6 +236,30 @@ def test_two_processes_split_the_global_batch_and_log_once(good_bad_policy, rl_r
     assert again[0]["weights"] == fsdp[0]["weights"]
     final = load_file(str(resumed / "model" / "model.safetensors"))
     assert final.keys() == saved.keys() and all((final[k] == v).all() for k, v in saved.items())
+
+
+@pytest.mark.multiproc
+def test_ppo_sharded_with_fsdp2_matches_replicated(two_process_runs):
+    """PPO on 2 processes with a critic and rewards from a reward model: sharding the policy,
+    reference, critic and reward model with FSDP2 (``--fsdp``) gives the same rewards, losses
+    and final weights of policy and critic as replicating them (DDP)."""
+    replicated, ddp = two_process_variant(two_process_runs, "ppo")
+    sharded, fsdp = two_process_variant(two_process_runs, "fsdp-ppo")
+    assert fsdp[0]["sharded"] == {"policy": True, "reference": True, "reward models": [True],
+                                  "critic": True}
+    assert ddp[0]["sharded"] == {"policy": False, "reference": False, "reward models": [False],
+                                 "critic": False}
+    assert fsdp[0]["weights"] == fsdp[1]["weights"] and fsdp[0]["critic"] == fsdp[1]["critic"]
+    assert fsdp[0]["weights"] == pytest.approx(ddp[0]["weights"], rel=1e-6)
+    assert fsdp[0]["critic"] == pytest.approx(ddp[0]["critic"], rel=1e-6)
+    rows, reference = rl_metrics(sharded)[0], rl_metrics(replicated)[0]
+    assert len(rows) == len(reference) == 3
+    for a, b in zip(rows, reference):
+        assert a["reward/score"] == pytest.approx(b["reward/score"], abs=1e-5)
+        for key in ("loss/policy", "loss/value", "kl/seq"):
+            assert a[key] == pytest.approx(b[key], abs=1e-5), key
+    assert any(r["loss/value"] > 0 for r in rows)
+    assert (sharded / "model" / "config.json").exists()
 
 
 def test_best_of_n_selects_and_writes_demonstrations(good_bad_policy, tmp_path):

@@ -246,9 +246,12 @@ class RLRun:
         self.model = wrapped[0]
         if self.critic is not None:
             self.critic = wrapped[1]
-        if run.sharded:
-            if not self.reference.shared:  # --fsdp: the frozen reference too
+        if run.sharded:  # --fsdp: the frozen models too, without optimizer state
+            if not self.reference.shared:
                 shard_model(self.reference.model, cfg, frozen=True)
+            for source in self.sources:  # reward models: each called through its own forward,
+                if isinstance(source.model, nn.Module):  # on equal shares of every rollout
+                    shard_model(source.model, cfg, frozen=True)
             self._first_forward()
         self._backend: GenerationBackend | None = None
         self._pending: tuple[int, threading.Thread, list] | None = None

@@ -27,7 +27,7 @@ import contextlib
 import copy
 import functools
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, Protocol
 
@@ -561,6 +561,9 @@ class ReferencePolicy:
 
     def __init__(self, lm: nn.Module, frozen: nn.Module | None = None) -> None:
         self.shared = frozen is None and hasattr(lm, "disable_adapter")
+        self.gathered: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
+        """Context that gathers what the policy's root holds, for a shared reference under
+        FSDP2 (the LM is called past the root's own gathering hook); set by the trainer."""
         if self.shared:
             self.model = SelectiveLM(lm)
         else:
@@ -573,7 +576,7 @@ class ReferencePolicy:
     def active(self) -> Iterator[nn.Module]:
         """Context in which ``self.model`` computes reference outputs."""
         if self.shared:
-            with self.model.lm.disable_adapter():
+            with self.gathered(), self.model.lm.disable_adapter():
                 yield self.model
         else:
             yield self.model

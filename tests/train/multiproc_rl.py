@@ -41,7 +41,7 @@ def greedy_pair(run: rl.RLRun, model: str) -> dict:
     The sync gathers every sharded parameter (each process takes part); transformers runs on
     a plain copy loaded with the gathered weights.
     """
-    from rlhfkit.models.loading import load_causal_lm
+    from rlhfkit.models.loading import checkpoint_weights, load_causal_lm
     from rlhfkit.models.policy import SelectiveLM
     from rlhfkit.rollout import HFBackend, SamplingConfig, response_logprobs, sample
     from rlhfkit.train.sharding import full_state_dict
@@ -51,10 +51,13 @@ def greedy_pair(run: rl.RLRun, model: str) -> dict:
     run.backend.sync(run.lm, run.policy_version)  # the final evaluation synced it already
     engine = sample(run.lm, run.tokenizer, prompts, greedy, run.system_prompt,
                     backend=run.backend)
-    state = (full_state_dict(run.lm, all_ranks=True) if run.run.sharded
-             else {k: v.detach().clone() for k, v in run.lm.state_dict().items()})
     plain = load_causal_lm(model, dtype=torch.float32).eval()
-    plain.load_state_dict(state)
+    if run.cfg.lora:  # the adapters merged into the gathered weights (the tied head once)
+        plain.load_state_dict(dict(checkpoint_weights(run.lm)), strict=False)
+        plain.tie_weights()
+    else:
+        plain.load_state_dict(full_state_dict(run.lm, all_ranks=True) if run.run.sharded
+                              else {k: v.detach().clone() for k, v in run.lm.state_dict().items()})
     hf = sample(plain, run.tokenizer, prompts, greedy, run.system_prompt, backend=HFBackend(None))
     # What the engine said of its tokens, against the final and the starting weights.
     said, mask = engine.extras["engine_logprobs"], engine.response_mask
@@ -77,8 +80,9 @@ def run(model: str, out: Path, system: str, variant: str) -> None:
         micro = {"fsdp": True, "save_every": 2}  # a sharded checkpoint after step 2
     elif variant == "fsdp-resume":  # OUT/checkpoints holds only the fsdp run's step 2
         micro = {"fsdp": True, "resume": True}
-    elif variant in ("vllm", "fsdp-vllm"):
-        micro = {"generation_backend": "vllm", "fsdp": variant == "fsdp-vllm"}
+    elif variant in ("vllm", "fsdp-vllm", "fsdp-lora-vllm"):
+        micro = {"generation_backend": "vllm", "fsdp": variant != "vllm",
+                 "lora": variant == "fsdp-lora-vllm"}
     elif variant in ("ppo", "fsdp-ppo"):  # rewards from the reward model, a critic from it
         micro = {"fsdp": variant == "fsdp-ppo"}
     record: dict = {"prompts": [], "local_score": []}

@@ -247,7 +247,9 @@ class RLRun:
         if self.critic is not None:
             self.critic = wrapped[1]
         if run.sharded:  # --fsdp: the frozen models too, without optimizer state
-            if not self.reference.shared:
+            if self.reference.shared:  # LoRA: the policy's own shards, adapters off
+                self.reference.gathered = self.gathered
+            else:
                 shard_model(self.reference.model, cfg, frozen=True)
             for source in self.sources:  # reward models: each called through its own forward,
                 if isinstance(source.model, nn.Module):  # on equal shares of every rollout

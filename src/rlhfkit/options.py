@@ -166,6 +166,10 @@ class MicroBatchOptions:
     rollout's sequences (wins over --micro-batch-size). Supervised stages: the items of each
     optimizer step (batch size x accumulation per process) are re-cut by their tokens (all of a
     group's or duel's sequences), so the accumulation no longer fixes the forwards; 0 = off."""
+    pack_micro_batches: bool = False
+    """RL: run each micro-batch's sequences packed into one row without padding (positions
+    restart per sequence; flash-attention's variable-length kernels on GPU). The same
+    log-probs and values as padded; on a CPU it costs more than it saves (docs/scale.md)."""
 
 
 # ---------------------------------------------------------------------------------------------

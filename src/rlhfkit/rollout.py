@@ -247,6 +247,8 @@ class Rollout:
     """(B, R) log-probs of the same tokens under the reference policy."""
     extras: dict[str, Any] = field(default_factory=dict)
     """Per-sample tensors a trainer attaches (scores, values, advantages, ...)."""
+    packed: bool = False
+    """Forward passes take the rows packed into one, without padding (:meth:`model_inputs`)."""
 
     @property
     def prompt_width(self) -> int:
@@ -259,6 +261,23 @@ class Rollout:
         pre = torch.zeros(self.response_mask.shape[0], self.prompt_width, dtype=torch.bool,
                           device=self.response_mask.device)
         return torch.cat([pre, self.response_mask.bool()], dim=1)
+
+    def model_inputs(self) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor,
+                                    torch.Tensor]:
+        """``(input_ids, attention_mask, target_mask, position_ids)`` of a forward pass.
+
+        Padded: the (B, P + R) tensors as they are. :attr:`packed`: the real tokens of every
+        row back to back in one row (1, L), positions restarting at 0 with each sequence and no
+        attention mask, so that transformers keeps each sequence to itself (a block-diagonal
+        causal mask; flash-attention's variable-length kernels on GPU) and no compute goes to
+        padding. The targets come out in the same order either way (row by row, left to
+        right), so a model that returns its outputs at the N targets returns the same N.
+        """
+        if not self.packed:
+            return self.input_ids, self.attention_mask, self.target_mask, self.position_ids
+        real = self.attention_mask.bool()
+        return (self.input_ids[real][None], None, self.target_mask[real][None],
+                self.position_ids[real][None])
 
     @property
     def response_lengths(self) -> torch.Tensor:
@@ -523,8 +542,7 @@ def forward_response(
         ``logprobs`` (B, R), ``logits`` (N, V) (at the N response tokens, temperature applied)
         and, for a model with a value head, ``values`` (B, R).
     """
-    out = model(rollout.input_ids, rollout.attention_mask, rollout.target_mask,
-                rollout.position_ids)
+    out = model(*rollout.model_inputs())
     logits, values = out if isinstance(out, tuple) else (out, None)
     mask = rollout.response_mask
     targets = rollout.input_ids[:, rollout.prompt_width:][mask]  # (N,)

@@ -90,7 +90,8 @@ def test_micro_batches_give_the_gradient_of_the_whole_mini_batch(name, good_bad_
     base, algo, run, rollout = setup_run(name, good_bad_policy, tmp_path)
     lengths = rollout.attention_mask.sum(-1)
     budget = int(lengths.sort().values[:3].sum())  # about three sequences a micro-batch
-    plans = {"size": {"micro_batch_size": 3}, "tokens": {"micro_batch_tokens": budget}}
+    plans = {"size": {"micro_batch_size": 3}, "tokens": {"micro_batch_tokens": budget},
+             "packed": {"micro_batch_size": 3, "pack_micro_batches": True}}
     for variant in CASES[name][2]:
         cfg = dataclasses.replace(base, **variant)
         whole, m_whole = gradients(algo, run, rollout, cfg)
@@ -119,10 +120,35 @@ def test_scoring_passes_in_micro_batches_match_the_whole_batch(good_bad_policy, 
                                                               .max()))
     cut = run.score_rollout(rollout.select(range(len(rollout))))
     assert len(run.micro_batches(rollout)) > 1
-    for key in ("logprobs", "ref_logprobs"):
-        torch.testing.assert_close(getattr(cut, key), getattr(whole, key), atol=1e-6, rtol=1e-5)
-    torch.testing.assert_close(cut.extras["values"], whole.extras["values"], atol=1e-6,
-                               rtol=1e-5)
+    run.cfg = dataclasses.replace(cfg, micro_batch_size=5, pack_micro_batches=True)
+    packed = run.score_rollout(rollout.select(range(len(rollout))))
+    for other in (cut, packed):
+        for key in ("logprobs", "ref_logprobs"):
+            torch.testing.assert_close(getattr(other, key), getattr(whole, key), atol=1e-6,
+                                       rtol=1e-5)
+        torch.testing.assert_close(other.extras["values"], whole.extras["values"], atol=1e-6,
+                                   rtol=1e-5)
+
+
+def test_a_packed_micro_batch_has_no_padding_and_scores_as_padded(good_bad_policy, tmp_path):
+    """``--pack-micro-batches``: the rows' real tokens back to back in one row, positions
+    restarting per sequence, no attention mask; a critic (a reward model's body and head)
+    gives the same values at the same targets as on the padded rows."""
+    from rlhfkit.models.reward import RewardModel
+    from rlhfkit.train.rl import Critic
+
+    _, _, _, rollout = setup_run("rloo", good_bad_policy, tmp_path)
+    assert not bool(rollout.attention_mask.all())  # the padded rows do hold padding
+    packed = dataclasses.replace(rollout, packed=True)
+    ids, mask, targets, positions = packed.model_inputs()
+    assert mask is None and ids.shape == (1, int(rollout.attention_mask.sum()))
+    assert int(targets.sum()) == int(rollout.response_mask.sum())
+    starts = (positions[0] == 0).nonzero().flatten().tolist()
+    assert len(starts) == len(rollout)  # one sequence per row, each from position 0
+    critic = Critic(RewardModel.from_pretrained(str(good_bad_policy))).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(critic(*packed.model_inputs()),
+                                   critic(*rollout.model_inputs()), atol=1e-5, rtol=1e-5)
 
 
 def test_a_trimmed_micro_batch_keeps_every_real_token(good_bad_policy, tmp_path):

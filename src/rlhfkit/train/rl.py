@@ -472,7 +472,7 @@ class RLRun:
                 critic.eval()
 
                 def values(mb: Rollout) -> dict[str, torch.Tensor]:
-                    v = critic(mb.input_ids, mb.attention_mask, mb.target_mask, mb.position_ids)
+                    v = critic(*mb.model_inputs())
                     return {"v": scatter_tokens(v, mb.response_mask)}
 
                 rollout.extras["values"] = self.in_micro_batches(
@@ -516,13 +516,20 @@ class RLRun:
             plan += [[] for _ in range(int(count) - len(plan))]
         return plan
 
+    def for_forward(self, mb: Rollout) -> Rollout:
+        """A micro-batch as its forward passes take it: packed without padding
+        (``--pack-micro-batches``), else trimmed to its own width when micro-batching."""
+        if self.cfg.pack_micro_batches:
+            return dataclasses.replace(mb, packed=True)
+        return mb.trimmed() if self.micro_batching else mb
+
     def in_micro_batches(self, rollout: Rollout, plan: list[list[int]],
                          fn: Callable[[Rollout], dict[str, torch.Tensor]]
                          ) -> dict[str, torch.Tensor]:
         """``fn`` on each micro-batch of ``plan``, its (b, R) outputs put back in row order.
 
-        With micro-batching on, each micro-batch is trimmed to its own width first
-        (:meth:`rlhfkit.rollout.Rollout.trimmed`).
+        Each micro-batch goes through :meth:`for_forward` first (packed, or trimmed to its
+        own width).
         """
         width = rollout.response_mask.shape[1]
         out: dict[str, torch.Tensor] = {}
@@ -531,10 +538,7 @@ class RLRun:
                 if self.run.sharded:  # a forward is a collective: run one, keep nothing
                     fn(rollout.select([0]))
                 continue
-            mb = rollout.select(rows)
-            if self.micro_batching:
-                mb = mb.trimmed()
-            for key, part in fn(mb).items():
+            for key, part in fn(self.for_forward(rollout.select(rows))).items():
                 if key not in out:
                     out[key] = part.new_zeros((len(rollout), width))
                 out[key][torch.as_tensor(rows, device=part.device), :part.shape[1]] = part

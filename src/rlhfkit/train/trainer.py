@@ -373,9 +373,7 @@ def accumulate_gradients(algo: Algorithm, run: RLRun, mb: Rollout,
     totals: dict[str, Any] = {}
     for i, rows in enumerate(micro):
         # a rank's padding: any one group, weighted 0
-        sub = mb if len(micro) == 1 else mb.select(rows or list(range(group)))
-        if run.micro_batching:
-            sub = sub.trimmed()
+        sub = run.for_forward(mb if len(micro) == 1 else mb.select(rows or list(range(group))))
         weight = norm.scale(units(sub)) if rows else 0.0
         entropy_weight = entropy_norm.scale(sub.response_mask) if rows else 0.0
         with gradient_sync(run, i == len(micro) - 1), run.acc.autocast():
@@ -416,8 +414,7 @@ def mini_batch_loss(algo: Algorithm, run: RLRun, mb: Rollout, out: dict[str, tor
     cfg = run.cfg
     values = out.get("values")
     if run.critic is not None:  # a separate critic: its values now, with gradient
-        values = scatter_tokens(run.critic(mb.input_ids, mb.attention_mask, mb.target_mask,
-                                           mb.position_ids), mb.response_mask)
+        values = scatter_tokens(run.critic(*mb.model_inputs()), mb.response_mask)
     update = Update(
         logprobs=out["logprobs"], old_logprobs=mb.logprobs, ref_logprobs=mb.ref_logprobs,
         advantages=mb.extras["advantages"],

@@ -517,8 +517,11 @@ class RLRun:
         return plan
 
     def for_forward(self, mb: Rollout) -> Rollout:
-        """A micro-batch as its forward passes take it: packed without padding
-        (``--pack-micro-batches``), else trimmed to its own width when micro-batching."""
+        """A micro-batch as its forward passes take it.
+
+        Packed without padding with ``--pack-micro-batches``; else trimmed to its own width
+        when micro-batching; else as it is.
+        """
         if self.cfg.pack_micro_batches:
             return dataclasses.replace(mb, packed=True)
         return mb.trimmed() if self.micro_batching else mb

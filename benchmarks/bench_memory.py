@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/bench_memory.py                  # all three parts, the default model
+    python benchmarks/bench_memory.py                  # all four parts, the default model
     python benchmarks/bench_memory.py --parts micro    # one part
     python benchmarks/bench_memory.py --quick          # a dry run of every part (tiny sizes)
 
@@ -19,6 +19,10 @@ Parts, each a ratio within one run on one machine:
 - ``sync``: one engine process (vLLM, CPU) receives the default model's weights over gloo
   from this process, three versions per bucket size (``--sync-bucket-mb``); seconds per
   version by bucket size.
+
+- ``packing``: GRPO on the default model (64 responses a batch, micro-batches of 8): seconds
+  of the trainer's passes and update a step with ``--pack-micro-batches`` against padded
+  micro-batches trimmed to their own width; the ratio packed / padded.
 
 Each part runs in fresh processes, one after the other; the 1-minute load average must be
 under ``--max-load`` before each (see ``run.py``), and is written next to every figure with
@@ -194,7 +198,37 @@ def part_sync(args: argparse.Namespace, out: Path) -> dict:
     return {"by_bucket_mb": rows, "load_before": load}
 
 
-PARTS = {"micro": part_micro, "fsdp": part_fsdp, "sync": part_sync}
+def part_packing(args: argparse.Namespace, out: Path) -> dict:
+    """Seconds of GRPO's trainer passes with micro-batches padded (trimmed) and packed."""
+    from rlhfkit.evaluate.runs import read_metrics
+
+    model = args.model or "smollm2-135m"
+    prompts, k, steps = (4, 4, 2) if args.quick else (16, 4, 3)
+    common = [sys.executable, "-m", "rlhfkit.cli", "grpo", "--model", model,
+              "--reward-model", "scorer:sentiment", "--batch-size", str(prompts),
+              "--num-samples", str(k), "--max-steps", str(steps), "--max-new-tokens",
+              "8" if args.quick else "48", "--generation-backend", "hf", "--eval-prompts", "0",
+              "--report-to", "none", "--no-progress", "--overwrite",
+              "--no-gradient-checkpointing", "--micro-batch-size", "8"]
+    rows = {}
+    for name, extra in (("padded", []), ("packed", ["--pack-micro-batches"])):
+        load = quiet_load(args.max_load, args.wait, args.force)
+        folder = out / name
+        gib, wall = peak_rss_of([*common, "--output-dir", str(folder), *extra], child_env())
+        train = [r for r in read_metrics(folder) if "time/update_s" in r][1:]  # 1st warms up
+        per = {key: sum(r[key] for r in train) / len(train)
+               for key in ("time/update_s", "time/passes_s")}
+        rows[name] = {"update_s": per["time/update_s"], "passes_s": per["time/passes_s"],
+                      "peak_rss_gib": gib, "wall_s": wall, "load_before": load,
+                      "steps_timed": len(train)}
+        print(f"[packing] {name}: update {per['time/update_s']:.2f} s, passes "
+              f"{per['time/passes_s']:.2f} s a step, peak RSS {gib:.2f} GiB (load {load:.2f})")
+    ratio = ((rows["packed"]["update_s"] + rows["packed"]["passes_s"])
+             / (rows["padded"]["update_s"] + rows["padded"]["passes_s"]))
+    return {"runs": rows, "ratio": ratio}
+
+
+PARTS = {"micro": part_micro, "fsdp": part_fsdp, "sync": part_sync, "packing": part_packing}
 
 
 def table(result: dict) -> str:
@@ -221,24 +255,38 @@ def table(result: dict) -> str:
             lines.append(f"| sync | bucket {mb} MiB ({r['buckets']} buckets, "
                          f"{r['megabytes']:.0f} MiB) | {r['median_s']:.2f} s per version | "
                          f"{sync['load_before']:.2f} |")
+    packing = result["parts"].get("packing")
+    if packing:
+        for name, r in packing["runs"].items():
+            lines.append(f"| packing | GRPO, micro-batches of 8, {name} | update "
+                         f"{r['update_s']:.2f} s + passes {r['passes_s']:.2f} s a step | "
+                         f"{r['load_before']:.2f} |")
+        lines.append(f"| packing | ratio packed / padded | {packing['ratio']:.2f}x | |")
     return "\n".join(lines) + "\n"
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--parts", default="micro,fsdp,sync", help="comma-separated: micro,fsdp,sync")
+    p.add_argument("--parts", default="micro,fsdp,sync,packing",
+                   help="comma-separated: micro,fsdp,sync,packing")
     p.add_argument("--model", default="", help="model id or folder (default: smollm2-135m)")
     p.add_argument("--quick", action="store_true", help="tiny sizes: a dry run")
     p.add_argument("--out", default=str(HERE / "results"))
     add_load_options(p)
     args = p.parse_args()
-    results = {"machine": machine(), "versions": versions(),
-               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "parts": {}}
-    with tempfile.TemporaryDirectory(prefix="bench-memory-") as tmp:
-        for name in args.parts.split(","):
-            results["parts"][name] = PARTS[name](args, Path(tmp) / name)
     out = Path(args.out)
     stem = "memory_quick" if args.quick else "memory"
+    results = {"machine": machine(), "versions": versions(),
+               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "parts": {}}
+    earlier = out / f"{stem}.json"
+    if earlier.exists():  # a run of some parts keeps the others' figures (each dated)
+        kept = json.loads(earlier.read_text())
+        results["parts"] = {name: {"date": kept.get("date"), **part}
+                            for name, part in kept.get("parts", {}).items()}
+    with tempfile.TemporaryDirectory(prefix="bench-memory-") as tmp:
+        for name in args.parts.split(","):
+            results["parts"][name] = {"date": results["date"],
+                                      **PARTS[name](args, Path(tmp) / name)}
     (out / f"{stem}.json").write_text(json.dumps(results, indent=2, default=str))
     (out / f"{stem}_table.md").write_text(table(results))
     print(table(results))

@@ -120,16 +120,22 @@ class RewardModel(nn.Module):
         return body, head
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Rewards (B,) for right- or left-padded sequences (B, T)."""
+        """Rewards (B,) for right- or left-padded sequences (B, T).
+
+        The rewards are a tensor of their own, not a view of the head's (B, 1) output: FSDP2
+        warns about a sharded model that returns a view (an in-place op on it would skip the
+        hook that gathers the weights for backward).
+        """
         body, head = self._parts()
         if body is None:  # encoders and other heads: use the model's own pooling
-            return self.seq_model(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0]
+            return self.seq_model(input_ids=input_ids,
+                                  attention_mask=attention_mask).logits[:, 0].clone()
         hidden = body(
             input_ids=input_ids, attention_mask=attention_mask, use_cache=False
         ).last_hidden_state
         last = hidden[torch.arange(hidden.shape[0], device=hidden.device),
                       last_token_index(attention_mask)]  # (B, H)
-        return head(last).squeeze(-1).float()
+        return head(last).squeeze(-1).float().clone()
 
     @property
     def reward_stats(self) -> tuple[float, float]:

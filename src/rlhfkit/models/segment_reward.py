@@ -234,7 +234,7 @@ class SegmentRewardModel(nn.Module):
         hidden = body(input_ids=input_ids, attention_mask=attention_mask,
                       position_ids=position_ids, use_cache=False).last_hidden_state  # (B, T, H)
         selected = dropout(hidden[rows, cols])  # (N, H)
-        return head(selected).squeeze(-1).float()  # (N,)
+        return head(selected).squeeze(-1).float().clone()  # (N,) not a view (see RewardModel)
 
     def save(self, path: str | Path, tokenizer: Any = None) -> None:
         """Save as an HF folder (LoRA merged) that the stock transformers classes load."""

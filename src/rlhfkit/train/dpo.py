@@ -20,7 +20,8 @@ How the data is laid out:
   by length, and stored with the items (and in ``output_dir/reference_logps.pt`` so a resumed run
   reuses them). The reference is ``--reference`` if given, else the LoRA model with its adapter
   disabled (``--lora``), else the starting policy itself: computed before the first update, it
-  *is* the frozen reference, and no copy of the model is kept in memory.
+  *is* the frozen reference, and no copy of the model is kept in memory. Under ``--fsdp`` they
+  are computed with the sharded policy, or a ``--reference`` sharded as a frozen model.
 - A micro-batch is one right-padded batch of the distinct sequences of its groups, chosen and
   rejected together; the policy runs once over it and the output projection is applied only at
   response tokens (:func:`rlhfkit.models.policy.sequence_logprobs`).
@@ -65,8 +66,9 @@ from rlhfkit.models.loading import load_causal_lm, merge_and_save
 from rlhfkit.models.policy import SelectiveLM, sequence_logprobs
 from rlhfkit.options import KLOptions
 from rlhfkit.train.inputs import LabelWeightOptions, stage_inputs, weigh_labels
-from rlhfkit.train.loop import Loop, Run, TrainConfig, held_out_summary
+from rlhfkit.train.loop import FSDPOptions, Loop, Run, TrainConfig, held_out_summary
 from rlhfkit.train.sft import build_policy
+from rlhfkit.train.sharding import shard_model, share_batches
 
 Tensor = torch.Tensor
 
@@ -95,8 +97,8 @@ class DPOOptions:
 
 @cfglib.stage_defaults(output_dir="runs/dpo", learning_rate=5e-6, batch_size=4)
 @dataclass
-class DPOConfig(only(LabelWeightOptions, "weight_by", "min_reliability"), TrainConfig, DPOOptions,
-                only(KLOptions, "reference")):
+class DPOConfig(FSDPOptions, only(LabelWeightOptions, "weight_by", "min_reliability"), TrainConfig,
+                DPOOptions, only(KLOptions, "reference")):
     """Direct preference optimisation (``rlhfkit dpo``)."""
 
 
@@ -324,25 +326,28 @@ def reference_logps(
     batch_size: int = 16,
     accelerator: Any = None,
     progress: bool = False,
+    same_count: bool = False,
 ) -> list[float]:
     """Summed response log-probs of each sequence under ``reference`` (a SelectiveLM).
 
     Sequences are sorted by length so that batches carry little padding, and sharded over
-    processes when an ``accelerator`` with several processes is given (then gathered).
+    processes when an ``accelerator`` with several processes is given (then gathered). With
+    ``same_count`` (a sharded ``reference``, ``--fsdp``) every process runs as many batches.
     """
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator \
         else (0, 1)
     autocast = accelerator.autocast if accelerator is not None else nullcontext
-    device = next(reference.parameters()).device
+    device = accelerator.device if accelerator is not None else next(reference.parameters()).device
     was_training = reference.training
     reference.eval()
-    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))[rank::world]
+    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
     results: list[tuple[int, float]] = []
-    for k in tqdm(range(0, len(order), batch_size), desc="reference log-probs", unit="batch",
-                  disable=not progress, dynamic_ncols=True):
-        idx = order[k:k + batch_size]
-        ids, mask, target = pad_with_targets([sequences[i] for i in idx],
-                                             [prompt_lens[i] for i in idx], pad_id)
+    for idx in tqdm(share_batches(order, rank, world, batch_size, same_count),
+                    desc="reference log-probs", unit="batch", disable=not progress,
+                    dynamic_ncols=True):
+        run_on = idx or order[:1]  # []: another process still has a batch: run one, ignore it
+        ids, mask, target = pad_with_targets([sequences[i] for i in run_on],
+                                             [prompt_lens[i] for i in run_on], pad_id)
         with autocast():
             _, seq_logps = sequence_logprobs(reference, ids.to(device), mask.to(device),
                                              target.to(device))
@@ -373,11 +378,13 @@ def attach_reference_logps(
     cache_file: Path | None = None,
     identity: str = "",
     progress: bool = False,
+    same_count: bool = False,
 ) -> None:
     """Fill ``ref_logps`` / ``kl_ref_logps`` of every group in one batched pass, no gradient.
 
     With ``cache_file``, values saved there for the same ``identity`` (reference model and
-    precision) and the same token ids are reused, and fresh ones are saved.
+    precision) and the same token ids are reused, and fresh ones are saved. ``same_count``: see
+    :func:`reference_logps`.
     """
     sequences = [s for g in groups for s in (*g.sequences, *g.kl_sequences)]
     prompt_lens = [p for g in groups for p in (*g.prompt_lens, *g.kl_prompt_lens)]
@@ -389,7 +396,7 @@ def attach_reference_logps(
             values = saved["logps"].tolist()
     if values is None:
         values = reference_logps(reference, sequences, prompt_lens, pad_id, batch_size,
-                                 accelerator, progress)
+                                 accelerator, progress, same_count)
         if cache_file is not None and (accelerator is None or accelerator.is_main_process):
             torch.save({"key": key, "logps": torch.tensor(values, dtype=torch.float64)},
                        cache_file)
@@ -534,6 +541,7 @@ def evaluate_preferences(
     accelerator: Any = None,
     reduce: Callable[[dict[str, float]], dict[str, float]] | None = None,
     progress: bool = False,
+    same_count: bool = False,
 ) -> dict[str, float]:
     """Held-out preference accuracy, margins and rewards, sharded over processes.
 
@@ -541,20 +549,25 @@ def evaluate_preferences(
     ``eval/loss``, as unweighted means over pairs. KTO groups give the mean reward of
     desirable (``eval/rewards/chosen``) and undesirable (``eval/rewards/rejected``) responses,
     their difference, ``eval/kto/kl`` and ``eval/rewards/accuracy`` against ``beta * z0``.
+
+    With ``same_count`` (a sharded ``model``, ``--fsdp``: each forward is a collective) every
+    process runs as many batches, and as many forwards in each: one whose share ran out runs
+    a batch it ignores, and a batch without KTO groups runs a stand-in for the mismatched
+    sequences' forward when the held-out set has any.
     """
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator \
         else (0, 1)
     autocast = accelerator.autocast if accelerator is not None else nullcontext
-    device = next(model.parameters()).device
+    device = accelerator.device if accelerator is not None else next(model.parameters()).device
     model.eval()
     keys = ("pairs", "correct", "chosen", "rejected", "logps_c", "logps_r", "loss",
             "n_d", "n_u", "r_d", "r_u", "kl_sum", "kl_n")
     sums = dict.fromkeys(keys, 0.0)
     points: list[tuple[float, bool]] = []
-    shard = groups[rank::world]
-    for k in tqdm(range(0, len(shard), batch_size), desc="held-out", unit="batch",
-                  disable=not progress, dynamic_ncols=True):
-        batch = collate_groups(shard[k:k + batch_size], pad_id)
+    kl_everywhere = same_count and any(g.kl_sequences for g in groups)
+    for part in tqdm(share_batches(groups, rank, world, batch_size, same_count), desc="held-out",
+                     unit="batch", disable=not progress, dynamic_ncols=True):
+        batch = collate_groups(part or groups[:1], pad_id)  # []: run one, ignore it
         batch = {n: v.to(device) if isinstance(v, Tensor) else v for n, v in batch.items()}
         with autocast():
             token_logps, seq_logps = sequence_logprobs(model, batch["input_ids"],
@@ -565,6 +578,11 @@ def evaluate_preferences(
                 _, kl_logps = sequence_logprobs(model, batch["kl_input_ids"],
                                                 batch["kl_attention_mask"],
                                                 batch["kl_target_mask"])
+            elif kl_everywhere:  # another process may run its KL forward now
+                sequence_logprobs(model, batch["input_ids"], batch["attention_mask"],
+                                  batch["target_mask"])
+        if not part:
+            continue
         if len(batch["chosen_idx"]):
             p = pair_batch(token_logps, seq_logps, batch)
             m = pair_metrics(p, torch.ones_like(p.chosen_logps), cfg.beta)
@@ -693,24 +711,31 @@ def train_dpo(cfg: DPOConfig) -> Path:
                                                 for_eval=True)
     pad_id = tokenizer.pad_token_id
     model = build_dpo_policy(cfg).to(accelerator.device)
+    # Under --fsdp this shards the policy; the groups get their reference log-probs below,
+    # before the loop collates any.
+    loop = Loop(run, model, train_groups, lambda b: collate_groups(b, pad_id),
+                lengths=[g.num_tokens for g in train_groups])
+    policy = accelerator.unwrap_model(loop.model)
 
-    # Reference log-probs, once, before the first update (see the module docstring).
+    # Reference log-probs, once, before the first update (see the module docstring). Under
+    # --fsdp the policy is sharded by now, a --reference is sharded too (frozen, as RL shards
+    # its reference), and every forward of theirs is a collective (same_count).
     identity = json.dumps([cfg.reference or cfg.model, cfg.lora, cfg.max_length,
                            accelerator.mixed_precision])
     if cfg.reference is not None:
-        reference = SelectiveLM(load_causal_lm(cfg.reference)).to(accelerator.device)
+        reference = SelectiveLM(load_causal_lm(cfg.reference))
+        reference = shard_model(reference, cfg, frozen=True) if run.sharded else \
+            reference.to(accelerator.device)
         context = nullcontext()
     else:
-        reference = model
-        context = disabled_adapter(model) if cfg.lora else nullcontext()
+        reference = policy
+        context = disabled_adapter(policy) if cfg.lora else nullcontext()
     with context:
         attach_reference_logps(train_groups + eval_groups, reference, pad_id, cfg.ref_batch_size,
                                accelerator, out / "reference_logps.pt", identity,
-                               progress=cfg.progress and run.is_main)
+                               progress=cfg.progress and run.is_main, same_count=run.sharded)
     del reference
 
-    loop = Loop(run, model, train_groups, lambda b: collate_groups(b, pad_id),
-                lengths=[g.num_tokens for g in train_groups])
     if accelerator.is_main_process:
         what = (f"{counts['desirable']} desirable / {counts['undesirable']} undesirable examples "
                 f"({counts['undecided']} undecided responses left out)") if cfg.loss == "kto" \
@@ -732,12 +757,14 @@ def train_dpo(cfg: DPOConfig) -> Path:
     def evaluate() -> dict[str, float]:
         return evaluate_preferences(loop.model, eval_groups, pad_id, cfg.batch_size, cfg,
                                     accelerator, loop.reduce_sums,
-                                    progress=cfg.progress and run.is_main)
+                                    progress=cfg.progress and run.is_main,
+                                    same_count=run.sharded)
 
     metrics = loop.run(step, evaluate if eval_groups else None)
+    policy = run.export_copy(accelerator.unwrap_model(loop.model).lm,
+                             lambda: build_policy(cfg))  # --fsdp: gathered, on the main process
     if accelerator.is_main_process:
-        merge_and_save(accelerator.unwrap_model(loop.model).lm, tokenizer, out / "model",
-                       adapter_dir=out / "adapter")
+        merge_and_save(policy, tokenizer, out / "model", adapter_dir=out / "adapter")
         result = {k: v for k, v in metrics.items() if k.startswith("eval/")}
         result.update({f"train_{k}": v for k, v in counts.items()})
         result.update({f"eval_{k}": v for k, v in eval_counts.items()})

@@ -32,13 +32,22 @@ from rlhfkit.data.records import Record, RecordError, as_comparisons
 from rlhfkit.losses import preference_bce_loss
 from rlhfkit.models.preference import PreferenceModel, duels_from_comparisons, encode_duel
 from rlhfkit.train.inputs import LabelWeightOptions, stage_inputs
-from rlhfkit.train.loop import Loop, ModelOptions, Run, TrainConfig, TrainingError, held_out_summary
+from rlhfkit.train.loop import (
+    FSDPOptions,
+    Loop,
+    ModelOptions,
+    Run,
+    TrainConfig,
+    TrainingError,
+    held_out_summary,
+)
 from rlhfkit.train.rm import build_reward_model
+from rlhfkit.train.sharding import share_batches
 
 
 @stage_defaults(output_dir="runs/preference", learning_rate=2e-5, batch_size=4, max_length=512)
 @dataclass
-class PreferenceConfig(only(LabelWeightOptions, "train_on_ties"), TrainConfig):
+class PreferenceConfig(FSDPOptions, only(LabelWeightOptions, "train_on_ties"), TrainConfig):
     """Pairwise preference model P(y > y' | x) for Nash-MD (``rlhfkit preference``)."""
 
 
@@ -128,16 +137,18 @@ def score_duels(loop: Loop, items: list[DuelItem], pad_id: int,
     """Held-out metrics, unweighted per pair and sharded over processes.
 
     ``eval/preference_accuracy``: share of non-tied pairs whose preferred response gets
-    ``P > 1/2``; ``eval/preference_loss``: mean BCE over all pairs (ties included).
+    ``P > 1/2``; ``eval/preference_loss``: mean BCE over all pairs (ties included). Under
+    ``--fsdp`` every process runs as many batches (:func:`rlhfkit.train.sharding.share_batches`).
     """
     model = loop.model
     model.eval()
     sums = {"correct": 0.0, "decided": 0.0, "loss": 0.0, "pairs": 0.0}
-    shard = items[loop.rank::loop.world]
-    for k in range(0, len(shard), batch_size):
-        batch = collate_duel_items(shard[k:k + batch_size], pad_id)
+    for part in share_batches(items, loop.rank, loop.world, batch_size, loop.run_.sharded):
+        batch = collate_duel_items(part or items[:1], pad_id)  # []: run one, ignore it
         with loop.accelerator.autocast():
             raw = model(batch["input_ids"], batch["attention_mask"])
+        if not part:
+            continue
         n = batch["labels"].shape[0]
         loss, diag = preference_bce_loss(*raw.float().view(2, n), batch["labels"])
         sums["correct"] += float(diag["accuracy"].sum())
@@ -194,8 +205,9 @@ def train_preference(cfg: PreferenceConfig) -> Path:
     evaluate = (lambda: score_duels(loop, eval_items, pad_id, cfg.batch_size)) \
         if eval_items else None
     metrics = loop.run(step, evaluate)
+    pm = run.export_copy(accelerator.unwrap_model(loop.model),  # --fsdp: gathered, on the main
+                         lambda: build_preference_model(cfg, pad_id))  # process (all call)
     if accelerator.is_main_process:
-        pm = accelerator.unwrap_model(loop.model)
         pm.save(out / "model", tokenizer, adapter_dir=out / "adapter")
         result = {k: v for k, v in metrics.items() if k.startswith("eval/")}
         result.update({"train_pairs": counts["pairs"], "train_ties": counts["ties"],

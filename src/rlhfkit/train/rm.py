@@ -42,12 +42,13 @@ from rlhfkit.losses import (
 from rlhfkit.models.loading import prepare_for_training
 from rlhfkit.models.reward import RewardModel
 from rlhfkit.train.inputs import LabelWeightOptions, stage_inputs, weigh_labels
-from rlhfkit.train.loop import Loop, ModelOptions, Run, TrainConfig, held_out_summary
+from rlhfkit.train.loop import FSDPOptions, Loop, ModelOptions, Run, TrainConfig, held_out_summary
+from rlhfkit.train.sharding import share_batches
 
 
 @cfglib.stage_defaults(output_dir="runs/rm", learning_rate=2e-5, batch_size=4)
 @dataclass
-class RMConfig(LabelWeightOptions, TrainConfig):
+class RMConfig(FSDPOptions, LabelWeightOptions, TrainConfig):
     """Reward-model training (``rlhfkit rm``)."""
 
     center_rewards: float = 0.0
@@ -238,17 +239,19 @@ def score_groups(loop: Loop, groups: list[Group], pad_id: int, batch_size: int) 
     """Held-out metrics over groups, sharded over processes.
 
     Accuracy here is per pair, unweighted: the share of held-out judgements where the chosen
-    response gets the strictly higher reward (ties count wrong).
+    response gets the strictly higher reward (ties count wrong). Under ``--fsdp`` every
+    process runs as many batches (:func:`rlhfkit.train.sharding.share_batches`).
     """
     model = loop.model
     model.eval()
     sums = {"correct": 0.0, "pairs": 0.0, "loss": 0.0, "bin_correct": 0.0, "points": 0.0,
             "targets": 0.0, "sq_err": 0.0, "r": 0.0, "t": 0.0, "rr": 0.0, "tt": 0.0, "rt": 0.0}
-    shard = groups[loop.rank::loop.world]
-    for k in range(0, len(shard), batch_size):
-        batch = collate_groups(shard[k:k + batch_size], pad_id)
+    for part in share_batches(groups, loop.rank, loop.world, batch_size, loop.run_.sharded):
+        batch = collate_groups(part or groups[:1], pad_id)  # []: run one, ignore it
         with loop.accelerator.autocast():
             rewards = model(batch["input_ids"], batch["attention_mask"])
+        if not part:
+            continue
         if len(batch["chosen_idx"]):
             bt, diag = bradley_terry_loss(rewards[batch["chosen_idx"]],
                                           rewards[batch["rejected_idx"]], None, batch["tie"])
@@ -291,12 +294,13 @@ def reward_stats(loop: Loop, groups: list[Group], pad_id: int, batch_size: int,
     model = loop.model
     model.eval()
     seqs = [s for g in groups for s in g.sequences][:limit]
-    shard = seqs[loop.rank::loop.world]
     total = {"s": 0.0, "s2": 0.0, "n": 0.0}
-    for k in range(0, len(shard), batch_size * 4):
-        ids, mask = pad(shard[k:k + batch_size * 4], pad_id)
+    for part in share_batches(seqs, loop.rank, loop.world, batch_size * 4, loop.run_.sharded):
+        ids, mask = pad(part or seqs[:1], pad_id)  # []: run one, ignore it (--fsdp)
         with loop.accelerator.autocast():
             r = model(ids, mask).double()
+        if not part:
+            continue
         total["s"] += float(r.sum())
         total["s2"] += float((r * r).sum())
         total["n"] += len(r)
@@ -360,8 +364,9 @@ def train_rm(cfg: RMConfig) -> Path:
         if eval_groups else None
     metrics = loop.run(step, evaluate)
     mean, std = reward_stats(loop, train_groups, pad_id, cfg.batch_size)
+    rm = run.export_copy(accelerator.unwrap_model(loop.model),  # --fsdp: gathered, on the main
+                         lambda: build_reward_model(cfg, pad_id))  # process (every one calls)
     if accelerator.is_main_process:
-        rm = accelerator.unwrap_model(loop.model)
         rm.seq_model.config.rlhfkit_reward_mean = mean
         rm.seq_model.config.rlhfkit_reward_std = std
         if cfg.score_mode == "regression" and score_stats is not None:

@@ -41,13 +41,14 @@ from rlhfkit.models.segment_reward import (
 )
 from rlhfkit.segments import UNITS, response_segments
 from rlhfkit.train.inputs import load_span_records, split_or_load, system_prompt_for
-from rlhfkit.train.loop import Loop, Run, TrainConfig
+from rlhfkit.train.loop import FSDPOptions, Loop, Run, TrainConfig
+from rlhfkit.train.sharding import share_batches
 
 
 @cfglib.stage_defaults(output_dir="runs/segment-rm", data="task:factqa", learning_rate=2e-5,
                        max_length=512)
 @dataclass
-class SegmentRMConfig(TrainConfig):
+class SegmentRMConfig(FSDPOptions, TrainConfig):
     """A per-segment reward model from span feedback (``rlhfkit segment-rm``)."""
 
     category: str = "relevance"
@@ -115,17 +116,22 @@ def collate_segments(items: list[SegmentItem], pad_id: int) -> dict[str, Any]:
 @torch.no_grad()
 def evaluate_segments(loop: Loop, items: list[SegmentItem], pad_id: int, batch_size: int,
                       error_weight: float = 1.0) -> dict[str, float]:
-    """Held-out per-segment accuracy, precision, recall, F1 (error class) and loss."""
+    """Held-out per-segment accuracy, precision, recall, F1 (error class) and loss.
+
+    Under ``--fsdp`` every process runs as many batches
+    (:func:`rlhfkit.train.sharding.share_batches`).
+    """
     model = loop.model
     model.eval()
     sums = {"tp": 0.0, "fp": 0.0, "fn": 0.0, "tn": 0.0, "loss": 0.0}
-    shard = items[loop.rank::loop.world]
-    for k in range(0, len(shard), batch_size):
-        batch = collate_segments(shard[k:k + batch_size], pad_id)
+    for part in share_batches(items, loop.rank, loop.world, batch_size, loop.run_.sharded):
+        batch = collate_segments(part or items[:1], pad_id)  # []: run one, ignore it
         dev = loop.accelerator.device
         with loop.accelerator.autocast():
             logits = model(batch["input_ids"].to(dev), batch["attention_mask"].to(dev),
                            batch["rows"].to(dev), batch["cols"].to(dev))
+        if not part:
+            continue
         labels = batch["labels"].to(dev)
         loss, _ = segment_bce_loss(logits, labels, error_weight)
         for key, v in classification_counts(logits, labels).items():
@@ -216,8 +222,9 @@ def train_segment_rm(cfg: SegmentRMConfig) -> Path:
     evaluate = (lambda: evaluate_segments(loop, eval_items, pad_id, cfg.batch_size,
                                           cfg.error_weight)) if eval_items else None
     metrics = loop.run(step, evaluate)
+    rm = run.export_copy(accelerator.unwrap_model(loop.model),  # --fsdp: gathered, on the main
+                         lambda: build_segment_model(cfg, pad_id))  # process (all call)
     if accelerator.is_main_process:
-        rm = accelerator.unwrap_model(loop.model)
         rm.mark(unit, cfg.category, categories, cfg.reward)
         rm.save(out / "model", tokenizer)
         result = {k: v for k, v in metrics.items() if k.startswith("eval/")}

@@ -13,15 +13,18 @@ decisions and the state handling, kept free of the loop so they can be tested on
 * :func:`full_state_dict`: gather every parameter (``DTensor.full_tensor()``) for a plain HF
   folder;
 * :func:`save_sharded` / :func:`load_sharded`: model and optimizer state as a
-  ``torch.distributed.checkpoint`` (DCP) folder, each process writing and reading its own shards.
+  ``torch.distributed.checkpoint`` (DCP) folder, each process writing and reading its own shards;
+* :func:`share_batches`: a process's share of held-out items in batches, as many on every
+  process when each forward of a sharded model is a collective.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -192,6 +195,29 @@ def unsharded_copy(module: nn.Module, build: Any) -> nn.Module | None:
     copy = build()
     copy.load_state_dict(state)
     return copy
+
+
+T = TypeVar("T")
+
+
+def share_batches(items: Sequence[T], rank: int, world: int, batch_size: int,
+                  same_count: bool = False) -> list[list[T]]:
+    """Process ``rank``'s share of ``items`` (every ``world``-th, from ``rank``) in batches.
+
+    Every forward of a sharded model gathers parameters from all processes, so under
+    ``--fsdp`` an evaluation loop must run as many forwards on every process, or the ones with
+    more items wait forever for the others. With ``same_count`` each process gets as many
+    batches as the one with the largest share (process 0's, ``ceil(len / world)`` items); the
+    batches past the end of a smaller share are empty lists: the caller runs a forward on a
+    stand-in batch and ignores it.
+
+    Example: 5 items, 2 processes, batches of 2: process 0 gets ``[[i0, i2], [i4]]``,
+    process 1 ``[[i1, i3]]``, or ``[[i1, i3], []]`` with ``same_count``.
+    """
+    share = list(items[rank::world])
+    largest = math.ceil(len(items) / world) if same_count else len(share)
+    rounds = math.ceil(largest / batch_size)
+    return [share[k * batch_size:(k + 1) * batch_size] for k in range(rounds)]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -230,6 +230,57 @@ def test_engines_synced_from_fsdp_shards_sample_what_the_gathered_policy_does(
     assert any(abs(r["kl/seq"]) > 1e-3 for r in lora[1:])  # the adapters moved the policy
 
 
+@pytest.mark.multiproc
+def test_two_trainer_processes_share_one_engine(wide_good_bad_policy, tmp_path):
+    """Fewer engines than trainer processes (``--vllm-engines HOST:PORT`` with 2 processes):
+    process 0 syncs the one engine once per version and sends it both processes' prompts;
+    each process gets its own prompts' responses, sampled on the weights it holds (the gap
+    to the trainer's log-probs stays at fp32 rounding), replicated and with FSDP2."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from good_bad import SYSTEM as RL_SYSTEM
+    from good_bad import rl_metrics
+    from rlhfkit.engines.remote import KEY_ENV, start_local_engines
+
+    # One engine per variant (a run stops its engines when it ends).
+    clients, procs = start_local_engines(2, str(wide_good_bad_policy), "float32", 256, 0.25)
+    for client in clients:  # an engine answers one trainer at a time: make way for process 0
+        client.conn.close()
+    script = Path(__file__).parents[1] / "train" / "multiproc_rl.py"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_port", "29549", str(script), str(wide_good_bad_policy),
+           str(tmp_path / "two"), RL_SYSTEM, "shared-engine", "fsdp-shared-engine"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", KEY_ENV: os.environ[KEY_ENV],
+           "RLHFKIT_TEST_ENGINES": ";".join(c.address for c in clients)}
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    finally:
+        for p in procs:
+            p.terminate()
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "1 engine(s) shared by 2 trainer processes" in proc.stdout
+    runs = {}
+    for name in ("shared-engine", "fsdp-shared-engine"):
+        folder = tmp_path / f"two-{name}"
+        ranks = [json.loads((folder / f"rank{r}.json").read_text()) for r in (0, 1)]
+        assert ranks[0]["weights"] == pytest.approx(ranks[1]["weights"], rel=1e-9)
+        for step in range(3):  # each process sampled its own prompts
+            assert ranks[0]["prompts"][step] != ranks[1]["prompts"][step]
+        train, _ = rl_metrics(folder)
+        assert len(train) == 3
+        # Both processes' samples came from an engine holding the weights of the step.
+        assert all(r["rollout/logprob_gap_max"] < 1e-3 for r in train), name
+        assert all(r["sync/megabytes"] > 0 for r in train)
+        runs[name] = train
+    # The same seeds, the same weights: FSDP2 sampled and learned what the replicas did.
+    for a, b in zip(runs["shared-engine"], runs["fsdp-shared-engine"]):
+        assert a["reward/score"] == pytest.approx(b["reward/score"], abs=1e-6)
+        assert a["loss/total"] == pytest.approx(b["loss/total"], abs=1e-5)
+
+
 def test_async_generation_overlaps_and_still_learns(wide_good_bad_policy, tmp_path):
     """--async-generation: batch s + 1 is sampled while the trainer updates on batch s; the
     update takes the trainer's own log-probs at its current weights (the proximal policy) for

@@ -9,6 +9,9 @@ The arguments after the first three name the variants to run (default: ``plain``
 ``micro`` the processes cut their mini-batches differently: rank 0 into
 micro-batches of 3 sequences (3 of them), rank 1 into one by tokens, padded to 3 (an empty
 micro-batch's backward carries no gradient): the weights must come out as without the cut.
+``shared-engine`` and ``fsdp-shared-engine`` sample on one engine each, the first and the second
+address in ``RLHFKIT_TEST_ENGINES`` (``A;B``): process 0 syncs it and feeds it both processes'
+prompts.
 ``ppo`` and ``fsdp-ppo`` train PPO with rewards from the reward model in ``RLHFKIT_TEST_RM`` and
 a critic started from it, replicated and sharded (policy, reference, critic and reward model).
 With ``fsdp`` the policy and the reference are sharded with FSDP2 (``--fsdp``) instead of
@@ -83,6 +86,11 @@ def run(model: str, out: Path, system: str, variant: str) -> None:
     elif variant in ("vllm", "fsdp-vllm", "fsdp-lora-vllm"):
         micro = {"generation_backend": "vllm", "fsdp": variant != "vllm",
                  "lora": variant == "fsdp-lora-vllm"}
+    elif variant in ("shared-engine", "fsdp-shared-engine"):  # one engine for both processes
+        # a run stops its engines at the end: each variant has an engine of its own
+        address = os.environ["RLHFKIT_TEST_ENGINES"].split(";")[variant.startswith("fsdp")]
+        micro = {"generation_backend": "vllm", "vllm_engines": address,
+                 "fsdp": variant.startswith("fsdp")}
     elif variant in ("ppo", "fsdp-ppo"):  # rewards from the reward model, a critic from it
         micro = {"fsdp": variant == "fsdp-ppo"}
     record: dict = {"prompts": [], "local_score": []}
@@ -113,7 +121,7 @@ def run(model: str, out: Path, system: str, variant: str) -> None:
             record["sharded"]["critic"] = is_sharded(self.critic)
             record["critic"] = sum(float((p.full_tensor() if hasattr(p, "full_tensor") else p)
                                          .double().abs().sum()) for p in self.critic.parameters())
-        if self.cfg.generation_backend == "vllm":
+        if self.cfg.generation_backend == "vllm" and not self.cfg.vllm_engines:
             record.update(greedy_pair(self, model))
         (out / f"rank{self.rank}.json").write_text(json.dumps(record))
         return finish(self)

@@ -11,7 +11,9 @@ commands on a socket (``multiprocessing.connection``, with an auth key):
 
 The trainer side is :class:`RemoteBackend`, a ``GenerationBackend``: it spreads the prompts of
 a rollout over the engines (keeping the k copies of a prompt on one engine, so its prefill is
-shared) and syncs all engines when the policy's version changes. Engines start with
+shared) and syncs all engines when the policy's version changes. Trainer processes that are
+more than the engines share them through :class:`SharedEngines`: process 0 syncs and feeds
+every engine, with the prompts of all processes. Engines start with
 ``rlhfkit engine --model PATH --port P`` (any machine that can load the model), or are started
 here by the RL stage (``--vllm-engines N``), or as Ray actors (:mod:`rlhfkit.engines.placement`).
 """
@@ -359,6 +361,88 @@ class RemoteBackend:
                 client.call("close")
             except RemoteEngineError:
                 pass
+
+
+class SharedEngines:
+    """``GenerationBackend`` for trainer processes that share fewer engines than they are.
+
+    Process 0 holds the connections (a :class:`RemoteBackend` over every engine) and syncs
+    every engine once per policy version; every process hands its prompts to process 0, which
+    spreads all of them over all the engines (a prompt's k copies together), and gets its own
+    responses and their log-probs back. Each call is a collective over the trainer processes,
+    so every process must make the same calls in the same order (the RL loop does: each
+    samples once per step). Under FSDP2 (``gather_everywhere``) every process takes part in
+    gathering each sharded parameter for the sync; only process 0 sends.
+
+    Args:
+        inner: The backend over every engine on process 0; None on the others.
+        weights: ``weights(model) -> (name, tensor)`` pairs, as the inner backend's.
+        gather_everywhere: The weights are sharded: every process must read them for a sync.
+    """
+
+    def __init__(self, inner: RemoteBackend | None, weights: Any,
+                 gather_everywhere: bool = False) -> None:
+        import torch.distributed as dist
+
+        self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        if (inner is None) != (self.rank != 0):
+            raise ValueError("SharedEngines: process 0, and only it, holds the engines")
+        self.inner, self.weights, self.gather_everywhere = inner, weights, gather_everywhere
+        self.version: int | None = 0
+        self.seed: int | None = None
+        self.last_logprobs: list[list[float]] | None = None
+        self.last_sync: dict[str, float] = {}
+        self._synced_model: int | None = None
+
+    def sync(self, model: torch.nn.Module, version: int) -> bool:
+        """Bring every engine to ``version`` (process 0 sends; see the class docstring)."""
+        if self.version == version and self._synced_model == id(model):
+            return False
+        import torch.distributed as dist
+
+        if self.inner is not None:
+            self.inner.sync(model, version)
+        elif self.gather_everywhere:  # each sharded parameter is gathered by all processes
+            for _ in self.weights(model):
+                pass
+        # Every process logs the one sync's time and size (the metrics are averaged over
+        # processes, and each must log the same keys).
+        box = [dict(self.inner.last_sync) if self.inner is not None else None]
+        dist.broadcast_object_list(box, src=0)
+        self.last_sync = box[0] or {}
+        self.version, self._synced_model = version, id(model)
+        return True
+
+    @torch.no_grad()
+    def generate(self, model: torch.nn.Module, prompt_ids: Sequence[Sequence[int]],
+                 sampling: Any, eos_token_ids: Sequence[int], pad_token_id: int
+                 ) -> list[list[int]]:
+        """Sample every process's prompts on the shared engines; returns this process's."""
+        import torch.distributed as dist
+
+        if self._synced_model != id(model):
+            self.sync(model, self.version if self.version is not None else -1)
+        asked: list[Any] = [None] * self.world
+        dist.all_gather_object(asked, [list(p) for p in prompt_ids])
+        answers: list[Any] | None = None
+        if self.inner is not None:
+            self.inner.seed = self.seed
+            every = [p for share in asked for p in share]
+            ids = self.inner.generate(model, every, sampling, eos_token_ids, pad_token_id)
+            lps = self.inner.last_logprobs or [[] for _ in ids]
+            answers, start = [], 0
+            for share in asked:
+                answers.append((ids[start:start + len(share)], lps[start:start + len(share)]))
+                start += len(share)
+        mine: list[Any] = [None]
+        dist.scatter_object_list(mine, answers, src=0)
+        ids, self.last_logprobs = mine[0]
+        return ids
+
+    def close(self) -> None:
+        """Tell the engines to stop (process 0)."""
+        if self.inner is not None:
+            self.inner.close()
 
 
 @dataclass

@@ -35,12 +35,18 @@ from torch import nn
 
 from rlhfkit import memory
 from rlhfkit.config import bounds, only, stage_defaults
+from rlhfkit.engines.remote import SharedEngines
 from rlhfkit.evaluate.finegrained import fine_grained_section
 from rlhfkit.evaluate.metrics import kl_stats
 from rlhfkit.evaluate.overoptimisation import overoptimisation_section
 from rlhfkit.evaluate.report import Section, curves_section, write_sections
 from rlhfkit.evaluate.runs import read_metrics
-from rlhfkit.models.loading import load_causal_lm, load_tokenizer, merge_and_save
+from rlhfkit.models.loading import (
+    checkpoint_weights,
+    load_causal_lm,
+    load_tokenizer,
+    merge_and_save,
+)
 from rlhfkit.models.policy import SelectiveLM
 from rlhfkit.models.reward import RewardModel
 from rlhfkit.options import (
@@ -321,13 +327,25 @@ class RLRun:
                 kind = "hf"
                 if self.acc.is_main_process:
                     print("[generation] Hugging Face generate on the shards (--fsdp)")
-            engines = cfg.vllm_engines
+            engines, shared = cfg.vllm_engines, False
             if engines and not engines.isdigit() and self.world > 1:
                 addresses = [a for a in engines.split(",") if a.strip()]
-                if len(addresses) < self.world:
-                    raise TrainingError(f"{len(addresses)} engine(s) for {self.world} trainer "
-                                        "processes: give each process at least one")
-                engines = ",".join(addresses[self.rank::self.world])
+                shared = len(addresses) < self.world  # process 0 feeds them all
+                if shared and self.off_policy:
+                    raise TrainingError(
+                        f"--async-generation with {len(addresses)} engine(s) for {self.world} "
+                        "trainer processes: sharing engines is a collective the background "
+                        "sampling cannot take part in; give each process an engine, or sample "
+                        "in step")
+                if not shared:
+                    engines = ",".join(addresses[self.rank::self.world])
+                if shared and self.acc.is_main_process:
+                    print(f"[generation] {len(addresses)} engine(s) shared by {self.world} "
+                          "trainer processes: process 0 syncs them and spreads every "
+                          "process's prompts over them")
+            if shared and self.rank != 0:
+                self._backend = SharedEngines(None, checkpoint_weights, self.run.sharded)
+                return self._backend
             self._backend = backend = make_backend(
                 kind, cfg.model, self.autocast, seed=cfg.seed + self.rank,
                 max_model_len=cfg.max_prompt_tokens + episode_budget(cfg) + 1,
@@ -340,6 +358,8 @@ class RLRun:
             if self.run.sharded and hasattr(backend, "synced"):
                 # every forward of a sharded model is a collective: decode in step
                 backend.synced = True
+            if shared:
+                self._backend = SharedEngines(backend, checkpoint_weights, self.run.sharded)
         return self._backend
 
     # ------------------------------------------------------------------ data

@@ -363,6 +363,67 @@ def test_grpo_on_a_local_ray_cluster_with_one_trainer_and_one_engine_actor(wide_
     assert all(r["rollout/logprob_gap_max"] < 1e-3 for r in train)  # weights reached the engine
 
 
+@pytest.mark.multiproc
+def test_grpo_on_two_ray_nodes_stops_clearly_when_one_goes_and_resumes(wide_good_bad_policy,
+                                                                      tmp_path):
+    """A local Ray cluster of two simulated nodes (``ray.cluster_utils.Cluster``): two trainer
+    actors share one engine actor (process 0 syncs and feeds it), spread over the nodes. The
+    second node is removed after the checkpoint of step 2: the run stops with one clear error
+    instead of hanging, and the same run with ``--resume`` (the node back) goes on from the
+    newest checkpoint to the last step, both trainers ending on the same weights."""
+    import dataclasses
+    import threading
+    import time
+
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from good_bad import rl_common, rl_metrics
+    from rlhfkit.engines.remote import RemoteEngineError
+    from rlhfkit.train.trainer import rl_config, train_rl
+
+    out = tmp_path / "grpo-two-nodes"
+    cluster = Cluster(initialize_head=True,
+                      head_node_args={"num_cpus": 2, "include_dashboard": False})
+    node = cluster.add_node(num_cpus=1)
+    ray.init(address=cluster.address, log_to_driver=False)
+    cfg = rl_config("grpo", **rl_common(
+        wide_good_bad_policy, out, num_samples=2, batch_size=2, max_steps=8, eval_prompts=0,
+        reward_model="scorer:sentiment", ray="auto", ray_trainers=2, ray_engines=1,
+        ray_cpus_per_worker=1, ray_strategy="SPREAD", save_every=1))
+    removed: list[float] = []
+
+    def remove_node_after_step_2() -> None:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            if any((p / "loop_state.json").exists() and int(p.name.split("-")[1]) >= 2
+                   for p in (out / "checkpoints").glob("step-*")):
+                cluster.remove_node(node)
+                removed.append(time.monotonic())
+                return
+            time.sleep(0.1)
+
+    try:
+        killer = threading.Thread(target=remove_node_after_step_2, daemon=True)
+        killer.start()
+        with pytest.raises(RemoteEngineError, match="--resume") as err:
+            train_rl(cfg)
+        killer.join()
+        assert removed, "the run ended before the node was removed"
+        assert time.monotonic() - removed[0] < 120, "the lost node was noticed too late"
+        stopped_at = len(rl_metrics(out)[0])
+        assert stopped_at < 8, str(err.value)
+        cluster.add_node(num_cpus=1)
+        saved = train_rl(dataclasses.replace(cfg, resume=True))
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    assert (saved / "config.json").exists()
+    train, _ = rl_metrics(out)
+    assert [r["step"] for r in train] == list(range(1, 9)), (stopped_at, str(err.value))
+    assert all(r["rollout/logprob_gap_max"] < 1e-3 for r in train)  # the engine got each version
+
+
 def test_a_large_seeded_batch_samples_in_one_call(engine, wide_lm, tokenizer):
     """256 prompts x 4 seeded samples in one call (more prompt tokens than one engine step
     takes): vLLM 0.32 on CPU crashed here with chunked prefill ("CPU Generator does not use

@@ -122,14 +122,24 @@ def run_on_ray(fn: Callable[[Any], Any], cfg: Any, log: Any = print) -> Any:
                     "LOCAL_WORLD_SIZE": "1", "RLHFKIT_TRAINER_HOST": host}
         runs.append(trainer.train.remote(fn, worker_cfg, env_rank))
     try:
+        # Wait for the first trainer to end: when one fails, the others are stuck in a
+        # collective with it, so waiting for all of them in order could hang.
+        pending = list(runs)
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            ray.get(done)
         results = ray.get(runs)
     except ray.exceptions.RayActorError as err:
         raise RemoteEngineError(f"a trainer process died on Ray ({err.__class__.__name__}: its "
                                 "node may have gone away); go on from the last checkpoint with "
                                 "--resume") from None
+    except ray.exceptions.RayTaskError as err:  # the stage raised in a trainer process
+        cause = getattr(err, "cause", None) or err
+        raise RemoteEngineError(f"a trainer process failed on Ray: {cause}; go on from the last "
+                                "checkpoint with --resume") from None
     finally:
-        for e in engines:
-            ray.kill(e)
+        for actor in (*trainers, *engines):
+            ray.kill(actor)
         ray.util.remove_placement_group(group)
         del serving
     return results[0]

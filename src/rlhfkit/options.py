@@ -213,6 +213,10 @@ class GenerationOptions:
     """Sample the next batch while the trainer updates on this one (one update off-policy: the
     trainer's own log-probs are the ratio's, each token weighted by min(pi_trainer / pi_engine,
     --tis-cap)). Needs a vLLM backend."""
+    max_staleness: int = field(default=1, metadata=bounds(ge=1))
+    """--async-generation: how many updates sampling may run ahead. K batches are sampled one
+    after another on the weights of one update, so each is at most K updates behind when the
+    trainer takes it (1: the next batch while the trainer updates on this one)."""
     vllm_kv_cache_gb: float = field(default=0.25, metadata=bounds(gt=0))
     """vLLM: memory for the engine's KV cache, GiB (0.25 holds ~11k tokens of SmolLM2-135M)."""
     vllm_engines: str = ""

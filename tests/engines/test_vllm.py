@@ -295,9 +295,9 @@ def test_async_generation_overlaps_and_still_learns(wide_good_bad_policy, tmp_pa
     seen: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
     prefetch, metrics_of = RLRun._prefetch, RLRun.rollout_metrics
 
-    def spy(self, step):
-        sampled_with.append((step, self.policy_version))
-        return prefetch(self, step)
+    def spy(self, steps):
+        sampled_with.extend((step, self.policy_version) for step in steps)
+        return prefetch(self, steps)
 
     def spy_metrics(self, rollout, *args, **kwargs):
         seen.append((rollout.logprobs.clone(), rollout.extras["engine_logprobs"].clone(),
@@ -325,6 +325,56 @@ def test_async_generation_overlaps_and_still_learns(wide_good_bad_policy, tmp_pa
         weights = (trainer - engine)[mask].exp().clamp(max=2.0)
         assert row["rollout/tis_mean"] == pytest.approx(float(weights.mean()), rel=1e-5)
         assert row["rollout/tis_mean"] != pytest.approx(1.0, abs=1e-4)
+
+
+def test_max_staleness_samples_batches_ahead_and_never_further(wide_good_bad_policy, tmp_path):
+    """--max-staleness 2: the engine samples two batches one after another on one version of
+    the weights, so a batch is at most 2 updates behind when its update comes (step 2 was
+    sampled with step 0's weights: exactly 2), every step's batch is sampled once, the TIS
+    weights correct for it, and GRPO still learns."""
+    from good_bad import assert_learned, good_share, rl_common, rl_metrics
+    from rlhfkit.train.rl import RLRun
+    from rlhfkit.train.trainer import rl_config, train_rl
+
+    chains: list[tuple[list[int], int]] = []  # (steps sampled ahead, policy version then)
+    prefetch = RLRun._prefetch
+
+    def spy(self, steps):
+        chains.append((list(steps), self.policy_version))
+        return prefetch(self, steps)
+
+    RLRun._prefetch = spy
+    try:
+        out = tmp_path / "grpo-stale"
+        train_rl(rl_config("grpo", **rl_common(wide_good_bad_policy, out, num_samples=4,
+                                               batch_size=2, kl_coef=0.04, max_steps=7,
+                                               generation_backend="vllm",
+                                               async_generation=True, max_staleness=2)),
+                 reward_fn=good_share)
+    finally:
+        RLRun._prefetch = prefetch
+    assert chains[0] == ([1, 2], 0)
+    assert sorted(j for steps, _ in chains for j in steps) == list(range(1, 7))
+    for steps, version in chains:  # started at most 2 updates before each batch's own
+        assert all(version >= j - 2 for j in steps), chains
+    train, _ = rl_metrics(out)
+    staleness = [r["rollout/staleness"] for r in train]
+    assert staleness[0] == 0.0 and staleness[2] == 2.0, staleness
+    assert all(1.0 <= x <= 2.0 for x in staleness[1:]), staleness
+    assert all(r["rollout/tis_mean"] != pytest.approx(1.0, abs=1e-4) for r in train[1:])
+    assert_learned(out, min_gain=0.1)
+
+
+def test_max_staleness_without_async_is_refused(tiny_lm, tmp_path):
+    from good_bad import good_share, rl_common
+    from rlhfkit.train.loop import TrainingError
+    from rlhfkit.train.trainer import rl_config, train_rl
+
+    with pytest.raises(TrainingError, match="--max-staleness 3 bounds"):
+        train_rl(rl_config("grpo", **rl_common(tiny_lm, tmp_path / "x", num_samples=2,
+                                               batch_size=2, generation_backend="hf",
+                                               max_staleness=3, max_steps=1)),
+                 reward_fn=good_share)
 
 
 def test_async_generation_on_transformers_is_refused(tiny_lm, tmp_path):

@@ -262,9 +262,16 @@ class RLRun:
                     shard_model(source.model, cfg, frozen=True)
             self._first_forward()
         self._backend: GenerationBackend | None = None
-        self._pending: tuple[int, threading.Thread, list] | None = None
-        """The batch being sampled in the background (--async-generation)."""
-        self._sampled_version = self._next_sampled_version = 0
+        self._ahead: dict[int, tuple[threading.Event, list, int]] = {}
+        """Batches sampled, or being sampled, in the background (--async-generation): step ->
+        (set when done, [rollout or the error], the policy version that sampled it)."""
+        self._chain: threading.Thread | None = None
+        """The thread sampling them, one batch after another on the one engine."""
+        self._sampled_version = 0
+        self.max_staleness = int(getattr(cfg, "max_staleness", 1))
+        if self.max_staleness != 1 and not self.off_policy:
+            raise TrainingError(f"--max-staleness {self.max_staleness} bounds how far "
+                                "--async-generation samples ahead: turn that on, or leave it 1")
         self.staleness = 0
         """Policy versions between the weights that sampled this batch and the update's."""
         if (self.off_policy or getattr(cfg, "tis_cap", 0.0)) and (cfg.top_p < 1 or cfg.top_k):
@@ -579,7 +586,8 @@ class RLRun:
 
         Plain: sampled now. With ``--async-generation`` the batch of step ``s + 1`` is sampled
         in the background while the trainer updates on step ``s``, so it comes from the
-        weights one update behind. Decoupled PPO (Hilton et al. 2021; as AReaL and PipelineRL
+        weights one update behind; with ``--max-staleness K`` the engine samples up to K
+        batches ahead on one version of the weights (each at most K updates behind). Decoupled PPO (Hilton et al. 2021; as AReaL and PipelineRL
         run it): the trainer recomputes the log-probs at its current weights (the proximal
         policy; its "old" log-probs, which the ratio is clipped against, and the KL's), and
         each token's loss is weighted by ``min(pi_prox / pi_engine, --tis-cap)``, the
@@ -593,53 +601,71 @@ class RLRun:
         if not hasattr(self.backend, "sync"):
             raise TrainingError("--async-generation needs a vLLM backend (--generation-backend "
                                 "vllm): the engine's log-probs are the sampling policy's")
-        pending, self._pending = self._pending, None
-        if pending is not None and pending[0] == step:
+        ahead = self._ahead.pop(step, None)
+        if ahead is not None:
+            done, box, version = ahead
             with self.timed("sample"):  # only what the update did not hide
-                pending[1].join()
-            if isinstance(pending[2][0], BaseException):
-                raise pending[2][0]
-            rollout = pending[2][0]
-            self._sampled_version = self._next_sampled_version
-        else:  # the first step (or the first after a resume): nothing was prefetched
+                done.wait()
+            if isinstance(box[0], BaseException):
+                raise box[0]
+            rollout, self._sampled_version = box[0], version
+        else:  # the first step (or the first after a resume): nothing was sampled ahead
+            self._wait_for_prefetch()
             with self.timed("sample"):
                 rollout = self.sample_responses(self.prompt_batch(step), self._seed(step))
             self._sampled_version = self.policy_version
         sampled_with = self._sampled_version
-        if step + 1 < self.total_steps:
-            self._prefetch(step + 1)
+        if self._chain is None or not self._chain.is_alive():  # the engine is idle: top up
+            wanted = [j for j in range(step + 1, min(step + self.max_staleness,
+                                                     self.total_steps - 1) + 1)
+                      if j not in self._ahead]
+            if wanted:
+                self._prefetch(wanted)
         self.staleness = self.policy_version - sampled_with
         # The proximal policy: log-probs (and values) at the trainer's weights now.
         with self.timed("passes"):
             return self.score_rollout(rollout)
 
-    def _prefetch(self, step: int) -> None:
-        """Start sampling the batch of ``step`` in a thread, with the current weights."""
+    def _prefetch(self, steps: list[int]) -> None:
+        """Start sampling the batches of ``steps`` in a thread, in order, with the current
+        weights (the engine is synced first, while it is idle and the weights hold still).
+
+        The batch of a step ``j`` is started at step ``s >= j - --max-staleness``, so it is at
+        most that many updates behind when its update comes.
+        """
         backend = self.backend
         backend.sync(self.lm, self.policy_version)  # before the thread: the engine is idle
-        self._next_sampled_version = self.policy_version
-        prompts, seed, box = self.prompt_batch(step), self._seed(step), [None]
-        threads = torch.get_num_threads()
+        version, threads = self.policy_version, torch.get_num_threads()
+        jobs = [(j, self.prompt_batch(j), self._seed(j), threading.Event(), [None])
+                for j in steps]
+        for j, _, _, done, box in jobs:
+            self._ahead[j] = (done, box, version)
 
         def work() -> None:
             # A new thread starts with OpenMP's default thread count, not the one the process
             # set; vLLM's CPU attention refuses a mismatch ("thread_num (2 vs. 1)").
             torch.set_num_threads(threads)
-            try:
-                box[0] = sample(self.lm, self.tokenizer, prompts, self.sampling,
-                                self.system_prompt, backend=_Seeded(backend, seed),
-                                max_prompt_tokens=self.cfg.max_prompt_tokens,
-                                autocast=self.autocast)
-            except BaseException as err:  # noqa: BLE001 - raised in the trainer's thread
-                box[0] = err
+            failed: BaseException | None = None
+            for _, prompts, seed, done, box in jobs:
+                if failed is None:
+                    try:
+                        box[0] = sample(self.lm, self.tokenizer, prompts, self.sampling,
+                                        self.system_prompt, backend=_Seeded(backend, seed),
+                                        max_prompt_tokens=self.cfg.max_prompt_tokens,
+                                        autocast=self.autocast)
+                    except BaseException as err:  # noqa: BLE001 - raised in the trainer's thread
+                        failed = err
+                if failed is not None:
+                    box[0] = failed
+                done.set()
 
-        thread = threading.Thread(target=work, name=f"rollout-{step}", daemon=True)
-        thread.start()
-        self._pending = (step, thread, box)
+        self._chain = threading.Thread(target=work, name=f"rollouts-{steps[0]}-{steps[-1]}",
+                                       daemon=True)
+        self._chain.start()
 
     def _wait_for_prefetch(self) -> None:
-        if self._pending is not None:
-            self._pending[1].join()
+        if self._chain is not None:
+            self._chain.join()
 
     def score(self, rollout: Rollout) -> tuple[RewardTerms, dict[str, float]]:
         """The reward terms of a training rollout, and metrics of the scoring itself.

@@ -157,6 +157,7 @@ def run_rlhfkit(s: Settings, clock, workdir: str) -> dict:
                                                         False)),
                     backend=type(self.backend).__name__)
         if s.warmup <= self.step < s.warmup + s.steps:
+            counted.setdefault("reward_per_step", []).append(float(metrics["reward/score"]))
             counted["samples"] += len(rollout)
             counted["tokens"] += int(rollout.response_lengths.sum())
             counted["prompt_tokens"] += sum(len(p) for p in rollout.prompt_ids)
@@ -528,7 +529,9 @@ def run_one(framework: str, algo: str, a: argparse.Namespace, model: str, raw: P
 
     out, log = raw / f"{tag}.json", raw / f"{tag}.log"
     python = a.trl_python if (framework == "trl" and a.trl_python) else sys.executable
-    cmd = [python, str(Path(__file__).resolve()), "--child", "--framework", framework,
+    sync_twin = framework == "rlhfkit-sync"  # the same rlhfkit run without --async-generation
+    cmd = [python, str(Path(__file__).resolve()), "--child", "--framework",
+           "rlhfkit" if sync_twin else framework,
            "--algo", algo, "--model", model, "--out", str(out), "--warmup", str(a.warmup),
            "--steps", str(a.steps), "--prompts-per-step", str(a.prompts_per_step),
            "--group-size", str(a.group_size), "--max-new-tokens", str(a.max_new_tokens),
@@ -536,7 +539,7 @@ def run_one(framework: str, algo: str, a: argparse.Namespace, model: str, raw: P
            "--generation-backend", a.generation_backend, "--threads", str(a.threads)]
     if reward_model:
         cmd += ["--reward-model", reward_model]
-    if a.async_generation:
+    if a.async_generation and not sync_twin:
         cmd.append("--async-generation")
     if a.vllm_engines:
         cmd += ["--vllm-engines", a.vllm_engines]
@@ -559,7 +562,7 @@ def run_one(framework: str, algo: str, a: argparse.Namespace, model: str, raw: P
                 "log": str(log),
                 "load_before": load_before, "wall_seconds": time.perf_counter() - t0}
     record = json.loads(out.read_text())
-    record.update(tag=tag, wall_seconds=time.perf_counter() - t0, load_before=load_before,
+    record.update(framework=framework, tag=tag, wall_seconds=time.perf_counter() - t0, load_before=load_before,
                   load_after=os.getloadavg()[0], python=python)
     tok, roll = record["tokens_per_s"], record.get("rollout_tokens_per_s")
     print(f"  {tag:26s} {record['samples_per_s']:6.3f} samples/s "
@@ -628,7 +631,7 @@ def summarize(runs: list[dict], algo: str) -> dict:
         if r["algo"] == algo and not r.get("failed"):
             by.setdefault(r["framework"], {})[r["round"]] = r
     out: dict = {"contenders": {}, "ratios": {}}
-    for fw in [f for f in ("rlhfkit", "trl", "engine") if f in by]:
+    for fw in [f for f in ("rlhfkit", "rlhfkit-sync", "trl", "engine") if f in by]:
         rs = list(by[fw].values())
         c = out["contenders"][fw] = {
             m: spread([r[m] for r in rs]) for m in ("samples_per_s", "peak_rss_mb",
@@ -652,6 +655,11 @@ def summarize(runs: list[dict], algo: str) -> dict:
             "rss_ratio": spread([ours[k]["peak_rss_mb"] / theirs[k]["peak_rss_mb"]
                                  for k in common]),
         }
+    if "rlhfkit" in by and "rlhfkit-sync" in by:  # --async-generation against sampling in step
+        common = sorted(set(by["rlhfkit"]) & set(by["rlhfkit-sync"]))
+        out["ratios"]["async_vs_sync"] = spread(
+            [by["rlhfkit"][k]["samples_per_s"] / by["rlhfkit-sync"][k]["samples_per_s"]
+             for k in common])
     if "rlhfkit" in by and "engine" in by:
         common = [k for k in sorted(set(by["rlhfkit"]) & set(by["engine"]))
                   if by["rlhfkit"][k].get("rollout_tokens_per_s")]
@@ -662,7 +670,7 @@ def summarize(runs: list[dict], algo: str) -> dict:
     return out
 
 
-TARGETS = {"speedup": {"hf": 2.0, "vllm": 3.0}, "rss_ratio": 1.0, "rollout_vs_engine": 0.8}
+TARGETS = {"speedup": {"hf": 2.0, "vllm": 3.0}, "rss_ratio": 1.0, "rollout_vs_engine": 0.9}
 """rlhfkit / TRL throughput (by rlhfkit's backend), peak RSS ratio, rollout share of the engine."""
 
 
@@ -679,6 +687,8 @@ def names(result: dict, algo: str, fw: str, c: dict) -> str:
             how += f", {a['vllm_engines']} engine(s) apart" if a["vllm_engines"] else \
                 ", in process"
         return f"rlhfkit ({how}{', async' if a['async_generation'] else ''})"
+    if fw == "rlhfkit-sync":
+        return "rlhfkit (the same, sampling in step)"
     if fw == "engine":
         return "bare vLLM engine (sampling only)"
     trainer = {"grpo": "GRPOTrainer", "rloo": "RLOOTrainer",
@@ -718,6 +728,11 @@ def table(result: dict) -> str:
                    f"{judged(r['rollout_vs_engine'], TARGETS['rollout_vs_engine'])}"
                    if "rollout_vs_engine" in r else "n/a")
         lines.append(f"| {algo.upper()} | " + " | ".join(row) + " |")
+    for algo, summary in result["summary"].items():
+        if "async_vs_sync" in summary["ratios"]:
+            lines.append(f"\n{algo.upper()}: rlhfkit with --async-generation / the same run "
+                         f"sampling in step: **{fmt(summary['ratios']['async_vs_sync'], 2, 'x')}"
+                         "** completions/s")
     loads = [r["load_before"] for r in result["runs"]]
     m = result["machine"]
     per_prompt = " or ".join(sorted({"1" if algo == "ppo" else str(a["group_size"])
@@ -770,7 +785,8 @@ def driver(a: argparse.Namespace) -> int:
     model = policy_folder(model_dir(), cache / "rl-policy")
     reward_model = make_reward_model(model, cache / "rl-ppo-reward-model") \
         if "ppo" in a.algos else None
-    contenders = ["rlhfkit", "trl"] + (["engine"] if a.generation_backend == "vllm" else [])
+    contenders = ["rlhfkit", "trl"] + (["rlhfkit-sync"] if a.async_generation else []) \
+        + (["engine"] if a.generation_backend == "vllm" else [])
     print(f"model: {model}; {a.reps} rounds of {a.warmup} + {a.steps} steps; algos {a.algos}; "
           f"rlhfkit samples with {a.generation_backend}; TRL "
           f"{'tries vLLM colocate' if a.trl_vllm else 'on HF generate'}")

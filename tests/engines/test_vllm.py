@@ -438,7 +438,7 @@ def test_grpo_on_two_ray_nodes_stops_clearly_when_one_goes_and_resumes(wide_good
     node = cluster.add_node(num_cpus=1)
     ray.init(address=cluster.address, log_to_driver=False)
     cfg = rl_config("grpo", **rl_common(
-        wide_good_bad_policy, out, num_samples=2, batch_size=2, max_steps=8, eval_prompts=0,
+        wide_good_bad_policy, out, num_samples=2, batch_size=2, max_steps=5, eval_prompts=0,
         reward_model="scorer:sentiment", ray="auto", ray_trainers=2, ray_engines=1,
         ray_cpus_per_worker=1, ray_strategy="SPREAD", save_every=1))
     removed: list[float] = []
@@ -462,7 +462,7 @@ def test_grpo_on_two_ray_nodes_stops_clearly_when_one_goes_and_resumes(wide_good
         assert removed, "the run ended before the node was removed"
         assert time.monotonic() - removed[0] < 120, "the lost node was noticed too late"
         stopped_at = len(rl_metrics(out)[0])
-        assert stopped_at < 8, str(err.value)
+        assert stopped_at < 5, str(err.value)
         cluster.add_node(num_cpus=1)
         saved = train_rl(dataclasses.replace(cfg, resume=True))
     finally:
@@ -470,7 +470,7 @@ def test_grpo_on_two_ray_nodes_stops_clearly_when_one_goes_and_resumes(wide_good
         cluster.shutdown()
     assert (saved / "config.json").exists()
     train, _ = rl_metrics(out)
-    assert [r["step"] for r in train] == list(range(1, 9)), (stopped_at, str(err.value))
+    assert [r["step"] for r in train] == list(range(1, 6)), (stopped_at, str(err.value))
     assert all(r["rollout/logprob_gap_max"] < 1e-3 for r in train)  # the engine got each version
 
 

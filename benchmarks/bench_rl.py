@@ -562,8 +562,8 @@ def run_one(framework: str, algo: str, a: argparse.Namespace, model: str, raw: P
                 "log": str(log),
                 "load_before": load_before, "wall_seconds": time.perf_counter() - t0}
     record = json.loads(out.read_text())
-    record.update(framework=framework, tag=tag, wall_seconds=time.perf_counter() - t0, load_before=load_before,
-                  load_after=os.getloadavg()[0], python=python)
+    record.update(framework=framework, tag=tag, wall_seconds=time.perf_counter() - t0,
+                  load_before=load_before, load_after=os.getloadavg()[0], python=python)
     tok, roll = record["tokens_per_s"], record.get("rollout_tokens_per_s")
     print(f"  {tag:26s} {record['samples_per_s']:6.3f} samples/s "
           f"{'' if tok is None else f'{tok:6.1f} tokens/s '}"

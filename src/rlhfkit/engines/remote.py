@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+import torch.distributed as dist
 
 from rlhfkit.config import only, stage_defaults
 from rlhfkit.data.chat import repeats
@@ -71,8 +72,6 @@ class WeightChannel:
 
     def __init__(self, host: str, port: int, rank: int, world: int, backend: str = "gloo",
                  timeout_s: float = 600.0) -> None:
-        import torch.distributed as dist
-
         timeout = datetime.timedelta(seconds=timeout_s)
         store = dist.TCPStore(host, port, world, rank == 0, timeout=timeout)
         prefixed = dist.PrefixStore("rlhfkit-weights", store)
@@ -87,8 +86,6 @@ class WeightChannel:
 
     def broadcast(self, tensor: torch.Tensor) -> torch.Tensor:
         """Rank 0's ``tensor`` on every rank (in place on the receivers)."""
-        import torch.distributed as dist
-
         opts = dist.BroadcastOptions()
         opts.rootRank = 0
         self.group.broadcast([tensor], opts).wait()
@@ -382,8 +379,6 @@ class SharedEngines:
 
     def __init__(self, inner: RemoteBackend | None, weights: Any,
                  gather_everywhere: bool = False) -> None:
-        import torch.distributed as dist
-
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
         if (inner is None) != (self.rank != 0):
             raise ValueError("SharedEngines: process 0, and only it, holds the engines")
@@ -398,8 +393,6 @@ class SharedEngines:
         """Bring every engine to ``version`` (process 0 sends; see the class docstring)."""
         if self.version == version and self._synced_model == id(model):
             return False
-        import torch.distributed as dist
-
         if self.inner is not None:
             self.inner.sync(model, version)
         elif self.gather_everywhere:  # each sharded parameter is gathered by all processes
@@ -418,8 +411,6 @@ class SharedEngines:
                  sampling: Any, eos_token_ids: Sequence[int], pad_token_id: int
                  ) -> list[list[int]]:
         """Sample every process's prompts on the shared engines; returns this process's."""
-        import torch.distributed as dist
-
         if self._synced_model != id(model):
             self.sync(model, self.version if self.version is not None else -1)
         asked: list[Any] = [None] * self.world

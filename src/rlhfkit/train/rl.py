@@ -267,7 +267,6 @@ class RLRun:
         (set when done, [rollout or the error], the policy version that sampled it)."""
         self._chain: threading.Thread | None = None
         """The thread sampling them, one batch after another on the one engine."""
-        self._sampled_version = 0
         self.max_staleness = int(getattr(cfg, "max_staleness", 1))
         if self.max_staleness != 1 and not self.off_policy:
             raise TrainingError(f"--max-staleness {self.max_staleness} bounds how far "
@@ -338,15 +337,15 @@ class RLRun:
             if engines and not engines.isdigit() and self.world > 1:
                 addresses = [a for a in engines.split(",") if a.strip()]
                 shared = len(addresses) < self.world  # process 0 feeds them all
-                if shared and self.off_policy:
+                if not shared:
+                    engines = ",".join(addresses[self.rank::self.world])
+                elif self.off_policy:
                     raise TrainingError(
                         f"--async-generation with {len(addresses)} engine(s) for {self.world} "
                         "trainer processes: sharing engines is a collective the background "
                         "sampling cannot take part in; give each process an engine, or sample "
                         "in step")
-                if not shared:
-                    engines = ",".join(addresses[self.rank::self.world])
-                if shared and self.acc.is_main_process:
+                elif self.acc.is_main_process:
                     print(f"[generation] {len(addresses)} engine(s) shared by {self.world} "
                           "trainer processes: process 0 syncs them and spreads every "
                           "process's prompts over them")
@@ -587,10 +586,10 @@ class RLRun:
         Plain: sampled now. With ``--async-generation`` the batch of step ``s + 1`` is sampled
         in the background while the trainer updates on step ``s``, so it comes from the
         weights one update behind; with ``--max-staleness K`` the engine samples up to K
-        batches ahead on one version of the weights (each at most K updates behind). Decoupled PPO (Hilton et al. 2021; as AReaL and PipelineRL
-        run it): the trainer recomputes the log-probs at its current weights (the proximal
-        policy; its "old" log-probs, which the ratio is clipped against, and the KL's), and
-        each token's loss is weighted by ``min(pi_prox / pi_engine, --tis-cap)``, the
+        batches ahead on one version of the weights (each at most K updates behind).
+        Decoupled PPO (Hilton et al. 2021; as AReaL and PipelineRL run it): the trainer
+        recomputes the log-probs at its current weights (the proximal policy; its "old"
+        log-probs, which the ratio is clipped against, and the KL's), and each token's loss is weighted by ``min(pi_prox / pi_engine, --tis-cap)``, the
         importance of the proximal policy to the one that sampled (:meth:`tis_weights`).
         """
         if not self.off_policy:
@@ -608,13 +607,12 @@ class RLRun:
                 done.wait()
             if isinstance(box[0], BaseException):
                 raise box[0]
-            rollout, self._sampled_version = box[0], version
+            rollout, sampled_with = box[0], version
         else:  # the first step (or the first after a resume): nothing was sampled ahead
             self._wait_for_prefetch()
             with self.timed("sample"):
                 rollout = self.sample_responses(self.prompt_batch(step), self._seed(step))
-            self._sampled_version = self.policy_version
-        sampled_with = self._sampled_version
+            sampled_with = self.policy_version
         if self._chain is None or not self._chain.is_alive():  # the engine is idle: top up
             wanted = [j for j in range(step + 1, min(step + self.max_staleness,
                                                      self.total_steps - 1) + 1)
@@ -627,10 +625,9 @@ class RLRun:
             return self.score_rollout(rollout)
 
     def _prefetch(self, steps: list[int]) -> None:
-        """Start sampling the batches of ``steps`` in a thread, in order, with the current
-        weights (the engine is synced first, while it is idle and the weights hold still).
+        """Start sampling the batches of ``steps`` in a thread, in order, on today's weights.
 
-        The batch of a step ``j`` is started at step ``s >= j - --max-staleness``, so it is at
+        The engine is synced first, while it is idle and the weights hold still. The batch of a step ``j`` is started at step ``s >= j - --max-staleness``, so it is at
         most that many updates behind when its update comes.
         """
         backend = self.backend

@@ -414,6 +414,53 @@ def test_grpo_on_a_local_ray_cluster_with_one_trainer_and_one_engine_actor(wide_
 
 
 @pytest.mark.multiproc
+def test_reference_and_reward_on_ray_actors_give_the_same_run(wide_good_bad_policy, tmp_path):
+    """--ray-ref-actor --ray-reward-actor: the reference and the reward sources live on actors
+    of their own, and the trainer holds neither; the same seed gives the same rewards, KL and
+    losses at every step as the run that holds them itself."""
+    import ray
+
+    from good_bad import rl_common, rl_metrics
+    from rlhfkit.train.trainer import rl_config, train_rl
+
+    runs = {}
+    for name, extra in {"local": {}, "actors": dict(ray_ref_actor=True,
+                                                     ray_reward_actor=True)}.items():
+        out = tmp_path / name
+        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+        try:
+            train_rl(rl_config("grpo", **rl_common(
+                wide_good_bad_policy, out, num_samples=2, batch_size=2, max_steps=2,
+                eval_prompts=2, kl_coef=0.1, reward_model="scorer:sentiment", ray="auto",
+                ray_trainers=1, ray_engines=1, **extra)))
+        finally:
+            ray.shutdown()
+        runs[name], _ = rl_metrics(out)
+    local, actors = runs["local"], runs["actors"]
+    assert len(local) == len(actors) == 2
+    for a, b in zip(local, actors):
+        for key in ("reward/score", "kl/seq", "loss/total"):
+            assert a[key] == pytest.approx(b[key], abs=1e-6), key
+    assert any(abs(r["kl/seq"]) > 1e-6 for r in actors[1:])  # the reference was used, and moved
+
+
+def test_model_actors_without_ray_are_refused(tiny_lm, tmp_path):
+    from good_bad import good_share, rl_common
+    from rlhfkit.train.loop import TrainingError
+    from rlhfkit.train.trainer import rl_config, train_rl
+
+    with pytest.raises(TrainingError, match="need --ray"):
+        train_rl(rl_config("grpo", **rl_common(tiny_lm, tmp_path / "r", num_samples=2,
+                                                batch_size=2, max_steps=1,
+                                                ray_ref_actor=True)))
+    with pytest.raises(TrainingError, match="a reward given in Python stays in the trainer"):
+        train_rl(rl_config("grpo", **rl_common(tiny_lm, tmp_path / "w", num_samples=2,
+                                                batch_size=2, max_steps=1,
+                                                ray_reward_actor=True)),
+                 reward_fn=good_share)
+
+
+@pytest.mark.multiproc
 def test_grpo_on_two_ray_nodes_stops_clearly_when_one_goes_and_resumes(wide_good_bad_policy,
                                                                       tmp_path):
     """A local Ray cluster of two simulated nodes (``ray.cluster_utils.Cluster``): two trainer

@@ -20,7 +20,7 @@ from rlhfkit.rewards.sources import RewardTerms
 from rlhfkit.rollout import Rollout, concat_rollouts
 from rlhfkit.stats import majority_vote, pass_at_k
 from rlhfkit.tasks import get_task
-from rlhfkit.tasks.arithmetic import calculate, parse_answer
+from rlhfkit.tasks.arithmetic import Problem, calculate, parse_answer, worked_steps
 from rlhfkit.tasks.constraints import Constraint, ConstraintsTask, check_constraint
 from rlhfkit.train.rlvr import concat_terms, dynamic_batch, loss_mask, overlong_source
 
@@ -65,8 +65,32 @@ def test_arithmetic_verifier_reads_the_last_answer_line():
     assert parse_answer("no answer") is None
 
 
+def test_worked_steps_take_one_place_value_at_a_time_and_each_step_equals_the_answer():
+    def problem(a, b, op):
+        answer = {"add": a + b, "sub": a - b, "mul": a * b}[op]
+        return Problem("q", a, b, op, answer, "Mia", "coins")
+
+    assert worked_steps(problem(47, 38, "add")) == "47 + 38 = 47 + 30 + 8 = 77 + 8 = 85"
+    assert worked_steps(problem(83, 38, "sub")) == "83 - 38 = 83 - 30 - 8 = 53 - 8 = 45"
+    assert worked_steps(problem(76, 4, "mul")) == "76 * 4 = 70 * 4 + 6 * 4 = 280 + 24 = 304"
+    assert worked_steps(problem(47, 30, "add")) == "47 + 30 = 77"  # one part: one step
+    assert worked_steps(problem(40, 3, "mul")) == "40 * 3 = 120"
+    assert (worked_steps(problem(305, 7, "mul"))
+            == "305 * 7 = 300 * 7 + 5 * 7 = 2100 + 35 = 2135")  # a zero digit is no step
+    assert (worked_steps(problem(4086, 5, "mul")) == "4086 * 5 = 4000 * 5 + 80 * 5 + 6 * 5"
+            " = 20000 + 400 + 30 = 20400 + 30 = 20430")
+    for digits in (2, 4):
+        task = get_task("arithmetic-steps", digits=digits, n_train=300, n_eval=50, n_demos=50)
+        for p in task.problems("train") + task.problems("eval"):
+            parts = worked_steps(p).split(" = ")
+            assert parts[0] == p.expression and parts[-1] == str(p.answer)
+            assert all(calculate(part) == p.answer for part in parts), parts
+        assert all(task.solved(d.prompt, d.response) and "\nAnswer: " in d.response
+                   for d in task.demonstrations())
+
+
 def test_every_arithmetic_demonstration_passes_its_verifier():
-    for name in ("arithmetic", "arithmetic-tool"):
+    for name in ("arithmetic", "arithmetic-tool", "arithmetic-steps"):
         task = get_task(name)
         demos = task.demonstrations()
         assert len(demos) == 256

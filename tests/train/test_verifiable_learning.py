@@ -150,6 +150,16 @@ def test_self_improvement_by_majority_vote_raises_accuracy_without_labels(
     assert "Self-improvement rounds" in report and "eval/pass@1" in report
 
 
+def test_self_improvement_rounds_skip_the_problems_the_warm_up_was_shown():
+    from rlhfkit.train.self_improve import fresh_problems
+
+    task = get_task("arithmetic")
+    shown = {d.prompt for d in task.demonstrations()}
+    fresh = fresh_problems(task)
+    assert len(fresh) == len(task.prompts("train")) - len(shown) and not shown & set(fresh)
+    assert fresh[0] == task.prompts("train")[256]  # the demonstrations are the first 256
+
+
 def test_star_keeps_only_the_paths_that_match_the_reference(mostly_right_policy, tmp_path):
     out = tmp_path / "star"
     assert self_improve(mostly_right_policy, out, "star", rounds=1) == 0

@@ -12,6 +12,9 @@ cluster started with ``ray start --head`` / ``ray start --address``) does this:
    is the rendezvous), each runs the same stage function with ``--vllm-engines`` set to the
    engines' addresses, so rollouts are spread over the engines and weights reach them over a
    process group of their own (:class:`rlhfkit.engines.remote.RemoteBackend`);
+   With ``--ray-ref-actor`` / ``--ray-reward-actor`` one more bundle each holds the reference
+   policy / the reward sources on a :class:`rlhfkit.engines.services.ModelActor`, which every
+   trainer process calls instead of holding its own copy;
 4. waits; when an actor dies (its node went away) the run stops with one line naming it, and
    the stage can go on from its last checkpoint with ``--resume``.
 
@@ -27,6 +30,7 @@ from collections.abc import Callable
 from typing import Any
 
 from rlhfkit.engines.remote import KEY_ENV, EngineConfig, RemoteEngineError, free_port, serve_engine
+from rlhfkit.engines.services import SERVICES, ModelActor
 
 RAY_EXTRA = "--ray needs the 'ray' extra: pip install 'rlhfkit[ray]'"
 
@@ -65,8 +69,10 @@ class _TrainerActor:
         """A port free on this actor's node (rank 0's: the rendezvous listens there)."""
         return free_port()
 
-    def train(self, fn: Callable[[Any], Any], cfg: Any, env: dict[str, str]) -> str:
+    def train(self, fn: Callable[[Any], Any], cfg: Any, env: dict[str, str],
+              services: dict[str, Any] | None = None) -> str:
         os.environ.update(env)
+        SERVICES.update(services or {})  # the model actors (--ray-ref-actor, ...)
         return str(fn(cfg))
 
 
@@ -86,7 +92,9 @@ def run_on_ray(fn: Callable[[Any], Any], cfg: Any, log: Any = print) -> Any:
     elif not ray.is_initialized():
         ray.init(address=cfg.ray, ignore_reinit_error=True, log_to_driver=False)
     cpus, tg, eg = cfg.ray_cpus_per_worker, cfg.ray_gpus_per_trainer, cfg.ray_gpus_per_engine
-    bundles = ([{"CPU": cpus, **({"GPU": tg} if tg else {})}] * cfg.ray_trainers
+    wanted = [name for name, on in (("reference", getattr(cfg, "ray_ref_actor", False)),
+                                    ("rewards", getattr(cfg, "ray_reward_actor", False))) if on]
+    bundles = ([{"CPU": cpus, **({"GPU": tg} if tg else {})}] * (cfg.ray_trainers + len(wanted))
                + [{"CPU": cpus, **({"GPU": eg} if eg else {})}] * cfg.ray_engines)
     group = ray.util.placement_group(bundles, strategy=cfg.ray_strategy)
     ray.get(group.ready(), timeout=600)
@@ -100,7 +108,10 @@ def run_on_ray(fn: Callable[[Any], Any], cfg: Any, log: Any = print) -> Any:
                                        scheduling_strategy=strategy,
                                        runtime_env={"env_vars": env}).remote()
 
-    engines = [placed(_EngineActor, cfg.ray_trainers + e, eg) for e in range(cfg.ray_engines)]
+    first_engine = cfg.ray_trainers + len(wanted)  # bundles: trainers, model actors, engines
+    engines = [placed(_EngineActor, first_engine + e, eg) for e in range(cfg.ray_engines)]
+    services = {name: placed(ModelActor, cfg.ray_trainers + i, tg)
+                for i, name in enumerate(wanted)}
     addresses = ray.get([e.address.remote() for e in engines])
     dtype = "bfloat16" if cfg.precision in ("bf16", "auto") else "float32"
     engine_cfg = EngineConfig(model=cfg.model, dtype=dtype, kv_cache_gb=cfg.vllm_kv_cache_gb,
@@ -108,7 +119,8 @@ def run_on_ray(fn: Callable[[Any], Any], cfg: Any, log: Any = print) -> Any:
                               seed=cfg.seed)
     serving = [e.serve.remote(engine_cfg) for e in engines]
     log(f"[ray] {cfg.ray_engines} engine(s) at {', '.join(addresses)}; "
-        f"{cfg.ray_trainers} trainer process(es)")
+        f"{cfg.ray_trainers} trainer process(es)"
+        + (f"; model actors: {', '.join(wanted)}" if wanted else ""))
     trainers = [placed(_TrainerActor, t, tg) for t in range(cfg.ray_trainers)]
     master = ray.get(trainers[0].node.remote())
     port = ray.get(trainers[0].free_port.remote())  # free where rank 0 listens, not here
@@ -120,7 +132,7 @@ def run_on_ray(fn: Callable[[Any], Any], cfg: Any, log: Any = print) -> Any:
         env_rank = {"MASTER_ADDR": master, "MASTER_PORT": str(port), "RANK": str(rank),
                     "WORLD_SIZE": str(cfg.ray_trainers), "LOCAL_RANK": "0",
                     "LOCAL_WORLD_SIZE": "1", "RLHFKIT_TRAINER_HOST": host}
-        runs.append(trainer.train.remote(fn, worker_cfg, env_rank))
+        runs.append(trainer.train.remote(fn, worker_cfg, env_rank, services))
     try:
         # Wait for the first trainer to end: when one fails, the others are stuck in a
         # collective with it, so waiting for all of them in order could hang.
@@ -138,7 +150,7 @@ def run_on_ray(fn: Callable[[Any], Any], cfg: Any, log: Any = print) -> Any:
         raise RemoteEngineError(f"a trainer process failed on Ray: {cause}; go on from the last "
                                 "checkpoint with --resume") from None
     finally:
-        for actor in (*trainers, *engines):
+        for actor in (*trainers, *engines, *services.values()):
             ray.kill(actor)
         ray.util.remove_placement_group(group)
         del serving

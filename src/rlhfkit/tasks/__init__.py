@@ -11,7 +11,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from rlhfkit.tasks.arithmetic import ArithmeticTask, ClarifyArithmeticTask, ToolArithmeticTask
+from rlhfkit.tasks.arithmetic import (
+    ArithmeticTask,
+    ClarifyArithmeticTask,
+    StepsArithmeticTask,
+    ToolArithmeticTask,
+)
 from rlhfkit.tasks.base import Task
 from rlhfkit.tasks.constraints import ConstraintsTask
 from rlhfkit.tasks.detox import DetoxTask
@@ -19,13 +24,14 @@ from rlhfkit.tasks.factqa import FactQATask
 from rlhfkit.tasks.reviews import ReviewsTask
 
 __all__ = ["ArithmeticTask", "ClarifyArithmeticTask", "ConstraintsTask", "DetoxTask", "FactQATask", "ReviewsTask",
-           "Task", "ToolArithmeticTask", "get_task", "list_tasks", "register_task",
+           "StepsArithmeticTask", "Task", "ToolArithmeticTask", "get_task", "list_tasks", "register_task",
            "task_environments", "task_reward_sources"]
 
 _TASKS: dict[str, Callable[..., Task]] = {
     "reviews": ReviewsTask, "detox": DetoxTask, "factqa": FactQATask,
     "arithmetic": ArithmeticTask, "arithmetic-tool": ToolArithmeticTask,
-    "arithmetic-clarify": ClarifyArithmeticTask, "constraints": ConstraintsTask}
+    "arithmetic-clarify": ClarifyArithmeticTask,
+    "arithmetic-steps": StepsArithmeticTask, "constraints": ConstraintsTask}
 
 
 def register_task(name: str, factory: Callable[..., Task]) -> None:

@@ -11,6 +11,9 @@ Two variants add an environment (:mod:`rlhfkit.tasks.environment`) for multi-tur
 - ``task:arithmetic-tool``: the same problems, and a **calculator** the model may call by
   writing ``<calc>47 + 38</calc>``; the environment writes ``<result>85</result>`` after it
   and the model goes on (``--environment calculator``). Half of the demonstrations use it.
+- ``task:arithmetic-steps``: the same problems, with demonstrations that work the sum out one
+  place value at a time (``47 + 38 = 47 + 30 + 8 = 77 + 8 = 85``): a reasoning path with
+  steps, which the one-line ``47 + 38 = 85`` is not (see :func:`worked_steps`).
 - ``task:arithmetic-clarify``: one number is left out of the problem ("Mia has some
   stickers..."); a **simulated user** gives it when the model asks a question, and scores the
   final answer (``--environment clarify``). Answering without asking can only guess.
@@ -34,7 +37,8 @@ from rlhfkit.tasks.environment import Environment, Episode, Step
 from rlhfkit.tasks.verifiable import VerifiableTask, prompt_key
 
 __all__ = ["ArithmeticTask", "CalculatorEnvironment", "ClarifyArithmeticTask",
-           "ClarifyEnvironment", "Problem", "ToolArithmeticTask", "calculate", "parse_answer"]
+           "ClarifyEnvironment", "Problem", "StepsArithmeticTask", "ToolArithmeticTask",
+           "calculate", "parse_answer", "worked_steps"]
 
 NAMES = ("Ava", "Ben", "Mia", "Leo", "Zoe", "Sam", "Ivy", "Max", "Lily", "Omar", "Nina", "Raj",
          "Emma", "Finn", "Sara", "Tom", "Kai", "Ana", "Luca", "Maya")
@@ -354,6 +358,63 @@ class ToolArithmeticTask(ArithmeticTask):
             if i % 2 == 0:
                 demo.response = self.tool_solution(p)
         return demos
+
+
+# ---------------------------------------------------------------------------------------
+# Worked steps (task:arithmetic-steps)
+
+
+def _place_values(n: int) -> list[int]:
+    """``308`` -> ``[300, 8]``: the nonzero place values of ``n``, largest first."""
+    digits = str(n)
+    return [int(d) * 10 ** (len(digits) - 1 - i) for i, d in enumerate(digits) if d != "0"] or [0]
+
+
+def worked_steps(problem: Problem) -> str:
+    """The calculation one place value at a time, each step a small sum.
+
+    ``47 + 38 = 47 + 30 + 8 = 77 + 8 = 85``; ``83 - 38 = 83 - 30 - 8 = 53 - 8 = 45``;
+    ``76 * 4 = 70 * 4 + 6 * 4 = 280 + 24 = 304``. Addition and subtraction take the second
+    number apart and apply its parts one by one; a product takes the first number apart,
+    multiplies each part and adds the partial products left to right.
+    """
+    a, b, sym = problem.a, problem.b, SYMBOL[problem.op]
+    if problem.op in ("add", "sub"):
+        parts = _place_values(b)
+        chain = [f"{a} {sym} " + f" {sym} ".join(map(str, parts))]
+        value = a
+        for i, part in enumerate(parts[:-1]):
+            value = value + part if problem.op == "add" else value - part
+            chain.append(f"{value} {sym} " + f" {sym} ".join(map(str, parts[i + 1:])))
+    else:
+        parts = _place_values(a)
+        products = [p * b for p in parts]
+        chain = [" + ".join(f"{p} * {b}" for p in parts)]
+        if len(parts) > 1:
+            chain.append(" + ".join(map(str, products)))
+            total = products[0]
+            for i in range(1, len(products) - 1):
+                total += products[i]
+                chain.append(" + ".join(map(str, [total, *products[i + 1:]])))
+    steps = [problem.expression, *chain, str(problem.answer)]
+    steps = [s for i, s in enumerate(steps) if i == 0 or s != steps[i - 1]]
+    return " = ".join(steps)
+
+
+class StepsArithmeticTask(ArithmeticTask):
+    """``task:arithmetic-steps``: the arithmetic problems, demonstrated in worked steps."""
+
+    name = "arithmetic-steps"
+    description = ("The arithmetic problems, with demonstrations that work the calculation "
+                   "out one place value at a time before 'Answer:'.")
+    system_prompt = ("Solve the math word problem. Work the calculation out step by step, "
+                     "one place value at a time, then write the final line "
+                     "'Answer: <number>'.")
+
+    @staticmethod
+    def solution(problem: Problem) -> str:
+        """The worked steps, then the answer line."""
+        return f"{worked_steps(problem)}\nAnswer: {problem.answer}"
 
 
 # ---------------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ from torch import nn
 from rlhfkit import memory
 from rlhfkit.config import bounds, only, stage_defaults
 from rlhfkit.engines.remote import SharedEngines
+from rlhfkit.engines.services import RemoteReference, ServiceError, remote_reference, remote_sources
 from rlhfkit.evaluate.finegrained import fine_grained_section
 from rlhfkit.evaluate.metrics import kl_stats
 from rlhfkit.evaluate.overoptimisation import overoptimisation_section
@@ -126,6 +127,12 @@ class PlacementOptions:
     """--ray: CPUs each trainer process and each engine takes."""
     ray_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
     """--ray: placement of the bundles: PACK (as few nodes as fit) or SPREAD."""
+    ray_ref_actor: bool = False
+    """--ray: the reference policy on an actor of its own (a bundle like a trainer's), which
+    every trainer process calls for the KL's log-probs instead of holding a copy."""
+    ray_reward_actor: bool = False
+    """--ray: the reward sources of --reward-model on an actor of their own, called by every
+    trainer process (the PPO critic trains, and stays in the trainer)."""
 
 
 @dataclass
@@ -214,9 +221,16 @@ class RLRun:
         head = Path(cfg.model) / "value_head.pt"
         if value == "policy" and head.exists():  # a policy PPO trained before: its value head
             self.model.value_head.load_state_dict(torch.load(head, weights_only=True))
-        frozen = load_causal_lm(cfg.reference) if cfg.reference else None
-        self.reference = ReferencePolicy(lm, frozen)
-        self.reference.model.to(self.device)
+        if getattr(cfg, "ray_ref_actor", False):  # on a Ray actor: no copy here
+            try:
+                self.reference: ReferencePolicy | RemoteReference = remote_reference(
+                    self.device, cfg)
+            except ServiceError as e:
+                raise TrainingError(str(e)) from None
+        else:
+            frozen = load_causal_lm(cfg.reference) if cfg.reference else None
+            self.reference = ReferencePolicy(lm, frozen)
+            self.reference.model.to(self.device)
         env = getattr(cfg, "environment", "")
         self.environment = build_environment(env) if env else None
         """The multi-turn environment of ``--environment``, or None (one turn)."""
@@ -255,7 +269,7 @@ class RLRun:
         if run.sharded:  # --fsdp: the frozen models too, without optimizer state
             if self.reference.shared:  # LoRA: the policy's own shards, adapters off
                 self.reference.gathered = self.gathered
-            else:
+            elif self.reference.model is not None:  # (None: on a Ray actor)
                 shard_model(self.reference.model, cfg, frozen=True)
             for source in self.sources:  # reward models: each called through its own forward,
                 if isinstance(source.model, nn.Module):  # on equal shares of every rollout
@@ -287,8 +301,18 @@ class RLRun:
 
     def _sources(self, given: Sequence[RewardSource] | None,
                  reward_fn: RewardFn | None) -> list[RewardSource]:
+        remote = getattr(self.cfg, "ray_reward_actor", False)
+        if remote and (given is not None or reward_fn is not None):
+            raise TrainingError("--ray-reward-actor builds the rewards of --reward-model on its "
+                                "actor; a reward given in Python stays in the trainer: leave "
+                                "--ray-reward-actor off")
         if given is not None:
             return list(given)
+        if remote:
+            try:
+                return remote_sources(self.cfg)
+            except ServiceError as e:
+                raise TrainingError(str(e)) from None
         if reward_fn is not None:
             return [scorer_source("reward", lambda p, t: reward_fn(p, t, self._scoring))]
         cfg = self.cfg

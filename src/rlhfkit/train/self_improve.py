@@ -80,7 +80,8 @@ class SelfImproveConfig(only(RunOptions, "output_dir", "precision", "seed", "pro
     """majority (keep the paths that agree with the majority vote: no labels; Huang et al.
     2022) or star (keep the paths whose answer is the reference; Zelikman et al. 2022)."""
     problems_per_round: int = 64
-    """Train problems sampled in each round (the next slice each round)."""
+    """Train problems sampled in each round (the next slice each round; the problems of the
+    task's demonstrations, which the warm-up was fitted on, are skipped)."""
     samples: int = 8
     """Reasoning paths sampled per problem."""
     min_agreement: float = 0.5
@@ -119,6 +120,18 @@ def keep_paths(task: VerifiableTask, prompt: Any, paths: list[str], mode: str,
         if p.strip() and p not in kept and len(kept) < max_paths:
             kept.append(p)
     return kept, (vote if kept else None)
+
+
+def fresh_problems(task: VerifiableTask) -> list[Any]:
+    """The train problems without the task's demonstrations, in order.
+
+    The warm-up SFT was fitted on the demonstrations' problems, so votes on them are votes on
+    memorised answers: more often right than on any new problem (on the default model's
+    arithmetic warm-up, 0.77 against 0.62 at agreement 0.5) and of nothing to learn.
+    """
+    shown = {json.dumps(d.prompt, sort_keys=True) for d in task.demonstrations()}
+    fresh = [p for p in task.prompts("train") if json.dumps(p, sort_keys=True) not in shown]
+    return fresh or task.prompts("train")
 
 
 def collect_round(cfg: SelfImproveConfig, task: VerifiableTask, sampler: Sampler,
@@ -200,7 +213,7 @@ def run_self_improve(cfg: SelfImproveConfig) -> Path:
     log.write(json.dumps(row) + "\n")
     log.flush()
     print(f"[self-improve] round 0: {row}")
-    train = task.prompts("train")
+    train = fresh_problems(task)
     model, kept_all = cfg.model, []
     for r in range(1, cfg.rounds + 1):
         start = (r - 1) * cfg.problems_per_round

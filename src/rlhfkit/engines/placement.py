@@ -13,8 +13,9 @@ cluster started with ``ray start --head`` / ``ray start --address``) does this:
    engines' addresses, so rollouts are spread over the engines and weights reach them over a
    process group of their own (:class:`rlhfkit.engines.remote.RemoteBackend`);
    With ``--ray-ref-actor`` / ``--ray-reward-actor`` one more bundle each holds the reference
-   policy / the reward sources on a :class:`rlhfkit.engines.services.ModelActor`, which every
-   trainer process calls instead of holding its own copy;
+   policy / the reward sources on a model actor (``model_actor``, the trainer's
+   :class:`rlhfkit.train.services.ModelActor`), which every trainer process calls instead of
+   holding its own copy;
 4. waits; when an actor dies (its node went away) the run stops with one line naming it, and
    the stage can go on from its last checkpoint with ``--resume``.
 
@@ -30,9 +31,24 @@ from collections.abc import Callable
 from typing import Any
 
 from rlhfkit.engines.remote import KEY_ENV, EngineConfig, RemoteEngineError, free_port, serve_engine
-from rlhfkit.engines.services import SERVICES, ModelActor
 
 RAY_EXTRA = "--ray needs the 'ray' extra: pip install 'rlhfkit[ray]'"
+
+SERVICES: dict[str, Any] = {}
+"""The model actors' handles this trainer process was given (``reference``, ``rewards``), set
+by :class:`_TrainerActor` before the stage starts."""
+
+
+class ServiceError(RuntimeError):
+    """A model actor is asked for where none was started."""
+
+
+def service(name: str) -> Any:
+    """The handle of the ``name`` model actor (``reference`` or ``rewards``) of this process."""
+    if name not in SERVICES:
+        raise ServiceError("--ray-ref-actor and --ray-reward-actor place models on Ray actors: "
+                           "they need --ray (e.g. --ray auto)")
+    return SERVICES[name]
 
 
 def _ray() -> Any:
@@ -76,13 +92,16 @@ class _TrainerActor:
         return str(fn(cfg))
 
 
-def run_on_ray(fn: Callable[[Any], Any], cfg: Any, log: Any = print) -> Any:
+def run_on_ray(fn: Callable[[Any], Any], cfg: Any, log: Any = print,
+               model_actor: type | None = None) -> Any:
     """Run the stage ``fn(cfg)`` on Ray as described in the module docstring.
 
     ``cfg`` needs ``ray`` (an address or ``auto``), ``ray_trainers``, ``ray_engines``,
     ``ray_gpus_per_trainer``, ``ray_gpus_per_engine``, ``ray_cpus_per_worker``,
     ``ray_strategy`` and the engine options (``model``, ``vllm_kv_cache_gb``, precision).
     Returns what rank 0's ``fn`` returned (the saved policy's folder, as a string).
+    ``model_actor`` is the class of the actors that ``--ray-ref-actor`` and
+    ``--ray-reward-actor`` start.
     """
     ray = _ray()
     if cfg.ray_engines < 1:
@@ -94,6 +113,9 @@ def run_on_ray(fn: Callable[[Any], Any], cfg: Any, log: Any = print) -> Any:
     cpus, tg, eg = cfg.ray_cpus_per_worker, cfg.ray_gpus_per_trainer, cfg.ray_gpus_per_engine
     wanted = [name for name, on in (("reference", getattr(cfg, "ray_ref_actor", False)),
                                     ("rewards", getattr(cfg, "ray_reward_actor", False))) if on]
+    if wanted and model_actor is None:
+        raise RemoteEngineError("this stage has no model actors: leave --ray-ref-actor and "
+                                "--ray-reward-actor off")
     bundles = ([{"CPU": cpus, **({"GPU": tg} if tg else {})}] * (cfg.ray_trainers + len(wanted))
                + [{"CPU": cpus, **({"GPU": eg} if eg else {})}] * cfg.ray_engines)
     group = ray.util.placement_group(bundles, strategy=cfg.ray_strategy)
@@ -110,7 +132,7 @@ def run_on_ray(fn: Callable[[Any], Any], cfg: Any, log: Any = print) -> Any:
 
     first_engine = cfg.ray_trainers + len(wanted)  # bundles: trainers, model actors, engines
     engines = [placed(_EngineActor, first_engine + e, eg) for e in range(cfg.ray_engines)]
-    services = {name: placed(ModelActor, cfg.ray_trainers + i, tg)
+    services = {name: placed(model_actor, cfg.ray_trainers + i, tg)
                 for i, name in enumerate(wanted)}
     addresses = ray.get([e.address.remote() for e in engines])
     dtype = "bfloat16" if cfg.precision in ("bf16", "auto") else "float32"

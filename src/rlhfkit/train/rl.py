@@ -36,7 +36,6 @@ from torch import nn
 from rlhfkit import memory
 from rlhfkit.config import bounds, only, stage_defaults
 from rlhfkit.engines.remote import SharedEngines
-from rlhfkit.engines.services import RemoteReference, ServiceError, remote_reference, remote_sources
 from rlhfkit.evaluate.finegrained import fine_grained_section
 from rlhfkit.evaluate.metrics import kl_stats
 from rlhfkit.evaluate.overoptimisation import overoptimisation_section
@@ -84,6 +83,7 @@ from rlhfkit.train.microbatch import (
     plan_by_size,
     plan_by_tokens,
 )
+from rlhfkit.train.services import RemoteReference, ServiceError, remote_reference, remote_sources
 from rlhfkit.train.sft import build_policy
 from rlhfkit.train.sharding import shard_model
 

@@ -69,6 +69,7 @@ from rlhfkit.train.rl import (
     UpdateOptions,
 )
 from rlhfkit.train.rlvr import RLVROptions, check_rlvr, dynamic_batch, loss_mask, overlong_source
+from rlhfkit.train.services import ModelActor
 from rlhfkit.train.sft import collate_padded, encode_demonstrations
 from rlhfkit.train.sharding import FSDPOptions
 
@@ -220,7 +221,8 @@ def train_rl(cfg: TrainRLConfig, reward_fn: RewardFn | None = None,
     algo = get_algorithm(cfg.algo)
     if cfg.ray:  # the same function, as trainer actors next to engine actors on Ray
         return Path(run_on_ray(functools.partial(train_rl, reward_fn=reward_fn,
-                                                 preference_fn=preference_fn), cfg))
+                                                 preference_fn=preference_fn), cfg,
+                               model_actor=ModelActor))
     plan = update_plan(cfg)
     extra = {"preference_fn": preference_fn} if preference_fn is not None else {}
     run = algo.run_type()(cfg, algo.name, value=algo.value(cfg), reward_fn=reward_fn,

@@ -1,7 +1,8 @@
 """Frozen models on Ray actors of their own: the reference policy and the reward sources.
 
 With ``--ray auto --ray-ref-actor`` (and/or ``--ray-reward-actor``), :func:`rlhfkit.engines.
-placement.run_on_ray` reserves one more bundle for each and starts a :class:`ModelActor` in it;
+placement.run_on_ray` reserves one more bundle for each and starts a :class:`ModelActor` in it
+(the trainer hands it the class; placement sits floors below the models);
 the trainer processes then hold neither model. Each step, every trainer process sends its
 rollout to the actor (a Ray call: the token ids and masks, a few kilobytes) and gets back the
 reference's per-token log-probs, or each reward source's scores. This is how OpenRLHF places
@@ -23,23 +24,14 @@ from typing import Any
 
 import torch
 
-SERVICES: dict[str, Any] = {}
-"""The actor handles this trainer process was given (``reference``, ``rewards``), set by the
-trainer actor before the stage starts (:class:`rlhfkit.engines.placement._TrainerActor`)."""
+from rlhfkit.engines.placement import ServiceError, service
+from rlhfkit.models.loading import load_causal_lm, load_tokenizer
+from rlhfkit.models.policy import SelectiveLM
+from rlhfkit.rewards.sources import RewardSource, SourceContext
+from rlhfkit.rollout import response_logprobs
+from rlhfkit.train.inputs import reward_sources, task_of
 
-REFUSED_WITHOUT_RAY = ("--ray-ref-actor and --ray-reward-actor place models on Ray actors: "
-                       "they need --ray (e.g. --ray auto)")
-
-
-class ServiceError(RuntimeError):
-    """A model service is asked for where none was started."""
-
-
-def service(name: str) -> Any:
-    """The handle of the ``name`` actor (``reference`` or ``rewards``) of this process."""
-    if name not in SERVICES:
-        raise ServiceError(REFUSED_WITHOUT_RAY)
-    return SERVICES[name]
+__all__ = ["ModelActor", "RemoteReference", "ServiceError", "remote_reference", "remote_sources"]
 
 
 def _on_cpu(rollout: Any) -> Any:
@@ -72,9 +64,6 @@ class ModelActor:
         With LoRA the trainer's reference is the policy with its adapter off, which is the
         base model ``--model`` too.
         """
-        from rlhfkit.models.loading import load_causal_lm
-        from rlhfkit.models.policy import SelectiveLM
-
         lm = load_causal_lm(cfg.reference or cfg.model)
         lm.eval()
         lm.requires_grad_(False)
@@ -84,8 +73,6 @@ class ModelActor:
     @torch.no_grad()
     def logprobs(self, rollout: Any, temperature: float, batch_size: int) -> torch.Tensor:
         """(B, R) log-probs of the rollout's sampled tokens under the reference (on CPU)."""
-        from rlhfkit.rollout import response_logprobs
-
         with _autocast(self.precision, self.device):
             lp = response_logprobs(self.reference, rollout.to(self.device), temperature,
                                    batch_size)
@@ -93,10 +80,6 @@ class ModelActor:
 
     def load_rewards(self, cfg: Any) -> list[dict[str, Any]]:
         """Build the reward sources of ``--reward-model`` and ``--rewards``; their descriptions."""
-        from rlhfkit.models.loading import load_tokenizer
-        from rlhfkit.rewards.sources import SourceContext
-        from rlhfkit.train.inputs import reward_sources, task_of
-
         self.precision = cfg.precision
         tokenizer = load_tokenizer(cfg.model)
         ctx = SourceContext(tokenizer, self.device, self._autocast, cfg.segment_unit,
@@ -158,8 +141,6 @@ def remote_reference(device: torch.device | str, cfg: Any) -> RemoteReference:
 def remote_sources(cfg: Any) -> list[Any]:
     """Build the run's reward sources on their actor; the trainer's side of each, in order."""
     import ray
-
-    from rlhfkit.rewards.sources import RewardSource
 
     actor = service("rewards")
     described = ray.get(actor.load_rewards.remote(cfg))

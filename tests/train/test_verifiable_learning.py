@@ -142,6 +142,11 @@ def test_self_improvement_by_majority_vote_raises_accuracy_without_labels(
     assert 0.4 < rounds[0]["eval/pass@1"] < 0.95  # room to improve
     # the vote is right more often than one sample is: what self-consistency relies on
     assert rounds[1]["vote_accuracy"] > rounds[0]["eval/pass@1"] + 0.1
+    # ... and than one sample on the same problems, as the round reports it
+    assert rounds[1]["vote_accuracy"] > rounds[1]["kept_problem_sample_accuracy"]
+    assert 0 < rounds[1]["sample_accuracy"] < 1
+    if rounds[1]["kept_problems"] == 1.0:  # every problem kept: the two shares are one
+        assert rounds[1]["kept_problem_sample_accuracy"] == rounds[1]["sample_accuracy"]
     assert rounds[-1]["eval/pass@1"] > rounds[0]["eval/pass@1"] + 0.1, rounds
     paths = read_records(out / "round-1" / "paths.jsonl")
     assert paths and len(paths) <= 24 and all(p.source == "ai" for p in paths)

@@ -143,14 +143,21 @@ def collect_round(cfg: SelfImproveConfig, task: VerifiableTask, sampler: Sampler
     demos: list[Demonstration] = []
     kept_counts: list[dict[str, float]] = []
     voted = right = 0
+    sampled_right: list[float] = []  # of every path / of the paths of the problems kept
+    kept_sampled_right: list[float] = []
     for i, (prompt, paths) in enumerate(zip(prompts, groups)):
         kept, answer = keep_paths(task, prompt, paths, cfg.mode, cfg.min_agreement,
                                   cfg.max_paths)
+        # The references are read only to report how good the choice was, never to make it.
+        reference = task.reference_of(prompt)
+        scores = [float(reference is not None and task.verify(reference, p) >= 1.0)
+                  for p in paths]
+        sampled_right += scores
         if not kept:
             continue
+        kept_sampled_right += scores
         kept_counts += [counts[i][paths.index(p)] for p in kept]
         voted += 1
-        reference = task.reference_of(prompt)  # read only to report the vote's accuracy
         right += reference is not None and task.verify(reference,
                                                        task.answer_text(answer)) >= 1.0
         demos += [Demonstration(prompt=prompt, response=p, source="ai",
@@ -158,6 +165,11 @@ def collect_round(cfg: SelfImproveConfig, task: VerifiableTask, sampler: Sampler
                                 id=f"round{round_}-{i}-{j}") for j, p in enumerate(kept)]
     stats = {"kept_problems": voted / max(len(prompts), 1), "kept_paths": float(len(demos)),
              "vote_accuracy": right / voted if voted else 0.0,
+             # One sample's accuracy, on every problem and on the problems kept: the vote helps
+             # only as far as it is right more often than one sample on the same problems.
+             "sample_accuracy": sum(sampled_right) / max(len(sampled_right), 1),
+             "kept_problem_sample_accuracy": (sum(kept_sampled_right) / len(kept_sampled_right)
+                                              if kept_sampled_right else 0.0),
              **{f"sampled_episode/{k}": v
                 for k, v in mean_counts([c for group in counts for c in group]).items()},
              **{f"kept_episode/{k}": v for k, v in mean_counts(kept_counts).items()}}

@@ -165,6 +165,30 @@ def test_self_improvement_rounds_skip_the_problems_the_warm_up_was_shown():
     assert fresh[0] == task.prompts("train")[256]  # the demonstrations are the first 256
 
 
+@pytest.mark.parametrize("voter", ["current", "start"])
+def test_self_improvement_votes_with_the_model_the_voter_option_names(mostly_right_policy,
+                                                                     tmp_path, monkeypatch,
+                                                                     voter):
+    from rlhfkit.train import self_improve as si
+
+    voters, real = [], si.collect_round
+
+    def spy(cfg, task, sampler, prompts, round_):
+        voters.append(sampler.lm)
+        return real(cfg, task, sampler, prompts, round_)
+
+    monkeypatch.setattr(si, "collect_round", spy)
+    out = tmp_path / voter
+    assert main(["self-improve", "--model", str(mostly_right_policy), "--data", "task:vote-toy",
+                 "--voter", voter, "--rounds", "2", "--problems-per-round", "8",
+                 "--samples", "3", "--max-paths", "1", "--learning-rate", "3e-3",
+                 "--batch-size", "8", "--max-new-tokens", "3", "--eval-problems", "0",
+                 "--generation-backend", "hf", "--precision", "fp32",
+                 "--output-dir", str(out)]) == 0
+    assert len(voters) == 2 and read_rounds(out)[1]["kept_paths"] > 0  # round 1 fine-tuned
+    assert (voters[0] is voters[1]) == (voter == "start")
+
+
 def test_star_keeps_only_the_paths_that_match_the_reference(mostly_right_policy, tmp_path):
     out = tmp_path / "star"
     assert self_improve(mostly_right_policy, out, "star", rounds=1) == 0

@@ -91,6 +91,10 @@ class SelfImproveConfig(only(RunOptions, "output_dir", "precision", "seed", "pro
     from_base: bool = False
     """Fine-tune the starting model each round on all paths kept so far (STaR) instead of
     continuing from the last round's model."""
+    voter: Literal["current", "start"] = "current"
+    """Which model samples the paths that are voted on: the last round's (current) or always
+    the starting model (start: each round adds the starting model's votes on new problems,
+    whose agreement self-training has not yet made overconfident; see docs/verifiable.md)."""
     eval_problems: int = 200
     """Held-out problems evaluated after each round (0 = no evaluation)."""
     eval_samples: int = 4
@@ -227,10 +231,15 @@ def run_self_improve(cfg: SelfImproveConfig) -> Path:
     print(f"[self-improve] round 0: {row}")
     train = fresh_problems(task)
     model, kept_all = cfg.model, []
+    start_lm = sampler.lm if cfg.voter == "start" else None  # kept only when it votes
     for r in range(1, cfg.rounds + 1):
         start = (r - 1) * cfg.problems_per_round
         prompts = [train[(start + i) % len(train)] for i in range(cfg.problems_per_round)]
+        current_lm = sampler.lm
+        if start_lm is not None:
+            sampler.lm = start_lm
         demos, stats = collect_round(cfg, task, sampler, prompts, r)
+        sampler.lm = current_lm
         kept_all += demos
         folder = out / f"round-{r}"
         folder.mkdir(exist_ok=True)

@@ -224,7 +224,7 @@ class RLRun:
         if getattr(cfg, "ray_ref_actor", False):  # on a Ray actor: no copy here
             try:
                 self.reference: ReferencePolicy | RemoteReference = remote_reference(
-                    self.device, cfg)
+                    self.device, cfg, bf16=self.autocast is not None)
             except ServiceError as e:
                 raise TrainingError(str(e)) from None
         else:
@@ -310,7 +310,7 @@ class RLRun:
             return list(given)
         if remote:
             try:
-                return remote_sources(self.cfg)
+                return remote_sources(self.cfg, bf16=self.autocast is not None)
             except ServiceError as e:
                 raise TrainingError(str(e)) from None
         if reward_fn is not None:

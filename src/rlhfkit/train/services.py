@@ -39,10 +39,8 @@ def _on_cpu(rollout: Any) -> Any:
     return copy.copy(rollout).to("cpu")
 
 
-def _autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
-    if precision in ("bf16", "auto"):
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+def _autocast(bf16: bool, device: torch.device) -> contextlib.AbstractContextManager:
+    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
 
 class ModelActor:
@@ -54,33 +52,33 @@ class ModelActor:
 
     def __init__(self) -> None:
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.precision = "fp32"
+        self.bf16 = False
         self.reference: Any = None
         self.sources: list[Any] = []
 
-    def load_reference(self, cfg: Any) -> None:
+    def load_reference(self, cfg: Any, bf16: bool) -> None:
         """The run's reference: ``--reference``, else the starting policy ``--model``.
 
         With LoRA the trainer's reference is the policy with its adapter off, which is the
-        base model ``--model`` too.
+        base model ``--model`` too. ``bf16``: the trainer runs its passes under bf16 autocast.
         """
         lm = load_causal_lm(cfg.reference or cfg.model)
         lm.eval()
         lm.requires_grad_(False)
         self.reference = SelectiveLM(lm).to(self.device)
-        self.precision = cfg.precision
+        self.bf16 = bf16
 
     @torch.no_grad()
     def logprobs(self, rollout: Any, temperature: float, batch_size: int) -> torch.Tensor:
         """(B, R) log-probs of the rollout's sampled tokens under the reference (on CPU)."""
-        with _autocast(self.precision, self.device):
+        with _autocast(self.bf16, self.device):
             lp = response_logprobs(self.reference, rollout.to(self.device), temperature,
                                    batch_size)
         return lp.float().cpu()
 
-    def load_rewards(self, cfg: Any) -> list[dict[str, Any]]:
+    def load_rewards(self, cfg: Any, bf16: bool) -> list[dict[str, Any]]:
         """Build the reward sources of ``--reward-model`` and ``--rewards``; their descriptions."""
-        self.precision = cfg.precision
+        self.bf16 = bf16
         tokenizer = load_tokenizer(cfg.model)
         ctx = SourceContext(tokenizer, self.device, self._autocast, cfg.segment_unit,
                             cfg.normalize_reward)
@@ -93,7 +91,7 @@ class ModelActor:
 
     @contextlib.contextmanager
     def _autocast(self) -> Iterator[None]:
-        with _autocast(self.precision, self.device):
+        with _autocast(self.bf16, self.device):
             yield
 
     @torch.no_grad()
@@ -129,21 +127,24 @@ class RemoteReference:
                            "mixture with the policy): leave --ray-ref-actor off")
 
 
-def remote_reference(device: torch.device | str, cfg: Any) -> RemoteReference:
-    """Load the run's reference on its actor and return the trainer's side of it."""
+def remote_reference(device: torch.device | str, cfg: Any, bf16: bool) -> RemoteReference:
+    """Load the run's reference on its actor and return the trainer's side of it.
+
+    ``bf16``: the trainer's passes run under bf16 autocast, so the actor's do too.
+    """
     import ray
 
     actor = service("reference")
-    ray.get(actor.load_reference.remote(cfg))
+    ray.get(actor.load_reference.remote(cfg, bf16))
     return RemoteReference(actor, device)
 
 
-def remote_sources(cfg: Any) -> list[Any]:
+def remote_sources(cfg: Any, bf16: bool) -> list[Any]:
     """Build the run's reward sources on their actor; the trainer's side of each, in order."""
     import ray
 
     actor = service("rewards")
-    described = ray.get(actor.load_rewards.remote(cfg))
+    described = ray.get(actor.load_rewards.remote(cfg, bf16))
 
     def call(index: int) -> Any:
         def fn(rollout: Any) -> Any:

@@ -613,8 +613,9 @@ class RLRun:
         batches ahead on one version of the weights (each at most K updates behind).
         Decoupled PPO (Hilton et al. 2021; as AReaL and PipelineRL run it): the trainer
         recomputes the log-probs at its current weights (the proximal policy; its "old"
-        log-probs, which the ratio is clipped against, and the KL's), and each token's loss is weighted by ``min(pi_prox / pi_engine, --tis-cap)``, the
-        importance of the proximal policy to the one that sampled (:meth:`tis_weights`).
+        log-probs, which the ratio is clipped against, and the KL's), and each token's loss
+        is weighted by ``min(pi_prox / pi_engine, --tis-cap)``, the importance of the
+        proximal policy to the one that sampled (:meth:`tis_weights`).
         """
         if not self.off_policy:
             return self.rollout(self.prompt_batch(step), policy_logprobs=policy_logprobs)
@@ -651,8 +652,9 @@ class RLRun:
     def _prefetch(self, steps: list[int]) -> None:
         """Start sampling the batches of ``steps`` in a thread, in order, on today's weights.
 
-        The engine is synced first, while it is idle and the weights hold still. The batch of a step ``j`` is started at step ``s >= j - --max-staleness``, so it is at
-        most that many updates behind when its update comes.
+        The engine is synced first, while it is idle and the weights hold still. The batch of
+        a step ``j`` is started at step ``s >= j - --max-staleness``, so it is at most that
+        many updates behind when its update comes.
         """
         backend = self.backend
         backend.sync(self.lm, self.policy_version)  # before the thread: the engine is idle

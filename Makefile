@@ -10,6 +10,11 @@ VLLM_EXTRA := $(shell nvidia-smi -L >/dev/null 2>&1 && echo vllm-cuda || echo vl
 
 .PHONY: setup demo test lint bench clean
 
+# No wheel cache: where the packages come from the network, pip would keep a second copy of
+# every wheel it downloads beside the venv (4.8 GB installed), and a CI disk once ran out
+# mid-install.
+export PIP_NO_CACHE_DIR := 1
+
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip

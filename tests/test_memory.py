@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -87,6 +88,38 @@ def test_an_rl_run_is_freed_when_it_ends_and_reports_its_phases_and_what_it_held
     # At least the policy's weights, gradients and Adam's two moments, and the reference (fp32).
     n = sum(p.numel() for p in load_causal_lm(str(tiny_lm)).parameters())
     assert live is not None and live * GIB >= 5 * 4 * n
+
+
+def hold(mib: int) -> int:
+    """Run in a fresh process: hold ``mib`` MiB for a moment and report them as live tensors."""
+    block = np.ones(mib * 2**20 // 8)
+    time.sleep(0.2)  # the meter reads every 20 ms
+    memory.note_live(lambda: mib / 1024)
+    return int(block.size)
+
+
+def fail() -> None:
+    raise ValueError("raised in the child")
+
+
+@pytest.mark.skipif(not LINUX, reason="the resident set is read from /proc")
+def test_a_stage_in_a_fresh_process_counts_its_peak_there_and_leaves_nothing_here():
+    meter = StageMeter()
+    memory.release()
+    before = memory.rss_gib()
+    with meter.stage("outer"):
+        assert meter.run("empty", hold, 0, fresh_process=True) == 0
+        assert meter.run("child", hold, 512, fresh_process=True) == 2**26
+    rec = meter.stages
+    assert rec["child"].peak_rss_gib - rec["empty"].peak_rss_gib > 0.4  # the child's 512 MiB
+    assert rec["outer"].peak_rss_gib >= rec["child"].peak_rss_gib
+    assert (rec["child"].live_gib, rec["outer"].live_gib) == (0.5, 0.5)
+    assert rec["child"].rss_after_gib < before + 0.2 and memory.rss_gib() < before + 0.2
+    with pytest.raises(ValueError, match="raised in the child"):
+        memory.in_fresh_process(fail)
+    with pytest.raises(RuntimeError, match="died before it finished"):
+        memory.in_fresh_process(os._exit, 3)  # a child that vanishes, as one killed for memory
+    assert meter.run("here", hold, 0) == 0 and not rec["here"].peak_is_lifetime  # in-process
 
 
 ENGINE_SCRIPT = textwrap.dedent("""

@@ -340,6 +340,11 @@ class RoundsOptions:
     """Keep RL's responses at least this share of the SFT policy's mean length (measured on its
     ranked samples): a shorter response loses a share of its reward in proportion to what it
     misses (iterate: times --length-floor-penalty; 0 = off; demo: needs --rm-data samples)."""
+    fresh_processes: bool = True
+    """Run each stage (SFT, sampling, a reward model, each round's RL and evaluation) in a new
+    process, so that none inherits the memory the ones before it left behind: the peak is the
+    largest stage's. Off: every stage in this process (saves the fork server's start, about 5 s
+    once, and a third of a second a stage; a debugger can follow)."""
 
 
 @dataclass

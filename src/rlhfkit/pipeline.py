@@ -18,9 +18,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from rlhfkit import config as cfglib
 from rlhfkit.config import only
@@ -29,7 +30,7 @@ from rlhfkit.data.io import read_records, write_records
 from rlhfkit.evaluate.overoptimisation import overoptimisation_section
 from rlhfkit.evaluate.report import Section, table_html, write_report
 from rlhfkit.evaluate.runs import read_json, read_metrics, read_rounds
-from rlhfkit.memory import StageMeter
+from rlhfkit.memory import StageMeter, in_fresh_process
 from rlhfkit.options import (
     EvalOptions,
     GenerationOptions,
@@ -64,7 +65,7 @@ class DemoConfig(only(RunOptions, "output_dir", "precision", "seed", "progress")
                  only(AlgorithmOptions, "algo"),
                  only(RoundsOptions, "task", "sft_model", "sft_steps", "rm_steps",
                       "rm_learning_rate", "rank_k", "rl_steps", "rl_learning_rate", "rounds",
-                      "length_floor"),
+                      "length_floor", "fresh_processes"),
                  only(ModelOptions, "model", "lora")):
     """The whole loop on one command (``rlhfkit demo``)."""
 
@@ -97,23 +98,22 @@ def run_demo(cfg: DemoConfig) -> Path:
     common = dict(precision=cfg.precision, lora=cfg.lora, seed=cfg.seed, progress=cfg.progress)
     meter = StageMeter()  # each stage's seconds and peak RSS: timings.json, the report
 
-    with meter.stage("sft"):
-        if cfg.sft_model:
-            policy = Path(cfg.sft_model)
-        else:
-            policy = train_sft(SFTConfig(model=cfg.model, data=data, output_dir=str(out / "sft"),
-                                         max_steps=sft_steps, batch_size=8, learning_rate=5e-5,
-                                         max_length=128, gradient_checkpointing=False,
-                                         **common))
+    fresh = cfg.fresh_processes  # each stage in a new process: none inherits another's memory
+    if cfg.sft_model:
+        policy = Path(cfg.sft_model)
+    else:
+        policy = meter.run("sft", train_sft, SFTConfig(
+            model=cfg.model, data=data, output_dir=str(out / "sft"), max_steps=sft_steps,
+            batch_size=8, learning_rate=5e-5, max_length=128, gradient_checkpointing=False,
+            **common), fresh_process=fresh)
     rm_data = data
     if on_samples:
-        with meter.stage("rank"):
-            rm_data = str(rank_policy_samples(cfg, policy, out / "rankings.jsonl"))
-    with meter.stage("rm"):
-        reward_model = train_rm(RMConfig(
-            model=str(policy), data=rm_data, output_dir=str(out / "rm"), max_steps=rm_steps,
-            batch_size=4, learning_rate=rm_lr, max_length=128, eval_fraction=0.15,
-            gradient_checkpointing=False, **common))
+        rm_data = str(meter.run("rank", rank_policy_samples, cfg, policy, out / "rankings.jsonl",
+                                fresh_process=fresh))
+    reward_model = meter.run("rm", train_rm, RMConfig(
+        model=str(policy), data=rm_data, output_dir=str(out / "rm"), max_steps=rm_steps,
+        batch_size=4, learning_rate=rm_lr, max_length=128, eval_fraction=0.15,
+        gradient_checkpointing=False, **common), fresh_process=fresh)
     rm_eval = read_json(out / "rm")
 
     algos = [a.strip() for a in cfg.algo.split(",") if a.strip()]
@@ -172,8 +172,8 @@ def run_and_judge(cfg: DemoConfig, algo: str, policy: Path, reward_model: Path, 
         if rounds_of(cfg) > 1 and rounds_summary.exists():  # judged by the last round's RM
             judge = Path(read_json(out / algo, "summary.json")["final_reward_model"])
         n_eval = cfg.eval_prompts or (16 if cfg.quick else 64)
-        evaluation = compare_with_sft(cfg.task, policy, final, judge, n_eval, cfg.max_new_tokens,
-                                      cfg.seed, cfg.generation_backend, out_dir=rl_dir)
+        evaluation = _call(cfg, compare_with_sft, cfg.task, policy, final, judge, n_eval,
+                           cfg.max_new_tokens, cfg.seed, cfg.generation_backend, out_dir=rl_dir)
         if rounds_summary.exists():
             rounds = read_json(out / algo, "summary.json")
             for key in ("rm/accuracy_on_final_policy", "rm/labeler_ceiling_on_final_policy"):
@@ -256,6 +256,11 @@ COMPARE_KEYS = ("gold/win_rate", "gold/tie_rate", "gold/sft", "gold/final", "rew
 DIRECT = ("dpo", "ipo", "kto")
 
 
+def _call(cfg: DemoConfig, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)``, in a new process with ``--fresh-processes``."""
+    return in_fresh_process(fn, *args, **kwargs) if cfg.fresh_processes else fn(*args, **kwargs)
+
+
 def algo_is_rl(name: str) -> bool:
     """Whether an algorithm samples during training (its metrics have rollout curves)."""
     return name not in DIRECT and name != "best-of-n"
@@ -276,11 +281,10 @@ def run_rl(cfg: DemoConfig, policy: Path, reward_model: Path, out: Path,
     if algo in DIRECT:
 
         lr = cfg.rl_learning_rate or (1e-4 if cfg.lora else 5e-6)
-        return train_dpo(DPOConfig(model=str(policy), data=preferences or data,
-                                   output_dir=str(out / algo),
-                                   loss=algo, max_steps=cfg.rl_steps or (12 if cfg.quick else 48),
-                                   batch_size=4, learning_rate=lr, max_length=128,
-                                   eval_fraction=0.15, **common)), out / algo
+        return _call(cfg, train_dpo, DPOConfig(
+            model=str(policy), data=preferences or data, output_dir=str(out / algo), loss=algo,
+            max_steps=cfg.rl_steps or (12 if cfg.quick else 48), batch_size=4, learning_rate=lr,
+            max_length=128, eval_fraction=0.15, **common)), out / algo
     # With rounds each RL pass has 12 batches (24 in a single pass); a higher rate makes up for it.
     lr = cfg.rl_learning_rate or (2e-4 if cfg.lora else 2e-5 if rounds_of(cfg) > 1 else 1e-5)
     if rounds_of(cfg) > 1 and algo != "best-of-n":
@@ -294,8 +298,8 @@ def run_rl(cfg: DemoConfig, policy: Path, reward_model: Path, out: Path,
     if algo == "best-of-n":
         return None, out / "best-of-n"
     name = reward_algorithm(algo).name  # its own defaults: batch, group size, epochs
-    return train_rl(rl_config(algo, output_dir=str(out / name), learning_rate=lr,
-                              **rl)), out / name
+    return _call(cfg, train_rl, rl_config(algo, output_dir=str(out / name), learning_rate=lr,
+                                          **rl)), out / name
 
 
 def single_pass_floor(cfg: DemoConfig, policy: Path, preferences: str | None) -> float:
@@ -327,7 +331,8 @@ def run_rounds(cfg: DemoConfig, policy: Path, reward_model: Path, out: Path, alg
         length_floor=cfg.length_floor if rankings else 0.0,
         max_new_tokens=cfg.max_new_tokens, eval_prompts=16 if cfg.quick else 32,
         generation_backend=cfg.generation_backend, precision=cfg.precision, lora=cfg.lora,
-        seed=cfg.seed, progress=cfg.progress, overwrite=True))
+        seed=cfg.seed, progress=cfg.progress, fresh_processes=cfg.fresh_processes,
+        overwrite=True))
     last = out / algo / f"round-{rounds_of(cfg)}" / "rl"
     return last / "model", last
 

@@ -58,11 +58,13 @@ def test_a_run_stopped_mid_round_resumes_to_the_same_policy(uninterrupted, tiny_
             raise KeyboardInterrupt  # the machine went away after round 2's reward model
         return real(cfg, policy, rm, folder, *rest)
 
+    # In this process (the stand-in cannot cross to a fresh one), against the fixture's run of
+    # each phase in a fresh process: the same policy either way.
     monkeypatch.setattr(iterate, "run_rl_round", stop_in_round_two)
     with pytest.raises(KeyboardInterrupt):
-        run_iterate(settings(tiny_lm, out))
+        run_iterate(settings(tiny_lm, out, fresh_processes=False))
     monkeypatch.setattr(iterate, "run_rl_round", real)
-    resumed = run_iterate(settings(tiny_lm, out, resume=True))
+    resumed = run_iterate(settings(tiny_lm, out, resume=True, fresh_processes=False))
     a, b = load_file(str(final / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
     assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
     assert [row["round"] for row in read_rounds(out)] == [1, 2]

@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -44,7 +45,7 @@ from rlhfkit.data.records import Ranking
 from rlhfkit.evaluate.metrics import rm_accuracy
 from rlhfkit.feedback.store import Store
 from rlhfkit.feedback.transfer import read_project_records
-from rlhfkit.memory import StageMeter
+from rlhfkit.memory import StageMeter, in_fresh_process
 from rlhfkit.models.judge import AIJudge
 from rlhfkit.models.loading import load_tokenizer
 from rlhfkit.models.reward import RewardModel
@@ -82,7 +83,8 @@ class IterateConfig(only(RunOptions, "output_dir", "precision", "seed", "resume"
                     only(RewardOptions, "reward_model", "length_debias", "length_floor_penalty"),
                     only(AlgorithmOptions, "algo"), FeedbackOptions,
                     only(RoundsOptions, "task", "rounds", "prompts_per_round", "rank_k", "rm_steps",
-                         "rm_learning_rate", "rl_steps", "rl_learning_rate", "length_floor")):
+                         "rm_learning_rate", "rl_steps", "rl_learning_rate", "length_floor",
+                         "fresh_processes")):
     """Iterative RLHF rounds: sample from the policy, label, refit the RM, RL (``rlhfkit iterate``)."""
 
     rankings: str = ""
@@ -174,6 +176,11 @@ def round_prompts(task: Any, cfg: IterateConfig, r: int) -> list[Any]:
     return [pool[(start + i) % len(pool)] for i in range(min(cfg.prompts_per_round, len(pool)))]
 
 
+def _call(cfg: IterateConfig, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)``, in a new process with ``--fresh-processes``."""
+    return in_fresh_process(fn, *args, **kwargs) if cfg.fresh_processes else fn(*args, **kwargs)
+
+
 def label_round(cfg: IterateConfig, task: Any, labeler: Any, policy: Path, r: int,
                 path: Path) -> list[Ranking]:
     """Phases 1-2: K samples per prompt from ``policy``, ranked; written to ``path``."""
@@ -182,10 +189,10 @@ def label_round(cfg: IterateConfig, task: Any, labeler: Any, policy: Path, r: in
     prompts = round_prompts(task, cfg, r)
     if hasattr(labeler, "round"):  # people in the app: one project per round
         labeler.round = r
-    responses = generate_responses(str(policy), prompts, cfg.rank_k,
-                                   max_new_tokens=cfg.max_new_tokens, seed=cfg.seed + r,
-                                   system_prompt=task.system_prompt, progress=cfg.progress,
-                                   generation_backend=cfg.generation_backend)
+    responses = _call(cfg, generate_responses, str(policy), prompts, cfg.rank_k,
+                      max_new_tokens=cfg.max_new_tokens, seed=cfg.seed + r,
+                      system_prompt=task.system_prompt, progress=cfg.progress,
+                      generation_backend=cfg.generation_backend)
     rankings = labeler.rank_batch(prompts, responses)
     # The conversation the policy saw (system message included), which the RM then reads as
     # the RL stage gives it; and which policy wrote the responses.
@@ -310,6 +317,7 @@ def run_iterate(cfg: IterateConfig) -> Path:
     every: list[Ranking] = []
     floor = 0.0  # --length-floor in tokens, set from round 1's (the SFT policy's) samples
     meter = StageMeter()  # seconds and peak RSS of each round's phases: timings.json
+    fresh = cfg.fresh_processes  # each heavy phase in a new process: no memory carried over
     for r in range(1, cfg.rounds + 1):
         folder = out / f"round-{r}"
         folder.mkdir(exist_ok=True)
@@ -322,7 +330,7 @@ def run_iterate(cfg: IterateConfig) -> Path:
         line: dict[str, Any] = {"round": r, "policy": str(policy), "labels": len(rankings),
                                 "labels_total": len(every)}
         if rm is not None and not given:  # the last reward model on the new policy's samples
-            line["rm/accuracy_on_new_samples"] = rm_accuracy_on(rm, rankings)
+            line["rm/accuracy_on_new_samples"] = _call(cfg, rm_accuracy_on, rm, rankings)
         ceiling = labeler_ceiling(rankings)
         if ceiling is not None:
             line["rm/labeler_ceiling"] = ceiling
@@ -331,19 +339,18 @@ def run_iterate(cfg: IterateConfig) -> Path:
             line["rm/heldout_accuracy"] = _heldout_accuracy(rm.parent)
         else:
             start = str(rm) if (rm is not None and cfg.rm_refit == "continue") else rm_start
-            with meter.stage(f"round-{r}/rm"):
-                rm = fit_reward_model(cfg, folder / "rm-data.jsonl", start, folder / "rm")
+            rm = meter.run(f"round-{r}/rm", fit_reward_model, cfg, folder / "rm-data.jsonl",
+                           start, folder / "rm", fresh_process=fresh)
             line["rm/heldout_accuracy"] = _heldout_accuracy(folder / "rm")
         if r == 1 and cfg.length_floor:
             floor = cfg.length_floor * sft_mean_length(cfg.model, rankings)
             print(f"[iterate] length floor: {floor:.1f} tokens ({cfg.length_floor:g} x the SFT "
                   f"samples' mean)", flush=True)
-        with meter.stage(f"round-{r}/rl"):
-            policy = run_rl_round(cfg, policy, rm, folder / "rl", floor)
-        with meter.stage(f"round-{r}/eval"):
-            line.update(compare_with_sft(cfg.task, sft, policy, rm, cfg.eval_prompts,
-                                         cfg.max_new_tokens, cfg.seed,
-                                         cfg.generation_backend)["summary"])
+        policy = meter.run(f"round-{r}/rl", run_rl_round, cfg, policy, rm, folder / "rl", floor,
+                           fresh_process=fresh)
+        line.update(meter.run(f"round-{r}/eval", compare_with_sft, cfg.task, sft, policy, rm,
+                              cfg.eval_prompts, cfg.max_new_tokens, cfg.seed,
+                              cfg.generation_backend, fresh_process=fresh)["summary"])
         line["gap/proxy_minus_gold"] = line["reward/final"] - line["gold/final"]
         line["round_s"] = time.perf_counter() - t0
         if not any(d["round"] == r for d in done):
@@ -360,7 +367,7 @@ def run_iterate(cfg: IterateConfig) -> Path:
                                      out / "final-rankings.jsonl")
     meter.write(out / "timings.json")
     summary = {"final_policy": str(policy), "final_reward_model": str(rm),
-               "rm/accuracy_on_final_policy": rm_accuracy_on(rm, final_rankings),
+               "rm/accuracy_on_final_policy": _call(cfg, rm_accuracy_on, rm, final_rankings),
                "rm/labeler_ceiling_on_final_policy": labeler_ceiling(final_rankings)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(f"[iterate] final policy {policy}; its reward model's accuracy on the final policy's "

@@ -298,6 +298,8 @@ class RLRun:
         self._step_t0 = time.perf_counter()
         self._phase_s: dict[str, float] = {}
         """Seconds of this step's phases (:meth:`timed`), logged as time/PHASE_s."""
+        self._phase_gib: dict[str, float] = {}
+        """Peak RSS of this step's phases, logged as mem/PHASE_peak_gib."""
 
     def _sources(self, given: Sequence[RewardSource] | None,
                  reward_fn: RewardFn | None) -> list[RewardSource]:
@@ -749,15 +751,23 @@ class RLRun:
         memory.trim()
         self._step_t0 = time.perf_counter()
         self._phase_s = {}
+        self._phase_gib = {}
 
     @contextlib.contextmanager
     def timed(self, phase: str) -> Iterator[None]:
-        """Add the block's seconds to ``time/PHASE_s`` of this step's metrics."""
+        """Add the block's seconds to ``time/PHASE_s`` of this step's metrics.
+
+        Its peak resident set goes to ``mem/PHASE_peak_gib`` (the larger, if the phase runs
+        twice in a step).
+        """
         start = time.perf_counter()
+        window = memory.PeakWindow()
         try:
-            yield
+            with window:
+                yield
         finally:
             self._phase_s[phase] = self._phase_s.get(phase, 0.0) + time.perf_counter() - start
+            self._phase_gib[phase] = max(self._phase_gib.get(phase, 0.0), window.gib)
 
     def end_step(self, metrics: dict[str, float], rollout: Rollout,
                  kl_seq: torch.Tensor) -> None:
@@ -776,6 +786,7 @@ class RLRun:
         # Where the step went: sampling (weight sync included), the trainer's passes over the
         # rollout (policy, reference, critic), the rewards, the update (see docs/iterate.md).
         metrics.update({f"time/{k}_s": v for k, v in self._phase_s.items()})
+        metrics.update({f"mem/{k}_peak_gib": v for k, v in self._phase_gib.items()})
         if self.device.type == "cuda":  # this process's peak so far (GPU checks read it)
             metrics["perf/gpu_peak_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
         self._last = metrics

@@ -204,6 +204,12 @@ class Reads:
         passed = [p for p in passed if p[2]]
         if not passed:
             return
+        for i, arg in enumerate(call.args):  # run(fn, *args): a runner calls fn with what follows
+            if isinstance(arg, ast.Name) and not self.rest(arg, names):
+                target = self.resolve(module, arg, cls)
+                if target is not None and target[2] is None:
+                    self.call(module, ast.Call(func=arg, args=call.args[i + 1:],
+                                               keywords=call.keywords), names, cls)
         if isinstance(func, ast.Name) and func.id in self.local_calls:
             for option in self.local_calls[func.id]:
                 self.call(module, ast.Call(func=option, args=call.args, keywords=call.keywords),

@@ -44,7 +44,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["PeakWindow", "StageMeter", "StageRecord", "in_fresh_process", "note_live",
+__all__ = ["PeakWindow", "StageMeter", "StageRecord", "call", "in_fresh_process", "note_live",
            "peak_rss_gib", "release", "rss_gib", "trim"]
 
 GIB = 2**30
@@ -129,14 +129,17 @@ class PeakWindow:
 
     def __init__(self) -> None:
         self.gib = 0.0
-        self._key: int | None = None
+        self.lifetime = not _STATM.exists()
+        """Whether ``gib`` is the process's lifetime peak (no ``/proc`` to sample)."""
+        self._key = 0
 
     def __enter__(self) -> PeakWindow:
-        self._key = _SAMPLER.open() if _STATM.exists() else None
+        if not self.lifetime:
+            self._key = _SAMPLER.open()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.gib = _SAMPLER.close(self._key) if self._key is not None else peak_rss_gib()
+        self.gib = peak_rss_gib() if self.lifetime else _SAMPLER.close(self._key)
 
 
 def _libc() -> Any:
@@ -222,18 +225,17 @@ class StageMeter:
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
         """Measure the block as stage ``name``."""
-        sampled = _STATM.exists()
         trim()
-        key = _SAMPLER.open() if sampled else 0
+        window = PeakWindow()
         outer = self.live  # of a stage of this meter already open around this one
         self.live = None
         _ACTIVE.append(self)
         start = time.perf_counter()
         try:
-            yield
+            with window:
+                yield
         finally:
             seconds = time.perf_counter() - start
-            peak = _SAMPLER.close(key) if sampled else peak_rss_gib()
             _ACTIVE.remove(self)
             live = self.live
             self.live = outer
@@ -241,7 +243,7 @@ class StageMeter:
                 if live is not None:
                     meter.live = live if meter.live is None else max(meter.live, live)
             after = release()
-            self._add(name, StageRecord(seconds, peak, after, live, not sampled))
+            self._add(name, StageRecord(seconds, window.gib, after, live, window.lifetime))
 
     def run(self, name: str, fn: Callable[..., Any], /, *args: Any, fresh_process: bool = False,
             **kwargs: Any) -> Any:
@@ -251,7 +253,7 @@ class StageMeter:
         the stage's, and ``rss_after_gib`` is this process's once the child is gone.
         """
         with self.stage(name):
-            return in_fresh_process(fn, *args, **kwargs) if fresh_process else fn(*args, **kwargs)
+            return call(fn, *args, fresh_process=fresh_process, **kwargs)
 
     def _add(self, name: str, rec: StageRecord) -> None:
         old = self.stages.get(name)
@@ -283,12 +285,19 @@ class StageMeter:
 
 def _in_child(fn: Callable[..., Any], args: tuple, kwargs: dict
               ) -> tuple[Any, float, float | None]:
-    """In the child: ``fn``'s result, the child's peak RSS and its live tensors (GiB)."""
+    """In the child: ``fn``'s result, the child's peak RSS and its live tensors (GiB).
+
+    No stage of a meter: its closing collection and trim would be spent on a process about to
+    exit. A bare meter on the stack takes what :func:`note_live` reports.
+    """
     meter = StageMeter()
-    with meter.stage("child"):
-        result = fn(*args, **kwargs)
-    rec = meter.stages["child"]
-    return result, rec.peak_rss_gib, rec.live_gib
+    _ACTIVE.append(meter)
+    try:
+        with PeakWindow() as window:
+            result = fn(*args, **kwargs)
+    finally:
+        _ACTIVE.remove(meter)
+    return result, window.gib, meter.live
 
 
 _CONTEXT: Any = None
@@ -300,11 +309,11 @@ def in_fresh_process(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> An
     ``fn``, its arguments and its result cross by pickle, so ``fn`` must be a module-level
     function. On Linux and macOS the process is forked from a *fork server*: a clean process,
     started once, that has imported torch, transformers and the first ``fn``'s module and then
-    never runs anything, so each stage
-    starts in a fraction of a second with torch already imported and no state of this process
-    (threads, models, engines, allocator heaps) copied. Elsewhere the process is spawned, which
-    pays the imports each time. As with any :mod:`multiprocessing` start, a script that calls
-    this must keep its top level under ``if __name__ == "__main__":``. A child that dies (killed for memory, say) raises
+    never runs anything, so each stage starts in a fraction of a second with torch already
+    imported and no state of this process (threads, models, engines, allocator heaps) copied.
+    Elsewhere the process is spawned, which pays the imports each time. As with any
+    :mod:`multiprocessing` start, a script that calls this must keep its top level under
+    ``if __name__ == "__main__":``. A child that dies (killed for memory, say) raises
     ``RuntimeError`` naming ``fn``; an exception inside it is raised here with the child's
     traceback attached. Every :class:`StageMeter` stage open in this process counts the
     child's peak resident set and live tensors as its own.
@@ -327,6 +336,11 @@ def in_fresh_process(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> An
                 "its top level (each new process imports the script again)") from err
     _SAMPLER.reached(peak)  # every stage open here saw the child's peak
     if live is not None:
-        for meter in _ACTIVE:
-            meter.live = live if meter.live is None else max(meter.live, live)
+        note_live(lambda: live)  # the open stages' close passes it on outwards
     return result
+
+
+def call(fn: Callable[..., Any], /, *args: Any, fresh_process: bool = False,
+         **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)``: here, or with ``fresh_process`` in :func:`in_fresh_process`."""
+    return in_fresh_process(fn, *args, **kwargs) if fresh_process else fn(*args, **kwargs)

@@ -18,19 +18,19 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from rlhfkit import config as cfglib
+from rlhfkit import memory
 from rlhfkit.config import only
 from rlhfkit.data.chat import to_messages
 from rlhfkit.data.io import read_records, write_records
 from rlhfkit.evaluate.overoptimisation import overoptimisation_section
 from rlhfkit.evaluate.report import Section, table_html, write_report
 from rlhfkit.evaluate.runs import read_json, read_metrics, read_rounds
-from rlhfkit.memory import StageMeter, in_fresh_process
+from rlhfkit.memory import StageMeter
 from rlhfkit.options import (
     EvalOptions,
     GenerationOptions,
@@ -172,8 +172,9 @@ def run_and_judge(cfg: DemoConfig, algo: str, policy: Path, reward_model: Path, 
         if rounds_of(cfg) > 1 and rounds_summary.exists():  # judged by the last round's RM
             judge = Path(read_json(out / algo, "summary.json")["final_reward_model"])
         n_eval = cfg.eval_prompts or (16 if cfg.quick else 64)
-        evaluation = _call(cfg, compare_with_sft, cfg.task, policy, final, judge, n_eval,
-                           cfg.max_new_tokens, cfg.seed, cfg.generation_backend, out_dir=rl_dir)
+        evaluation = memory.call(compare_with_sft, cfg.task, policy, final, judge, n_eval,
+                                 cfg.max_new_tokens, cfg.seed, cfg.generation_backend,
+                                 out_dir=rl_dir, fresh_process=cfg.fresh_processes)
         if rounds_summary.exists():
             rounds = read_json(out / algo, "summary.json")
             for key in ("rm/accuracy_on_final_policy", "rm/labeler_ceiling_on_final_policy"):
@@ -256,11 +257,6 @@ COMPARE_KEYS = ("gold/win_rate", "gold/tie_rate", "gold/sft", "gold/final", "rew
 DIRECT = ("dpo", "ipo", "kto")
 
 
-def _call(cfg: DemoConfig, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
-    """``fn(*args, **kwargs)``, in a new process with ``--fresh-processes``."""
-    return in_fresh_process(fn, *args, **kwargs) if cfg.fresh_processes else fn(*args, **kwargs)
-
-
 def algo_is_rl(name: str) -> bool:
     """Whether an algorithm samples during training (its metrics have rollout curves)."""
     return name not in DIRECT and name != "best-of-n"
@@ -281,10 +277,11 @@ def run_rl(cfg: DemoConfig, policy: Path, reward_model: Path, out: Path,
     if algo in DIRECT:
 
         lr = cfg.rl_learning_rate or (1e-4 if cfg.lora else 5e-6)
-        return _call(cfg, train_dpo, DPOConfig(
+        return memory.call(train_dpo, DPOConfig(
             model=str(policy), data=preferences or data, output_dir=str(out / algo), loss=algo,
             max_steps=cfg.rl_steps or (12 if cfg.quick else 48), batch_size=4, learning_rate=lr,
-            max_length=128, eval_fraction=0.15, **common)), out / algo
+            max_length=128, eval_fraction=0.15, **common),
+            fresh_process=cfg.fresh_processes), out / algo
     # With rounds each RL pass has 12 batches (24 in a single pass); a higher rate makes up for it.
     lr = cfg.rl_learning_rate or (2e-4 if cfg.lora else 2e-5 if rounds_of(cfg) > 1 else 1e-5)
     if rounds_of(cfg) > 1 and algo != "best-of-n":
@@ -298,8 +295,8 @@ def run_rl(cfg: DemoConfig, policy: Path, reward_model: Path, out: Path,
     if algo == "best-of-n":
         return None, out / "best-of-n"
     name = reward_algorithm(algo).name  # its own defaults: batch, group size, epochs
-    return _call(cfg, train_rl, rl_config(algo, output_dir=str(out / name), learning_rate=lr,
-                                          **rl)), out / name
+    return memory.call(train_rl, rl_config(algo, output_dir=str(out / name), learning_rate=lr,
+                                           **rl), fresh_process=cfg.fresh_processes), out / name
 
 
 def single_pass_floor(cfg: DemoConfig, policy: Path, preferences: str | None) -> float:

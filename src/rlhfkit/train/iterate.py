@@ -30,7 +30,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -38,6 +37,7 @@ from typing import Any, Literal
 import torch
 
 from rlhfkit import config as cfglib
+from rlhfkit import memory
 from rlhfkit.config import only
 from rlhfkit.data.chat import encode_pair, pad, to_messages
 from rlhfkit.data.io import read_records, write_records
@@ -45,7 +45,7 @@ from rlhfkit.data.records import Ranking
 from rlhfkit.evaluate.metrics import rm_accuracy
 from rlhfkit.feedback.store import Store
 from rlhfkit.feedback.transfer import read_project_records
-from rlhfkit.memory import StageMeter, in_fresh_process
+from rlhfkit.memory import StageMeter
 from rlhfkit.models.judge import AIJudge
 from rlhfkit.models.loading import load_tokenizer
 from rlhfkit.models.reward import RewardModel
@@ -176,11 +176,6 @@ def round_prompts(task: Any, cfg: IterateConfig, r: int) -> list[Any]:
     return [pool[(start + i) % len(pool)] for i in range(min(cfg.prompts_per_round, len(pool)))]
 
 
-def _call(cfg: IterateConfig, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
-    """``fn(*args, **kwargs)``, in a new process with ``--fresh-processes``."""
-    return in_fresh_process(fn, *args, **kwargs) if cfg.fresh_processes else fn(*args, **kwargs)
-
-
 def label_round(cfg: IterateConfig, task: Any, labeler: Any, policy: Path, r: int,
                 path: Path) -> list[Ranking]:
     """Phases 1-2: K samples per prompt from ``policy``, ranked; written to ``path``."""
@@ -189,10 +184,11 @@ def label_round(cfg: IterateConfig, task: Any, labeler: Any, policy: Path, r: in
     prompts = round_prompts(task, cfg, r)
     if hasattr(labeler, "round"):  # people in the app: one project per round
         labeler.round = r
-    responses = _call(cfg, generate_responses, str(policy), prompts, cfg.rank_k,
-                      max_new_tokens=cfg.max_new_tokens, seed=cfg.seed + r,
-                      system_prompt=task.system_prompt, progress=cfg.progress,
-                      generation_backend=cfg.generation_backend)
+    responses = memory.call(generate_responses, str(policy), prompts, cfg.rank_k,
+                            max_new_tokens=cfg.max_new_tokens, seed=cfg.seed + r,
+                            system_prompt=task.system_prompt, progress=cfg.progress,
+                            generation_backend=cfg.generation_backend,
+                            fresh_process=cfg.fresh_processes)
     rankings = labeler.rank_batch(prompts, responses)
     # The conversation the policy saw (system message included), which the RM then reads as
     # the RL stage gives it; and which policy wrote the responses.
@@ -330,7 +326,8 @@ def run_iterate(cfg: IterateConfig) -> Path:
         line: dict[str, Any] = {"round": r, "policy": str(policy), "labels": len(rankings),
                                 "labels_total": len(every)}
         if rm is not None and not given:  # the last reward model on the new policy's samples
-            line["rm/accuracy_on_new_samples"] = _call(cfg, rm_accuracy_on, rm, rankings)
+            line["rm/accuracy_on_new_samples"] = memory.call(rm_accuracy_on, rm, rankings,
+                                                             fresh_process=fresh)
         ceiling = labeler_ceiling(rankings)
         if ceiling is not None:
             line["rm/labeler_ceiling"] = ceiling
@@ -367,7 +364,8 @@ def run_iterate(cfg: IterateConfig) -> Path:
                                      out / "final-rankings.jsonl")
     meter.write(out / "timings.json")
     summary = {"final_policy": str(policy), "final_reward_model": str(rm),
-               "rm/accuracy_on_final_policy": _call(cfg, rm_accuracy_on, rm, final_rankings),
+               "rm/accuracy_on_final_policy": memory.call(rm_accuracy_on, rm, final_rankings,
+                                                          fresh_process=fresh),
                "rm/labeler_ceiling_on_final_policy": labeler_ceiling(final_rankings)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(f"[iterate] final policy {policy}; its reward model's accuracy on the final policy's "

@@ -13,7 +13,8 @@ average must be under ``--max-load`` (1.5): the script waits up to ``--wait`` se
 then refuses to start unless ``--force``; the load is recorded next to every run.
 
 Per run it records the wall time of the process (the demo from no files to its report; the
-converted model folder in ``~/.cache/rlhfkit`` is kept) and reads the run's ``summary.json``:
+converted model folder in ``~/.cache/rlhfkit`` is kept), the peak memory of its process tree
+read every second (:func:`watch_tree`: the stages run in processes of their own) and reads the run's ``summary.json``:
 ``eval`` (gold win rate against SFT, length-controlled win rate, KL, lengths, distinct-2, and
 with ``--rounds`` > 1 the final reward model's accuracy on the final policy's samples) and
 ``rm_eval`` (the first reward model's held-out accuracy). It writes
@@ -38,6 +39,8 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 
+from rlhfkit import memory  # noqa: E402
+
 from run import (  # noqa: E402  (benchmarks/ is not a package)
     LoadTooHigh,
     add_load_options,
@@ -61,6 +64,9 @@ FIGURES = [
     ("rm/labeler_ceiling_on_final_policy",
      "the gold scorer's own accuracy against the labeler on the same samples", ">=", None),
     ("wall_minutes", "wall clock of the demo (min)", "<=", "backend"),
+    ("memory/tree_pss_peak_gib", "peak memory of the demo's processes together (sum of PSS, "
+     "GiB, read every second)", "<=", 6.0),
+    ("memory/largest_process_gib", "peak resident set of its largest process (GiB)", "<=", None),
     ("gold/lc_win_rate", "length-controlled gold win rate vs SFT", ">=", None),
     ("length/final", "mean response length, final policy (tokens)", ">=", None),
     ("length/sft", "mean response length, SFT (tokens)", ">=", None),
@@ -112,12 +118,13 @@ def run_seed(seed: int, folder: Path, extra: list[str], a: argparse.Namespace) -
     print(f"seed {seed}: {' '.join(cmd[1:])} (load {load:.2f}; log {log})", flush=True)
     t0 = time.perf_counter()
     with open(log, "w") as f:
-        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=child_env(), cwd=REPO)
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=child_env(), cwd=REPO)
+        peak = watch_tree(proc)
     wall = time.perf_counter() - t0
     text = log.read_text(errors="replace")
     record = {"seed": seed, "folder": str(folder), "log": str(log), "command": cmd,
               "started": start, "load_before": load, "load_after": os.getloadavg()[0],
-              "wall_seconds": wall, "exit_code": proc.returncode,
+              "wall_seconds": wall, "exit_code": proc.returncode, **peak,
               "backend": backend_used(extra, text)}
     summary_file = folder / "summary.json"
     if proc.returncode != 0 or not summary_file.exists():
@@ -126,12 +133,27 @@ def run_seed(seed: int, folder: Path, extra: list[str], a: argparse.Namespace) -
               + "\n  ".join(record["error_tail"][-8:]), flush=True)
         return record
     summary = json.loads(summary_file.read_text())
-    record.update(figures=figures_of(summary, wall), timings=summary.get("timings"),
+    record.update(figures={**figures_of(summary, wall), **peak}, timings=summary.get("timings"),
                   eval=summary.get("eval"), rm_eval=summary.get("rm_eval"))
     f = record["figures"]
     print(f"seed {seed}: {wall / 60:.1f} min, win rate {f.get('gold/win_rate')}, "
           f"KL {f.get('kl/final')}", flush=True)
     return record
+
+
+def watch_tree(proc: subprocess.Popen, every_s: float = 1.0) -> dict[str, float]:
+    """Wait for ``proc``, reading its process tree's memory every ``every_s`` seconds.
+
+    The demo runs each stage in a process of its own, so neither ``/usr/bin/time`` nor the
+    demo's own peak sees the whole: this reads the sum of the tree's proportional set sizes
+    (the memory the processes hold together, shared pages once) and its largest process.
+    """
+    pss = largest = 0.0
+    while proc.poll() is None:
+        now, big = memory.tree_memory_gib(proc.pid)
+        pss, largest = max(pss, now), max(largest, big)
+        time.sleep(every_s)
+    return {"memory/tree_pss_peak_gib": pss, "memory/largest_process_gib": largest}
 
 
 def mean_sd(values: list[float]) -> tuple[float, float | None]:

@@ -4,6 +4,7 @@ summary. No model is loaded and nothing is timed."""
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -127,3 +128,14 @@ def test_the_demo_benchmark_reads_the_backend_from_the_log():
     assert bench_demo.backend_used([], "[sft] saved\n[rm] saved\n") == "hf"
     assert bench_demo.backend_used([], f"{warning}\n[demo] vLLM not used: no engine\n") == "hf"
     assert bench_demo.backend_used(["--generation-backend", "hf"], warning) == "hf"
+
+
+def test_the_demo_benchmark_reads_the_memory_of_the_whole_process_tree():
+    """A process whose child holds 192 MiB: the tree's peak counts the child's memory, which
+    the process itself never held."""
+    hold = ("import subprocess, sys, time\n"
+            "subprocess.run([sys.executable, '-c', "
+            "'import time; x = bytearray(192 * 2**20); time.sleep(3)'])")
+    peak = bench_demo.watch_tree(subprocess.Popen([sys.executable, "-c", hold]), every_s=0.2)
+    assert 0.18 < peak["memory/largest_process_gib"] < 0.3, peak
+    assert peak["memory/tree_pss_peak_gib"] > peak["memory/largest_process_gib"], peak

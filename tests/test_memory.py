@@ -53,6 +53,32 @@ def test_a_stage_peak_is_its_own_and_the_stages_around_it_see_it():
     assert memory.peak_rss_gib() >= rec["inner"].peak_rss_gib - 0.01
 
 
+def test_the_tree_counts_a_child_once_and_pages_shared_by_a_fork_once():
+    """A child holding 256 MiB shows in its parent's tree; two forked processes that share
+    those pages unwritten hold them once in the PSS sum (the sum of RSS would count twice)."""
+    hold = ("import os, time; x = bytearray(256 * 2**20)\n"
+            "if os.fork() == 0: time.sleep(30)\n"  # the fork shares x, unwritten
+            "time.sleep(30)")
+    child = subprocess.Popen([sys.executable, "-c", hold])
+    try:
+        deadline = time.time() + 20
+        while len(memory.process_tree(os.getpid())) < 3 and time.time() < deadline:
+            time.sleep(0.1)
+        time.sleep(0.5)
+        tree = memory.process_tree(os.getpid())
+        assert tree[0] == os.getpid() and child.pid in tree and len(tree) == 3, tree
+        pss, largest = memory.tree_memory_gib(child.pid)
+        assert 0.25 <= largest < 0.35  # each of the two maps the 256 MiB
+        assert 0.25 <= pss < 0.40, pss  # the pair holds them once, not twice
+        whole, _ = memory.tree_memory_gib(os.getpid())
+        assert whole > pss + 0.05  # this process's own memory comes on top
+    finally:
+        for p in memory.process_tree(child.pid)[::-1]:
+            os.kill(p, 9)
+        child.wait()
+    assert memory.process_tree(child.pid) == []
+
+
 def test_a_repeated_stage_adds_its_seconds_and_keeps_the_larger_peak():
     meter = StageMeter()
     meter._add("eval", memory.StageRecord(1.0, 2.0, 1.0, None))

@@ -76,6 +76,47 @@ def peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / GIB
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and every process below it (children, theirs, ...), read from ``/proc``.
+
+    Empty where there is no ``/proc`` or the process is gone.
+    """
+    found, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            tasks = os.listdir(f"/proc/{p}/task")
+        except OSError:
+            continue
+        found.append(p)
+        for tid in tasks:
+            try:
+                todo += [int(c) for c in Path(f"/proc/{p}/task/{tid}/children").read_text().split()]
+            except OSError:
+                pass
+    return found
+
+
+def tree_memory_gib(pid: int) -> tuple[float, float]:
+    """(Sum of the proportional set sizes, largest resident set) of ``pid``'s tree, GiB.
+
+    The sum of PSS (``/proc/PID/smaps_rollup``: each page shared by n processes counts 1/n in
+    each) is the memory the tree holds together, without counting twice the libraries and the
+    copy-on-write pages that processes forked from one another share; the sum of their resident
+    sets would. (0.0, 0.0) where the system does not say.
+    """
+    pss = rss = 0.0
+    for p in process_tree(pid):
+        try:
+            text = Path(f"/proc/{p}/smaps_rollup").read_text()
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+        fields = dict(re.findall(r"^(Rss|Pss):\s+(\d+) kB", text, re.MULTILINE))
+        pss += int(fields.get("Pss", 0)) * 1024 / GIB
+        rss = max(rss, int(fields.get("Rss", 0)) * 1024 / GIB)
+    return pss, rss
+
+
 class _Sampler:
     """One daemon thread that reads the RSS every ``SAMPLE_EVERY_S`` while stages are open."""
 

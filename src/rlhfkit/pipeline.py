@@ -49,6 +49,7 @@ from rlhfkit.train.algorithms import reward_algorithm
 from rlhfkit.train.comparison import compare_with_sft
 from rlhfkit.train.dpo import DPOConfig, train_dpo
 from rlhfkit.train.iterate import IterateConfig, run_iterate, sft_mean_length
+from rlhfkit.train.rl import RLConfig
 from rlhfkit.train.rm import RMConfig, train_rm
 from rlhfkit.train.sft import SFTConfig, train_sft
 from rlhfkit.train.trainer import AlgorithmOptions, rl_config, train_rl
@@ -66,7 +67,7 @@ class DemoConfig(only(RunOptions, "output_dir", "precision", "seed", "progress")
                  only(RoundsOptions, "task", "sft_model", "sft_steps", "rm_steps",
                       "rm_learning_rate", "rank_k", "rl_steps", "rl_learning_rate", "rounds",
                       "length_floor", "fresh_processes"),
-                 only(ModelOptions, "model", "lora")):
+                 only(RLConfig, "offload_frozen"), only(ModelOptions, "model", "lora")):
     """The whole loop on one command (``rlhfkit demo``)."""
 
     quick: bool = False
@@ -291,7 +292,7 @@ def run_rl(cfg: DemoConfig, policy: Path, reward_model: Path, out: Path,
               eval_prompts=8 if cfg.quick else 16, generation_backend=cfg.generation_backend,
               length_debias=cfg.length_debias, entropy_coef=cfg.entropy_coef,
               kl_target=cfg.kl_target, length_floor=single_pass_floor(cfg, policy, preferences),
-              **common)
+              offload_frozen=cfg.offload_frozen, **common)
     if algo == "best-of-n":
         return None, out / "best-of-n"
     name = reward_algorithm(algo).name  # its own defaults: batch, group size, epochs
@@ -329,7 +330,7 @@ def run_rounds(cfg: DemoConfig, policy: Path, reward_model: Path, out: Path, alg
         max_new_tokens=cfg.max_new_tokens, eval_prompts=16 if cfg.quick else 32,
         generation_backend=cfg.generation_backend, precision=cfg.precision, lora=cfg.lora,
         seed=cfg.seed, progress=cfg.progress, fresh_processes=cfg.fresh_processes,
-        overwrite=True))
+        offload_frozen=cfg.offload_frozen, overwrite=True))
     last = out / algo / f"round-{rounds_of(cfg)}" / "rl"
     return last / "model", last
 

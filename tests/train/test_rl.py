@@ -23,7 +23,7 @@ from safetensors.torch import load_file
 from good_bad import SYSTEM, assert_learned, demos_of, good_share, rl_common, rl_metrics
 from rlhfkit.data.io import read_records, write_records
 from rlhfkit.data.records import Comparison, Demonstration
-from rlhfkit.evaluate.runs import read_json
+from rlhfkit.evaluate.runs import read_json, read_metrics
 from rlhfkit.tasks import get_task
 
 HERE = Path(__file__).parent
@@ -336,3 +336,47 @@ def test_the_length_floor_takes_reward_from_short_responses_only_by_hand():
     dense = sum(w * place_rewards(d, mask) for w, d in zip(out.weights, out.dense))
     assert torch.allclose(dense.sum(-1), out.scores)
     assert dense[0, 0] == -0.5 and dense[1, 1] == 0.0 and dense[3, 4] == -1.0
+
+
+def test_offload_frozen_frees_the_reference_and_reward_model_for_each_update_and_changes_nothing(
+        good_bad_policy, tmp_path, monkeypatch):
+    """--offload-frozen: before every update the reference and the reward model are released
+    (no parameter left in memory), and the run logs the same numbers and ends on the same
+    weights as without it; the files are gone at the end."""
+    from rlhfkit.models.loading import load_tokenizer
+    from rlhfkit.models.reward import RewardModel
+    from rlhfkit.train.rl import RLRun
+    from rlhfkit.train.trainer import rl_config, train_rl
+
+    tokenizer = load_tokenizer(str(good_bad_policy))
+    rm = RewardModel.from_pretrained(str(good_bad_policy), pad_token_id=tokenizer.pad_token_id)
+    rm.save(tmp_path / "rm", tokenizer)  # an untrained head: noise, but the same noise each run
+    seen: list[dict[str, int]] = []
+    release = RLRun.release_frozen
+
+    def spy(run):
+        release(run)
+        seen.append({o.path.stem: sum(p.numel() for p in o.params.values())
+                     for o in run.offloaded})
+
+    monkeypatch.setattr(RLRun, "release_frozen", spy)
+    runs = {}
+    for offload in (False, True):
+        out = tmp_path / f"offload-{offload}"
+        train_rl(rl_config("ppo", **ppo_kwargs(good_bad_policy, out, max_steps=3,
+                                                reward_model=str(tmp_path / "rm"),
+                                                offload_frozen=offload)))
+        runs[offload] = out
+    assert seen[:3] == [{}] * 3  # off: nothing offloaded
+    assert seen[3:] == [{"reference-rank0": 0, "reward-0-rank0": 0}] * 3
+    assert not list((runs[True] / "offload").iterdir())
+
+    def numbers(out):
+        return [{k: v for k, v in row.items() if not k.startswith(("time/", "mem/", "perf/"))}
+                for row in read_metrics(out)]
+
+    assert numbers(runs[True]) == numbers(runs[False])
+    a = load_file(str(runs[True] / "model" / "model.safetensors"))
+    b = load_file(str(runs[False] / "model" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+

@@ -65,6 +65,7 @@ from rlhfkit.tasks import get_task
 from rlhfkit.train.algorithms import reward_algorithm
 from rlhfkit.train.comparison import compare_with_sft
 from rlhfkit.train.loop import TrainingError, claim_output_dir
+from rlhfkit.train.rl import RLConfig
 from rlhfkit.train.rm import RMConfig, train_rm
 from rlhfkit.train.trainer import AlgorithmOptions, rl_config, train_rl
 
@@ -84,7 +85,8 @@ class IterateConfig(only(RunOptions, "output_dir", "precision", "seed", "resume"
                     only(AlgorithmOptions, "algo"), FeedbackOptions,
                     only(RoundsOptions, "task", "rounds", "prompts_per_round", "rank_k", "rm_steps",
                          "rm_learning_rate", "rl_steps", "rl_learning_rate", "length_floor",
-                         "fresh_processes")):
+                         "fresh_processes"),
+                    only(RLConfig, "offload_frozen")):
     """Iterative RLHF rounds: sample from the policy, label, refit the RM, RL (``rlhfkit iterate``)."""
 
     rankings: str = ""
@@ -293,7 +295,8 @@ def run_rl_round(cfg: IterateConfig, policy: Path, rm: Path, out: Path,
                   learning_rate=cfg.rl_learning_rate,
                   eval_prompts=16, precision=cfg.precision, lora=cfg.lora, seed=cfg.seed,
                   progress=cfg.progress, generation_backend=cfg.generation_backend,
-                  resume=cfg.resume, overwrite=not cfg.resume, gradient_checkpointing=False)
+                  resume=cfg.resume, overwrite=not cfg.resume, gradient_checkpointing=False,
+                  offload_frozen=cfg.offload_frozen)
     return train_rl(rl_config(cfg.algo, **common))  # the algorithm's batch, group, epochs
 
 

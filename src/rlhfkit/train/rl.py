@@ -47,6 +47,7 @@ from rlhfkit.models.loading import (
     load_tokenizer,
     merge_and_save,
 )
+from rlhfkit.models.offload import Offloaded
 from rlhfkit.models.policy import SelectiveLM
 from rlhfkit.models.reward import RewardModel
 from rlhfkit.options import (
@@ -106,6 +107,11 @@ class RLConfig(RunOptions, OptimOptions, ModelOptions,
 
     missing_eos_penalty: float = 0.0
     """Added to the score of a response that never ended (use a negative value; 0 = off)."""
+    offload_frozen: bool = False
+    """Free the reference policy and the reward models while the policy updates, and map them
+    back from a file in the run folder for the next step's passes (not with --fsdp): the
+    update's peak memory holds neither, the results are the same bit for bit, and each step
+    pays the mapping back (docs/iterate.md)."""
 
 
 @dataclass
@@ -275,6 +281,8 @@ class RLRun:
                 if isinstance(source.model, nn.Module):  # on equal shares of every rollout
                     shard_model(source.model, cfg, frozen=True)
             self._first_forward()
+        self.offloaded = self._offload_frozen() if getattr(cfg, "offload_frozen", False) else []
+        """--offload-frozen: the frozen models freed during each update (:meth:`release_frozen`)."""
         self._backend: GenerationBackend | None = None
         self._ahead: dict[int, tuple[threading.Event, list, int]] = {}
         """Batches sampled, or being sampled, in the background (--async-generation): step ->
@@ -460,6 +468,26 @@ class RLRun:
         return sample(self.lm, self.tokenizer, prompts, self.sampling, self.system_prompt,
                       backend=backend, scorer=None, max_prompt_tokens=self.cfg.max_prompt_tokens,
                       autocast=self.autocast)
+
+    def _offload_frozen(self) -> list[Offloaded]:
+        """The reference and the reward models, each with a file of its own in the run folder."""
+        if self.run.sharded:
+            raise TrainingError("--offload-frozen does not combine with --fsdp: there the frozen "
+                                "models are sharded over the processes instead")
+        models: list[tuple[str, nn.Module]] = []
+        if isinstance(self.reference, ReferencePolicy) and not self.reference.shared:
+            models.append(("reference", self.reference.model.lm))
+        models += [(f"reward-{i}", s.model) for i, s in enumerate(self.sources)
+                   if isinstance(s.model, nn.Module)]
+        folder = self.out / "offload"
+        return [Offloaded(m, folder / f"{name}-rank{self.rank}.pt") for name, m in models]
+
+    def release_frozen(self) -> None:
+        """--offload-frozen: free the frozen models until their next forward (before an update)."""
+        for part in self.offloaded:
+            part.release()
+        if self.offloaded:
+            memory.trim()
 
     def engine_sleep(self) -> None:
         """Put an in-process engine to sleep until its next sync (``--vllm-sleep``)."""
@@ -905,6 +933,8 @@ class RLRun:
                            adapter_dir=self.out / "adapter")
             if self.value_kind == "policy":
                 torch.save(policy.value_head.state_dict(), self.out / "model" / "value_head.pt")
+        for part in self.offloaded:  # back in memory, the files removed
+            part.close()
         self.run.close()
         if self.acc.is_main_process:
             write_sections(self.out / "report.html", f"rlhfkit {self.stage}: {self.out}",

@@ -259,6 +259,7 @@ def train_rl(cfg: TrainRLConfig, reward_fn: RewardFn | None = None,
         with run.timed("update"):  # the single pass is the update's forward
             first = policy_pass(run, rollout) if plan.single_pass else None
         run.engine_sleep()  # --vllm-sleep: the engine frees its memory while the trainer updates
+        run.release_frozen()  # --offload-frozen: so do the reference and the reward models
         # 3. advantages -----------------------------------------------------------------
         adv, rewards = advantages_of(algo, run, rollout, terms)
         # 4. update ---------------------------------------------------------------------

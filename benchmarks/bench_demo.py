@@ -39,8 +39,6 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from rlhfkit import memory  # noqa: E402
-
 from run import (  # noqa: E402  (benchmarks/ is not a package)
     LoadTooHigh,
     add_load_options,
@@ -49,6 +47,8 @@ from run import (  # noqa: E402  (benchmarks/ is not a package)
     quiet_load,
     versions,
 )
+
+from rlhfkit import memory  # noqa: E402
 
 WALL_TARGET_MIN = {"hf": 15.0, "vllm": 12.0}
 """Wall clock of the demo from scratch, minutes, by the generation backend it used."""

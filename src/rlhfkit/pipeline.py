@@ -57,7 +57,8 @@ from rlhfkit.train.trainer import AlgorithmOptions, rl_config, train_rl
 
 @cfglib.stage_defaults(output_dir="runs/demo", max_new_tokens=24, eval_prompts=0,
                        length_debias=True, length_floor=0.9, sft_steps=0, rm_steps=0,
-                       rm_learning_rate=0.0, rl_steps=0, rl_learning_rate=0.0, rounds=0)
+                       rm_learning_rate=0.0, rl_steps=0, rl_learning_rate=0.0, rounds=0,
+                       offload_frozen=True)
 @dataclass
 class DemoConfig(only(RunOptions, "output_dir", "precision", "seed", "progress"),
                  only(GenerationOptions, "generation_backend"), only(EvalOptions, "eval_prompts"),

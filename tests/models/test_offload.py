@@ -53,3 +53,13 @@ def test_tied_weights_stay_tied_and_close_removes_the_file(tiny_lm, tmp_path):
 def test_a_trained_module_is_refused(tiny_lm, tmp_path):
     with pytest.raises(ValueError, match="only a frozen module"):
         Offloaded(load_causal_lm(str(tiny_lm)), tmp_path / "x.pt")
+
+
+def test_discard_frees_for_good_and_leaves_no_file_or_empty_folder(tiny_lm, tmp_path):
+    model = frozen(tiny_lm)
+    part = Offloaded(model, tmp_path / "offload" / "ref.pt")
+    part.release()
+    part.restore()
+    part.discard()
+    assert all(p.numel() == 0 for p in model.parameters())
+    assert not (tmp_path / "offload").exists()

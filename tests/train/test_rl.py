@@ -340,10 +340,12 @@ def test_the_length_floor_takes_reward_from_short_responses_only_by_hand():
 
 def test_offload_frozen_frees_the_reference_and_reward_model_for_each_update_and_changes_nothing(
         good_bad_policy, tmp_path, monkeypatch):
-    """--offload-frozen: before every update the reference and the reward model are released
-    (no parameter left in memory), and the run logs the same numbers and ends on the same
-    weights as without it; the files are gone at the end."""
+    """--offload-frozen: the reference and the reward model are each freed once their pass is
+    done, so that at most one is in memory at a time and neither during an update (no parameter
+    left), and the run logs the same numbers and ends on the same weights as without it; the
+    files are gone at the end."""
     from rlhfkit.models.loading import load_tokenizer
+    from rlhfkit.models.offload import Offloaded
     from rlhfkit.models.reward import RewardModel
     from rlhfkit.train.rl import RLRun
     from rlhfkit.train.trainer import rl_config, train_rl
@@ -351,15 +353,30 @@ def test_offload_frozen_frees_the_reference_and_reward_model_for_each_update_and
     tokenizer = load_tokenizer(str(good_bad_policy))
     rm = RewardModel.from_pretrained(str(good_bad_policy), pad_token_id=tokenizer.pad_token_id)
     rm.save(tmp_path / "rm", tokenizer)  # an untrained head: noise, but the same noise each run
-    seen: list[dict[str, int]] = []
-    release = RLRun.release_frozen
+    before_update: list[dict[str, int]] = []
+    in_memory: list[int] = []  # after each mapping back: how many frozen models are in memory
+    parts: list[Offloaded] = []
+    release, restore, init = RLRun.release_frozen, Offloaded.restore, Offloaded.__init__
 
-    def spy(run):
-        release(run)
-        seen.append({o.path.stem: sum(p.numel() for p in o.params.values())
-                     for o in run.offloaded})
+    def spy_release(run, kind=""):
+        release(run, kind)
+        if not kind:  # the call before the update
+            before_update.append({name: sum(p.numel() for p in o.params.values())
+                                  for name, o in run.offloaded.items()})
 
-    monkeypatch.setattr(RLRun, "release_frozen", spy)
+    def spy_restore(part):
+        mapped = part.released
+        restore(part)
+        if mapped:
+            in_memory.append(sum(not o.released for o in parts))
+
+    def spy_init(part, *args):
+        init(part, *args)
+        parts.append(part)
+
+    monkeypatch.setattr(RLRun, "release_frozen", spy_release)
+    monkeypatch.setattr(Offloaded, "restore", spy_restore)
+    monkeypatch.setattr(Offloaded, "__init__", spy_init)
     runs = {}
     for offload in (False, True):
         out = tmp_path / f"offload-{offload}"
@@ -367,9 +384,11 @@ def test_offload_frozen_frees_the_reference_and_reward_model_for_each_update_and
                                                 reward_model=str(tmp_path / "rm"),
                                                 offload_frozen=offload)))
         runs[offload] = out
-    assert seen[:3] == [{}] * 3  # off: nothing offloaded
-    assert seen[3:] == [{"reference-rank0": 0, "reward-0-rank0": 0}] * 3
-    assert not list((runs[True] / "offload").iterdir())
+    assert before_update[:3] == [{}] * 3  # off: nothing offloaded
+    assert before_update[3:] == [{"reference": 0, "reward-0": 0}] * 3
+    # each step and the evaluation map each model back once, and only that one
+    assert len(parts) == 2 and len(in_memory) >= 6 and set(in_memory) == {1}, in_memory
+    assert not (runs[True] / "offload").exists()
 
     def numbers(out):
         return [{k: v for k, v in row.items() if not k.startswith(("time/", "mem/", "perf/"))}
@@ -379,4 +398,3 @@ def test_offload_frozen_frees_the_reference_and_reward_model_for_each_update_and
     a = load_file(str(runs[True] / "model" / "model.safetensors"))
     b = load_file(str(runs[False] / "model" / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-

@@ -67,13 +67,27 @@ class Offloaded:
         self.released = False
 
     def close(self) -> None:
-        """Back in memory for good; the hook and the file removed."""
+        """Back in memory for good; the hooks and the file removed."""
         if self.released:  # copied out of the mapping, so that the file can go
             state = torch.load(self.path, weights_only=True, map_location="cpu")
             for name, p in self.params.items():
                 p.data = state[name].to(self.devices[name])
             self.released = False
+        self._remove()
+
+    def discard(self) -> None:
+        """Free the parameters for good, with the hooks and the file: for a module that will not
+        run again (at the end of a run, where bringing it back would only raise the peak).
+        """
+        for p in self.params.values():
+            p.data = torch.empty(0, dtype=p.dtype, device=p.device)
+        self.released = True
+        self._remove()
+
+    def _remove(self) -> None:
         for hook in self._hooks:
             hook.remove()
         self.path.unlink(missing_ok=True)
+        if self.path.parent.is_dir() and not any(self.path.parent.iterdir()):
+            self.path.parent.rmdir()  # the run folder keeps no empty offload/
 

@@ -74,7 +74,8 @@ LABELERS = ("task", "app")
 
 
 @cfglib.stage_defaults(output_dir="runs/iterate", model="runs/sft/model", reward_model="",
-                       max_new_tokens=24, eval_prompts=64, prompts_per_round=96, rl_steps=8)
+                       max_new_tokens=24, eval_prompts=64, prompts_per_round=96, rl_steps=8,
+                       offload_frozen=True)
 @dataclass
 class IterateConfig(only(RunOptions, "output_dir", "precision", "seed", "resume", "overwrite",
                          "progress"),

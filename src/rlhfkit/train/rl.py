@@ -281,8 +281,9 @@ class RLRun:
                 if isinstance(source.model, nn.Module):  # on equal shares of every rollout
                     shard_model(source.model, cfg, frozen=True)
             self._first_forward()
-        self.offloaded = self._offload_frozen() if getattr(cfg, "offload_frozen", False) else []
-        """--offload-frozen: the frozen models freed during each update (:meth:`release_frozen`)."""
+        self.offloaded = self._offload_frozen() if getattr(cfg, "offload_frozen", False) else {}
+        """--offload-frozen: the frozen models, each freed once its pass is done
+        (:meth:`release_frozen`): "reference", "reward-0", ..."""
         self._backend: GenerationBackend | None = None
         self._ahead: dict[int, tuple[threading.Event, list, int]] = {}
         """Batches sampled, or being sampled, in the background (--async-generation): step ->
@@ -469,7 +470,7 @@ class RLRun:
                       backend=backend, scorer=None, max_prompt_tokens=self.cfg.max_prompt_tokens,
                       autocast=self.autocast)
 
-    def _offload_frozen(self) -> list[Offloaded]:
+    def _offload_frozen(self) -> dict[str, Offloaded]:
         """The reference and the reward models, each with a file of its own in the run folder."""
         if self.run.sharded:
             raise TrainingError("--offload-frozen does not combine with --fsdp: there the frozen "
@@ -480,14 +481,19 @@ class RLRun:
         models += [(f"reward-{i}", s.model) for i, s in enumerate(self.sources)
                    if isinstance(s.model, nn.Module)]
         folder = self.out / "offload"
-        return [Offloaded(m, folder / f"{name}-rank{self.rank}.pt") for name, m in models]
+        return {name: Offloaded(m, folder / f"{name}-rank{self.rank}.pt") for name, m in models}
 
-    def release_frozen(self) -> None:
-        """--offload-frozen: free the frozen models until their next forward (before an update)."""
-        for part in self.offloaded:
-            part.release()
-        if self.offloaded:
-            memory.trim()
+    def release_frozen(self, kind: str = "") -> None:
+        """--offload-frozen: free the frozen models whose name starts with ``kind`` (all by
+        default) until their next forward.
+
+        Each is freed once its pass over a rollout is done (the reference after the trainer's
+        passes, the reward models after the rewards), so that at most one is in memory at a
+        time, and none during the update.
+        """
+        for name, part in self.offloaded.items():
+            if name.startswith(kind):
+                part.release()
 
     def engine_sleep(self) -> None:
         """Put an in-process engine to sleep until its next sync (``--vllm-sleep``)."""
@@ -547,6 +553,7 @@ class RLRun:
             rollout.ref_logprobs = self.in_micro_batches(
                 rollout, chunks,
                 lambda mb: {"lp": self.reference.logprobs(mb, t, len(mb))})["lp"]
+            self.release_frozen("reference")
             if self.value_kind == "critic" and with_values:
                 critic = self.acc.unwrap_model(self.critic)
                 critic.eval()
@@ -734,6 +741,7 @@ class RLRun:
         self._scoring = rollout  # what a Python reward_fn receives as its third argument
         terms = combine(self.sources, rollout, self.reward_clip or None,
                         self.cfg.missing_eos_penalty)
+        self.release_frozen("reward")
         if getattr(self.cfg, "length_debias", False):
             terms = length_debiased(terms, rollout.response_mask)
         if getattr(self.cfg, "length_floor", 0.0):
@@ -876,6 +884,7 @@ class RLRun:
         prompts = self.eval_prompts[: self.cfg.eval_prompts]
         if not prompts:
             return {}
+        memory.trim()  # the update's freed activations, before the evaluation's own
         local = self.eval_share(prompts)
         sums = dict.fromkeys(["eval/reward", "eval/kl", "eval/length"]
                              + (["eval/gold"] if self.gold is not None else []), 0.0)
@@ -933,8 +942,8 @@ class RLRun:
                            adapter_dir=self.out / "adapter")
             if self.value_kind == "policy":
                 torch.save(policy.value_head.state_dict(), self.out / "model" / "value_head.pt")
-        for part in self.offloaded:  # back in memory, the files removed
-            part.close()
+        for part in self.offloaded.values():  # the files removed; the models stay freed
+            part.discard()
         self.run.close()
         if self.acc.is_main_process:
             write_sections(self.out / "report.html", f"rlhfkit {self.stage}: {self.out}",

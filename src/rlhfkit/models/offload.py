@@ -76,8 +76,10 @@ class Offloaded:
         self._remove()
 
     def discard(self) -> None:
-        """Free the parameters for good, with the hooks and the file: for a module that will not
-        run again (at the end of a run, where bringing it back would only raise the peak).
+        """Free the parameters for good, with the hooks and the file.
+
+        For a module that will not run again: at the end of a run, where mapping it back would
+        only raise the peak.
         """
         for p in self.params.values():
             p.data = torch.empty(0, dtype=p.dtype, device=p.device)

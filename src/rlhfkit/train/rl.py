@@ -484,10 +484,9 @@ class RLRun:
         return {name: Offloaded(m, folder / f"{name}-rank{self.rank}.pt") for name, m in models}
 
     def release_frozen(self, kind: str = "") -> None:
-        """--offload-frozen: free the frozen models whose name starts with ``kind`` (all by
-        default) until their next forward.
+        """--offload-frozen: free the frozen models named ``kind``... until their next forward.
 
-        Each is freed once its pass over a rollout is done (the reference after the trainer's
+        ``kind`` is a prefix of the names ("reference", "reward"; empty: all of them). Each is freed once its pass over a rollout is done (the reference after the trainer's
         passes, the reward models after the rewards), so that at most one is in memory at a
         time, and none during the update.
         """

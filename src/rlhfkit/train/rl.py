@@ -481,7 +481,11 @@ class RLRun:
         models += [(f"reward-{i}", s.model) for i, s in enumerate(self.sources)
                    if isinstance(s.model, nn.Module)]
         folder = self.out / "offload"
-        return {name: Offloaded(m, folder / f"{name}-rank{self.rank}.pt") for name, m in models}
+        parts: dict[str, Offloaded] = {}
+        for name, m in models:  # a module two sources share is offloaded once
+            if all(part.module is not m for part in parts.values()):
+                parts[name] = Offloaded(m, folder / f"{name}-rank{self.rank}.pt")
+        return parts
 
     def release_frozen(self, kind: str = "") -> None:
         """--offload-frozen: free the frozen models named ``kind``... until their next forward.

@@ -108,10 +108,10 @@ class RLConfig(RunOptions, OptimOptions, ModelOptions,
     missing_eos_penalty: float = 0.0
     """Added to the score of a response that never ended (use a negative value; 0 = off)."""
     offload_frozen: bool = False
-    """Free the reference policy and the reward models while the policy updates, and map them
-    back from a file in the run folder for the next step's passes (not with --fsdp): the
-    update's peak memory holds neither, the results are the same bit for bit, and each step
-    pays the mapping back (docs/iterate.md)."""
+    """Free the reference policy and the reward models once their pass over a rollout is done,
+    and map them back from a file in the run folder on their next forward (not with --fsdp):
+    at most one is in memory at a time and none while the policy updates, the results are the
+    same bit for bit, and each step pays the mapping back (docs/iterate.md)."""
 
 
 @dataclass
@@ -490,9 +490,10 @@ class RLRun:
     def release_frozen(self, kind: str = "") -> None:
         """--offload-frozen: free the frozen models named ``kind``... until their next forward.
 
-        ``kind`` is a prefix of the names ("reference", "reward"; empty: all of them). Each is freed once its pass over a rollout is done (the reference after the trainer's
-        passes, the reward models after the rewards), so that at most one is in memory at a
-        time, and none during the update.
+        ``kind`` is a prefix of the names ("reference", "reward"; empty: all of them). Each is
+        freed once its pass over a rollout is done (the reference after the trainer's passes,
+        the reward models after the rewards), so that at most one is in memory at a time, and
+        none during the update.
         """
         for name, part in self.offloaded.items():
             if name.startswith(kind):

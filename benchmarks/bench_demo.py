@@ -14,7 +14,8 @@ then refuses to start unless ``--force``; the load is recorded next to every run
 
 Per run it records the wall time of the process (the demo from no files to its report; the
 converted model folder in ``~/.cache/rlhfkit`` is kept), the peak memory of its process tree
-read every second (:func:`watch_tree`: the stages run in processes of their own) and reads the run's ``summary.json``:
+read every second (:func:`watch_tree`: the stages run in processes of their own), and reads
+the run's ``summary.json``:
 ``eval`` (gold win rate against SFT, length-controlled win rate, KL, lengths, distinct-2, and
 with ``--rounds`` > 1 the final reward model's accuracy on the final policy's samples) and
 ``rm_eval`` (the first reward model's held-out accuracy). It writes

@@ -3,8 +3,8 @@
 An RL step uses the frozen models (the reference policy, the reward models) only in its passes
 over the rollout; the update, where the step's memory peaks (gradients and activations on top
 of the policy and its optimizer state), never touches them. :class:`Offloaded` writes a frozen
-module's parameters to a file once, frees them before the update, and maps the file back the
-next time the module runs. The weights come back bit for bit, so a run computes exactly what it
+module's parameters to a file once, frees them once its pass is done, and maps the file back
+the next time the module runs. The weights come back bit for bit, so a run computes exactly what it
 would without it; what it costs is the mapping and its page faults each step (the pages come
 from the page cache, and from the disk only where the system dropped them).
 """
@@ -22,13 +22,14 @@ class Offloaded:
 
     :meth:`release` frees the parameters (the first time it writes them to ``path``, each
     tensor once, so tied weights stay tied); the next forward of any of its parts, or
-    :meth:`restore`, maps the file back (``torch.load(mmap=True)``). On a CPU the parameters then point into
-    the mapped file, with no copy; on another device they are copied there. The parameter
-    objects stay the same, so whatever holds them (tied weights, hooks) is untouched.
+    :meth:`restore`, maps the file back (``torch.load(mmap=True)``). On a CPU the parameters
+    then point into the mapped file, with no copy; on another device they are copied there.
+    The parameter objects stay the same, so whatever holds them (tied weights, hooks) is
+    untouched.
 
     Args:
         module: A module that is not trained (no parameter requires a gradient).
-        path: The file for its parameters (removed by :meth:`close`).
+        path: The file for its parameters (removed by :meth:`close` and :meth:`discard`).
     """
 
     def __init__(self, module: nn.Module, path: str | Path) -> None:
@@ -53,26 +54,17 @@ class Offloaded:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             torch.save({n: p.detach().cpu() for n, p in self.params.items()}, self.path)
             self._written = True
-        for p in self.params.values():
-            p.data = torch.empty(0, dtype=p.dtype, device=p.device)
-        self.released = True
+        self._free()
 
     def restore(self) -> None:
         """The parameters back from the file (a no-op when they are in memory)."""
-        if not self.released:
-            return
-        state = torch.load(self.path, mmap=True, weights_only=True, map_location="cpu")
-        for name, p in self.params.items():
-            p.data = state[name].to(self.devices[name])
-        self.released = False
+        if self.released:
+            self._fill(mmap=True)
 
     def close(self) -> None:
         """Back in memory for good; the hooks and the file removed."""
-        if self.released:  # copied out of the mapping, so that the file can go
-            state = torch.load(self.path, weights_only=True, map_location="cpu")
-            for name, p in self.params.items():
-                p.data = state[name].to(self.devices[name])
-            self.released = False
+        if self.released:
+            self._fill(mmap=False)  # copied out of the mapping, so that the file can go
         self._remove()
 
     def discard(self) -> None:
@@ -81,10 +73,19 @@ class Offloaded:
         For a module that will not run again: at the end of a run, where mapping it back would
         only raise the peak.
         """
+        self._free()
+        self._remove()
+
+    def _free(self) -> None:
         for p in self.params.values():
             p.data = torch.empty(0, dtype=p.dtype, device=p.device)
         self.released = True
-        self._remove()
+
+    def _fill(self, mmap: bool) -> None:
+        state = torch.load(self.path, mmap=mmap, weights_only=True, map_location="cpu")
+        for name, p in self.params.items():
+            p.data = state[name].to(self.devices[name])
+        self.released = False
 
     def _remove(self) -> None:
         for hook in self._hooks:
@@ -92,4 +93,3 @@ class Offloaded:
         self.path.unlink(missing_ok=True)
         if self.path.parent.is_dir() and not any(self.path.parent.iterdir()):
             self.path.parent.rmdir()  # the run folder keeps no empty offload/
-
